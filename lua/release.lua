@@ -1,0 +1,21 @@
+-- release: let go of the lease, only for the holder of that token.
+--
+-- KEYS[1] lease   hash (see acquire.lua); becomes state "released" with no TTL, so the
+--                 next acquire is recorded as a plain acquire, not a takeover
+-- KEYS[2] events  stream, capped at ~ARGV[3]
+-- ARGV[1] token of the caller
+-- ARGV[2] owner of the caller
+-- ARGV[3] events stream max length
+--
+-- Returns 1 when released, 0 when the caller's token did not hold the lease (nothing changed).
+local l_state, l_token = unpack(redis.call('HMGET', KEYS[1], 'state', 'token'))
+if l_state ~= 'held' or l_token ~= ARGV[1] then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'state', 'released', 'released_ms', now)
+redis.call('PERSIST', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'release',
+  'owner', ARGV[2], 'token', ARGV[1], 'ms', now)
+return 1

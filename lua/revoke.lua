@@ -1,0 +1,21 @@
+-- revoke (admin): bump the fence so that every current holder is fenced off, drop the lease.
+--
+-- KEYS[1] fence   string int
+-- KEYS[2] lease   hash (see acquire.lua)
+-- KEYS[3] events  stream, capped at ~ARGV[2]
+-- ARGV[1] who revoked (free text for the audit event)
+-- ARGV[2] events stream max length
+--
+-- Returns the new fence.
+local l_owner, l_state, l_token = unpack(redis.call('HMGET', KEYS[2], 'owner', 'state', 'token'))
+local fence = redis.call('INCR', KEYS[1])
+redis.call('DEL', KEYS[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fields = {'kind', 'revoke', 'by', ARGV[1], 'fence', fence, 'ms', now}
+if l_state == 'held' then
+  table.insert(fields, 'previous_owner'); table.insert(fields, l_owner)
+  table.insert(fields, 'previous_token'); table.insert(fields, l_token)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+return fence

@@ -1,0 +1,76 @@
+"""redis-ckpt: fenced, durable, checksummed checkpoints on Redis and Valkey.
+
+    from redis_ckpt import CheckpointStore
+
+    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="jobs")
+    with store.acquire("run-42", owner="worker-a", ttl=30) as lease:
+        ckpt = lease.load()
+        state = ckpt.state if ckpt else {"step": 0}
+        ...
+        lease.commit(state)          # returns once the AOF fsync confirmed it
+
+The async twin is :class:`redis_ckpt.aio.AsyncCheckpointStore`.
+"""
+
+from ._core import RetryPolicy
+from ._durability import Durability
+from ._errors import (
+    CheckpointError,
+    CodecUnavailableError,
+    ConflictError,
+    CorruptCheckpointError,
+    DurabilityError,
+    FencedError,
+    FrameDamage,
+    FrameError,
+    InvalidRunIdError,
+    LeaseError,
+    LeaseHeldError,
+    LeaseLostError,
+    NonDurableServerError,
+    SchemaVersionError,
+    StateError,
+    StateTooLargeError,
+    StoreUnavailableError,
+    UnsupportedTypeError,
+)
+from ._models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
+from ._probe import Finding, ProbeReport
+from .store import CheckpointStore, Lease
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the store
+    "CheckpointStore",
+    "Lease",
+    "Durability",
+    "RetryPolicy",
+    # what it returns
+    "Checkpoint",
+    "SkippedGeneration",
+    "GenerationInfo",
+    "RunInfo",
+    "Event",
+    "ProbeReport",
+    "Finding",
+    # errors
+    "CheckpointError",
+    "InvalidRunIdError",
+    "StateError",
+    "UnsupportedTypeError",
+    "StateTooLargeError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "FencedError",
+    "ConflictError",
+    "DurabilityError",
+    "StoreUnavailableError",
+    "NonDurableServerError",
+    "CorruptCheckpointError",
+    "FrameError",
+    "FrameDamage",
+    "SchemaVersionError",
+    "CodecUnavailableError",
+]

@@ -1,0 +1,162 @@
+"""What the sync and the async store (and lease) share: arguments, checks, flows.
+
+The shells in ``store.py`` and ``aio.py`` only drive these flows; every decision is here
+or in ``_core``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from ._core import RetryPolicy, StoreCore, default_owner
+from ._durability import Durability
+from ._errors import DurabilityError
+from ._io import Flow
+from ._models import Checkpoint, Grant
+from ._probe import ProbeReport, probe_flow
+
+log = logging.getLogger("redis_ckpt")
+
+__all__ = ["StoreBase", "LeaseBase", "ttl_ms", "client_label"]
+
+
+def ttl_ms(ttl: float | timedelta) -> int:
+    """A lease TTL given in seconds (or a timedelta) as whole milliseconds."""
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return max(1, int(round(seconds * 1000)))
+
+
+def client_label(client: Any) -> str:
+    """host:port/db of a redis-py client, for messages (never a password)."""
+    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    if "host" in kw:
+        return f"redis://{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return type(client).__name__
+
+
+def check_client(client: Any) -> None:
+    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
+    if kw.get("decode_responses"):
+        raise ValueError(
+            "the client decodes responses to str; checkpoints are bytes: "
+            "create it with decode_responses=False (from_url does this for you)"
+        )
+
+
+class StoreBase:
+    """Configuration and flow builders shared by CheckpointStore and AsyncCheckpointStore."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        namespace: str,
+        schema_version: int = 1,
+        keep: int = 3,
+        durability: Durability | None = None,
+        compression: str = "none",
+        max_state_bytes: int = 512 * 1024 * 1024,
+        declared_config: Mapping[str, str] | None = None,
+        owner: str | None = None,
+        retry: RetryPolicy | None = None,
+        events_maxlen: int = 1000,
+        _confirm: bool = True,
+    ) -> None:
+        check_client(client)
+        self._client = client
+        self._core = StoreCore(
+            namespace=namespace, schema_version=schema_version, keep=keep, durability=durability,
+            compression=compression, max_state_bytes=max_state_bytes, events_maxlen=events_maxlen,
+            retry=retry, confirm=_confirm,
+        )
+        self.owner = owner or default_owner()
+        self.declared_config = dict(declared_config) if declared_config else None
+        self.server = client_label(client)
+        self.probe_report: ProbeReport | None = None
+
+    # read-only views of the configuration
+    namespace = property(lambda self: self._core.namespace)
+    schema_version = property(lambda self: self._core.schema_version)
+    keep = property(lambda self: self._core.keep)
+    durability = property(lambda self: self._core.durability)
+    client = property(lambda self: self._client)
+
+    def register_migration(self, from_version: int, fn: Any = None) -> Any:
+        """Register ``fn(state) -> state`` upgrading schema ``from_version`` to ``from_version + 1``.
+
+        Loading a generation written with an older schema runs the chain up to this store's
+        ``schema_version``; a gap in the chain, or a newer stored schema, raises
+        :class:`SchemaVersionError`. Works as a decorator: ``@store.register_migration(1)``.
+        """
+        return self._core.register_migration(from_version, fn)
+
+    def _probe_flow(self) -> Flow[ProbeReport]:
+        return probe_flow(server=self.server, namespace=self.namespace, durability=self.durability,
+                          declared=self.declared_config)
+
+    def _accept(self, report: ProbeReport) -> None:
+        self.probe_report = report
+        for w in report.warnings:
+            log.warning("%s: %s", self.server, w)
+        report.raise_if_refused()
+
+    def _acquire_flow(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
+        """(owner, ttl in ms, the flow) for an acquire."""
+        owner, ms = owner or self.owner, ttl_ms(ttl)
+        return owner, ms, self._core.acquire_flow(run_id, owner, ms)
+
+    def _commit_flow(self, run_id: str, state: Any, token: int, expected_generation: int,
+                     metadata: Mapping[Any, Any] | None, owner: str | None) -> Flow[int]:
+        return self._core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
+                                      owner=owner or self.owner, metadata=metadata)
+
+
+class LeaseBase:
+    """State of one held lease; the sync/async shells add the I/O methods."""
+
+    def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.owner = owner
+        self.token = grant.token
+        #: the head generation this lease expects its next commit to follow
+        self.generation = grant.generation
+        self.kind = grant.kind
+        self.ttl_ms = ttl
+        self.released = False
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} run={self.run_id!r} owner={self.owner!r} token={self.token} "
+                f"generation={self.generation}{' released' if self.released else ''}>")
+
+    def _renew_flow(self, ttl: float | timedelta | None) -> Flow[int]:
+        ms = self.ttl_ms if ttl is None else ttl_ms(ttl)
+        return self._store._core.renew_flow(self.run_id, self.owner, self.token, ms)
+
+    def _release_flow(self) -> Flow[bool]:
+        return self._store._core.release_flow(self.run_id, self.owner, self.token)
+
+    def _commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None) -> Flow[int]:
+        def flow() -> Flow[int]:
+            try:
+                generation = yield from self._store._commit_flow(
+                    self.run_id, state, self.token, self.generation, metadata, self.owner)
+            except DurabilityError as unconfirmed:
+                if unconfirmed.generation is not None:  # applied, only unconfirmed: the head moved
+                    self.generation = unconfirmed.generation
+                raise
+            self.generation = generation
+            return generation
+
+        return flow()
+
+    def _load_flow(self) -> Flow[Checkpoint | None]:
+        return self._store._core.load_flow(self.run_id)
+

@@ -1,0 +1,475 @@
+"""The exact-type state codec: msgpack with extension types, no pickle.
+
+A value comes back with the type it went in with (``type(x) is T``) and an equal
+value, or it is refused at encode time with :class:`UnsupportedTypeError` naming
+where it sits. Supported, exact types only (subclasses are refused):
+
+* ``None``, ``bool``, ``int`` (any size), ``float`` (nan, inf, -0.0), ``str``
+  (valid UTF-8), ``bytes``, ``bytearray``;
+* ``list``, ``tuple``, ``dict`` (any supported hashable key), ``set``, ``frozenset``;
+* ``datetime.datetime`` / ``datetime.time`` (naive, or with ``datetime.timezone``
+  or a keyed ``zoneinfo.ZoneInfo``; ``fold`` kept), ``datetime.date``,
+  ``datetime.timedelta``, ``decimal.Decimal`` (NaN, sNaN, -0, exponents), ``uuid.UUID``.
+
+Containers may nest at most :data:`MAX_DEPTH` levels; cycles are refused. A NaN
+(float or Decimal) anywhere inside a dict key or a set member is refused: it could
+not be looked up after a round trip.
+
+Wire form: plain msgpack for None/bool/int64/float/str/bytes/list/dict; a tuple,
+set or frozenset is an array whose first item is an empty marker extension
+(``[ext 2, *items]``), so containers never nest msgpack calls (the C unpacker keeps
+its stack on the C stack: nested ext payloads crash at ~180 levels); every other
+type is one leaf extension (codes below).
+
+Encoding runs msgpack's C packer. Before it, one cheap pass (``_prepare``) looks
+only into containers that hold containers or types the C packer would pack
+natively but lossily (``bytearray`` would become ``bytes``; ``memoryview``,
+``msgpack.ExtType``/``Timestamp`` would alias our extensions) and bounds the depth.
+Only when encoding fails does a second, slow walk (``_find_problem``) find the
+path to report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import operator
+import reprlib
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from itertools import chain, compress, repeat
+from typing import Any
+
+import msgpack
+from msgpack import ExtType, Timestamp
+
+from ._errors import UnsupportedTypeError
+
+__all__ = ["CODEC_MSGPACK", "MAX_DEPTH", "encode_state", "decode_state"]
+
+CODEC_MSGPACK = 1
+MAX_DEPTH = 128  # container levels: far inside msgpack's nesting limits and Python's recursion limit
+
+# Extension type codes (stable: they are stored in checkpoints).
+_BIGINT = 1  # int outside the signed 64-bit range: two's-complement big-endian bytes
+_TUPLE = 2  # empty marker, first item of the array that holds the items
+_SET = 3  # likewise
+_FROZENSET = 4  # likewise
+_DATETIME = 5  # packed [year, month, day, hour, minute, second, microsecond, fold, tz]
+_DATE = 6  # packed [year, month, day]
+_TIME = 7  # packed [hour, minute, second, microsecond, fold, tz]
+_TIMEDELTA = 8  # packed [days, seconds, microseconds]
+_DECIMAL = 9  # ASCII str(d)
+_UUID = 10  # 16 bytes
+_BYTEARRAY = 11  # the bytes
+# tz above: nil (naive) | [offset_us] | [offset_us, name] (datetime.timezone) | key str (ZoneInfo)
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_FOREIGN = (memoryview, ExtType, Timestamp)  # packed natively by msgpack but not round-tripped
+# Types in a value position that _prepare must look at; in a key/member position also NaN-capable ones.
+_LOOK_AT_VALUE = frozenset((*_CONTAINERS, bytearray, *_FOREIGN))
+_LOOK_AT_KEY = _LOOK_AT_VALUE | {float, decimal.Decimal}
+_CONTAINER_SET = frozenset(_CONTAINERS)
+_NOT_PLAIN = frozenset((bytearray, *_FOREIGN))
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_ONE_US = dt.timedelta(microseconds=1)
+
+
+class _Refused(Exception):
+    """Raised inside the fast path; the slow walk then says what and where."""
+
+
+def encode_state(state: object, *, root: str = "state") -> bytes:
+    """Encode ``state`` exactly; :class:`UnsupportedTypeError` names the first field that cannot be."""
+    try:
+        return _pack(state if _is_plain(state) else _prepare(state, 0))
+    except (_Refused, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # UnicodeEncodeError (lone surrogate) is a ValueError; RecursionError only on a stack already deep.
+        cause = exc
+    try:
+        problem = _find_problem(state, root, 0, {}, in_key=False)
+    except RecursionError:
+        problem = None
+    if problem is None:  # the walks disagree: never expected, still never a silent success
+        problem = UnsupportedTypeError(
+            f"{root} cannot be encoded: {cause}", path=root, type_name=type(state).__name__
+        )
+    raise problem from None
+
+
+def decode_state(payload: bytes) -> object:
+    """Decode what :func:`encode_state` wrote. Anything else raises ``ValueError``."""
+    try:
+        return _unpack(payload)
+    except ValueError:
+        raise
+    except (TypeError, KeyError, IndexError, OverflowError, RecursionError,
+            decimal.InvalidOperation, msgpack.UnpackException, OSError) as exc:
+        raise ValueError(f"not a valid state payload: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------- fast path
+
+
+def _is_plain(state: object) -> bool:
+    """Whether ``state`` can go to the C packer as it is: no bytearray or foreign type anywhere,
+    no dict key or set member that needs a look (a tuple, frozenset, float or Decimal), depth in bounds.
+
+    A breadth-first pass whose loops all run in C, one level of nesting at a time; when it says
+    no, :func:`_prepare` does the item-by-item work.
+    """
+    level: list = [state]
+    for depth in range(MAX_DEPTH + 1):
+        kinds = set(map(type, level))
+        if not kinds.isdisjoint(_NOT_PLAIN):
+            return False
+        containers = kinds & _CONTAINER_SET
+        if not containers:
+            return True
+        if depth == MAX_DEPTH:
+            return False
+        children = []
+        for kind in containers:
+            group = level if len(kinds) == 1 else list(compress(level, map(operator.is_, map(type, level), repeat(kind))))
+            if kind is dict or kind is set or kind is frozenset:  # keys / members
+                if not _LOOK_AT_KEY.isdisjoint(map(type, chain.from_iterable(group))):
+                    return False
+            if kind is dict:
+                children.append(chain.from_iterable(map(dict.values, group)))
+            elif kind is list or kind is tuple:
+                children.append(chain.from_iterable(group))
+        level = list(chain.from_iterable(children))
+    return False
+
+
+def _prepare(value: Any, depth: int) -> Any:
+    """Bound the depth, refuse foreign ext types and NaN keys, turn bytearrays into ExtTypes.
+
+    Returns ``value`` itself unless a bytearray inside it had to be replaced (then a copy).
+    """
+    kind = type(value)
+    if kind is bytearray:
+        return ExtType(_BYTEARRAY, bytes(value))
+    if kind not in _LOOK_AT_VALUE:
+        return value
+    if kind in _FOREIGN or depth >= MAX_DEPTH:
+        raise _Refused
+    if kind is set or kind is frozenset:
+        _check_members(value, depth)
+        return value
+    if kind is dict:
+        _check_members(value, depth)  # the keys
+        if _LOOK_AT_VALUE.isdisjoint(map(type, value.values())):
+            return value
+        changes = _prepare_items(value.items(), depth)
+        return {**value, **changes} if changes else value
+    if _LOOK_AT_VALUE.isdisjoint(map(type, value)):
+        return value
+    changes = _prepare_items(enumerate(value), depth)
+    if not changes:
+        return value
+    copy = list(value)
+    for index, item in changes.items():
+        copy[index] = item
+    return copy if kind is list else tuple(copy)
+
+
+def _prepare_items(pairs: Any, depth: int) -> dict:
+    """{key or index: replacement} for the items of a container that _prepare changed."""
+    changes = {}
+    for key, item in pairs:
+        if type(item) in _LOOK_AT_VALUE:
+            prepared = _prepare(item, depth + 1)
+            if prepared is not item:
+                changes[key] = prepared
+    return changes
+
+
+def _check_members(container: Any, depth: int) -> None:
+    """Check the members of a set/frozenset/tuple in a key position, or the keys of a dict."""
+    if not _LOOK_AT_KEY.isdisjoint(map(type, container)):
+        for member in container:
+            _check_member(member, depth + 1)
+
+
+def _check_member(value: Any, depth: int) -> None:
+    """A dict key or set member: hashable, so it holds no bytearray; refuse NaN and foreign types."""
+    kind = type(value)
+    if kind is float:
+        if value != value:
+            raise _Refused
+    elif kind is decimal.Decimal:
+        if value.is_nan():
+            raise _Refused
+    elif kind in _FOREIGN:
+        raise _Refused
+    elif kind is tuple or kind is frozenset:
+        if depth >= MAX_DEPTH:
+            raise _Refused
+        _check_members(value, depth)
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)
+
+
+def _default(value: Any) -> object:
+    """Called by the C packer for every type it does not pack natively (exact types only)."""
+    kind = type(value)
+    marker = _MARKERS.get(kind)
+    if marker is not None:
+        return [marker, *value]
+    encode = _LEAF_ENCODERS.get(kind)
+    if encode is None:
+        raise TypeError(kind.__name__)
+    return ExtType(*encode(value))
+
+
+_MARKERS = {tuple: ExtType(_TUPLE, b""), set: ExtType(_SET, b""), frozenset: ExtType(_FROZENSET, b"")}
+
+
+def _encode_int(value: int) -> tuple[int, bytes]:
+    return _BIGINT, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+
+
+def _encode_tz(tz: dt.tzinfo | None) -> object:
+    if tz is None:
+        return None
+    if type(tz) is dt.timezone:
+        offset, *name = tz.__getinitargs__()  # the name only when one was given explicitly
+        return [offset // _ONE_US, *name]
+    if type(tz) is zoneinfo.ZoneInfo and tz.key is not None:
+        return tz.key
+    raise TypeError(type(tz).__name__)
+
+
+def _encode_datetime(v: dt.datetime) -> tuple[int, bytes]:
+    fields = [v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold, _encode_tz(v.tzinfo)]
+    return _DATETIME, msgpack.packb(fields)
+
+
+def _encode_time(v: dt.time) -> tuple[int, bytes]:
+    return _TIME, msgpack.packb([v.hour, v.minute, v.second, v.microsecond, v.fold, _encode_tz(v.tzinfo)])
+
+
+_LEAF_ENCODERS: dict[type, Callable[[Any], tuple[int, bytes]]] = {
+    int: _encode_int,
+    dt.datetime: _encode_datetime,
+    dt.date: lambda v: (_DATE, msgpack.packb([v.year, v.month, v.day])),
+    dt.time: _encode_time,
+    dt.timedelta: lambda v: (_TIMEDELTA, msgpack.packb([v.days, v.seconds, v.microseconds])),
+    decimal.Decimal: lambda v: (_DECIMAL, str(v).encode("ascii")),
+    uuid.UUID: lambda v: (_UUID, v.bytes),
+}
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class _Marker:
+    """What a marker extension decodes to, until the array it starts becomes its container."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[list], object]) -> None:
+        self.build = build
+
+
+_MARKER_CODES = {_TUPLE: _Marker(tuple), _SET: _Marker(set), _FROZENSET: _Marker(frozenset)}
+
+
+def _unpack(data: bytes) -> Any:
+    markers_open = 0  # markers seen but not yet consumed as the first item of an array
+
+    def ext_hook(code: int, ext: bytes) -> Any:
+        nonlocal markers_open
+        marker = _MARKER_CODES.get(code)
+        if marker is not None and not ext:
+            markers_open += 1
+            return marker
+        decode = _LEAF_DECODERS.get(code)
+        if decode is None:
+            raise ValueError(f"unknown extension type {code}")
+        return decode(ext)
+
+    def list_hook(items: list) -> object:
+        nonlocal markers_open
+        if items and type(items[0]) is _Marker:
+            markers_open -= 1
+            return items.pop(0).build(items)
+        return items
+
+    n = len(data)  # every array item / map pair takes at least 1 / 2 bytes: tight, allocation-safe limits
+    value = msgpack.unpackb(
+        data, raw=False, strict_map_key=False, use_list=True, ext_hook=ext_hook, list_hook=list_hook,
+        max_str_len=n, max_bin_len=n, max_ext_len=n, max_array_len=n, max_map_len=n // 2,
+    )
+    if markers_open:
+        raise ValueError("container marker outside the first item of an array")
+    return value
+
+
+def _unpack_fields(data: bytes, count: int) -> list:
+    """The fixed-length field list of a leaf extension (plain msgpack, no extensions inside)."""
+    n = len(data)
+    fields = msgpack.unpackb(data, raw=False, max_str_len=n, max_bin_len=0, max_ext_len=0,
+                             max_array_len=n, max_map_len=0)
+    if type(fields) is not list or len(fields) != count:
+        raise ValueError("malformed extension payload")
+    return fields
+
+
+def _decode_tz(raw: object) -> dt.tzinfo | None:
+    if raw is None:
+        return None
+    if type(raw) is str:
+        return zoneinfo.ZoneInfo(raw)
+    if type(raw) is list and 1 <= len(raw) <= 2 and type(raw[0]) is int:
+        if len(raw) == 2 and type(raw[1]) is not str:
+            raise ValueError("malformed timezone name")
+        return dt.timezone(raw[0] * _ONE_US, *raw[1:])
+    raise ValueError(f"malformed tzinfo {raw!r}")
+
+
+def _decode_datetime(data: bytes) -> dt.datetime:
+    *fields, fold, tz = _unpack_fields(data, 9)
+    return dt.datetime(*fields, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _decode_time(data: bytes) -> dt.time:
+    *fields, fold, tz = _unpack_fields(data, 6)
+    return dt.time(*fields, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _decode_timedelta(data: bytes) -> dt.timedelta:
+    fields = _unpack_fields(data, 3)
+    if any(type(f) is not int for f in fields):  # timedelta() would accept floats
+        raise ValueError("malformed timedelta")
+    return dt.timedelta(*fields)
+
+
+def _decode_decimal(data: bytes) -> decimal.Decimal:
+    text = data.decode("ascii")
+    value = decimal.Decimal(text)
+    if str(value) != text:  # not what str() wrote (also catches a context that does not trap errors)
+        raise ValueError(f"malformed decimal {text!r}")
+    return value
+
+
+def _decode_bigint(data: bytes) -> int:
+    value = int.from_bytes(data, "big", signed=True)
+    if _INT64_MIN <= value <= _UINT64_MAX:
+        raise ValueError("big-int extension holding a 64-bit int")
+    return value
+
+
+def _decode_uuid(data: bytes) -> uuid.UUID:
+    if len(data) != 16:
+        raise ValueError("uuid extension is not 16 bytes")
+    return uuid.UUID(bytes=data)
+
+
+_LEAF_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    _BIGINT: _decode_bigint,
+    _DATETIME: _decode_datetime,
+    _DATE: lambda d: dt.date(*_unpack_fields(d, 3)),
+    _TIME: _decode_time,
+    _TIMEDELTA: _decode_timedelta,
+    _DECIMAL: _decode_decimal,
+    _UUID: _decode_uuid,
+    _BYTEARRAY: bytearray,
+}
+
+
+# ---------------------------------------------------------------- slow walk (error path only)
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_SCALARS = (type(None), bool, int, bytes, bytearray, dt.date, dt.timedelta, uuid.UUID)
+_SUPPORTED_NAMES = (
+    "None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, "
+    "datetime.datetime/date/time/timedelta, decimal.Decimal, uuid.UUID"
+)
+
+
+def _qualname(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _refuse(path: str, kind: type, why: str) -> UnsupportedTypeError:
+    return UnsupportedTypeError(f"{path}: {why}", path=path, type_name=_qualname(kind))
+
+
+def _find_problem(
+    value: Any, path: str, depth: int, enclosing: dict[int, str], *, in_key: bool
+) -> UnsupportedTypeError | None:
+    """The first value the codec refuses, as an error naming it; None if there is none.
+
+    ``enclosing`` maps the id of every container around ``value`` to its path (cycle check).
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return None
+    if kind is float or kind is decimal.Decimal:
+        if in_key and value != value:
+            return _refuse(path, kind, f"{kind.__name__} NaN inside a dict key or set member "
+                                       "cannot be looked up after a round trip")
+        return None
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return _refuse(path, kind, f"str is not valid UTF-8 (lone surrogate at index {exc.start})")
+        return None
+    if kind is dt.datetime or kind is dt.time:
+        tz = value.tzinfo
+        if tz is None or type(tz) is dt.timezone or (type(tz) is zoneinfo.ZoneInfo and tz.key is not None):
+            return None
+        return _refuse(path, type(tz), f"{kind.__name__} with tzinfo of type {_qualname(type(tz))} cannot be "
+                                       "stored exactly; use datetime.timezone or zoneinfo.ZoneInfo(key)")
+    if kind not in _CONTAINERS:
+        return _refuse(path, kind, f"type {_qualname(kind)} cannot be stored exactly{_subclass_hint(kind)}; "
+                                   f"supported: {_SUPPORTED_NAMES}")
+    if id(value) in enclosing:
+        return _refuse(path, kind, f"cycle: this {kind.__name__} is the one at {enclosing[id(value)]}, "
+                                   "which contains it")
+    if depth >= MAX_DEPTH:
+        return _refuse(path, kind, f"containers nested more than {MAX_DEPTH} levels deep")
+    enclosing[id(value)] = path
+    try:
+        return _find_in_items(value, kind, path, depth + 1, enclosing, in_key=in_key)
+    finally:
+        del enclosing[id(value)]
+
+
+def _find_in_items(
+    value: Any, kind: type, path: str, depth: int, enclosing: dict[int, str], *, in_key: bool
+) -> UnsupportedTypeError | None:
+    if kind is dict:
+        for key, item in value.items():
+            problem = (_find_problem(key, f"{path}[<key {_repr.repr(key)}>]", depth, enclosing, in_key=True)
+                       or _find_problem(item, f"{path}[{_repr.repr(key)}]", depth, enclosing, in_key=in_key))
+            if problem:
+                return problem
+        return None
+    if kind is set or kind is frozenset:
+        for member in value:
+            problem = _find_problem(member, f"{path}[<member {_repr.repr(member)}>]", depth, enclosing, in_key=True)
+            if problem:
+                return problem
+        return None
+    for index, item in enumerate(value):
+        problem = _find_problem(item, f"{path}[{index}]", depth, enclosing, in_key=in_key)
+        if problem:
+            return problem
+    return None
+
+
+def _subclass_hint(kind: type) -> str:
+    for base in (bool, int, float, str, bytes, bytearray, *_CONTAINERS, dt.datetime, dt.date, dt.time,
+                 dt.timedelta, decimal.Decimal, uuid.UUID):
+        if issubclass(kind, base):
+            return f" (it is a subclass of {_qualname(base)}: convert it to a plain {base.__name__})"
+    return ""

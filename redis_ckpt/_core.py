@@ -1,0 +1,551 @@
+"""The sans-IO core shared by :class:`CheckpointStore` and :class:`AsyncCheckpointStore`.
+
+Every store operation is a generator *flow* (see ``_io``): it decides, the shells do the
+I/O. Nothing here touches a socket, a clock for waiting, or a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import tenacity
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._codec import CODEC_MSGPACK, encode_state
+from ._durability import Durability
+from ._errors import (
+    CodecUnavailableError,
+    ConflictError,
+    CorruptCheckpointError,
+    DurabilityError,
+    FencedError,
+    FrameDamage,
+    FrameError,
+    LeaseHeldError,
+    LeaseLostError,
+    SchemaVersionError,
+    StateError,
+    StateTooLargeError,
+    StoreUnavailableError,
+)
+from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
+from ._io import Cmd, Flow, Pipe, Script, Sleep
+from ._keys import RunKeys, validate_namespace, validate_owner, validate_run_id
+from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
+
+__all__ = ["StoreCore", "RetryPolicy", "default_owner"]
+
+log = logging.getLogger("redis_ckpt")
+T = TypeVar("T")
+
+#: Errors after which an operation may be sent again: the connection broke or timed out.
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+Migration = Callable[[Any], Any]
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _hash(reply: Any) -> dict[str, str]:
+    if not reply:
+        return {}
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    it = iter(reply)  # flat [k, v, k, v] (RESP2 without callbacks)
+    return {_text(k): _text(v) for k, v in zip(it, it)}
+
+
+def _kept(head: Mapping[str, str]) -> list[int]:
+    raw = head.get("kept", "")
+    return [int(g) for g in raw.split(",") if g]
+
+
+def _script_error(reply: Any) -> tuple[str, list[str]] | None:
+    """(code, fields) of a script's error reply, else None."""
+    if isinstance(reply, ResponseError):
+        code, _, rest = str(reply).partition(" ")
+        return code, rest.split(" ") if rest else []
+    return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often an operation is sent again after the connection broke.
+
+    Only operations that are safe to repeat are retried: a commit carries its commit id
+    (a resent commit that already applied returns the same generation), reads are reads.
+    """
+
+    attempts: int = 4
+    deadline_s: float = 15.0
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+
+class StoreCore:
+    """Configuration, migrations and every flow of a store."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        schema_version: int = 1,
+        keep: int = 3,
+        durability: Durability | None = None,
+        compression: str = "none",
+        max_state_bytes: int = 512 * 1024 * 1024,
+        events_maxlen: int = 1000,
+        retry: RetryPolicy | None = None,
+        confirm: bool = True,
+    ) -> None:
+        if not isinstance(schema_version, int) or schema_version < 1:
+            raise ValueError("schema_version must be an int >= 1")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError("keep must be an int >= 1")
+        if compression not in ("none", "zstd"):
+            raise ValueError("compression must be 'none' or 'zstd'")
+        self.namespace = validate_namespace(namespace)
+        self.schema_version = schema_version
+        self.keep = keep
+        self.durability = durability or Durability()
+        self.compression = compression
+        self.max_state_bytes = max_state_bytes
+        self.events_maxlen = events_maxlen
+        self.retry = retry or RetryPolicy()
+        self.confirm = confirm
+        self.migrations: dict[int, Migration] = {}
+
+    # -- configuration -------------------------------------------------------------------
+
+    def keys(self, run_id: str) -> RunKeys:
+        return RunKeys(self.namespace, validate_run_id(run_id))
+
+    def register_migration(self, from_version: int, fn: Migration | None = None) -> Any:
+        """Register ``fn(state) -> state`` that turns schema ``from_version`` into ``from_version + 1``.
+
+        Usable as a call or as a decorator: ``@store.register_migration(1)``.
+        """
+        if not isinstance(from_version, int) or from_version < 1:
+            raise ValueError("from_version must be an int >= 1")
+
+        def add(f: Migration) -> Migration:
+            if from_version in self.migrations:
+                raise ValueError(f"a migration from schema {from_version} is already registered")
+            self.migrations[from_version] = f
+            return f
+
+        return add if fn is None else add(fn)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _confirmed(self, script: Script, route: str) -> Pipe:
+        ops: list[Cmd | Script] = [script]
+        if self.confirm:
+            ops += [Cmd(*c) for c in self.durability.commands()]
+        return Pipe(ops, route=route)
+
+    def _check_confirmed(self, replies: list[Any], *, what: str, run_id: str, generation: int | None) -> None:
+        if not self.confirm:
+            return
+        d = self.durability
+        tail = replies[1:]
+        failed = next((r for r in tail if isinstance(r, ResponseError)), None)
+        if failed is not None:
+            raise DurabilityError(
+                run_id, what=what, generation=generation, local_asked=1, local_got=0,
+                replicas_asked=d.replicas, replicas_got=0, timeout_ms=d.timeout_ms,
+                server_error=str(failed),
+            )
+        got = d.read(tail)
+        if not d.satisfied(got):
+            raise DurabilityError(
+                run_id, what=what, generation=generation, local_asked=1, local_got=got.local,
+                replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
+            )
+
+    def _retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
+        """Run ``body`` again after a broken connection, with tenacity's back-off."""
+        p = self.retry
+        sleeps: list[float] = []
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(p.attempts) | tenacity.stop_after_delay(p.deadline_s),
+            wait=tenacity.wait_exponential(multiplier=p.initial_backoff_s, max=p.max_backoff_s)
+            + tenacity.wait_random(0, p.initial_backoff_s),
+            retry=tenacity.retry_if_exception_type(RETRYABLE),
+            sleep=sleeps.append,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                if sleeps:
+                    yield Sleep(sleeps.pop())
+                with attempt:
+                    return (yield from body())
+        except RETRYABLE as exc:
+            unknown = " (the write may or may not have been applied)" if writes else ""
+            raise StoreUnavailableError(
+                f"{what} of run {run_id!r} failed: the server is unreachable after "
+                f"{p.attempts} attempts: {type(exc).__name__}: {exc}{unknown}",
+                run_id=run_id,
+                outcome_unknown=writes,
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- lease ---------------------------------------------------------------------------
+
+    def acquire_flow(self, run_id: str, owner: str, ttl_ms: int) -> Flow[Grant]:
+        k = self.keys(run_id)
+        owner = validate_owner(owner)
+        if not isinstance(ttl_ms, int) or ttl_ms <= 0:
+            raise ValueError("ttl must be a positive number of milliseconds")
+
+        def body() -> Flow[Grant]:
+            script = Script("acquire", [k.fence, k.lease, k.head, k.events], [owner, ttl_ms, self.events_maxlen])
+            replies = yield self._confirmed(script, route=k.fence)
+            err = _script_error(replies[0])
+            if err is not None:
+                code, fields = err
+                if code == "LEASE_HELD":
+                    raise LeaseHeldError(k.run_id, owner=" ".join(fields[1:]), ms_left=int(fields[0]))
+                raise replies[0]
+            token, generation, kind, previous = replies[0]
+            self._check_confirmed(replies, what="acquire", run_id=k.run_id, generation=None)
+            return Grant(int(token), int(generation), _text(kind), int(previous))
+
+        return self._retrying(body, run_id=k.run_id, what="acquire", writes=True)
+
+    def renew_flow(self, run_id: str, owner: str, token: int, ttl_ms: int) -> Flow[int]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[int]:
+            script = Script("renew", [k.fence, k.lease, k.events], [token, ttl_ms, owner, self.events_maxlen])
+            reply = (yield Pipe([script], route=k.lease))[0]
+            err = _script_error(reply)
+            if err is not None:
+                code, fields = err
+                if code == "LEASE_LOST":
+                    holder_token = int(fields[1]) or None
+                    holder = " ".join(fields[2:]) or None
+                    raise LeaseLostError(k.run_id, token=token, holder=holder, holder_token=holder_token)
+                raise reply
+            return int(reply)
+
+        return self._retrying(body, run_id=k.run_id, what="renew", writes=False)
+
+    def release_flow(self, run_id: str, owner: str, token: int) -> Flow[bool]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[bool]:
+            script = Script("release", [k.lease, k.events], [token, owner, self.events_maxlen])
+            reply = (yield Pipe([script], route=k.lease))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return bool(int(reply))
+
+        return self._retrying(body, run_id=k.run_id, what="release", writes=False)
+
+    def revoke_flow(self, run_id: str, by: str) -> Flow[int]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[int]:
+            script = Script("revoke", [k.fence, k.lease, k.events], [by, self.events_maxlen])
+            replies = yield self._confirmed(script, route=k.fence)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            self._check_confirmed(replies, what="revoke", run_id=k.run_id, generation=None)
+            return int(replies[0])
+
+        return self._retrying(body, run_id=k.run_id, what="revoke", writes=True)
+
+    # -- commit --------------------------------------------------------------------------
+
+    def encode(self, run_id: str, state: Any, *, generation: int, token: int, owner: str,
+               metadata: Mapping[Any, Any] | None) -> bytes:
+        """The framed generation for ``state``; raises StateError subclasses, writes nothing."""
+        try:
+            payload = encode_state(state)
+            if len(payload) > self.max_state_bytes:
+                raise StateTooLargeError(
+                    f"state of run {run_id!r} encodes to {len(payload)} bytes; "
+                    f"this store's max_state_bytes is {self.max_state_bytes}",
+                    size=len(payload), limit=self.max_state_bytes,
+                )
+            return encode_frame(
+                payload, run_id=run_id, generation=generation, token=token, owner=owner,
+                created_ms=_now_ms(), schema_version=self.schema_version,
+                metadata=dict(metadata or {}), codec=CODEC_MSGPACK, compression=self.compression,
+            )
+        except (StateError, CodecUnavailableError) as exc:
+            exc.run_id = run_id
+            raise
+
+    def commit_flow(self, run_id: str, state: Any, *, token: int, expected_generation: int,
+                    owner: str, metadata: Mapping[Any, Any] | None = None,
+                    commit_id: str | None = None) -> Flow[int]:
+        k = self.keys(run_id)
+        owner = validate_owner(owner)
+        if not isinstance(token, int) or isinstance(token, bool) or token < 1:
+            raise ValueError("token must be a positive int handed out by acquire")
+        if not isinstance(expected_generation, int) or expected_generation < 0:
+            raise ValueError("expected_generation must be an int >= 0")
+        new = expected_generation + 1
+        frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
+        checksum = frame_checksum(frame)
+        cid = commit_id or uuid.uuid4().hex
+        drop = [new - self.keep] if new - self.keep >= 1 else []
+
+        def body() -> Flow[int]:
+            nonlocal drop
+            for _ in range(4):
+                script = Script(
+                    "commit",
+                    [k.fence, k.head, k.events, k.generation(new), *(k.generation(g) for g in drop)],
+                    [token, expected_generation, cid, frame, checksum, self.schema_version,
+                     CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, *drop],
+                )
+                replies = yield self._confirmed(script, route=k.head)
+                err = _script_error(replies[0])
+                if err is None:
+                    generation = int(replies[0][0])
+                    self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
+                    return generation
+                code, fields = err
+                if code == "NEED_KEYS":
+                    drop = sorted(set(drop) | {int(f) for f in fields})
+                    continue
+                if code in ("FENCED", "FENCE_BEHIND"):
+                    raise FencedError(k.run_id, token=int(fields[0]), fence=int(fields[1]))
+                if code == "CONFLICT":
+                    raise ConflictError(k.run_id, expected=int(fields[0]), actual=int(fields[1]))
+                raise replies[0]
+            raise AssertionError("commit: rotation key set did not converge")
+
+        return self._retrying(body, run_id=k.run_id, what="commit", writes=True)
+
+    # -- load ----------------------------------------------------------------------------
+
+    def _verify(self, k: RunKeys, generation: int, blob: bytes | None, head: Mapping[str, str]) -> tuple[Any, Any]:
+        """(header, payload) of a verified generation, else FrameError."""
+        if blob is None:
+            raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id, generation=generation)
+        header, payload = decode_frame(blob, run_id=k.run_id, generation=generation,
+                                       max_payload_bytes=self.max_state_bytes)
+        if generation == int(head.get("generation", 0)) and head.get("checksum") not in (None, frame_checksum(blob)):
+            raise FrameError(FrameDamage.HEAD_MISMATCH,
+                             "checksum differs from the one the head recorded at commit",
+                             run_id=k.run_id, generation=generation)
+        return header, payload
+
+    def _migrate(self, run_id: str, state: Any, stored: int) -> Any:
+        if stored > self.schema_version:
+            raise SchemaVersionError(
+                f"run {run_id!r} was written with schema {stored}, newer than this code's "
+                f"{self.schema_version}: upgrade the code before loading it",
+                run_id=run_id, found=stored, supported=self.schema_version,
+            )
+        for v in range(stored, self.schema_version):
+            fn = self.migrations.get(v)
+            if fn is None:
+                raise SchemaVersionError(
+                    f"run {run_id!r} has schema {stored}; this code is at {self.schema_version} "
+                    f"but no migration from {v} to {v + 1} is registered",
+                    run_id=run_id, found=stored, supported=self.schema_version,
+                )
+            state = fn(state)
+        return state
+
+    def _committed_before(self, k: RunKeys) -> Flow[bool]:
+        """Whether the audit stream shows a commit after the last delete (head is gone)."""
+        entries = yield Cmd("XREVRANGE", k.events, "+", "-", "COUNT", 200)
+        for _id, fields in entries or []:
+            kind = _text(fields.get(b"kind", b"")) if isinstance(fields, dict) else ""
+            if kind == "delete":
+                return False
+            if kind in ("commit", "commit_retry"):
+                return True
+        return False
+
+    def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
+        k = self.keys(run_id)
+
+        def attempt() -> Flow[Checkpoint | None]:
+            for _ in range(5):  # the head may rotate under us; start again from the new head
+                head = _hash((yield Cmd("HGETALL", k.head)))
+                if not head:
+                    if (yield from self._committed_before(k)):
+                        raise CorruptCheckpointError(
+                            k.run_id, {},
+                            message=f"run {k.run_id!r} has committed generations in its audit "
+                                    "stream but its head is missing",
+                        )
+                    return None
+                result = yield from self._load_from(k, head)
+                if result is not None:
+                    return result
+            raise CorruptCheckpointError(k.run_id, {}, message=f"run {k.run_id!r}: the head kept moving while loading")
+
+        return self._retrying(attempt, run_id=k.run_id, what="load", writes=False)
+
+    def _load_from(self, k: RunKeys, head: dict[str, str]) -> Flow[Checkpoint | None]:
+        head_gen = int(head.get("generation", 0))
+        skipped: list[SkippedGeneration] = []
+        for g in sorted(_kept(head), reverse=True):
+            blob = yield Cmd("GET", k.generation(g))
+            try:
+                header, payload = self._verify(k, g, blob, head)
+                state = decode_payload(header, payload)
+            except FrameError as bad:
+                if bad.reason is FrameDamage.MISSING:
+                    now = _hash((yield Cmd("HGETALL", k.head)))
+                    if now.get("commit_id") != head.get("commit_id"):
+                        return None  # rotated away meanwhile: reload from the new head
+                skipped.append(SkippedGeneration(g, bad.reason.value, bad.detail))
+                continue
+            state = self._migrate(k.run_id, state, header.schema_version)
+            if skipped:
+                yield from self._report_fallback(k, g, skipped)
+            return Checkpoint(
+                run_id=k.run_id, state=state, generation=g, head_generation=head_gen,
+                token=header.token, owner=header.owner,
+                created_at=ms_to_datetime(header.created_ms),  # type: ignore[arg-type]
+                schema_version=self.schema_version, stored_schema_version=header.schema_version,
+                metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
+                size=len(blob), skipped=tuple(skipped),  # type: ignore[arg-type]
+            )
+        raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
+
+    def _report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
+        summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
+        log.error("run %r: loaded generation %d because newer ones failed verification (%s)",
+                  k.run_id, loaded, summary)
+        yield Cmd("XADD", k.events, "MAXLEN", "~", self.events_maxlen, "*", "kind", "fallback",
+                  "loaded", loaded, "skipped", summary, "ms", _now_ms())
+
+    # -- inspection and admin ------------------------------------------------------------
+
+    def generations_flow(self, run_id: str) -> Flow[list[GenerationInfo]]:
+        """Every kept generation, newest first, each verified (frame and checksum), no migration."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[list[GenerationInfo]]:
+            head = _hash((yield Cmd("HGETALL", k.head)))
+            out: list[GenerationInfo] = []
+            for g in sorted(_kept(head), reverse=True):
+                blob = yield Cmd("GET", k.generation(g))
+                try:
+                    self._verify(k, g, blob, head)
+                    h = read_header(blob, run_id=k.run_id, generation=g)  # type: ignore[arg-type]
+                except FrameError as bad:
+                    out.append(GenerationInfo(g, len(blob or b""), False, bad.reason.value, bad.detail))
+                    continue
+                except CodecUnavailableError as missing:
+                    out.append(GenerationInfo(g, len(blob or b""), False, "codec-unavailable", str(missing)))
+                    continue
+                out.append(GenerationInfo(
+                    g, len(blob), True, token=h.token, owner=h.owner,  # type: ignore[arg-type]
+                    created_at=ms_to_datetime(h.created_ms), schema_version=h.schema_version,
+                    checksum=frame_checksum(blob), compression=h.compression,  # type: ignore[arg-type]
+                    metadata=h.metadata,
+                ))
+            return out
+
+        return self._retrying(body, run_id=k.run_id, what="generations", writes=False)
+
+    def info_flow(self, run_id: str) -> Flow[RunInfo]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[RunInfo]:
+            fence, head, lease, pttl = yield Pipe(
+                [Cmd("GET", k.fence), Cmd("HGETALL", k.head), Cmd("HGETALL", k.lease), Cmd("PTTL", k.lease)],
+                route=k.fence,
+            )
+            for r in (fence, head, lease, pttl):
+                if isinstance(r, Exception):
+                    raise r
+            head, lease = _hash(head), _hash(lease)
+            held = lease.get("state") == "held"
+            return RunInfo(
+                run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
+                kept=tuple(_kept(head)), head=head,
+                lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
+                lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
+                lease_state=lease.get("state"),
+            )
+
+        return self._retrying(body, run_id=k.run_id, what="info", writes=False)
+
+    def events_flow(self, run_id: str, *, count: int = 100, after: str | None = None) -> Flow[list[Event]]:
+        """Audit events, oldest first: the newest ``count``, or those after id ``after``."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[list[Event]]:
+            if after is None:
+                raw = list(reversed((yield Cmd("XREVRANGE", k.events, "+", "-", "COUNT", count)) or []))
+            else:
+                raw = (yield Cmd("XRANGE", k.events, f"({after}", "+", "COUNT", count)) or []
+            return [_event(i, f) for i, f in raw]
+
+        return self._retrying(body, run_id=k.run_id, what="events", writes=False)
+
+    def delete_flow(self, run_id: str, by: str) -> Flow[int]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[int]:
+            head = _hash((yield Cmd("HGETALL", k.head)))
+            gens = _kept(head)
+            for _ in range(4):
+                script = Script("delete", [k.fence, k.lease, k.head, k.events, *(k.generation(g) for g in gens)],
+                                [by, self.events_maxlen, *gens])
+                replies = yield self._confirmed(script, route=k.fence)
+                err = _script_error(replies[0])
+                if err is None:
+                    self._check_confirmed(replies, what="delete", run_id=k.run_id, generation=None)
+                    return int(replies[0][1])
+                code, fields = err
+                if code != "NEED_KEYS":
+                    raise replies[0]
+                gens = sorted(set(gens) | {int(f) for f in fields})
+            raise AssertionError("delete: key set did not converge")
+
+        return self._retrying(body, run_id=k.run_id, what="delete", writes=True)
+
+    def runs_flow(self, *, limit: int | None = None) -> Flow[list[str]]:
+        """Run ids in this namespace (SCAN over fence keys: every run that ever had a lease or commit)."""
+        pattern = RunKeys.scan_pattern(self.namespace)
+        found: set[str] = set()
+        cursor: Any = 0
+        while True:
+            cursor, batch = yield Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            for key in batch:
+                rid = RunKeys.run_id_from_key(self.namespace, _text(key))
+                if rid is not None:
+                    found.add(rid)
+            if int(cursor) == 0 or (limit is not None and len(found) >= limit):
+                break
+        runs = sorted(found)
+        return runs[:limit] if limit is not None else runs
+
+
+def _event(entry_id: Any, fields: Any) -> Event:
+    f = _hash(fields)
+    ms = f.get("ms")
+    return Event(id=_text(entry_id), kind=f.get("kind", "?"), at=ms_to_datetime(int(ms)) if ms else None, fields=f)
+

@@ -1,0 +1,250 @@
+"""Every error redis-ckpt raises, under one root.
+
+::
+
+    CheckpointError                       every error below carries .run_id (None where no run is involved)
+    ├── InvalidRunIdError (ValueError)    a run id or owner name that cannot become a key
+    ├── StateError
+    │   ├── UnsupportedTypeError (TypeError)   a value the codec cannot round-trip exactly; .path names it
+    │   └── StateTooLargeError            the encoded state exceeds the store's max_state_bytes
+    ├── LeaseError
+    │   ├── LeaseHeldError                another owner holds a live lease; .owner, .ms_left
+    │   └── LeaseLostError                renew/commit on a lease whose token is no longer current
+    ├── FencedError                       commit with a token below the run's fence; .token, .fence
+    ├── ConflictError                     expected generation is not the head; .expected, .actual
+    ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
+    ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
+    ├── NonDurableServerError             the startup probe refused the server; .problems
+    ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
+    │   └── FrameError                    one frame failed verification; .reason (a FrameDamage value)
+    ├── SchemaVersionError                stored schema newer than the code, or a gap in the migration chain
+    └── CodecUnavailableError             a codec/compression library is missing; .extra names what to install
+
+Messages never include a password: URLs are redacted before they reach an error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "CheckpointError",
+    "InvalidRunIdError",
+    "StateError",
+    "UnsupportedTypeError",
+    "StateTooLargeError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "FencedError",
+    "ConflictError",
+    "DurabilityError",
+    "StoreUnavailableError",
+    "NonDurableServerError",
+    "CorruptCheckpointError",
+    "FrameError",
+    "FrameDamage",
+    "SchemaVersionError",
+    "CodecUnavailableError",
+]
+
+
+class CheckpointError(Exception):
+    """Root of every redis-ckpt error."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidRunIdError(CheckpointError, ValueError):
+    """A run id (or owner name) that cannot safely become part of a key."""
+
+    def __init__(self, message: str, *, value: object) -> None:
+        super().__init__(message, run_id=None)
+        self.value = value
+
+
+class StateError(CheckpointError):
+    """The state handed to commit cannot be stored; nothing was written."""
+
+
+class UnsupportedTypeError(StateError, TypeError):
+    """A value whose type does not round-trip exactly. ``path`` is where it sits in the state."""
+
+    def __init__(self, message: str, *, path: str, type_name: str, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.path = path
+        self.type_name = type_name
+
+
+class StateTooLargeError(StateError):
+    def __init__(self, message: str, *, size: int, limit: int, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.size = size
+        self.limit = limit
+
+
+class LeaseError(CheckpointError):
+    """Lease acquisition or upkeep failed."""
+
+
+class LeaseHeldError(LeaseError):
+    def __init__(self, run_id: str, *, owner: str, ms_left: int) -> None:
+        super().__init__(
+            f"run {run_id!r} is leased by {owner!r} for another {ms_left} ms", run_id=run_id
+        )
+        self.owner = owner
+        self.ms_left = ms_left
+
+
+class LeaseLostError(LeaseError):
+    def __init__(self, run_id: str, *, token: int, holder: str | None, holder_token: int | None) -> None:
+        held = f"now held by {holder!r} with token {holder_token}" if holder else "no live lease"
+        super().__init__(
+            f"lease on run {run_id!r} with token {token} is gone ({held})", run_id=run_id
+        )
+        self.token = token
+        self.holder = holder
+        self.holder_token = holder_token
+
+
+class FencedError(CheckpointError):
+    def __init__(self, run_id: str, *, token: int, fence: int) -> None:
+        super().__init__(
+            f"commit to run {run_id!r} with token {token} rejected: the run's fence is {fence}, "
+            "a newer worker holds it",
+            run_id=run_id,
+        )
+        self.token = token
+        self.fence = fence
+
+
+class ConflictError(CheckpointError):
+    def __init__(self, run_id: str, *, expected: int, actual: int) -> None:
+        super().__init__(
+            f"commit to run {run_id!r} expected generation {expected} but the head is {actual}",
+            run_id=run_id,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class DurabilityError(CheckpointError):
+    """The write was applied but not confirmed as the policy asks: it may or may not survive a crash."""
+
+    def __init__(
+        self,
+        run_id: str | None,
+        *,
+        what: str,
+        generation: int | None,
+        local_asked: int,
+        local_got: int,
+        replicas_asked: int,
+        replicas_got: int,
+        timeout_ms: int,
+        server_error: str | None = None,
+    ) -> None:
+        gen = f" generation {generation}" if generation is not None else ""
+        why = f" (the server said: {server_error})" if server_error else ""
+        super().__init__(
+            f"{what} of run {run_id!r}{gen} was applied but not confirmed within {timeout_ms} ms: "
+            f"local fsync {local_got}/{local_asked}, replicas {replicas_got}/{replicas_asked}{why}; "
+            "it may or may not survive a crash",
+            run_id=run_id,
+        )
+        self.server_error = server_error
+        self.what = what
+        self.generation = generation
+        self.local_asked = local_asked
+        self.local_got = local_got
+        self.replicas_asked = replicas_asked
+        self.replicas_got = replicas_got
+        self.timeout_ms = timeout_ms
+
+
+class StoreUnavailableError(CheckpointError):
+    """The server could not be reached, or went away mid-operation."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, outcome_unknown: bool = False) -> None:
+        super().__init__(message, run_id=run_id)
+        self.outcome_unknown = outcome_unknown
+
+
+class NonDurableServerError(CheckpointError):
+    """The startup probe found the server unable to keep an acknowledged commit."""
+
+    def __init__(self, server: str, problems: Sequence[Any]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"refusing to use {server}: it cannot keep a commit durable\n{lines}")
+        self.server = server
+        self.problems = list(problems)
+
+
+class FrameDamage(str, enum.Enum):
+    """Why one stored generation failed verification."""
+
+    MISSING = "missing"  # the key the head points at does not exist
+    BAD_MAGIC = "bad-magic"  # not a redis-ckpt frame at all
+    UNKNOWN_FORMAT = "unknown-format"  # frame format version newer than this code
+    TRUNCATED = "truncated"  # shorter than its own length fields say
+    TRAILING_BYTES = "trailing-bytes"  # longer than its own length fields say
+    CHECKSUM = "checksum"  # xxh3-128 mismatch: bit flips or overwritten bytes
+    BAD_HEADER = "bad-header"  # checksum ok but the header cannot be read
+    UNKNOWN_CODEC = "unknown-codec"
+    UNKNOWN_COMPRESSION = "unknown-compression"
+    WRONG_RUN = "wrong-run"  # a valid frame of another run
+    WRONG_GENERATION = "wrong-generation"  # a valid frame stored under another generation's key
+    HEAD_MISMATCH = "head-mismatch"  # valid frame, but not the one the head recorded
+    UNDECODABLE = "undecodable"  # checksum ok yet the payload does not decode
+
+
+class CorruptCheckpointError(CheckpointError):
+    """No kept generation of the run verifies; ``reasons`` maps each generation to why."""
+
+    def __init__(self, run_id: str | None, reasons: Mapping[int, str], message: str | None = None) -> None:
+        if message is None:
+            detail = ", ".join(f"g{g}: {r}" for g, r in sorted(reasons.items(), reverse=True))
+            message = f"run {run_id!r} has no generation that verifies ({detail})"
+        super().__init__(message, run_id=run_id)
+        self.reasons = dict(reasons)
+
+
+class FrameError(CorruptCheckpointError):
+    """One frame failed verification."""
+
+    def __init__(self, reason: FrameDamage, detail: str, *, run_id: str | None = None, generation: int | None = None) -> None:
+        where = f"generation {generation} of run {run_id!r}" if generation is not None else "frame"
+        super().__init__(
+            run_id,
+            {generation if generation is not None else -1: reason.value},
+            message=f"{where} is damaged: {reason.value}: {detail}",
+        )
+        self.reason = reason
+        self.detail = detail
+        self.generation = generation
+
+
+class SchemaVersionError(CheckpointError):
+    def __init__(self, message: str, *, run_id: str | None, found: int, supported: int) -> None:
+        super().__init__(message, run_id=run_id)
+        self.found = found
+        self.supported = supported
+
+
+class CodecUnavailableError(CheckpointError):
+    def __init__(self, what: str, *, extra: str, run_id: str | None = None) -> None:
+        super().__init__(
+            f"{what} is needed to read this checkpoint but is not installed: "
+            f"pip install 'redis-ckpt[{extra}]'",
+            run_id=run_id,
+        )
+        self.what = what
+        self.extra = extra

