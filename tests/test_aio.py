@@ -1,0 +1,116 @@
+"""The asyncio store: same flows and Lua files as the sync one, on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from redis_ckpt import CheckpointStore, FencedError, LeaseHeldError, Lease
+from redis_ckpt._keys import RunKeys
+from redis_ckpt.aio import AsyncCheckpointStore, AsyncLease
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.server
+def test_async_round_trip_and_fencing(durable_server, client, namespace):
+    async def scenario():
+        store = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        assert store.probe_report is not None and store.probe_report.ok
+        zombie = await store.acquire("job", owner="zombie", ttl=0.2)
+        assert await zombie.commit({"step": (1, 2)}) == 1
+        await asyncio.sleep(0.35)
+        async with await store.acquire("job", owner="fresh", ttl=10) as fresh:
+            assert fresh.kind == "takeover" and fresh.token == 2
+            with pytest.raises(LeaseHeldError):
+                await store.acquire("job", owner="third", ttl=1)
+            assert await fresh.commit({"step": (3,)}) == 2
+            with pytest.raises(FencedError) as e:
+                await zombie.commit({"step": ()})
+            assert (e.value.token, e.value.fence) == (1, 2)
+        ck = await store.load("job")
+        assert ck.state == {"step": (3,)} and ck.generation == 2
+        assert [g.generation for g in await store.generations("job")] == [2, 1]
+        assert "fenced" in [e.kind for e in await store.events("job")]
+        await store.close()
+
+    run(scenario())
+
+
+@pytest.mark.server
+def test_async_and_sync_stores_read_each_others_commits(durable_server, client, namespace):
+    sync = CheckpointStore(client, namespace=namespace)
+    lease = sync.acquire("mixed", owner="s", ttl=10)
+    lease.commit({"from": "sync"})
+
+    async def scenario():
+        store = await AsyncCheckpointStore.create(aioredis.Redis(host=durable_server.host, port=durable_server.port),
+                                                  namespace=namespace)
+        ck = await store.load("mixed")
+        assert ck.state == {"from": "sync"}
+        await store.commit("mixed", {"from": "async"}, token=lease.token, expected_generation=1)
+        await store.close()
+
+    run(scenario())
+    assert sync.load("mixed").state == {"from": "async"}
+
+
+@pytest.mark.server
+def test_async_fallback_on_damaged_newest(durable_server, client, namespace):
+    async def scenario():
+        store = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        lease = await store.acquire("dmg", owner="a", ttl=10)
+        await lease.commit(1)
+        await lease.commit(2)
+        client.setrange(RunKeys(namespace, "dmg").generation(2), 20, b"\x00\x01\x02")
+        ck = await store.load("dmg")
+        assert ck.generation == 1 and ck.skipped[0].reason == "checksum"
+        await store.close()
+
+    run(scenario())
+
+
+def test_async_in_memory_store_for_users_tests():
+    async def scenario():
+        store = await AsyncCheckpointStore.in_memory(namespace="unit")
+        async with await store.acquire("r", owner="me", ttl=5) as lease:
+            await lease.commit({"x": 1})
+        assert (await store.load("r")).state == {"x": 1}
+
+    run(scenario())
+
+
+def test_sync_in_memory_store_for_users_tests():
+    store = CheckpointStore.in_memory()
+    assert store.probe_report is None  # in-memory: no probe, and its docstring says so
+    assert "NOT durable" in CheckpointStore.in_memory.__doc__
+    with store.acquire("r", owner="me", ttl=0.1) as lease:
+        lease.commit({"x": 1})
+    time.sleep(0.05)
+    assert store.load("r").state == {"x": 1}
+
+
+def _public(cls):
+    return {n: m for n, m in inspect.getmembers(cls) if not n.startswith("_") and callable(m)}
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), [(CheckpointStore, AsyncCheckpointStore), (Lease, AsyncLease)])
+def test_async_surface_mirrors_the_sync_one(sync_cls, async_cls):
+    sync_api, async_api = _public(sync_cls), _public(async_cls)
+    only_sync = set(sync_api) - set(async_api)
+    assert only_sync == set(), f"missing from {async_cls.__name__}: {only_sync}"
+    for name, fn in sync_api.items():
+        afn = async_api[name]
+        if name in ("register_migration",):
+            continue
+        if name not in ("from_url", "in_memory"):
+            assert inspect.iscoroutinefunction(afn), f"{async_cls.__name__}.{name} is not async"
+        sp = list(inspect.signature(fn).parameters)
+        ap = list(inspect.signature(afn).parameters)
+        assert sp == ap, f"{name}: {sp} != {ap}"
