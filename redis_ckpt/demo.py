@@ -1,0 +1,157 @@
+"""The main job: a multi-step pipeline that survives its workers.
+
+``python -m redis_ckpt`` (or ``redis-ckpt demo``) runs a 10-step job on three worker
+processes, on a local durable Valkey started for you when no URL is given:
+
+1. worker-1 runs steps, committing after each, and is killed with SIGKILL mid-job;
+2. worker-2 waits out the dead worker's lease, takes over with a higher fencing token,
+   resumes from the last durable step, and is frozen with SIGSTOP (a GC pause, a partition);
+3. worker-3 takes over from the frozen one and runs the job to the end;
+4. worker-2 is thawed and tries to commit its stale step: the store rejects it (FencedError).
+
+Every commit returns only after the server's AOF fsync confirmed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from ._errors import CheckpointError, FencedError, LeaseHeldError
+from .store import CheckpointStore
+
+STEPS = ["fetch", "clean", "tokenize", "embed", "cluster", "label", "score", "rank", "report", "publish"]
+NAMESPACE = "demo"
+TTL = 1.5  # seconds: short, so that takeovers happen within the demo
+
+
+def _say(who: str, text: str) -> None:
+    print(f"  [{who:>8}] {text}", flush=True)
+
+
+def run_step(name: str, index: int, previous: dict[str, Any]) -> dict[str, Any]:
+    """Pretend work: each step derives a small result from the ones before it."""
+    time.sleep(0.25)
+    seed = sum(r["value"] for r in previous.values()) if previous else 1
+    return {"value": (seed * 31 + index) % 1000, "finished_at": datetime.now(timezone.utc)}
+
+
+def worker(url: str, run_id: str, name: str, pause_after: int | None) -> int:
+    store = CheckpointStore.from_url(url, namespace=NAMESPACE)
+    while True:
+        try:
+            lease = store.acquire(run_id, owner=name, ttl=TTL)
+            break
+        except LeaseHeldError as held:
+            _say(name, f"lease held by {held.owner} for {held.ms_left} ms more; waiting")
+            time.sleep(held.ms_left / 1000 + 0.05)
+    ck = lease.load()
+    state = ck.state if ck else {"done": [], "results": {}, "started": datetime.now(timezone.utc)}
+    how = "took over" if lease.kind == "takeover" else "acquired"
+    resumed = f"resuming after step {len(state['done'])} (generation {ck.generation})" if ck else "starting fresh"
+    _say(name, f"{how} the run with fencing token {lease.token}; {resumed}")
+    for index, step in enumerate(STEPS):
+        if step in state["done"]:
+            continue
+        result = run_step(step, index, state["results"])
+        state = {**state, "done": [*state["done"], step], "results": {**state["results"], step: result}}
+        try:
+            generation = lease.commit(state, metadata={"step": step})
+        except FencedError as fenced:
+            _say(name, f"commit of step {index + 1} REJECTED: token {fenced.token} < fence {fenced.fence} "
+                       "(a newer worker owns the run)")
+            return 3
+        lease.renew()
+        _say(name, f"token {lease.token}: step {index + 1}/{len(STEPS)} {step!r} durable as generation {generation}")
+        if pause_after is not None and len(state["done"]) == pause_after:
+            os.kill(os.getpid(), signal.SIGSTOP)  # freeze here; the demo kills or thaws us
+    lease.release()
+    _say(name, "job complete; lease released")
+    return 0
+
+
+def _stopped(proc: subprocess.Popen[bytes]) -> None:
+    """Block until the worker froze itself (SIGSTOP) or exited."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):
+        raise RuntimeError(f"worker exited early with status {status}")
+
+
+def orchestrate(url: str, run_id: str) -> int:
+    store = CheckpointStore.from_url(url, namespace=NAMESPACE)
+    if store.load(run_id) is not None:
+        store.delete(run_id, by="demo")  # a fresh job each time (the fence survives: tokens keep rising)
+
+    def spawn(name: str, pause_after: int | None = None) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "redis_ckpt.demo", "--worker", name, "--url", url, "--run", run_id]
+        if pause_after is not None:
+            args += ["--pause-after", str(pause_after)]
+        return subprocess.Popen(args)
+
+    print(f"redis-ckpt demo: run {run_id!r}, {len(STEPS)} steps, lease ttl {TTL}s, "
+          f"durability {store.durability.label}", flush=True)
+    w1 = spawn("worker-1", pause_after=3)
+    _stopped(w1)
+    w1.kill()
+    w1.wait()
+    print("  >> worker-1 killed with SIGKILL after step 3", flush=True)
+
+    w2 = spawn("worker-2", pause_after=6)
+    _stopped(w2)
+    print("  >> worker-2 frozen after step 6 (a GC pause, a partition): its lease will expire", flush=True)
+
+    w3 = spawn("worker-3")
+    deadline = time.monotonic() + 30
+    while store.info(run_id).lease_owner != "worker-3" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w2.send_signal(signal.SIGCONT)
+    print("  >> worker-2 thawed: it still believes it owns the run", flush=True)
+    w2_code, w3_code = w2.wait(timeout=60), w3.wait(timeout=60)
+
+    ck = store.load(run_id)
+    fenced = [e for e in store.events(run_id, count=200) if e.kind == "fenced"]
+    print()
+    print(f"final: generation {ck.generation}, steps done {len(ck.state['done'])}/{len(STEPS)}, "
+          f"last writer {ck.owner} (token {ck.token})")
+    for e in fenced:
+        print(f"rejected stale write: owner {e.fields['owner']} token {e.fields['token']} "
+              f"against fence {e.fields['fence']}")
+    ok = w3_code == 0 and w2_code == 3 and ck.state["done"] == STEPS and bool(fenced)
+    print("demo OK: no step lost, the stale worker was fenced off" if ok else "demo FAILED")
+    store.close()
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m redis_ckpt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default=os.environ.get("REDIS_CKPT_URL"),
+                   help="server to use (default: $REDIS_CKPT_URL, else a local durable Valkey started for you)")
+    p.add_argument("--run", default="demo-job")
+    p.add_argument("--data-dir", default=None, help="data dir for the local server (default: a temp dir)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    try:
+        if a.worker:
+            return worker(a.url, a.run, a.worker, a.pause_after)
+        if a.url:
+            return orchestrate(a.url, a.run)
+        from ._local_server import LocalServer
+
+        with LocalServer("valkey", data_dir=a.data_dir) as server:
+            print(f"started a local durable Valkey {server.version} on {server.url} "
+                  f"(appendonly yes, appendfsync always, data in {server.data_dir})")
+            return orchestrate(server.url, a.run)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
