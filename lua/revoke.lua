@@ -1,4 +1,4 @@
--- revoke (admin): bump the fence so that every current holder is fenced off, drop the lease.
+-- revoke: (admin) bump the fence so that every current holder is fenced off, drop the lease.
 --
 -- KEYS[1] fence   string int
 -- KEYS[2] lease   hash (see acquire.lua)

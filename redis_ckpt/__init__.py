@@ -28,6 +28,7 @@ from ._errors import (
     LeaseHeldError,
     LeaseLostError,
     NonDurableServerError,
+    NotFoundError,
     SchemaVersionError,
     StateError,
     StateTooLargeError,
@@ -36,7 +37,7 @@ from ._errors import (
 )
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
 from ._probe import Finding, ProbeReport
-from .store import CheckpointStore, Lease
+from .store import CheckpointStore, Lease, check_server
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "Lease",
     "Durability",
     "RetryPolicy",
+    "check_server",
     # what it returns
     "Checkpoint",
     "SkippedGeneration",
@@ -57,6 +59,7 @@ __all__ = [
     # errors
     "CheckpointError",
     "InvalidRunIdError",
+    "NotFoundError",
     "StateError",
     "UnsupportedTypeError",
     "StateTooLargeError",

@@ -32,6 +32,7 @@ from ._errors import (
     FrameError,
     LeaseHeldError,
     LeaseLostError,
+    NotFoundError,
     SchemaVersionError,
     StateError,
     StateTooLargeError,
@@ -181,6 +182,18 @@ class StoreCore:
                 replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
             )
 
+    def _with_keys(self, build: Callable[[list[int]], Script], gens: list[int], route: str) -> Flow[list[Any]]:
+        """Send ``build(gens)``; when the script answers NEED_KEYS (it would touch generations
+        whose keys were not passed), add them and send again. Nothing is written before that
+        answer, so resending is safe."""
+        for _ in range(4):
+            replies = yield self._confirmed(build(gens), route=route)
+            err = _script_error(replies[0])
+            if err is None or err[0] != "NEED_KEYS":
+                return replies
+            gens = sorted(set(gens) | {int(f) for f in err[1]})
+        raise AssertionError("the generation key set did not converge")
+
     def _retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
         """Run ``body`` again after a broken connection, with tenacity's back-off."""
         p = self.retry
@@ -312,31 +325,27 @@ class StoreCore:
         cid = commit_id or uuid.uuid4().hex
         drop = [new - self.keep] if new - self.keep >= 1 else []
 
+        def build(drop: list[int]) -> Script:
+            return Script(
+                "commit",
+                [k.fence, k.head, k.events, k.generation(new), *(k.generation(g) for g in drop)],
+                [token, expected_generation, cid, frame, checksum, self.schema_version,
+                 CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, *drop],
+            )
+
         def body() -> Flow[int]:
-            nonlocal drop
-            for _ in range(4):
-                script = Script(
-                    "commit",
-                    [k.fence, k.head, k.events, k.generation(new), *(k.generation(g) for g in drop)],
-                    [token, expected_generation, cid, frame, checksum, self.schema_version,
-                     CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, *drop],
-                )
-                replies = yield self._confirmed(script, route=k.head)
-                err = _script_error(replies[0])
-                if err is None:
-                    generation = int(replies[0][0])
-                    self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
-                    return generation
-                code, fields = err
-                if code == "NEED_KEYS":
-                    drop = sorted(set(drop) | {int(f) for f in fields})
-                    continue
-                if code in ("FENCED", "FENCE_BEHIND"):
-                    raise FencedError(k.run_id, token=int(fields[0]), fence=int(fields[1]))
-                if code == "CONFLICT":
-                    raise ConflictError(k.run_id, expected=int(fields[0]), actual=int(fields[1]))
-                raise replies[0]
-            raise AssertionError("commit: rotation key set did not converge")
+            replies = yield from self._with_keys(build, drop, route=k.head)
+            err = _script_error(replies[0])
+            if err is None:
+                generation = int(replies[0][0])
+                self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
+                return generation
+            code, fields = err
+            if code in ("FENCED", "FENCE_BEHIND"):
+                raise FencedError(k.run_id, token=int(fields[0]), fence=int(fields[1]))
+            if code == "CONFLICT":
+                raise ConflictError(k.run_id, expected=int(fields[0]), actual=int(fields[1]))
+            raise replies[0]
 
         return self._retrying(body, run_id=k.run_id, what="commit", writes=True)
 
@@ -508,24 +517,77 @@ class StoreCore:
     def delete_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
 
+        def build(gens: list[int]) -> Script:
+            return Script("delete", [k.fence, k.lease, k.head, k.events, *(k.generation(g) for g in gens)],
+                          [by, self.events_maxlen, *gens])
+
         def body() -> Flow[int]:
             head = _hash((yield Cmd("HGETALL", k.head)))
-            gens = _kept(head)
-            for _ in range(4):
-                script = Script("delete", [k.fence, k.lease, k.head, k.events, *(k.generation(g) for g in gens)],
-                                [by, self.events_maxlen, *gens])
-                replies = yield self._confirmed(script, route=k.fence)
-                err = _script_error(replies[0])
-                if err is None:
-                    self._check_confirmed(replies, what="delete", run_id=k.run_id, generation=None)
-                    return int(replies[0][1])
-                code, fields = err
-                if code != "NEED_KEYS":
-                    raise replies[0]
-                gens = sorted(set(gens) | {int(f) for f in fields})
-            raise AssertionError("delete: key set did not converge")
+            replies = yield from self._with_keys(build, _kept(head), route=k.fence)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            self._check_confirmed(replies, what="delete", run_id=k.run_id, generation=None)
+            return int(replies[0][1])
 
         return self._retrying(body, run_id=k.run_id, what="delete", writes=True)
+
+    def export_flow(self, run_id: str, generation: int | None = None) -> Flow[bytes]:
+        """The stored frame of ``generation`` (default: the newest that verifies), verified."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[bytes]:
+            head = _hash((yield Cmd("HGETALL", k.head)))
+            kept = sorted(_kept(head), reverse=True)
+            wanted = kept if generation is None else [generation]
+            if not head:
+                raise NotFoundError(f"run {k.run_id!r} has no committed generation", run_id=k.run_id)
+            if generation is not None and generation not in kept:
+                raise NotFoundError(f"run {k.run_id!r} does not keep generation {generation} "
+                                    f"(kept: {', '.join(map(str, kept))})", run_id=k.run_id)
+            reasons: dict[int, str] = {}
+            for g in wanted:
+                blob = yield Cmd("GET", k.generation(g))
+                try:
+                    self._verify(k, g, blob, head)
+                except FrameError as bad:
+                    if generation is not None:
+                        raise
+                    reasons[g] = f"{bad.reason.value}: {bad.detail}"
+                    continue
+                return blob  # type: ignore[return-value]
+            raise CorruptCheckpointError(k.run_id, reasons)
+
+        return self._retrying(body, run_id=k.run_id, what="export", writes=False)
+
+    def import_flow(self, frame: bytes, by: str) -> Flow[int]:
+        """Restore an exported frame under its own run and generation; the fence only rises."""
+        h = read_header(frame)
+        k = self.keys(h.run_id)
+        if h.generation < 1:
+            raise FrameError(FrameDamage.BAD_HEADER, "generation < 1", run_id=h.run_id, generation=h.generation)
+        checksum = frame_checksum(frame)
+
+        def build(drop: list[int]) -> Script:
+            return Script(
+                "import", [k.fence, k.lease, k.head, k.events, k.generation(h.generation),
+                           *(k.generation(g) for g in drop)],
+                [frame, h.generation, h.token, checksum, h.schema_version, h.codec, h.created_ms,
+                 h.owner, f"import-{checksum}", self.keep, self.events_maxlen, by, *drop],
+            )
+
+        def body() -> Flow[int]:
+            head = _hash((yield Cmd("HGETALL", k.head)))
+            kept = [*_kept(head), h.generation]
+            replies = yield from self._with_keys(build, kept[: max(0, len(kept) - self.keep)], route=k.head)
+            err = _script_error(replies[0])
+            if err is not None:
+                if err[0] == "CONFLICT":
+                    raise ConflictError(k.run_id, expected=int(err[1][0]), actual=int(err[1][1]))
+                raise replies[0]
+            self._check_confirmed(replies, what="import", run_id=k.run_id, generation=h.generation)
+            return int(replies[0][0])
+
+        return self._retrying(body, run_id=k.run_id, what="import", writes=True)
 
     def runs_flow(self, *, limit: int | None = None) -> Flow[list[str]]:
         """Run ids in this namespace (SCAN over fence keys: every run that ever had a lease or commit)."""

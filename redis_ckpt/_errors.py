@@ -4,6 +4,7 @@
 
     CheckpointError                       every error below carries .run_id (None where no run is involved)
     ├── InvalidRunIdError (ValueError)    a run id or owner name that cannot become a key
+    ├── NotFoundError (LookupError)       the run (or the generation asked for) does not exist
     ├── StateError
     │   ├── UnsupportedTypeError (TypeError)   a value the codec cannot round-trip exactly; .path names it
     │   └── StateTooLargeError            the encoded state exceeds the store's max_state_bytes
@@ -32,6 +33,7 @@ from typing import Any
 __all__ = [
     "CheckpointError",
     "InvalidRunIdError",
+    "NotFoundError",
     "StateError",
     "UnsupportedTypeError",
     "StateTooLargeError",
@@ -69,6 +71,10 @@ class InvalidRunIdError(CheckpointError, ValueError):
     def __init__(self, message: str, *, value: object) -> None:
         super().__init__(message, run_id=None)
         self.value = value
+
+
+class NotFoundError(CheckpointError, LookupError):
+    """The run, or the generation asked for, does not exist (load() returns None instead)."""
 
 
 class StateError(CheckpointError):

@@ -125,6 +125,18 @@ class AsyncCheckpointStore(StoreBase):
     async def delete(self, run_id: str, *, by: str = "admin") -> int:
         return await self._run(self._core.delete_flow(run_id, by))
 
+    async def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
+        """The stored frame of a generation (default: the newest that verifies), verified."""
+        return await self._run(self._core.export_flow(run_id, generation))
+
+    async def import_frame(self, frame: bytes, *, by: str = "admin") -> int:
+        """Restore an exported frame under its own run and generation (verified first).
+
+        :class:`ConflictError` if the run's head is at or past that generation; the run's
+        fence never goes down (it is bumped, so current holders are fenced off).
+        """
+        return await self._run(self._core.import_flow(frame, by))
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._base import LeaseBase, StoreBase
+from ._base import LeaseBase, StoreBase, client_label
+from ._durability import Durability
+from ._keys import validate_namespace
 from ._core import RETRYABLE
 from ._errors import StoreUnavailableError
 from ._io import Flow, run_sync
@@ -16,7 +18,7 @@ from ._models import Checkpoint, Event, GenerationInfo, RunInfo
 from ._probe import ProbeReport, redact_url
 from ._scripts import SCRIPTS
 
-__all__ = ["CheckpointStore", "Lease"]
+__all__ = ["CheckpointStore", "Lease", "check_server"]
 
 T = TypeVar("T")
 
@@ -142,6 +144,18 @@ class CheckpointStore(StoreBase):
         """Delete the run's generations and lease (the fence survives); returns how many generations went."""
         return self._run(self._core.delete_flow(run_id, by))
 
+    def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
+        """The stored frame of a generation (default: the newest that verifies), verified."""
+        return self._run(self._core.export_flow(run_id, generation))
+
+    def import_frame(self, frame: bytes, *, by: str = "admin") -> int:
+        """Restore an exported frame under its own run and generation (verified first).
+
+        :class:`ConflictError` if the run's head is at or past that generation; the run's
+        fence never goes down (it is bumped, so current holders are fenced off).
+        """
+        return self._run(self._core.import_flow(frame, by))
+
     def close(self) -> None:
         self._client.close()
 
@@ -151,3 +165,30 @@ class CheckpointStore(StoreBase):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def check_server(
+    target: str | redis.Redis,
+    *,
+    namespace: str = "redis-ckpt",
+    durability: Durability | None = None,
+    declared_config: Mapping[str, str] | None = None,
+) -> ProbeReport:
+    """Run the startup probe against a URL or client and return the report; never raises on refusal.
+
+    :class:`StoreUnavailableError` when the server cannot be reached.
+    """
+    from ._probe import probe_flow
+
+    client = redis.Redis.from_url(target, decode_responses=False, socket_connect_timeout=5.0) \
+        if isinstance(target, str) else target
+    label = redact_url(target) if isinstance(target, str) else client_label(client)
+    flow = probe_flow(server=label, namespace=validate_namespace(namespace),
+                      durability=durability or Durability(), declared=declared_config)
+    try:
+        return run_sync(flow, client, SCRIPTS)
+    except RETRYABLE as exc:
+        raise StoreUnavailableError(f"cannot reach {label}: {exc}") from exc
+    finally:
+        if isinstance(target, str):
+            client.close()

@@ -314,3 +314,32 @@ def test_lease_is_a_context_manager_that_releases(store):
         assert isinstance(lease, Lease)
     assert store.info("ctx").lease_state == "released"
     store.acquire("ctx", owner="b", ttl=30)
+
+
+def test_export_then_import_restores_a_deleted_run_and_never_lowers_the_fence(store):
+    lease = store.acquire("exp", owner="w", ttl=30)
+    for i in range(3):
+        lease.commit({"i": i})
+    frame = store.export_frame("exp")
+    older = store.export_frame("exp", generation=2)
+    fence_before = store.info("exp").fence
+    store.delete("exp")
+    assert store.import_frame(frame) == 3
+    info = store.info("exp")
+    assert info.fence > fence_before and info.lease_owner is None
+    ck = store.load("exp")
+    assert ck.state == {"i": 2} and ck.generation == 3
+    from redis_ckpt import ConflictError as Conflict
+
+    with pytest.raises(Conflict):
+        store.import_frame(older)  # the head is already past generation 2
+    with pytest.raises(FencedError):
+        lease.commit({"i": 3})
+    from redis_ckpt import FrameError, NotFoundError
+
+    with pytest.raises(FrameError):
+        store.import_frame(frame[:-1])
+    with pytest.raises(NotFoundError):
+        store.export_frame("exp", generation=1)
+    with pytest.raises(NotFoundError):
+        store.export_frame("nothing-here")
