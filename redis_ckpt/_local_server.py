@@ -41,6 +41,8 @@ from typing import Any, Union
 from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "ENGINES",
@@ -57,6 +59,9 @@ HOST = "127.0.0.1"
 CONF_NAME = "redis-ckpt-server.conf"
 LOG_NAME = "server.log"
 STDIO_NAME = "server.stdio.log"
+
+CLUSTER_BUS_OFFSET = 10000
+CLUSTER_MAX_PORT = 65535 - CLUSTER_BUS_OFFSET
 
 #: directives the caller may not set through ``config`` (use the constructor arguments)
 _RESERVED = frozenset({"port", "dir", "daemonize", "include"})
@@ -204,14 +209,31 @@ class _Process:
     def release(self) -> None:
         self.stop()
         if self.owned_dir is not None:
-            shutil.rmtree(self.owned_dir, ignore_errors=True)
-            self.owned_dir = None
+            owned, self.owned_dir = self.owned_dir, None
+            try:
+                shutil.rmtree(owned)
+            except FileNotFoundError:
+                pass  # already gone
 
 
-def _free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port(cluster: bool = False) -> int:
+    """A port free on loopback right now (a cluster node also needs port + 10000 for its bus)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if not cluster or (port <= CLUSTER_MAX_PORT and _bindable(port + CLUSTER_BUS_OFFSET)):
+            return port
+    raise ServerStartError("found no free port pair for a cluster node on 127.0.0.1")
 
 
 def _quote(value: str) -> str:
@@ -280,6 +302,7 @@ class LocalServer:
         self._res = _Process(owned)
         self._finalizer = weakref.finalize(self, self._res.release)
         self._closed = False
+        self._log_offsets: dict[str, int] = {}
 
     # ----------------------------------------------------------------- properties
 
@@ -358,6 +381,8 @@ class LocalServer:
             "appendfilename": "appendonly.aof",
             "logfile": _quote(str(d / LOG_NAME)),
             "maxmemory-policy": "noeviction",
+            # a replica attached to this server gets its full sync now, not after 5 s of batching
+            "repl-diskless-sync-delay": "0",
         }
         if self._password is not None:
             s["requirepass"] = _quote(self._password)
@@ -390,9 +415,12 @@ class LocalServer:
         binary = self.binary
         attempts = 1 if self._fixed_port else 5
         last: ServerStartError | None = None
+        settings = self.settings()
+        cluster = str(settings.get("cluster-enabled", "no")).strip('"').lower() == "yes" \
+            and "cluster-port" not in settings
         for _ in range(attempts):
             if not self._fixed_port:
-                self._port = _free_port()
+                self._port = _free_port(cluster)
             try:
                 self._spawn(binary, timeout)
             except _PortInUse as exc:
@@ -446,12 +474,14 @@ class LocalServer:
         return redis.Redis(host=HOST, port=self.port, **kw)
 
     def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the server log and of its stdout/stderr."""
+        """The last lines the server wrote (log file and stdout/stderr) since it was last started."""
         out = []
         for name in (STDIO_NAME, LOG_NAME):
             path = self._data_dir / name
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                with open(path, "rb") as fh:
+                    fh.seek(self._log_offsets.get(name, 0))
+                    text = fh.read().decode("utf-8", "replace")
             except FileNotFoundError:
                 continue
             tail = text.splitlines()[-lines:]
@@ -464,6 +494,12 @@ class LocalServer:
 
     def _spawn(self, binary: str, timeout: float) -> None:
         self._write_config()
+        self._log_offsets = {}
+        for name in (STDIO_NAME, LOG_NAME):
+            try:
+                self._log_offsets[name] = (self._data_dir / name).stat().st_size
+            except FileNotFoundError:
+                self._log_offsets[name] = 0
         preexec = None
         if _libc is not None and threading.current_thread() is threading.main_thread():
             # PDEATHSIG fires when the *thread* that forked exits: only safe from the main thread.
@@ -493,20 +529,14 @@ class LocalServer:
             host=HOST,
             port=self.port,
             password=self._password,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),  # one attempt per poll; the loop is the retry
             decode_responses=True,
         )
         try:
             while True:
-                if proc.poll() is not None:
-                    tail = self.log_tail()
-                    if "Address already in use" in tail and not self._fixed_port:
-                        raise _PortInUse(f"port {self.port} was taken\n{tail}")
-                    raise ServerStartError(
-                        f"{self._engine} server ({self.binary}) exited with code {proc.returncode} "
-                        f"on {HOST}:{self.port}\n{tail}"
-                    )
+                self._raise_if_exited(proc)
                 try:
                     info = probe.info("server")
                     if int(info.get("process_id", -1)) != proc.pid:
@@ -519,6 +549,7 @@ class LocalServer:
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     last_error = f"{type(exc).__name__}: {exc}"
                 if time.monotonic() >= deadline:
+                    self._raise_if_exited(proc)
                     raise ServerStartError(
                         f"{self._engine} server on {HOST}:{self.port} not ready after {timeout:.1f} s "
                         f"({last_error})\n{self.log_tail()}"
@@ -527,6 +558,19 @@ class LocalServer:
                 delay = min(delay * 2, 0.1)
         finally:
             probe.close()
+
+    def _raise_if_exited(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            return
+        tail = self.log_tail()
+        if "Address already in use" in tail:
+            if not self._fixed_port:
+                raise _PortInUse(f"port {self.port} was taken\n{tail}")
+            raise ServerStartError(f"port {HOST}:{self.port} is already in use\n{tail}")
+        raise ServerStartError(
+            f"{self._engine} server ({self.binary}) exited with code {proc.returncode} "
+            f"on {HOST}:{self.port}\n{tail}"
+        )
 
 
 class _PortInUse(ServerStartError):

@@ -14,8 +14,10 @@ What is gathered, each step tolerating its own ``ResponseError`` (renamed comman
   (Valkey reports ``redis_version:7.2.4``);
 * ``CLUSTER INFO`` when ``cluster_enabled:1``;
 * a live write: ``SET <ns>:probe:{probe} <random> PX 60000`` + ``WAITAOF 1 <n> <timeout>``
-  in one pipeline on one connection. It is skipped when the facts above already refuse
-  (e.g. ``appendfsync no`` makes WAITAOF wait out its whole timeout).
+  in one pipeline on one connection, n = the policy's replicas (so a replica without AOF,
+  which never acks an fsync, is caught; this costs ~1 s, the replicas' ack period). It is
+  skipped when the facts above already refuse (e.g. ``appendfsync no`` makes WAITAOF wait
+  out its whole timeout).
 
 On Redis Cluster a driver runs :func:`probe_flow` once per primary with that node's client,
 passing a ``probe_key`` whose slot the node owns, and merges the reports.
@@ -67,6 +69,8 @@ CONFIG_KEYS = (
 
 CLUSTER_SLOTS = 16384
 PROBE_TTL_MS = 60_000
+#: how long the live check waits for replicas' AOF fsync acks (they come once a second)
+REPLICA_ACK_MS = 2500
 
 _CONF_HINT = "(redis.conf) or CONFIG SET"
 
@@ -600,7 +604,9 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
     else:
         online = facts.replicas_online or 0
         asked = durability.replicas if online >= durability.replicas else 0
-        timeout = durability.timeout_ms
+        # replicas ack their AOF fsync once a second: give them that long even when the
+        # policy's own commit timeout is shorter (the question here is "do they have AOF?")
+        timeout = max(durability.timeout_ms, REPLICA_ACK_MS) if asked else durability.timeout_ms
         token = secrets.token_hex(16)
         t0 = time.perf_counter()
         replies = yield Pipe([Cmd("SET", key, token, "PX", PROBE_TTL_MS), Cmd("WAITAOF", 1, asked, timeout)], route=key)

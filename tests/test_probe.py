@@ -20,6 +20,7 @@ from redis_ckpt._io import run_async, run_sync
 from redis_ckpt._local_server import LocalServer
 from redis_ckpt._probe import (
     CONFIG_KEYS,
+    REPLICA_ACK_MS,
     Finding,
     ProbeReport,
     ServerFacts,
@@ -490,6 +491,31 @@ class TestRealServers:
         else:
             assert report.warnings == []
 
+    @pytest.mark.parametrize("decode", [False, True], ids=["bytes", "str"])
+    @pytest.mark.parametrize("protocol", [2, 3])
+    def test_both_resp_protocols(self, durable_server: LocalServer, namespace: str, protocol: int,
+                                 decode: bool) -> None:
+        c = durable_server.client(protocol=protocol, decode_responses=decode)
+        try:
+            report = probe(c, namespace=namespace)
+        finally:
+            c.close()
+        assert report.ok, str(report)
+        assert report.facts is not None and report.facts.config is not None
+        assert set(report.facts.config) == set(CONFIG_KEYS)
+        assert report.facts.has_waitaof is True and report.facts.live_local == 1
+
+    @pytest.mark.parametrize("protocol", [2, 3])
+    def test_redis_7_0_both_protocols(self, make_module_server: Any, protocol: int) -> None:
+        server = make_module_server("redis7")
+        c = server.client(protocol=protocol)
+        try:
+            report = probe(c)
+        finally:
+            c.close()
+        assert refusal(report, "waitaof").level == "refuse"
+        assert report.facts is not None and report.facts.has_waitaof is False
+
     def test_async_driver_runs_the_same_flow(self, client: redis.Redis, namespace: str,
                                              durable_server: LocalServer) -> None:
         async def go() -> ProbeReport:
@@ -633,7 +659,7 @@ def replication_up(primary: LocalServer, replica: LocalServer) -> None:
 @pytest.fixture(scope="module", params=ENGINES, ids=ENGINES)
 def replicated(request: pytest.FixtureRequest, make_module_server: Any) -> tuple[LocalServer, LocalServer]:
     """A primary with one AOF replica (appendfsync always), per engine."""
-    primary = make_module_server(request.param, repl_diskless_sync_delay="0")
+    primary = make_module_server(request.param)
     replica = make_module_server(request.param, replica_of=(primary.host, primary.port))
     replication_up(primary, replica)
     return primary, replica
@@ -651,8 +677,9 @@ class TestReplication:
 
     def test_primary_with_aof_replica_is_accepted(self, replicated: tuple[LocalServer, LocalServer]) -> None:
         primary, _ = replicated
-        # ~1 s: the live WAITAOF 1 1 waits for the replica's once-a-second fsync ack
-        report = probe(primary, Durability.replicas_received(1))
+        # ~1 s: the live WAITAOF 1 1 waits for the replica's once-a-second fsync ack, even
+        # though the policy's own timeout is shorter
+        report = probe(primary, Durability.replicas_received(1, timeout_ms=200))
         assert report.ok, str(report)
         assert level_of(report.findings, "replicas") == "ok"
         assert report.facts is not None and report.facts.live_replicas == 1
@@ -666,12 +693,13 @@ class TestReplication:
 
     @pytest.mark.parametrize("engine", ENGINES)
     def test_replica_without_aof_does_not_count(self, make_server: Any, engine: str) -> None:
-        primary = make_server(engine, repl_diskless_sync_delay="0", min_replicas_to_write="1")
+        primary = make_server(engine, min_replicas_to_write="1")
         replica = make_server(engine, replica_of=(primary.host, primary.port), appendonly="no")
         replication_up(primary, replica)
-        report = probe(primary, Durability.replicas_received(1, timeout_ms=1200))
+        report = probe(primary, Durability.replicas_received(1, timeout_ms=200))
         f = refusal(report, "replicas")
         assert "0 of 1" in f.message and "appendonly yes" in f.remedy
+        assert report.facts is not None and report.facts.live_timeout_ms == REPLICA_ACK_MS
 
 
 def test_facts_are_frozen() -> None:
