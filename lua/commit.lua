@@ -1,95 +1,151 @@
 -- commit: apply one generation if the caller holds the run's current fencing token and
 -- expects the current head; rotate the kept generations; all in one atomic step.
+-- The same script restores an exported frame (mode "import").
 --
--- KEYS[1]    fence   string int: the run's current fence
--- KEYS[2]    head    hash {generation, token, commit_id, checksum, size, schema_version, codec,
---                         created_ms, owner, kept}  kept = "3,4,5" oldest first
--- KEYS[3]    events  stream, capped at ~ARGV[11]
--- KEYS[4]    the key of the new generation (g:<expected+1>)
--- KEYS[5..]  keys of older generations the caller expects this commit to rotate out;
---            ARGV[13..] are their generation numbers, in the same order
--- ARGV[1]  token              ARGV[2]  expected generation   ARGV[3]  commit id
--- ARGV[4]  frame (bytes)      ARGV[5]  checksum (hex)        ARGV[6]  schema version
--- ARGV[7]  codec              ARGV[8]  created ms            ARGV[9]  owner
--- ARGV[10] keep (>= 1)        ARGV[11] events max length     ARGV[12] the new generation number
+-- KEYS[1]  fence   string int: the run's current fence
+-- KEYS[2]  head    hash {generation, token, commit_id, checksum, size, chunks, schema_version,
+--                       codec, created_ms, owner, kept}  kept = "3,4:2,5" oldest first, "<g>:<c>"
+--                       for a generation stored as a manifest plus c chunks
+-- KEYS[3]  events  stream, capped at ~ARGV[12]
+-- KEYS[4]  lease   hash (import drops it; commit does not read it)
+-- KEYS[5]  the key of the new generation, g:<n> (the frame, or the manifest of a chunked one)
+-- KEYS[6 .. 5+c]       staged chunk keys (written by the caller with a TTL just before)
+-- KEYS[6+c .. 5+2c]    the chunk keys they become, g:<n>:c:<i>
+-- KEYS[6+2c ..]        keys of the generations rotation drops: for each ARGV[17..] entry
+--                      "<g>:<chunks>", the key g:<g> then its <chunks> chunk keys
+-- ARGV[1]  mode "commit" | "import"        ARGV[2]  token
+-- ARGV[3]  expected generation (commit)    ARGV[4]  commit id
+-- ARGV[5]  frame or manifest (bytes)       ARGV[6]  checksum of the whole frame (hex)
+-- ARGV[7]  schema version    ARGV[8]  codec    ARGV[9]  created ms    ARGV[10] owner
+-- ARGV[11] keep (>= 1)       ARGV[12] events max length
+-- ARGV[13] the new generation number (commit: expected + 1; import: the frame's own)
+-- ARGV[14] size of the whole frame         ARGV[15] number of chunks c (0: not chunked)
+-- ARGV[16] who imported (import only)      ARGV[17..] generations offered for rotation
 --
 -- Returns {generation, "new"}    applied
---         {generation, "retry"}  the head already is this commit id (a retry of an applied
+--         {generation, "retry"}  the head already is this commit id (a resend of an applied
 --                                commit); an event is written so that the caller's WAITAOF
 --                                covers the original write too
--- Errors (nothing but the audit event is written):
+--         {generation, fence}    import applied (the fence is max(fence, token) + 1)
+-- Errors (nothing is written but the audit event and the removal of staged chunks):
 --   "FENCED <token> <fence>"       token below the fence: a newer worker holds the run
 --   "FENCE_BEHIND <token> <fence>" token above the fence: the server lost fence increments
---   "CONFLICT <expected> <actual>" the head is not the expected generation
---   "NEED_KEYS <g> <g> ..."        rotation must drop generations whose keys were not passed
+--   "CONFLICT <expected> <actual>" the head is not the expected generation (import: the
+--                                  head is at or past the frame's generation)
+--   "NEED_KEYS <g>:<c> ..."        rotation must drop generations whose keys were not passed
 --   "BAD_GENERATION <expected+1> <arg>"
-local token = tonumber(ARGV[1])
-local expected = tonumber(ARGV[2])
-local commit_id = ARGV[3]
-local owner = ARGV[9]
-local keep = tonumber(ARGV[10])
-local maxlen = ARGV[11]
-local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
+--   "STAGE_MISSING <i>"            a staged chunk is gone (expired): stage again and resend
+local mode = ARGV[1]
+local token = tonumber(ARGV[2])
+local expected = tonumber(ARGV[3])
+local commit_id = ARGV[4]
+local owner = ARGV[10]
+local keep = tonumber(ARGV[11])
+local maxlen = ARGV[12]
+local new = tonumber(ARGV[13])
+local chunks = tonumber(ARGV[15])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-if token < fence then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', 'fenced', 'owner', owner,
-    'token', token, 'fence', fence, 'expected', expected, 'commit_id', commit_id, 'ms', now)
-  return redis.error_reply('FENCED ' .. token .. ' ' .. fence)
+local function event(kind, ...)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'owner', owner,
+    'token', token, 'commit_id', commit_id, 'ms', now, ...)
 end
-if token > fence then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', 'fence_behind', 'owner', owner,
-    'token', token, 'fence', fence, 'commit_id', commit_id, 'ms', now)
-  return redis.error_reply('FENCE_BEHIND ' .. token .. ' ' .. fence)
+local function unstage()
+  for i = 6, 5 + chunks do redis.call('DEL', KEYS[i]) end
 end
 
+local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
 local h_gen, h_commit, h_kept = unpack(redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept'))
 local current = tonumber(h_gen or '0')
-if h_commit == commit_id then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', 'commit_retry', 'owner', owner,
-    'token', token, 'generation', current, 'commit_id', commit_id, 'ms', now)
-  return {current, 'retry'}
+
+if mode == 'commit' then
+  if token < fence then
+    unstage()
+    event('fenced', 'fence', fence, 'expected', expected)
+    return redis.error_reply('FENCED ' .. token .. ' ' .. fence)
+  end
+  if token > fence then
+    unstage()
+    event('fence_behind', 'fence', fence)
+    return redis.error_reply('FENCE_BEHIND ' .. token .. ' ' .. fence)
+  end
+  if h_commit == commit_id then
+    unstage()
+    event('commit_retry', 'generation', current)
+    return {current, 'retry'}
+  end
+  if current ~= expected then
+    unstage()
+    event('conflict', 'expected', expected, 'actual', current)
+    return redis.error_reply('CONFLICT ' .. expected .. ' ' .. current)
+  end
+  if new ~= current + 1 then
+    unstage()
+    return redis.error_reply('BAD_GENERATION ' .. (current + 1) .. ' ' .. new)
+  end
+elseif current >= new then
+  unstage()
+  return redis.error_reply('CONFLICT ' .. (new - 1) .. ' ' .. current)
 end
-if current ~= expected then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', 'conflict', 'owner', owner,
-    'token', token, 'expected', expected, 'actual', current, 'commit_id', commit_id, 'ms', now)
-  return redis.error_reply('CONFLICT ' .. expected .. ' ' .. current)
-end
-local new = current + 1
-if tonumber(ARGV[12]) ~= new then
-  return redis.error_reply('BAD_GENERATION ' .. new .. ' ' .. ARGV[12])
+
+for i = 0, chunks - 1 do
+  if redis.call('EXISTS', KEYS[6 + i]) == 0 then
+    return redis.error_reply('STAGE_MISSING ' .. i)
+  end
 end
 
 -- rotation plan, checked before anything is written
 local kept = {}
 if h_kept and h_kept ~= '' then
-  for g in string.gmatch(h_kept, '[^,]+') do table.insert(kept, tonumber(g)) end
+  for entry in string.gmatch(h_kept, '[^,]+') do table.insert(kept, entry) end
 end
-table.insert(kept, new)
-local drop_count = #kept - keep
+table.insert(kept, chunks > 0 and (new .. ':' .. chunks) or tostring(new))
 local offered = {}
-for i = 5, #KEYS do offered[tonumber(ARGV[i + 8])] = KEYS[i] end
+local k = 6 + 2 * chunks
+for i = 17, #ARGV do
+  local g, c = string.match(ARGV[i], '^(%d+):(%d+)$')
+  local list = {}
+  for j = 0, tonumber(c) do list[j + 1] = KEYS[k + j] end
+  offered[g .. ':' .. c] = list
+  k = k + tonumber(c) + 1
+end
+local function entry_key(entry)
+  return string.find(entry, ':') and entry or (entry .. ':0')
+end
+local drop_count = #kept - keep
 local missing = {}
 for i = 1, drop_count do
-  if not offered[kept[i]] then table.insert(missing, kept[i]) end
+  if not offered[entry_key(kept[i])] then table.insert(missing, entry_key(kept[i])) end
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 
-redis.call('SET', KEYS[4], ARGV[4])
+-- apply
+redis.call('SET', KEYS[5], ARGV[5])
+for i = 0, chunks - 1 do
+  redis.call('RENAME', KEYS[6 + i], KEYS[6 + chunks + i])
+  redis.call('PERSIST', KEYS[6 + chunks + i])
+end
 local still = {}
 for i = 1, #kept do
   if i <= drop_count then
-    redis.call('DEL', offered[kept[i]])
+    for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('DEL', key) end
   else
     table.insert(still, kept[i])
   end
 end
 redis.call('HSET', KEYS[2], 'generation', new, 'token', token, 'commit_id', commit_id,
-  'checksum', ARGV[5], 'size', string.len(ARGV[4]), 'schema_version', ARGV[6], 'codec', ARGV[7],
-  'created_ms', ARGV[8], 'owner', owner, 'kept', table.concat(still, ','))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', 'commit', 'owner', owner,
-  'token', token, 'generation', new, 'commit_id', commit_id, 'size', string.len(ARGV[4]), 'ms', now)
+  'checksum', ARGV[6], 'size', ARGV[14], 'chunks', chunks, 'schema_version', ARGV[7],
+  'codec', ARGV[8], 'created_ms', ARGV[9], 'owner', owner, 'kept', table.concat(still, ','))
+
+if mode == 'import' then
+  fence = math.max(fence, token) + 1
+  redis.call('SET', KEYS[1], fence)
+  redis.call('DEL', KEYS[4])
+  event('import', 'generation', new, 'fence', fence, 'by', ARGV[16])
+  return {new, fence}
+end
+event('commit', 'generation', new, 'size', ARGV[14], 'chunks', chunks)
 return {new, 'new'}

@@ -5,29 +5,33 @@
 -- KEYS[2]    lease   hash (deleted)
 -- KEYS[3]    head    hash (deleted)
 -- KEYS[4]    events  stream (kept: the audit trail outlives the data), capped at ~ARGV[2]
--- KEYS[5..]  keys of the generations to delete; ARGV[3..] are their generation numbers
+-- KEYS[5..]  for each ARGV[3..] entry "<g>:<chunks>", the key g:<g> then its chunk keys
 -- ARGV[1]  who deleted (free text for the audit event)
 -- ARGV[2]  events stream max length
 --
 -- Returns {new_fence, generations_deleted}
--- Errors: "NEED_KEYS <g> ..."  the head keeps generations whose keys were not passed
+-- Errors: "NEED_KEYS <g>:<c> ..."  the head keeps generations whose keys were not passed
 local h_kept = redis.call('HGET', KEYS[3], 'kept')
 local offered = {}
-for i = 5, #KEYS do offered[tonumber(ARGV[i - 2])] = KEYS[i] end
+for i = 3, #ARGV do offered[ARGV[i]] = true end
 local missing = {}
-local kept = {}
 if h_kept and h_kept ~= '' then
-  for g in string.gmatch(h_kept, '[^,]+') do
-    local n = tonumber(g)
-    table.insert(kept, n)
-    if not offered[n] then table.insert(missing, n) end
+  for entry in string.gmatch(h_kept, '[^,]+') do
+    if not string.find(entry, ':') then entry = entry .. ':0' end
+    if not offered[entry] then table.insert(missing, entry) end
   end
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 local deleted = 0
-for i = 5, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+local k = 5
+for i = 3, #ARGV do
+  local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
+  deleted = deleted + redis.call('DEL', KEYS[k])
+  for j = 1, c do redis.call('DEL', KEYS[k + j]) end
+  k = k + c + 1
+end
 redis.call('DEL', KEYS[2], KEYS[3])
 local fence = redis.call('INCR', KEYS[1])
 local t = redis.call('TIME')

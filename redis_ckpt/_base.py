@@ -67,6 +67,7 @@ class StoreBase:
         owner: str | None = None,
         retry: RetryPolicy | None = None,
         events_maxlen: int = 1000,
+        chunk_bytes: int = 4 * 1024 * 1024,
         _confirm: bool = True,
     ) -> None:
         check_client(client)
@@ -74,7 +75,7 @@ class StoreBase:
         self._core = StoreCore(
             namespace=namespace, schema_version=schema_version, keep=keep, durability=durability,
             compression=compression, max_state_bytes=max_state_bytes, events_maxlen=events_maxlen,
-            retry=retry, confirm=_confirm,
+            retry=retry, confirm=_confirm, chunk_bytes=chunk_bytes,
         )
         self.owner = owner or default_owner()
         self.declared_config = dict(declared_config) if declared_config else None

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._chunks import check_chunk, encode_manifest, is_manifest, read_manifest, split
 from ._codec import CODEC_MSGPACK, encode_state
 from ._durability import Durability
 from ._errors import (
@@ -51,6 +52,11 @@ T = TypeVar("T")
 #: Errors after which an operation may be sent again: the connection broke or timed out.
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 Migration = Callable[[Any], Any]
+#: staged chunks of a commit expire if the writer dies before the commit script runs
+STAGE_TTL_MS = 3_600_000
+#: chunks fetched per round trip when loading a chunked generation
+READ_BATCH = 4
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def default_owner() -> str:
@@ -74,9 +80,18 @@ def _hash(reply: Any) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in zip(it, it)}
 
 
-def _kept(head: Mapping[str, str]) -> list[int]:
-    raw = head.get("kept", "")
-    return [int(g) for g in raw.split(",") if g]
+def _kept(head: Mapping[str, str]) -> list[tuple[int, int]]:
+    """The head's kept generations as (generation, chunks), oldest first."""
+    out = []
+    for entry in head.get("kept", "").split(","):
+        if entry:
+            g, _, c = entry.partition(":")
+            out.append((int(g), int(c or 0)))
+    return out
+
+
+def _entry(g: int, chunks: int) -> str:
+    return f"{g}:{chunks}"
 
 
 def _script_error(reply: Any) -> tuple[str, list[str]] | None:
@@ -116,6 +131,7 @@ class StoreCore:
         events_maxlen: int = 1000,
         retry: RetryPolicy | None = None,
         confirm: bool = True,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         if not isinstance(schema_version, int) or schema_version < 1:
             raise ValueError("schema_version must be an int >= 1")
@@ -132,6 +148,9 @@ class StoreCore:
         self.events_maxlen = events_maxlen
         self.retry = retry or RetryPolicy()
         self.confirm = confirm
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1024:
+            raise ValueError("chunk_bytes must be an int >= 1024")
+        self.chunk_bytes = chunk_bytes
         self.migrations: dict[int, Migration] = {}
 
     # -- configuration -------------------------------------------------------------------
@@ -157,8 +176,8 @@ class StoreCore:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _confirmed(self, script: Script, route: str) -> Pipe:
-        ops: list[Cmd | Script] = [script]
+    def _confirmed(self, script: Script, route: str, before: list[Cmd] | None = None) -> Pipe:
+        ops: list[Cmd | Script] = [*(before or []), script]
         if self.confirm:
             ops += [Cmd(*c) for c in self.durability.commands()]
         return Pipe(ops, route=route)
@@ -182,17 +201,43 @@ class StoreCore:
                 replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
             )
 
-    def _with_keys(self, build: Callable[[list[int]], Script], gens: list[int], route: str) -> Flow[list[Any]]:
-        """Send ``build(gens)``; when the script answers NEED_KEYS (it would touch generations
-        whose keys were not passed), add them and send again. Nothing is written before that
-        answer, so resending is safe."""
+    def _with_keys(self, build: Callable[[list[str]], Script], entries: list[str], route: str,
+                   before: list[Cmd] | None = None) -> Flow[list[Any]]:
+        """Send ``before`` then ``build(entries)`` and the confirmations on one connection.
+
+        ``entries`` name the generations ("<g>:<chunks>") whose keys the script is given. When
+        it answers NEED_KEYS (it would touch generations whose keys were not passed), they are
+        added and all is sent again: nothing but idempotent staging was written before that
+        answer. Returns the replies from the script's onwards.
+        """
         for _ in range(4):
-            replies = yield self._confirmed(build(gens), route=route)
+            replies = yield self._confirmed(build(entries), route=route, before=before)
+            staged, replies = replies[: len(before or [])], replies[len(before or []):]
+            for r in staged:
+                if isinstance(r, Exception):
+                    raise r
             err = _script_error(replies[0])
-            if err is None or err[0] != "NEED_KEYS":
+            if err is None or err[0] not in ("NEED_KEYS", "STAGE_MISSING"):
                 return replies
-            gens = sorted(set(gens) | {int(f) for f in err[1]})
+            if err[0] == "NEED_KEYS":
+                entries = sorted(set(entries) | set(err[1]))
         raise AssertionError("the generation key set did not converge")
+
+    def _stored_form(self, k: RunKeys, generation: int, frame: bytes, cid: str) -> tuple[bytes, int, list[Cmd], list[str]]:
+        """(value of g:<n>, chunk count, staging commands, KEYS for staged + final chunks)."""
+        if len(frame) <= self.chunk_bytes:
+            return frame, 0, [], []
+        parts = split(frame, self.chunk_bytes)
+        staging = [Cmd("SET", k.stage(cid, i), part, "PX", STAGE_TTL_MS) for i, part in enumerate(parts)]
+        keys = [*(k.stage(cid, i) for i in range(len(parts))), *(k.chunk(generation, i) for i in range(len(parts)))]
+        return encode_manifest(k.run_id, generation, parts), len(parts), staging, keys
+
+    def _drop_keys(self, k: RunKeys, entries: list[str]) -> list[str]:
+        out: list[str] = []
+        for e in entries:
+            g, c = (int(x) for x in e.split(":"))
+            out += k.generation_keys(g, c)
+        return out
 
     def _retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
         """Run ``body`` again after a broken connection, with tenacity's back-off."""
@@ -321,20 +366,24 @@ class StoreCore:
             raise ValueError("expected_generation must be an int >= 0")
         new = expected_generation + 1
         frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
-        checksum = frame_checksum(frame)
         cid = commit_id or uuid.uuid4().hex
-        drop = [new - self.keep] if new - self.keep >= 1 else []
+        stored, chunks, staging, chunk_keys = self._stored_form(k, new, frame, cid)
+        checksum, size = frame_checksum(frame), len(frame)
+        del frame  # the stored form (or its chunks, zero-copy views) is all that is kept
+        # a guess at what rotation drops (the script asks for more when it is wrong)
+        drop = [_entry(new - self.keep, 0)] if new - self.keep >= 1 else []
 
-        def build(drop: list[int]) -> Script:
+        def build(drop: list[str]) -> Script:
             return Script(
                 "commit",
-                [k.fence, k.head, k.events, k.generation(new), *(k.generation(g) for g in drop)],
-                [token, expected_generation, cid, frame, checksum, self.schema_version,
-                 CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, *drop],
+                [k.fence, k.head, k.events, k.lease, k.generation(new), *chunk_keys, *self._drop_keys(k, drop)],
+                ["commit", token, expected_generation, cid, stored, checksum, self.schema_version,
+                 CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new,
+                 size, chunks, "", *drop],
             )
 
         def body() -> Flow[int]:
-            replies = yield from self._with_keys(build, drop, route=k.head)
+            replies = yield from self._with_keys(build, drop, route=k.head, before=staging)
             err = _script_error(replies[0])
             if err is None:
                 generation = int(replies[0][0])
@@ -351,13 +400,38 @@ class StoreCore:
 
     # -- load ----------------------------------------------------------------------------
 
-    def _verify(self, k: RunKeys, generation: int, blob: bytes | None, head: Mapping[str, str]) -> tuple[Any, Any]:
-        """(header, payload) of a verified generation, else FrameError."""
+    def _read(self, k: RunKeys, generation: int) -> Flow[bytes]:
+        """The whole stored frame of a generation, reassembled from its chunks if it has any.
+
+        FrameError (MISSING, or the manifest's or a chunk's damage) when it cannot be had.
+        """
+        blob = yield Cmd("GET", k.generation(generation))
         if blob is None:
             raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id, generation=generation)
-        header, payload = decode_frame(blob, run_id=k.run_id, generation=generation,
+        if not is_manifest(blob):
+            return blob  # type: ignore[no-any-return]
+        m = read_manifest(blob, run_id=k.run_id, generation=generation)
+        parts: list[bytes] = []
+        for first in range(0, m.count, READ_BATCH):
+            idx = range(first, min(first + READ_BATCH, m.count))
+            replies = yield Pipe([Cmd("GET", k.chunk(generation, i)) for i in idx], route=k.head)
+            for i, r in zip(idx, replies):
+                if isinstance(r, Exception):
+                    raise r
+                check_chunk(m, i, r)
+                parts.append(r)
+        frame = b"".join(parts)
+        del parts
+        if len(frame) != m.size:
+            raise FrameError(FrameDamage.TRUNCATED, f"chunks hold {len(frame)} bytes, the manifest says {m.size}",
+                             run_id=k.run_id, generation=generation)
+        return frame
+
+    def _verify(self, k: RunKeys, generation: int, frame: bytes, head: Mapping[str, str]) -> tuple[Any, Any]:
+        """(header, payload) of a verified generation, else FrameError."""
+        header, payload = decode_frame(frame, run_id=k.run_id, generation=generation,
                                        max_payload_bytes=self.max_state_bytes)
-        if generation == int(head.get("generation", 0)) and head.get("checksum") not in (None, frame_checksum(blob)):
+        if generation == int(head.get("generation", 0)) and head.get("checksum") not in (None, frame_checksum(frame)):
             raise FrameError(FrameDamage.HEAD_MISMATCH,
                              "checksum differs from the one the head recorded at commit",
                              run_id=k.run_id, generation=generation)
@@ -416,11 +490,12 @@ class StoreCore:
     def _load_from(self, k: RunKeys, head: dict[str, str]) -> Flow[Checkpoint | None]:
         head_gen = int(head.get("generation", 0))
         skipped: list[SkippedGeneration] = []
-        for g in sorted(_kept(head), reverse=True):
-            blob = yield Cmd("GET", k.generation(g))
+        for g, _chunks in sorted(_kept(head), reverse=True):
             try:
+                blob = yield from self._read(k, g)
                 header, payload = self._verify(k, g, blob, head)
                 state = decode_payload(header, payload)
+                del payload
             except FrameError as bad:
                 if bad.reason is FrameDamage.MISSING:
                     now = _hash((yield Cmd("HGETALL", k.head)))
@@ -457,9 +532,10 @@ class StoreCore:
         def body() -> Flow[list[GenerationInfo]]:
             head = _hash((yield Cmd("HGETALL", k.head)))
             out: list[GenerationInfo] = []
-            for g in sorted(_kept(head), reverse=True):
-                blob = yield Cmd("GET", k.generation(g))
+            for g, _chunks in sorted(_kept(head), reverse=True):
+                blob = b""
                 try:
+                    blob = yield from self._read(k, g)
                     self._verify(k, g, blob, head)
                     h = read_header(blob, run_id=k.run_id, generation=g)  # type: ignore[arg-type]
                 except FrameError as bad:
@@ -493,7 +569,7 @@ class StoreCore:
             held = lease.get("state") == "held"
             return RunInfo(
                 run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
-                kept=tuple(_kept(head)), head=head,
+                kept=tuple(g for g, _ in _kept(head)), head=head,
                 lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
                 lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
                 lease_state=lease.get("state"),
@@ -517,13 +593,13 @@ class StoreCore:
     def delete_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
 
-        def build(gens: list[int]) -> Script:
-            return Script("delete", [k.fence, k.lease, k.head, k.events, *(k.generation(g) for g in gens)],
-                          [by, self.events_maxlen, *gens])
+        def build(entries: list[str]) -> Script:
+            return Script("delete", [k.fence, k.lease, k.head, k.events, *self._drop_keys(k, entries)],
+                          [by, self.events_maxlen, *entries])
 
         def body() -> Flow[int]:
             head = _hash((yield Cmd("HGETALL", k.head)))
-            replies = yield from self._with_keys(build, _kept(head), route=k.fence)
+            replies = yield from self._with_keys(build, [_entry(g, c) for g, c in _kept(head)], route=k.fence)
             if isinstance(replies[0], Exception):
                 raise replies[0]
             self._check_confirmed(replies, what="delete", run_id=k.run_id, generation=None)
@@ -537,24 +613,23 @@ class StoreCore:
 
         def body() -> Flow[bytes]:
             head = _hash((yield Cmd("HGETALL", k.head)))
-            kept = sorted(_kept(head), reverse=True)
-            wanted = kept if generation is None else [generation]
+            kept = sorted((g for g, _ in _kept(head)), reverse=True)
             if not head:
                 raise NotFoundError(f"run {k.run_id!r} has no committed generation", run_id=k.run_id)
             if generation is not None and generation not in kept:
                 raise NotFoundError(f"run {k.run_id!r} does not keep generation {generation} "
                                     f"(kept: {', '.join(map(str, kept))})", run_id=k.run_id)
             reasons: dict[int, str] = {}
-            for g in wanted:
-                blob = yield Cmd("GET", k.generation(g))
+            for g in kept if generation is None else [generation]:
                 try:
-                    self._verify(k, g, blob, head)
+                    frame = yield from self._read(k, g)
+                    self._verify(k, g, frame, head)
                 except FrameError as bad:
                     if generation is not None:
                         raise
                     reasons[g] = f"{bad.reason.value}: {bad.detail}"
                     continue
-                return blob  # type: ignore[return-value]
+                return frame
             raise CorruptCheckpointError(k.run_id, reasons)
 
         return self._retrying(body, run_id=k.run_id, what="export", writes=False)
@@ -565,20 +640,24 @@ class StoreCore:
         k = self.keys(h.run_id)
         if h.generation < 1:
             raise FrameError(FrameDamage.BAD_HEADER, "generation < 1", run_id=h.run_id, generation=h.generation)
-        checksum = frame_checksum(frame)
+        checksum, size = frame_checksum(frame), len(frame)
+        cid = f"import-{checksum}"
+        stored, chunks, staging, chunk_keys = self._stored_form(k, h.generation, frame, cid)
 
-        def build(drop: list[int]) -> Script:
+        def build(drop: list[str]) -> Script:
             return Script(
-                "import", [k.fence, k.lease, k.head, k.events, k.generation(h.generation),
-                           *(k.generation(g) for g in drop)],
-                [frame, h.generation, h.token, checksum, h.schema_version, h.codec, h.created_ms,
-                 h.owner, f"import-{checksum}", self.keep, self.events_maxlen, by, *drop],
+                "commit",
+                [k.fence, k.head, k.events, k.lease, k.generation(h.generation), *chunk_keys,
+                 *self._drop_keys(k, drop)],
+                ["import", h.token, 0, cid, stored, checksum, h.schema_version, h.codec, h.created_ms,
+                 h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by, *drop],
             )
 
         def body() -> Flow[int]:
             head = _hash((yield Cmd("HGETALL", k.head)))
-            kept = [*_kept(head), h.generation]
-            replies = yield from self._with_keys(build, kept[: max(0, len(kept) - self.keep)], route=k.head)
+            kept = [_entry(g, c) for g, c in _kept(head)]
+            drop = kept[: max(0, len(kept) + 1 - self.keep)]
+            replies = yield from self._with_keys(build, drop, route=k.head, before=staging)
             err = _script_error(replies[0])
             if err is not None:
                 if err[0] == "CONFLICT":

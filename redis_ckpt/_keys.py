@@ -85,6 +85,16 @@ class RunKeys:
     def generation(self, n: int) -> str:
         return f"{self.base}:g:{n}"
 
+    def chunk(self, n: int, i: int) -> str:
+        return f"{self.base}:g:{n}:c:{i}"
+
+    def stage(self, commit_id: str, i: int) -> str:
+        return f"{self.base}:stage:{commit_id}:{i}"
+
+    def generation_keys(self, n: int, chunks: int) -> list[str]:
+        """g:<n> and its chunk keys: everything a generation occupies."""
+        return [self.generation(n), *(self.chunk(n, i) for i in range(chunks))]
+
     @staticmethod
     def scan_pattern(namespace: str) -> str:
         """SCAN MATCH pattern that finds every run's head (or fence) in a namespace."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["Scripts", "SCRIPT_NAMES", "lua_dir_text"]
 
-SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete", "import")
+SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete")
 
 
 def lua_dir_text(name: str) -> str:

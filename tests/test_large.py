@@ -1,0 +1,124 @@
+"""Large states: chunked frames, bounded commands, staged chunks cleaned up, consistent reads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from redis_ckpt import CheckpointStore, ConflictError, FencedError
+from redis_ckpt._keys import RunKeys
+
+pytestmark = pytest.mark.server
+CHUNK = 4096
+
+
+@pytest.fixture
+def store(client, namespace) -> CheckpointStore:
+    return CheckpointStore(client, namespace=namespace, keep=2, chunk_bytes=CHUNK)
+
+
+def big(n: int, seed: int = 0) -> dict:
+    return {"blob": os.urandom(n), "seed": seed, "rows": [(i, str(i)) for i in range(200)]}
+
+
+def stage_keys(client, namespace):
+    return [k for k in client.scan_iter(f"{namespace}:*") if b":stage:" in k]
+
+
+def test_a_large_state_is_chunked_and_round_trips(store, client, namespace):
+    lease = store.acquire("big", owner="w", ttl=30)
+    state = big(50_000)
+    assert lease.commit(state) == 1
+    k = RunKeys(namespace, "big")
+    head = {a.decode(): b.decode() for a, b in client.hgetall(k.head).items()}
+    chunks = int(head["chunks"])
+    assert chunks == -(-int(head["size"]) // CHUNK) > 10
+    assert client.strlen(k.generation(1)) < 1024  # g:1 holds only the manifest
+    assert all(client.strlen(k.chunk(1, i)) <= CHUNK for i in range(chunks))
+    assert all(client.ttl(k.chunk(1, i)) == -1 for i in range(chunks))  # promoted chunks do not expire
+    assert stage_keys(client, namespace) == []
+    ck = store.load("big")
+    assert ck.state == state and ck.size == int(head["size"])
+    assert [g.ok for g in store.generations("big")] == [True]
+
+
+def test_rotation_and_delete_remove_every_chunk(store, client, namespace):
+    lease = store.acquire("rot", owner="w", ttl=30)
+    for i in range(4):
+        lease.commit(big(20_000 + i * 5000, i) if i % 2 == 0 else {"small": i})
+    k = RunKeys(namespace, "rot")
+    assert [g.generation for g in store.generations("rot")] == [4, 3]
+    leftovers = [key for key in client.scan_iter(f"{k.base}:g:*") if not key.decode().startswith((k.generation(3), k.generation(4)))]
+    assert leftovers == []
+    assert store.load("rot").state == {"small": 3}
+    store.delete("rot")
+    assert list(client.scan_iter(f"{k.base}:g:*")) == []
+
+
+def test_a_damaged_or_missing_chunk_falls_back_to_the_previous_generation(store, client, namespace):
+    lease = store.acquire("dmg", owner="w", ttl=30)
+    first, second = big(30_000, 1), big(30_000, 2)
+    lease.commit(first)
+    lease.commit(second)
+    k = RunKeys(namespace, "dmg")
+    client.setrange(k.chunk(2, 3), 10, b"\x00\xff")
+    ck = store.load("dmg")
+    assert ck.generation == 1 and ck.state == first
+    assert (ck.skipped[0].generation, ck.skipped[0].reason) == (2, "checksum") and "chunk 3" in ck.skipped[0].detail
+    client.delete(k.chunk(1, 0))
+    gens = store.generations("dmg")
+    assert [(g.generation, g.reason) for g in gens] == [(2, "checksum"), (1, "missing")]
+
+
+def test_staged_chunks_are_removed_when_the_commit_is_refused(store, client, namespace):
+    lease = store.acquire("refused", owner="w", ttl=30)
+    lease.commit({"x": 1})
+    with pytest.raises(ConflictError):
+        store.commit("refused", big(40_000), token=lease.token, expected_generation=0)
+    store.revoke("refused")
+    with pytest.raises(FencedError):
+        lease.commit(big(40_000))
+    assert stage_keys(client, namespace) == []
+    assert store.load("refused").state == {"x": 1}
+
+
+def test_chunked_generation_export_and_import(store, client, namespace):
+    lease = store.acquire("exp", owner="w", ttl=30)
+    state = big(25_000)
+    lease.commit(state)
+    frame = store.export_frame("exp")
+    assert len(frame) > CHUNK
+    store.delete("exp")
+    assert store.import_frame(frame) == 1
+    assert store.load("exp").state == state
+    assert stage_keys(client, namespace) == []
+
+
+def test_readers_see_a_consistent_generation_while_rotation_runs(store, client, namespace):
+    import threading
+
+    lease = store.acquire("rot-read", owner="w", ttl=60)
+    lease.commit(big(20_000, 0))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        i = 1
+        while not stop.is_set() and i < 60:
+            lease.commit(big(20_000, i))
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reader = CheckpointStore(client, namespace=namespace, keep=2, chunk_bytes=CHUNK)
+    try:
+        for _ in range(40):
+            ck = reader.load("rot-read")
+            assert ck.skipped == () and ck.state["seed"] == ck.generation - 1
+    except BaseException as exc:  # re-raised below, after the writer stops
+        errors.append(exc)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[0]
