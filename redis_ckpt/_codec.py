@@ -17,28 +17,26 @@ not be looked up after a round trip.
 
 Wire form: plain msgpack for None/bool/int64/float/str/bytes/list/dict; a tuple,
 set or frozenset is an array whose first item is an empty marker extension
-(``[ext 2, *items]``), so containers never nest msgpack calls (the C unpacker keeps
-its stack on the C stack: nested ext payloads crash at ~180 levels); every other
-type is one leaf extension (codes below).
+(``[ext 2, *items]``), so containers never nest msgpack calls (each nested C
+unpack puts ~40 KB on the C stack: nested extension payloads segfault at ~180
+levels); every other type is one leaf extension (codes below).
 
-Encoding runs msgpack's C packer. Before it, one cheap pass (``_prepare``) looks
-only into containers that hold containers or types the C packer would pack
-natively but lossily (``bytearray`` would become ``bytes``; ``memoryview``,
-``msgpack.ExtType``/``Timestamp`` would alias our extensions) and bounds the depth.
-Only when encoding fails does a second, slow walk (``_find_problem``) find the
-path to report.
+Encoding runs msgpack's C packer. Before it, one pass (``_prepare``) looks only
+into containers that hold containers or types the C packer would pack natively
+but lossily (``bytearray``/``memoryview`` would come back as ``bytes``,
+``msgpack.ExtType``/``Timestamp`` would alias our extensions), checks keys for NaN
+and bounds the depth. Only when encoding fails does a second, slow walk
+(``_find_problem``) find the path to report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import operator
 import reprlib
 import uuid
 import zoneinfo
 from collections.abc import Callable
-from itertools import chain, compress, repeat
 from typing import Any
 
 import msgpack
@@ -70,8 +68,6 @@ _FOREIGN = (memoryview, ExtType, Timestamp)  # packed natively by msgpack but no
 # Types in a value position that _prepare must look at; in a key/member position also NaN-capable ones.
 _LOOK_AT_VALUE = frozenset((*_CONTAINERS, bytearray, *_FOREIGN))
 _LOOK_AT_KEY = _LOOK_AT_VALUE | {float, decimal.Decimal}
-_CONTAINER_SET = frozenset(_CONTAINERS)
-_NOT_PLAIN = frozenset((bytearray, *_FOREIGN))
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 _ONE_US = dt.timedelta(microseconds=1)
 
@@ -83,7 +79,7 @@ class _Refused(Exception):
 def encode_state(state: object, *, root: str = "state") -> bytes:
     """Encode ``state`` exactly; :class:`UnsupportedTypeError` names the first field that cannot be."""
     try:
-        return _pack(state if _is_plain(state) else _prepare(state, 0))
+        return _pack(_prepare(state, 0))
     except (_Refused, TypeError, ValueError, OverflowError, RecursionError) as exc:
         # UnicodeEncodeError (lone surrogate) is a ValueError; RecursionError only on a stack already deep.
         cause = exc
@@ -104,43 +100,12 @@ def decode_state(payload: bytes) -> object:
         return _unpack(payload)
     except ValueError:
         raise
-    except (TypeError, KeyError, IndexError, OverflowError, RecursionError,
+    except (TypeError, KeyError, OverflowError, RecursionError,
             decimal.InvalidOperation, msgpack.UnpackException, OSError) as exc:
         raise ValueError(f"not a valid state payload: {type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------- fast path
-
-
-def _is_plain(state: object) -> bool:
-    """Whether ``state`` can go to the C packer as it is: no bytearray or foreign type anywhere,
-    no dict key or set member that needs a look (a tuple, frozenset, float or Decimal), depth in bounds.
-
-    A breadth-first pass whose loops all run in C, one level of nesting at a time; when it says
-    no, :func:`_prepare` does the item-by-item work.
-    """
-    level: list = [state]
-    for depth in range(MAX_DEPTH + 1):
-        kinds = set(map(type, level))
-        if not kinds.isdisjoint(_NOT_PLAIN):
-            return False
-        containers = kinds & _CONTAINER_SET
-        if not containers:
-            return True
-        if depth == MAX_DEPTH:
-            return False
-        children = []
-        for kind in containers:
-            group = level if len(kinds) == 1 else list(compress(level, map(operator.is_, map(type, level), repeat(kind))))
-            if kind is dict or kind is set or kind is frozenset:  # keys / members
-                if not _LOOK_AT_KEY.isdisjoint(map(type, chain.from_iterable(group))):
-                    return False
-            if kind is dict:
-                children.append(chain.from_iterable(map(dict.values, group)))
-            elif kind is list or kind is tuple:
-                children.append(chain.from_iterable(group))
-        level = list(chain.from_iterable(children))
-    return False
 
 
 def _prepare(value: Any, depth: int) -> Any:
@@ -398,12 +363,27 @@ def _qualname(kind: type) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
-def _refuse(path: str, kind: type, why: str) -> UnsupportedTypeError:
-    return UnsupportedTypeError(f"{path}: {why}", path=path, type_name=_qualname(kind))
+# A path is built lazily, as (parent path, format, key) links ending in the root str,
+# and rendered only for the error: the walk visits every item of a possibly large state.
+_Path = Any
+_AT, _IN_KEY, _IN_MEMBER = "[{}]", "[<key {}>]", "[<member {}>]"  # an item (index or key); inside a key; a member
+
+
+def _render(path: _Path) -> str:
+    parts = []
+    while type(path) is tuple:
+        path, form, key = path
+        parts.append(form.format(_repr.repr(key)))
+    return path + "".join(reversed(parts))
+
+
+def _refuse(path: _Path, kind: type, why: str) -> UnsupportedTypeError:
+    where = _render(path)
+    return UnsupportedTypeError(f"{where}: {why}", path=where, type_name=_qualname(kind))
 
 
 def _find_problem(
-    value: Any, path: str, depth: int, enclosing: dict[int, str], *, in_key: bool
+    value: Any, path: _Path, depth: int, enclosing: dict[int, _Path], *, in_key: bool
 ) -> UnsupportedTypeError | None:
     """The first value the codec refuses, as an error naming it; None if there is none.
 
@@ -427,13 +407,14 @@ def _find_problem(
         tz = value.tzinfo
         if tz is None or type(tz) is dt.timezone or (type(tz) is zoneinfo.ZoneInfo and tz.key is not None):
             return None
-        return _refuse(path, type(tz), f"{kind.__name__} with tzinfo of type {_qualname(type(tz))} cannot be "
-                                       "stored exactly; use datetime.timezone or zoneinfo.ZoneInfo(key)")
+        what = "a zoneinfo.ZoneInfo without a key" if type(tz) is zoneinfo.ZoneInfo else f"tzinfo {_qualname(type(tz))}"
+        return _refuse(path, type(tz), f"{kind.__name__} with {what} cannot be stored exactly; "
+                                       "use datetime.timezone or zoneinfo.ZoneInfo(key)")
     if kind not in _CONTAINERS:
         return _refuse(path, kind, f"type {_qualname(kind)} cannot be stored exactly{_subclass_hint(kind)}; "
                                    f"supported: {_SUPPORTED_NAMES}")
     if id(value) in enclosing:
-        return _refuse(path, kind, f"cycle: this {kind.__name__} is the one at {enclosing[id(value)]}, "
+        return _refuse(path, kind, f"cycle: this {kind.__name__} is the one at {_render(enclosing[id(value)])}, "
                                    "which contains it")
     if depth >= MAX_DEPTH:
         return _refuse(path, kind, f"containers nested more than {MAX_DEPTH} levels deep")
@@ -445,29 +426,33 @@ def _find_problem(
 
 
 def _find_in_items(
-    value: Any, kind: type, path: str, depth: int, enclosing: dict[int, str], *, in_key: bool
+    value: Any, kind: type, path: _Path, depth: int, enclosing: dict[int, _Path], *, in_key: bool
 ) -> UnsupportedTypeError | None:
     if kind is dict:
         for key, item in value.items():
-            problem = (_find_problem(key, f"{path}[<key {_repr.repr(key)}>]", depth, enclosing, in_key=True)
-                       or _find_problem(item, f"{path}[{_repr.repr(key)}]", depth, enclosing, in_key=in_key))
+            problem = (_find_problem(key, (path, _IN_KEY, key), depth, enclosing, in_key=True)
+                       or _find_problem(item, (path, _AT, key), depth, enclosing, in_key=in_key))
             if problem:
                 return problem
         return None
     if kind is set or kind is frozenset:
         for member in value:
-            problem = _find_problem(member, f"{path}[<member {_repr.repr(member)}>]", depth, enclosing, in_key=True)
+            problem = _find_problem(member, (path, _IN_MEMBER, member), depth, enclosing, in_key=True)
             if problem:
                 return problem
         return None
     for index, item in enumerate(value):
-        problem = _find_problem(item, f"{path}[{index}]", depth, enclosing, in_key=in_key)
+        problem = _find_problem(item, (path, _AT, index), depth, enclosing, in_key=in_key)
         if problem:
             return problem
     return None
 
 
 def _subclass_hint(kind: type) -> str:
+    if kind is memoryview:
+        return " (it would come back as bytes: pass bytes(view))"
+    if kind in _FOREIGN:
+        return " (msgpack's own extension objects are reserved for the codec)"
     for base in (bool, int, float, str, bytes, bytearray, *_CONTAINERS, dt.datetime, dt.date, dt.time,
                  dt.timedelta, decimal.Decimal, uuid.UUID):
         if issubclass(kind, base):

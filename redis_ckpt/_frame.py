@@ -13,7 +13,8 @@ Layout (big-endian; H = header length, P = payload length)::
     16          H     header: msgpack map {"run": str, "gen": int, "token": int, "owner": str,
                       "created_ms": int, "meta": bin = user metadata dict encoded by _codec}
     16+H        8     payload length P, u64 (as stored, i.e. after compression)
-    24+H        P     payload (the encoded state, possibly zstd-compressed)
+    24+H        P     payload: the encoded state, or one zstd frame of it (content size
+                      and zstd's own content checksum recorded)
     24+H+P      16    xxh3-128 digest of bytes [0, 24+H+P)
 
 Verification order, each failure its own :class:`FrameDamage`: BAD_MAGIC,
@@ -90,7 +91,8 @@ def encode_frame(
         "meta": encode_state({} if metadata is None else metadata, root="metadata"),
     }, use_bin_type=True)
     if compression == "zstd":
-        payload = _zstd(run_id).ZstdCompressor(level=level, write_content_size=True).compress(payload)
+        compressor = _zstd(run_id).ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+        payload = compressor.compress(payload)
     body = b"".join((
         _PREFIX.pack(MAGIC, FORMAT_VERSION, codec, _COMPRESSION_IDS[compression], 0, schema_version, len(header)),
         header, _PAYLOAD_LEN.pack(len(payload)), payload,
@@ -142,8 +144,10 @@ def decode_payload(header: FrameHeader, payload: bytes) -> object:
 
 
 def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tuple[FrameHeader, memoryview]:
+    where: dict[str, Any] = {"run_id": run_id, "generation": generation}  # what errors name
+
     def fail(reason: FrameDamage, detail: str) -> FrameError:
-        return FrameError(reason, detail, run_id=run_id, generation=generation)
+        return FrameError(reason, detail, **where)
 
     size = len(blob)
     if bytes(blob[:4]) != MAGIC[:size]:
@@ -171,6 +175,8 @@ def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tup
     fields = _parse_header(blob[_PREFIX.size:payload_len_at])
     if fields is None:
         raise fail(FrameDamage.BAD_HEADER, "header is not a well-formed redis-ckpt header")
+    where = {"run_id": fields["run"] if run_id is None else run_id,
+             "generation": fields["gen"] if generation is None else generation}
     if codec not in _CODECS:
         raise fail(FrameDamage.UNKNOWN_CODEC, f"codec id {codec}; this code knows {sorted(_CODECS)}")
     if compression_id not in _COMPRESSIONS:

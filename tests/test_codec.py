@@ -1,0 +1,527 @@
+"""The exact-type codec: every supported type round-trips exactly, everything else is
+refused at encode time naming its path, and no byte string crashes the decoder."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import decimal
+import enum
+import math
+import os
+import struct
+import threading
+import time
+import uuid
+import zoneinfo
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from redis_ckpt._codec import MAX_DEPTH, decode_state, encode_state
+from redis_ckpt._errors import StateError, UnsupportedTypeError
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def round_trip(value: object) -> object:
+    return decode_state(encode_state(value))
+
+
+# ---------------------------------------------------------------- exact comparison
+
+
+def assert_same_tz(a: dt.tzinfo | None, b: dt.tzinfo | None) -> None:
+    assert type(a) is type(b), (a, b)
+    if type(a) is dt.timezone:
+        assert a.__getinitargs__() == b.__getinitargs__(), (a, b)  # offset and explicit name
+    elif type(a) is zoneinfo.ZoneInfo:
+        assert a.key == b.key, (a, b)
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Same type and same value, all the way down (NaN equals NaN, Decimal compared by str)."""
+    assert type(a) is type(b), f"{type(a).__name__} {a!r} came back as {type(b).__name__} {b!r}"
+    kind = type(a)
+    if kind is float:
+        assert struct.pack(">d", a) == struct.pack(">d", b), (a, b)  # bit-exact: -0.0, NaN
+    elif kind is Decimal:
+        assert str(a) == str(b), (a, b)
+    elif kind in (list, tuple):
+        assert len(a) == len(b), (a, b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    elif kind is dict:
+        assert len(a) == len(b), (a, b)
+        for (ka, va), (kb, vb) in zip(a.items(), b.items()):  # insertion order is kept too
+            assert_same(ka, kb)
+            assert_same(va, vb)
+    elif kind in (set, frozenset):
+        assert len(a) == len(b), (a, b)
+        members_of_b = {m: m for m in b}
+        for m in a:
+            assert m in members_of_b, (m, b)
+            assert_same(m, members_of_b[m])
+    elif kind in (dt.datetime, dt.time):
+        fields = ("hour", "minute", "second", "microsecond", "fold")
+        if kind is dt.datetime:
+            fields = ("year", "month", "day", *fields)
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields], (a, b)
+        assert_same_tz(a.tzinfo, b.tzinfo)
+    else:
+        assert a == b, (a, b)
+
+
+# ---------------------------------------------------------------- strategies
+
+offsets = st.timedeltas(min_value=dt.timedelta(hours=-24) + dt.timedelta(microseconds=1),
+                        max_value=dt.timedelta(hours=24) - dt.timedelta(microseconds=1))
+fixed_zones = st.one_of(
+    st.just(dt.timezone.utc),
+    st.builds(dt.timezone, offsets),
+    st.builds(dt.timezone, offsets, st.text(max_size=8)),
+)
+zones = st.one_of(fixed_zones, st.timezones())
+aware_or_naive = st.one_of(st.none(), zones)
+datetimes = st.builds(
+    lambda d, fold: d.replace(fold=fold),
+    st.datetimes(timezones=aware_or_naive, allow_imaginary=True), st.integers(0, 1),
+)
+times = st.builds(lambda t, fold: t.replace(fold=fold), st.times(timezones=aware_or_naive), st.integers(0, 1))
+huge_ints = st.integers(min_value=2**64, max_value=2**300) | st.integers(min_value=-(2**300), max_value=-(2**63) - 1)
+
+
+def scalars(*, nan: bool) -> st.SearchStrategy:
+    return st.one_of(
+        st.none(), st.booleans(), st.integers(), huge_ints, st.sampled_from([2**63 - 1, -(2**63), 2**64 - 1]),
+        st.floats(allow_nan=nan), st.just(-0.0), st.text(), st.binary(),
+        datetimes, st.dates(), times, st.timedeltas(), st.uuids(),
+        st.decimals(allow_nan=nan),
+        st.sampled_from([Decimal("-0"), Decimal("1E+5"), Decimal("0E-12"), Decimal("-Infinity")]),
+        st.sampled_from([Decimal("sNaN"), Decimal("-NaN12")]) if nan else st.nothing(),
+    )
+
+
+hashables = st.recursive(
+    scalars(nan=False),
+    lambda inner: st.lists(inner, max_size=4).map(tuple) | st.frozensets(inner, max_size=4),
+    max_leaves=8,
+)
+values = st.recursive(
+    scalars(nan=True) | st.binary().map(bytearray),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(hashables, inner, max_size=5),
+        st.sets(hashables, max_size=5),
+        st.frozensets(hashables, max_size=5),
+    ),
+    max_leaves=25,
+)
+
+
+@FAST
+@given(values)
+def test_every_supported_value_round_trips_exactly(value: object) -> None:
+    assert_same(value, round_trip(value))
+
+
+# ---------------------------------------------------------------- named examples
+
+EXAMPLES = {
+    "big ints": [2**64, -(2**63) - 1, 2**1000, -(2**1000), 2**63 - 1, -(2**63), 2**64 - 1],
+    "floats": [math.nan, -math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308],
+    "bytes kinds": [b"", bytearray(), bytearray(b"\x00\xff"), (bytearray(b"in a tuple"),), {"k": bytearray(b"v")}],
+    "bytearray alone": bytearray(b"top"),
+    "nested bytearray copies": [[(1, [bytearray(b"x")])], {"a": {"b": (bytearray(b"y"),)}}],
+    "keys": {1: "int", (1, "a"): "tuple", frozenset({1, 2}): "frozenset", None: "none", b"b": "bytes",
+             1.5: "float", Decimal("1.10"): "decimal", dt.date(2020, 1, 1): "date", 2**70: "big"},
+    "tuple and set keys nested": {(frozenset({(1, 2)}), (3,)): {frozenset(): set()}},
+    "one, True, 1.0 stay apart in a list": [1, True, 1.0, Decimal(1)],
+    "sets": [set(), frozenset(), {1, "a", (2, 3)}, frozenset({frozenset({1})})],
+    "named timezone": dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2), "X")),
+    "utc": dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+    "utc named UTC is not the singleton": dt.datetime(2024, 3, 1, tzinfo=dt.timezone(dt.timedelta(0), "UTC")),
+    "sub-minute offset": dt.time(1, 2, 3, 4, tzinfo=dt.timezone(dt.timedelta(seconds=-1, microseconds=7))),
+    "zoneinfo fold": dt.datetime(2021, 11, 7, 1, 30, 0, 123456, tzinfo=zoneinfo.ZoneInfo("America/New_York"), fold=1),
+    "naive fold": dt.datetime(2021, 11, 7, 1, 30, fold=1),
+    "time fold": dt.time(1, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+    "extreme datetimes": [dt.datetime.min, dt.datetime.max, dt.date.min, dt.date.max, dt.time.max],
+    "timedeltas": [dt.timedelta.min, dt.timedelta.max, dt.timedelta(-1, 1, 1), dt.timedelta(0)],
+    "decimals": [Decimal(s) for s in ("NaN", "-NaN", "sNaN", "-sNaN", "NaN123", "Infinity", "-Infinity",
+                                      "-0", "0E-7", "1.000", "1E+5", "-1.23E-400", "9" * 60)],
+    "uuids": [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), uuid.uuid4()],
+    "strings": ["", "é", "\U0001f600", "\x00", "a" * 70000],
+    "empty containers": [[], (), {}, set(), frozenset()],
+    "deep at the limit": None,  # filled below
+}
+_deep: object = 0
+for _level in range(MAX_DEPTH):
+    _deep = [_deep] if _level % 2 else (_deep,)
+EXAMPLES["deep at the limit"] = _deep
+
+
+@pytest.mark.parametrize("value", list(EXAMPLES.values()), ids=list(EXAMPLES))
+def test_named_examples_round_trip_exactly(value: object) -> None:
+    assert_same(value, round_trip(value))
+
+
+def test_zoneinfo_comes_back_as_the_cached_zone() -> None:
+    back = round_trip(dt.datetime(2024, 1, 1, tzinfo=zoneinfo.ZoneInfo("Asia/Tokyo")))
+    assert back.tzinfo is zoneinfo.ZoneInfo("Asia/Tokyo")
+
+
+def test_utc_comes_back_as_the_singleton() -> None:
+    assert round_trip(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)).tzinfo is dt.timezone.utc
+
+
+def test_tuple_keys_are_usable_after_a_round_trip() -> None:
+    back = round_trip({(1, (2, frozenset({3}))): "v"})
+    assert back[(1, (2, frozenset({3})))] == "v"
+
+
+def test_encoding_a_bytearray_does_not_change_the_callers_state() -> None:
+    state = {"a": [bytearray(b"x")], "t": (bytearray(b"y"),)}
+    encode_state(state)
+    assert type(state["a"][0]) is bytearray and type(state["t"][0]) is bytearray
+
+
+# ---------------------------------------------------------------- refused values
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+class Name(str):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+class Items(list):
+    pass
+
+
+class Stamp(dt.datetime):
+    pass
+
+
+class LocalZone(dt.tzinfo):
+    def utcoffset(self, d: object) -> dt.timedelta:
+        return dt.timedelta(hours=1)
+
+    def dst(self, d: object) -> dt.timedelta:
+        return dt.timedelta(0)
+
+
+class MyZone(zoneinfo.ZoneInfo):
+    pass
+
+
+def keyless_zone() -> zoneinfo.ZoneInfo:
+    """A ZoneInfo made from a file: it has no key, so it cannot be stored by name."""
+    for directory in zoneinfo.TZPATH:
+        path = os.path.join(directory, "UTC")
+        if os.path.isfile(path):
+            with open(path, "rb") as file:
+                return zoneinfo.ZoneInfo.from_file(file)
+    pytest.skip("no system time zone database")
+
+
+REFUSED = [
+    # (state, path, type name)
+    ({"steps": [0, 1, {"when": Opaque()}]}, "state['steps'][2]['when']", "Opaque"),
+    (Opaque(), "state", "Opaque"),
+    ({"c": Color.RED}, "state['c']", "Color"),
+    ({"lvl": [Level.LOW]}, "state['lvl'][0]", "Level"),
+    ({"p": Point(1, 2)}, "state['p']", "Point"),
+    (collections.OrderedDict(a=1), "state", "OrderedDict"),
+    ({"d": collections.defaultdict(list)}, "state['d']", "defaultdict"),
+    ([Name("x")], "state[0]", "Name"),
+    ([Ratio(1.5)], "state[0]", "Ratio"),
+    ({"l": Items()}, "state['l']", "Items"),
+    ([1, (2, (3, Opaque()))], "state[1][1][1]", "Opaque"),
+    ({"s": {1, Opaque()}}, "state['s'][<member Opaque()>]", "Opaque"),
+    ({(1, Opaque()): "v"}, "state[<key (1, Opaque())>][1]", "Opaque"),
+    ({Opaque(): 1}, "state[<key Opaque()>]", "Opaque"),
+    ({1: {frozenset({Opaque()})}}, "state[1][<member frozenset({Opaque()})>][<member Opaque()>]", "Opaque"),
+    ({"nan": {math.nan: 1}}, "state['nan'][<key nan>]", "float"),
+    ({(1, math.nan): 2}, "state[<key (1, nan)>][1]", "float"),
+    ({"s": {math.nan}}, "state['s'][<member nan>]", "float"),
+    (frozenset({(0, (math.nan,))}), "state[<member (0, (nan,))>][1][0]", "float"),
+    ({Decimal("NaN"): 1}, "state[<key Decimal('NaN')>]", "decimal.Decimal"),
+    ({"x": "ok", "y": "bad \udc80"}, "state['y']", "str"),
+    ({"\ud800": 1}, "state[<key '\\ud800'>]", "str"),
+    ({"m": memoryview(b"x")}, "state['m']", "memoryview"),
+    ([msgpack.ExtType(2, b"")], "state[0]", "msgpack.ext.ExtType"),
+    ({"t": msgpack.Timestamp(1, 0)}, "state['t']", "msgpack.ext.Timestamp"),
+    ({(msgpack.ExtType(1, b"x"),): 1}, "state[<key (ExtType(code=1, data=b'x'),)>][0]", "msgpack.ext.ExtType"),
+    ({"when": Stamp(2024, 1, 1)}, "state['when']", "Stamp"),
+    ({"when": dt.datetime(2024, 1, 1, tzinfo=LocalZone())}, "state['when']", "LocalZone"),
+    ([dt.time(tzinfo=LocalZone())], "state[0]", "LocalZone"),
+    ({"when": dt.datetime(2024, 1, 1, tzinfo=MyZone("UTC"))}, "state['when']", "MyZone"),
+    ([1j], "state[0]", "complex"),
+    ({"r": range(3)}, "state['r']", "range"),
+    ({"f": len}, "state['f']", "builtin_function_or_method"),
+    ([object()], "state[0]", "object"),
+    ({"t": int}, "state['t']", "type"),
+]
+
+
+@pytest.mark.parametrize(("state", "path", "type_name"), REFUSED, ids=[p for _, p, _ in REFUSED])
+def test_unsupported_value_is_refused_naming_its_path(state: object, path: str, type_name: str) -> None:
+    with pytest.raises(UnsupportedTypeError) as caught:
+        encode_state(state)
+    error = caught.value
+    assert error.path == path
+    assert error.type_name.endswith(type_name)
+    assert path in str(error) and type_name.rsplit(".", 1)[-1] in str(error)
+    assert isinstance(error, TypeError) and isinstance(error, StateError)
+
+
+def test_zone_without_a_key_is_refused() -> None:
+    with pytest.raises(UnsupportedTypeError, match="ZoneInfo without a key") as caught:
+        encode_state({"when": dt.datetime(2024, 1, 1, tzinfo=keyless_zone())})
+    assert caught.value.path == "state['when']"
+
+
+def test_subclass_refusal_says_what_to_convert_to() -> None:
+    with pytest.raises(UnsupportedTypeError, match=r"subclass of dict: convert it to a plain dict"):
+        encode_state({"o": collections.OrderedDict()})
+
+
+def test_nan_is_fine_as_a_plain_value() -> None:
+    assert_same([math.nan, Decimal("NaN"), (math.nan,)], round_trip([math.nan, Decimal("NaN"), (math.nan,)]))
+
+
+def test_root_names_the_path() -> None:
+    with pytest.raises(UnsupportedTypeError) as caught:
+        encode_state({"k": Opaque()}, root="metadata")
+    assert caught.value.path == "metadata['k']"
+
+
+def test_long_keys_are_shortened_in_the_path() -> None:
+    with pytest.raises(UnsupportedTypeError) as caught:
+        encode_state({"k" * 500: Opaque()})
+    assert len(caught.value.path) < 100 and "..." in caught.value.path
+
+
+# ---------------------------------------------------------------- cycles and depth
+
+
+def test_self_containing_list_is_a_cycle() -> None:
+    state: list = [1]
+    state.append(state)
+    with pytest.raises(UnsupportedTypeError, match=r"cycle: this list is the one at state,") as caught:
+        encode_state(state)
+    assert caught.value.path == "state[1]"
+
+
+def test_cycle_through_dict_and_tuple_names_both_ends() -> None:
+    inner: list = []
+    state = {"a": {"b": (inner,)}}
+    inner.append(state["a"])
+    with pytest.raises(UnsupportedTypeError, match=r"is the one at state\['a'\]") as caught:
+        encode_state(state)
+    assert caught.value.path == "state['a']['b'][0][0]"
+
+
+def test_wide_cycle_is_refused_quickly() -> None:
+    state: list = []
+    state.extend([state] * 1000)
+    started = time.monotonic()
+    with pytest.raises(UnsupportedTypeError, match="cycle"):
+        encode_state(state)
+    assert time.monotonic() - started < 1
+
+
+def test_shared_subtrees_are_fine() -> None:
+    shared = {"x": [1, 2]}
+    assert_same([shared, shared, (shared,)], round_trip([shared, shared, (shared,)]))
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: (v,), lambda v: {"k": v}, lambda v: [{"k": (v,)}]],
+                         ids=["list", "tuple", "dict", "mixed"])
+def test_too_deep_is_refused_not_a_recursion_error(wrap: Any) -> None:
+    state: object = 0
+    for _ in range(MAX_DEPTH + 1):
+        state = wrap(state)
+    with pytest.raises(UnsupportedTypeError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        encode_state(state)
+
+
+def test_far_too_deep_is_refused_not_a_recursion_error() -> None:
+    state: list = []
+    for _ in range(100_000):
+        state = [state]
+    with pytest.raises(UnsupportedTypeError, match="nested more than"):
+        encode_state(state)
+
+
+@pytest.mark.parametrize("wrap", [lambda k: (k,), lambda k: frozenset({k})], ids=["tuple", "frozenset"])
+def test_deep_keys_are_bounded_too(wrap: Any) -> None:
+    key: object = 0
+    for _ in range(MAX_DEPTH + 1):
+        key = wrap(key)
+    with pytest.raises(UnsupportedTypeError, match="nested more than"):
+        encode_state({key: 1})
+    with pytest.raises(UnsupportedTypeError, match="nested more than"):
+        encode_state({key})
+
+
+# ---------------------------------------------------------------- decoding garbage
+
+
+def ext(code: int, data: bytes = b"") -> msgpack.ExtType:
+    return msgpack.ExtType(code, data)
+
+
+GARBAGE = {
+    "empty": b"",
+    "reserved byte": b"\xc1",
+    "incomplete array": b"\x92\x01",
+    "extra data": b"\x01\x02",
+    "huge array claim": b"\xdd\xff\xff\xff\xff",
+    "huge map claim": b"\xdf\xff\xff\xff\xff",
+    "huge str claim": b"\xdb\xff\xff\xff\xff",
+    "deep arrays": b"\x91" * 100_000 + b"\xc0",
+    "deep tuples": b"\x92\xc7\x00\x02" * 100_000 + b"\xc0",
+    "unknown extension": msgpack.packb(ext(99, b"x")),
+    "marker alone": msgpack.packb(ext(2)),
+    "marker not first": msgpack.packb([1, ext(2)]),
+    "two markers": msgpack.packb([ext(2), ext(3)]),
+    "marker as map value": msgpack.packb({"a": ext(3)}),
+    "unhashable set member": msgpack.packb([ext(3), [1]]),
+    "list as map key": b"\x81\x91\x01\x02",
+    "small int as big int": msgpack.packb(ext(1, b"\x05")),
+    "bad uuid": msgpack.packb(ext(10, b"short")),
+    "bad decimal": msgpack.packb(ext(9, b"12abc")),
+    "non-ascii decimal": msgpack.packb(ext(9, b"\xff")),
+    "decimal with spaces": msgpack.packb(ext(9, b" 1")),
+    "date out of range": msgpack.packb(ext(6, msgpack.packb([2020, 13, 1]))),
+    "date of floats": msgpack.packb(ext(6, msgpack.packb([2020.0, 1, 1]))),
+    "date too short": msgpack.packb(ext(6, msgpack.packb([2020, 1]))),
+    "date not a list": msgpack.packb(ext(6, b"\x05")),
+    "timedelta of floats": msgpack.packb(ext(8, msgpack.packb([1.5, 0, 0]))),
+    "datetime with ext inside": msgpack.packb(ext(5, msgpack.packb([ext(5, b""), 1, 1, 0, 0, 0, 0, 0, None]))),
+    "datetime bad fold": msgpack.packb(ext(5, msgpack.packb([2020, 1, 1, 0, 0, 0, 0, 2, None]))),
+    "unknown zone": msgpack.packb(ext(5, msgpack.packb([2020, 1, 1, 0, 0, 0, 0, 0, "No/Such_Zone"]))),
+    "zone path escape": msgpack.packb(ext(5, msgpack.packb([2020, 1, 1, 0, 0, 0, 0, 0, "../../etc/passwd"]))),
+    "zone directory": msgpack.packb(ext(5, msgpack.packb([2020, 1, 1, 0, 0, 0, 0, 0, "America"]))),
+    "offset too large": msgpack.packb(ext(7, msgpack.packb([0, 0, 0, 0, 0, [86_400_000_000]]))),
+    "offset name not str": msgpack.packb(ext(7, msgpack.packb([0, 0, 0, 0, 0, [0, 5]]))),
+    "tz of wrong shape": msgpack.packb(ext(7, msgpack.packb([0, 0, 0, 0, 0, [1, "a", "b"]]))),
+}
+
+
+@pytest.mark.parametrize("payload", list(GARBAGE.values()), ids=list(GARBAGE))
+def test_garbage_raises_value_error(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_state(payload)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_raise_only_value_error(payload: bytes) -> None:
+    try:
+        decode_state(payload)
+    except ValueError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(values, st.data())
+def test_mutated_payloads_raise_only_value_error(value: object, data: st.DataObject) -> None:
+    payload = bytearray(encode_state(value))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(payload)))
+        action = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if action == "flip" and at < len(payload):
+            payload[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "insert":
+            payload[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+        else:
+            del payload[at:at + 1]
+    try:
+        decode_state(bytes(payload))
+    except ValueError:
+        pass
+
+
+raw_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=5),
+                       st.binary(max_size=5), st.sampled_from(["UTC", "Europe/Paris", "../x", ""]))
+raw_trees = st.recursive(
+    raw_leaves, lambda inner: st.lists(inner, max_size=9) | st.dictionaries(raw_leaves, inner, max_size=3),
+    max_leaves=12,
+)
+extensions = st.builds(
+    msgpack.ExtType, st.integers(0, 12),
+    st.binary(max_size=17) | raw_trees.map(lambda t: msgpack.packb(t, use_bin_type=True)),
+)
+forged_trees = st.recursive(
+    raw_leaves | extensions,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(raw_leaves | extensions, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(forged_trees)
+def test_well_formed_msgpack_with_forged_extensions_raises_only_value_error(tree: object) -> None:
+    """Valid msgpack whose extensions carry anything: decodes or raises ValueError, nothing else."""
+    try:
+        decode_state(msgpack.packb(tree, use_bin_type=True))
+    except ValueError:
+        pass
+
+
+def test_deepest_state_needs_little_c_stack() -> None:
+    """Nested containers never nest msgpack calls (each nested unpack puts ~40 KB on the C stack)."""
+    state: object = 0
+    for level in range(MAX_DEPTH):
+        state = [state] if level % 3 else ({"k": state} if level % 2 else (state,))
+    results: list = []
+    previous = threading.stack_size(256 * 1024)
+    try:
+        worker = threading.Thread(target=lambda: results.append(round_trip(state)))
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(previous)
+    assert_same(state, results[0])
+
+
+def test_decoding_ignores_the_callers_decimal_context() -> None:
+    with decimal.localcontext(decimal.Context(prec=2, traps=[])):
+        assert str(round_trip(Decimal("1.23456789"))) == "1.23456789"
+        with pytest.raises(ValueError):
+            decode_state(msgpack.packb(ext(9, b"abc")))
+
+
+def test_huge_length_claims_fail_fast() -> None:
+    started = time.monotonic()
+    for payload in (b"\xdd\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xc9\xff\xff\xff\xff\x01"):
+        with pytest.raises(ValueError):
+            decode_state(payload)
+    assert time.monotonic() - started < 0.5

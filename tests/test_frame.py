@@ -1,0 +1,401 @@
+"""Frames: round trips, one named damage reason per kind of damage, and no damaged or
+forged frame ever decodes into a wrong state or raises anything but FrameError."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import sys
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import xxhash
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from redis_ckpt._codec import CODEC_MSGPACK, encode_state
+from redis_ckpt._errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError
+from redis_ckpt._frame import (
+    FrameHeader,
+    decode_frame,
+    decode_payload,
+    encode_frame,
+    frame_checksum,
+    read_header,
+)
+
+RUN = "run-1"
+STATE = {"step": 3, "seen": (1, 2), "when": dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)}
+PAYLOAD = encode_state(STATE)
+META = {"note": "hi", "tags": frozenset({"a"}), 7: (1.5, b"x")}
+
+
+def frame(payload: bytes = PAYLOAD, **overrides: Any) -> bytes:
+    fields: dict[str, Any] = dict(run_id=RUN, generation=4, token=9, owner="worker-a", created_ms=1_700_000_000_000,
+                                  schema_version=2, metadata=META)
+    fields.update(overrides)
+    return encode_frame(payload, **fields)
+
+
+GOOD = frame()
+GOOD_ZSTD = frame(PAYLOAD * 20, compression="zstd")
+
+
+def forge(*, header: object = None, payload: bytes = PAYLOAD, magic: bytes = b"RCKP", version: int = 1,
+          codec: int = 1, compression: int = 0, flags: int = 0, schema: int = 0,
+          header_len: int | None = None, payload_len: int | None = None) -> bytes:
+    """A frame built by hand from the documented layout, with a correct checksum."""
+    if header is None:
+        header = {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({})}
+    raw_header = header if isinstance(header, bytes) else msgpack.packb(header)
+    body = (struct.pack(">4sBBBBII", magic, version, codec, compression, flags, schema,
+                        len(raw_header) if header_len is None else header_len)
+            + raw_header + struct.pack(">Q", len(payload) if payload_len is None else payload_len) + payload)
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def reason_of(blob: bytes, **kw: Any) -> FrameDamage:
+    with pytest.raises(FrameError) as caught:
+        decode_frame(blob, **kw)
+    return caught.value.reason
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("metadata", [None, {}, META])
+def test_round_trip(compression: str, metadata: dict | None) -> None:
+    payload = encode_state([STATE] * 10)
+    blob = frame(payload, metadata=metadata, compression=compression)
+    header, back = decode_frame(blob, run_id=RUN, generation=4)
+    assert back == payload
+    assert header == FrameHeader(
+        run_id=RUN, generation=4, token=9, owner="worker-a", created_ms=1_700_000_000_000, schema_version=2,
+        codec=CODEC_MSGPACK, compression=compression, metadata=metadata or {},
+        payload_size=len(blob) - 40 - header_len(blob),
+    )
+    assert type(header.metadata) is dict
+    assert read_header(blob) == header
+    state = decode_payload(header, back)
+    assert state == [STATE] * 10 and type(state[9]["seen"]) is tuple
+
+
+def header_len(blob: bytes) -> int:
+    return struct.unpack_from(">I", blob, 12)[0]
+
+
+def test_metadata_keeps_exact_types() -> None:
+    header = read_header(GOOD)
+    assert header.metadata == META
+    assert type(header.metadata["tags"]) is frozenset and type(header.metadata[7]) is tuple
+
+
+def test_zstd_actually_compresses_and_payload_size_is_the_stored_size() -> None:
+    header = read_header(GOOD_ZSTD)
+    assert header.compression == "zstd"
+    assert header.payload_size < len(PAYLOAD * 20)
+    assert len(GOOD_ZSTD) == 40 + header_len(GOOD_ZSTD) + header.payload_size
+
+
+def test_layout_is_as_documented() -> None:
+    magic, version, codec, compression, flags, schema, hlen = struct.unpack_from(">4sBBBBII", GOOD)
+    assert (magic, version, codec, compression, flags, schema) == (b"RCKP", 1, CODEC_MSGPACK, 0, 0, 2)
+    (plen,) = struct.unpack_from(">Q", GOOD, 16 + hlen)
+    assert plen == len(PAYLOAD) and len(GOOD) == 16 + hlen + 8 + plen + 16
+    assert GOOD[24 + hlen:24 + hlen + plen] == PAYLOAD
+    assert GOOD[-16:] == xxhash.xxh3_128_digest(GOOD[:-16])
+
+
+def test_frame_checksum_is_the_trailing_digest() -> None:
+    assert frame_checksum(GOOD) == xxhash.xxh3_128_hexdigest(GOOD[:-16])
+    assert frame_checksum(GOOD) != frame_checksum(frame(generation=5))
+
+
+def test_bytes_like_frames_are_accepted() -> None:
+    assert decode_frame(bytearray(GOOD))[1] == PAYLOAD
+    assert decode_frame(memoryview(GOOD))[1] == PAYLOAD
+
+
+def test_empty_payload() -> None:
+    assert decode_frame(frame(b""))[1] == b""
+    assert decode_frame(frame(b"", compression="zstd"))[1] == b""
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"compression": "lz4"}, "compression"),
+    ({"generation": -1}, "generation"),
+    ({"token": True}, "token"),
+    ({"schema_version": 2**32}, "schema_version"),
+    ({"run_id": b"run"}, "run_id"),
+    ({"codec": 7}, "codec"),
+    ({"metadata": [1]}, "metadata"),
+])
+def test_bad_arguments_are_value_errors(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        frame(**overrides)
+
+
+def test_unsupported_metadata_names_its_path() -> None:
+    from redis_ckpt._errors import UnsupportedTypeError
+
+    with pytest.raises(UnsupportedTypeError) as caught:
+        frame(metadata={"ok": 1, "bad": object()})
+    assert caught.value.path == "metadata['bad']"
+
+
+# ---------------------------------------------------------------- one reason per damage
+
+
+def test_bad_magic() -> None:
+    assert reason_of(b"XCKP" + GOOD[4:]) is FrameDamage.BAD_MAGIC
+    assert reason_of(b"{}") is FrameDamage.BAD_MAGIC
+    assert reason_of(b'{"step": 3}') is FrameDamage.BAD_MAGIC
+
+
+def test_future_format_version() -> None:
+    future = GOOD[:4] + bytes([2]) + GOOD[5:]
+    with pytest.raises(FrameError, match="format version 2") as caught:
+        decode_frame(future)
+    assert caught.value.reason is FrameDamage.UNKNOWN_FORMAT
+
+
+def test_every_truncation_is_truncated() -> None:
+    small = frame(b"xy", metadata=None)
+    for length in range(len(small)):
+        assert reason_of(small[:length]) is FrameDamage.TRUNCATED, length
+
+
+def test_extra_byte_is_trailing_bytes() -> None:
+    assert reason_of(GOOD + b"\x00") is FrameDamage.TRAILING_BYTES
+    assert reason_of(GOOD + GOOD) is FrameDamage.TRAILING_BYTES
+
+
+def test_bit_flips_anywhere_are_caught_before_decoding() -> None:
+    early = {FrameDamage.BAD_MAGIC, FrameDamage.UNKNOWN_FORMAT, FrameDamage.TRUNCATED,
+             FrameDamage.TRAILING_BYTES, FrameDamage.CHECKSUM}
+    for blob in (GOOD, GOOD_ZSTD):
+        for at in range(len(blob)):
+            for bit in (0, 3, 7):
+                damaged = bytearray(blob)
+                damaged[at] ^= 1 << bit
+                assert reason_of(bytes(damaged)) in early, (at, bit)
+    flipped = bytearray(GOOD)
+    flipped[-20] ^= 1
+    assert reason_of(bytes(flipped)) is FrameDamage.CHECKSUM
+
+
+def test_undefined_flags_with_a_valid_checksum() -> None:
+    assert reason_of(forge(flags=1)) is FrameDamage.UNKNOWN_FORMAT
+
+
+@pytest.mark.parametrize("header", [
+    b"\xc1",                                                # not msgpack
+    b"\x93\x01\x02\x03",                                    # an array, not a map
+    b"",                                                    # nothing
+    {"run": RUN, "gen": 4},                                 # fields missing
+    {"run": RUN, "gen": "4", "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({})},
+    {"run": RUN, "gen": True, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({})},
+    {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state([1])},
+    {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": b"\xc1"},
+    {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": "not bytes"},
+    {"run": 1, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({})},
+])
+def test_bad_header_with_a_valid_checksum(header: object) -> None:
+    assert reason_of(forge(header=header)) is FrameDamage.BAD_HEADER
+
+
+def test_header_may_carry_fields_added_later() -> None:
+    extra = {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({}), "new": 1}
+    assert decode_frame(forge(header=extra))[0].generation == 4
+
+
+def test_unknown_codec_with_a_valid_checksum() -> None:
+    with pytest.raises(FrameError, match="codec id 9") as caught:
+        decode_frame(forge(codec=9))
+    assert caught.value.reason is FrameDamage.UNKNOWN_CODEC
+
+
+def test_unknown_compression_with_a_valid_checksum() -> None:
+    assert reason_of(forge(compression=7)) is FrameDamage.UNKNOWN_COMPRESSION
+
+
+def test_frame_of_another_run() -> None:
+    with pytest.raises(FrameError, match="run-2") as caught:
+        decode_frame(frame(run_id="run-2"), run_id=RUN, generation=4)
+    error = caught.value
+    assert error.reason is FrameDamage.WRONG_RUN
+    assert error.run_id == RUN and error.generation == 4
+    assert error.reasons == {4: "wrong-run"}
+
+
+def test_wrong_generation() -> None:
+    assert reason_of(GOOD, run_id=RUN, generation=5) is FrameDamage.WRONG_GENERATION
+    with pytest.raises(FrameError):
+        read_header(GOOD, generation=3)
+
+
+def test_reasons_are_checked_in_order() -> None:
+    """A frame with several faults reports the earliest one."""
+    assert reason_of(forge(codec=9, compression=7), run_id="other") is FrameDamage.UNKNOWN_CODEC
+    assert reason_of(forge(compression=7), run_id="other") is FrameDamage.UNKNOWN_COMPRESSION
+    assert reason_of(forge(header=b"\xc1", codec=9)) is FrameDamage.BAD_HEADER
+    assert reason_of(frame(run_id="other"), run_id=RUN, generation=99) is FrameDamage.WRONG_RUN
+    bad_version = bytearray(GOOD + b"xx")
+    bad_version[4] = 9
+    assert reason_of(bytes(bad_version)) is FrameDamage.UNKNOWN_FORMAT
+
+
+def test_payload_over_the_limit_is_undecodable() -> None:
+    limit = len(PAYLOAD) * 20 - 1
+    assert reason_of(frame(PAYLOAD * 20), max_payload_bytes=limit) is FrameDamage.UNDECODABLE
+    assert reason_of(GOOD_ZSTD, max_payload_bytes=limit) is FrameDamage.UNDECODABLE
+    assert decode_frame(GOOD_ZSTD, max_payload_bytes=limit + 1)[1] == PAYLOAD * 20
+
+
+def zstd_frame_claiming(size: int) -> bytes:
+    """A zstd frame header (single segment, 8-byte content size) claiming ``size`` bytes, then junk."""
+    return zstandard.MAGIC_NUMBER.to_bytes(4, "little") + b"\xe0" + size.to_bytes(8, "little") + b"\x01\x00\x00"
+
+
+@pytest.mark.parametrize("payload", [
+    b"not zstd at all",
+    zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100),
+    zstandard.ZstdCompressor(write_checksum=True).compress(b"x" * 1000)[:-6] + b"\x00" * 6,
+    zstd_frame_claiming(2**60),
+    zstd_frame_claiming(10),
+], ids=["garbage", "no-content-size", "corrupt", "impossible-size", "lying-size"])
+def test_bad_zstd_with_a_valid_checksum_is_undecodable(payload: bytes) -> None:
+    started = time.monotonic()
+    assert reason_of(forge(payload=payload, compression=1)) is FrameDamage.UNDECODABLE
+    assert time.monotonic() - started < 0.5
+
+
+def test_undecodable_payload() -> None:
+    header, payload = decode_frame(frame(b"\xc1"))
+    with pytest.raises(FrameError) as caught:
+        decode_payload(header, payload)
+    assert caught.value.reason is FrameDamage.UNDECODABLE
+    assert caught.value.run_id == RUN and caught.value.generation == 4
+
+
+def test_frame_errors_are_corrupt_checkpoint_errors() -> None:
+    with pytest.raises(CorruptCheckpointError):
+        decode_frame(GOOD[:-1])
+    with pytest.raises(FrameError):
+        frame_checksum(b"short")
+
+
+@pytest.mark.parametrize("field", ["header", "payload"])
+def test_huge_length_claim_fails_fast(field: str) -> None:
+    lengths = {"header_len": 2**32 - 1} if field == "header" else {"payload_len": 2**60}
+    started = time.monotonic()
+    assert reason_of(forge(**lengths)) is FrameDamage.TRUNCATED
+    assert time.monotonic() - started < 0.1
+
+
+# ---------------------------------------------------------------- properties and fuzzing
+
+edits = st.lists(
+    st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]),
+              st.integers(0, 10_000), st.binary(min_size=1, max_size=4)),
+    min_size=1, max_size=3,
+)
+
+
+def apply(blob: bytes, changes: list[tuple[str, int, bytes]]) -> bytes:
+    out = bytearray(blob)
+    for action, at, data in changes:
+        at %= len(out) + 1
+        if action == "flip" and at < len(out):
+            out[at] ^= data[0] or 1
+        elif action == "truncate":
+            del out[at:]
+        elif action == "insert":
+            out[at:at] = data
+        elif action == "delete":
+            del out[at:at + len(data)]
+        else:
+            out[at:at + len(data)] = data
+        if not out:
+            break
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([GOOD, GOOD_ZSTD]), edits)
+def test_any_damaged_frame_is_detected_never_decoded(blob: bytes, changes: list) -> None:
+    damaged = apply(blob, changes)
+    if damaged == blob:
+        assert decode_frame(damaged)[1] == decode_frame(blob)[1]
+        return
+    with pytest.raises(FrameError):
+        decode_frame(damaged)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_frame_errors(blob: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(blob)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120))
+def test_random_bytes_behind_a_valid_prefix_raise_only_frame_errors(tail: bytes) -> None:
+    with pytest.raises(FrameError):
+        decode_frame(GOOD[:16] + tail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([GOOD, GOOD_ZSTD]), edits, st.data())
+def test_forged_frames_with_recomputed_checksums_raise_only_frame_errors(
+    blob: bytes, changes: list, data: st.DataObject
+) -> None:
+    """An attacker (or a bug) that also fixes the checksum still only gets FrameError or a clean decode."""
+    body = bytearray(apply(blob[:-16], changes))
+    if len(body) >= 16 and data.draw(st.booleans()):
+        struct.pack_into(">I", body, 12, data.draw(st.integers(0, 2**32 - 1)))  # header length
+    hlen = struct.unpack_from(">I", body, 12)[0] if len(body) >= 16 else 0
+    if len(body) >= 24 + hlen and data.draw(st.booleans()):
+        struct.pack_into(">Q", body, 16 + hlen, data.draw(st.integers(0, 2**64 - 1)))  # payload length
+    forged = bytes(body) + xxhash.xxh3_128_digest(bytes(body))
+    try:
+        header, payload = decode_frame(forged, max_payload_bytes=1 << 20)
+        decode_payload(header, payload)
+    except FrameError:
+        pass
+
+
+# ---------------------------------------------------------------- zstd missing
+
+
+@pytest.fixture
+def no_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+
+
+@pytest.mark.usefixtures("no_zstd")
+def test_encoding_zstd_without_the_package_names_the_extra() -> None:
+    with pytest.raises(CodecUnavailableError) as caught:
+        frame(compression="zstd")
+    assert caught.value.extra == "zstd" and caught.value.run_id == RUN
+    assert "pip install 'redis-ckpt[zstd]'" in str(caught.value)
+
+
+@pytest.mark.usefixtures("no_zstd")
+def test_decoding_zstd_without_the_package_names_the_extra() -> None:
+    with pytest.raises(CodecUnavailableError) as caught:
+        decode_frame(GOOD_ZSTD)
+    assert caught.value.extra == "zstd"
+    assert read_header(GOOD_ZSTD).compression == "zstd"  # verifying needs no decompression
+    assert decode_frame(GOOD)[1] == PAYLOAD  # uncompressed frames need no zstd
+
+
+def test_errors_name_the_frames_own_run_when_none_was_given() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_frame(forge(codec=9))
+    assert caught.value.run_id == RUN and caught.value.generation == 4
