@@ -122,3 +122,19 @@ def test_readers_see_a_consistent_generation_while_rotation_runs(store, client, 
         stop.set()
         t.join()
     assert not errors, errors[0]
+
+
+@pytest.mark.slow
+def test_a_256_mib_state_commits_and_loads_within_a_small_multiple_of_its_size(durable_server):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "large_state.py"
+    out = subprocess.run([sys.executable, str(bench), "--mib", "256", "--url", durable_server.url],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    multiples = {m: float(x) for m, x in re.findall(r"\| (commit|load) \| [\d.]+ \| \d+ \| ([\d.]+)x \|", out.stdout)}
+    assert set(multiples) == {"commit", "load"}, out.stdout
+    assert all(v <= 4.0 for v in multiples.values()), out.stdout
