@@ -1,0 +1,29 @@
+"""``redis-ckpt``: the admin command line of redis-ckpt.
+
+    redis-ckpt check                 is this server durable enough? (exit 0/1/2)
+    redis-ckpt runs                  the runs of a namespace
+    redis-ckpt show RUN              head, kept generations, lease, fence
+    redis-ckpt fence RUN [--follow]  fence, holder, audit events, rejected stale writes
+    redis-ckpt verify RUN | --all    frame + checksum of every kept generation
+    redis-ckpt revoke RUN            fence off every current holder
+    redis-ckpt delete RUN            delete generations and lease (the fence is kept)
+    redis-ckpt export RUN -o FILE    one verified frame, as stored
+    redis-ckpt import FILE           restore an exported frame
+    redis-ckpt demo                  the main job, on a local durable server
+
+Shared options: --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
+--namespace (default $REDIS_CKPT_NAMESPACE, else "default"), --json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .commands import cli
+
+__all__ = ["cli", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``redis-ckpt`` console script (exits the process)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="redis-ckpt")

@@ -1,0 +1,236 @@
+"""Shared options of every command, the lazy connection, and error -> exit code mapping.
+
+Like rq's ``CliConfig``: the options are parsed into a :class:`CliConfig`; nothing connects
+until a command asks for :attr:`CliConfig.store`. Every failure becomes one ``error: ...``
+line on stderr (never a traceback, never a password) and a documented exit code:
+
+* 0 — success (``check``: the server is durable, possibly with warnings)
+* 1 — a definite "no": the server is refused, a generation is damaged, no such run,
+  a conflict / fence / corruption error from the store, a confirmation was declined
+* 2 — no answer could be had: bad usage or URL, invalid run id or namespace, the server
+  cannot be reached (connection refused, timeout, authentication), or a check is
+  unverifiable
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import click
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._errors import (
+    CheckpointError,
+    InvalidRunIdError,
+    NonDurableServerError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from .._keys import validate_namespace
+from .._probe import redact_url
+from ..store import CheckpointStore
+
+__all__ = [
+    "DEFAULT_URL",
+    "DEFAULT_NAMESPACE",
+    "EXIT_OK",
+    "EXIT_NO",
+    "EXIT_UNAVAILABLE",
+    "CliConfig",
+    "CliFailure",
+    "NoSuchRun",
+    "connection_options",
+    "install_log_handler",
+]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_NAMESPACE = "default"
+URL_ENV = "REDIS_CKPT_URL"
+NAMESPACE_ENV = "REDIS_CKPT_NAMESPACE"
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_UNAVAILABLE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token"})
+
+
+class CliFailure(click.ClickException):
+    """One ``error: ...`` line (or a headline with indented detail lines) and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_NO, *, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(scrub(message, secrets))
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if file is None:
+            click.echo(f"error: {self.message}", err=True)
+        else:
+            click.echo(f"error: {self.message}", file=file)
+
+
+class NoSuchRun(NotFoundError):
+    """The run has neither a fence nor a head in this namespace."""
+
+    def __init__(self, run_id: str, namespace: str) -> None:
+        super().__init__(f"no such run {run_id!r} in namespace {namespace!r}", run_id=run_id)
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """The secrets a URL carries (userinfo password, ``?password=``), raw and unquoted."""
+    if not url:
+        return ()
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo = netloc.rpartition("@")[0]
+            if ":" in userinfo:
+                pw = userinfo.split(":", 1)[1]
+                found.update({pw, unquote(pw)})
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            if k.lower() in _SECRET_PARAMS:
+                found.update({v, unquote(v)})
+    except ValueError:
+        # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
+        rest = url.split("://", 1)[-1]
+        if "@" in rest:
+            userinfo = rest.rpartition("@")[0]
+            found.update({userinfo, userinfo.split(":", 1)[-1]})
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`CliFailure` (exit 2) for a URL redis-py cannot use."""
+    label = redact_url(url)
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise CliFailure(f"bad --url {label}: {exc}", EXIT_UNAVAILABLE, secrets=url_secrets(url)) from None
+
+
+class CliConfig:
+    """Parsed shared options; the store is opened on first use (and closed by the context)."""
+
+    def __init__(self, *, url: str | None, namespace: str, as_json: bool) -> None:
+        self.url_given = url
+        self.url = url or DEFAULT_URL
+        self.namespace = namespace
+        self.as_json = as_json
+        self.secrets = url_secrets(url)
+        self._store: CheckpointStore | None = None
+
+    @property
+    def server(self) -> str:
+        """The URL without its password: the only form in which a URL is ever shown."""
+        return redact_url(self.url)
+
+    def validate(self) -> None:
+        check_url(self.url)
+        validate_namespace(self.namespace)
+
+    @property
+    def store(self) -> CheckpointStore:
+        if self._store is None:
+            self.validate()
+            self._store = CheckpointStore.from_url(self.url, namespace=self.namespace)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            store.close()
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn every expected failure into :class:`CliFailure` with its exit code."""
+        s = self.secrets
+        try:
+            yield
+        except click.ClickException:
+            raise
+        except InvalidRunIdError as exc:
+            raise CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s) from None
+        except StoreUnavailableError as exc:
+            raise CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # incl. AuthenticationError
+            raise CliFailure(f"cannot reach {self.server}: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE,
+                             secrets=s) from None
+        except NonDurableServerError as exc:
+            problems = list(exc.problems)
+            levels = {getattr(p, "level", "refuse") for p in problems}
+            code = EXIT_UNAVAILABLE if levels == {"unverifiable"} else EXIT_NO
+            lines = [f"refusing to use {self.server}: it cannot keep a commit durable "
+                     f"(run `redis-ckpt check` for the full report)"]
+            lines += [f"  - {getattr(p, 'check', '?')}: {p}" for p in problems]
+            raise CliFailure("\n".join(lines), code, secrets=s) from None
+        except CheckpointError as exc:
+            raise CliFailure(str(exc), EXIT_NO, secrets=s) from None
+        except RedisError as exc:
+            raise CliFailure(f"{self.server} answered with an error: {type(exc).__name__}: {exc}", EXIT_NO,
+                             secrets=s) from None
+
+
+class _StderrHandler(logging.Handler):
+    """The library's log records (probe warnings, fallbacks on load) as ``warning: ...`` lines
+    on whatever stderr is current (so click's test runner captures them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+        except (OSError, ValueError):
+            self.handleError(record)
+
+
+def install_log_handler(ctx: click.Context) -> None:
+    """Show the library's warnings on stderr for the duration of one command."""
+    log = logging.getLogger("redis_ckpt")
+    if any(isinstance(h, _StderrHandler) for h in log.handlers):
+        return
+    handler = _StderrHandler(logging.WARNING)
+    log.addHandler(handler)
+    ctx.call_on_close(lambda: log.removeHandler(handler))
+
+
+def connection_options(f: F) -> F:
+    """Add ``--url``, ``--namespace``, ``--json`` to a command and pass a :class:`CliConfig` first."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, url: str | None, namespace: str, as_json: bool, **kwargs: Any) -> Any:
+        cfg = CliConfig(url=url, namespace=namespace, as_json=as_json)
+        click.get_current_context().call_on_close(cfg.close)
+        with cfg.errors():
+            return f(cfg, *args, **kwargs)
+
+    wrapper = click.option(
+        "--json", "as_json", is_flag=True,
+        help="Print one JSON object on stdout instead of tables (see the README for the keys).",
+    )(wrapper)
+    wrapper = click.option(
+        "--namespace", "-n", envvar=NAMESPACE_ENV, default=DEFAULT_NAMESPACE, show_default=True,
+        show_envvar=True, metavar="NS", help="Key prefix of the runs.",
+    )(wrapper)
+    wrapper = click.option(
+        "--url", "-u", envvar=URL_ENV, default=None, show_envvar=True, metavar="URL",
+        help=f"Server URL (redis://, rediss://, unix://) [default: {DEFAULT_URL}]. "
+             "A password in it is never printed.",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]
+

@@ -1,0 +1,608 @@
+"""The ``redis-ckpt`` commands. Each one is thin: the store does the work, ``_render`` the output."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+import click
+
+from .. import __version__
+from .._durability import Durability
+from .._errors import ConflictError, FrameError
+from .._frame import read_header
+from .._keys import validate_run_id
+from .._models import Event, GenerationInfo, RunInfo
+from .._probe import CONFIG_KEYS, Finding, ProbeReport
+from ..store import check_server
+from . import _render as r
+from ._options import (
+    EXIT_NO,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    URL_ENV,
+    CliConfig,
+    CliFailure,
+    NoSuchRun,
+    check_url,
+    connection_options,
+    install_log_handler,
+)
+
+__all__ = ["cli"]
+
+FOLLOW_POLL_S = 0.5
+
+
+def _default_by() -> str:
+    return f"redis-ckpt-cli@{socket.gethostname()}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="redis-ckpt")
+def cli() -> None:
+    """Inspect and administer redis-ckpt checkpoints on Redis / Valkey.
+
+    Every command takes --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
+    --namespace (default $REDIS_CKPT_NAMESPACE, else "default") and --json.
+
+    Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation, no such run,
+    store error, declined confirmation); 2 no answer (usage, bad URL or run id, server
+    unreachable, check unverifiable).
+    """
+    install_log_handler(click.get_current_context())
+
+
+def _info(cfg: CliConfig, run: str) -> RunInfo:
+    validate_run_id(run)  # a bad id is a usage error before anything connects
+    info = cfg.store.info(run)
+    if not info.exists:
+        raise NoSuchRun(run, cfg.namespace)
+    return info
+
+
+def _base(cfg: CliConfig) -> dict[str, Any]:
+    return {"server": cfg.server, "namespace": cfg.namespace}
+
+
+# =========================================================================== check
+
+
+def _verdict(findings: Sequence[Finding]) -> str:
+    levels = {f.level for f in findings}
+    if "refuse" in levels:
+        return "refused"
+    if "unverifiable" in levels:
+        return "unverifiable"
+    return "durable"
+
+
+_VERDICT_EXIT = {"durable": EXIT_OK, "refused": EXIT_NO, "unverifiable": EXIT_UNAVAILABLE}
+
+
+def _node_reports(report: ProbeReport) -> list[ProbeReport]:
+    """One report per probed primary. A single server is a list of one; a Cluster driver
+    that returns per-primary reports plugs in here without changing the output format."""
+    nodes = getattr(report, "nodes", None)
+    return list(nodes) if nodes else [report]
+
+
+def _parse_declared(values: Sequence[str]) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--declare")
+        if key not in CONFIG_KEYS:
+            raise click.BadParameter(f"{key!r} is not a setting the probe checks; expected one of "
+                                     f"{', '.join(CONFIG_KEYS)}", param_hint="--declare")
+        out[key] = value.strip()
+    return out or None
+
+
+@cli.command()
+@connection_options
+@click.option("--replicas", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Check against a policy that needs N replicas to confirm every write.")
+@click.option("--replica-fsync", is_flag=True,
+              help="The replicas must fsync to their AOF (WAITAOF), not only receive (WAIT).")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="How long the live write check waits for its confirmation.")
+@click.option("--declare", "declared", multiple=True, metavar="KEY=VALUE",
+              help="Declare a server setting CONFIG GET cannot read (managed services), "
+                   "e.g. --declare appendfsync=always. Repeatable.")
+def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int, declared: tuple[str, ...]) -> None:
+    """Run the startup probe and report every check.
+
+    One line per check: ok, warn, refuse or unverifiable, with its remedy.
+    Exit 0 when the server is durable (warnings allowed), 1 when it is refused,
+    2 when it cannot be reached or a check is unverifiable.
+
+    Example: redis-ckpt check --url redis://db:6379/0 --replicas 1
+    """
+    if replica_fsync and not replicas:
+        raise click.BadParameter("needs --replicas 1 or more", param_hint="--replica-fsync")
+    decl = _parse_declared(declared)
+    policy = Durability(replicas=replicas, replica_fsync=replica_fsync, timeout_ms=timeout_ms)
+    cfg.validate()
+    report = check_server(cfg.url, namespace=cfg.namespace, durability=policy, declared_config=decl)
+    nodes = _node_reports(report)
+    verdict = _verdict([f for n in nodes for f in n.findings])
+    code = _VERDICT_EXIT[verdict]
+    if cfg.as_json:
+        r.emit_json({
+            **_base(cfg),
+            "policy": {"label": policy.label, "replicas": policy.replicas,
+                       "replica_fsync": policy.replica_fsync, "timeout_ms": policy.timeout_ms},
+            "declared": decl or {},
+            "verdict": verdict,
+            "exit_code": code,
+            "nodes": [{
+                "server": n.server, "engine": n.engine, "version": n.version,
+                "verdict": _verdict(n.findings),
+                "findings": [{"check": f.check, "level": f.level, "message": f.message, "remedy": f.remedy}
+                             for f in n.findings],
+            } for n in nodes],
+        })
+    else:
+        warnings = sum(1 for n in nodes for f in n.findings if f.level == "warn")
+        summary = verdict.upper() if verdict != "durable" else "durable"
+        if warnings:
+            summary += f" ({warnings} warning{'s' if warnings != 1 else ''})"
+        head = [("server", cfg.server), ("namespace", cfg.namespace), ("policy", policy.label)]
+        if len(nodes) == 1:
+            head.append(("engine", f"{nodes[0].engine} {nodes[0].version or '?'}"))
+        head.append(("verdict", summary))
+        click.echo(r.keyvalues(head))
+        for n in nodes:
+            click.echo()
+            if len(nodes) > 1:
+                click.echo(f"node {n.server} ({n.engine} {n.version or '?'}): {_verdict(n.findings)}")
+            rows: list[list[Any]] = []
+            for f in n.findings:
+                rows.append([f.level, f.check, f.message])
+                if f.remedy and f.level != "ok":
+                    rows.append(["", "", f"remedy: {f.remedy}"])
+            click.echo(r.table(["LEVEL", "CHECK", "FINDING"], rows))
+    if code != EXIT_OK:
+        bad = [f"{f.check} ({f.level})" for n in nodes for f in n.findings if f.level in ("refuse", "unverifiable")]
+        raise CliFailure(f"{cfg.server} is {verdict}: {', '.join(bad)}", code, secrets=cfg.secrets)
+
+
+# =========================================================================== runs
+
+
+def _lease_cell(info: RunInfo) -> str | None:
+    if info.lease_state == "held" and info.lease_ms_left is not None:
+        return f"{r.duration(info.lease_ms_left)} left"
+    return info.lease_state
+
+
+@cli.command()
+@connection_options
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most N runs (after sorting).")
+@click.option("--sort", "sort_by", type=click.Choice(["run", "age", "generation"]), default="run", show_default=True,
+              help="run: by run id; age: most recently committed first; generation: highest first.")
+@click.option("--reverse", is_flag=True, help="Reverse the order.")
+def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None:
+    """List the runs of the namespace (found by SCAN).
+
+    Generation, fence, holder and its token, lease time left, size and age of the last commit.
+
+    Example: redis-ckpt runs --namespace jobs --sort age --limit 20
+    """
+    store = cfg.store
+    ids = store.runs()
+    total = len(ids)
+    now = r.now_ms()
+    if sort_by == "run":
+        ids = sorted(ids, reverse=reverse)[:limit]
+        infos = [store.info(i) for i in ids]
+    else:
+        infos = [store.info(i) for i in ids]
+        if sort_by == "age":
+            def created(i: RunInfo) -> int:
+                v = i.head.get("created_ms")
+                return int(v) if v else -1
+            infos.sort(key=lambda i: (-created(i), i.run_id))
+        else:
+            infos.sort(key=lambda i: (-i.generation, i.run_id))
+        if reverse:
+            infos.reverse()
+        infos = infos[:limit]
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), "sort": sort_by, "reverse": reverse, "total": total,
+                     "runs": [r.run_json(i, now) for i in infos]})
+        return
+    if not infos:
+        click.echo(f"no runs in namespace {cfg.namespace!r} on {cfg.server}")
+        return
+    rows = []
+    for i in infos:
+        h = r.head_json(i, now) or {}
+        held = i.lease_state == "held"
+        rows.append([i.run_id, i.generation, i.fence, i.lease_owner if held else None,
+                     i.lease_token if held else None, _lease_cell(i), r.size(h.get("size")),
+                     r.age(h.get("age_ms"))])
+    click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
+    if len(infos) < total:
+        click.echo(f"({len(infos)} of {total} runs shown)")
+
+
+# =========================================================================== show
+
+
+def _head_text(info: RunInfo, now: int) -> str:
+    h = r.head_json(info, now)
+    if h is None:
+        return "none (never committed, or deleted)"
+    return (f"generation {h['generation']} by {h['owner']} (token {h['token']}), {r.size(h['size'])}, "
+            f"committed {h['created_at']} ({r.age(h['age_ms'])})\n"
+            f"commit {h['commit_id']}, checksum {h['checksum']}, schema {h['schema_version']}, codec {h['codec']}")
+
+
+def _generation_rows(gens: Sequence[GenerationInfo]) -> list[list[Any]]:
+    rows = []
+    for g in gens:
+        status = "ok" if g.ok else "DAMAGED"
+        why = None if g.ok else f"{g.reason}: {g.detail}"
+        rows.append([g.generation, status, r.size(g.size), g.token, g.owner, r.iso(g.created_at),
+                     g.checksum, why])
+    return rows
+
+
+@cli.command()
+@connection_options
+@click.argument("run")
+def show(cfg: CliConfig, run: str) -> None:
+    """Head, kept generations (each verified), lease and fence of RUN.
+
+    Example: redis-ckpt show job-42
+    """
+    info = _info(cfg, run)
+    gens = cfg.store.generations(run)
+    now = r.now_ms()
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens]})
+        return
+    click.echo(r.keyvalues([
+        ("run", info.run_id), ("namespace", cfg.namespace), ("fence", info.fence),
+        ("head", _head_text(info, now)), ("lease", r.lease_text(info, now)),
+        ("kept", ", ".join(f"g{g}" for g in info.kept) or "none"),
+    ]))
+    if gens:
+        click.echo()
+        click.echo(r.table(["GEN", "STATUS", "SIZE", "TOKEN", "OWNER", "CREATED", "CHECKSUM", "REASON"],
+                           _generation_rows(gens)))
+
+
+# =========================================================================== fence
+
+
+def _event_line(e: Event) -> str:
+    return f"{r.iso(e.at) or '-':<24}  {e.kind:<12}  {r.event_details(e)}"
+
+
+@cli.command()
+@connection_options
+@click.argument("run")
+@click.option("--count", "-c", type=click.IntRange(min=1), default=20, show_default=True,
+              help="How many of the newest events to show.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--max-seconds", type=click.FloatRange(min=0), default=None, hidden=True)
+def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float | None) -> None:
+    """Fencing inspection of RUN: fence, holder and token, lease expiry, recent events.
+
+    Events are the run's audit stream: acquisitions, takeovers of expired leases, revokes,
+    commits, and every rejected stale write ("fenced": a token below the fence).
+    With --follow, new events are printed as they arrive (with --json: JSON Lines, the
+    first line the fence object, then one event object per line).
+
+    Example: redis-ckpt fence job-42 --follow
+    """
+    store = cfg.store
+    info = _info(cfg, run)
+    events = store.events(run, count=count)
+    now = r.now_ms()
+    rejected = [e for e in events if e.kind == "fenced"]
+    if cfg.as_json:
+        r.emit_json({
+            **_base(cfg), "run": info.run_id, "fence": info.fence, "generation": info.generation,
+            "lease": r.lease_json(info, now),
+            "events": [r.event_json(e) for e in events],
+            "rejected": [r.rejected_json(e) for e in rejected],
+        }, compact=follow)
+    else:
+        click.echo(r.keyvalues([
+            ("run", info.run_id), ("fence", info.fence),
+            ("holder", r.lease_text(info, now)),
+            ("rejected", f"{len(rejected)} stale write(s) among the {len(events)} newest events"),
+        ]))
+        click.echo()
+        click.echo(f"{'AT':<24}  {'KIND':<12}  DETAILS")
+        for e in events:
+            click.echo(_event_line(e))
+    if follow:
+        _follow(cfg, run, events[-1].id if events else None, max_seconds)
+
+
+def _follow(cfg: CliConfig, run: str, last_id: str | None, max_seconds: float | None) -> None:
+    store = cfg.store
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        while True:
+            wait = FOLLOW_POLL_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                wait = min(wait, left)
+            time.sleep(wait)
+            for e in store.events(run, count=1000, after=last_id or "0-0"):
+                last_id = e.id
+                if cfg.as_json:
+                    r.emit_json(r.event_json(e), compact=True)
+                else:
+                    click.echo(_event_line(e))
+    except KeyboardInterrupt:
+        return
+
+
+# =========================================================================== verify
+
+
+@cli.command()
+@connection_options
+@click.argument("run", required=False)
+@click.option("--all", "all_runs", is_flag=True, help="Verify every run of the namespace.")
+def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
+    """Check the frame and checksum of every kept generation of RUN (or --all runs).
+
+    No migration runs and nothing is written. Exit 1 if any generation fails,
+    naming it and the reason.
+
+    Example: redis-ckpt verify --all
+    """
+    if (run is None) == (not all_runs):
+        raise click.UsageError("give either a RUN or --all")
+    store = cfg.store
+    if all_runs:
+        ids = sorted(store.runs())
+    else:
+        assert run is not None
+        _info(cfg, run)
+        ids = [run]
+    results = [(i, store.generations(i)) for i in ids]
+    failures = [(i, g) for i, gens in results for g in gens if not g.ok]
+    checked = sum(len(gens) for _, gens in results)
+    if cfg.as_json:
+        r.emit_json({
+            **_base(cfg), "ok": not failures, "runs_checked": len(results), "generations_checked": checked,
+            "failures": [{"run": i, "generation": g.generation, "reason": g.reason, "detail": g.detail}
+                         for i, g in failures],
+            "runs": [{"run": i, "ok": all(g.ok for g in gens),
+                      "generations": [{"generation": g.generation, "ok": g.ok, "reason": g.reason,
+                                       "detail": g.detail, "size": g.size, "checksum": g.checksum}
+                                      for g in gens]}
+                     for i, gens in results],
+        })
+    else:
+        rows = []
+        for i, gens in results:
+            if not gens:
+                rows.append([i, None, "no generations", None])
+            for g in gens:
+                rows.append([i, g.generation, "ok" if g.ok else "DAMAGED",
+                             None if g.ok else f"{g.reason}: {g.detail}"])
+        if rows:
+            click.echo(r.table(["RUN", "GEN", "STATUS", "REASON"], rows))
+        click.echo(f"{checked} generation(s) of {len(results)} run(s) checked, {len(failures)} damaged")
+    if failures:
+        named = "; ".join(f"run {i!r} g{g.generation}: {g.reason}" for i, g in failures)
+        raise CliFailure(f"{len(failures)} damaged generation(s): {named}", EXIT_NO, secrets=cfg.secrets)
+
+
+# =========================================================================== revoke / delete
+
+
+_by_option = click.option("--by", default=None, metavar="NAME",
+                          help="Who did it, for the audit event [default: redis-ckpt-cli@<hostname>].")
+_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+def _holder(info: RunInfo) -> str:
+    if info.lease_state == "held" and info.lease_ms_left is not None:
+        return f"{info.lease_owner} (token {info.lease_token})"
+    return "no live holder"
+
+
+@cli.command()
+@connection_options
+@click.argument("run")
+@_yes_option
+@_by_option
+def revoke(cfg: CliConfig, run: str, yes: bool, by: str | None) -> None:
+    """Fence off every current holder of RUN: bump the fence, drop the lease.
+
+    The holder's next commit is rejected (FencedError); a new acquire gets a higher token.
+    Asks for confirmation unless --yes.
+
+    Example: redis-ckpt revoke job-42 --yes
+    """
+    info = _info(cfg, run)
+    by = by or _default_by()
+    if not yes:
+        click.confirm(f"Revoke run {run!r} in namespace {cfg.namespace!r}? Fence {info.fence} -> "
+                      f"{info.fence + 1}; {_holder(info)} will be fenced off", abort=True, err=True)
+    new = cfg.store.revoke(run, by=by)
+    held = info.lease_state == "held" and info.lease_ms_left is not None
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), "run": run, "fence": new, "previous_fence": info.fence,
+                     "previous_holder": {"owner": info.lease_owner, "token": info.lease_token} if held else None,
+                     "by": by})
+    else:
+        click.echo(f"revoked run {run!r}: fence {info.fence} -> {new}; {_holder(info)} is fenced off")
+
+
+@cli.command()
+@connection_options
+@click.argument("run")
+@_yes_option
+@_by_option
+def delete(cfg: CliConfig, run: str, yes: bool, by: str | None) -> None:
+    """Delete RUN's generations, head and lease. The fence is kept (a tombstone).
+
+    The fence is also bumped, so no holder of an older token can write into a run created
+    again under the same id. The audit events are kept. Asks for confirmation unless --yes.
+
+    Example: redis-ckpt delete job-42 --yes
+    """
+    info = _info(cfg, run)
+    by = by or _default_by()
+    if not yes:
+        kept = ", ".join(f"g{g}" for g in info.kept) or "none"
+        click.confirm(f"Delete run {run!r} in namespace {cfg.namespace!r}: {len(info.kept)} generation(s) "
+                      f"({kept}), its head and lease ({_holder(info)})? The fence ({info.fence}) is kept "
+                      "and bumped", abort=True, err=True)
+    deleted = cfg.store.delete(run, by=by)
+    fence_now = cfg.store.info(run).fence
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), "run": run, "deleted_generations": deleted, "fence": fence_now,
+                     "previous_fence": info.fence, "by": by})
+    else:
+        click.echo(f"deleted run {run!r}: {deleted} generation(s); fence {info.fence} -> {fence_now} "
+                   "kept as a tombstone")
+
+
+# =========================================================================== export / import
+
+
+def _write_atomically(path: str, blob: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".redis-ckpt-export-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass  # already moved or never created
+        raise
+
+
+@cli.command(name="export")
+@connection_options
+@click.argument("run")
+@click.option("--generation", "-g", type=click.IntRange(min=1), default=None,
+              help="Which kept generation [default: the newest that verifies].")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write the frame to ('-' for stdout).")
+def export_cmd(cfg: CliConfig, run: str, generation: int | None, output: str) -> None:
+    """Write one verified generation of RUN, the frame exactly as stored, to a file.
+
+    Example: redis-ckpt export job-42 -o job-42.rckp
+    """
+    if output == "-" and cfg.as_json:
+        raise click.UsageError("--json and '-o -' both want stdout; write the frame to a file")
+    info = _info(cfg, run)
+    blob = cfg.store.export_frame(run, generation=generation)
+    header = read_header(blob, run_id=info.run_id, generation=generation)
+    checksum = blob[-16:].hex()
+    if output == "-":
+        click.echo(blob, nl=False)  # bytes go to the binary stdout, unchanged
+        where = "stdout"
+    else:
+        try:
+            _write_atomically(output, blob)
+        except OSError as exc:
+            raise CliFailure(f"cannot write {output}: {exc.strerror or exc}", EXIT_NO) from None
+        where = output
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), "run": header.run_id, "generation": header.generation, "token": header.token,
+                     "owner": header.owner, "size": len(blob), "checksum": checksum, "file": output})
+    else:
+        click.echo(f"exported run {header.run_id!r} generation {header.generation} (token {header.token}, "
+                   f"{r.size(len(blob))}, checksum {checksum}) to {where}", err=output == "-")
+
+
+@cli.command(name="import")
+@connection_options
+@click.argument("file", type=click.File("rb"))
+@_by_option
+def import_cmd(cfg: CliConfig, file: IO[bytes], by: str | None) -> None:
+    """Restore a frame written by `export` under its own run id and generation.
+
+    The frame is verified first. Refused (exit 1) when the run's head is at or past that
+    generation. The fence is never lowered: it is bumped, so any current holder is fenced
+    off. The run lands in --namespace.
+
+    Example: redis-ckpt import job-42.rckp
+    """
+    blob = file.read()
+    name = getattr(file, "name", "-")
+    try:
+        header = read_header(blob)
+    except FrameError as bad:
+        raise CliFailure(f"{name} is not a valid redis-ckpt frame: {bad.reason.value}: {bad.detail}", EXIT_NO) from None
+    try:
+        generation = cfg.store.import_frame(blob, by=by or _default_by())
+    except ConflictError as conflict:
+        raise CliFailure(
+            f"cannot import run {header.run_id!r} generation {header.generation}: its head is already at "
+            f"generation {conflict.actual} (import only moves a run forward; delete the run first to restore "
+            "an older generation)", EXIT_NO) from None
+    info = cfg.store.info(header.run_id)
+    checksum = blob[-16:].hex()
+    if cfg.as_json:
+        r.emit_json({**_base(cfg), "run": header.run_id, "generation": generation, "token": header.token,
+                     "owner": header.owner, "size": len(blob), "checksum": checksum, "fence": info.fence,
+                     "file": name if name != "<stdin>" else "-"})
+    else:
+        click.echo(f"imported run {header.run_id!r} generation {generation} (token {header.token}, "
+                   f"{r.size(len(blob))}) into namespace {cfg.namespace!r}; fence {info.fence}")
+
+
+# =========================================================================== demo
+
+
+@cli.command()
+@click.option("--url", "-u", envvar=URL_ENV, default=None, show_envvar=True, metavar="URL",
+              help="Server to run on [default: a local durable Valkey started for you].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory of the local server (kept afterwards) [default: a temporary one].")
+@click.option("--run", "run_id", default="demo-job", show_default=True, help="Run id of the job.")
+def demo(url: str | None, data_dir: str | None, run_id: str) -> None:
+    """Run the main job: 10 steps on three workers, one killed, one frozen and fenced off.
+
+    Runs in namespace "demo". Without --url (and $REDIS_CKPT_URL) a local durable Valkey
+    is started and removed afterwards.
+
+    Example: redis-ckpt demo --data-dir /tmp/ckpt-demo
+    """
+    from .. import demo as demo_module
+    from .._local_server import ServerBinaryNotFound, ServerStartError
+
+    argv = ["--run", run_id]
+    if url:
+        if data_dir:
+            raise click.UsageError("--data-dir is for the local server; it cannot be used with --url")
+        check_url(url)
+        argv += ["--url", url]
+    elif data_dir:
+        argv += ["--data-dir", data_dir]
+    try:
+        code = demo_module.main(argv)
+    except (ServerBinaryNotFound, ServerStartError) as exc:
+        raise CliFailure(f"cannot start the local server: {exc}", EXIT_UNAVAILABLE) from None
+    sys.stdout.flush()
+    click.get_current_context().exit(code)
