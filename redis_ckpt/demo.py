@@ -89,10 +89,11 @@ def orchestrate(url: str, run_id: str) -> int:
         store.delete(run_id, by="demo")  # a fresh job each time (the fence survives: tokens keep rising)
 
     def spawn(name: str, pause_after: int | None = None) -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "redis_ckpt.demo", "--worker", name, "--url", url, "--run", run_id]
+        # the URL goes through the environment, not argv: a password in it stays out of `ps`
+        args = [sys.executable, "-m", "redis_ckpt.demo", "--worker", name, "--run", run_id]
         if pause_after is not None:
             args += ["--pause-after", str(pause_after)]
-        return subprocess.Popen(args)
+        return subprocess.Popen(args, env={**os.environ, "REDIS_CKPT_URL": url})
 
     print(f"redis-ckpt demo: run {run_id!r}, {len(STEPS)} steps, lease ttl {TTL}s, "
           f"durability {store.durability.label}", flush=True)
