@@ -110,7 +110,7 @@ class RetryPolicy:
     (a resent commit that already applied returns the same generation), reads are reads.
     """
 
-    attempts: int = 4
+    attempts: int = 4  # in all, the first try included; 1 = never retry
     deadline_s: float = 15.0
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
@@ -240,11 +240,29 @@ class StoreCore:
         return out
 
     def _retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
-        """Run ``body`` again after a broken connection, with tenacity's back-off."""
+        """Run ``body``; after a broken connection, run it again with tenacity's back-off.
+
+        The first attempt runs bare (no retry machinery on the hot path).
+        """
         p = self.retry
+
+        def unavailable(exc: BaseException) -> StoreUnavailableError:
+            unknown = " (the write may or may not have been applied)" if writes else ""
+            return StoreUnavailableError(
+                f"{what} of run {run_id!r} failed: the server is unreachable after "
+                f"{p.attempts} attempt(s): {type(exc).__name__}: {exc}{unknown}",
+                run_id=run_id,
+                outcome_unknown=writes,
+            )
+
+        try:
+            return (yield from body())
+        except RETRYABLE as first:
+            if p.attempts < 2:
+                raise unavailable(first) from first
         sleeps: list[float] = []
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(p.attempts) | tenacity.stop_after_delay(p.deadline_s),
+            stop=tenacity.stop_after_attempt(p.attempts - 1) | tenacity.stop_after_delay(p.deadline_s),
             wait=tenacity.wait_exponential(multiplier=p.initial_backoff_s, max=p.max_backoff_s)
             + tenacity.wait_random(0, p.initial_backoff_s),
             retry=tenacity.retry_if_exception_type(RETRYABLE),
@@ -252,19 +270,14 @@ class StoreCore:
             reraise=True,
         )
         try:
+            yield Sleep(p.initial_backoff_s)
             for attempt in retrying:
                 if sleeps:
                     yield Sleep(sleeps.pop())
                 with attempt:
                     return (yield from body())
         except RETRYABLE as exc:
-            unknown = " (the write may or may not have been applied)" if writes else ""
-            raise StoreUnavailableError(
-                f"{what} of run {run_id!r} failed: the server is unreachable after "
-                f"{p.attempts} attempts: {type(exc).__name__}: {exc}{unknown}",
-                run_id=run_id,
-                outcome_unknown=writes,
-            ) from exc
+            raise unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- lease ---------------------------------------------------------------------------
