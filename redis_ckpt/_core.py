@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import tenacity
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +36,7 @@ from ._errors import (
     LeaseLostError,
     NotFoundError,
     SchemaVersionError,
+    ServerError,
     StateError,
     StateTooLargeError,
     StoreUnavailableError,
@@ -255,11 +257,19 @@ class StoreCore:
                 outcome_unknown=writes,
             )
 
+        def server_error(exc: RedisError) -> ServerError:
+            return ServerError(
+                f"{what} of run {run_id!r} failed: the server answered {type(exc).__name__}: {exc}",
+                run_id=run_id, server_message=str(exc), outcome_unknown=writes,
+            )
+
         try:
             return (yield from body())
         except RETRYABLE as first:
             if p.attempts < 2:
                 raise unavailable(first) from first
+        except RedisError as refused:
+            raise server_error(refused) from refused
         sleeps: list[float] = []
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(p.attempts - 1) | tenacity.stop_after_delay(p.deadline_s),
@@ -278,6 +288,8 @@ class StoreCore:
                     return (yield from body())
         except RETRYABLE as exc:
             raise unavailable(exc) from exc
+        except RedisError as refused:
+            raise server_error(refused) from refused
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- lease ---------------------------------------------------------------------------

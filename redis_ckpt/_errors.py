@@ -15,6 +15,7 @@
     ├── ConflictError                     expected generation is not the head; .expected, .actual
     ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
     ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
+    ├── ServerError                       the server refused a command (NOPERM, OOM, ...); .server_message
     ├── NonDurableServerError             the startup probe refused the server; .problems
     ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
     │   └── FrameError                    one frame failed verification; .reason (a FrameDamage value)
@@ -44,6 +45,7 @@ __all__ = [
     "ConflictError",
     "DurabilityError",
     "StoreUnavailableError",
+    "ServerError",
     "NonDurableServerError",
     "CorruptCheckpointError",
     "FrameError",
@@ -181,6 +183,20 @@ class StoreUnavailableError(CheckpointError):
 
     def __init__(self, message: str, *, run_id: str | None = None, outcome_unknown: bool = False) -> None:
         super().__init__(message, run_id=run_id)
+        self.outcome_unknown = outcome_unknown
+
+
+class ServerError(CheckpointError):
+    """The server answered a command with an error the store does not expect.
+
+    Typical causes: an ACL user lacking a command (NOPERM), ``maxmemory`` reached under
+    ``noeviction`` (OOM), a key of the run holding the wrong type. ``outcome_unknown`` is
+    True when the failing operation writes (a script can fail after some of its writes).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None, server_message: str, outcome_unknown: bool) -> None:
+        super().__init__(message, run_id=run_id)
+        self.server_message = server_message
         self.outcome_unknown = outcome_unknown
 
 
