@@ -107,6 +107,9 @@ class StoreBase:
         for w in report.warnings:
             log.warning("%s: %s", self.server, w)
         report.raise_if_refused()
+        facts = report.facts
+        if facts is not None and facts.config is not None and not facts.cluster_enabled:
+            self._core.watch_config(report.engine)
 
     def _acquire_flow(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
         """(owner, ttl in ms, the flow) for an acquire."""

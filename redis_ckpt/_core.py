@@ -43,6 +43,7 @@ from ._errors import (
 )
 from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
 from ._io import Cmd, Flow, Pipe, Script, Sleep
+from ._probe import DRIFT_KEYS, drift_problems
 from ._keys import RunKeys, validate_namespace, validate_owner, validate_run_id
 from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
 
@@ -154,6 +155,7 @@ class StoreCore:
             raise ValueError("chunk_bytes must be an int >= 1024")
         self.chunk_bytes = chunk_bytes
         self.migrations: dict[int, Migration] = {}
+        self._watched_engine: str | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -178,17 +180,28 @@ class StoreCore:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    def watch_config(self, engine: str) -> None:
+        """Re-read the durability settings with every confirmed write (the probe could read CONFIG).
+
+        A server whose settings drift after start (``CONFIG SET maxmemory-policy allkeys-lru``)
+        then fails the next write with DurabilityError instead of acknowledging it silently.
+        The CONFIG GET rides in the write's pipeline: no extra round trip.
+        """
+        self._watched_engine = engine
+
     def _confirmed(self, script: Script, route: str, before: list[Cmd] | None = None) -> Pipe:
         ops: list[Cmd | Script] = [*(before or []), script]
         if self.confirm:
             ops += [Cmd(*c) for c in self.durability.commands()]
+            if self._watched_engine is not None:
+                ops.append(Cmd("CONFIG", "GET", *DRIFT_KEYS))
         return Pipe(ops, route=route)
 
     def _check_confirmed(self, replies: list[Any], *, what: str, run_id: str, generation: int | None) -> None:
         if not self.confirm:
             return
         d = self.durability
-        tail = replies[1:]
+        tail = replies[1 : 1 + len(d.commands())]
         failed = next((r for r in tail if isinstance(r, ResponseError)), None)
         if failed is not None:
             raise DurabilityError(
@@ -202,6 +215,18 @@ class StoreCore:
                 run_id, what=what, generation=generation, local_asked=1, local_got=got.local,
                 replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
             )
+        if self._watched_engine is not None:
+            config = replies[1 + len(d.commands())]
+            if isinstance(config, Exception):
+                drifted = [f"CONFIG GET, readable at start, now fails: {config}"]
+            else:
+                drifted = drift_problems(_hash(config), self._watched_engine)
+            if drifted:
+                raise DurabilityError(
+                    run_id, what=what, generation=generation, local_asked=1, local_got=got.local,
+                    replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
+                    server_error="the server's settings changed since the store started: " + "; ".join(drifted),
+                )
 
     def _with_keys(self, build: Callable[[list[str]], Script], entries: list[str], route: str,
                    before: list[Cmd] | None = None) -> Flow[list[Any]]:

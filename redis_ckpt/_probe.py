@@ -45,6 +45,8 @@ from ._io import Cmd, Flow, Pipe
 
 __all__ = [
     "CONFIG_KEYS",
+    "DRIFT_KEYS",
+    "drift_problems",
     "Finding",
     "Level",
     "ProbeReport",
@@ -77,6 +79,30 @@ _CONF_HINT = "(redis.conf) or CONFIG SET"
 
 def _set_remedy(name: str, value: str) -> str:
     return f"set `{name} {value}` {_CONF_HINT} {name} {value}"
+
+
+#: the settings a store re-reads with every confirmed write (same pipeline, same connection)
+DRIFT_KEYS = ("appendonly", "appendfsync", "maxmemory-policy", "no-appendfsync-on-rewrite")
+
+
+def drift_problems(config: Mapping[str, str], engine: str) -> list[str]:
+    """The refusals among ``config`` (a CONFIG GET of DRIFT_KEYS), for a server that passed the probe.
+
+    The same rules as the probe's refusals for these keys, as one line each with the remedy.
+    """
+    out = []
+    if config.get("appendonly", "yes") != "yes":
+        out.append(f"appendonly is {config['appendonly']!r} — {_set_remedy('appendonly', 'yes')}")
+    fsync = config.get("appendfsync", "always")
+    if fsync == "no" or (fsync == "everysec" and engine != "redis"):
+        out.append(f"appendfsync is {fsync!r} — {_set_remedy('appendfsync', 'always')}")
+    if config.get("maxmemory-policy", "noeviction") != "noeviction":
+        out.append(f"maxmemory-policy is {config['maxmemory-policy']!r}, which evicts checkpoints — "
+                   f"{_set_remedy('maxmemory-policy', 'noeviction')}")
+    if config.get("no-appendfsync-on-rewrite", "no") == "yes":
+        out.append("no-appendfsync-on-rewrite is 'yes' (fsync stops during rewrites) — "
+                   f"{_set_remedy('no-appendfsync-on-rewrite', 'no')}")
+    return out
 
 
 # --------------------------------------------------------------------------- results

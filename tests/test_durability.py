@@ -97,3 +97,20 @@ def test_server_gone_mid_run_is_a_clear_error_and_nothing_is_half_applied(make_s
     assert ck.generation == 1 and ck.state == {"n": 1}
     assert lease.commit({"n": 2}) == 2  # the retry after the outage applies exactly once
     assert store.load("r").state == {"n": 2}
+
+
+@pytest.mark.parametrize(("engine", "name", "value"), [
+    ("valkey", "maxmemory-policy", "allkeys-lru"),
+    ("redis", "no-appendfsync-on-rewrite", "yes"),
+    ("valkey", "appendfsync", "everysec"),
+])
+def test_settings_that_drift_after_start_fail_the_next_commit(make_server, engine, name, value):
+    server = make_server(engine)
+    store = CheckpointStore(server.client(), namespace="d")
+    lease = store.acquire("r", owner="a", ttl=10)
+    assert lease.commit(1) == 1
+    server.client().config_set(name, value)
+    with pytest.raises(DurabilityError) as e:
+        lease.commit(2)
+    assert name in e.value.server_error and "changed since the store started" in str(e.value)
+    assert e.value.generation == 2
