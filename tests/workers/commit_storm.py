@@ -18,7 +18,9 @@ from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
 def main(url: str, namespace: str, run_id: str, ack_path: str) -> int:
     store = CheckpointStore.from_url(url, namespace=namespace, keep=3,
                                      retry=RetryPolicy(attempts=2, deadline_s=2.0))
-    lease = store.acquire(run_id, owner=f"storm-{os.getpid()}", ttl=60)
+    # a stable owner per run: the next round's worker re-acquires over the lease the killed
+    # round left behind (same owner), instead of waiting out its TTL
+    lease = store.acquire(run_id, owner=f"storm-{run_id}", ttl=60)
     ck = lease.load()
     step = ck.state["step"] if ck else 0
     with open(ack_path, "a", buffering=1) as ack:
