@@ -17,6 +17,7 @@ from ._errors import DurabilityError
 from ._io import Flow
 from ._models import Checkpoint, Grant
 from ._probe import ProbeReport, probe_flow
+from ._topology import connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
 
@@ -32,7 +33,14 @@ def ttl_ms(ttl: float | timedelta) -> int:
 
 
 def client_label(client: Any) -> str:
-    """host:port/db of a redis-py client, for messages (never a password)."""
+    """host:port/db of a redis-py client, for messages (never a password).
+
+    Redis Cluster: ``redis+cluster://host:port,...`` (its startup nodes); a Sentinel-managed
+    client: ``redis+sentinel://sentinel:port,.../service/db``.
+    """
+    label = topology_label(client)
+    if label is not None:
+        return label
     kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
     if "host" in kw:
         return f"redis://{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -42,12 +50,19 @@ def client_label(client: Any) -> str:
 
 
 def check_client(client: Any) -> None:
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
-    if kw.get("decode_responses"):
+    if connection_kwargs(client).get("decode_responses"):
         raise ValueError(
             "the client decodes responses to str; checkpoints are bytes: "
             "create it with decode_responses=False (from_url does this for you)"
         )
+    if is_cluster(client) and (getattr(client, "read_from_replicas", False)
+                               or getattr(client, "load_balancing_strategy", None) is not None):
+        raise ValueError(
+            "the RedisCluster reads from replicas, which lag: a load could miss an acknowledged "
+            "commit; create it without read_from_replicas / load_balancing_strategy"
+        )
+    if is_sentinel(client) and not client.connection_pool.is_master:
+        raise ValueError("the client talks to a Sentinel-managed replica (slave_for); use master_for")
 
 
 class StoreBase:

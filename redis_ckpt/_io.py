@@ -26,6 +26,13 @@ Semantics a flow can rely on:
 * Connection errors (``redis.ConnectionError``/``TimeoutError``) are thrown into the flow.
 * ``route`` names a key whose hash slot owns the operation (used on Redis Cluster).
 * ``Sleep`` pauses the flow (``time.sleep`` / ``asyncio.sleep``): retry back-off.
+
+Redis Cluster (``redis.cluster.RedisCluster`` / ``redis.asyncio.cluster.RedisCluster``):
+the drivers wrap the client in a :class:`Routed` / :class:`AsyncRouted` from ``_cluster``,
+which sends each ``Pipe`` on one connection to the primary owning ``route``'s slot (and
+follows MOVED/ASK/TRYAGAIN/CLUSTERDOWN there, bounded) and runs ``Cmd("SCAN", ...)`` over
+every primary. Any other client (``redis.Redis``, a Sentinel-managed client) is used as is:
+the single-node path has no extra round trip and no extra object.
 """
 
 from __future__ import annotations
@@ -36,9 +43,13 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, Union
 
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-__all__ = ["Cmd", "Script", "Pipe", "Sleep", "Op", "Flow", "ScriptSource", "run_sync", "run_async"]
+__all__ = [
+    "Cmd", "Script", "Pipe", "Sleep", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
+    "run_sync", "run_async",
+]
 
 T = TypeVar("T")
 
@@ -103,15 +114,83 @@ def _step(flow: Flow[T], reply: Any, error: BaseException | None) -> Op:
     return flow.send(reply)
 
 
-def _pipeline_of(client: Any, pipe: Pipe) -> Any:
-    router = getattr(client, "_ckpt_pipeline_for", None)
-    if router is not None:  # cluster-aware client wrapper
-        return router(pipe.route)
-    return client.pipeline(transaction=False)
+class Routed:
+    """A synchronous client that routes its own pipes (Redis Cluster: ``_cluster.ClusterTarget``).
+
+    ``execute_command`` runs one ``Cmd``; ``run_pipe`` runs one ``Pipe`` with the semantics
+    above (one connection, replies in place, NOSCRIPT handled) and returns its replies.
+    """
+
+    def execute_command(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def run_pipe(self, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+        raise NotImplementedError
+
+
+class AsyncRouted:
+    """The asyncio twin of :class:`Routed`."""
+
+    async def execute_command(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def run_pipe(self, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+        raise NotImplementedError
+
+
+def _sync_target(client: Any) -> Any:
+    if isinstance(client, RedisCluster):
+        from ._cluster import ClusterTarget
+
+        return ClusterTarget(client)
+    return client
+
+
+def _async_target(client: Any) -> Any:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    if isinstance(client, AsyncRedisCluster):
+        from ._cluster import AsyncClusterTarget
+
+        return AsyncClusterTarget(client)
+    return client
+
+
+def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+    """One Pipe on one connection of a single-node (or Sentinel-managed) client."""
+    reply: list[Any] = []
+    for _attempt in range(2):
+        p = client.pipeline(transaction=False)
+        for o in pipe.ops:
+            p.execute_command(*_wire(o, scripts))
+        reply = p.execute(raise_on_error=False)
+        missing = _needs_load(pipe, reply)
+        if not missing:
+            break
+        for name in set(missing):
+            client.script_load(scripts.source(name))
+    return reply
+
+
+async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+    reply: list[Any] = []
+    for _attempt in range(2):
+        p = client.pipeline(transaction=False)
+        for o in pipe.ops:
+            p.execute_command(*_wire(o, scripts))
+        reply = await p.execute(raise_on_error=False)
+        missing = _needs_load(pipe, reply)
+        if not missing:
+            break
+        for name in set(missing):
+            await client.script_load(scripts.source(name))
+    return reply
 
 
 def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
-    """Drive ``flow`` to completion on a synchronous redis-py client."""
+    """Drive ``flow`` to completion on a synchronous redis-py client (or RedisCluster)."""
+    client = _sync_target(client)
+    routed = isinstance(client, Routed)
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -125,23 +204,18 @@ def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
                 time.sleep(op.seconds)
             elif isinstance(op, Cmd):
                 reply = client.execute_command(*op.args)
+            elif routed:
+                reply = client.run_pipe(op, scripts)
             else:
-                for _attempt in range(2):
-                    p = _pipeline_of(client, op)
-                    for o in op.ops:
-                        p.execute_command(*_wire(o, scripts))
-                    reply = p.execute(raise_on_error=False)
-                    missing = _needs_load(op, reply)
-                    if not missing:
-                        break
-                    for name in set(missing):
-                        client.script_load(scripts.source(name))
+                reply = _pipe_sync(client, op, scripts)
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
             error = exc
 
 
 async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
-    """Drive ``flow`` to completion on a ``redis.asyncio`` client."""
+    """Drive ``flow`` to completion on a ``redis.asyncio`` client (or its RedisCluster)."""
+    client = _async_target(client)
+    routed = isinstance(client, AsyncRouted)
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -155,16 +229,9 @@ async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
                 await asyncio.sleep(op.seconds)
             elif isinstance(op, Cmd):
                 reply = await client.execute_command(*op.args)
+            elif routed:
+                reply = await client.run_pipe(op, scripts)
             else:
-                for _attempt in range(2):
-                    p = _pipeline_of(client, op)
-                    for o in op.ops:
-                        p.execute_command(*_wire(o, scripts))
-                    reply = await p.execute(raise_on_error=False)
-                    missing = _needs_load(op, reply)
-                    if not missing:
-                        break
-                    for name in set(missing):
-                        await client.script_load(scripts.source(name))
+                reply = await _pipe_async(client, op, scripts)
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
             error = exc

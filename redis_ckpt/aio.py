@@ -10,15 +10,22 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
 from ._base import LeaseBase, StoreBase
 from ._core import RETRYABLE
 from ._errors import StoreUnavailableError
 from ._io import Flow, run_async
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo
-from ._probe import ProbeReport, redact_url
+from ._probe import ProbeReport
 from ._scripts import SCRIPTS
+from ._topology import (
+    HA_RETRY,
+    async_client_from_url,
+    close_sentinel_async,
+    is_cluster,
+    is_sentinel,
+    probe_async,
+    redact,
+)
 
 __all__ = ["AsyncCheckpointStore", "AsyncLease"]
 
@@ -59,26 +66,51 @@ class AsyncCheckpointStore(StoreBase):
     or ``await AsyncCheckpointStore.from_url(url, ...)``: both run the startup probe.
     """
 
+    _sentinel: Any = None  # a Sentinel this store created (from_url) and closes
+
     @classmethod
-    async def create(cls, client: aioredis.Redis, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
+    async def create(cls, client: Any, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
+        """A store on ``client``: a ``redis.asyncio.Redis``, a ``redis.asyncio.cluster.RedisCluster``
+        or a Sentinel-managed client (``redis.asyncio.sentinel.Sentinel.master_for(...)``);
+        runs the startup probe. On Cluster or Sentinel the default ``retry`` is ``HA_RETRY``."""
+        if is_cluster(client) or is_sentinel(client):
+            options.setdefault("retry", HA_RETRY)
         store = cls(client, namespace=namespace, **options)
         if store._core.confirm:
-            store._accept(await store._run(store._probe_flow()))
+            store._accept(await store._probe())
         return store
 
     @classmethod
     async def from_url(cls, url: str, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
+        """Same URL forms as :meth:`redis_ckpt.CheckpointStore.from_url` (one server,
+        ``redis+cluster://``, ``redis+sentinel://``, and their ``rediss+`` TLS forms)."""
         durability = options.get("durability")
         timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
-        client = aioredis.Redis.from_url(url, decode_responses=False, socket_timeout=timeout,
-                                         socket_connect_timeout=5.0)
+        client, sentinel = async_client_from_url(url, socket_timeout=timeout)
         try:
             store = await cls.create(client, namespace=namespace, **options)
         except BaseException:
             await client.aclose()
+            if sentinel is not None:
+                await close_sentinel_async(sentinel)
             raise
-        store.server = redact_url(url)
+        store._sentinel = sentinel
+        store.server = redact(url)
         return store
+
+    @classmethod
+    async def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str,
+                            **options: Any) -> AsyncCheckpointStore:
+        """A store on the primary a ``redis.asyncio.sentinel.Sentinel`` names for ``service_name``."""
+        durability = options.get("durability")
+        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
+                                     socket_connect_timeout=5.0)
+        try:
+            return await cls.create(client, namespace=namespace, **options)
+        except BaseException:
+            await client.aclose()
+            raise
 
     @classmethod
     async def in_memory(cls, *, namespace: str = "test", **options: Any) -> AsyncCheckpointStore:
@@ -93,8 +125,17 @@ class AsyncCheckpointStore(StoreBase):
         except RETRYABLE as exc:
             raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
 
+    async def _probe(self) -> ProbeReport:
+        if not (is_cluster(self._client) or is_sentinel(self._client)):
+            return await self._run(self._probe_flow())
+        try:  # every primary (and the replicas the policy counts on), on its own connection
+            return await probe_async(self._client, label=self.server, namespace=self.namespace,
+                                     durability=self.durability, declared=self.declared_config, scripts=SCRIPTS)
+        except RETRYABLE as exc:
+            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+
     async def probe(self) -> ProbeReport:
-        return await self._run(self._probe_flow())
+        return await self._probe()
 
     async def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncLease:
         owner, ms, flow = self._acquire_flow(run_id, owner, ttl)
@@ -139,6 +180,8 @@ class AsyncCheckpointStore(StoreBase):
 
     async def close(self) -> None:
         await self._client.aclose()
+        if self._sentinel is not None:
+            await close_sentinel_async(self._sentinel)
 
     async def __aenter__(self) -> AsyncCheckpointStore:
         return self

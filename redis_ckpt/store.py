@@ -15,8 +15,17 @@ from ._core import RETRYABLE
 from ._errors import StoreUnavailableError
 from ._io import Flow, run_sync
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo
-from ._probe import ProbeReport, redact_url
+from ._probe import ProbeReport
 from ._scripts import SCRIPTS
+from ._topology import (
+    HA_RETRY,
+    close_sentinel_sync,
+    is_cluster,
+    is_sentinel,
+    probe_sync,
+    redact,
+    sync_client_from_url,
+)
 
 __all__ = ["CheckpointStore", "Lease", "check_server"]
 
@@ -67,25 +76,55 @@ class CheckpointStore(StoreBase):
     :class:`NonDurableServerError`, one line per problem with its remedy.
     """
 
-    def __init__(self, client: redis.Redis, *, namespace: str, **options: Any) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster, *, namespace: str, **options: Any) -> None:
+        """A store on ``client``: a ``redis.Redis``, a ``redis.cluster.RedisCluster``, or a
+        Sentinel-managed client (``Sentinel.master_for(...)``), created with
+        ``decode_responses=False``. On Cluster or Sentinel the default ``retry`` is
+        :data:`redis_ckpt._topology.HA_RETRY`, long enough to ride out a failover."""
+        if is_cluster(client) or is_sentinel(client):
+            options.setdefault("retry", HA_RETRY)
         super().__init__(client, namespace=namespace, **options)
+        self._sentinel: Any = None  # a Sentinel this store created (from_url) and closes
         if self._core.confirm:
-            self._accept(self._run(self._probe_flow()))
+            self._accept(self._probe())
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str, **options: Any) -> CheckpointStore:
-        """A store on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``)."""
+        """A store on a new client for ``url``.
+
+        ``redis://``, ``rediss://``, ``unix://`` (one server);
+        ``redis+cluster://host:port[,host:port...]`` / ``rediss+cluster://`` (Redis Cluster);
+        ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` / ``rediss+sentinel://``
+        (Sentinel: the hosts are the Sentinels; the Sentinels' own credentials go in
+        ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt._topology`.
+        """
         durability = options.get("durability")
         timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
-        client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=timeout,
-                                      socket_connect_timeout=5.0)
+        client, sentinel = sync_client_from_url(url, socket_timeout=timeout)
         try:
             store = cls(client, namespace=namespace, **options)
         except BaseException:
             client.close()
+            if sentinel is not None:
+                close_sentinel_sync(sentinel)
             raise
-        store.server = redact_url(url)
+        store._sentinel = sentinel
+        store.server = redact(url)
         return store
+
+    @classmethod
+    def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str, **options: Any) -> CheckpointStore:
+        """A store on the primary that ``sentinel`` (a ``redis.sentinel.Sentinel``) names for
+        ``service_name``; it follows failovers. The Sentinel object stays the caller's."""
+        durability = options.get("durability")
+        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
+                                     socket_connect_timeout=5.0)
+        try:
+            return cls(client, namespace=namespace, **options)
+        except BaseException:
+            client.close()
+            raise
 
     @classmethod
     def in_memory(cls, *, namespace: str = "test", **options: Any) -> CheckpointStore:
@@ -100,14 +139,24 @@ class CheckpointStore(StoreBase):
         return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, **options)
 
     def _run(self, flow: Flow[T]) -> T:
+        # run_sync routes a RedisCluster's pipes to the slot's owner (see _cluster)
         try:
             return run_sync(flow, self._client, SCRIPTS)
         except RETRYABLE as exc:
             raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
 
+    def _probe(self) -> ProbeReport:
+        if not (is_cluster(self._client) or is_sentinel(self._client)):
+            return self._run(self._probe_flow())
+        try:  # every primary (and the replicas the policy counts on), on its own connection
+            return probe_sync(self._client, label=self.server, namespace=self.namespace, durability=self.durability,
+                              declared=self.declared_config, scripts=SCRIPTS)
+        except RETRYABLE as exc:
+            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+
     def probe(self) -> ProbeReport:
         """Run the startup probe again and return its report (does not raise)."""
-        return self._run(self._probe_flow())
+        return self._probe()
 
     def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> Lease:
         """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it."""
@@ -158,6 +207,8 @@ class CheckpointStore(StoreBase):
 
     def close(self) -> None:
         self._client.close()
+        if self._sentinel is not None:
+            close_sentinel_sync(self._sentinel)
 
     def __enter__(self) -> CheckpointStore:
         return self
@@ -168,27 +219,37 @@ class CheckpointStore(StoreBase):
 
 
 def check_server(
-    target: str | redis.Redis,
+    target: str | redis.Redis | redis.RedisCluster,
     *,
     namespace: str = "redis-ckpt",
     durability: Durability | None = None,
     declared_config: Mapping[str, str] | None = None,
 ) -> ProbeReport:
-    """Run the startup probe against a URL or client and return the report; never raises on refusal.
+    """Run the startup probe against a URL (any form :meth:`CheckpointStore.from_url` takes)
+    or a client and return the report; never raises on refusal.
 
     :class:`StoreUnavailableError` when the server cannot be reached.
     """
     from ._probe import probe_flow
 
-    client = redis.Redis.from_url(target, decode_responses=False, socket_connect_timeout=5.0) \
-        if isinstance(target, str) else target
-    label = redact_url(target) if isinstance(target, str) else client_label(client)
-    flow = probe_flow(server=label, namespace=validate_namespace(namespace),
-                      durability=durability or Durability(), declared=declared_config)
+    sentinel = None
+    if isinstance(target, str):
+        client, sentinel = sync_client_from_url(target, socket_timeout=None)
+        label = redact(target)
+    else:
+        client, label = target, client_label(target)
+    namespace = validate_namespace(namespace)
+    durability = durability or Durability()
     try:
+        if is_cluster(client) or is_sentinel(client):
+            return probe_sync(client, label=label, namespace=namespace, durability=durability,
+                              declared=declared_config, scripts=SCRIPTS)
+        flow = probe_flow(server=label, namespace=namespace, durability=durability, declared=declared_config)
         return run_sync(flow, client, SCRIPTS)
     except RETRYABLE as exc:
         raise StoreUnavailableError(f"cannot reach {label}: {exc}") from exc
     finally:
         if isinstance(target, str):
             client.close()
+            if sentinel is not None:
+                close_sentinel_sync(sentinel)

@@ -1,0 +1,660 @@
+"""Redis Cluster: every Pipe on the connection of the slot's owner, redirects followed,
+every primary probed and scanned, fencing and acknowledged commits surviving a failover.
+
+The clusters are built from LocalServer on loopback (3 primaries + 3 replicas,
+``cluster-node-timeout 1000``, ``appendonly yes`` / ``appendfsync always``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from redis_ckpt import (
+    CheckpointStore,
+    ConflictError,
+    Durability,
+    DurabilityError,
+    FencedError,
+    LeaseHeldError,
+    NonDurableServerError,
+    StoreUnavailableError,
+    check_server,
+)
+from redis_ckpt._cluster import ClusterTarget, ClusterUnavailableError, _scan_reply, probe_key_for
+from redis_ckpt._io import Cmd, Pipe, Script
+from redis_ckpt._local_server import LocalServer
+from redis_ckpt._probe import redact_url
+from redis_ckpt._scripts import SCRIPTS
+from redis_ckpt._topology import parse_cluster_url, validate_url
+from redis_ckpt.aio import AsyncCheckpointStore
+
+ENGINES = ["valkey", "redis"]
+NODE_TIMEOUT_MS = 1000
+RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
+
+
+# --------------------------------------------------------------------------- a local cluster
+
+
+def wait_for(pred: Callable[[], bool], what: str, timeout: float = 20.0, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if pred():
+                return
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # a node still coming up: ask again
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class LocalCluster:
+    """3 primaries + 3 replicas of LocalServer, built with CLUSTER MEET / ADDSLOTSRANGE / REPLICATE.
+
+    ``make`` is conftest's server factory (``make_server`` / ``make_module_server``): a missing
+    binary skips locally and fails in CI, and every server is removed with the factory.
+    """
+
+    def __init__(self, engine: str, make: Callable[..., LocalServer]) -> None:
+        self.engine = engine
+        self.make = make
+        self.servers: list[LocalServer] = []
+
+    def start(self) -> LocalCluster:
+        try:
+            for _ in range(6):
+                self.servers.append(self.make(
+                    self.engine, cluster_enabled="yes", cluster_node_timeout=NODE_TIMEOUT_MS,
+                    cluster_config_file="nodes.conf", appendonly="yes", appendfsync="always"))
+            first = self.servers[0].client()
+            for s in self.servers[1:]:
+                first.execute_command("CLUSTER MEET", "127.0.0.1", s.port)
+            for s, (a, b) in zip(self.servers[:3], RANGES):
+                s.client().execute_command("CLUSTER ADDSLOTSRANGE", a, b)
+            wait_for(lambda: all(len(s.client().cluster("nodes")) == 6 for s in self.servers), "every node to meet")
+            for replica, primary in zip(self.servers[3:], self.servers[:3]):
+                replica.client().execute_command("CLUSTER REPLICATE", self.node_id(primary))
+            self.wait_healthy()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def cleanup(self) -> None:
+        for s in reversed(self.servers):
+            s.cleanup()
+
+    @staticmethod
+    def node_id(server: LocalServer) -> str:
+        return _text(server.client().execute_command("CLUSTER MYID"))
+
+    def by_port(self, port: int) -> LocalServer:
+        return next(s for s in self.servers if s.port == int(port))
+
+    def url(self, n: int = 2) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:n])
+
+    def client(self) -> RedisCluster:
+        live = next(s for s in self.servers if s.running)
+        return RedisCluster(host="127.0.0.1", port=live.port, decode_responses=False)
+
+    def owner(self, slot: int) -> LocalServer:
+        """The primary serving ``slot`` according to the nodes themselves (CLUSTER SHARDS-free)."""
+        for s in self.servers:
+            if not s.running:
+                continue
+            for entry in s.client().execute_command("CLUSTER SLOTS"):
+                lo, hi, primary = entry[0], entry[1], entry[2]
+                if lo <= slot <= hi:
+                    return self.by_port(primary[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def replica_of(self, primary: LocalServer) -> LocalServer:
+        for s in self.servers:
+            if s.running and s is not primary:
+                info = s.client().info("replication")
+                if info.get("role") == "slave" and int(info.get("master_port", -1)) == primary.port:
+                    return s
+        raise AssertionError(f"{primary.port} has no replica")
+
+    def primaries(self) -> list[LocalServer]:
+        """The primaries serving slots, as the first live node sees it."""
+        live = next(s for s in self.servers if s.running)
+        ports = {entry[2][1] for entry in live.client().execute_command("CLUSTER SLOTS")}
+        return [self.by_port(p) for p in sorted(ports)]
+
+    def healthy(self) -> bool:
+        for s in self.servers:
+            c = s.client()
+            if _text(c.cluster("info").get("cluster_state")) != "ok":
+                return False
+            if any("fail" in _text(n.get("flags", "")) for n in c.cluster("nodes").values()):
+                return False
+            info = c.info("replication")
+            if info["role"] == "master":
+                online = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()
+                          and isinstance(v, dict) and v.get("state") == "online"]
+                if not online:
+                    return False
+            elif info.get("master_link_status") != "up" or int(c.info("persistence").get("loading", 1)):
+                return False
+        return True
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        wait_for(self.healthy, "cluster_state:ok everywhere, every primary with an online replica", timeout)
+
+
+@pytest.fixture(scope="module", params=ENGINES, ids=ENGINES)
+def cluster(request: pytest.FixtureRequest, make_module_server: Any) -> Iterator[LocalCluster]:
+    c = LocalCluster(request.param, make_module_server).start()
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def key_for(namespace: str, run: str) -> str:
+    return f"{namespace}:{{{run}}}:fence"
+
+
+def slot_of(namespace: str, run: str) -> int:
+    return key_slot(key_for(namespace, run).encode())
+
+
+def commandstats(server: LocalServer, command: str, field: str = "calls") -> int:
+    stats = server.client().info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get(field, 0))
+
+
+def migrate_slot(cluster: LocalCluster, slot: int, dst: LocalServer, *, finalize: bool = True) -> LocalServer:
+    """Move ``slot`` (and its keys) to ``dst``; with ``finalize=False`` the slot stays
+    MIGRATING/IMPORTING after its keys moved. Returns the source primary."""
+    src = cluster.owner(slot)
+    assert src is not dst
+    sc, dc = src.client(), dst.client()
+    dc.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+    sc.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+    while True:
+        keys = sc.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+        if not keys:
+            break
+        sc.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+    if finalize:
+        finalize_slot(cluster, slot, src, dst)
+    return src
+
+
+def finalize_slot(cluster: LocalCluster, slot: int, src: LocalServer, dst: LocalServer) -> None:
+    dst_id = cluster.node_id(dst)
+    for s in (dst, src, *(p for p in cluster.servers if p.running and p not in (src, dst))):
+        if s.client().info("replication")["role"] == "master":
+            s.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    wait_for(lambda: cluster.owner(slot) is dst, f"slot {slot} to be served by {dst.port}")
+
+
+# --------------------------------------------------------------------------- no server: URLs
+
+
+def test_cluster_url_forms():
+    c = parse_cluster_url("redis+cluster://h1:7001,h2,[::1]:7003")
+    assert c.nodes == [("h1", 7001), ("h2", 6379), ("::1", 7003)]
+    c = parse_cluster_url("rediss+cluster://app:s%40cret@h1:7001/?socket_keepalive=true")
+    assert c.kwargs["ssl"] is True and c.kwargs["username"] == "app" and c.kwargs["password"] == "s@cret"
+    assert c.kwargs["socket_keepalive"] is True and "db" not in c.kwargs
+    for bad in ("redis+cluster://h1:7001/1", "redis+cluster://h1:x", "redis+cluster://h1,,h2", "redis://h1"):
+        with pytest.raises(ValueError):
+            parse_cluster_url(bad)
+    assert redact_url("redis+cluster://app:s3cret@h1:7001,h2:7002") == "redis+cluster://app:***@h1:7001,h2:7002"
+    validate_url("redis+cluster://h1:7001,h2:7002")
+    validate_url("redis://h1:6379/0")
+    with pytest.raises(ValueError):
+        validate_url("redis+cluster://h1:7001/3")
+    with pytest.raises(ValueError):
+        validate_url("http://h1")
+
+
+# --------------------------------------------------------------------------- no server: the pipe plan
+
+
+@dataclass
+class FakeNode:
+    name: str
+    host: str
+    port: int
+    replies: list[Any] = field(default_factory=list)  # one list of replies per send, or an exception
+    sent: list[list[tuple[Any, ...]]] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis_connection = self
+
+    @property
+    def connection_pool(self) -> FakeNode:
+        return self
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        pass
+
+    def pipeline(self, transaction: bool = False) -> FakePipeline:
+        return FakePipeline(self)
+
+    def script_load(self, source: str) -> None:
+        self.loaded.append(source)
+
+
+class FakePipeline:
+    def __init__(self, node: FakeNode) -> None:
+        self.node, self.commands = node, []
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.node.sent.append(self.commands)
+        reply = self.node.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+class FakeNodesManager:
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster, self.moved, self.refreshes, self.failed = cluster, [], 0, []
+
+    def move_slot(self, e: MovedError) -> None:
+        self.moved.append(e)
+        self.cluster.owner = self.cluster.nodes[f"{e.host}:{e.port}"]
+
+    def initialize(self) -> None:
+        self.refreshes += 1
+
+    def move_node_to_end_of_cached_nodes(self, name: str) -> None:
+        self.failed.append(name)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        a, b = FakeNode("10.0.0.1:7001", "10.0.0.1", 7001), FakeNode("10.0.0.2:7002", "10.0.0.2", 7002)
+        self.nodes = {a.name: a, b.name: b}
+        self.a, self.b, self.owner = a, b, a
+        self.nodes_manager = FakeNodesManager(self)
+
+    def get_node_from_key(self, key: str) -> FakeNode:
+        return self.owner
+
+    def get_node(self, host: str, port: int) -> FakeNode | None:
+        return self.nodes.get(f"{host}:{port}")
+
+    def get_redis_connection(self, node: FakeNode) -> FakeNode:
+        return node
+
+
+COMMIT = Pipe([Script("commit", ["ns:{r}:fence", "ns:{r}:head"], [1]), Cmd("WAITAOF", 1, 0, 100)], route="ns:{r}:head")
+OK = [[1, b"x"], [1, 0]]
+
+
+def evalsha(scripts: Any = SCRIPTS) -> tuple[Any, ...]:
+    return ("EVALSHA", scripts.sha("commit"), 2, "ns:{r}:fence", "ns:{r}:head", 1)
+
+
+def test_pipe_goes_to_the_slot_owner_on_one_connection():
+    fc = FakeCluster()
+    fc.a.replies = [OK]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert fc.a.sent == [[evalsha(), ("WAITAOF", 1, 0, 100)]] and fc.b.sent == []
+
+
+def test_moved_refreshes_the_slot_map_and_resends_to_the_new_owner():
+    fc = FakeCluster()
+    fc.a.replies = [[MovedError("1234 10.0.0.2:7002"), [1, 1]]]  # WAITAOF on the wrong node proves nothing
+    fc.b.replies = [OK]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert [m.port for m in fc.nodes_manager.moved] == [7002] and len(fc.b.sent) == 1
+
+
+def test_ask_sends_asking_before_every_op_to_the_target():
+    fc = FakeCluster()
+    fc.a.replies = [[AskError("1234 10.0.0.2:7002"), [1, 0]]]
+    fc.b.replies = [[b"OK", [1, b"x"], b"OK", [1, 0]]]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert fc.b.sent == [[("ASKING",), evalsha(), ("ASKING",), ("WAITAOF", 1, 0, 100)]]
+    assert fc.nodes_manager.moved == []  # ASK does not change the slot map
+
+
+def test_tryagain_backs_off_then_gives_up_as_a_connection_error(monkeypatch):
+    naps: list[float] = []
+    monkeypatch.setattr("redis_ckpt._cluster.time.sleep", naps.append)
+    fc = FakeCluster()
+    fc.a.replies = [[TryAgainError("Multiple keys request during rehashing of slot"), [1, 0]]] * 2 + [OK]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK and len(naps) == 2
+    fc.a.replies = [[TryAgainError("Multiple keys request during rehashing of slot"), [1, 0]]] * 50
+    with pytest.raises(ClusterUnavailableError) as e:
+        ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS)
+    assert isinstance(e.value, RedisConnectionError) and "TRYAGAIN" in str(e.value)
+
+
+def test_clusterdown_backs_off_and_refreshes(monkeypatch):
+    monkeypatch.setattr("redis_ckpt._cluster.time.sleep", lambda s: None)
+    fc = FakeCluster()
+    fc.a.replies = [[ClusterDownError("The cluster is down"), [1, 0]], OK]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert fc.nodes_manager.refreshes == 1
+
+
+def test_noscript_loads_on_the_owner_and_resends():
+    fc = FakeCluster()
+    fc.a.replies = [[NoScriptError("No matching script"), [1, 0]], OK]
+    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert fc.a.loaded == [SCRIPTS.source("commit")]
+
+
+def test_a_broken_connection_is_thrown_and_the_next_send_refreshes_first():
+    fc = FakeCluster()
+    fc.a.replies = [RedisConnectionError("Connection refused"), OK]
+    target = ClusterTarget(fc)
+    with pytest.raises(RedisConnectionError):
+        target.run_pipe(COMMIT, SCRIPTS)
+    assert fc.nodes_manager.failed == [fc.a.name] and fc.nodes_manager.refreshes == 0
+    assert target.run_pipe(COMMIT, SCRIPTS) == OK and fc.nodes_manager.refreshes == 1
+
+
+def test_scan_cursor_walks_every_node():
+    assert _scan_reply(0, b"17", [b"k"], 3) == [17, [b"k"]]
+    assert _scan_reply(0, 0, [], 3) == [1 << 64, []]
+    assert _scan_reply(1, 5, [], 3) == [(1 << 64) | 5, []]
+    assert _scan_reply(2, 0, [b"z"], 3) == [0, [b"z"]]
+
+
+def test_probe_key_lands_in_the_nodes_slots():
+    slots = frozenset(range(10923, 16384))
+    key = probe_key_for("ns", slots)
+    assert key is not None and key.startswith("ns:probe:{") and key_slot(key.encode()) in slots
+    assert probe_key_for("ns", frozenset()) is None
+
+
+# --------------------------------------------------------------------------- on a cluster
+
+@pytest.mark.server
+def test_store_from_cluster_url_spreads_runs_and_scans_every_primary(cluster, namespace):
+    with CheckpointStore.from_url(cluster.url(2), namespace=namespace) as store:
+        assert store.server == cluster.url(2) and store.probe_report.ok
+        runs = [f"job-{i}" for i in range(30)]
+        for r in runs:
+            with store.acquire(r, owner="w", ttl=10) as lease:
+                assert lease.commit({"run": r}) == 1
+        owners = {cluster.owner(slot_of(namespace, r)).port for r in runs}
+        assert len(owners) == 3, "the runs did not spread over the three shards"
+        assert store.runs() == sorted(runs)
+        assert len(store.runs(limit=5)) == 5
+        assert store.load("job-7").state == {"run": "job-7"}
+        assert store.info("job-7").generation == 1
+
+
+@pytest.mark.server
+def test_cluster_clients_that_cannot_keep_the_promises_are_refused(cluster, namespace):
+    port = cluster.servers[0].port
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        CheckpointStore(RedisCluster(host="127.0.0.1", port=port, decode_responses=True), namespace=namespace)
+    from redis.cluster import LoadBalancingStrategy
+
+    replicas = RedisCluster(host="127.0.0.1", port=port, load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN)
+    with pytest.raises(ValueError, match="read_from_replicas"):
+        CheckpointStore(replicas, namespace=namespace)
+
+
+@pytest.mark.server
+def test_commit_and_waitaof_run_on_the_primary_owning_the_slot(cluster, namespace):
+    store = CheckpointStore(cluster.client(), namespace=namespace)
+    lease = store.acquire("pinned", owner="w", ttl=10)
+    owner = cluster.owner(slot_of(namespace, "pinned"))
+    before = {s.port: (commandstats(s, "waitaof"), commandstats(s, "evalsha")) for s in cluster.servers}
+    for i in range(5):
+        lease.commit({"i": i})
+    after = {s.port: (commandstats(s, "waitaof"), commandstats(s, "evalsha")) for s in cluster.servers}
+    delta = {p: (after[p][0] - before[p][0], after[p][1] - before[p][1]) for p in before}
+    assert delta.pop(owner.port) == (5, 5)
+    assert all(d == (0, 0) for d in delta.values()), delta
+    store.close()
+
+
+@pytest.mark.server
+def test_probe_reports_every_primary_by_address(cluster, namespace):
+    rc = cluster.client()
+    store = CheckpointStore(rc, namespace=namespace)
+    report = store.probe_report
+    assert report.ok and report.server.startswith("redis+cluster://") and report.engine == cluster.engine
+    primaries = {f"127.0.0.1:{s.port}" for s in cluster.servers if s.client().info("replication")["role"] == "master"}
+    live = [f for f in report.findings if f.check == "live-waitaof"]
+    assert {f.message.split(": ", 1)[0] for f in live} == primaries
+    assert {f.message.split(": ", 1)[0] for f in report.findings if f.check == "cluster-state"} == primaries
+    assert any(f.check == "cluster-topology" and f.level == "ok" for f in report.findings)
+    assert check_server(cluster.url(1), namespace=namespace).ok
+    store.close()
+
+
+@pytest.mark.server
+def test_one_misconfigured_primary_refuses_the_cluster_naming_it(cluster, namespace):
+    bad = cluster.owner(0)
+    bad.client().config_set("appendfsync", "no")
+    try:
+        with pytest.raises(NonDurableServerError) as e:
+            CheckpointStore.from_url(cluster.url(), namespace=namespace)
+        problems = [str(p) for p in e.value.problems]
+        assert problems and all(p.startswith(f"127.0.0.1:{bad.port}: ") for p in problems), problems
+        assert f"127.0.0.1:{bad.port}: appendfsync is 'no'" in str(e.value)
+    finally:
+        bad.client().config_set("appendfsync", "always")
+
+
+@pytest.mark.server
+def test_replicas_are_checked_when_the_policy_counts_on_them(cluster, namespace):
+    primary = cluster.owner(6000)
+    replica = cluster.replica_of(primary)
+    replica.client().config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with CheckpointStore.from_url(cluster.url(), namespace=namespace) as store:  # local policy: not probed
+            assert store.probe_report.ok
+        with pytest.raises(NonDurableServerError) as e:
+            CheckpointStore.from_url(cluster.url(), namespace=namespace,
+                                     durability=Durability.replicas_received(1))
+        text = str(e.value)
+        assert f"127.0.0.1:{replica.port} (replica of 127.0.0.1:{primary.port}): maxmemory-policy is 'allkeys-lru'" in text
+    finally:
+        replica.client().config_set("maxmemory-policy", "noeviction")
+
+
+@pytest.mark.server
+def test_moved_after_resharding_resends_to_the_new_owner(cluster, namespace):
+    store = CheckpointStore(cluster.client(), namespace=namespace)
+    lease = store.acquire("moving", owner="w", ttl=30)
+    assert lease.commit({"n": 1}) == 1
+    slot = slot_of(namespace, "moving")
+    dst = next(s for s in cluster.primaries() if s is not cluster.owner(slot))
+    migrate_slot(cluster, slot, dst)  # the store's slot map is now stale: its first send gets MOVED
+    before = commandstats(dst, "waitaof")
+    assert lease.commit({"n": 2}) == 2
+    assert commandstats(dst, "waitaof") > before  # (twice when dst answered NOSCRIPT first)
+    assert store.load("moving").state == {"n": 2}
+    assert dst.client().exists(key_for(namespace, "moving")) == 1
+    store.close()
+
+
+@pytest.mark.server
+def test_ask_and_tryagain_while_a_slot_migrates(cluster, namespace):
+    store = CheckpointStore(cluster.client(), namespace=namespace)
+    lease = store.acquire("migrating", owner="w", ttl=30)
+    assert lease.commit({"n": 1}) == 1
+    slot = slot_of(namespace, "migrating")
+    dst = next(s for s in cluster.primaries() if s is not cluster.owner(slot))
+    src = migrate_slot(cluster, slot, dst, finalize=False)
+    try:
+        # every key of the run is on dst while src still owns the slot: src answers ASK
+        asking = commandstats(dst, "asking")
+        info = store.info("migrating")  # one Pipe of four reads: ASKING before each on dst
+        assert info.generation == 1 and info.lease_owner == "w"
+        assert commandstats(dst, "asking") == asking + 4
+        assert store.load("migrating").state == {"n": 1}
+        rejected = commandstats(src, "evalsha", "rejected_calls") + commandstats(dst, "evalsha", "rejected_calls")
+        # a commit touches a key neither node has (the next generation): TRYAGAIN until the
+        # migration completes, then MOVED, then it lands on dst
+        done: list[Any] = []
+        t = threading.Thread(target=lambda: done.append(lease.commit({"n": 2})))
+        t.start()
+        time.sleep(0.3)
+        assert not done
+        now = commandstats(src, "evalsha", "rejected_calls") + commandstats(dst, "evalsha", "rejected_calls")
+        assert now >= rejected + 2, "the commit was not held off by TRYAGAIN"
+    finally:
+        finalize_slot(cluster, slot, src, dst)
+    t.join(timeout=30)
+    assert done == [2] and store.load("migrating").state == {"n": 2}
+    assert dst.client().exists(f"{namespace}:{{migrating}}:g:2") == 1
+    store.close()
+
+
+@pytest.mark.server
+def test_async_store_on_a_cluster(cluster, namespace):
+    async def scenario() -> None:
+        store = await AsyncCheckpointStore.from_url(cluster.url(2), namespace=namespace)
+        assert store.probe_report.ok and store.server == cluster.url(2)
+        live = [f for f in store.probe_report.findings if f.check == "live-waitaof"]
+        assert len(live) == 3
+        owner = cluster.owner(slot_of(namespace, "a-0"))
+        before = commandstats(owner, "waitaof")
+        for i in range(6):
+            lease = await store.acquire(f"a-{i}", owner="w", ttl=10)
+            assert await lease.commit({"i": i}) == 1
+            await lease.release()
+        assert commandstats(owner, "waitaof") >= before + 2  # acquire + commit of a-0 there
+        assert await store.runs() == [f"a-{i}" for i in range(6)]
+        assert (await store.load("a-3")).state == {"i": 3}
+        # resharding under the async store: MOVED handled by the async driver
+        slot = slot_of(namespace, "a-1")
+        dst = next(s for s in cluster.primaries() if s is not cluster.owner(slot))
+        migrate_slot(cluster, slot, dst)
+        lease = await store.acquire("a-1", owner="w", ttl=10)
+        assert await lease.commit({"i": 11}) == 2
+        assert (await store.load("a-1")).state == {"i": 11}
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- failover
+
+
+@dataclass
+class RunLog:
+    run: str
+    tokens: list[int] = field(default_factory=list)
+    acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # generation, token, step, when
+    errors: list[str] = field(default_factory=list)
+
+
+def storm_worker(store: CheckpointStore, log: RunLog, stop: threading.Event, crashed: list[BaseException]) -> None:
+    """Commit a counter to one run; re-acquire (new token) every 5 commits and after any error.
+    Records every token acquire handed out and every commit acknowledged."""
+    step = 0
+    lease = None
+    try:
+        while not stop.is_set():
+            try:
+                if lease is None:
+                    lease = store.acquire(log.run, owner=f"owner-{log.run}", ttl=30)
+                    log.tokens.append(lease.token)
+                step += 1
+                g = lease.commit({"run": log.run, "step": step, "token": lease.token})
+                log.acked.append((g, lease.token, step, time.monotonic()))
+                if step % 5 == 0:
+                    lease.release()
+                    lease = None
+            except (DurabilityError, StoreUnavailableError, FencedError, ConflictError, LeaseHeldError) as exc:
+                log.errors.append(f"{type(exc).__name__}: {exc}")
+                lease = None
+                time.sleep(0.05)
+    except BaseException as exc:  # anything else fails the test (reported by the main thread)
+        crashed.append(exc)
+
+
+def verify(store: CheckpointStore, logs: list[RunLog], highest_fence: dict[str, int]) -> None:
+    for log in logs:
+        assert log.acked, f"{log.run}: nothing acknowledged"
+        assert len(set(log.tokens)) == len(log.tokens), f"{log.run}: a token was handed out twice: {log.tokens}"
+        assert log.tokens == sorted(log.tokens), f"{log.run}: tokens went backwards: {log.tokens}"
+        gens = [a[0] for a in log.acked]
+        assert gens == sorted(set(gens)), f"{log.run}: a generation was acknowledged twice"
+        info = store.info(log.run)
+        last_g, last_token, last_step, _ = log.acked[-1]
+        assert info.generation >= last_g, f"{log.run}: acknowledged generation {last_g} lost (head {info.generation})"
+        assert info.fence >= max(log.tokens) >= highest_fence.get(log.run, 0), f"{log.run}: the fence went backwards"
+        highest_fence[log.run] = info.fence
+        ck = store.load(log.run)
+        assert ck is not None and not ck.skipped
+        if ck.generation == last_g:
+            assert ck.state == {"run": log.run, "step": last_step, "token": last_token}
+        else:
+            assert ck.state["step"] > last_step
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fencing_and_acknowledged_commits_survive_failover(engine, namespace, make_server):
+    cl = LocalCluster(engine, make_server).start()
+    try:
+        rc = cl.client()
+        store = CheckpointStore(rc, namespace=namespace, durability=Durability.replicas_fsynced(1, timeout_ms=3000))
+        runs = [f"storm-{i}" for i in range(6)]
+        highest: dict[str, int] = {}
+        all_tokens: dict[str, list[int]] = {r: [] for r in runs}
+        for round_ in range(2):
+            logs = [RunLog(r) for r in runs]
+            stop, crashed = threading.Event(), []
+            threads = [threading.Thread(target=storm_worker, args=(store, lg, stop, crashed)) for lg in logs]
+            for t in threads:
+                t.start()
+            # the shard of storm-0: its primary in round 0, the promoted replica in round 1
+            victim = cl.owner(slot_of(namespace, runs[0]))
+            heir = cl.replica_of(victim)
+            on_victim = [lg for lg in logs if cl.owner(slot_of(namespace, lg.run)) is victim]
+            wait_for(lambda: all(len(lg.acked) >= 3 for lg in logs), "every run to commit before the kill")
+            victim.kill()  # kill -9 in the middle of the storm
+            killed_at = time.monotonic()
+            wait_for(lambda: heir.client().info("replication")["role"] == "master", "the replica's promotion")
+            victim.restart()  # comes back as a replica of its heir, so commits can be confirmed again
+            cl.wait_healthy()
+            wait_for(lambda: all(sum(a[3] > killed_at for a in lg.acked) >= 3 for lg in logs),
+                     "every run to commit again after the failover", timeout=30)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            assert not crashed, crashed
+            assert all(not t.is_alive() for t in threads)
+            for lg in on_victim:  # the kill hit live traffic on that shard: a pause, then progress
+                times = [a[3] for a in lg.acked]
+                assert times[0] < killed_at < times[-1]
+            verify(store, logs, highest)
+            for lg in logs:
+                all_tokens[lg.run].extend(lg.tokens)
+        for r, tokens in all_tokens.items():
+            assert len(set(tokens)) == len(tokens), f"{r}: a token was handed out twice across rounds"
+        store.close()
+    finally:
+        cl.cleanup()
