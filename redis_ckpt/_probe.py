@@ -55,6 +55,7 @@ __all__ = [
     "facts_from_info",
     "probe_flow",
     "redact_url",
+    "SECRET_PARAMS",
 ]
 
 Level = Literal["ok", "warn", "refuse", "unverifiable"]
@@ -670,7 +671,8 @@ def _live_skip_reason(facts: ServerFacts, durability: Durability, declared: Mapp
 # --------------------------------------------------------------------------- redaction
 
 
-_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token"})
+#: query parameters whose values are secrets (redis-py takes ?password=; Sentinel URLs ?sentinel_password=)
+SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token", "sentinel_password"})
 
 
 def redact_url(url: str) -> str:
@@ -689,6 +691,6 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

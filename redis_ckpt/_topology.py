@@ -84,19 +84,9 @@ REPLICA_CHECKS = frozenset({
 # --------------------------------------------------------------------------- URLs
 
 #: query options of the URL forms above that carry a secret, beyond those redact_url knows
-SECRET_OPTIONS = frozenset({"sentinel_password"})
-
-
 def redact(url: str) -> str:
-    """:func:`redact_url`, also masking ``sentinel_password`` (any URL form above)."""
-    parts = urlsplit(url) if "?" in url else None
-    if parts is not None and parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(k.lower() in SECRET_OPTIONS for k, _ in pairs):
-            masked = urlencode([(k, "***" if k.lower() in SECRET_OPTIONS else v) for k, v in pairs], safe="*")
-            url = url[: url.index("?") + 1] + masked + (f"#{parts.fragment}" if parts.fragment else "")
+    """:func:`redact_url` (it masks ``sentinel_password`` too): any URL form above."""
     return redact_url(url)
-
 
 
 def url_topology(url: str) -> str:

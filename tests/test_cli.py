@@ -690,3 +690,14 @@ def test_demo_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_demo_rejects_data_dir_with_url() -> None:
     result = invoke(["demo", "--url", "redis://127.0.0.1:1/0", "--data-dir", "/tmp/x"])
     assert result.exit_code == 2
+
+
+def test_a_sentinel_password_in_the_url_is_never_printed():
+    from redis_ckpt._probe import redact_url
+
+    url = "redis+sentinel://:pw1@127.0.0.1:1/mymaster?sentinel_password=s3ntinel"
+    shown = redact_url(url)
+    assert "s3ntinel" not in shown and "pw1" not in shown
+    result = CliRunner().invoke(cli, ["--url", url, "runs"])
+    assert result.exit_code == 2
+    assert "s3ntinel" not in result.output and "pw1" not in result.output

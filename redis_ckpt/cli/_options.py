@@ -22,7 +22,6 @@ from typing import IO, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
-import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -35,7 +34,8 @@ from .._errors import (
     StoreUnavailableError,
 )
 from .._keys import validate_namespace
-from .._probe import redact_url
+from .._probe import SECRET_PARAMS, redact_url
+from .._topology import validate_url
 from ..store import CheckpointStore
 
 __all__ = [
@@ -62,7 +62,6 @@ EXIT_UNAVAILABLE = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token"})
 
 
 class CliFailure(click.ClickException):
@@ -100,7 +99,7 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
                 pw = userinfo.split(":", 1)[1]
                 found.update({pw, unquote(pw)})
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if k.lower() in _SECRET_PARAMS:
+            if k.lower() in SECRET_PARAMS:
                 found.update({v, unquote(v)})
     except ValueError:
         # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
@@ -121,7 +120,7 @@ def check_url(url: str) -> None:
     """Raise :class:`CliFailure` (exit 2) for a URL redis-py cannot use."""
     label = redact_url(url)
     try:
-        redis.connection.parse_url(url)
+        validate_url(url)
     except ValueError as exc:
         raise CliFailure(f"bad --url {label}: {exc}", EXIT_UNAVAILABLE, secrets=url_secrets(url)) from None
 
