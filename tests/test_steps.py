@@ -1,0 +1,270 @@
+"""redis_ckpt.steps: ordering, results, resume, idempotency keys, commit_every, fencing, and a
+worker killed with SIGKILL whose run another process finishes (also examples/steps_resume.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from redis_ckpt import CheckpointStore, FencedError, LeaseHeldError, UnsupportedTypeError
+from redis_ckpt.steps import StepPlanError, StepRunner, describe, is_step_state
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(durable_server, client, namespace):
+    with CheckpointStore.from_url(durable_server.url, namespace=namespace) as s:
+        yield s
+
+
+def recording_runner(store, run_id, calls, names=("a", "b", "c"), fail=None, **kw):
+    runner = StepRunner(store, run_id, **kw)
+    for name in names:
+        def step(ctx, name=name):
+            calls.append((name, ctx.idempotency_key, dict(ctx.results), ctx.index))
+            if fail is not None and fail(name):
+                raise RuntimeError(f"{name} failed")
+            return {"name": name, "inputs": ctx.inputs, "n": len(ctx.results)}
+        runner.add(name, step)
+    return runner
+
+
+def test_steps_run_in_order_with_the_results_before_them(store):
+    calls = []
+    runner = recording_runner(store, "job", calls)
+    results = runner.run({"x": 1})
+    assert [c[0] for c in calls] == ["a", "b", "c"]
+    assert [c[3] for c in calls] == [1, 2, 3]
+    assert calls[2][2] == {"a": results["a"], "b": results["b"]}
+    assert results["c"] == {"name": "c", "inputs": {"x": 1}, "n": 2}
+    st = runner.status()
+    assert st.completed == ("a", "b", "c") and st.pending == () and st.finished and st.next_step is None
+    assert st.results == results and st.inputs == {"x": 1}
+    assert {h["owner"] for h in st.history.values()} == {store.owner}
+    assert isinstance(st.history["a"]["finished_at"], datetime)
+    assert store.info("job").lease_state == "released"  # the next worker need not wait
+
+
+def test_decorator_and_add_and_plan_checks(store):
+    runner = StepRunner(store, "deco")
+
+    @runner.step("one")
+    def one(ctx):
+        return Decimal("1.10")
+
+    runner.add("two", lambda ctx: ctx.results["one"] * 2)
+    assert runner.steps == ("one", "two")
+    with pytest.raises(ValueError):
+        runner.add("one", lambda ctx: None)
+    results = runner.run()
+    assert results == {"one": Decimal("1.10"), "two": Decimal("2.20")} and type(results["two"]) is Decimal
+    with pytest.raises(ValueError):
+        StepRunner(store, "bad {id}")
+    with pytest.raises(ValueError):
+        StepRunner(store, "x", commit_every=0)
+
+
+def test_resume_continues_at_the_first_step_not_completed(store):
+    calls = []
+    failing = {"b"}
+    runner = recording_runner(store, "job", calls, fail=lambda n: n in failing)
+    with pytest.raises(RuntimeError, match="b failed"):
+        runner.run({"x": 1})
+    st = runner.status()
+    assert st.completed == ("a",) and st.pending == ("b", "c") and not st.finished
+    failing.clear()
+    other_worker = recording_runner(store, "job", calls, owner="worker-2")
+    results = other_worker.run()  # no inputs: those of the first run are used
+    assert [c[0] for c in calls] == ["a", "b", "b", "c"]
+    assert results["c"]["inputs"] == {"x": 1}
+    st = other_worker.status()
+    assert st.history["a"]["owner"] == store.owner and st.history["c"]["owner"] == "worker-2"
+    assert st.history["c"]["token"] > st.history["a"]["token"]
+    calls.clear()
+    assert other_worker.run() == results and calls == []  # a finished run only returns its results
+
+
+def test_idempotency_keys_are_stable_per_step_and_run(store):
+    calls = []
+    failing = {"b"}
+    runner = recording_runner(store, "idem", calls, fail=lambda n: n in failing)
+    with pytest.raises(RuntimeError):
+        runner.run()
+    failing.clear()
+    runner.run()
+    keys = {}
+    for name, key, _, _ in calls:
+        keys.setdefault(name, set()).add(key)
+    assert all(len(v) == 1 for v in keys.values()), keys  # "b" ran twice with one key
+    assert len({next(iter(v)) for v in keys.values()}) == 3
+    assert all(k.startswith("idem:") for v in keys.values() for k in v)
+    # a run deleted and started again is a new run: new keys
+    store.delete("idem")
+    calls.clear()
+    recording_runner(store, "idem", calls).run()
+    assert not {c[1] for c in calls} & {k for v in keys.values() for k in v}
+
+
+def test_commit_every_n_steps_and_always_at_the_end(store):
+    for every, expected_commits in ((1, 5), (2, 3), (10, 1)):
+        run = f"every-{every}"
+        runner = recording_runner(store, run, [], names=("a", "b", "c", "d", "e"), commit_every=every)
+        runner.run()
+        assert store.info(run).generation == 1 + expected_commits  # + the plan committed first
+        metas = [g.metadata for g in store.generations(run)]
+        assert metas[0]["completed"] == 5
+
+
+def test_a_failing_step_keeps_the_progress_made_before_it(store):
+    calls = []
+    runner = recording_runner(store, "keep", calls, names=("a", "b", "c", "d"), commit_every=10,
+                              fail=lambda n: n == "c")
+    with pytest.raises(RuntimeError):
+        runner.run()
+    assert runner.status().completed == ("a", "b")
+
+
+def test_an_unsupported_result_fails_the_step_naming_it(store):
+    runner = StepRunner(store, "types")
+    runner.add("fine", lambda ctx: {"when": datetime(2026, 1, 1)})
+    runner.add("bad", lambda ctx: {"handle": object()})
+    with pytest.raises(UnsupportedTypeError) as bad:
+        runner.run()
+    assert "bad" in bad.value.path and "handle" in bad.value.path
+    assert runner.status().completed == ("fine",)
+
+
+def test_the_plan_may_grow_but_completed_steps_may_not_move(store):
+    calls = []
+    recording_runner(store, "plan", calls, names=("a", "b")).run({"v": 1})
+    grown = recording_runner(store, "plan", calls, names=("a", "b", "c"))
+    assert grown.status().pending == ("c",)
+    grown.run()
+    assert [c[0] for c in calls] == ["a", "b", "c"]
+    with pytest.raises(StepPlanError):
+        recording_runner(store, "plan", calls, names=("b", "a", "c")).run()
+    with pytest.raises(StepPlanError):
+        recording_runner(store, "plan", calls, names=("a", "b", "c", "d")).run({"v": 2})  # other inputs
+
+
+def test_describe_reads_a_step_state_and_nothing_else(store):
+    assert describe({"step": 3}) is None and not is_step_state([1])
+    assert StepRunner(store, "never").status() is None
+    runner = recording_runner(store, "d", [], fail=lambda n: n == "c")
+    with pytest.raises(RuntimeError):
+        runner.run()
+    ck = store.load("d")
+    st = describe(ck.state, run_id="d", generation=ck.generation)
+    assert is_step_state(ck.state)
+    assert (st.completed, st.pending, st.next_step, st.finished) == (("a", "b"), ("c",), "c", False)
+    d = st.as_dict()
+    assert d["completed"] == ["a", "b"] and d["pending"] == ["c"] and d["generation"] == ck.generation
+    assert set(d["results"]) == {"a", "b"}
+
+
+def test_a_second_worker_waits_while_the_first_heartbeats_through_a_long_step(store):
+    started = threading.Event()
+
+    def slow(ctx):
+        started.set()
+        time.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+        return 1
+
+    first = StepRunner(store, "hb", ttl=0.3)
+    first.add("slow", slow)
+    t = threading.Thread(target=first.run)
+    t.start()
+    started.wait(5)
+    time.sleep(0.5)
+    second = StepRunner(store, "hb", owner="second", ttl=0.3, acquire_timeout=0)
+    second.add("slow", slow)
+    with pytest.raises(LeaseHeldError):
+        second.run()
+    t.join()
+    assert first.status().finished
+
+
+def test_a_worker_that_lost_its_run_is_fenced_at_its_next_commit(store):
+    release = threading.Event()
+    outcome = {}
+
+    def stuck(ctx):
+        release.wait(10)  # a GC pause / partition, without heartbeats
+        return "stale"
+
+    first = StepRunner(store, "fence", ttl=0.3, heartbeat=False)
+    first.add("a", lambda ctx: "a").add("b", stuck)
+
+    def run_first():
+        try:
+            first.run()
+        except FencedError as exc:
+            outcome["fenced"] = exc
+
+    t = threading.Thread(target=run_first)
+    t.start()
+    time.sleep(0.2)
+    second = StepRunner(store, "fence", owner="second", ttl=5, acquire_timeout=5)
+    second.add("a", lambda ctx: "a").add("b", lambda ctx: "fresh")
+    assert second.run() == {"a": "a", "b": "fresh"}  # waited out the first worker's lease
+    release.set()
+    t.join()
+    assert "fenced" in outcome
+    assert second.status().results["b"] == "fresh"
+
+
+@pytest.mark.parametrize("commit_every", [1, 2])
+def test_kill_9_of_a_worker_another_finishes_the_run(store, durable_server, tmp_path, commit_every):
+    log = tmp_path / "steps.log"
+    run = f"crash-{commit_every}"
+
+    def spawn(owner):
+        return subprocess.Popen([sys.executable, "-m", "tests.workers.step_worker", durable_server.url, store.namespace,
+                                 run, owner, str(log), str(commit_every)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+    def lines():
+        return log.read_text().splitlines() if log.exists() else []
+
+    first = spawn("first")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(line.startswith("s4 ") for line in lines()):
+            time.sleep(0.02)
+    finally:
+        first.kill()  # inside s4: s1..s3 completed, committed up to s3 (or s2 with commit_every=2)
+        first.communicate(timeout=30)
+    second = spawn("second")
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    started = [line.split() for line in lines() if not line.startswith("done")]
+    by_first = [s for s, _, who in started if who == "first"]
+    by_second = [s for s, _, who in started if who == "second"]
+    assert by_first == ["s1", "s2", "s3", "s4"]
+    # what was committed is not run again; what was not (s3 with commit_every=2) is, with the same key
+    assert by_second == (["s4"] if commit_every == 1 else ["s3", "s4"])
+    keys = {}
+    for s, key, _ in started:
+        keys.setdefault(s, set()).add(key)
+    assert all(len(v) == 1 for v in keys.values())
+    st = StepRunner(store, run).status()
+    assert st.finished and st.completed == ("s1", "s2", "s3", "s4")
+    assert st.results["s4"] == {"step": "s4", "by": "second", "seen": ["s1", "s2", "s3"]}
+    assert st.history["s2"]["owner"] == "first"
+
+
+def test_example_survives_kill_9_and_finishes_on_another_worker(durable_server, client, namespace):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "steps_resume.py"), "--url", durable_server.url,
+                           "--namespace", namespace], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout
+    assert "already charged" in proc.stdout
