@@ -335,7 +335,8 @@ def test_show_head_generations_lease_fence(store: CheckpointStore, durable_serve
     assert [li.split()[:2] for li in out.splitlines() if li[:1].isdigit()] == [["4", "ok"], ["3", "ok"], ["2", "ok"]]
 
     data = as_json(invoke(["show", "job", "--json"], url=durable_server.url, namespace=namespace))
-    assert set(data) == {"server", "namespace", "generations"} | RUN_KEYS
+    assert set(data) == {"server", "namespace", "generations", "content"} | RUN_KEYS
+    assert data["content"] is None  # a plain state: only step-runner and LangGraph runs are described
     assert data["fence"] == 1 and data["generation"] == 4 and data["kept"] == [2, 3, 4]
     assert data["head"]["owner"] == "worker-a" and data["head"]["token"] == 1
     assert data["lease"]["state"] == "held" and is_iso_utc(data["lease"]["expires_at"])
@@ -701,3 +702,23 @@ def test_a_sentinel_password_in_the_url_is_never_printed():
     result = CliRunner().invoke(cli, ["--url", url, "runs"])
     assert result.exit_code == 2
     assert "s3ntinel" not in result.output and "pw1" not in result.output
+
+
+@pytest.mark.server
+def test_show_displays_a_step_runner_runs_steps_and_results(durable_server, namespace, client):
+    from redis_ckpt import CheckpointStore
+    from redis_ckpt.steps import StepRunner
+
+    store = CheckpointStore(client, namespace=namespace)
+    runner = StepRunner(store, "steps-job", owner="w", ttl=10)
+    runner.add("fetch", lambda ctx: {"rows": 3})
+    runner.add("parse", lambda ctx: ctx.results["fetch"]["rows"] * 2)
+    runner.run()
+    out = invoke(["show", "steps-job"], url=durable_server.url, namespace=namespace)
+    assert out.exit_code == 0, out.output
+    assert "step runner: 2/2 steps done, finished" in out.output
+    assert "fetch" in out.output and "parse" in out.output and "{'rows': 3}" in out.output
+    data = json.loads(invoke(["show", "steps-job", "--json"], url=durable_server.url, namespace=namespace).stdout)
+    assert data["content"]["kind"] == "step-runner"
+    assert data["content"]["steps"]["completed"] == ["fetch", "parse"]
+    assert data["content"]["steps"]["results"]["parse"] == 6

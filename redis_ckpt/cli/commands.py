@@ -14,7 +14,7 @@ import click
 
 from .. import __version__
 from .._durability import Durability
-from .._errors import ConflictError, FrameError
+from .._errors import CheckpointError, ConflictError, FrameError
 from .._frame import read_header
 from .._keys import validate_run_id
 from .._models import Event, GenerationInfo, RunInfo
@@ -268,8 +268,10 @@ def show(cfg: CliConfig, run: str) -> None:
     info = _info(cfg, run)
     gens = cfg.store.generations(run)
     now = r.now_ms()
+    content = _content(cfg, run) if any(g.ok for g in gens) else None
     if cfg.as_json:
-        r.emit_json({**_base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens]})
+        r.emit_json({**_base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens],
+                     "content": r.jsonable(content)})
         return
     click.echo(r.keyvalues([
         ("run", info.run_id), ("namespace", cfg.namespace), ("fence", info.fence),
@@ -280,6 +282,47 @@ def show(cfg: CliConfig, run: str) -> None:
         click.echo()
         click.echo(r.table(["GEN", "STATUS", "SIZE", "TOKEN", "OWNER", "CREATED", "CHECKSUM", "REASON"],
                            _generation_rows(gens)))
+    if content is not None and content["kind"] == "step-runner":
+        s = content["steps"]
+        click.echo()
+        click.echo(f"step runner: {len(s['completed'])}/{len(s['steps'])} steps done"
+                   + (", finished" if s["finished"] else f", next: {s['next_step']}"))
+        rows = []
+        for i, name in enumerate(s["steps"]):
+            h = s["history"].get(name, {})
+            status = "done" if name in s["completed"] else "pending"
+            rows.append([i + 1, name, status, r.iso(h.get("finished_at")) or "-", h.get("owner", "-"),
+                         h.get("token", "-"), _short(s["results"].get(name)) if status == "done" else "-"])
+        click.echo(r.table(["#", "STEP", "STATUS", "FINISHED", "OWNER", "TOKEN", "RESULT"], rows))
+    elif content is not None and content["kind"] == "langgraph-thread":
+        click.echo()
+        click.echo(f"langgraph thread {content['thread_id']!r}: {content['writers']} writer(s) committed")
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
+    """What the newest good generation holds, for runs written by redis_ckpt.steps or the
+    LangGraph saver (None for any other state). Loading runs the registered migrations of
+    no one: a state this CLI cannot read is simply not described."""
+    from ..steps import describe
+
+    try:
+        ck = cfg.store.load(run)
+    except CheckpointError:
+        return None  # the generations table above already says what is wrong
+    if ck is None:
+        return None
+    status = describe(ck.state, run_id=run, generation=ck.generation)
+    if status is not None:
+        return {"kind": "step-runner", "generation": ck.generation, "steps": status.as_dict()}
+    if isinstance(ck.state, dict) and ck.state.get("kind") == "langgraph-thread":
+        return {"kind": "langgraph-thread", "generation": ck.generation, "thread_id": ck.state.get("thread_id"),
+                "writers": len(ck.state.get("epochs", ())), "last": ck.state.get("last")}
+    return None
 
 
 # =========================================================================== fence
