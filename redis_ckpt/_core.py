@@ -352,7 +352,8 @@ class StoreCore:
                 if code == "LEASE_LOST":
                     holder_token = int(fields[1]) or None
                     holder = " ".join(fields[2:]) or None
-                    raise LeaseLostError(k.run_id, token=token, holder=holder, holder_token=holder_token)
+                    raise LeaseLostError(k.run_id, token=token, holder=holder, holder_token=holder_token,
+                                         fence=int(fields[0]))
                 raise reply
             return int(reply)
 

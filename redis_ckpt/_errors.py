@@ -113,7 +113,11 @@ class LeaseHeldError(LeaseError):
 
 
 class LeaseLostError(LeaseError):
-    def __init__(self, run_id: str, *, token: int, holder: str | None, holder_token: int | None) -> None:
+    """The lease of ``token`` is gone. ``fence`` > ``token`` means someone acquired or revoked
+    since (a takeover); ``fence == token`` means it merely expired and nobody took it."""
+
+    def __init__(self, run_id: str, *, token: int, holder: str | None, holder_token: int | None,
+                 fence: int | None = None) -> None:
         held = f"now held by {holder!r} with token {holder_token}" if holder else "no live lease"
         super().__init__(
             f"lease on run {run_id!r} with token {token} is gone ({held})", run_id=run_id
@@ -121,6 +125,7 @@ class LeaseLostError(LeaseError):
         self.token = token
         self.holder = holder
         self.holder_token = holder_token
+        self.fence = fence
 
 
 class FencedError(CheckpointError):

@@ -82,7 +82,7 @@ def test_zombie_worker_is_fenced_after_takeover(store):
     assert fenced[0].fields["owner"] == "zombie" and fenced[0].get_int("token") == 1 and fenced[0].get_int("fence") == 2
     with pytest.raises(LeaseLostError) as lost:
         zombie.renew()
-    assert lost.value.holder == "fresh" and lost.value.holder_token == 2
+    assert lost.value.holder == "fresh" and lost.value.holder_token == 2 and lost.value.fence == 2
 
 
 def test_two_writers_with_the_same_expected_generation_exactly_one_wins(store):
