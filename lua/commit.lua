@@ -6,23 +6,23 @@
 -- KEYS[2]  head    hash {generation, token, commit_id, checksum, size, chunks, schema_version,
 --                       codec, created_ms, owner, kept}  kept = "3,4:2,5" oldest first, "<g>:<c>"
 --                       for a generation stored as a manifest plus c chunks
--- KEYS[3]  events  stream, capped at ~ARGV[12]
+-- KEYS[3]  events  stream, capped at ~F.maxlen
 -- KEYS[4]  lease   hash (import drops it; commit does not read it)
 -- KEYS[5]  the key of the new generation, g:<n> (the frame, or the manifest of a chunked one)
 -- KEYS[6 .. 5+c]       staged chunk keys (written by the caller with a TTL just before)
 -- KEYS[6+c .. 5+2c]    the chunk keys they become, g:<n>:c:<i>
--- KEYS[6+2c ..]        keys of the generations rotation drops: for each ARGV[17..] entry
+-- KEYS[6+2c ..]        keys of the generations rotation drops: for each ARGV[3..] entry
 --                      "<g>:<chunks>", the key g:<g> then its <chunks> chunk keys
--- ARGV[1]  mode "commit" | "import"        ARGV[2]  token
--- ARGV[3]  expected generation (commit)    ARGV[4]  commit id
--- ARGV[5]  frame or manifest (bytes)       ARGV[6]  checksum of the whole frame (hex)
--- ARGV[7]  schema version    ARGV[8]  codec    ARGV[9]  created ms    ARGV[10] owner
--- ARGV[11] keep (>= 1)       ARGV[12] events max length
--- ARGV[13] the new generation number (commit: expected + 1; import: the frame's own)
--- ARGV[14] size of the whole frame         ARGV[15] number of chunks c (0: not chunked)
--- ARGV[16] who imported (import only)      ARGV[17..] generations offered for rotation
+-- ARGV[1]  the scalar fields F, joined by "\n" (none of them can hold a newline), in order:
+--          mode ("commit" | "import"), token, expected generation (commit), commit id,
+--          checksum of the whole frame (hex), schema version, codec, created ms, owner,
+--          keep (>= 1), events max length, the new generation number (commit: expected + 1;
+--          import: the frame's own), size of the whole frame, number of chunks c (0: not
+--          chunked), who imported (import only)
+-- ARGV[2]  frame or manifest (bytes)
+-- ARGV[3..] generations offered for rotation, "<g>:<chunks>"
 --
--- Returns {generation, "new"}    applied
+-- Returns generation              applied (an integer)
 --         {generation, "retry"}  the head already is this commit id (a resend of an applied
 --                                commit); an event is written so that the caller's WAITAOF
 --                                covers the original write too
@@ -35,21 +35,16 @@
 --   "NEED_KEYS <g>:<c> ..."        rotation must drop generations whose keys were not passed
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged chunk is gone (expired): stage again and resend
-local mode = ARGV[1]
-local token = tonumber(ARGV[2])
-local expected = tonumber(ARGV[3])
-local commit_id = ARGV[4]
-local owner = ARGV[10]
-local keep = tonumber(ARGV[11])
-local maxlen = ARGV[12]
-local new = tonumber(ARGV[13])
-local chunks = tonumber(ARGV[15])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local F = {}
+for v in string.gmatch(ARGV[1] .. '\n', '(.-)\n') do table.insert(F, v) end
+local mode, commit_id, checksum, schema, codec, created = F[1], F[4], F[5], F[6], F[7], F[8]
+local owner, maxlen, size, by = F[9], F[11], F[13], F[15]
+local token, expected, keep = tonumber(F[2]), tonumber(F[3]), tonumber(F[10])
+local new, chunks = tonumber(F[12]), tonumber(F[14])
 
 local function event(kind, ...)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'owner', owner,
-    'token', token, 'commit_id', commit_id, 'ms', now, ...)
+    'token', token, 'commit_id', commit_id, ...)  -- the entry id carries the time
 end
 local function unstage()
   for i = 6, 5 + chunks do redis.call('DEL', KEYS[i]) end
@@ -103,7 +98,7 @@ end
 table.insert(kept, chunks > 0 and (new .. ':' .. chunks) or tostring(new))
 local offered = {}
 local k = 6 + 2 * chunks
-for i = 17, #ARGV do
+for i = 3, #ARGV do
   local g, c = string.match(ARGV[i], '^(%d+):(%d+)$')
   local list = {}
   for j = 0, tonumber(c) do list[j + 1] = KEYS[k + j] end
@@ -123,7 +118,7 @@ if #missing > 0 then
 end
 
 -- apply
-redis.call('SET', KEYS[5], ARGV[5])
+redis.call('SET', KEYS[5], ARGV[2])
 for i = 0, chunks - 1 do
   redis.call('RENAME', KEYS[6 + i], KEYS[6 + chunks + i])
   redis.call('PERSIST', KEYS[6 + chunks + i])
@@ -137,15 +132,15 @@ for i = 1, #kept do
   end
 end
 redis.call('HSET', KEYS[2], 'generation', new, 'token', token, 'commit_id', commit_id,
-  'checksum', ARGV[6], 'size', ARGV[14], 'chunks', chunks, 'schema_version', ARGV[7],
-  'codec', ARGV[8], 'created_ms', ARGV[9], 'owner', owner, 'kept', table.concat(still, ','))
+  'checksum', checksum, 'size', size, 'chunks', chunks, 'schema_version', schema,
+  'codec', codec, 'created_ms', created, 'owner', owner, 'kept', table.concat(still, ','))
 
 if mode == 'import' then
   fence = math.max(fence, token) + 1
   redis.call('SET', KEYS[1], fence)
   redis.call('DEL', KEYS[4])
-  event('import', 'generation', new, 'fence', fence, 'by', ARGV[16])
+  event('import', 'generation', new, 'fence', fence, 'by', by)
   return {new, fence}
 end
-event('commit', 'generation', new, 'size', ARGV[14], 'chunks', chunks)
-return {new, 'new'}
+event('commit', 'generation', new, 'size', size, 'chunks', chunks)
+return new

@@ -93,6 +93,14 @@ def _kept(head: Mapping[str, str]) -> list[tuple[int, int]]:
     return out
 
 
+def _fields(*values: object) -> str:
+    """The scalar arguments of commit.lua as one ARGV entry (fewer arguments to encode and send).
+
+    None of them can hold a newline: numbers, hex, and owner/by names validated as printable.
+    """
+    return "\n".join(map(str, values))
+
+
 def _entry(g: int, chunks: int) -> str:
     return f"{g}:{chunks}"
 
@@ -428,16 +436,17 @@ class StoreCore:
             return Script(
                 "commit",
                 [k.fence, k.head, k.events, k.lease, k.generation(new), *chunk_keys, *self._drop_keys(k, drop)],
-                ["commit", token, expected_generation, cid, stored, checksum, self.schema_version,
-                 CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new,
-                 size, chunks, "", *drop],
+                [_fields("commit", token, expected_generation, cid, checksum, self.schema_version,
+                         CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, size, chunks, ""),
+                 stored, *drop],
             )
 
         def body() -> Flow[int]:
             replies = yield from self._with_keys(build, drop, route=k.head, before=staging)
             err = _script_error(replies[0])
             if err is None:
-                generation = int(replies[0][0])
+                reply = replies[0]  # n (applied) or [n, "retry"] (a resend of an applied commit)
+                generation = int(reply if isinstance(reply, int) else reply[0])
                 self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             code, fields = err
@@ -689,6 +698,7 @@ class StoreCore:
         """Restore an exported frame under its own run and generation; the fence only rises."""
         h = read_header(frame)
         k = self.keys(h.run_id)
+        by, _ = validate_owner(by), validate_owner(h.owner)  # both travel newline-joined to the script
         if h.generation < 1:
             raise FrameError(FrameDamage.BAD_HEADER, "generation < 1", run_id=h.run_id, generation=h.generation)
         checksum, size = frame_checksum(frame), len(frame)
@@ -700,8 +710,9 @@ class StoreCore:
                 "commit",
                 [k.fence, k.head, k.events, k.lease, k.generation(h.generation), *chunk_keys,
                  *self._drop_keys(k, drop)],
-                ["import", h.token, 0, cid, stored, checksum, h.schema_version, h.codec, h.created_ms,
-                 h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by, *drop],
+                [_fields("import", h.token, 0, cid, checksum, h.schema_version, h.codec, h.created_ms,
+                         h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by),
+                 stored, *drop],
             )
 
         def body() -> Flow[int]:
@@ -738,6 +749,7 @@ class StoreCore:
 
 def _event(entry_id: Any, fields: Any) -> Event:
     f = _hash(fields)
-    ms = f.get("ms")
-    return Event(id=_text(entry_id), kind=f.get("kind", "?"), at=ms_to_datetime(int(ms)) if ms else None, fields=f)
+    eid = _text(entry_id)
+    ms = f.get("ms") or eid.partition("-")[0]  # a stream entry id is "<ms>-<seq>"
+    return Event(id=eid, kind=f.get("kind", "?"), at=ms_to_datetime(int(ms)) if ms.isdigit() else None, fields=f)
 

@@ -38,13 +38,16 @@ the single-node path has no extra round trip and no extra object.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, Union
 
+import redis
+import redis.asyncio
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 __all__ = [
     "Cmd", "Script", "Pipe", "Sleep", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
@@ -156,14 +159,111 @@ def _async_target(client: Any) -> Any:
     return client
 
 
+def _get_connection_args() -> tuple[str, ...]:
+    """redis-py 5 requires a command name for get_connection(); 6+ deprecates passing one."""
+    param = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+    return ("EVALSHA",) if param is not None and param.default is inspect.Parameter.empty else ()
+
+
+_GET_CONN_ARGS = _get_connection_args()
+
+
+def _lean(client: Any) -> bool:
+    """Whether a Pipe can go straight to one pooled connection (a plain or Sentinel-managed
+    client): that skips redis-py's pipeline layers (per-command callbacks, retries, error
+    annotation), which cost more client CPU than the commit itself."""
+    return getattr(client, "connection", None) is None and isinstance(
+        getattr(client, "connection_pool", None), (redis.ConnectionPool, redis.asyncio.ConnectionPool))
+
+
+_BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, never copied
+
+
+def _pack(commands: list[tuple[Any, ...]]) -> list[Any]:
+    """RESP for ``commands``: str as UTF-8, int as decimal, float as repr, bytes as is — what
+    redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError."""
+    out: list[Any] = []
+    small: list[bytes] = []
+    for cmd in commands:
+        small.append(b"*%d\r\n" % len(cmd))
+        for a in cmd:
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, int) and not isinstance(a, bool):
+                a = b"%d" % a
+            elif isinstance(a, float):
+                a = repr(a).encode()
+            elif not isinstance(a, (bytes, bytearray, memoryview)):
+                raise TypeError(f"cannot send {type(a).__name__} to the server")
+            n = len(a)
+            if n > _BIG or isinstance(a, memoryview):
+                small.append(b"$%d\r\n" % n)
+                out.append(b"".join(small))
+                out.append(a)
+                small = [b"\r\n"]
+            else:
+                small.append(b"$%d\r\n%s\r\n" % (n, a))
+    out.append(b"".join(small))
+    return out
+
+
+def _read_all(conn: Any, n: int) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(n):
+        try:
+            out.append(conn.read_response())
+        except ResponseError as exc:  # in place, as a pipeline with raise_on_error=False does
+            out.append(exc)
+    return out
+
+
+def _send_sync(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if not _lean(client):
+        p = client.pipeline(transaction=False)
+        for c in commands:
+            p.execute_command(*c)
+        return p.execute(raise_on_error=False)  # type: ignore[no-any-return]
+    pool = client.connection_pool
+    conn = pool.get_connection(*_GET_CONN_ARGS)
+    try:
+        conn.send_packed_command(_pack(commands))
+        return _read_all(conn, len(commands))
+    except BaseException:
+        conn.disconnect()  # a half-read reply stream is never handed to the next user
+        raise
+    finally:
+        pool.release(conn)
+
+
+async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if not _lean(client):
+        p = client.pipeline(transaction=False)
+        for c in commands:
+            p.execute_command(*c)
+        return await p.execute(raise_on_error=False)  # type: ignore[no-any-return]
+    pool = client.connection_pool
+    conn = await pool.get_connection(*_GET_CONN_ARGS)
+    try:
+        await conn.send_packed_command(_pack(commands))
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
 def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
     """One Pipe on one connection of a single-node (or Sentinel-managed) client."""
     reply: list[Any] = []
     for _attempt in range(2):
-        p = client.pipeline(transaction=False)
-        for o in pipe.ops:
-            p.execute_command(*_wire(o, scripts))
-        reply = p.execute(raise_on_error=False)
+        reply = _send_sync(client, [_wire(o, scripts) for o in pipe.ops])
         missing = _needs_load(pipe, reply)
         if not missing:
             break
@@ -175,10 +275,7 @@ def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
 async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
     reply: list[Any] = []
     for _attempt in range(2):
-        p = client.pipeline(transaction=False)
-        for o in pipe.ops:
-            p.execute_command(*_wire(o, scripts))
-        reply = await p.execute(raise_on_error=False)
+        reply = await _send_async(client, [_wire(o, scripts) for o in pipe.ops])
         missing = _needs_load(pipe, reply)
         if not missing:
             break

@@ -82,8 +82,9 @@ def _set_remedy(name: str, value: str) -> str:
     return f"set `{name} {value}` {_CONF_HINT} {name} {value}"
 
 
-#: the settings a store re-reads with every confirmed write (same pipeline, same connection)
-DRIFT_KEYS = ("appendonly", "appendfsync", "maxmemory-policy", "no-appendfsync-on-rewrite")
+#: the settings a store re-reads with every confirmed write (same pipeline, same connection);
+#: ``appendonly no`` needs no re-read: WAITAOF itself then fails
+DRIFT_KEYS = ("appendfsync", "maxmemory-policy", "no-appendfsync-on-rewrite")
 
 
 def drift_problems(config: Mapping[str, str], engine: str) -> list[str]:
