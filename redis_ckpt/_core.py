@@ -60,6 +60,8 @@ STAGE_TTL_MS = 3_600_000
 #: chunks fetched per round trip when loading a chunked generation
 READ_BATCH = 4
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: the head fields a load needs (fewer replies to parse than HGETALL)
+LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id")
 
 
 def default_owner() -> str:
@@ -164,11 +166,26 @@ class StoreCore:
         self.chunk_bytes = chunk_bytes
         self.migrations: dict[int, Migration] = {}
         self._watched_engine: str | None = None
+        self._keys: dict[str, RunKeys] = {}
+        #: the newest head generation this process saw per run: a load reads it with the head
+        self._last_generation: dict[str, int] = {}
 
     # -- configuration -------------------------------------------------------------------
 
+    def _remember(self, run_id: str, generation: int) -> None:
+        if len(self._last_generation) >= 4096:
+            self._last_generation.clear()
+        self._last_generation[run_id] = generation
+
     def keys(self, run_id: str) -> RunKeys:
-        return RunKeys(self.namespace, validate_run_id(run_id))
+        """The keys of ``run_id`` (validated); recently used runs are remembered."""
+        k = self._keys.get(run_id) if isinstance(run_id, str) else None
+        if k is None:
+            k = RunKeys(self.namespace, validate_run_id(run_id))
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            self._keys[k.run_id] = k
+        return k
 
     def register_migration(self, from_version: int, fn: Migration | None = None) -> Any:
         """Register ``fn(state) -> state`` that turns schema ``from_version`` into ``from_version + 1``.
@@ -447,6 +464,7 @@ class StoreCore:
             if err is None:
                 reply = replies[0]  # n (applied) or [n, "retry"] (a resend of an applied commit)
                 generation = int(reply if isinstance(reply, int) else reply[0])
+                self._remember(k.run_id, generation)
                 self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             code, fields = err
@@ -460,12 +478,13 @@ class StoreCore:
 
     # -- load ----------------------------------------------------------------------------
 
-    def _read(self, k: RunKeys, generation: int) -> Flow[bytes]:
+    def _read(self, k: RunKeys, generation: int, prefetched: Any = None) -> Flow[bytes]:
         """The whole stored frame of a generation, reassembled from its chunks if it has any.
 
-        FrameError (MISSING, or the manifest's or a chunk's damage) when it cannot be had.
+        ``prefetched`` is the value of g:<n> when it was already read. FrameError (MISSING, or
+        the manifest's or a chunk's damage) when the frame cannot be had.
         """
-        blob = yield Cmd("GET", k.generation(generation))
+        blob = prefetched if prefetched is not None else (yield Cmd("GET", k.generation(generation)))
         if blob is None:
             raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id, generation=generation)
         if not is_manifest(blob):
@@ -531,7 +550,18 @@ class StoreCore:
 
         def attempt() -> Flow[Checkpoint | None]:
             for _ in range(5):  # the head may rotate under us; start again from the new head
-                head = _hash((yield Cmd("HGETALL", k.head)))
+                guess = self._last_generation.get(k.run_id)
+                prefetched: dict[int, Any] = {}
+                if guess:  # the head this process saw last: read it with the head, one round trip
+                    raw, blob = yield Pipe([Cmd("HMGET", k.head, *LOAD_FIELDS), Cmd("GET", k.generation(guess))],
+                                           route=k.head)
+                    for r in (raw, blob):
+                        if isinstance(r, Exception):
+                            raise r
+                    prefetched[guess] = blob
+                else:
+                    raw = yield Cmd("HMGET", k.head, *LOAD_FIELDS)
+                head = {f: _text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None}
                 if not head:
                     if (yield from self._committed_before(k)):
                         raise CorruptCheckpointError(
@@ -540,19 +570,20 @@ class StoreCore:
                                     "stream but its head is missing",
                         )
                     return None
-                result = yield from self._load_from(k, head)
+                result = yield from self._load_from(k, head, prefetched)
                 if result is not None:
+                    self._remember(k.run_id, result.head_generation)
                     return result
             raise CorruptCheckpointError(k.run_id, {}, message=f"run {k.run_id!r}: the head kept moving while loading")
 
         return self._retrying(attempt, run_id=k.run_id, what="load", writes=False)
 
-    def _load_from(self, k: RunKeys, head: dict[str, str]) -> Flow[Checkpoint | None]:
+    def _load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any]) -> Flow[Checkpoint | None]:
         head_gen = int(head.get("generation", 0))
         skipped: list[SkippedGeneration] = []
         for g, _chunks in sorted(_kept(head), reverse=True):
             try:
-                blob = yield from self._read(k, g)
+                blob = yield from self._read(k, g, prefetched.get(g))
                 header, payload = self._verify(k, g, blob, head)
                 state = decode_payload(header, payload)
                 del payload

@@ -6,6 +6,7 @@ Scripts never build key names: every name is made here and passed in KEYS.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ._errors import InvalidRunIdError
 
@@ -62,23 +63,23 @@ class RunKeys:
     namespace: str
     run_id: str
 
-    @property
+    @cached_property
     def base(self) -> str:
         return f"{self.namespace}:{{{self.run_id}}}"
 
-    @property
+    @cached_property
     def fence(self) -> str:
         return f"{self.base}:fence"
 
-    @property
+    @cached_property
     def lease(self) -> str:
         return f"{self.base}:lease"
 
-    @property
+    @cached_property
     def head(self) -> str:
         return f"{self.base}:head"
 
-    @property
+    @cached_property
     def events(self) -> str:
         return f"{self.base}:events"
 
