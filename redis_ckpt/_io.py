@@ -181,28 +181,33 @@ _BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, nev
 
 def _pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     """RESP for ``commands``: str as UTF-8, int as decimal, float as repr, bytes as is — what
-    redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError."""
+    redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError.
+    Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer."""
     out: list[Any] = []
-    small: list[bytes] = []
+    small: list[Any] = []
+    add = small.append
     for cmd in commands:
-        small.append(b"*%d\r\n" % len(cmd))
+        add(b"*%d\r\n" % len(cmd))
         for a in cmd:
-            if isinstance(a, str):
+            t = type(a)
+            if t is str:
                 a = a.encode()
-            elif isinstance(a, int) and not isinstance(a, bool):
+            elif t is int:
                 a = b"%d" % a
-            elif isinstance(a, float):
+            elif t is float:
                 a = repr(a).encode()
-            elif not isinstance(a, (bytes, bytearray, memoryview)):
-                raise TypeError(f"cannot send {type(a).__name__} to the server")
+            elif t is not bytes and (t is bool or not isinstance(a, (bytes, bytearray, memoryview))):
+                raise TypeError(f"cannot send {t.__name__} to the server")
             n = len(a)
-            if n > _BIG or isinstance(a, memoryview):
-                small.append(b"$%d\r\n" % n)
+            add(b"$%d\r\n" % n)
+            if n > _BIG or t is memoryview:
                 out.append(b"".join(small))
                 out.append(a)
                 small = [b"\r\n"]
+                add = small.append
             else:
-                small.append(b"$%d\r\n%s\r\n" % (n, a))
+                add(a)
+                add(b"\r\n")
     out.append(b"".join(small))
     return out
 
