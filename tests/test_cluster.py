@@ -658,3 +658,27 @@ def test_fencing_and_acknowledged_commits_survive_failover(engine, namespace, ma
         store.close()
     finally:
         cl.cleanup()
+
+
+@pytest.mark.server
+def test_the_cli_checks_every_primary_and_lists_runs_across_shards(cluster, namespace):
+    import json
+
+    from click.testing import CliRunner
+
+    from redis_ckpt.cli import cli
+
+    with CheckpointStore.from_url(cluster.url(2), namespace=namespace) as store:
+        for i in range(12):
+            with store.acquire(f"cli-{i}", owner="w", ttl=10) as lease:
+                lease.commit(i)
+    runner = CliRunner()
+    check = runner.invoke(cli, ["check", "--url", cluster.url(1), "--json"])
+    assert check.exit_code == 0, check.output
+    report = json.loads(check.stdout)
+    primaries = {f"127.0.0.1:{s.port}" for s in cluster.servers if s.client().info("replication")["role"] == "master"}
+    messages = " ".join(f["message"] for node in report["nodes"] for f in node["findings"])
+    assert all(p in messages for p in primaries) and report["verdict"] == "durable"
+    runs = runner.invoke(cli, ["runs", "--url", cluster.url(1), "--namespace", namespace, "--json"])
+    assert runs.exit_code == 0, runs.output
+    assert sorted(r["run"] for r in json.loads(runs.stdout)["runs"]) == sorted(f"cli-{i}" for i in range(12))
