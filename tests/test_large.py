@@ -138,3 +138,21 @@ def test_a_256_mib_state_commits_and_loads_within_a_small_multiple_of_its_size(d
     multiples = {m: float(x) for m, x in re.findall(r"\| (commit|load) \| [\d.]+ \| \d+ \| ([\d.]+)x \|", out.stdout)}
     assert set(multiples) == {"commit", "load"}, out.stdout
     assert all(v <= 4.0 for v in multiples.values()), out.stdout
+
+
+def test_a_medium_frame_is_staged_whole_and_renamed_into_place(client, namespace):
+    """Frames between the inline limit and chunk_bytes never pass through Lua as an argument."""
+    store = CheckpointStore(client, namespace=namespace, keep=2)
+    lease = store.acquire("medium", owner="w", ttl=30)
+    for i in range(3):
+        state = big(200_000, i)
+        assert lease.commit(state) == i + 1
+    k = RunKeys(namespace, "medium")
+    head = {a.decode(): b.decode() for a, b in client.hgetall(k.head).items()}
+    assert head["chunks"] == "0" and int(head["size"]) > 200_000
+    assert client.strlen(k.generation(3)) == int(head["size"]) and client.ttl(k.generation(3)) == -1
+    assert not client.exists(k.generation(1)) and stage_keys(client, namespace) == []
+    assert store.load("medium").state == state
+    with pytest.raises(ConflictError):
+        store.commit("medium", big(200_000), token=lease.token, expected_generation=1)
+    assert stage_keys(client, namespace) == []
