@@ -44,7 +44,8 @@ from msgpack import ExtType, Timestamp
 
 from ._errors import UnsupportedTypeError
 
-__all__ = ["CODEC_MSGPACK", "MAX_DEPTH", "encode_state", "decode_state"]
+__all__ = [
+    "CODEC_MSGPACK", "MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state"]
 
 CODEC_MSGPACK = 1
 MAX_DEPTH = 128  # container levels: far inside msgpack's nesting limits and Python's recursion limit
@@ -78,8 +79,18 @@ class _Refused(Exception):
 
 def encode_state(state: object, *, root: str = "state") -> bytes:
     """Encode ``state`` exactly; :class:`UnsupportedTypeError` names the first field that cannot be."""
+    return _encode(state, root, _pack)  # type: ignore[return-value]
+
+
+def encode_state_buffer(state: object, *, root: str = "state") -> memoryview:
+    """:func:`encode_state`, as a view of the packer's own buffer: no final copy (for large
+    states, where every 16 MiB copy costs ~10 ms of page faults)."""
+    return _encode(state, root, _pack_buffer)  # type: ignore[return-value]
+
+
+def _encode(state: object, root: str, pack: Any) -> bytes | memoryview:
     try:
-        return _pack(_prepare(state, 0))
+        return pack(_prepare(state, 0))  # type: ignore[no-any-return]
     except (_Refused, TypeError, ValueError, OverflowError, RecursionError) as exc:
         # UnicodeEncodeError (lone surrogate) is a ValueError; RecursionError only on a stack already deep.
         cause = exc
@@ -177,6 +188,12 @@ def _check_member(value: Any, depth: int) -> None:
 
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_default)
+
+
+def _pack_buffer(value: Any) -> memoryview:
+    packer = msgpack.Packer(use_bin_type=True, strict_types=True, default=_default, autoreset=False)
+    packer.pack(value)
+    return packer.getbuffer()
 
 
 def _default(value: Any) -> object:

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._chunks import check_chunk, encode_manifest, is_manifest, read_manifest, split
-from ._codec import CODEC_MSGPACK, encode_state
+from ._codec import CODEC_MSGPACK, encode_state_buffer
 from ._durability import Durability
 from ._errors import (
     CodecUnavailableError,
@@ -171,13 +171,21 @@ class StoreCore:
         self._keys: dict[str, RunKeys] = {}
         #: the newest head generation this process saw per run: a load reads it with the head
         self._last_generation: dict[str, int] = {}
+        self._chunks_of: dict[tuple[str, int], int] = {}
 
     # -- configuration -------------------------------------------------------------------
 
-    def _remember(self, run_id: str, generation: int) -> None:
+    def _remember(self, run_id: str, generation: int, chunks: int = 0) -> None:
+        """What this process last saw of a run: its head generation (a load reads it in the
+        same round trip as the head) and the chunk counts of the chunked generations it
+        committed (a later commit that rotates one out passes all its keys at once)."""
         if len(self._last_generation) >= 4096:
             self._last_generation.clear()
+            self._chunks_of.clear()
         self._last_generation[run_id] = generation
+        if chunks:
+            self._chunks_of[(run_id, generation)] = chunks
+        self._chunks_of.pop((run_id, generation - self.keep), None)
 
     def keys(self, run_id: str) -> RunKeys:
         """The keys of ``run_id`` (validated); recently used runs are remembered."""
@@ -261,20 +269,26 @@ class StoreCore:
 
         ``entries`` name the generations ("<g>:<chunks>") whose keys the script is given. When
         it answers NEED_KEYS (it would touch generations whose keys were not passed), they are
-        added and all is sent again: nothing but idempotent staging was written before that
-        answer. Returns the replies from the script's onwards.
+        added and the script is sent again: nothing but the staging was written before that
+        answer, and the staged keys stay in place for the resend (their TTL covers a writer
+        that dies); STAGE_MISSING stages them again. Returns the replies from the script's on.
         """
+        send = before
         for _ in range(4):
-            replies = yield self._confirmed(build(entries), route=route, before=before)
-            staged, replies = replies[: len(before or [])], replies[len(before or []):]
-            for r in staged:
-                if isinstance(r, Exception):
-                    raise r
+            replies = yield self._confirmed(build(entries), route=route, before=send)
+            staged, replies = replies[: len(send or [])], replies[len(send or []):]
+            for r in staged:  # an EXEC's reply is the list of its commands' replies
+                for one in r if isinstance(r, list) else [r]:
+                    if isinstance(one, Exception):
+                        raise one
             err = _script_error(replies[0])
             if err is None or err[0] not in ("NEED_KEYS", "STAGE_MISSING"):
                 return replies
             if err[0] == "NEED_KEYS":
                 entries = sorted(set(entries) | set(err[1]))
+                send = None
+            else:
+                send = before
         raise AssertionError("the generation key set did not converge")
 
     def _stored_form(self, k: RunKeys, generation: int, frame: bytes, cid: str) -> tuple[bytes, int, list[Cmd], list[str]]:
@@ -292,7 +306,10 @@ class StoreCore:
             stage = k.stage(cid, 0)
             return b"", 0, [Cmd("SET", stage, frame, "PX", STAGE_TTL_MS)], [stage, k.generation(generation)]
         parts = split(frame, self.chunk_bytes)
-        staging = [Cmd("SET", k.stage(cid, i), part, "PX", STAGE_TTL_MS) for i, part in enumerate(parts)]
+        # one MULTI/EXEC: the server applies (and, under appendfsync always, fsyncs) the chunks
+        # in one go instead of once per chunk as each arrives
+        staging = [Cmd("MULTI"), *(Cmd("SET", k.stage(cid, i), part, "PX", STAGE_TTL_MS) for i, part in enumerate(parts)),
+                   Cmd("EXEC")]
         keys = [*(k.stage(cid, i) for i in range(len(parts))), *(k.chunk(generation, i) for i in range(len(parts)))]
         return encode_manifest(k.run_id, generation, parts), len(parts), staging, keys
 
@@ -427,7 +444,7 @@ class StoreCore:
                metadata: Mapping[Any, Any] | None) -> bytes:
         """The framed generation for ``state``; raises StateError subclasses, writes nothing."""
         try:
-            payload = encode_state(state)
+            payload = encode_state_buffer(state)
             if len(payload) > self.max_state_bytes:
                 raise StateTooLargeError(
                     f"state of run {run_id!r} encodes to {len(payload)} bytes; "
@@ -459,7 +476,8 @@ class StoreCore:
         checksum, size = frame_checksum(frame), len(frame)
         del frame  # the stored form (or its chunks, zero-copy views) is all that is kept
         # a guess at what rotation drops (the script asks for more when it is wrong)
-        drop = [_entry(new - self.keep, 0)] if new - self.keep >= 1 else []
+        old = new - self.keep
+        drop = [_entry(old, self._chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
 
         def build(drop: list[str]) -> Script:
             return Script(
@@ -467,7 +485,7 @@ class StoreCore:
                 [k.fence, k.head, k.events, k.lease, k.generation(new), *chunk_keys, *self._drop_keys(k, drop)],
                 [_fields("commit", token, expected_generation, cid, checksum, self.schema_version,
                          CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, size, chunks, "",
-                         len(staging)),
+                         len(chunk_keys) // 2),
                  stored, *drop],
             )
 
@@ -477,7 +495,7 @@ class StoreCore:
             if err is None:
                 reply = replies[0]  # n (applied) or [n, "retry"] (a resend of an applied commit)
                 generation = int(reply if isinstance(reply, int) else reply[0])
-                self._remember(k.run_id, generation)
+                self._remember(k.run_id, generation, chunks)
                 self._check_confirmed(replies, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             code, fields = err
@@ -755,7 +773,7 @@ class StoreCore:
                 [k.fence, k.head, k.events, k.lease, k.generation(h.generation), *chunk_keys,
                  *self._drop_keys(k, drop)],
                 [_fields("import", h.token, 0, cid, checksum, h.schema_version, h.codec, h.created_ms,
-                         h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by, len(staging)),
+                         h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by, len(chunk_keys) // 2),
                  stored, *drop],
             )
 

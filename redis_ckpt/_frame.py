@@ -93,11 +93,13 @@ def encode_frame(
     if compression == "zstd":
         compressor = _zstd(run_id).ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
         payload = compressor.compress(payload)
-    body = b"".join((
+    head = b"".join((
         _PREFIX.pack(MAGIC, FORMAT_VERSION, codec, _COMPRESSION_IDS[compression], 0, schema_version, len(header)),
-        header, _PAYLOAD_LEN.pack(len(payload)), payload,
+        header, _PAYLOAD_LEN.pack(len(payload)),
     ))
-    return body + xxhash.xxh3_128_digest(body)
+    digest = xxhash.xxh3_128(head)
+    digest.update(payload)
+    return b"".join((head, payload, digest.digest()))  # the payload is copied once, here
 
 
 def frame_checksum(frame: bytes) -> str:
