@@ -327,10 +327,12 @@ class StoreCore:
         """
         p = self.retry
 
+        subject = f"{what} of run {run_id!r}" if run_id is not None else what
+
         def unavailable(exc: BaseException) -> StoreUnavailableError:
             unknown = " (the write may or may not have been applied)" if writes else ""
             return StoreUnavailableError(
-                f"{what} of run {run_id!r} failed: the server is unreachable after "
+                f"{subject} failed: the server is unreachable after "
                 f"{p.attempts} attempt(s): {type(exc).__name__}: {exc}{unknown}",
                 run_id=run_id,
                 outcome_unknown=writes,
@@ -338,7 +340,7 @@ class StoreCore:
 
         def server_error(exc: RedisError) -> ServerError:
             return ServerError(
-                f"{what} of run {run_id!r} failed: the server answered {type(exc).__name__}: {exc}",
+                f"{subject} failed: the server answered {type(exc).__name__}: {exc}",
                 run_id=run_id, server_message=str(exc), outcome_unknown=writes,
             )
 
@@ -795,18 +797,22 @@ class StoreCore:
     def runs_flow(self, *, limit: int | None = None) -> Flow[list[str]]:
         """Run ids in this namespace (SCAN over fence keys: every run that ever had a lease or commit)."""
         pattern = RunKeys.scan_pattern(self.namespace)
-        found: set[str] = set()
-        cursor: Any = 0
-        while True:
-            cursor, batch = yield Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            for key in batch:
-                rid = RunKeys.run_id_from_key(self.namespace, _text(key))
-                if rid is not None:
-                    found.add(rid)
-            if int(cursor) == 0 or (limit is not None and len(found) >= limit):
-                break
-        runs = sorted(found)
-        return runs[:limit] if limit is not None else runs
+
+        def body() -> Flow[list[str]]:
+            found: set[str] = set()
+            cursor: Any = 0
+            while True:
+                cursor, batch = yield Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                for key in batch:
+                    rid = RunKeys.run_id_from_key(self.namespace, _text(key))
+                    if rid is not None:
+                        found.add(rid)
+                if int(cursor) == 0 or (limit is not None and len(found) >= limit):
+                    break
+            runs = sorted(found)
+            return runs[:limit] if limit is not None else runs
+
+        return self._retrying(body, run_id=None, what="runs", writes=False)
 
 
 def _event(entry_id: Any, fields: Any) -> Event:

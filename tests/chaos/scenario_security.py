@@ -27,6 +27,8 @@ ACL_COMMANDS = (
     "info", "config|get", "set", "waitaof",
     # scripts: EVALSHA, and SCRIPT LOAD when the server does not have them yet
     "evalsha", "script|load",
+    # large states: the chunks of a frame are staged in one MULTI/EXEC
+    "multi", "exec",
     # reads: load, generations, info, events, runs
     "get", "hgetall", "pttl", "xrevrange", "xrange", "scan",
     # what the scripts call
