@@ -264,6 +264,54 @@ def load_table(url: str, sizes: dict[str, int]) -> list[str]:
     return rows
 
 
+def langgraph_table(url: str, seconds: float) -> list[str]:
+    """LangGraph savers, one put at a time: ours (fenced, WAITAOF-confirmed) against
+    langgraph-checkpoint-sqlite on a local file in WAL mode with synchronous=FULL.
+    (langgraph-checkpoint-redis needs the RedisJSON and RediSearch modules, which neither
+    server here has, so it is not measured.)"""
+    try:
+        from langgraph.checkpoint.base import empty_checkpoint
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        from redis_ckpt.langgraph import RedisCkptSaver
+    except ImportError as exc:
+        return [f"not measured: {exc.name} is not installed (pip install -e '.[bench]')"]
+    rows = ["| state | langgraph-checkpoint-sqlite puts/s | RedisCkptSaver puts/s | ratio | sqlite p50 ms | ours p50 ms |",
+            "|---|---|---|---|---|---|"]
+    for label, size in (("1 KiB", 1024), ("64 KiB", 64 * 1024)):
+        payload = os.urandom(size)
+
+        def driver(saver: object, thread: str) -> Callable[[], None]:
+            state = {"parent": None, "version": 0}
+
+            def put() -> None:
+                cp = empty_checkpoint()
+                state["version"] += 1
+                cp["channel_values"] = {"payload": payload}
+                cp["channel_versions"] = {"payload": state["version"]}
+                conf = {"thread_id": thread, "checkpoint_ns": ""}
+                if state["parent"]:
+                    conf["checkpoint_id"] = state["parent"]
+                saver.put({"configurable": conf}, cp, {"source": "loop", "step": state["version"]},  # type: ignore[attr-defined]
+                          {"payload": state["version"]})
+                state["parent"] = cp["id"]
+
+            return put
+
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+            conn = sqlite3.connect(Path(tmp) / "lg.db", check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            theirs = run_threads([driver(SqliteSaver(conn), f"t{size}")], seconds, 2000)
+            conn.close()
+        store = CheckpointStore(redis.Redis.from_url(url), namespace=f"bench-lg-{size}")
+        ours = run_threads([driver(RedisCkptSaver(store, owner="bench"), f"t{size}")], seconds, 2000)
+        store.close()
+        rows.append(f"| {label} | {theirs.ops:.0f} | {ours.ops:.0f} | {ours.ops / theirs.ops:.2f} | "
+                    f"{theirs.p50:.2f} | {ours.p50:.2f} |")
+    return rows
+
+
 def targets_table(sizes: dict[str, int], conc: tuple[int, ...]) -> list[str]:
     """Each target of the performance issue, judged from this run's own figures."""
     rows = ["| target | worst measured | verdict |", "|---|---|---|"]
@@ -277,9 +325,11 @@ def targets_table(sizes: dict[str, int], conc: tuple[int, ...]) -> list[str]:
     judge("commit throughput >= 0.85x the floor, 1 KiB and 64 KiB, every concurrency", small, 0.85)
     judge("commit MiB/s >= 0.8x the floor, 16 MiB", [v["ratio"] for (lab, _, _), v in RESULTS.items() if lab == "16 MiB"], 0.8)
     judge("load >= 0.85x a raw GET of the same bytes", list(LOADS.values()), 0.85)
-    c8 = [v for (lab, n, mode), v in RESULTS.items() if n == 8 and mode == "threads"]
-    judge("faster than the file checkpoint at concurrency 8", [v["store"] / v["file"] for v in c8], 1.0)
-    judge("faster than SQLite (WAL, synchronous=FULL) at concurrency 8", [v["store"] / v["sqlite"] for v in c8], 1.0)
+    for label in sizes:
+        v = RESULTS.get((label, 8, "threads"))
+        if v:
+            judge(f"faster than the file checkpoint at concurrency 8, {label}", [v["store"] / v["file"]], 1.0)
+            judge(f"faster than SQLite (WAL, synchronous=FULL) at concurrency 8, {label}", [v["store"] / v["sqlite"]], 1.0)
     return rows
 
 
@@ -399,9 +449,32 @@ def main() -> int:
             "",
             *codec_table(),
             "",
+            "## LangGraph savers (one put at a time)",
+            "",
+            *langgraph_table(server.url, a.seconds),
+            "",
             "## Targets",
             "",
             *targets_table(sizes, conc),
+            "",
+            "## What limits a missed target",
+            "",
+            "- **Small commits, every concurrency.** The floor is one `SET` and one `WAITAOF`; a commit is one "
+            "script that reads the fence and the head and writes the frame, the head, an audit event and the "
+            "rotation, plus a `WAITAOF` and a `CONFIG GET` (the drift check) in the same round trip. The profile "
+            "below gives both halves: the script's server time against `SET`'s, and the client CPU per commit "
+            "against the floor's. With threads, that client CPU is what caps throughput (one interpreter, one "
+            "GIL); with a few concurrent writers the server batches their fsyncs and the ratio improves, with "
+            "many the client saturates first.",
+            "- **16 MiB commits.** Encoding copies the payload into msgpack's growing buffer and once more into "
+            "the frame; each fresh 16 MiB copy costs ~10 ms of page faults on this machine, and the chunks are "
+            "checksummed twice (each chunk, and the whole frame). The floor sends bytes that were encoded before "
+            "the clock started.",
+            "- **Load.** One round trip when this process saw the head last (HMGET of four head fields and the "
+            "GET, pipelined), then an xxh3-128 verification and the decode; a raw `GET` does neither.",
+            "- **Against a file at concurrency 8.** Each file worker fsyncs its own file, and the disk here "
+            "absorbs parallel fsyncs of independent files; all store workers share one AOF and its fsync. "
+            "Small states only are the fair comparison; at 16 MiB the file writes without any network copy.",
             "",
             "## Profile of a 1 KiB commit at concurrency 1",
             "",
