@@ -312,6 +312,17 @@ def langgraph_table(url: str, seconds: float) -> list[str]:
     return rows
 
 
+def memory_table(url: str, mib: int) -> list[str]:
+    """Peak RSS of one commit and one load of a ``mib`` MiB state, each in its own process
+    (bench/large_state.py)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "large_state.py"
+    out = subprocess.run([sys.executable, str(script), "--mib", str(mib), "--url", url],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("|")]
+
+
 def targets_table(sizes: dict[str, int], conc: tuple[int, ...]) -> list[str]:
     """Each target of the performance issue, judged from this run's own figures."""
     rows = ["| target | worst measured | verdict |", "|---|---|---|"]
@@ -422,6 +433,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="per cell (default 1.0)")
     ap.add_argument("--out", default=None, help="write the Markdown here too (e.g. docs/PERFORMANCE.md)")
     ap.add_argument("--quick", action="store_true", help="1 KiB and 64 KiB only, concurrency 1 and 8")
+    ap.add_argument("--memory-mib", type=int, default=256, help="state size for the peak-memory row")
     a = ap.parse_args()
     sizes = {k: v for k, v in SIZES.items() if not a.quick or v <= 64 * 1024}
     conc = (1, 8) if a.quick else CONCURRENCY
@@ -448,6 +460,10 @@ def main() -> int:
             "## Codec (20,000 small records, JSON-compatible so every codec can take it)",
             "",
             *codec_table(),
+            "",
+            f"## Peak memory ({a.memory_mib} MiB state, `bench/large_state.py`)",
+            "",
+            *memory_table(server.url, a.memory_mib),
             "",
             "## LangGraph savers (one put at a time)",
             "",
