@@ -17,7 +17,7 @@ from ._errors import DurabilityError
 from ._io import Flow
 from ._models import Checkpoint, Grant
 from ._probe import ProbeReport, probe_flow
-from ._topology import connection_kwargs, is_cluster, is_sentinel, topology_label
+from ._topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
 
@@ -47,6 +47,19 @@ def client_label(client: Any) -> str:
     if "path" in kw:
         return f"unix://{kw['path']}"
     return type(client).__name__
+
+
+def socket_timeout(options: Mapping[str, Any]) -> float:
+    """The socket timeout for a client a store creates: longer than any WAITAOF/WAIT it sends."""
+    durability = options.get("durability")
+    return (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+
+
+def ha_defaults(client: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """On Cluster or Sentinel the default retry rides out a failover (HA_RETRY)."""
+    if is_cluster(client) or is_sentinel(client):
+        options.setdefault("retry", HA_RETRY)
+    return options
 
 
 def check_client(client: Any) -> None:

@@ -236,32 +236,31 @@ class StoreCore:
         if not self.confirm:
             return
         d = self.durability
-        tail = replies[1 : 1 + len(d.commands())]
+        n = len(d.commands())
+        tail = replies[1 : 1 + n]
+
+        def unconfirmed(local: int, replicas: int, server_error: str | None = None) -> DurabilityError:
+            return DurabilityError(
+                run_id, what=what, generation=generation, local_asked=1, local_got=local,
+                replicas_asked=d.replicas, replicas_got=replicas, timeout_ms=d.timeout_ms,
+                server_error=server_error,
+            )
+
         failed = next((r for r in tail if isinstance(r, ResponseError)), None)
         if failed is not None:
-            raise DurabilityError(
-                run_id, what=what, generation=generation, local_asked=1, local_got=0,
-                replicas_asked=d.replicas, replicas_got=0, timeout_ms=d.timeout_ms,
-                server_error=str(failed),
-            )
+            raise unconfirmed(0, 0, str(failed))
         got = d.read(tail)
         if not d.satisfied(got):
-            raise DurabilityError(
-                run_id, what=what, generation=generation, local_asked=1, local_got=got.local,
-                replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
-            )
+            raise unconfirmed(got.local, got.replicas)
         if self._watched_engine is not None:
-            config = replies[1 + len(d.commands())]
+            config = replies[1 + n]
             if isinstance(config, Exception):
                 drifted = [f"CONFIG GET, readable at start, now fails: {config}"]
             else:
                 drifted = drift_problems(_hash(config), self._watched_engine)
             if drifted:
-                raise DurabilityError(
-                    run_id, what=what, generation=generation, local_asked=1, local_got=got.local,
-                    replicas_asked=d.replicas, replicas_got=got.replicas, timeout_ms=d.timeout_ms,
-                    server_error="the server's settings changed since the store started: " + "; ".join(drifted),
-                )
+                raise unconfirmed(got.local, got.replicas,
+                                  "the server's settings changed since the store started: " + "; ".join(drifted))
 
     def _with_keys(self, build: Callable[[list[str]], Script], entries: list[str], route: str,
                    before: list[Cmd] | None = None) -> Flow[list[Any]]:

@@ -9,6 +9,7 @@ calling connection's own earlier writes, so it must never run on another connect
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["Durability", "Confirmation"]
 
@@ -66,12 +67,16 @@ class Durability:
 
     def commands(self) -> list[tuple[object, ...]]:
         """The commands to pipeline right after the write, on the same connection."""
+        return list(self._commands)
+
+    @cached_property
+    def _commands(self) -> tuple[tuple[object, ...], ...]:  # built once: every commit sends them
         cmds: list[tuple[object, ...]] = [
             ("WAITAOF", 1, self.replicas if self.replica_fsync else 0, self.timeout_ms)
         ]
         if self.replicas and not self.replica_fsync:
             cmds.append(("WAIT", self.replicas, self.timeout_ms))
-        return cmds
+        return tuple(cmds)
 
     def read(self, replies: list[object]) -> Confirmation:
         """Turn the replies of :meth:`commands` into counts (exceptions re-raised)."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._base import LeaseBase, StoreBase
+from ._base import LeaseBase, StoreBase, ha_defaults, socket_timeout
 from ._core import RETRYABLE
 from ._errors import StoreUnavailableError
 from ._io import Flow, run_async
@@ -18,7 +18,6 @@ from ._models import Checkpoint, Event, GenerationInfo, RunInfo
 from ._probe import ProbeReport
 from ._scripts import SCRIPTS
 from ._topology import (
-    HA_RETRY,
     async_client_from_url,
     close_sentinel_async,
     is_cluster,
@@ -73,9 +72,7 @@ class AsyncCheckpointStore(StoreBase):
         """A store on ``client``: a ``redis.asyncio.Redis``, a ``redis.asyncio.cluster.RedisCluster``
         or a Sentinel-managed client (``redis.asyncio.sentinel.Sentinel.master_for(...)``);
         runs the startup probe. On Cluster or Sentinel the default ``retry`` is ``HA_RETRY``."""
-        if is_cluster(client) or is_sentinel(client):
-            options.setdefault("retry", HA_RETRY)
-        store = cls(client, namespace=namespace, **options)
+        store = cls(client, namespace=namespace, **ha_defaults(client, options))
         if store._core.confirm:
             store._accept(await store._probe())
         return store
@@ -84,8 +81,7 @@ class AsyncCheckpointStore(StoreBase):
     async def from_url(cls, url: str, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
         """Same URL forms as :meth:`redis_ckpt.CheckpointStore.from_url` (one server,
         ``redis+cluster://``, ``redis+sentinel://``, and their ``rediss+`` TLS forms)."""
-        durability = options.get("durability")
-        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        timeout = socket_timeout(options)
         client, sentinel = async_client_from_url(url, socket_timeout=timeout)
         try:
             store = await cls.create(client, namespace=namespace, **options)
@@ -102,8 +98,7 @@ class AsyncCheckpointStore(StoreBase):
     async def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str,
                             **options: Any) -> AsyncCheckpointStore:
         """A store on the primary a ``redis.asyncio.sentinel.Sentinel`` names for ``service_name``."""
-        durability = options.get("durability")
-        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        timeout = socket_timeout(options)
         client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
                                      socket_connect_timeout=5.0)
         try:

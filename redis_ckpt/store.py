@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._base import LeaseBase, StoreBase, client_label
+from ._base import LeaseBase, StoreBase, client_label, ha_defaults, socket_timeout
 from ._durability import Durability
 from ._keys import validate_namespace
 from ._core import RETRYABLE
@@ -18,7 +18,6 @@ from ._models import Checkpoint, Event, GenerationInfo, RunInfo
 from ._probe import ProbeReport
 from ._scripts import SCRIPTS
 from ._topology import (
-    HA_RETRY,
     close_sentinel_sync,
     is_cluster,
     is_sentinel,
@@ -81,9 +80,7 @@ class CheckpointStore(StoreBase):
         Sentinel-managed client (``Sentinel.master_for(...)``), created with
         ``decode_responses=False``. On Cluster or Sentinel the default ``retry`` is
         :data:`redis_ckpt._topology.HA_RETRY`, long enough to ride out a failover."""
-        if is_cluster(client) or is_sentinel(client):
-            options.setdefault("retry", HA_RETRY)
-        super().__init__(client, namespace=namespace, **options)
+        super().__init__(client, namespace=namespace, **ha_defaults(client, options))
         self._sentinel: Any = None  # a Sentinel this store created (from_url) and closes
         if self._core.confirm:
             self._accept(self._probe())
@@ -98,8 +95,7 @@ class CheckpointStore(StoreBase):
         (Sentinel: the hosts are the Sentinels; the Sentinels' own credentials go in
         ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt._topology`.
         """
-        durability = options.get("durability")
-        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        timeout = socket_timeout(options)
         client, sentinel = sync_client_from_url(url, socket_timeout=timeout)
         try:
             store = cls(client, namespace=namespace, **options)
@@ -116,8 +112,7 @@ class CheckpointStore(StoreBase):
     def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str, **options: Any) -> CheckpointStore:
         """A store on the primary that ``sentinel`` (a ``redis.sentinel.Sentinel``) names for
         ``service_name``; it follows failovers. The Sentinel object stays the caller's."""
-        durability = options.get("durability")
-        timeout = (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
+        timeout = socket_timeout(options)
         client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
                                      socket_connect_timeout=5.0)
         try:
