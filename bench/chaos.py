@@ -1,14 +1,19 @@
 """The long form of the fault-injection suite: runs every chaos scenario for many rounds on
 Valkey and Redis and writes docs/RELIABILITY.md from what it measured.
 
-    python bench/chaos.py                  # 20 rounds (about 4-6 minutes on 2 cores)
+    python bench/chaos.py                  # 20 rounds + 60 s of history per server (about 6-8 minutes on 2 cores)
     python bench/chaos.py --rounds 50      # longer; --seed N replays a run
-    python bench/chaos.py --rounds 2 --out /tmp/r.md   # a quick look, without touching docs/
+    python bench/chaos.py --rounds 2 --history-seconds 10 --out /tmp/r.md   # a quick look, without touching docs/
+    python bench/chaos.py --history        # only the history mode; prints its figures (--out FILE to write them)
 
 The scenarios are the same functions the short suite (``pytest -m chaos``) runs with a few
-rounds each: ``tests/chaos/scenario_*.py``. Exit status 1 when any promise was broken (an
-acknowledged commit lost, a stale write let in, damage not detected); known gaps are
-reported in the table but do not fail the run (the tests mark them xfail strict).
+rounds each: ``tests/chaos/scenario_*.py``. The history mode (``tests/chaos/history.py``,
+checker in ``tests/chaos/checker.py``) runs workers that log every operation while a nemesis
+kills and pauses the server and the workers, rewrites the AOF and deletes runs; the checker
+then verifies the whole history (lost commits, forks, stale tokens, tokens handed out twice,
+definite failures that were written, stale loads). Exit status 1 when any promise was broken
+(an acknowledged commit lost, a stale write let in, damage not detected, a history anomaly);
+known gaps are reported in the table but do not fail the run (the tests mark them xfail strict).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ sys.path.insert(0, str(ROOT / "tests" / "chaos"))
 
 import redis  # noqa: E402
 from chaos_tools import Tally  # noqa: E402
+from checker import CHECKS, KINDS, Report  # noqa: E402
+from history import FAULTS, HistoryConfig, HistoryResult, resend_after_takeover_recognised, run_history  # noqa: E402
 from scenario_crash import server_crash  # noqa: E402
 from scenario_damage import damaged_frames, fuzz_frames  # noqa: E402
 from scenario_drift import DRIFTS, applies, config_check_cost, drift  # noqa: E402
@@ -96,7 +103,7 @@ def counters(t: Tally) -> str:
 
 
 def render(tallies: list[Tally], meta: dict[str, Any], tls: dict[str, tuple[bool, str]],
-           costs: dict[str, dict[str, float]]) -> str:
+           costs: dict[str, dict[str, float]], histories: list[HistoryResult] | None = None) -> str:
     lines = [
         "# Reliability: what the fault-injection suite measured",
         "",
@@ -124,6 +131,8 @@ def render(tallies: list[Tally], meta: dict[str, Any], tls: dict[str, tuple[bool
     lines += ["", f"Total: {total_acked} acknowledged commits, {total_lost} lost, "
               f"{sum(t.detected for t in tallies)} of {sum(t.injected for t in tallies)} injected faults detected"
               + (f" (the {missed_gaps} not detected are the runtime-drift gaps, below)." if missed_gaps else "."), ""]
+    if histories:
+        lines += render_history(histories)
     lines += ["## What each scenario does and saw", ""]
     seen: set[str] = set()
     for t in tallies:
@@ -226,14 +235,143 @@ def render(tallies: list[Tally], meta: dict[str, Any], tls: dict[str, tuple[bool
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- history mode
+
+KNOWN_11_1 = ("the store answers `FencedError` to a resent commit whose first attempt had applied before "
+              "another worker took the run over (issue 11, violation 1: `commit.lua` checks the fence before "
+              "it recognises its own commit id); a direct probe confirms this store still does")
+
+
+def history_result(h: HistoryResult) -> str:
+    if h.problems:
+        return "**FAIL**: " + "; ".join(p.splitlines()[0] for p in h.problems[:2])
+    if h.report.ok:
+        return "ok"
+    if set(k for k, n in h.report.anomalies.items() if n) == {"written"} and h.resend_recognised is False:
+        return "**FAIL** (known: issue 11 #1)"
+    return "**FAIL**"
+
+
+def run_histories(engines: list[str], work: Path, seconds: float, rng: random.Random,
+                  t0: float) -> list[HistoryResult]:
+    out = []
+    for engine in engines:
+        seed = rng.randrange(1, 2**31)
+        started = time.monotonic()
+        s = server(engine)
+        try:
+            h = run_history(s, work / f"history-{engine}", seed=seed, config=HistoryConfig(seconds=seconds))
+            h.resend_recognised = resend_after_takeover_recognised(s)
+        except Exception as exc:  # a crashed history is a broken promise too: it goes in the table
+            traceback.print_exc()
+            h = HistoryResult(engine, seed, HistoryConfig(seconds=seconds), Report(),
+                              problems=[f"the history run crashed: {type(exc).__name__}: {exc}"])
+        finally:
+            s.cleanup()
+        out.append(h)
+        print(f"{time.monotonic() - t0:6.0f}s {history_result(h)[:60]:<20} {h.summary()[:400]}", flush=True)
+        for name, examples in h.report.examples.items():
+            for e in examples[:3]:
+                print(f"        {name}: {e[:300]}", flush=True)
+        print(f"        (history on {engine}: {time.monotonic() - started:.1f} s)", flush=True)
+    return out
+
+
+def render_history(histories: list[HistoryResult]) -> list[str]:
+    cfg = histories[0].config
+    engines = [h.engine for h in histories]
+    lines = [
+        "## History check (Jepsen-style)",
+        "",
+        f"{cfg.workers} worker processes compete for {cfg.runs} runs with leases of {cfg.ttl[0]:g}-{cfg.ttl[1]:g} s "
+        f"(socket timeout {cfg.socket_timeout:g} s, the store's own resends with the commit id) for "
+        f"{cfg.seconds:g} s per server. Each logs every acquire / load / commit / renew / release with its invoke "
+        "and complete time (one monotonic clock), its arguments (run, token, expected generation, commit id and "
+        "parent inside the state, a digest of the state) and its outcome: ok, a definite failure (its error "
+        "type), or unknown (`outcome_unknown`, `StoreUnavailableError`, `DurabilityError`, or killed in flight). "
+        "A nemesis, on a seeded schedule (a fault every "
+        f"{cfg.gap[0]:g}-{cfg.gap[1]:g} s), kills the server with `kill -9` and restarts it on its AOF, "
+        f"SIGSTOPs it for 0.2-2.5x the socket timeout, `kill -9`s workers (restarted as new processes), "
+        "SIGSTOPs workers past their lease, runs `BGREWRITEAOF`, and has an admin `delete` a run. The checker "
+        "then reads the whole history and the store's final contents and verifies, run by run:",
+        "",
+        "- (a) no acknowledged commit lost: each is in the run's final chain (head or an ancestor), with the content "
+        "it was committed with, unless an admin deleted the run after it;",
+        "- (b) one chain of generations per run: a generation maps to one commit id over every ack, load and the "
+        "final state, each commit sits on the generation and parent it expected, with its own token;",
+        "- (c) no commit acknowledged with a token below one already used by a newer acknowledged commit, and no "
+        "commit or renew accepted for a token below one handed out before it began;",
+        "- (d) no token handed out twice for a run (acquires and the tombstone fences of deletes, also across "
+        "server restarts), a later acquire always gets a higher token, the final fence is at least every token;",
+        "- (e) no definite failure whose write is in the store: the commit id of a commit that failed with "
+        "`FencedError` / `ConflictError` never appears in a later load or the final state;",
+        "- (f) every load sees every commit acknowledged before it began (unless a delete of the run may have "
+        "run in between), never a chain deleted before it began, and no load fails.",
+        "",
+        "| server | seconds | operations (ok / definite failure / unknown) | acknowledged commits | faults injected | "
+        + " | ".join(CHECKS[k] for k in CHECKS) + " | result |",
+        "|---|---|---|---|---|" + "---|" * len(CHECKS) + "---|",
+    ]
+    for h in histories:
+        r = h.report
+        lines.append(
+            f"| {h.engine} | {h.config.seconds:g} | {r.count(outcome='ok')} / {r.count(outcome='fail')} / "
+            f"{r.count(outcome='unknown')} | {r.count('commit', 'ok')} | {sum(r.faults.values())} | "
+            + " | ".join(str(r.anomalies[k]) for k in CHECKS) + f" | {history_result(h)} |")
+    total = sum(h.report.total_anomalies for h in histories)
+    lines += ["", f"Total: {sum(h.report.count() for h in histories)} operations, "
+              f"{sum(h.report.count('commit', 'ok') for h in histories)} acknowledged commits, "
+              f"{sum(sum(h.report.faults.values()) for h in histories)} faults injected, {total} anomalies.", ""]
+    lines += ["Operations by kind (ok / definite failure / unknown):", "",
+              "| operation | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
+    for kind in KINDS:
+        if any(h.report.count(kind) for h in histories):
+            lines.append(f"| {kind} | " + " | ".join(
+                f"{h.report.count(kind, 'ok')} / {h.report.count(kind, 'fail')} / {h.report.count(kind, 'unknown')}"
+                for h in histories) + " |")
+    lines += ["", "Faults injected:", "", "| fault | " + " | ".join(engines) + " |", "|---|" + "---|" * len(engines)]
+    for kind in FAULTS:
+        lines.append(f"| {kind} | " + " | ".join(str(h.report.faults.get(kind, 0)) for h in histories) + " |")
+    lines += [""]
+    for h in histories:
+        errors = ", ".join(f"{k} {e}: {n}" for (k, e), n in sorted(h.report.errors.items()))
+        facts = ", ".join(f"{k}: {n}" for k, n in sorted(h.report.facts.items()))
+        lines.append(f"- **{h.engine}** (seed {h.seed}, {h.seconds:.0f} s): errors: {errors or '-'}; {facts}")
+        for p in h.problems[:3]:
+            lines.append(f"  - harness problem: {p.splitlines()[0]}")
+        for name, examples in h.report.examples.items():
+            for e in examples[:3]:
+                lines.append(f"  - {CHECKS[name]}: {e}")
+        if h.report.anomalies["written"] and h.resend_recognised is False:
+            lines.append(f"  - (e) explained: {KNOWN_11_1}.")
+    lines.append("")
+    return lines
+
+
+def render_history_only(histories: list[HistoryResult], meta: dict[str, Any]) -> str:
+    lines = ["# History check", "", f"Produced by `{meta['command']}` on {meta['date']} (seed {meta['seed']}, "
+             f"{meta['seconds']:.0f} s). Servers: {', '.join(meta['servers'])}.", ""]
+    return "\n".join(lines + render_history(histories))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=20, help="rounds per scenario (default 20)")
     ap.add_argument("--seed", type=int, default=None, help="replay a run")
     ap.add_argument("--engines", default="valkey,redis")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "RELIABILITY.md")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the report to write (default docs/RELIABILITY.md; with --history: none, print only)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw tallies as JSON")
+    ap.add_argument("--history", action="store_true", help="run only the history mode")
+    ap.add_argument("--history-seconds", type=float, default=60.0,
+                    help="seconds of history per server (default 60; 0 skips the history mode)")
+    ap.add_argument("--keep-history", type=Path, default=None,
+                    help="copy the history logs (operations, faults, final state, report) to this directory")
     args = ap.parse_args(argv)
+    if args.history:
+        return history_main(args)
+    if args.out is None:
+        args.out = ROOT / "docs" / "RELIABILITY.md"
     logging.getLogger("redis_ckpt").addHandler(logging.NullHandler())  # expected fallbacks are counted, not printed
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     rng = random.Random(seed)
@@ -258,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                     tallies.append(t)
                     print(f"{time.monotonic() - t0:6.0f}s {result(t)[:60]:<20} {t.summary()[:220]}", flush=True)
                 print(f"        ({name} on {engine}: {time.monotonic() - started:.1f} s)", flush=True)
+        histories = run_histories(engines, work, args.history_seconds, rng, t0) if args.history_seconds > 0 else []
+        keep_history(work, args.keep_history)
         binaries = {e: find_server_binary(e) for e in [*engines, "redis7"] if _has(e)}
         tls = tls_status(binaries, work)
         costs = {}
@@ -272,21 +412,66 @@ def main(argv: list[str] | None = None) -> int:
         s = LocalServer(e)
         versions.append(f"{e} {s.version}")
     meta = {
-        "command": "python bench/chaos.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else ""),
+        "command": "python bench/chaos.py" + (f" --rounds {args.rounds}" if args.rounds != 20 else "")
+        + (f" --history-seconds {args.history_seconds:g}" if args.history_seconds != 60 else ""),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seed": seed, "seconds": time.monotonic() - t0, "servers": versions,
         "python": platform.python_version(), "redis_py": redis.__version__,
         "platform": f"{platform.system()} {platform.machine()}",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(tallies, meta, tls, costs), encoding="utf-8")
+    args.out.write_text(render(tallies, meta, tls, costs, histories), encoding="utf-8")
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "tallies": [t.as_dict() for t in tallies]}, indent=1))
+        args.json.write_text(json.dumps({"meta": meta, "tallies": [t.as_dict() for t in tallies],
+                                         "histories": [history_dict(h) for h in histories]}, indent=1))
     broken = [t for t in tallies if result(t).startswith("**FAIL")]
+    broken_histories = [h for h in histories if not h.ok]
     print(f"wrote {args.out}: {len(tallies)} scenarios, {sum(t.acknowledged for t in tallies)} acknowledged, "
           f"{sum(t.lost for t in tallies)} lost, {len(broken)} broken, "
-          f"{sum(1 for t in tallies if t.gaps)} with known gaps, {time.monotonic() - t0:.0f} s")
-    return 1 if broken else 0
+          f"{sum(1 for t in tallies if t.gaps)} with known gaps; history: "
+          f"{sum(h.report.total_anomalies for h in histories)} anomalies, {time.monotonic() - t0:.0f} s")
+    return 1 if broken or broken_histories else 0
+
+
+def history_dict(h: HistoryResult) -> dict[str, Any]:
+    return {"engine": h.engine, "seed": h.seed, "seconds": round(h.seconds, 1), "config": h.config.__dict__,
+            "problems": h.problems, "resend_recognised": h.resend_recognised, **h.report.as_dict()}
+
+
+def keep_history(work: Path, dest: Path | None) -> None:
+    if dest is None:
+        return
+    import shutil
+
+    for d in work.glob("history-*"):
+        shutil.copytree(d, dest / d.name, dirs_exist_ok=True)
+    print(f"history logs copied to {dest}", flush=True)
+
+
+def history_main(args: argparse.Namespace) -> int:
+    """``--history``: only the history mode, on every engine; prints the figures."""
+    logging.getLogger("redis_ckpt").addHandler(logging.NullHandler())
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    rng = random.Random(seed)
+    engines = [e for e in args.engines.split(",") if e]
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="redis-ckpt-history-") as tmp:
+        histories = run_histories(engines, Path(tmp), args.history_seconds or 60.0, rng, t0)
+        keep_history(Path(tmp), args.keep_history)
+    text = render_history(histories)
+    if args.out is not None:
+        meta = {"command": "python bench/chaos.py --history"
+                + (f" --history-seconds {args.history_seconds:g}" if args.history_seconds != 60 else ""),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "seed": seed,
+                "seconds": time.monotonic() - t0, "servers": [f"{e} {LocalServer(e).version}" for e in engines]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(render_history_only(histories, meta), encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print("\n".join(text))
+    if args.json:
+        args.json.write_text(json.dumps({"seed": seed, "histories": [history_dict(h) for h in histories]}, indent=1))
+    return 0 if all(h.ok for h in histories) else 1
 
 
 def _has(engine: str) -> bool:

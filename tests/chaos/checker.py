@@ -35,8 +35,8 @@ so any load, and the store's contents at the end, say exactly which commit they 
                  that failed definitely never shows up in a load or in the final state;
 (f) ``stale-read``  every load sees every commit acknowledged before the load began (its
                  generation is at least the newest one acknowledged before its invoke,
-                 unless a delete of the run may have intervened); a load never fails
-                 definitely (nothing is damaged in this mode).
+                 unless a delete of the run may have intervened), never a chain deleted
+                 before it began, and never fails definitely (nothing is damaged in this mode).
 
 Nothing here talks to a server: the harness (``history.py``) gathers the history and the
 final contents, and the unit tests feed hand-made histories.
@@ -56,12 +56,12 @@ from pathlib import Path
 from typing import Any
 
 CHECKS: dict[str, str] = {
-    "lost": "(a) acknowledged commit lost",
-    "fork": "(b) fork: one generation, two commits",
-    "stale": "(c) commit acknowledged with a stale token",
-    "token": "(d) token handed out twice",
-    "written": "(e) definite failure, yet written",
-    "stale-read": "(f) load missed an acknowledged commit",
+    "lost": "(a) lost",
+    "fork": "(b) fork",
+    "stale": "(c) stale token",
+    "token": "(d) token twice",
+    "written": "(e) failed, yet written",
+    "stale-read": "(f) stale load",
 }
 
 KINDS = ("acquire", "load", "commit", "renew", "release", "delete")
@@ -471,17 +471,22 @@ def _check_run(run: str, ops: list[Op], final: Mapping[str, Any], commits: Mappi
             rep.anomaly("stale-read", f"{run}: {op.where()} failed with {op.error}")
             continue
         rep.facts["loads checked"] += 1
+        g = int(op.result.get("generation") or 0)
+        got = (epoch(int(op.result["token"])), g) if g else None
+        gone = [f for f, _, done in deletes if done < op.invoke]
+        if got is not None and gone and got[0] < bisect.bisect_right(fences, max(gone)):
+            rep.anomaly("stale-read", f"{run}: {op.where()} returned generation {g} of a chain deleted "
+                        f"(fence {max(gone)}) before it began")
+            continue
         n = bisect.bisect_left(ack_done, op.invoke)
         if not n:
             continue
         need_e, need_g, where = newest[n - 1]
-        # a delete that may have run before the load read removes what it deleted from the demand
+        # a delete that may have run before the load read takes what it deleted off the demand
         removed = [f for f, inv, _ in deletes if inv < (op.complete or NEVER)]
         if removed and need_e < bisect.bisect_right(fences, max(removed)):
-            rep.facts["loads excused by a concurrent delete"] += 1
+            rep.facts["loads whose demand a delete removed"] += 1
             continue
-        g = int(op.result.get("generation") or 0)
-        got = (epoch(int(op.result["token"])), g) if g else None
         if got is None or got < (need_e, need_g):
             rep.anomaly("stale-read", f"{run}: {op.where()} returned generation {g or 'none'}"
                         f"{'' if got is None else f' (epoch {got[0]})'}; generation {need_g} (epoch {need_e}) "

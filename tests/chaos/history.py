@@ -64,6 +64,9 @@ class HistoryResult:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # the harness's own trouble (a worker crashed, ...)
     directory: Path | None = None
+    #: whether the store recognises a resend that had applied before a takeover (issue 11 #1);
+    #: None when not probed
+    resend_recognised: bool | None = None
 
     @property
     def ok(self) -> bool:

@@ -313,9 +313,18 @@ def test_a_load_concurrent_with_a_delete_may_miss_what_it_deleted() -> None:
     h.load("b", 5, 6)  # the delete applied before this read (its event is in the audit stream)
     r = check(h.ops, final(0, 2, deletes={"n-1": 2}))
     assert r.ok, r.as_dict()
-    assert r.facts["loads excused by a concurrent delete"] == 1
+    assert r.facts["loads whose demand a delete removed"] == 1
     # ... but a load concurrent with a delete that never applied gets no excuse
     only(check(h.ops, final(1, 1, (1, 1, "a-1"))), "stale-read")
+
+
+def test_a_load_that_sees_data_deleted_before_it_began_is_stale() -> None:
+    h = History()
+    h.acquire("a", 0, 1, token=1)
+    h.commit("a", 2, 3, token=1, expected=0, cid="a-1", parent=None)
+    h.op("admin", "delete", 4, 5, args={"by": "n-1"}, fence=2, generations=1)
+    h.load("b", 6, 7, generation=1, cid="a-1", token=1)  # resurrected
+    only(check(h.ops, final(0, 2, deletes={"n-1": 2})), "stale-read")
 
 
 def test_a_load_concurrent_with_a_commit_may_or_may_not_see_it() -> None:
