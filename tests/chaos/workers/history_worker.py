@@ -17,7 +17,7 @@ resends are the store's own (its RetryPolicy, with the commit id of the first at
 
 Outcomes: ``ok``; ``fail`` for a definite error (FencedError, ConflictError, LeaseHeldError,
 LeaseLostError, ...: nothing written); ``unknown`` for StoreUnavailableError,
-DurabilityError, a ServerError with ``outcome_unknown``, or any untyped exception (its type
+DurabilityError, any error with ``outcome_unknown=True``, or any untyped exception (its type
 is logged as ``untyped:<name>``). SIGTERM ends it after the operation in flight.
 """
 
@@ -56,10 +56,10 @@ STOP = threading.Event()
 def classify(exc: BaseException) -> tuple[str, dict[str, object]]:
     """(outcome, result) for an exception an operation raised."""
     name = type(exc).__name__
-    if isinstance(exc, (StoreUnavailableError, DurabilityError)):
+    if isinstance(exc, (StoreUnavailableError, DurabilityError)) or getattr(exc, "outcome_unknown", False) is True:
         return "unknown", {"error": name}
     if isinstance(exc, ServerError):
-        return ("unknown" if exc.outcome_unknown else "fail"), {"error": name, "message": str(exc)[:200]}
+        return "fail", {"error": name, "message": str(exc)[:200]}
     if isinstance(exc, CheckpointError):
         fields = {k: getattr(exc, k) for k in ("token", "fence", "expected", "actual", "ms_left")
                   if isinstance(getattr(exc, k, None), int)}
