@@ -194,7 +194,7 @@ class Nemesis:
             store.delete(run, by=by)
             done = time.monotonic_ns()
             # delete() returns how many generations went; its audit event names the new fence
-            ev = next((e for e in store.events(run, count=50) if e.kind == "delete" and e.fields.get("by") == by), None)
+            ev = next((e for e in store.events(run, count=1000) if e.kind == "delete" and e.fields.get("by") == by), None)
             if ev is None:
                 self.admin_log.complete(i, "unknown", {"error": "no delete event"}, t=done)
             else:
