@@ -2,105 +2,222 @@
 -- expects the current head; rotate the kept generations; all in one atomic step.
 -- The same script restores an exported frame (mode "import").
 --
--- KEYS[1]  fence   string int: the run's current fence
--- KEYS[2]  head    hash {generation, token, commit_id, checksum, size, chunks, schema_version,
---                       codec, created_ms, owner, kept}  kept = "3,4:2,5" oldest first, "<g>:<c>"
---                       for a generation stored as a manifest plus c chunks
--- KEYS[3]  events  stream, capped at ~F.maxlen
--- KEYS[4]  lease   hash (import drops it; commit does not read it)
--- KEYS[5]  the key of the new generation, g:<n> (the frame, or the manifest of a chunked one)
--- KEYS[6 .. 5+s]       staged keys (written by the caller with a TTL, in the same pipeline):
+-- KEYS[1]  fence    string int: the run's current fence
+-- KEYS[2]  head     hash {generation, token, commit_id, checksum, size, chunks, schema_version,
+--                        codec, created_ms, owner, kept, kept_ids, kept_ms, epoch}
+--                   kept     = "3,4:2,5" oldest first, "<g>:<c>" for a generation stored as a
+--                              manifest plus c chunks
+--                   kept_ids = the commit id of each kept generation, same order ("-": unknown,
+--                              a head written before kept_ids existed)
+--                   kept_ms  = the server time (ms) each kept generation was committed ("-": unknown)
+--                   created_ms = the server time of the head generation's commit (TIME, never
+--                              the writer's clock)
+--                   epoch    = the fence when this head was created (or first seen by this
+--                              script): no run deleted since a token >= epoch was issued
+-- KEYS[3]  events   stream, capped at ~F.maxlen
+-- KEYS[4]  lease    hash (import drops it; commit does not read it)
+-- KEYS[5]  staging  hash {commit id: "<token>:<expected>:<count>:<bytes>"}: the commits whose
+--                   data is staged (written by the caller with the staged keys)
+-- KEYS[6]  the key of the new generation, g:<n> (the frame, or the manifest of a chunked one)
+-- KEYS[7 .. 6+s]       staged keys (written by the caller with a TTL, in the same pipeline):
 --                      the whole frame when ARGV[2] is empty (large frames never pass through
 --                      Lua, where an argument costs ~0.4 ms per MiB), else the chunks
--- KEYS[6+s .. 5+2s]    the keys they become: g:<n>, or the chunk keys g:<n>:c:<i>
--- KEYS[6+2s ..]        keys of the generations rotation drops: for each ARGV[3..] entry
---                      "<g>:<chunks>", the key g:<g> then its <chunks> chunk keys
+-- KEYS[7+s .. 6+2s]    the keys they become: g:<n>, or the chunk keys g:<n>:c:<i>
+-- then                 keys of the generations rotation drops: for each drop entry "<g>:<c>",
+--                      the key g:<g> then its <c> chunk keys
+-- then                 keys of dead staged commits: for each dead entry "<cid>:<count>", its
+--                      <count> staged keys
 -- ARGV[1]  the scalar fields F, joined by "\n" (none of them can hold a newline), in order:
---          mode ("commit" | "import"), token, expected generation (commit), commit id,
---          checksum of the whole frame (hex), schema version, codec, created ms, owner,
---          keep (>= 1), events max length, the new generation number (commit: expected + 1;
---          import: the frame's own), size of the whole frame, number of chunks c (0: not
---          chunked), who imported (import only), number of staged keys s
+--          1 mode ("commit" | "import"), 2 token, 3 expected generation (commit), 4 commit id,
+--          5 checksum of the whole frame (hex), 6 schema version, 7 codec, 8 owner, 9 keep (>= 1),
+--          10 events max length, 11 the new generation number (commit: expected + 1; import:
+--          the frame's own), 12 size of the whole frame, 13 number of chunks c (0: not chunked),
+--          14 who imported (import only), 15 number of staged keys s, 16 resend (1: an earlier
+--          attempt of this commit id was sent and its outcome is unknown to the caller),
+--          17 number of drop entries d, 18 stage limit (bytes of other commits' staged data
+--          above which every other staged commit is removed), 19 strict (1: answer NEED_STAGE
+--          for dead staged commits whose keys were not passed; 0: leave them)
 -- ARGV[2]  frame or manifest (bytes), or empty when the frame itself is staged
--- ARGV[3..] generations offered for rotation, "<g>:<chunks>"
+-- ARGV[3 .. 2+d]  drop entries "<g>:<chunks>" (generations offered for rotation)
+-- ARGV[3+d ..]    dead staged commits "<cid>:<count>" whose keys are passed for removal
+--
+-- Numbers: every token, generation, fence, size and time is an integer below
+-- MAX_INT = 2^50 (redis_ckpt._core.MAX_INT), where Lua's doubles are exact; they are written
+-- with string.format('%d') or as redis.call arguments (exact on both servers), never with
+-- tostring/.. (which prints >= 1e14 as "1e+14"). Past the bound: OUT_OF_RANGE, nothing written.
 --
 -- Returns generation              applied (an integer)
---         {generation, "retry"}  the head already is this commit id (a resend of an applied
---                                commit); an event is written so that the caller's WAITAOF
---                                covers the original write too
+--         {generation, "retry"}  this commit id already applied: the head or a kept generation
+--                                (a resend after a lost reply); an event is written so that the
+--                                caller's WAITAOF covers the original write too
 --         {generation, fence}    import applied (the fence is max(fence, token) + 1)
--- Errors (nothing is written but the audit event and the removal of staged keys):
+-- Errors (nothing is written but the audit event and the removal of the caller's staged keys):
 --   "FENCED <token> <fence>"       token below the fence: a newer worker holds the run
 --   "FENCE_BEHIND <token> <fence>" token above the fence: the server lost fence increments
 --   "CONFLICT <expected> <actual>" the head is not the expected generation (import: the
 --                                  head is at or past the frame's generation)
+--   "OUTCOME_UNKNOWN <code> <token> <fence> <expected> <actual>"  a resend met <code> (one of
+--                                  the three above) and the server cannot show that the
+--                                  first attempt did not apply (see below)
+--   "OUT_OF_RANGE <what> <value>"  a token, generation or fence past MAX_INT
 --   "NEED_KEYS <g>:<c> ..."        rotation must drop generations whose keys were not passed
+--   "NEED_STAGE <cid>:<count> ..." dead staged commits whose keys were not passed (strict)
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged key is gone (expired): stage again and resend
+--
+-- The commit id is checked first, whatever the fence and the head are now. A resend whose
+-- commit id is not found gets a definite FENCED / FENCE_BEHIND / CONFLICT only when the
+-- server can show the first attempt did not apply, i.e. all of:
+--   * the head exists and its epoch <= token: no delete since the token was issued (a delete
+--     bumps the fence past every issued token, so a head created after it has epoch > token),
+--     hence an applied first attempt would still be in this head's history;
+--   * and either the head is below the generation the commit would have made (generations
+--     never go back within one head's history), or that generation is kept with a known
+--     commit id (it would be ours had the first attempt applied).
+-- Otherwise (no head, a newer epoch, the generation rotated out of kept, an unknown id):
+-- OUTCOME_UNKNOWN. Being fenced alone proves nothing: the first attempt may have applied
+-- before the fence moved and rotated out since.
+--
+-- Staging: a staged commit is dead once it can no longer apply; the commit that makes it so,
+-- or the next one, removes it. Dead here: import (it bumps the fence): every other staged
+-- commit; commit: token below this one's, or expected generation <= the current head (it
+-- conflicts once this commit applies); every other one when their bytes pass the stage limit.
+local LIMIT = 1125899906842624  -- 2^50
 local F = {}
 for v in string.gmatch(ARGV[1] .. '\n', '(.-)\n') do table.insert(F, v) end
-local mode, commit_id, checksum, schema, codec, created = F[1], F[4], F[5], F[6], F[7], F[8]
-local owner, maxlen, size, by = F[9], F[11], F[13], F[15]
-local token, expected, keep = tonumber(F[2]), tonumber(F[3]), tonumber(F[10])
-local new, chunks, staged = tonumber(F[12]), tonumber(F[14]), tonumber(F[16])
+local mode, commit_id, checksum, schema, codec = F[1], F[4], F[5], F[6], F[7]
+local owner, maxlen, size, by = F[8], F[10], F[12], F[14]
+local token_s, expected_s = F[2], F[3]
+local token, expected, keep = tonumber(F[2]), tonumber(F[3]), tonumber(F[9])
+local new, chunks, staged = tonumber(F[11]), tonumber(F[13]), tonumber(F[15])
+local resend, nd, stage_limit, strict = F[16] == '1', tonumber(F[17]), tonumber(F[18]), F[19] == '1'
+local importing = mode == 'import'
+
+local function int(x) return string.format('%d', x) end
+local function split(s)  -- "a,b,,c" -> {"a", "b", "", "c"}; nil or "" -> {}
+  local out = {}
+  if s and s ~= '' then
+    for v in string.gmatch(s .. ',', '([^,]*),') do table.insert(out, v) end
+  end
+  return out
+end
+local function gen_of(entry) return tonumber(string.match(entry, '^(%d+)')) end
+
+if not (token and token >= (importing and 0 or 1) and token <= LIMIT) then
+  return redis.error_reply('OUT_OF_RANGE token ' .. token_s)
+end
+if not (new and new >= 1 and new <= LIMIT) then
+  return redis.error_reply('OUT_OF_RANGE generation ' .. F[11])
+end
 
 local function event(kind, ...)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'owner', owner,
-    'token', token, 'commit_id', commit_id, ...)  -- the entry id carries the time
+    'token', token_s, 'commit_id', commit_id, ...)  -- the entry id carries the time
 end
 local function unstage()
-  for i = 6, 5 + staged do redis.call('DEL', KEYS[i]) end
+  for i = 7, 6 + staged do redis.call('DEL', KEYS[i]) end
+  if staged > 0 then redis.call('HDEL', KEYS[5], commit_id) end
 end
 
-local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
-local h_gen, h_commit, h_kept = unpack(redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept'))
+local fence_s = redis.call('GET', KEYS[1]) or '0'
+local fence = tonumber(fence_s)
+local h = redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept', 'kept_ids', 'kept_ms', 'epoch')
+local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch = h[1], h[2], h[3], h[4], h[5], h[6]
 local current = tonumber(h_gen or '0')
+local current_s = h_gen or '0'
 
-if mode == 'commit' then
+-- the kept generations with their commit ids and times, aligned (oldest first)
+local kept, ids, times
+local function kept_lists()
+  if kept then return end
+  kept, ids, times = split(h_kept), split(h_ids), split(h_ms)
+  while #ids < #kept do table.insert(ids, 1, '-') end
+  while #times < #kept do table.insert(times, 1, '-') end
+  while #ids > #kept do table.remove(ids, 1) end
+  while #times > #kept do table.remove(times, 1) end
+end
+
+-- 1. this commit id already applied? (first, whatever the fence and the head are now)
+local found = nil
+if h_commit == commit_id then
+  found = current
+elseif h_ids and string.find(',' .. h_ids .. ',', ',' .. commit_id .. ',', 1, true) then
+  kept_lists()
+  for i = #kept, 1, -1 do
+    if ids[i] == commit_id then found = gen_of(kept[i]); break end
+  end
+end
+if found then
+  unstage()
+  event(importing and 'import_retry' or 'commit_retry', 'generation', found)
+  return {found, 'retry'}
+end
+
+-- 2. fence and generation
+local function provably_not_applied()
+  if not resend then return true end  -- no earlier attempt: nothing else could have applied it
+  if not h_gen then return false end
+  local epoch = tonumber(h_epoch or '')
+  if not epoch or epoch > token then return false end
+  if current < new then return true end
+  kept_lists()
+  for i = 1, #kept do
+    if gen_of(kept[i]) == new then return ids[i] ~= '-' end
+  end
+  return false
+end
+local function reject(code, a, b, kind, ...)
+  unstage()
+  if not provably_not_applied() then
+    event(mode .. '_unknown', 'refused', code, 'fence', fence_s, 'expected', expected_s, 'actual', current_s)
+    return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
+      expected_s .. ' ' .. current_s)
+  end
+  if kind then event(kind, ...) end
+  return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
+end
+
+if not importing then
   if token < fence then
-    unstage()
-    event('fenced', 'fence', fence, 'expected', expected)
-    return redis.error_reply('FENCED ' .. token .. ' ' .. fence)
+    return reject('FENCED', token_s, fence_s, 'fenced', 'fence', fence_s, 'expected', expected_s)
   end
   if token > fence then
-    unstage()
-    event('fence_behind', 'fence', fence)
-    return redis.error_reply('FENCE_BEHIND ' .. token .. ' ' .. fence)
-  end
-  if h_commit == commit_id then
-    unstage()
-    event('commit_retry', 'generation', current)
-    return {current, 'retry'}
+    return reject('FENCE_BEHIND', token_s, fence_s, 'fence_behind', 'fence', fence_s)
   end
   if current ~= expected then
-    unstage()
-    event('conflict', 'expected', expected, 'actual', current)
-    return redis.error_reply('CONFLICT ' .. expected .. ' ' .. current)
+    return reject('CONFLICT', expected_s, current_s, 'conflict', 'expected', expected_s, 'actual', current_s)
   end
   if new ~= current + 1 then
     unstage()
-    return redis.error_reply('BAD_GENERATION ' .. (current + 1) .. ' ' .. new)
+    return redis.error_reply('BAD_GENERATION ' .. int(current + 1) .. ' ' .. F[11])
   end
-elseif current >= new then
-  unstage()
-  return redis.error_reply('CONFLICT ' .. (new - 1) .. ' ' .. current)
+else
+  if token >= LIMIT then
+    unstage()
+    return redis.error_reply('OUT_OF_RANGE token ' .. token_s)
+  end
+  if fence >= LIMIT then
+    unstage()
+    return redis.error_reply('OUT_OF_RANGE fence ' .. fence_s)
+  end
+  if current >= new then
+    return reject('CONFLICT', int(new - 1), current_s, nil)
+  end
 end
 
 for i = 0, staged - 1 do
-  if redis.call('EXISTS', KEYS[6 + i]) == 0 then
+  if redis.call('EXISTS', KEYS[7 + i]) == 0 then
     return redis.error_reply('STAGE_MISSING ' .. i)
   end
 end
 
--- rotation plan, checked before anything is written
-local kept = {}
-if h_kept and h_kept ~= '' then
-  for entry in string.gmatch(h_kept, '[^,]+') do table.insert(kept, entry) end
-end
-table.insert(kept, chunks > 0 and (new .. ':' .. chunks) or tostring(new))
+-- 3. rotation plan and dead staged commits, checked before anything is written
+kept_lists()
+table.insert(kept, chunks > 0 and (int(new) .. ':' .. int(chunks)) or int(new))
+table.insert(ids, commit_id)
 local offered = {}
-local k = 6 + 2 * staged
-for i = 3, #ARGV do
+local k = 7 + 2 * staged
+for i = 3, 2 + nd do
   local g, c = string.match(ARGV[i], '^(%d+):(%d+)$')
   local list = {}
   for j = 0, tonumber(c) do list[j + 1] = KEYS[k + j] end
@@ -119,30 +236,69 @@ if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 
--- apply
-if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
-for i = 0, staged - 1 do
-  redis.call('RENAME', KEYS[6 + i], KEYS[6 + staged + i])
-  redis.call('PERSIST', KEYS[6 + staged + i])
+local passed = {}  -- dead staged commits whose keys were passed: cid -> {first key, count}
+for i = 3 + nd, #ARGV do
+  local cid, c = string.match(ARGV[i], '^(.+):(%d+)$')
+  passed[cid] = {k, tonumber(c)}
+  k = k + tonumber(c)
 end
-local still = {}
+local registry = strict and redis.call('HGETALL', KEYS[5]) or {}
+if #registry > 0 then
+  local others, bytes = {}, 0
+  for i = 1, #registry, 2 do
+    if registry[i] ~= commit_id then
+      local t, e, c, b = string.match(registry[i + 1], '^(%d+):(%d+):(%d+):(%d+)$')
+      table.insert(others, {registry[i], tonumber(t or '0'), tonumber(e or '0'), c or '0'})
+      bytes = bytes + tonumber(b or '0')
+    end
+  end
+  local need = {}
+  for _, o in ipairs(others) do
+    local dead = importing or bytes > stage_limit or o[2] < token or o[3] <= current
+    if dead and not passed[o[1]] then table.insert(need, o[1] .. ':' .. o[4]) end
+  end
+  if #need > 0 then
+    return redis.error_reply('NEED_STAGE ' .. table.concat(need, ' '))
+  end
+end
+
+-- 4. apply
+if ARGV[2] ~= '' then redis.call('SET', KEYS[6], ARGV[2]) end
+for i = 0, staged - 1 do
+  redis.call('RENAME', KEYS[7 + i], KEYS[7 + staged + i])
+  redis.call('PERSIST', KEYS[7 + staged + i])
+end
+if staged > 0 then redis.call('HDEL', KEYS[5], commit_id) end
+for cid, where in pairs(passed) do
+  for j = 0, where[2] - 1 do redis.call('DEL', KEYS[where[1] + j]) end
+  redis.call('HDEL', KEYS[5], cid)
+end
+local t = redis.call('TIME')
+local now = int(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+table.insert(times, now)
+local still, still_ids, still_ms = {}, {}, {}
 for i = 1, #kept do
   if i <= drop_count then
     for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('DEL', key) end
   else
-    table.insert(still, kept[i])
+    table.insert(still, kept[i]); table.insert(still_ids, ids[i]); table.insert(still_ms, times[i])
   end
 end
-redis.call('HSET', KEYS[2], 'generation', new, 'token', token, 'commit_id', commit_id,
-  'checksum', checksum, 'size', size, 'chunks', chunks, 'schema_version', schema,
-  'codec', codec, 'created_ms', created, 'owner', owner, 'kept', table.concat(still, ','))
+if importing then fence = math.max(fence, token) + 1 end
+local fields = {'generation', int(new), 'token', token_s, 'commit_id', commit_id,
+  'checksum', checksum, 'size', size, 'chunks', int(chunks), 'schema_version', schema,
+  'codec', codec, 'created_ms', now, 'owner', owner, 'kept', table.concat(still, ','),
+  'kept_ids', table.concat(still_ids, ','), 'kept_ms', table.concat(still_ms, ',')}
+if not h_gen or not h_epoch then
+  table.insert(fields, 'epoch'); table.insert(fields, int(fence))
+end
+redis.call('HSET', KEYS[2], unpack(fields))
 
-if mode == 'import' then
-  fence = math.max(fence, token) + 1
-  redis.call('SET', KEYS[1], fence)
+if importing then
+  redis.call('SET', KEYS[1], int(fence))
   redis.call('DEL', KEYS[4])
-  event('import', 'generation', new, 'fence', fence, 'by', by)
+  event('import', 'generation', int(new), 'fence', int(fence), 'by', by)
   return {new, fence}
 end
-event('commit', 'generation', new, 'size', size, 'chunks', chunks)
+event('commit', 'generation', int(new), 'size', size, 'chunks', int(chunks))
 return new

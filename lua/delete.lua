@@ -1,19 +1,28 @@
--- delete: remove a run's checkpoints and lease; the fence survives, bumped, as a tombstone so
--- that no holder of an older token can write into a recreated run.
+-- delete: remove a run's checkpoints, lease and staged data; the fence survives, bumped, as a
+-- tombstone so that no holder of an older token can write into a recreated run.
 --
--- KEYS[1]    fence   string int (kept, incremented)
--- KEYS[2]    lease   hash (deleted)
--- KEYS[3]    head    hash (deleted)
--- KEYS[4]    events  stream (kept: the audit trail outlives the data), capped at ~ARGV[2]
--- KEYS[5..]  for each ARGV[3..] entry "<g>:<chunks>", the key g:<g> then its chunk keys
+-- KEYS[1]    fence    string int (kept, incremented)
+-- KEYS[2]    lease    hash (deleted)
+-- KEYS[3]    head     hash (deleted)
+-- KEYS[4]    events   stream (kept: the audit trail outlives the data), capped at ~ARGV[2]
+-- KEYS[5]    staging  hash {commit id: "<token>:<expected>:<count>:<bytes>"} (deleted)
+-- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys;
+--            then for each staged entry "<cid>:<count>", its <count> staged keys
 -- ARGV[1]  who deleted (free text for the audit event)
 -- ARGV[2]  events stream max length
+-- ARGV[3]  number of generation entries d
+-- ARGV[4 .. 3+d]  generation entries "<g>:<chunks>"
+-- ARGV[4+d ..]    staged commits "<cid>:<count>" (as the caller read them from the staging hash)
 --
--- Returns {new_fence, generations_deleted}
--- Errors: "NEED_KEYS <g>:<c> ..."  the head keeps generations whose keys were not passed
+-- Returns {new_fence, generations_deleted}; the fence as the exact string INCR stored.
+-- Errors (nothing written):
+--   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
+-- Staged keys registered after the caller read the staging hash are not passed: they expire
+-- with their TTL (their commits are fenced by the bumped fence).
+local nd = tonumber(ARGV[3])
 local h_kept = redis.call('HGET', KEYS[3], 'kept')
 local offered = {}
-for i = 3, #ARGV do offered[ARGV[i]] = true end
+for i = 4, 3 + nd do offered[ARGV[i]] = true end
 local missing = {}
 if h_kept and h_kept ~= '' then
   for entry in string.gmatch(h_kept, '[^,]+') do
@@ -24,18 +33,21 @@ end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
+
 local deleted = 0
-local k = 5
-for i = 3, #ARGV do
+local k = 6
+for i = 4, 3 + nd do
   local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
   deleted = deleted + redis.call('DEL', KEYS[k])
   for j = 1, c do redis.call('DEL', KEYS[k + j]) end
   k = k + c + 1
 end
-redis.call('DEL', KEYS[2], KEYS[3])
-local fence = redis.call('INCR', KEYS[1])
+for i = k, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('INCR', KEYS[1])
+local fence = redis.call('GET', KEYS[1])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'delete', 'by', ARGV[1],
   'fence', fence, 'generations', deleted, 'ms', now)
 return {fence, deleted}

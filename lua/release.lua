@@ -7,13 +7,15 @@
 -- ARGV[2] owner of the caller
 -- ARGV[3] events stream max length
 --
+-- Tokens are compared as the strings the caller and acquire wrote (exact at any size).
+--
 -- Returns 1 when released, 0 when the caller's token did not hold the lease (nothing changed).
 local l_state, l_token = unpack(redis.call('HMGET', KEYS[1], 'state', 'token'))
 if l_state ~= 'held' or l_token ~= ARGV[1] then
   return 0
 end
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('HSET', KEYS[1], 'state', 'released', 'released_ms', now)
 redis.call('PERSIST', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'release',

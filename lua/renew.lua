@@ -4,24 +4,31 @@
 -- KEYS[2] lease   hash (see acquire.lua)
 -- KEYS[3] events  stream, capped at ~ARGV[4]
 -- ARGV[1] token of the caller
--- ARGV[2] new ttl in ms
+-- ARGV[2] new ttl in ms, an integer in [1, MAX_INT] (MAX_INT = 2^50, redis_ckpt._core.MAX_INT:
+--         Lua's doubles are exact below it)
 -- ARGV[3] owner of the caller (for the audit event)
 -- ARGV[4] events stream max length
 --
 -- Returns the new ttl in ms.
--- Errors: "LEASE_LOST <fence> <holder_token|0> <holder_owner|>"  the caller's token no longer
+-- Errors: "OUT_OF_RANGE ttl <ttl>"  (nothing written)
+--         "LEASE_LOST <fence> <holder_token|0> <holder_owner|>"  the caller's token no longer
 --         holds a live lease (expired, revoked, released or taken over); a renew_failed event
 --         is written.
+local LIMIT = 1125899906842624  -- 2^50
 local token = ARGV[1]
 local ttl = tonumber(ARGV[2])
+if not (ttl and ttl >= 1 and ttl <= LIMIT and ttl == math.floor(ttl)) then
+  return redis.error_reply('OUT_OF_RANGE ttl ' .. ARGV[2])
+end
+local function int(x) return string.format('%d', x) end
 local l_owner, l_state, l_token = unpack(redis.call('HMGET', KEYS[2], 'owner', 'state', 'token'))
 local fence = redis.call('GET', KEYS[1]) or '0'
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = int(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 
 if l_state == 'held' and l_token == token and fence == token then
-  redis.call('HSET', KEYS[2], 'renewed_ms', now, 'ttl_ms', ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('HSET', KEYS[2], 'renewed_ms', now, 'ttl_ms', int(ttl))
+  redis.call('PEXPIRE', KEYS[2], int(ttl))
   return ttl
 end
 

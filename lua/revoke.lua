@@ -6,12 +6,15 @@
 -- ARGV[1] who revoked (free text for the audit event)
 -- ARGV[2] events stream max length
 --
--- Returns the new fence.
+-- Returns the new fence, as the exact string INCR stored (a Lua number would round a fence
+-- past 2^53, e.g. one imported before MAX_INT was enforced; revoke never refuses: it must
+-- always fence every holder off).
 local l_owner, l_state, l_token = unpack(redis.call('HMGET', KEYS[2], 'owner', 'state', 'token'))
-local fence = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[1])
+local fence = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local fields = {'kind', 'revoke', 'by', ARGV[1], 'fence', fence, 'ms', now}
 if l_state == 'held' then
   table.insert(fields, 'previous_owner'); table.insert(fields, l_owner)

@@ -7,13 +7,14 @@ or in ``_core``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from ._core import RetryPolicy, StoreCore, default_owner
+from ._core import MAX_TTL_MS, RetryPolicy, StoreCore, default_owner
 from ._durability import Durability
-from ._errors import DurabilityError
+from ._errors import DurabilityError, OutOfRangeError
 from ._io import Flow
 from ._models import Checkpoint, Grant
 from ._probe import ProbeReport, probe_flow
@@ -25,11 +26,31 @@ __all__ = ["StoreBase", "LeaseBase", "ttl_ms", "client_label"]
 
 
 def ttl_ms(ttl: float | timedelta) -> int:
-    """A lease TTL given in seconds (or a timedelta) as whole milliseconds."""
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return max(1, int(round(seconds * 1000)))
+    """A lease TTL given in seconds (or a timedelta) as whole milliseconds, at least 1.
+
+    :class:`OutOfRangeError` (a ``ValueError``) for anything but a positive, finite number
+    of seconds up to ``MAX_TTL_MS`` / 1000 (2**50 ms, the bound below which the scripts keep
+    numbers exact): nothing is sent, so the run stays untouched.
+    """
+    if isinstance(ttl, timedelta):
+        ms: object = ttl // timedelta(milliseconds=1) if ttl > timedelta(0) else 0  # exact, no float
+        if ttl > timedelta(0) and ms == 0:
+            ms = 1
+    elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        ms = ttl
+    elif isinstance(ttl, float) and not math.isfinite(ttl):
+        ms = ttl
+    elif ttl <= 0 or ttl * 1000 > MAX_TTL_MS:
+        ms = ttl * 1000
+    else:
+        ms = max(1, round(ttl * 1000))
+    if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= MAX_TTL_MS:
+        raise OutOfRangeError(
+            f"ttl must be a positive, finite number of seconds (or a timedelta) up to "
+            f"{MAX_TTL_MS // 1000} s ({MAX_TTL_MS} ms), got {ttl!r}",
+            argument="ttl", value=ttl, minimum=0.001, maximum=MAX_TTL_MS / 1000,
+        )
+    return ms
 
 
 def client_label(client: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -35,6 +36,8 @@ from ._errors import (
     LeaseHeldError,
     LeaseLostError,
     NotFoundError,
+    OutcomeUnknownError,
+    OutOfRangeError,
     SchemaVersionError,
     ServerError,
     StateError,
@@ -47,7 +50,7 @@ from ._probe import DRIFT_KEYS, drift_problems
 from ._keys import RunKeys, validate_namespace, validate_owner, validate_run_id
 from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
 
-__all__ = ["StoreCore", "RetryPolicy", "default_owner"]
+__all__ = ["StoreCore", "RetryPolicy", "default_owner", "MAX_INT", "MAX_TTL_MS"]
 
 log = logging.getLogger("redis_ckpt")
 T = TypeVar("T")
@@ -55,15 +58,25 @@ T = TypeVar("T")
 #: Errors after which an operation may be sent again: the connection broke or timed out.
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 Migration = Callable[[Any], Any]
-#: staged chunks of a commit expire if the writer dies before the commit script runs
-STAGE_TTL_MS = 3_600_000
+#: The exact-number bound: every token, generation, fence, ttl and time a Lua script compares
+#: or writes is an integer up to MAX_INT. Lua 5.1 numbers are doubles, exact up to 2**53; the
+#: margin keeps ``x + 1`` and sums of times exact. The scripts refuse past it (OUT_OF_RANGE)
+#: before writing anything; the flows refuse first (OutOfRangeError). Also in lua/*.lua.
+MAX_INT = 2**50
+#: the longest lease: 2**50 ms (~35,700 years); the same bound, so PEXPIRE and the lease's
+#: ttl_ms stay exact
+MAX_TTL_MS = MAX_INT
+#: staged keys of a commit whose writer dies before its script runs expire after the retry
+#: deadline twice over plus this margin (the run's next commit or acquire removes them sooner)
+STAGE_TTL_MARGIN_MS = 60_000
+_COMMIT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 #: chunks fetched per round trip when loading a chunked generation
 READ_BATCH = 4
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: frames up to this size go to the commit script as an argument; larger ones are staged
 INLINE_BYTES = 16 * 1024
 #: the head fields a load needs (fewer replies to parse than HGETALL)
-LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id")
+LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
 
 
 def default_owner() -> str:
@@ -107,6 +120,62 @@ def _fields(*values: object) -> str:
 
 def _entry(g: int, chunks: int) -> str:
     return f"{g}:{chunks}"
+
+
+def _kept_times(head: Mapping[str, str]) -> dict[int, int]:
+    """generation -> server time (ms) of its commit, for the kept generations whose time the
+    head recorded (``kept_ms``, aligned with ``kept``; "-" or absent for older heads)."""
+    gens = [g for g, _ in _kept(head)]
+    times = head.get("kept_ms", "").split(",") if head.get("kept_ms") else []
+    out = {}
+    for g, t in zip(reversed(gens), reversed(times)):
+        if t.isdigit():
+            out[g] = int(t)
+    return out
+
+
+def check_int(argument: str, value: object, low: int, high: int, *, run_id: str | None = None) -> int:
+    """``value`` if it is an int in [low, high], else OutOfRangeError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise OutOfRangeError(
+            f"{argument} must be an int in [{low}, {high}], got {value!r}"
+            + (f" (run {run_id!r})" if run_id is not None else ""),
+            argument=argument, value=value, minimum=low, maximum=high, run_id=run_id,
+        )
+    return value
+
+
+def check_ttl_ms(ttl_ms: object, *, run_id: str | None = None) -> int:
+    """A lease ttl in whole ms: an int in [1, MAX_TTL_MS], else OutOfRangeError."""
+    return check_int("ttl", ttl_ms, 1, MAX_TTL_MS, run_id=run_id)
+
+
+def _staged(entries: Mapping[str, str]) -> list[str]:
+    """The staging hash's entries as "<cid>:<count>" (what the scripts take)."""
+    out = []
+    for cid, value in entries.items():
+        parts = value.split(":")
+        out.append(f"{cid}:{parts[2] if len(parts) == 4 and parts[2].isdigit() else 0}")
+    return sorted(out)
+
+
+def _out_of_range(run_id: str, fields: list[str], what: str) -> OutOfRangeError:
+    """The OutOfRangeError for a script's "OUT_OF_RANGE <argument> <value>" answer."""
+    argument, value = fields[0], (fields[1] if len(fields) > 1 else "")
+    shown: object = int(value) if value.isdigit() else value
+    if argument == "fence":
+        message = (f"{what} of run {run_id!r} refused: its fence is {value}, at or past the bound "
+                   f"{MAX_INT} up to which tokens stay exact; no token can be handed out")
+    else:
+        message = f"{what} of run {run_id!r} refused: {argument} {value} is out of range [1, {MAX_INT}]"
+    return OutOfRangeError(message, argument=argument, value=shown, minimum=1, maximum=MAX_INT, run_id=run_id)
+
+
+def _outcome_unknown(run_id: str, fields: list[str], what: str) -> OutcomeUnknownError:
+    """The error for "OUTCOME_UNKNOWN <code> <token> <fence> <expected> <actual>"."""
+    code, token, fence, expected, actual = fields[:5]
+    return OutcomeUnknownError(run_id, what=what, refused=code, token=int(token), fence=int(fence),
+                               expected=int(expected), actual=int(actual))
 
 
 def _script_error(reply: Any) -> tuple[str, list[str]] | None:
@@ -187,6 +256,12 @@ class StoreCore:
             self._chunks_of[(run_id, generation)] = chunks
         self._chunks_of.pop((run_id, generation - self.keep), None)
 
+    @property
+    def stage_ttl_ms(self) -> int:
+        """How long staged keys live when their commit never runs: tied to the commit deadline
+        (a resend within it finds them, or stages again), minutes rather than an hour."""
+        return int(2 * self.retry.deadline_s * 1000) + STAGE_TTL_MARGIN_MS
+
     def keys(self, run_id: str) -> RunKeys:
         """The keys of ``run_id`` (validated); recently used runs are remembered."""
         k = self._keys.get(run_id) if isinstance(run_id, str) else None
@@ -262,55 +337,86 @@ class StoreCore:
                 raise unconfirmed(got.local, got.replicas,
                                   "the server's settings changed since the store started: " + "; ".join(drifted))
 
-    def _with_keys(self, build: Callable[[list[str]], Script], entries: list[str], route: str,
-                   before: list[Cmd] | None = None) -> Flow[list[Any]]:
-        """Send ``before`` then ``build(entries)`` and the confirmations on one connection.
+    def _with_keys(self, build: Callable[[list[str], list[str], bool], Script], entries: list[str], route: str,
+                   before: list[Cmd] | None = None, *, resend: bool = False) -> Flow[list[Any]]:
+        """Send ``before`` then ``build(entries, dead, strict)`` and the confirmations on one connection.
 
-        ``entries`` name the generations ("<g>:<chunks>") whose keys the script is given. When
-        it answers NEED_KEYS (it would touch generations whose keys were not passed), they are
-        added and the script is sent again: nothing but the staging was written before that
-        answer, and the staged keys stay in place for the resend (their TTL covers a writer
-        that dies); STAGE_MISSING stages them again. Returns the replies from the script's on.
+        ``entries`` name the generations ("<g>:<chunks>") whose keys the script is given,
+        ``dead`` the dead staged commits ("<cid>:<count>") whose staged keys it removes. When it
+        answers NEED_KEYS (it would touch generations whose keys were not passed) or NEED_STAGE
+        (dead staged commits whose keys were not passed), they are added and the script is
+        sent again: nothing but the staging was written before that answer, and the staged keys
+        stay in place for the resend; STAGE_MISSING stages them again. After three NEED_STAGE
+        answers the script is sent not ``strict``: it applies and leaves what it was not given
+        (to the next commit, or the staged keys' TTL), so a stream of dying stagers cannot
+        starve a commit. ``resend``: an earlier attempt went out (its outcome unknown), so its
+        staging may be in place: the script goes first alone, the staging again only on
+        STAGE_MISSING. Returns the replies from the script's on.
         """
-        send = before
-        for _ in range(4):
-            replies = yield self._confirmed(build(entries), route=route, before=send)
+        send = None if resend else before
+        dead: list[str] = []
+        need_stage = 0
+        for _ in range(8):
+            replies = yield self._confirmed(build(entries, dead, need_stage < 3), route=route, before=send)
             staged, replies = replies[: len(send or [])], replies[len(send or []):]
             for r in staged:  # an EXEC's reply is the list of its commands' replies
                 for one in r if isinstance(r, list) else [r]:
                     if isinstance(one, Exception):
                         raise one
             err = _script_error(replies[0])
-            if err is None or err[0] not in ("NEED_KEYS", "STAGE_MISSING"):
+            if err is None or err[0] not in ("NEED_KEYS", "STAGE_MISSING", "NEED_STAGE"):
                 return replies
             if err[0] == "NEED_KEYS":
                 entries = sorted(set(entries) | set(err[1]))
+                send = None
+            elif err[0] == "NEED_STAGE":
+                dead = sorted(set(dead) | set(err[1]))
+                need_stage += 1
                 send = None
             else:
                 send = before
         raise AssertionError("the generation key set did not converge")
 
-    def _stored_form(self, k: RunKeys, generation: int, frame: bytes, cid: str) -> tuple[bytes, int, list[Cmd], list[str]]:
+    def _stored_form(self, k: RunKeys, generation: int, frame: bytes, cid: str, *, token: int,
+                     expected: int) -> tuple[bytes, int, list[Cmd], list[str]]:
         """How a frame travels: (ARGV value for g:<n>, chunk count, staging commands, KEYS of
         the staged keys followed by the keys they become).
 
         Up to INLINE_BYTES the frame goes to the script as an argument; up to chunk_bytes it is
         staged whole with a plain SET and renamed into g:<n> (an argument of a script costs the
         server ~0.4 ms per MiB, a SET a fraction of that); beyond, it is staged as chunks and
-        g:<n> gets the manifest.
+        g:<n> gets the manifest. Staging first records the commit in the run's staging hash
+        (so that the next commit or acquire can find and remove it if this writer dies before
+        its script runs); every staged key and the hash expire after ``stage_ttl_ms``.
         """
         if len(frame) <= min(INLINE_BYTES, self.chunk_bytes):
             return frame, 0, [], []
+        ttl = self.stage_ttl_ms
         if len(frame) <= self.chunk_bytes:
             stage = k.stage(cid, 0)
-            return b"", 0, [Cmd("SET", stage, frame, "PX", STAGE_TTL_MS)], [stage, k.generation(generation)]
+            return b"", 0, [*self._register(k, cid, token, expected, 1, len(frame), ttl),
+                            Cmd("SET", stage, frame, "PX", ttl)], [stage, k.generation(generation)]
         parts = split(frame, self.chunk_bytes)
         # one MULTI/EXEC: the server applies (and, under appendfsync always, fsyncs) the chunks
         # in one go instead of once per chunk as each arrives
-        staging = [Cmd("MULTI"), *(Cmd("SET", k.stage(cid, i), part, "PX", STAGE_TTL_MS) for i, part in enumerate(parts)),
+        staging = [Cmd("MULTI"), *self._register(k, cid, token, expected, len(parts), len(frame), ttl),
+                   *(Cmd("SET", k.stage(cid, i), part, "PX", ttl) for i, part in enumerate(parts)),
                    Cmd("EXEC")]
         keys = [*(k.stage(cid, i) for i in range(len(parts))), *(k.chunk(generation, i) for i in range(len(parts)))]
         return encode_manifest(k.run_id, generation, parts), len(parts), staging, keys
+
+    @staticmethod
+    def _register(k: RunKeys, cid: str, token: int, expected: int, count: int, size: int, ttl: int) -> list[Cmd]:
+        return [Cmd("HSET", k.staging, cid, f"{token}:{expected}:{count}:{size}"), Cmd("PEXPIRE", k.staging, ttl)]
+
+    @staticmethod
+    def _stage_keys(k: RunKeys, dead: list[str]) -> list[str]:
+        """The staged keys of "<cid>:<count>" entries."""
+        out: list[str] = []
+        for e in dead:
+            cid, _, count = e.rpartition(":")
+            out += [k.stage(cid, i) for i in range(int(count))]
+        return out
 
     def _drop_keys(self, k: RunKeys, entries: list[str]) -> list[str]:
         out: list[str] = []
@@ -377,26 +483,38 @@ class StoreCore:
     def acquire_flow(self, run_id: str, owner: str, ttl_ms: int) -> Flow[Grant]:
         k = self.keys(run_id)
         owner = validate_owner(owner)
-        if not isinstance(ttl_ms, int) or ttl_ms <= 0:
-            raise ValueError("ttl must be a positive number of milliseconds")
+        check_ttl_ms(ttl_ms, run_id=k.run_id)
 
         def body() -> Flow[Grant]:
-            script = Script("acquire", [k.fence, k.lease, k.head, k.events], [owner, ttl_ms, self.events_maxlen])
-            replies = yield self._confirmed(script, route=k.fence)
-            err = _script_error(replies[0])
-            if err is not None:
-                code, fields = err
-                if code == "LEASE_HELD":
-                    raise LeaseHeldError(k.run_id, owner=" ".join(fields[1:]), ms_left=int(fields[0]))
-                raise replies[0]
-            token, generation, kind, previous = replies[0]
-            self._check_confirmed(replies, what="acquire", run_id=k.run_id, generation=None)
-            return Grant(int(token), int(generation), _text(kind), int(previous))
+            dead: list[str] = []
+            for attempt in range(6):
+                # staged commits are all dead once the fence moves; the script names those it
+                # was not given (NEED_STAGE, nothing written) and removes the ones it was
+                strict = int(attempt < 5)
+                script = Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *self._stage_keys(k, dead)],
+                                [owner, ttl_ms, self.events_maxlen, strict, *dead])
+                replies = yield self._confirmed(script, route=k.fence)
+                err = _script_error(replies[0])
+                if err is not None:
+                    code, fields = err
+                    if code == "NEED_STAGE":
+                        dead = sorted(set(dead) | set(fields))
+                        continue
+                    if code == "LEASE_HELD":
+                        raise LeaseHeldError(k.run_id, owner=" ".join(fields[1:]), ms_left=int(fields[0]))
+                    if code == "OUT_OF_RANGE":
+                        raise _out_of_range(k.run_id, fields, "acquire")
+                    raise replies[0]
+                token, generation, kind, previous = replies[0]
+                self._check_confirmed(replies, what="acquire", run_id=k.run_id, generation=None)
+                return Grant(int(token), int(generation), _text(kind), int(previous))
+            raise AssertionError("the staged key set did not converge")
 
         return self._retrying(body, run_id=k.run_id, what="acquire", writes=True)
 
     def renew_flow(self, run_id: str, owner: str, token: int, ttl_ms: int) -> Flow[int]:
         k = self.keys(run_id)
+        check_ttl_ms(ttl_ms, run_id=k.run_id)
 
         def body() -> Flow[int]:
             script = Script("renew", [k.fence, k.lease, k.events], [token, ttl_ms, owner, self.events_maxlen])
@@ -409,6 +527,8 @@ class StoreCore:
                     holder = " ".join(fields[2:]) or None
                     raise LeaseLostError(k.run_id, token=token, holder=holder, holder_token=holder_token,
                                          fence=int(fields[0]))
+                if code == "OUT_OF_RANGE":
+                    raise _out_of_range(k.run_id, fields, "renew")
                 raise reply
             return int(reply)
 
@@ -466,32 +586,36 @@ class StoreCore:
                     commit_id: str | None = None) -> Flow[int]:
         k = self.keys(run_id)
         owner = validate_owner(owner)
-        if not isinstance(token, int) or isinstance(token, bool) or token < 1:
-            raise ValueError("token must be a positive int handed out by acquire")
-        if not isinstance(expected_generation, int) or expected_generation < 0:
-            raise ValueError("expected_generation must be an int >= 0")
+        check_int("token", token, 1, MAX_INT, run_id=k.run_id)
+        check_int("expected_generation", expected_generation, 0, MAX_INT - 1, run_id=k.run_id)
+        if commit_id is not None and not (isinstance(commit_id, str) and _COMMIT_ID.fullmatch(commit_id)):
+            raise ValueError("commit_id must be 1-128 characters of A-Z a-z 0-9 _ . -")
         new = expected_generation + 1
         frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
         cid = commit_id or uuid.uuid4().hex
-        stored, chunks, staging, chunk_keys = self._stored_form(k, new, frame, cid)
+        stored, chunks, staging, chunk_keys = self._stored_form(k, new, frame, cid, token=token,
+                                                                expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
         del frame  # the stored form (or its chunks, zero-copy views) is all that is kept
         # a guess at what rotation drops (the script asks for more when it is wrong)
         old = new - self.keep
         drop = [_entry(old, self._chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
+        sent = [0]  # attempts that went out: from the second on, a resend of this commit id
 
-        def build(drop: list[str]) -> Script:
+        def build(drop: list[str], dead: list[str], strict: bool) -> Script:
             return Script(
                 "commit",
-                [k.fence, k.head, k.events, k.lease, k.generation(new), *chunk_keys, *self._drop_keys(k, drop)],
+                [k.fence, k.head, k.events, k.lease, k.staging, k.generation(new), *chunk_keys,
+                 *self._drop_keys(k, drop), *self._stage_keys(k, dead)],
                 [_fields("commit", token, expected_generation, cid, checksum, self.schema_version,
-                         CODEC_MSGPACK, _now_ms(), owner, self.keep, self.events_maxlen, new, size, chunks, "",
-                         len(chunk_keys) // 2),
-                 stored, *drop],
+                         CODEC_MSGPACK, owner, self.keep, self.events_maxlen, new, size, chunks, "",
+                         len(chunk_keys) // 2, int(sent[0] > 1), len(drop), self.max_state_bytes, int(strict)),
+                 stored, *drop, *dead],
             )
 
         def body() -> Flow[int]:
-            replies = yield from self._with_keys(build, drop, route=k.head, before=staging)
+            sent[0] += 1
+            replies = yield from self._with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
             err = _script_error(replies[0])
             if err is None:
                 reply = replies[0]  # n (applied) or [n, "retry"] (a resend of an applied commit)
@@ -504,6 +628,10 @@ class StoreCore:
                 raise FencedError(k.run_id, token=int(fields[0]), fence=int(fields[1]))
             if code == "CONFLICT":
                 raise ConflictError(k.run_id, expected=int(fields[0]), actual=int(fields[1]))
+            if code == "OUTCOME_UNKNOWN":
+                raise _outcome_unknown(k.run_id, fields, "commit")
+            if code == "OUT_OF_RANGE":
+                raise _out_of_range(k.run_id, fields, "commit")
             raise replies[0]
 
         return self._retrying(body, run_id=k.run_id, what="commit", writes=True)
@@ -631,8 +759,8 @@ class StoreCore:
                 yield from self._report_fallback(k, g, skipped)
             return Checkpoint(
                 run_id=k.run_id, state=state, generation=g, head_generation=head_gen,
-                token=header.token, owner=header.owner,
-                created_at=ms_to_datetime(header.created_ms),  # type: ignore[arg-type]
+                token=header.token, owner=header.owner,  # the server's commit time, else the writer's
+                created_at=ms_to_datetime(_kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
                 schema_version=self.schema_version, stored_schema_version=header.schema_version,
                 metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
                 size=len(blob), skipped=tuple(skipped),  # type: ignore[arg-type]
@@ -654,6 +782,7 @@ class StoreCore:
 
         def body() -> Flow[list[GenerationInfo]]:
             head = _hash((yield Cmd("HGETALL", k.head)))
+            times = _kept_times(head)  # the server's commit times (the frame's own is the writer's clock)
             out: list[GenerationInfo] = []
             for g, _chunks in sorted(_kept(head), reverse=True):
                 blob = b""
@@ -669,7 +798,7 @@ class StoreCore:
                     continue
                 out.append(GenerationInfo(
                     g, len(blob), True, token=h.token, owner=h.owner,  # type: ignore[arg-type]
-                    created_at=ms_to_datetime(h.created_ms), schema_version=h.schema_version,
+                    created_at=ms_to_datetime(times.get(g, h.created_ms)), schema_version=h.schema_version,
                     checksum=frame_checksum(blob), compression=h.compression,  # type: ignore[arg-type]
                     metadata=h.metadata,
                 ))
@@ -681,24 +810,41 @@ class StoreCore:
         k = self.keys(run_id)
 
         def body() -> Flow[RunInfo]:
-            fence, head, lease, pttl = yield Pipe(
-                [Cmd("GET", k.fence), Cmd("HGETALL", k.head), Cmd("HGETALL", k.lease), Cmd("PTTL", k.lease)],
+            fence, head, lease, pttl, registry = yield Pipe(
+                [Cmd("GET", k.fence), Cmd("HGETALL", k.head), Cmd("HGETALL", k.lease), Cmd("PTTL", k.lease),
+                 Cmd("HGETALL", k.staging)],
                 route=k.fence,
             )
-            for r in (fence, head, lease, pttl):
+            for r in (fence, head, lease, pttl, registry):
                 if isinstance(r, Exception):
                     raise r
             head, lease = _hash(head), _hash(lease)
+            staged_commits, staged_bytes = yield from self._staged_size(k, _staged(_hash(registry)))
             held = lease.get("state") == "held"
             return RunInfo(
                 run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
                 kept=tuple(g for g, _ in _kept(head)), head=head,
                 lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
                 lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
-                lease_state=lease.get("state"),
+                lease_state=lease.get("state"), staged_commits=staged_commits, staged_bytes=staged_bytes,
             )
 
         return self._retrying(body, run_id=k.run_id, what="info", writes=False)
+
+    def _staged_size(self, k: RunKeys, entries: list[str]) -> Flow[tuple[int, int]]:
+        """(commits, bytes) of the run's staged data that is still there (STRLEN of each key)."""
+        per = [self._stage_keys(k, [e]) for e in entries]
+        keys = [key for ks in per for key in ks]
+        if not keys:
+            return 0, 0
+        sizes = iter((yield Pipe([Cmd("STRLEN", key) for key in keys], route=k.fence)))
+        commits = total = 0
+        for ks in per:
+            present = [n for n in (next(sizes) for _ in ks) if isinstance(n, int)]
+            if any(present):
+                commits += 1
+                total += sum(present)
+        return commits, total
 
     def events_flow(self, run_id: str, *, count: int = 100, after: str | None = None) -> Flow[list[Event]]:
         """Audit events, oldest first: the newest ``count``, or those after id ``after``."""
@@ -715,14 +861,20 @@ class StoreCore:
 
     def delete_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
+        staged: list[str] = []
 
-        def build(entries: list[str]) -> Script:
-            return Script("delete", [k.fence, k.lease, k.head, k.events, *self._drop_keys(k, entries)],
-                          [by, self.events_maxlen, *entries])
+        def build(entries: list[str], _dead: list[str], _strict: bool) -> Script:
+            return Script("delete", [k.fence, k.lease, k.head, k.events, k.staging, *self._drop_keys(k, entries),
+                                     *self._stage_keys(k, staged)],
+                          [by, self.events_maxlen, len(entries), *entries, *staged])
 
         def body() -> Flow[int]:
-            head = _hash((yield Cmd("HGETALL", k.head)))
-            replies = yield from self._with_keys(build, [_entry(g, c) for g, c in _kept(head)], route=k.fence)
+            head, registry = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging)], route=k.head)
+            for r in (head, registry):
+                if isinstance(r, Exception):
+                    raise r
+            staged[:] = _staged(_hash(registry))
+            replies = yield from self._with_keys(build, [_entry(g, c) for g, c in _kept(_hash(head))], route=k.fence)
             if isinstance(replies[0], Exception):
                 raise replies[0]
             self._check_confirmed(replies, what="delete", run_id=k.run_id, generation=None)
@@ -758,38 +910,53 @@ class StoreCore:
         return self._retrying(body, run_id=k.run_id, what="export", writes=False)
 
     def import_flow(self, frame: bytes, by: str) -> Flow[int]:
-        """Restore an exported frame under its own run and generation; the fence only rises."""
+        """Restore an exported frame under its own run and generation; the fence only rises.
+
+        The frame's checksum is its commit id: a resend of an import that applied (or the same
+        frame imported again while its generation is kept) returns that generation.
+        """
         h = read_header(frame)
         k = self.keys(h.run_id)
         by, _ = validate_owner(by), validate_owner(h.owner)  # both travel newline-joined to the script
         if h.generation < 1:
             raise FrameError(FrameDamage.BAD_HEADER, "generation < 1", run_id=h.run_id, generation=h.generation)
+        check_int("generation", h.generation, 1, MAX_INT, run_id=k.run_id)
+        check_int("token", h.token, 0, MAX_INT - 1, run_id=k.run_id)  # the fence becomes token + 1 at most
         checksum, size = frame_checksum(frame), len(frame)
         cid = f"import-{checksum}"
-        stored, chunks, staging, chunk_keys = self._stored_form(k, h.generation, frame, cid)
+        stored, chunks, staging, chunk_keys = self._stored_form(k, h.generation, frame, cid, token=h.token,
+                                                                expected=h.generation - 1)
+        sent = [0]
 
-        def build(drop: list[str]) -> Script:
+        def build(drop: list[str], dead: list[str], strict: bool) -> Script:
             return Script(
                 "commit",
-                [k.fence, k.head, k.events, k.lease, k.generation(h.generation), *chunk_keys,
-                 *self._drop_keys(k, drop)],
-                [_fields("import", h.token, 0, cid, checksum, h.schema_version, h.codec, h.created_ms,
-                         h.owner, self.keep, self.events_maxlen, h.generation, size, chunks, by, len(chunk_keys) // 2),
-                 stored, *drop],
+                [k.fence, k.head, k.events, k.lease, k.staging, k.generation(h.generation), *chunk_keys,
+                 *self._drop_keys(k, drop), *self._stage_keys(k, dead)],
+                [_fields("import", h.token, 0, cid, checksum, h.schema_version, h.codec, h.owner, self.keep,
+                         self.events_maxlen, h.generation, size, chunks, by, len(chunk_keys) // 2,
+                         int(sent[0] > 1), len(drop), self.max_state_bytes, int(strict)),
+                 stored, *drop, *dead],
             )
 
         def body() -> Flow[int]:
+            sent[0] += 1
             head = _hash((yield Cmd("HGETALL", k.head)))
             kept = [_entry(g, c) for g, c in _kept(head)]
             drop = kept[: max(0, len(kept) + 1 - self.keep)]
-            replies = yield from self._with_keys(build, drop, route=k.head, before=staging)
+            replies = yield from self._with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
             err = _script_error(replies[0])
             if err is not None:
                 if err[0] == "CONFLICT":
                     raise ConflictError(k.run_id, expected=int(err[1][0]), actual=int(err[1][1]))
+                if err[0] == "OUTCOME_UNKNOWN":
+                    raise _outcome_unknown(k.run_id, err[1], "import")
+                if err[0] == "OUT_OF_RANGE":
+                    raise _out_of_range(k.run_id, err[1], "import")
                 raise replies[0]
-            self._check_confirmed(replies, what="import", run_id=k.run_id, generation=h.generation)
-            return int(replies[0][0])
+            generation = int(replies[0][0])
+            self._check_confirmed(replies, what="import", run_id=k.run_id, generation=generation)
+            return generation
 
         return self._retrying(body, run_id=k.run_id, what="import", writes=True)
 

@@ -4,6 +4,8 @@
 
     CheckpointError                       every error below carries .run_id (None where no run is involved)
     ├── InvalidRunIdError (ValueError)    a run id or owner name that cannot become a key
+    ├── OutOfRangeError (ValueError)      a ttl, token, generation or fence outside what the store
+    │                                     keeps exact (MAX_INT = 2**50); .argument, .value, .minimum, .maximum
     ├── NotFoundError (LookupError)       the run (or the generation asked for) does not exist
     ├── StateError
     │   ├── UnsupportedTypeError (TypeError)   a value the codec cannot round-trip exactly; .path names it
@@ -15,6 +17,9 @@
     ├── ConflictError                     expected generation is not the head; .expected, .actual
     ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
     ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
+    │   └── OutcomeUnknownError           a resent write whose first attempt may have applied: the server
+    │                                     can no longer tell (always .outcome_unknown); .refused names what
+    │                                     the resend met (FENCED, CONFLICT, ...)
     ├── ServerError                       the server refused a command (NOPERM, OOM, ...); .server_message
     ├── NonDurableServerError             the startup probe refused the server; .problems
     ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
@@ -34,6 +39,7 @@ from typing import Any
 __all__ = [
     "CheckpointError",
     "InvalidRunIdError",
+    "OutOfRangeError",
     "NotFoundError",
     "StateError",
     "UnsupportedTypeError",
@@ -45,6 +51,7 @@ __all__ = [
     "ConflictError",
     "DurabilityError",
     "StoreUnavailableError",
+    "OutcomeUnknownError",
     "ServerError",
     "NonDurableServerError",
     "CorruptCheckpointError",
@@ -73,6 +80,20 @@ class InvalidRunIdError(CheckpointError, ValueError):
     def __init__(self, message: str, *, value: object) -> None:
         super().__init__(message, run_id=None)
         self.value = value
+
+
+class OutOfRangeError(CheckpointError, ValueError):
+    """A number outside the range the store handles: a ttl <= 0, NaN, infinite or past the
+    bound; a token, generation or fence past the bound (``MAX_INT`` = 2**50, below which the
+    servers' Lua keeps every integer exact). Raised before anything is written."""
+
+    def __init__(self, message: str, *, argument: str, value: object, minimum: float | None = None,
+                 maximum: float | None = None, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.argument = argument
+        self.value = value
+        self.minimum = minimum
+        self.maximum = maximum
 
 
 class NotFoundError(CheckpointError, LookupError):
@@ -189,6 +210,33 @@ class StoreUnavailableError(CheckpointError):
     def __init__(self, message: str, *, run_id: str | None = None, outcome_unknown: bool = False) -> None:
         super().__init__(message, run_id=run_id)
         self.outcome_unknown = outcome_unknown
+
+
+class OutcomeUnknownError(StoreUnavailableError):
+    """A write was sent again after the connection broke, and the server can no longer show
+    whether the first attempt applied: its commit id is not among the kept generations, yet
+    the run has moved on (fenced, or the head is past the generation it would have made) and
+    that generation has rotated out, or the head was deleted since.
+
+    ``refused`` is what the resend met (``FENCED``, ``FENCE_BEHIND``, ``CONFLICT``); ``token``,
+    ``fence``, ``expected`` and ``actual`` are the figures the server saw.
+    """
+
+    def __init__(self, run_id: str, *, what: str, refused: str, token: int, fence: int,
+                 expected: int, actual: int) -> None:
+        super().__init__(
+            f"{what} of run {run_id!r} (token {token}, expected generation {expected}) was sent again "
+            f"after the connection broke; the resend met {refused} (fence {fence}, head {actual}) and "
+            "the server can no longer show whether the first attempt applied: it may or may not be "
+            "in the store (its generation rotated out, or the run was deleted since)",
+            run_id=run_id, outcome_unknown=True,
+        )
+        self.what = what
+        self.refused = refused
+        self.token = token
+        self.fence = fence
+        self.expected = expected
+        self.actual = actual
 
 
 class ServerError(CheckpointError):

@@ -83,6 +83,11 @@ class RunKeys:
     def events(self) -> str:
         return f"{self.base}:events"
 
+    @cached_property
+    def staging(self) -> str:
+        """Hash {commit id: "token:expected:count:bytes"} of the commits whose data is staged."""
+        return f"{self.base}:staging"
+
     def generation(self, n: int) -> str:
         return f"{self.base}:g:{n}"
 

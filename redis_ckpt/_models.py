@@ -107,6 +107,9 @@ class RunInfo:
     lease_token: int | None
     lease_ms_left: int | None
     lease_state: str | None
+    #: staged data of commits whose script has not run (in flight, or a dead writer's leftovers)
+    staged_commits: int = 0
+    staged_bytes: int = 0
 
     @property
     def exists(self) -> bool:

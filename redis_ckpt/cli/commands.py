@@ -247,6 +247,13 @@ def _head_text(info: RunInfo, now: int) -> str:
             f"commit {h['commit_id']}, checksum {h['checksum']}, schema {h['schema_version']}, codec {h['codec']}")
 
 
+def _staged_text(info: RunInfo) -> str:
+    if not info.staged_commits:
+        return "none"
+    return (f"{r.size(info.staged_bytes)} in {info.staged_commits} commit(s) whose script has not run "
+            "(in flight, or left by a dead writer: the next commit or acquire removes them)")
+
+
 def _generation_rows(gens: Sequence[GenerationInfo]) -> list[list[Any]]:
     rows = []
     for g in gens:
@@ -271,12 +278,14 @@ def show(cfg: CliConfig, run: str) -> None:
     content = _content(cfg, run) if any(g.ok for g in gens) else None
     if cfg.as_json:
         r.emit_json({**_base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens],
+                     "staged": {"commits": info.staged_commits, "bytes": info.staged_bytes},
                      "content": r.jsonable(content)})
         return
     click.echo(r.keyvalues([
         ("run", info.run_id), ("namespace", cfg.namespace), ("fence", info.fence),
         ("head", _head_text(info, now)), ("lease", r.lease_text(info, now)),
         ("kept", ", ".join(f"g{g}" for g in info.kept) or "none"),
+        ("staged", _staged_text(info)),
     ]))
     if gens:
         click.echo()
@@ -422,6 +431,7 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
         _info(cfg, run)
         ids = [run]
     results = [(i, store.generations(i)) for i in ids]
+    staged = {i: store.info(i).staged_bytes for i in ids}
     failures = [(i, g) for i, gens in results for g in gens if not g.ok]
     checked = sum(len(gens) for _, gens in results)
     if cfg.as_json:
@@ -429,7 +439,8 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
             **_base(cfg), "ok": not failures, "runs_checked": len(results), "generations_checked": checked,
             "failures": [{"run": i, "generation": g.generation, "reason": g.reason, "detail": g.detail}
                          for i, g in failures],
-            "runs": [{"run": i, "ok": all(g.ok for g in gens),
+            "staged_bytes": sum(staged.values()),
+            "runs": [{"run": i, "ok": all(g.ok for g in gens), "staged_bytes": staged[i],
                       "generations": [{"generation": g.generation, "ok": g.ok, "reason": g.reason,
                                        "detail": g.detail, "size": g.size, "checksum": g.checksum}
                                       for g in gens]}
@@ -446,6 +457,9 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
         if rows:
             click.echo(r.table(["RUN", "GEN", "STATUS", "REASON"], rows))
         click.echo(f"{checked} generation(s) of {len(results)} run(s) checked, {len(failures)} damaged")
+        if any(staged.values()):
+            click.echo("staged data of commits whose script has not run: "
+                       + ", ".join(f"{i}: {r.size(n)}" for i, n in staged.items() if n))
     if failures:
         named = "; ".join(f"run {i!r} g{g.generation}: {g.reason}" for i, g in failures)
         raise CliFailure(f"{len(failures)} damaged generation(s): {named}", EXIT_NO, secrets=cfg.secrets)
@@ -586,7 +600,8 @@ def import_cmd(cfg: CliConfig, file: IO[bytes], by: str | None) -> None:
     """Restore a frame written by `export` under its own run id and generation.
 
     The frame is verified first. Refused (exit 1) when the run's head is at or past that
-    generation. The fence is never lowered: it is bumped, so any current holder is fenced
+    generation (the same frame again, while its generation is kept, is recognised as
+    already imported and reported). The fence is never lowered: it is bumped, so any current holder is fenced
     off. The run lands in --namespace.
 
     Example: redis-ckpt import job-42.rckp
