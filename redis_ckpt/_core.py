@@ -601,6 +601,10 @@ class StoreCore:
         old = new - self.keep
         drop = [_entry(old, self._chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
         sent = [0]  # attempts that went out: from the second on, a resend of this commit id
+        # Staged bytes per run stay bounded: every commit that applies removes the staging of
+        # commits that can no longer apply, and all other staging once it passes
+        # max_state_bytes; so at any time a run holds its in-flight commits' data plus at most
+        # max_state_bytes left over, and nothing older than stage_ttl_ms.
 
         def build(drop: list[str], dead: list[str], strict: bool) -> Script:
             return Script(

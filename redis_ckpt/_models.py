@@ -30,7 +30,9 @@ class Checkpoint:
 
     ``schema_version`` is the version of ``state`` as returned (after any migrations);
     ``stored_schema_version`` is what the frame was written with. ``skipped`` lists the
-    newer generations that failed verification (empty on a clean load).
+    newer generations that failed verification (empty on a clean load). ``created_at`` is the
+    server's time when the generation was committed (the writer's clock only for generations
+    committed before the head recorded commit times).
     """
 
     run_id: str
@@ -54,7 +56,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class GenerationInfo:
-    """One kept generation, as ``store.generations()`` reports it."""
+    """One kept generation, as ``store.generations()`` reports it (``created_at``: the server's
+    commit time, as for :class:`Checkpoint`)."""
 
     generation: int
     size: int
