@@ -236,3 +236,30 @@ def test_an_import_sent_twice_returns_the_same_generation(worker_b):
     assert worker_b.import_frame(frame) == 1
     kinds = [e.kind for e in worker_b.events("src")]
     assert kinds.count("import") == 1
+
+
+def test_the_async_store_recognises_its_resend_too(proxy, worker_b, namespace):
+    import asyncio
+
+    import redis.asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    async def scenario() -> None:
+        a = await AsyncCheckpointStore.create(redis.asyncio.Redis(port=proxy.port), namespace=namespace, keep=3)
+        try:
+            lease = await a.acquire("job", owner="a", ttl=0.3)
+            assert await lease.commit({"step": 1}) == 1
+            proxy.arm("lose-reply", COMMIT)
+            pending = asyncio.ensure_future(lease.commit({"step": 2}))
+            while not proxy.answered.is_set():
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(wait_lease_gone, worker_b, "job")
+            b = await asyncio.to_thread(worker_b.acquire, "job", owner="b", ttl=30)
+            assert b.generation == 2
+            proxy.cut()
+            assert await asyncio.wait_for(pending, 60) == 2
+        finally:
+            await a.close()
+
+    asyncio.run(scenario())
