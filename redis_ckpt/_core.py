@@ -823,7 +823,7 @@ class StoreCore:
                 if isinstance(r, Exception):
                     raise r
             head, lease = _hash(head), _hash(lease)
-            staged_commits, staged_bytes = yield from self._staged_size(k, _staged(_hash(registry)))
+            staged_commits, staged_bytes = yield from self._staged_size(k, _hash(registry))
             held = lease.get("state") == "held"
             return RunInfo(
                 run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
@@ -835,19 +835,19 @@ class StoreCore:
 
         return self._retrying(body, run_id=k.run_id, what="info", writes=False)
 
-    def _staged_size(self, k: RunKeys, entries: list[str]) -> Flow[tuple[int, int]]:
-        """(commits, bytes) of the run's staged data that is still there (STRLEN of each key)."""
-        per = [self._stage_keys(k, [e]) for e in entries]
-        keys = [key for ks in per for key in ks]
-        if not keys:
+    def _staged_size(self, k: RunKeys, registry: Mapping[str, str]) -> Flow[tuple[int, int]]:
+        """(commits, bytes) of the run's staged data still there: the sizes the staging hash
+        records, for the commits whose staged keys exist (one EXISTS per commit)."""
+        entries = [(v, keys) for cid, v in sorted(registry.items()) if (keys := self._stage_keys(k, _staged({cid: v})))]
+        if not entries:
             return 0, 0
-        sizes = iter((yield Pipe([Cmd("STRLEN", key) for key in keys], route=k.fence)))
+        present = yield Pipe([Cmd("EXISTS", *keys) for _, keys in entries], route=k.fence)
         commits = total = 0
-        for ks in per:
-            present = [n for n in (next(sizes) for _ in ks) if isinstance(n, int)]
-            if any(present):
+        for (value, _), n in zip(entries, present):
+            parts = value.split(":")
+            if isinstance(n, int) and n > 0:
                 commits += 1
-                total += sum(present)
+                total += int(parts[3]) if len(parts) == 4 and parts[3].isdigit() else 0
         return commits, total
 
     def events_flow(self, run_id: str, *, count: int = 100, after: str | None = None) -> Flow[list[Event]]:

@@ -32,7 +32,7 @@ ACL_COMMANDS = (
     # reads: load, generations, info, events, runs
     "get", "hgetall", "pttl", "xrevrange", "xrange", "scan",
     # what the scripts call
-    "hget", "hmget", "hset", "incr", "del", "pexpire", "rename", "persist", "exists", "time", "xadd",
+    "hget", "hmget", "hset", "hdel", "incr", "del", "pexpire", "rename", "persist", "exists", "time", "xadd",
 )
 
 
