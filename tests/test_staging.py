@@ -126,6 +126,49 @@ def test_staged_bytes_per_run_stay_bounded_whatever_dies(store, client, namespac
         assert stage_keys(client, namespace) == []
 
 
+def test_staging_that_may_still_apply_is_kept_until_the_run_holds_too_much(store, client, namespace):
+    """A staged commit expecting a later generation may still apply: a commit leaves it, unless
+    the staged data of other commits passes max_state_bytes (200 kB here)."""
+    lease = store.acquire("r", owner="w", ttl=30)
+    stage_only(store, client, "r", blob(60_000, 1), token=lease.token, expected=5)
+    assert lease.commit({"n": 1}) == 1
+    assert store.info("r").staged_commits == 1  # kept: it would apply once the head reaches 5
+    for seed in (2, 3, 4):
+        stage_only(store, client, "r", blob(60_000, seed), token=lease.token, expected=5)
+    assert store.info("r").staged_bytes > 200_000
+    assert lease.commit({"n": 2}) == 2
+    assert stage_keys(client, namespace) == [] and store.info("r").staged_bytes == 0
+
+
+def test_racing_large_commits_with_one_token_leave_one_winner_and_no_staging(store, client, namespace):
+    import threading
+
+    from redis_ckpt import ConflictError
+
+    lease = store.acquire("race", owner="w", ttl=30)
+    for round_ in range(6):
+        barrier = threading.Barrier(3)
+        outcomes: list[object] = []
+
+        def write(i: int) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(store.commit("race", blob(30_000, 10 * round_ + i), token=lease.token,
+                                             expected_generation=round_))
+            except ConflictError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(o for o in outcomes if isinstance(o, int)) == [round_ + 1]
+        assert sum(isinstance(o, ConflictError) for o in outcomes) == 2
+        assert stage_keys(client, namespace) == []
+    assert store.load("race").generation == 6
+
+
 def test_commit_and_acquire_stay_one_round_trip(store, client):
     """The hot path: staging, script and confirmation in one pipe; no read before."""
 
