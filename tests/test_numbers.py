@@ -61,6 +61,11 @@ def test_a_fence_past_the_bound_refuses_acquire_and_writes_nothing(store, client
     assert e.value.run_id == "huge" and e.value.maximum == MAX_INT
     assert snapshot(client, store, "huge") == before
     assert client.get(k.fence) == str(2**62).encode()
+    # revoke and delete never refuse (they must fence every holder off) and stay exact
+    assert store.revoke("huge") == 2**62 + 1
+    store.delete("huge")
+    assert client.get(k.fence) == str(2**62 + 2).encode()
+    assert store.events("huge")[-1].fields["fence"] == str(2**62 + 2)
 
 
 def test_tokens_next_to_the_bound_stay_distinct_and_stale_ones_are_fenced(store, client):
