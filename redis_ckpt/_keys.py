@@ -5,12 +5,13 @@ Scripts never build key names: every name is made here and passed in KEYS.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
 from ._errors import InvalidRunIdError
 
-__all__ = ["RunKeys", "validate_run_id", "validate_owner", "validate_namespace"]
+__all__ = ["RunKeys", "validate_run_id", "validate_owner", "validate_namespace", "glob_escape"]
 
 MAX_RUN_ID = 200
 MAX_OWNER = 200
@@ -103,13 +104,31 @@ class RunKeys:
 
     @staticmethod
     def scan_pattern(namespace: str) -> str:
-        """SCAN MATCH pattern that finds every run's head (or fence) in a namespace."""
-        return f"{namespace}:{{*}}:fence"
+        """SCAN MATCH pattern that finds every run's fence in a namespace.
+
+        The namespace is escaped: ``job[1]`` matches the literal ``job[1]``, never ``job1``.
+        """
+        return f"{glob_escape(namespace)}:{{*}}:fence"
 
     @staticmethod
     def run_id_from_key(namespace: str, key: str) -> str | None:
+        """The run id of ``<namespace>:{<run>}:...``; None for any other key (another
+        namespace, or a name no :class:`RunKeys` builds: a run id that would not validate)."""
         prefix = f"{namespace}:{{"
         if not key.startswith(prefix):
             return None
         end = key.find("}", len(prefix))
-        return key[len(prefix):end] if end > 0 else None
+        if end < 0 or not key.startswith("}:", end):
+            return None
+        try:
+            return validate_run_id(key[len(prefix):end])
+        except InvalidRunIdError:
+            return None
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern matching exactly itself (``*?[]\\`` backslash-escaped)."""
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", text)
+
+
+_GLOB_SPECIAL = re.compile(r"[\\*?\[\]]")
