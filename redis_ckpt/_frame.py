@@ -12,6 +12,8 @@ Layout (big-endian; H = header length, P = payload length)::
     12          4     header length H, u32
     16          H     header: msgpack map {"run": str, "gen": int, "token": int, "owner": str,
                       "created_ms": int, "meta": bin = user metadata dict encoded by _codec}
+                      (gen and token in [0, 2**63), created_ms a time a datetime holds;
+                      "pad": bin of zeros, only where the ratio bound below needs it)
     16+H        8     payload length P, u64 (as stored, i.e. after compression)
     24+H        P     payload: the encoded state, or one zstd frame of it (content size
                       and zstd's own content checksum recorded)
@@ -22,6 +24,14 @@ UNKNOWN_FORMAT, TRUNCATED, TRAILING_BYTES, CHECKSUM, then (covered by the checks
 UNKNOWN_FORMAT for undefined flags, BAD_HEADER, UNKNOWN_CODEC, UNKNOWN_COMPRESSION,
 WRONG_RUN, WRONG_GENERATION. Lengths are checked against the blob before anything
 is allocated from them; decompression is bounded by the size zstd records.
+
+Decompression bomb bound: a zstd payload may decompress to at most :data:`MAX_ZSTD_RATIO`
+times the size of the whole frame (and to at most the reader's ``max_payload_bytes``);
+the content size zstd records is checked against both before a byte is decompressed, so
+a stored frame never costs a reader more than 1000x its own size. zstd itself reaches
+~32,000:1 (64 MiB of zeros -> 2 KiB; repetitive msgpack ~10,000:1), so the writer pads
+such a frame with a "pad" header field up to 1/1000 of the content: a 400 MiB run of
+zeros is stored in 400 KiB instead of 13 KiB, and still loads.
 """
 
 from __future__ import annotations
@@ -36,9 +46,10 @@ import xxhash
 
 from ._codec import CODEC_MSGPACK, decode_state, encode_state
 from ._errors import CodecUnavailableError, FrameDamage, FrameError
+from ._models import MAX_MS, MIN_MS
 
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "FrameHeader",
+    "FORMAT_VERSION", "MAGIC", "MAX_ZSTD_RATIO", "FrameHeader",
     "encode_frame", "frame_checksum", "read_header", "decode_frame", "decode_payload",
 ]
 
@@ -53,6 +64,11 @@ _COMPRESSIONS = {0: "none", 1: "zstd"}
 _COMPRESSION_IDS = {name: cid for cid, name in _COMPRESSIONS.items()}
 _HEADER_FIELDS = {"run": str, "gen": int, "token": int, "owner": str, "created_ms": int, "meta": bytes}
 _U32, _I64 = 2**32, 2**63
+#: the most a zstd payload may expand, relative to the whole stored frame (see the module doc)
+MAX_ZSTD_RATIO = 1000
+#: the inclusive range of each int header field: what encode_frame accepts, and what a
+#: reader can turn into a Python object (created_ms: a datetime) without failing
+_HEADER_RANGES = {"gen": (0, _I64 - 1), "token": (0, _I64 - 1), "created_ms": (MIN_MS, MAX_MS)}
 
 
 @dataclass(frozen=True)
@@ -79,20 +95,26 @@ def encode_frame(
     """Frame ``payload`` (an encoded state). ``metadata`` is encoded exactly, like state."""
     _require(isinstance(payload, (bytes, bytearray, memoryview)), "payload must be bytes")
     _require(type(run_id) is str and type(owner) is str, "run_id and owner must be str")
-    for name, value, low, high in (("generation", generation, 0, _I64), ("token", token, 0, _I64),
-                                   ("created_ms", created_ms, -_I64, _I64),
-                                   ("schema_version", schema_version, 0, _U32)):
-        _require(type(value) is int and low <= value < high, f"{name} must be an int in [{low}, {high})")
+    for name, value, low, high in (("generation", generation, *_HEADER_RANGES["gen"]),
+                                   ("token", token, *_HEADER_RANGES["token"]),
+                                   ("created_ms", created_ms, *_HEADER_RANGES["created_ms"]),
+                                   ("schema_version", schema_version, 0, _U32 - 1)):
+        _require(type(value) is int and low <= value <= high, f"{name} must be an int in [{low}, {high}]")
     _require(codec in _CODECS, f"unknown codec {codec!r}")
     _require(compression in _COMPRESSION_IDS, f"compression must be 'none' or 'zstd', not {compression!r}")
     _require(metadata is None or type(metadata) is dict, "metadata must be a dict")
-    header = msgpack.packb({
+    fields = {
         "run": run_id, "gen": generation, "token": token, "owner": owner, "created_ms": created_ms,
         "meta": encode_state({} if metadata is None else metadata, root="metadata"),
-    }, use_bin_type=True)
+    }
+    header = msgpack.packb(fields, use_bin_type=True)
     if compression == "zstd":
         compressor = _zstd(run_id).ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+        content_size = len(payload)
         payload = compressor.compress(payload)
+        short = -(-content_size // MAX_ZSTD_RATIO) - (_MIN_SIZE + len(header) + len(payload))
+        if short > 0:  # compresses better than the reader accepts: pad the frame (module doc)
+            header = msgpack.packb({**fields, "pad": bytes(short)}, use_bin_type=True)
     head = b"".join((
         _PREFIX.pack(MAGIC, FORMAT_VERSION, codec, _COMPRESSION_IDS[compression], 0, schema_version, len(header)),
         header, _PAYLOAD_LEN.pack(len(payload)),
@@ -125,7 +147,7 @@ def decode_frame(
     """
     header, payload = _verify(memoryview(frame), run_id, generation)
     if header.compression == "zstd":
-        return header, _decompress(header, payload, max_payload_bytes)
+        return header, _decompress(header, payload, max_payload_bytes, len(frame))
     if max_payload_bytes is not None and len(payload) > max_payload_bytes:
         raise _damage(header, FrameDamage.UNDECODABLE,
                       f"payload of {len(payload)} bytes exceeds the limit of {max_payload_bytes}")
@@ -175,8 +197,8 @@ def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tup
     if flags:
         raise fail(FrameDamage.UNKNOWN_FORMAT, f"flags {flags:#04x} are not defined in format {FORMAT_VERSION}")
     fields = _parse_header(blob[_PREFIX.size:payload_len_at])
-    if fields is None:
-        raise fail(FrameDamage.BAD_HEADER, "header is not a well-formed redis-ckpt header")
+    if type(fields) is str:
+        raise fail(FrameDamage.BAD_HEADER, fields)
     where = {"run_id": fields["run"] if run_id is None else run_id,
              "generation": fields["gen"] if generation is None else generation}
     if codec not in _CODECS:
@@ -196,23 +218,34 @@ def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tup
     return header, blob[payload_at:digest_at]
 
 
-def _parse_header(raw: memoryview) -> dict[str, Any] | None:
-    """The header's fields with ``meta`` decoded, or None if it is not a valid header."""
+def _parse_header(raw: memoryview) -> dict[str, Any] | str:
+    """The header's fields with ``meta`` decoded, or why it is not a valid header.
+
+    Every field is checked to be one this code could have written, so that turning it into
+    a Python object later (a datetime, a key name) cannot fail.
+    """
     n = len(raw)
     try:
         fields = msgpack.unpackb(raw, raw=False, use_list=True, max_str_len=n, max_bin_len=n,
                                  max_array_len=n, max_map_len=n // 2, max_ext_len=n)
     except (ValueError, TypeError, msgpack.UnpackException):
-        return None
+        return "header is not msgpack"
     if type(fields) is not dict or not _HEADER_FIELDS.keys() <= fields.keys():
-        return None  # keys beyond these are allowed: a later writer of format 1 may add fields
-    if any(type(fields[name]) is not kind for name, kind in _HEADER_FIELDS.items()):
-        return None
+        return "header is not a map holding run, gen, token, owner, created_ms and meta"
+    # keys beyond these are allowed: a later writer of format 1 may add fields
+    for name, kind in _HEADER_FIELDS.items():
+        if type(fields[name]) is not kind:
+            return f"header field {name!r} is {type(fields[name]).__name__}, not {kind.__name__}"
+    for name, (low, high) in _HEADER_RANGES.items():
+        if not low <= fields[name] <= high:
+            return f"header field {name!r} is {fields[name]}, outside [{low}, {high}]"
     try:
         fields["meta"] = decode_state(fields["meta"])
-    except ValueError:
-        return None
-    return fields if type(fields["meta"]) is dict else None
+    except ValueError as exc:
+        return f"metadata does not decode: {exc}"
+    if type(fields["meta"]) is not dict:
+        return f"metadata is {type(fields['meta']).__name__}, not dict"
+    return fields
 
 
 # ---------------------------------------------------------------- compression
@@ -227,7 +260,7 @@ def _zstd(run_id: str | None) -> ModuleType:
     return zstandard
 
 
-def _decompress(header: FrameHeader, data: memoryview, limit: int | None) -> bytes:
+def _decompress(header: FrameHeader, data: memoryview, limit: int | None, frame_size: int) -> bytes:
     zstd = _zstd(header.run_id)
     try:
         size = zstd.frame_content_size(data)
@@ -235,9 +268,10 @@ def _decompress(header: FrameHeader, data: memoryview, limit: int | None) -> byt
         raise _damage(header, FrameDamage.UNDECODABLE, f"zstd frame header: {exc}") from None
     if size < 0:
         raise _damage(header, FrameDamage.UNDECODABLE, "zstd frame does not record its content size")
-    # Every zstd block that yields output costs at least 4 bytes and yields at most BLOCKSIZE_MAX.
-    if size > len(data) * (zstd.BLOCKSIZE_MAX // 4):
-        raise _damage(header, FrameDamage.UNDECODABLE, f"zstd claims an impossible {size} bytes")
+    if size > frame_size * MAX_ZSTD_RATIO:
+        raise _damage(header, FrameDamage.UNDECODABLE,
+                      f"zstd content of {size} bytes is more than {MAX_ZSTD_RATIO} times the "
+                      f"{frame_size}-byte frame (a decompression bomb, or damage)")
     if limit is not None and size > limit:
         raise _damage(header, FrameDamage.UNDECODABLE,
                       f"payload of {size} bytes once decompressed exceeds the limit of {limit}")

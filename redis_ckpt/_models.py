@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-__all__ = ["Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "ms_to_datetime"]
+__all__ = [
+    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo",
+    "ms_to_datetime", "MIN_MS", "MAX_MS",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+#: the milliseconds since the epoch a datetime can hold (0001-01-01 to 9999-12-31 23:59:59.999 UTC)
+MIN_MS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
+MAX_MS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
 
 
 def ms_to_datetime(ms: int | None) -> datetime | None:
-    if ms is None:
+    """The UTC time ``ms`` milliseconds after the epoch, exactly; None for None or a time
+    outside [MIN_MS, MAX_MS] (a frame with such a time is refused before it gets here)."""
+    if ms is None or not MIN_MS <= ms <= MAX_MS:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True)

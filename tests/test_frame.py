@@ -399,3 +399,91 @@ def test_errors_name_the_frames_own_run_when_none_was_given() -> None:
     with pytest.raises(FrameError) as caught:
         decode_frame(forge(codec=9))
     assert caught.value.run_id == RUN and caught.value.generation == 4
+
+
+# ---------------------------------------------------------------- header fields a reader turns into objects
+
+
+def header_with(**changes: object) -> dict:
+    header = {"run": RUN, "gen": 4, "token": 9, "owner": "w", "created_ms": 0, "meta": encode_state({})}
+    header.update(changes)
+    return header
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"created_ms": 10**17}, "created_ms"),                 # past year 9999
+    ({"created_ms": -(10**15)}, "created_ms"),              # before year 1
+    ({"created_ms": 2**64 - 1}, "created_ms"),
+    ({"created_ms": -(2**63)}, "created_ms"),
+    ({"gen": -1}, "gen"),
+    ({"token": -5}, "token"),
+    ({"token": 2**64 - 1}, "token"),
+    ({"gen": 2**63}, "gen"),
+    ({"meta": encode_state({"a": 1})[:-1]}, "metadata"),
+    ({"meta": b"\x91" * 2000 + b"\xc0"}, "metadata"),       # nested past msgpack's limit
+    ({"meta": encode_state((1, 2))}, "metadata"),
+])
+def test_header_fields_out_of_range_are_bad_header_naming_the_field(changes: dict, named: str) -> None:
+    with pytest.raises(FrameError, match=named) as caught:
+        read_header(forge(header=header_with(**changes)))
+    assert caught.value.reason is FrameDamage.BAD_HEADER
+
+
+def test_created_ms_at_the_ends_of_the_datetime_range_round_trips() -> None:
+    from redis_ckpt._models import MAX_MS, MIN_MS, ms_to_datetime
+
+    for ms in (MIN_MS, 0, MAX_MS):
+        header = read_header(frame(created_ms=ms))
+        assert header.created_ms == ms and ms_to_datetime(ms) is not None
+    for ms in (MIN_MS - 1, MAX_MS + 1):
+        with pytest.raises(ValueError, match="created_ms"):
+            frame(created_ms=ms)
+        assert ms_to_datetime(ms) is None
+    assert ms_to_datetime(1_700_000_000_123) == dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.timezone.utc)
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+
+def zstd_bomb(content: bytes) -> bytes:
+    """A frame whose zstd payload is as small as zstd makes it (no padding): what a forger stores."""
+    compressed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(content)
+    return forge(payload=compressed, compression=1)
+
+
+def test_a_zstd_frame_expanding_past_the_ratio_is_refused_before_decompressing() -> None:
+    import tracemalloc
+
+    from redis_ckpt._frame import MAX_ZSTD_RATIO
+
+    content = bytes(64 * 1024 * 1024)
+    bomb = zstd_bomb(content)
+    assert len(bomb) * MAX_ZSTD_RATIO < len(content)  # zstd reaches ~32,000:1 on zeros
+    del content
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameError, match="more than 1000 times") as caught:
+            decode_frame(bomb)  # no max_payload_bytes: the ratio alone bounds it
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason is FrameDamage.UNDECODABLE
+    assert peak < 1024 * 1024  # nothing near the 64 MiB it claims was allocated
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 10**6, 3 * 10**7])
+def test_the_writer_pads_what_compresses_past_the_ratio_and_it_still_loads(size: int) -> None:
+    from redis_ckpt._frame import MAX_ZSTD_RATIO
+
+    payload = encode_state(bytes(size))
+    blob = frame(payload, compression="zstd")
+    assert len(blob) * MAX_ZSTD_RATIO >= len(payload)
+    assert len(blob) <= max(len(payload) // MAX_ZSTD_RATIO + 64, len(zstd_bomb(payload)) + 400)  # no more than needed
+    header, back = decode_frame(blob, run_id=RUN, generation=4)
+    assert back == payload and header.compression == "zstd" and header.metadata == META
+
+
+def test_ordinary_data_is_not_padded() -> None:
+    payload = encode_state([{"role": "user", "content": f"message {i}", "n": i} for i in range(2000)])
+    blob = frame(payload, compression="zstd")
+    assert "pad" not in msgpack.unpackb(blob[16:16 + header_len(blob)])
