@@ -45,7 +45,7 @@ from msgpack import ExtType, Timestamp
 from ._errors import UnsupportedTypeError
 
 __all__ = [
-    "CODEC_MSGPACK", "MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state"]
+    "CODEC_MSGPACK", "MAX_DEPTH", "UNPACK_MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state"]
 
 CODEC_MSGPACK = 1
 MAX_DEPTH = 128  # container levels: far inside msgpack's nesting limits and Python's recursion limit
@@ -65,6 +65,7 @@ _BYTEARRAY = 11  # the bytes
 # tz above: nil (naive) | [offset_us] | [offset_us, name] (datetime.timezone) | key str (ZoneInfo)
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_CONTAINER_SET = frozenset(_CONTAINERS)
 _FOREIGN = (memoryview, ExtType, Timestamp)  # packed natively by msgpack but not round-tripped
 # Types in a value position that _prepare must look at; in a key/member position also NaN-capable ones.
 _LOOK_AT_VALUE = frozenset((*_CONTAINERS, bytearray, *_FOREIGN))
@@ -105,15 +106,39 @@ def _encode(state: object, root: str, pack: Any) -> bytes | memoryview:
     raise problem from None
 
 
-def decode_state(payload: bytes) -> object:
-    """Decode what :func:`encode_state` wrote. Anything else raises ``ValueError``."""
+#: nesting msgpack's C unpacker refuses (a fixed stack); every load is bounded by it
+UNPACK_MAX_DEPTH = 1024
+
+
+def decode_state(payload: bytes, *, max_depth: int | None = None) -> object:
+    """Decode what :func:`encode_state` wrote. Anything else raises ``ValueError``.
+
+    Nesting is bounded by msgpack's own :data:`UNPACK_MAX_DEPTH`; ``max_depth`` (e.g.
+    :data:`MAX_DEPTH`, what encoding allows) bounds it further, at the cost of a walk over
+    every container of the result (import pays it, load does not).
+    """
     try:
-        return _unpack(payload)
+        value = _unpack(payload)
+    except msgpack.StackError:
+        raise ValueError(f"containers nested more than {UNPACK_MAX_DEPTH} levels deep") from None
     except ValueError:
         raise
     except (TypeError, KeyError, OverflowError, RecursionError,
             decimal.InvalidOperation, msgpack.UnpackException, OSError) as exc:
         raise ValueError(f"not a valid state payload: {type(exc).__name__}: {exc}") from None
+    if max_depth is not None and type(value) in _CONTAINER_SET and _too_deep(value, 0, max_depth):
+        raise ValueError(f"containers nested more than {max_depth} levels deep")
+    return value
+
+
+def _too_deep(value: Any, depth: int, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` levels inside ``value`` (a container)."""
+    if depth >= limit:
+        return True
+    items = (*value, *value.values()) if type(value) is dict else value
+    if _CONTAINER_SET.isdisjoint(map(type, items)):
+        return False
+    return any(type(item) in _CONTAINER_SET and _too_deep(item, depth + 1, limit) for item in items)
 
 
 # ---------------------------------------------------------------- fast path

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._chunks import check_chunk, encode_manifest, is_manifest, read_manifest, split
-from ._codec import CODEC_MSGPACK, encode_state_buffer
+from ._codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
 from ._durability import Durability
 from ._errors import (
     CodecUnavailableError,
@@ -917,9 +917,14 @@ class StoreCore:
         """Restore an exported frame under its own run and generation; the fence only rises.
 
         The frame's checksum is its commit id: a resend of an import that applied (or the same
-        frame imported again while its generation is kept) returns that generation.
+        frame imported again while its generation is kept) returns that generation. The frame
+        is verified and its payload decoded first - decompression bounded by max_state_bytes
+        and MAX_ZSTD_RATIO, nesting by the codec's MAX_DEPTH - so a frame that load could not
+        read is refused (FrameError) before anything is written.
         """
-        h = read_header(frame)
+        h, payload = decode_frame(frame, max_payload_bytes=self.max_state_bytes)
+        decode_payload(h, payload, max_depth=MAX_DEPTH)
+        del payload
         k = self.keys(h.run_id)
         by, _ = validate_owner(by), validate_owner(h.owner)  # both travel newline-joined to the script
         if h.generation < 1:

@@ -154,12 +154,13 @@ def decode_frame(
     return header, bytes(payload)
 
 
-def decode_payload(header: FrameHeader, payload: bytes) -> object:
-    """The state a decoded frame holds; a payload that does not decode is UNDECODABLE."""
+def decode_payload(header: FrameHeader, payload: bytes, *, max_depth: int | None = None) -> object:
+    """The state a decoded frame holds; a payload that does not decode (or nests deeper
+    than ``max_depth``, see :func:`decode_state`) is UNDECODABLE."""
     if header.codec != CODEC_MSGPACK:
         raise _damage(header, FrameDamage.UNKNOWN_CODEC, f"codec id {header.codec}")
     try:
-        return decode_state(payload)
+        return decode_state(payload, max_depth=max_depth)
     except ValueError as exc:
         raise _damage(header, FrameDamage.UNDECODABLE, str(exc)) from None
 

@@ -525,3 +525,42 @@ def test_huge_length_claims_fail_fast() -> None:
         with pytest.raises(ValueError):
             decode_state(payload)
     assert time.monotonic() - started < 0.5
+
+
+# ---------------------------------------------------------------- nesting bounds on decode
+
+
+def nested_payload(depth: int) -> bytes:
+    return b"\x91" * depth + b"\xc0"
+
+
+def test_decoding_nesting_past_msgpacks_stack_is_a_clear_value_error() -> None:
+    from redis_ckpt._codec import UNPACK_MAX_DEPTH
+
+    assert decode_state(nested_payload(UNPACK_MAX_DEPTH)) is not None
+    for depth in (UNPACK_MAX_DEPTH + 1, 100_000):
+        with pytest.raises(ValueError, match=f"nested more than {UNPACK_MAX_DEPTH} levels deep"):
+            decode_state(nested_payload(depth))
+
+
+def test_max_depth_on_decode_is_what_encoding_allows() -> None:
+    deepest: Any = 1
+    for _ in range(MAX_DEPTH):
+        deepest = [deepest]
+    assert decode_state(encode_state(deepest), max_depth=MAX_DEPTH) == deepest
+    with pytest.raises(UnsupportedTypeError):
+        encode_state([deepest])
+    with pytest.raises(ValueError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        decode_state(nested_payload(MAX_DEPTH + 1), max_depth=MAX_DEPTH)
+    deep_in_a_dict = b"\x82\xa1a\x01\xa1b\x91\x81\xa1c" + encode_state(deepest)  # {"a": 1, "b": [{"c": deepest}]}
+    assert decode_state(deep_in_a_dict) == {"a": 1, "b": [{"c": deepest}]}
+    with pytest.raises(ValueError, match="nested more than"):
+        decode_state(deep_in_a_dict, max_depth=MAX_DEPTH)
+    deep_key: Any = 1
+    for _ in range(MAX_DEPTH):
+        deep_key = (deep_key,)
+    key_in_a_dict = b"\x81" + encode_state(deep_key) + b"\x01"  # {deep_key: 1}: one level more
+    assert decode_state(key_in_a_dict) == {deep_key: 1}
+    with pytest.raises(ValueError, match="nested more than"):
+        decode_state(key_in_a_dict, max_depth=MAX_DEPTH)
+    assert decode_state(encode_state(5), max_depth=MAX_DEPTH) == 5
