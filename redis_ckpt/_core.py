@@ -41,8 +41,8 @@ from ._errors import (
     SchemaVersionError,
     ServerError,
     StateError,
-    StateTooLargeError,
     StoreUnavailableError,
+    UnsupportedTypeError,
 )
 from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
 from ._io import Cmd, Flow, Pipe, Script, Sleep
@@ -563,15 +563,17 @@ class StoreCore:
 
     def encode(self, run_id: str, state: Any, *, generation: int, token: int, owner: str,
                metadata: Mapping[Any, Any] | None) -> bytes:
-        """The framed generation for ``state``; raises StateError subclasses, writes nothing."""
+        """The framed generation for ``state``; raises StateError subclasses, writes nothing.
+
+        A state over max_state_bytes is refused as soon as that is known (see encode_state).
+        """
         try:
-            payload = encode_state_buffer(state)
-            if len(payload) > self.max_state_bytes:
-                raise StateTooLargeError(
-                    f"state of run {run_id!r} encodes to {len(payload)} bytes; "
-                    f"this store's max_state_bytes is {self.max_state_bytes}",
-                    size=len(payload), limit=self.max_state_bytes,
+            if metadata is not None and not isinstance(metadata, Mapping):
+                raise UnsupportedTypeError(
+                    f"metadata must be a dict (or another Mapping), not {type(metadata).__name__}",
+                    path="metadata", type_name=type(metadata).__name__,
                 )
+            payload = encode_state_buffer(state, limit=self.max_state_bytes)
             return encode_frame(
                 payload, run_id=run_id, generation=generation, token=token, owner=owner,
                 created_ms=_now_ms(), schema_version=self.schema_version,

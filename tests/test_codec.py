@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redis_ckpt._codec import MAX_DEPTH, decode_state, encode_state
-from redis_ckpt._errors import StateError, UnsupportedTypeError
+from redis_ckpt._errors import StateError, StateTooLargeError, UnsupportedTypeError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -564,3 +564,103 @@ def test_max_depth_on_decode_is_what_encoding_allows() -> None:
     with pytest.raises(ValueError, match="nested more than"):
         decode_state(key_in_a_dict, max_depth=MAX_DEPTH)
     assert decode_state(encode_state(5), max_depth=MAX_DEPTH) == 5
+
+
+# ---------------------------------------------------------------- the size limit, known early
+
+
+def traced_peak(fn: Any) -> tuple[BaseException | None, int]:
+    """(what ``fn()`` raised, the peak of Python allocations while it ran)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - returned for the caller to check
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return None, 0
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("shape", ["bytes", "str", "bytearray", "dict", "list-of-chunks", "tuple-in-dict",
+                                   "set-member", "mixed-dict"])
+def test_a_state_over_the_limit_is_refused_before_anything_is_copied(shape: str) -> None:
+    blob = b"\x01" * (64 * MIB)
+    state: Any = {
+        "bytes": lambda: blob,
+        "str": lambda: "x" * (64 * MIB),
+        "bytearray": lambda: bytearray(blob),
+        "dict": lambda: {"blob": blob, "step": 1},
+        "list-of-chunks": lambda: [blob[i:i + MIB] for i in range(0, len(blob), MIB)],
+        "tuple-in-dict": lambda: {"a": {"b": (1, Decimal("2"), blob)}},
+        "set-member": lambda: {"s": {blob, b"x"}},
+        "mixed-dict": lambda: {f"k{i}": (blob if i == 20 else i) for i in range(40)},
+    }[shape]()
+    error, peak = traced_peak(lambda: encode_state(state, limit=16 * MIB))
+    assert isinstance(error, StateTooLargeError) and error.limit == 16 * MIB and error.size > 16 * MIB
+    assert "max_state_bytes" in str(error)
+    assert peak < MIB  # the 64 MiB were never copied
+
+
+def test_the_exact_size_is_checked_after_encoding() -> None:
+    state = [2**40] * 1000  # 1000 items, 9 bytes each once encoded
+    assert len(encode_state(state)) == 9003
+    with pytest.raises(StateTooLargeError) as caught:
+        encode_state(state, limit=9002)
+    assert (caught.value.size, caught.value.limit) == (9003, 9002)
+    assert encode_state(state, limit=9003) == encode_state(state)
+
+
+@given(st.recursive(st.none() | st.integers() | st.text() | st.binary(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner) | st.tuples(inner, inner),
+                    max_leaves=30))
+@FAST
+def test_the_early_size_is_a_lower_bound(value: object) -> None:
+    size = len(encode_state(value))
+    assert encode_state(value, limit=size) == encode_state(value)
+    with pytest.raises(StateTooLargeError):
+        encode_state(value, limit=size - 1)
+
+
+# ---------------------------------------------------------------- another thread changing the state
+
+
+def test_a_state_changed_by_another_thread_is_a_state_error_never_a_torn_payload() -> None:
+    """msgpack writes a list's length, then its items; default() runs Python for each Decimal/tuple,
+    and a list another thread appends to meanwhile used to come out as invalid msgpack."""
+    state: dict[str, Any] = {"rows": [(i, Decimal(i)) for i in range(5000)], "seen": {}}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        i = 0
+        while not stop.is_set():
+            rows = state["rows"]
+            rows.append((i, Decimal(1)))
+            if len(rows) > 5100:
+                del rows[5000:]
+            state["seen"][i % 64] = i
+            if i % 3 == 0:
+                state["seen"].pop((i + 7) % 64, None)
+            i += 1
+
+    thread = threading.Thread(target=mutate)
+    thread.start()
+    outcomes = collections.Counter()
+    try:
+        for _ in range(60):
+            try:
+                decoded = decode_state(encode_state(state))
+            except StateError as exc:
+                assert "changed while it was being encoded" in str(exc) and not isinstance(exc, UnsupportedTypeError)
+                outcomes["refused"] += 1
+            else:
+                assert type(decoded) is dict and len(decoded["rows"]) >= 5000
+                outcomes["encoded"] += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert sum(outcomes.values()) == 60
