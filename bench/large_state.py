@@ -1,10 +1,11 @@
 """Commit and load of one large state: time and peak memory, each in its own process.
 
-    python bench/large_state.py [--mib 256] [--url URL]
+    python bench/large_state.py [--mib 256] [--url URL] [--json]
 
 Starts a local durable Valkey unless --url is given. Prints a Markdown table: for commit
 and for load, the seconds taken and the process's peak RSS above its baseline, as MiB and
 as a multiple of the state size. (The state is one bytes value, so its own size is exact.)
+With --json, one JSON line per operation instead (what bench/compare.py reads).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--url")
+    ap.add_argument("--json", action="store_true", help="one JSON line per operation")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -66,6 +68,10 @@ def main() -> int:
 
         with LocalServer("valkey") as server:
             rows = run(server.url)
+    if a.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
     print(f"{a.mib} MiB state (one bytes value), chunked into 4 MiB pieces, appendfsync always, "
           f"{os.cpu_count()} cores\n")
     print("| operation | seconds | peak RSS above baseline, MiB | as multiple of the state |")

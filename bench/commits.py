@@ -1,0 +1,161 @@
+"""Durable commits, side by side in interleaved rounds: the floor, the store, PostgreSQL, a
+file and SQLite (threads), and the floor, the store and PostgreSQL (asyncio), per state size
+and concurrency; and the commit latency of a message-shaped state against the floor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peers
+import redis
+from _harness import Contender, Series, Target, close_all, interleave, ops_ratio, p50_ratio, worst
+
+from redis_ckpt import CheckpointStore
+
+COMMIT_FLOOR = 0.9       # issue 12, target 1
+ASYNC_VS_THREADS = 0.95  # "no slower": a tie within the rounds' noise counts as held
+LARGE_FLOOR = 0.85       # target 4 (16 MiB)
+MESSAGE_P50 = 1.25       # target 3
+SMALL = ("1 KiB", "64 KiB")
+
+
+def frame_of(url: str, state: Any) -> bytes:
+    """The exact bytes the store writes for ``state``: every peer writes these."""
+    st = CheckpointStore(redis.Redis.from_url(url), namespace="bench-frames", keep=1)
+    try:
+        lease = st.acquire("frame", owner="bench", ttl=60)
+        lease.commit(state)
+        return st.export_frame("frame")
+    finally:
+        st.close()
+
+
+@dataclass
+class Cell:
+    label: str
+    conc: int
+    series: dict[str, Series]
+
+    def get(self, mode: str, name: str) -> Series | None:
+        return self.series.get(f"{mode} {name}")
+
+
+def _named(c: Contender, mode: str) -> Contender:
+    c.name = f"{mode} {c.name}"
+    return c
+
+
+def run_cell(loop: asyncio.AbstractEventLoop, url: str, pg_url: str | None, label: str, state: Any, blob: bytes,
+             n: int, rounds: int, seconds: float, peers_too: bool = True) -> Cell:
+    tag = f"{label.replace(' ', '')}-{n}"
+    with tempfile.TemporaryDirectory(prefix="redis-ckpt-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        cs = [_named(peers.floor(url, blob, n, tag), "threads"), _named(peers.store(url, state, n, tag), "threads")]
+        if peers_too and pg_url:
+            cs.append(_named(peers.postgres(pg_url, blob, n, tag), "threads"))
+        if peers_too:
+            cs += [_named(peers.file(Path(tmp), blob, n), "threads"),
+                   _named(peers.sqlite(Path(tmp) / "ckpt.db", blob, n), "threads")]
+        cs += [_named(loop.run_until_complete(peers.floor_async(url, blob, n, tag)), "asyncio"),
+               _named(loop.run_until_complete(peers.store_async(url, state, n, tag)), "asyncio")]
+        if peers_too and pg_url:
+            cs.append(_named(loop.run_until_complete(peers.postgres_async(pg_url, blob, n, tag)), "asyncio"))
+        try:
+            series = interleave(loop, cs, rounds, seconds, 1_000_000)
+        finally:
+            close_all(loop, cs)
+    return Cell(label, n, series)
+
+
+def _ops(s: Series | None) -> str:
+    return f"{s.ops:.0f}" if s else ""
+
+
+def _p50(s: Series | None) -> str:
+    return f"{s.p50:.2f}" if s else ""
+
+
+def commit_rows(cells: Sequence[Cell]) -> list[str]:
+    rows = ["| state | conc. | mode | floor ops/s | store ops/s | store/floor (rounds' range) | >= 0.9x | "
+            "PostgreSQL ops/s | store/PostgreSQL | store >= PostgreSQL | file ops/s | SQLite ops/s | "
+            "p50 ms floor / store / PostgreSQL | store p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        for mode in ("threads", "asyncio"):
+            f, s, pg = c.get(mode, "floor"), c.get(mode, "store"), c.get(mode, "postgres")
+            assert f and s
+            r = ops_ratio(s, f)
+            vs_pg = ops_ratio(s, pg) if pg else None
+            rows.append(
+                f"| {c.label} | {c.conc} | {mode} | {f.ops:.0f} | {s.ops:.0f} | {r.spread} | "
+                f"{'held' if r.median >= COMMIT_FLOOR else 'missed'} | {_ops(pg)} | "
+                f"{vs_pg.spread if vs_pg else ''} | {('held' if vs_pg.median >= 1 else 'missed') if vs_pg else ''} | "
+                f"{_ops(c.get(mode, 'file'))} | {_ops(c.get(mode, 'sqlite'))} | "
+                f"{f.p50:.2f} / {s.p50:.2f}{' / ' + _p50(pg) if pg else ''} | {s.p99:.2f} |")
+    return rows
+
+
+def async_rows(cells: Sequence[Cell]) -> list[str]:
+    rows = ["| state | conc. | asyncio store ops/s | threaded store ops/s | asyncio/threads (range) | "
+            "asyncio floor / threaded floor |", "|---|---|---|---|---|---|"]
+    for c in cells:
+        a, t = c.get("asyncio", "store"), c.get("threads", "store")
+        af, tf = c.get("asyncio", "floor"), c.get("threads", "floor")
+        assert a and t and af and tf
+        rows.append(f"| {c.label} | {c.conc} | {a.ops:.0f} | {t.ops:.0f} | {ops_ratio(a, t).spread} | "
+                    f"{ops_ratio(af, tf)} |")
+    return rows
+
+
+def commit_targets(cells: Sequence[Cell]) -> list[Target]:
+    small = [c for c in cells if c.label in SMALL]
+    vs_floor = [ops_ratio(c.get(m, "store"), c.get(m, "floor")).median  # type: ignore[arg-type]
+                for c in small for m in ("threads", "asyncio")]
+    out = [worst("1. commit ops/s >= 0.9x the floor (1 KiB, 64 KiB; c = 1, 8, 32; threads and asyncio)",
+                 vs_floor, COMMIT_FLOOR)]
+    if vs_floor:
+        out[-1].shown += f", {sum(v < COMMIT_FLOOR for v in vs_floor)} of {len(vs_floor)} cells below"  # type: ignore[union-attr]
+    out.append(worst("1. asyncio store no slower than the threaded store (>= 0.95x, same cells)",
+                     [ops_ratio(c.get("asyncio", "store"), c.get("threads", "store")).median  # type: ignore[arg-type]
+                      for c in small], ASYNC_VS_THREADS))
+    pg = [ops_ratio(c.get(m, "store"), c.get(m, "postgres")).median  # type: ignore[arg-type]
+          for c in small for m in ("threads", "asyncio") if c.get(m, "postgres")]
+    t = worst("6. store ops/s >= PostgreSQL's (1 KiB, 64 KiB; c = 1, 8, 32; threads and asyncio)", pg, 1.0)
+    if t:
+        t.shown += f", {sum(v < 1.0 for v in pg)} of {len(pg)} cells below"
+    out.append(t)
+    big = [ops_ratio(c.get(m, "store"), c.get(m, "floor")).median  # type: ignore[arg-type]
+           for c in cells if c.label == "16 MiB" and c.conc == 1 for m in ("threads", "asyncio")]
+    out.append(worst("4. 16 MiB commit MiB/s >= 0.85x the floor's (c = 1, threads and asyncio)", big, LARGE_FLOOR))
+    return [t for t in out if t is not None]
+
+
+def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds: int,
+                   seconds: float) -> tuple[list[str], list[Target]]:
+    """Commit p50 of the message-shaped state against the floor's p50 for the same bytes, c = 1."""
+    blob = frame_of(url, state)
+    cell = run_cell(loop, url, None, "messages", state, blob, 1, rounds, seconds, peers_too=False)
+    rows = ["| mode | floor p50 ms | store p50 ms | store p50 / floor p50 (rounds' range) | <= 1.25x |",
+            "|---|---|---|---|---|"]
+    ratios = []
+    for mode in ("threads", "asyncio"):
+        f, s = cell.get(mode, "floor"), cell.get(mode, "store")
+        assert f and s
+        r = p50_ratio(s, f)
+        ratios.append(r.median)
+        rows.append(f"| {mode} | {f.p50:.2f} | {s.p50:.2f} | {r.spread} | "
+                    f"{'held' if r.median <= MESSAGE_P50 else 'missed'} |")
+    head = [f"{len(state['messages'])} messages, frame of {len(blob) / 2**20:.2f} MiB, concurrency 1.", ""]
+    return head + rows, [t for t in [worst("3. message-shaped state: commit p50 <= 1.25x the floor's p50",
+                                           ratios, MESSAGE_P50, higher_is_better=False)] if t]
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
