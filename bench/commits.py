@@ -9,6 +9,7 @@ import asyncio
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,5 +158,8 @@ def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds
                                            ratios, MESSAGE_P50, higher_is_better=False)] if t]
 
 
+_T0 = time.monotonic()
+
+
 def progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - _T0:5.0f} s] {line}", file=sys.stderr, flush=True)

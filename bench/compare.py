@@ -1,6 +1,6 @@
 """Side-by-side benchmark: redis-ckpt against the floor and what users pick instead.
 
-    python bench/compare.py [--out docs/PERFORMANCE.md] [--quick] [--rounds 5] [--seconds 0.3]
+    python bench/compare.py [--out docs/PERFORMANCE.md] [--quick] [--rounds 6] [--seconds 0.25]
 
 One command: starts its own durable Valkey (appendfsync always) and PostgreSQL (Debian's
 binaries, fsync=on, synchronous_commit=on; skipped with a printed reason where absent),
@@ -59,7 +59,9 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
             "- **Commits against the floor and PostgreSQL.** Every contender waits for an fsync; what differs is "
             "the work around it. Client CPU per 1 KiB commit at concurrency 1 (process time, this run): threads "
             f"{cpu_of('threads')}; asyncio {cpu_of('asyncio')}. One interpreter runs every worker, so at "
-            "concurrency 8 and 32 that CPU, not the disk, caps the store's throughput. On the server, the commit "
+            "concurrency 8 and 32 that CPU, not the disk, caps the store's throughput (and the floor's own: "
+            "PostgreSQL's client, libpq under psycopg, spends less per op, and its server flushes the WAL of "
+            "concurrent sessions together, so it can pass the floor there). On the server, the commit "
             f"script costs {st.get('script_usec') or 0:.0f} us per call against {st.get('set_usec', 0):.1f} us for "
             f"the floor's `SET`, and a commit takes {st.get('round_trips', 0):.0f} round trip(s)"
             + (f" with {', '.join(st['extra'])} beside the script and `WAITAOF`" if st.get("extra") else "") + ".")
@@ -89,12 +91,12 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the Markdown here too (e.g. docs/PERFORMANCE.md)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 KiB and 64 KiB at concurrency 1 and 8, 3 rounds, 32 MiB memory row")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 5; --quick 3)")
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per round (default 0.3; --quick 0.15)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 6; --quick 3)")
+    ap.add_argument("--seconds", type=float, default=None, help="seconds per round (default 0.25; --quick 0.15)")
     ap.add_argument("--memory-mib", type=int, default=None, help="state size of the peak-memory rows (default 256)")
     a = ap.parse_args()
-    rounds = a.rounds or (3 if a.quick else 5)
-    seconds = a.seconds or (0.15 if a.quick else 0.3)
+    rounds = a.rounds or (3 if a.quick else 6)
+    seconds = a.seconds or (0.15 if a.quick else 0.25)
     mem_mib = a.memory_mib or (32 if a.quick else 256)
     started, load0 = time.monotonic(), loadavg()
     targets: list[Target] = []

@@ -225,7 +225,7 @@ def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[st
 
 
 def _commands(c: Any, per: int = 1) -> str:
-    return ", ".join(f"{k} x{v / per:g}" if v != per else k for k, v in sorted(c.items()))
+    return ", ".join(k if v == per else f"{k} x{v / per:.2f}".rstrip("0").rstrip(".") for k, v in sorted(c.items()))
 
 
 def round_trips(saver: Any, values: dict[str, Any]) -> list[str]:
