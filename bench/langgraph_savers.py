@@ -228,8 +228,9 @@ def _commands(c: Any, per: int = 1) -> str:
     return ", ".join(k if v == per else f"{k} x{v / per:.2f}".rstrip("0").rstrip(".") for k, v in sorted(c.items()))
 
 
-def round_trips(saver: Any, values: dict[str, Any]) -> list[str]:
-    """Sends on RedisCkptSaver's connections per operation, and the commands in them (untimed)."""
+def round_trips(saver: Any, values: dict[str, Any], trips: dict[str, float]) -> list[str]:
+    """Sends on RedisCkptSaver's connections per operation, and the commands in them (untimed);
+    fills ``trips`` with {op: round trips, op + " waitaof": WAITAOFs}."""
     rows = ["| operation | round trips | target | commands sent |", "|---|---|---|---|"]
     d = Driver(saver, values["1 KiB"])
     with counting_round_trips() as sent:
@@ -244,6 +245,8 @@ def round_trips(saver: Any, values: dict[str, Any]) -> list[str]:
             with counting_round_trips() as sent:
                 getattr(d, op)()
             counts.append(sent.round_trips)
+        trips[op] = statistics.median(counts)
+        trips[f"{op} waitaof"] = sent.commands.get("waitaof", 0)
         label = f"list page of {LIST_PAGE}" if op == "list_page" else f"{op} (1 KiB)"
         rows.append(f"| {label} | {statistics.median(counts):g} | {target} | {_commands(sent.commands)} |")
     graph = build_graph(saver)
@@ -260,8 +263,10 @@ def _verdict(x: float, bound: float) -> str:
     return "held" if x <= bound else "missed"
 
 
-def section(url: str, pg: Postgres, rounds: int, quick: bool = False) -> tuple[list[str], list[Target]]:
-    """The Markdown lines of the LangGraph section and its judged targets."""
+def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
+            trips: dict[str, float] | None = None) -> tuple[list[str], list[Target]]:
+    """The Markdown lines of the LangGraph section and its judged targets (RedisCkptSaver's
+    round trips per operation into ``trips``)."""
     try:
         import langgraph.checkpoint.sqlite  # noqa: F401
 
@@ -319,7 +324,7 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False) -> tuple[l
                                       vs_lite.median, SQLITE_GRAPH, higher_is_better=False,
                                       shown=f"{vs_lite.median:.2f}x"))
             lines += ["", "RedisCkptSaver's round trips (issue 13 asks put and put_writes 1, get_tuple 1, a list "
-                      "page <= 2):", "", *round_trips(savers[OURS], values)]
+                      "page <= 2):", "", *round_trips(savers[OURS], values, {} if trips is None else trips)]
         finally:
             for close in closers:
                 close()
