@@ -80,8 +80,10 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
                    f"{mem.get('load', 0):.2f}x for a load (the state it returns is 1x of it): whole copies of "
                    "the state alive at the same time.")
     if "5" in missed:
-        out.append("- **Server time.** The commit script reads the fence and the head, writes the frame, the head, "
-                   "an audit event and the rotation: six commands under Lua against one `SET`.")
+        inner = st.get("inner", {})
+        out.append(f"- **Server time.** Per 1 KiB commit the script runs {sum(inner.values()):.0f} commands under "
+                   f"Lua ({', '.join(sorted(inner))}: commandstats above) where the floor runs one `SET`; the "
+                   "script's time also holds the Lua call itself and its argument handling.")
     trips = facts.get("trips", {})
     if "13" in missed and trips:
         out.append(f"- **LangGraph savers.** RedisCkptSaver's `put` takes {trips['put']:g} round trips with "

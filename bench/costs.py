@@ -137,7 +137,8 @@ def server_time(url: str, state: Any, blob: bytes, commits: int) -> tuple[list[s
                           len(extra), 0, higher_is_better=False,
                           shown=", ".join(f"{k} {v:.2f}/commit" for k, v in sorted(extra.items())) or "none"))
     return lines, targets, {"script_usec": max(script) if script else None, "set_usec": theirs.get("set", (0, 0))[1],
-                            "round_trips": trips, "extra": extra}
+                            "round_trips": trips, "extra": extra,
+                            "inner": {k: v[0] for k, v in ours.items() if k not in by_client}}
 
 
 def client_cpu(loop: asyncio.AbstractEventLoop, url: str, pg_url: str | None, state: Any, blob: bytes,
