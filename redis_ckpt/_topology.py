@@ -202,7 +202,9 @@ def validate_url(url: str) -> None:
 
 
 def _common(socket_timeout: float | None) -> dict[str, Any]:
-    return {"decode_responses": False, "socket_timeout": socket_timeout, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    # a connect never waits longer than an answer would (a CLI's short --timeout bounds both)
+    connect = CONNECT_TIMEOUT_S if socket_timeout is None else min(CONNECT_TIMEOUT_S, socket_timeout)
+    return {"decode_responses": False, "socket_timeout": socket_timeout, "socket_connect_timeout": connect}
 
 
 def sync_client_from_url(url: str, *, socket_timeout: float | None) -> tuple[Any, Any]:

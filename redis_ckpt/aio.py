@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._base import LeaseBase, StoreBase, ha_defaults, socket_timeout
+from ._base import LeaseBase, StoreBase, ha_defaults
+from ._base import socket_timeout as default_socket_timeout
 from ._core import RETRYABLE
 from ._errors import StoreUnavailableError
 from ._io import Flow, run_async
@@ -72,33 +73,36 @@ class AsyncCheckpointStore(StoreBase):
         """A store on ``client``: a ``redis.asyncio.Redis``, a ``redis.asyncio.cluster.RedisCluster``
         or a Sentinel-managed client (``redis.asyncio.sentinel.Sentinel.master_for(...)``);
         runs the startup probe. On Cluster or Sentinel the default ``retry`` is ``HA_RETRY``."""
+        label = options.pop("_label", None)  # from_url: the URL, redacted, names the store from the start
         store = cls(client, namespace=namespace, **ha_defaults(client, options))
+        if label is not None:
+            store.server = label
         if store._core.confirm:
             store._accept(await store._probe())
         return store
 
     @classmethod
-    async def from_url(cls, url: str, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
-        """Same URL forms as :meth:`redis_ckpt.CheckpointStore.from_url` (one server,
-        ``redis+cluster://``, ``redis+sentinel://``, and their ``rediss+`` TLS forms)."""
-        timeout = socket_timeout(options)
+    async def from_url(cls, url: str, *, namespace: str, socket_timeout: float | None = None,
+                       **options: Any) -> AsyncCheckpointStore:
+        """Same URL forms and ``socket_timeout`` as :meth:`redis_ckpt.CheckpointStore.from_url` (one
+        server, ``redis+cluster://``, ``redis+sentinel://``, and their ``rediss+`` TLS forms)."""
+        timeout = socket_timeout if socket_timeout is not None else default_socket_timeout(options)
         client, sentinel = async_client_from_url(url, socket_timeout=timeout)
         try:
-            store = await cls.create(client, namespace=namespace, **options)
+            store = await cls.create(client, namespace=namespace, _label=redact(url), **options)
         except BaseException:
             await client.aclose()
             if sentinel is not None:
                 await close_sentinel_async(sentinel)
             raise
         store._sentinel = sentinel
-        store.server = redact(url)
         return store
 
     @classmethod
     async def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str,
                             **options: Any) -> AsyncCheckpointStore:
         """A store on the primary a ``redis.asyncio.sentinel.Sentinel`` names for ``service_name``."""
-        timeout = socket_timeout(options)
+        timeout = default_socket_timeout(options)
         client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
                                      socket_connect_timeout=5.0)
         try:

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._base import LeaseBase, StoreBase, client_label, ha_defaults, socket_timeout
+from ._base import LeaseBase, StoreBase, client_label, ha_defaults
+from ._base import socket_timeout as default_socket_timeout
 from ._durability import Durability
 from ._keys import validate_namespace
 from ._core import RETRYABLE
@@ -80,13 +81,17 @@ class CheckpointStore(StoreBase):
         Sentinel-managed client (``Sentinel.master_for(...)``), created with
         ``decode_responses=False``. On Cluster or Sentinel the default ``retry`` is
         :data:`redis_ckpt._topology.HA_RETRY`, long enough to ride out a failover."""
+        label = options.pop("_label", None)  # from_url: the URL, redacted, names the store from the start
         super().__init__(client, namespace=namespace, **ha_defaults(client, options))
+        if label is not None:
+            self.server = label
         self._sentinel: Any = None  # a Sentinel this store created (from_url) and closes
         if self._core.confirm:
             self._accept(self._probe())
 
     @classmethod
-    def from_url(cls, url: str, *, namespace: str, **options: Any) -> CheckpointStore:
+    def from_url(cls, url: str, *, namespace: str, socket_timeout: float | None = None,
+                 **options: Any) -> CheckpointStore:
         """A store on a new client for ``url``.
 
         ``redis://``, ``rediss://``, ``unix://`` (one server);
@@ -94,25 +99,27 @@ class CheckpointStore(StoreBase):
         ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` / ``rediss+sentinel://``
         (Sentinel: the hosts are the Sentinels; the Sentinels' own credentials go in
         ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt._topology`.
+
+        ``socket_timeout``: seconds to wait for any one answer (and for a connection);
+        default: longer than any WAITAOF/WAIT the durability policy sends.
         """
-        timeout = socket_timeout(options)
+        timeout = socket_timeout if socket_timeout is not None else default_socket_timeout(options)
         client, sentinel = sync_client_from_url(url, socket_timeout=timeout)
         try:
-            store = cls(client, namespace=namespace, **options)
+            store = cls(client, namespace=namespace, _label=redact(url), **options)
         except BaseException:
             client.close()
             if sentinel is not None:
                 close_sentinel_sync(sentinel)
             raise
         store._sentinel = sentinel
-        store.server = redact(url)
         return store
 
     @classmethod
     def from_sentinel(cls, sentinel: Any, service_name: str, *, namespace: str, **options: Any) -> CheckpointStore:
         """A store on the primary that ``sentinel`` (a ``redis.sentinel.Sentinel``) names for
         ``service_name``; it follows failovers. The Sentinel object stays the caller's."""
-        timeout = socket_timeout(options)
+        timeout = default_socket_timeout(options)
         client = sentinel.master_for(service_name, decode_responses=False, socket_timeout=timeout,
                                      socket_connect_timeout=5.0)
         try:
@@ -219,22 +226,28 @@ def check_server(
     namespace: str = "redis-ckpt",
     durability: Durability | None = None,
     declared_config: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> ProbeReport:
     """Run the startup probe against a URL (any form :meth:`CheckpointStore.from_url` takes)
     or a client and return the report; never raises on refusal.
+
+    ``timeout`` (a URL only): seconds to wait for any one answer or a connection; default:
+    longer than the live write's confirmation wait. A server that does not answer (stopped,
+    overloaded) ends the check with :class:`StoreUnavailableError`, never a hang.
 
     :class:`StoreUnavailableError` when the server cannot be reached.
     """
     from ._probe import probe_flow
 
+    namespace = validate_namespace(namespace)
+    durability = durability or Durability()
     sentinel = None
     if isinstance(target, str):
-        client, sentinel = sync_client_from_url(target, socket_timeout=None)
+        wait = timeout if timeout is not None else default_socket_timeout({"durability": durability})
+        client, sentinel = sync_client_from_url(target, socket_timeout=wait)
         label = redact(target)
     else:
         client, label = target, client_label(target)
-    namespace = validate_namespace(namespace)
-    durability = durability or Durability()
     try:
         if is_cluster(client) or is_sentinel(client):
             return probe_sync(client, label=label, namespace=namespace, durability=durability,

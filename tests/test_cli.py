@@ -191,7 +191,7 @@ def test_check_accepts_a_durable_server(durable_server: Any, namespace: str) -> 
     data = as_json(invoke(["check", "--json"], url=durable_server.url, namespace=namespace))
     assert set(data) == {"server", "namespace", "policy", "declared", "verdict", "exit_code", "nodes"}
     assert data["verdict"] == "durable" and data["exit_code"] == 0
-    assert data["policy"] == {"label": "local-fsync", "replicas": 0, "replica_fsync": False, "timeout_ms": 5000}
+    assert data["policy"] == {"label": "local-fsync", "replicas": 0, "replica_fsync": False, "timeout_ms": 4000}
     [node] = data["nodes"]
     assert set(node) == {"server", "engine", "version", "verdict", "findings"}
     assert node["engine"] == durable_server.engine and node["version"] == durable_server.version

@@ -8,8 +8,11 @@ line on stderr (never a traceback, never a password) and a documented exit code:
 * 1 — a definite "no": the server is refused, a generation is damaged, no such run,
   a conflict / fence / corruption error from the store, a confirmation was declined
 * 2 — no answer could be had: bad usage or URL, invalid run id or namespace, the server
-  cannot be reached (connection refused, timeout, authentication), or a check is
-  unverifiable
+  cannot be reached (connection refused, authentication) or does not answer within
+  ``--timeout``, or a check is unverifiable
+
+``--timeout`` bounds every wait on the server: the connection and each request's answer
+(the CLI's clients never resend), so a stopped server ends any command within it.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from .._errors import (
     NotFoundError,
     StoreUnavailableError,
 )
+from .._core import RetryPolicy
+from .._durability import Durability
 from .._keys import validate_namespace
-from .._probe import SECRET_PARAMS, redact_url
+from .._probe import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
 from .._topology import validate_url
 from ..store import CheckpointStore
 
@@ -55,6 +60,10 @@ DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_NAMESPACE = "default"
 URL_ENV = "REDIS_CKPT_URL"
 NAMESPACE_ENV = "REDIS_CKPT_NAMESPACE"
+TIMEOUT_ENV = "REDIS_CKPT_TIMEOUT"
+DEFAULT_TIMEOUT_S = 5.0
+#: replicas' AOF fsync acks come once a second: a live check counting on them waits this long
+REPLICA_WAIT_MS = REPLICA_ACK_MS
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -116,6 +125,25 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def live_wait_ms(timeout_s: float) -> int:
+    """How long the live write of the startup probe may wait for its confirmation so that the
+    answer still comes within ``--timeout``: a second less, at least half of it, at most 5 s."""
+    ms = int(timeout_s * 1000)
+    return max(1, max(ms // 2, min(5000, ms - 1000)))
+
+
+def _caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain of causes (``exc`` included)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, types):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def check_url(url: str) -> None:
     """Raise :class:`CliFailure` (exit 2) for a URL redis-py cannot use."""
     label = redact_url(url)
@@ -128,11 +156,13 @@ def check_url(url: str) -> None:
 class CliConfig:
     """Parsed shared options; the store is opened on first use (and closed by the context)."""
 
-    def __init__(self, *, url: str | None, namespace: str, as_json: bool) -> None:
+    def __init__(self, *, url: str | None, namespace: str, as_json: bool,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url_given = url
         self.url = url or DEFAULT_URL
         self.namespace = namespace
         self.as_json = as_json
+        self.timeout = timeout
         self.secrets = url_secrets(url)
         self._store: CheckpointStore | None = None
 
@@ -149,7 +179,11 @@ class CliConfig:
     def store(self) -> CheckpointStore:
         if self._store is None:
             self.validate()
-            self._store = CheckpointStore.from_url(self.url, namespace=self.namespace)
+            t = self.timeout
+            # one attempt per request, each answer awaited at most --timeout: never a hang
+            self._store = CheckpointStore.from_url(
+                self.url, namespace=self.namespace, socket_timeout=t,
+                durability=Durability(timeout_ms=live_wait_ms(t)), retry=RetryPolicy(attempts=1, deadline_s=t))
         return self._store
 
     def close(self) -> None:
@@ -168,8 +202,10 @@ class CliConfig:
         except InvalidRunIdError as exc:
             raise CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s) from None
         except StoreUnavailableError as exc:
-            raise CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s) from None
+            raise CliFailure(self.unavailable(exc), EXIT_UNAVAILABLE, secrets=s) from None
         except (RedisConnectionError, RedisTimeoutError) as exc:  # incl. AuthenticationError
+            if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
+                raise CliFailure(self.unavailable(exc), EXIT_UNAVAILABLE, secrets=s) from None
             raise CliFailure(f"cannot reach {self.server}: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE,
                              secrets=s) from None
         except NonDurableServerError as exc:
@@ -185,6 +221,14 @@ class CliConfig:
         except RedisError as exc:
             raise CliFailure(f"{self.server} answered with an error: {type(exc).__name__}: {exc}", EXIT_NO,
                              secrets=s) from None
+
+
+    def unavailable(self, exc: BaseException) -> str:
+        """What to say when the server could not be used: no answer in time, or unreachable."""
+        if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
+            return (f"{self.server} did not answer within {self.timeout:g} s "
+                    "(is it stopped, overloaded or unreachable?)")
+        return str(exc)
 
 
 class _StderrHandler(logging.Handler):
@@ -212,8 +256,8 @@ def connection_options(f: F) -> F:
     """Add ``--url``, ``--namespace``, ``--json`` to a command and pass a :class:`CliConfig` first."""
 
     @functools.wraps(f)
-    def wrapper(*args: Any, url: str | None, namespace: str, as_json: bool, **kwargs: Any) -> Any:
-        cfg = CliConfig(url=url, namespace=namespace, as_json=as_json)
+    def wrapper(*args: Any, url: str | None, namespace: str, as_json: bool, timeout: float, **kwargs: Any) -> Any:
+        cfg = CliConfig(url=url, namespace=namespace, as_json=as_json, timeout=timeout)
         click.get_current_context().call_on_close(cfg.close)
         with cfg.errors():
             return f(cfg, *args, **kwargs)
@@ -221,6 +265,12 @@ def connection_options(f: F) -> F:
     wrapper = click.option(
         "--json", "as_json", is_flag=True,
         help="Print one JSON object on stdout instead of tables (see the README for the keys).",
+    )(wrapper)
+    wrapper = click.option(
+        "--timeout", "-t", type=click.FloatRange(min=0, min_open=True), envvar=TIMEOUT_ENV,
+        default=DEFAULT_TIMEOUT_S, show_default=True, show_envvar=True, metavar="SECONDS",
+        help="Wait at most this long for the server to connect and to answer each request; "
+             "past it, exit 2.",
     )(wrapper)
     wrapper = click.option(
         "--namespace", "-n", envvar=NAMESPACE_ENV, default=DEFAULT_NAMESPACE, show_default=True,

@@ -25,6 +25,7 @@ from ._options import (
     EXIT_NO,
     EXIT_OK,
     EXIT_UNAVAILABLE,
+    REPLICA_WAIT_MS,
     URL_ENV,
     CliConfig,
     CliFailure,
@@ -32,6 +33,7 @@ from ._options import (
     check_url,
     connection_options,
     install_log_handler,
+    live_wait_ms,
 )
 
 __all__ = ["cli"]
@@ -112,12 +114,14 @@ def _parse_declared(values: Sequence[str]) -> dict[str, str] | None:
               help="Check against a policy that needs N replicas to confirm every write.")
 @click.option("--replica-fsync", is_flag=True,
               help="The replicas must fsync to their AOF (WAITAOF), not only receive (WAIT).")
-@click.option("--timeout-ms", type=click.IntRange(min=1), default=5000, show_default=True,
-              help="How long the live write check waits for its confirmation.")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=None,
+              help="How long the live write check waits for its confirmation; it must end within "
+                   "--timeout [default: --timeout less 1 s, at least half of it, at most 5000].")
 @click.option("--declare", "declared", multiple=True, metavar="KEY=VALUE",
               help="Declare a server setting CONFIG GET cannot read (managed services), "
                    "e.g. --declare appendfsync=always. Repeatable.")
-def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int, declared: tuple[str, ...]) -> None:
+def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | None,
+          declared: tuple[str, ...]) -> None:
     """Run the startup probe and report every check.
 
     One line per check: ok, warn, refuse or unverifiable, with its remedy.
@@ -129,9 +133,19 @@ def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int, d
     if replica_fsync and not replicas:
         raise click.BadParameter("needs --replicas 1 or more", param_hint="--replica-fsync")
     decl = _parse_declared(declared)
+    limit_ms = int(cfg.timeout * 1000)
+    if timeout_ms is None:
+        timeout_ms = live_wait_ms(cfg.timeout)
+    elif timeout_ms >= limit_ms:
+        raise click.BadParameter(f"{timeout_ms} ms does not end within --timeout {cfg.timeout:g} s; give a "
+                                 "longer --timeout", param_hint="--timeout-ms")
+    if replicas and REPLICA_WAIT_MS >= limit_ms:
+        raise click.BadParameter(f"replicas' AOF acks can take {REPLICA_WAIT_MS} ms: give --timeout "
+                                 f"{REPLICA_WAIT_MS // 1000 + 1} or more", param_hint="--replicas")
     policy = Durability(replicas=replicas, replica_fsync=replica_fsync, timeout_ms=timeout_ms)
     cfg.validate()
-    report = check_server(cfg.url, namespace=cfg.namespace, durability=policy, declared_config=decl)
+    report = check_server(cfg.url, namespace=cfg.namespace, durability=policy, declared_config=decl,
+                          timeout=cfg.timeout)
     nodes = _node_reports(report)
     verdict = _verdict([f for n in nodes for f in n.findings])
     code = _VERDICT_EXIT[verdict]
