@@ -6,7 +6,7 @@ one in ``store.py`` (a test checks that the two surfaces match).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from ._topology import (
     redact,
 )
 
-__all__ = ["AsyncCheckpointStore", "AsyncLease"]
+__all__ = ["AsyncCheckpointStore", "AsyncLease", "AsyncAcquire"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,45 @@ class AsyncLease(LeaseBase):
     async def __aexit__(self, *exc: object) -> None:
         if not self.released:
             await self.release()
+
+
+class AsyncAcquire:
+    """What :meth:`AsyncCheckpointStore.acquire` returns: ``await`` it for the lease, or use it
+    as ``async with store.acquire(...) as lease:`` to have the lease released on exit.
+
+    The arguments are checked when ``acquire`` is called; nothing is sent (and no coroutine
+    exists) until it is awaited or entered, so one that is dropped unused leaves no trace.
+    """
+
+    __slots__ = ("_store", "_run_id", "_owner", "_ms", "_flow", "_lease")
+
+    def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._owner, self._ms, flow = store._acquire_flow(run_id, owner, ttl)
+        self._flow: Flow[Any] | None = flow
+        self._lease: AsyncLease | None = None
+
+    async def _acquire(self) -> AsyncLease:
+        flow, self._flow = self._flow, None
+        if flow is None:
+            raise RuntimeError("this acquire() was already awaited or entered; call store.acquire() again")
+        return AsyncLease(self._store, self._run_id, self._owner, await self._store._run(flow), self._ms)
+
+    def __await__(self) -> Generator[Any, None, AsyncLease]:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> AsyncLease:
+        self._lease = await self._acquire()
+        return self._lease
+
+    async def __aexit__(self, *exc: object) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None and not lease.released:
+            await lease.release()
+
+    def __repr__(self) -> str:
+        return f"<AsyncAcquire run={self._run_id!r} owner={self._owner!r}>"
 
 
 class AsyncCheckpointStore(StoreBase):
@@ -136,9 +175,10 @@ class AsyncCheckpointStore(StoreBase):
     async def probe(self) -> ProbeReport:
         return await self._probe()
 
-    async def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncLease:
-        owner, ms, flow = self._acquire_flow(run_id, owner, ttl)
-        return AsyncLease(self, run_id, owner, await self._run(flow), ms)
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncAcquire:
+        """Take the run's lease and a new fencing token: ``lease = await store.acquire(...)``,
+        or ``async with store.acquire(...) as lease:`` (released on exit)."""
+        return AsyncAcquire(self, run_id, owner, ttl)
 
     async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                      metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:

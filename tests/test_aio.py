@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import warnings
 import time
 
 import pytest
@@ -109,8 +111,59 @@ def test_async_surface_mirrors_the_sync_one(sync_cls, async_cls):
         afn = async_api[name]
         if name in ("register_migration",):
             continue
-        if name not in ("from_url", "in_memory"):
+        if name not in ("from_url", "in_memory", "acquire"):  # acquire: awaitable and `async with`
             assert inspect.iscoroutinefunction(afn), f"{async_cls.__name__}.{name} is not async"
         sp = list(inspect.signature(fn).parameters)
         ap = list(inspect.signature(afn).parameters)
         assert sp == ap, f"{name}: {sp} != {ap}"
+
+
+def test_async_with_store_acquire_releases_on_exit_and_await_still_works():
+    async def scenario():
+        store = await AsyncCheckpointStore.in_memory(namespace="unit")
+        async with store.acquire("r", owner="me", ttl=5) as lease:
+            assert isinstance(lease, AsyncLease) and lease.token == 1
+            await lease.commit({"x": 1})
+        assert lease.released and (await store.info("r")).lease_state == "released"
+        lease = await store.acquire("r", owner="me", ttl=5)  # the plain await form
+        assert lease.token == 2 and not lease.released
+        async with await store.acquire("r", owner="me", ttl=5) as again:  # and the older spelling
+            assert again.token == 3
+        pending = store.acquire("r", owner="me", ttl=5)
+        await pending
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await pending
+        with pytest.raises(ValueError):
+            store.acquire("r", ttl=0)  # bad arguments fail at the call, as in the sync store
+        with pytest.raises(LeaseHeldError):
+            async with store.acquire("r", owner="other", ttl=5):
+                pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(scenario())
+
+
+def test_an_acquire_never_awaited_sends_nothing_and_warns_nothing():
+    async def scenario():
+        store = await AsyncCheckpointStore.in_memory(namespace="unit")
+        store.acquire("r", owner="me", ttl=5)  # dropped
+        gc.collect()
+        assert (await store.info("r")).fence == 0
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(scenario())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+@pytest.mark.server
+def test_async_with_acquire_on_a_real_server(durable_server, client, namespace):
+    async def scenario():
+        async with await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace) as store:
+            async with store.acquire("job", owner="a", ttl=10) as lease:
+                assert await lease.commit({"n": 1}) == 1
+            assert (await store.load("job")).state == {"n": 1}
+
+    run(scenario())

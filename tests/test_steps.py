@@ -268,3 +268,109 @@ def test_example_survives_kill_9_and_finishes_on_another_worker(durable_server, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout
     assert "already charged" in proc.stdout
+
+
+# --------------------------------------------------------------------------- AsyncStepRunner
+
+
+def test_async_runner_runs_resumes_and_shares_the_run_with_the_sync_one(durable_server, namespace, store):
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    calls = []
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        runner = AsyncStepRunner(astore, "async-job", ttl=5)
+
+        @runner.step("fetch")
+        async def fetch(ctx):
+            calls.append(("fetch", ctx.idempotency_key))
+            await asyncio.sleep(0.01)
+            await ctx.heartbeat()
+            return {"rows": 3}
+
+        @runner.step("parse")
+        async def parse(ctx):
+            calls.append(("parse", ctx.idempotency_key))
+            raise RuntimeError("parse failed")
+
+        with pytest.raises(RuntimeError, match="parse failed"):
+            await runner.run({"url": "u"})
+        st = await runner.status()
+        assert st.completed == ("fetch",) and st.pending == ("parse",) and st.inputs == {"url": "u"}
+        assert (await astore.info("async-job")).lease_state == "released"
+        await astore.close()
+
+    asyncio.run(scenario())
+    # the sync runner resumes the run the async one started: same plan, same state, same keys
+    sync = StepRunner(store, "async-job", owner="sync-worker")
+    sync.add("fetch", lambda ctx: calls.append(("fetch-again", None)))
+    sync.add("parse", lambda ctx: calls.append(("parse", ctx.idempotency_key)) or ctx.results["fetch"]["rows"] * 2)
+    assert sync.run() == {"fetch": {"rows": 3}, "parse": 6}
+    assert [c[0] for c in calls] == ["fetch", "parse", "parse"]
+    assert calls[1][1] == calls[2][1]  # the re-run step kept its idempotency key
+
+
+def test_async_runner_waits_for_a_live_lease_and_its_stale_commit_is_fenced(durable_server, namespace, store):
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        release = asyncio.Event()
+
+        async def stuck(ctx):
+            await release.wait()  # a pause, without heartbeats
+            return "stale"
+
+        first = AsyncStepRunner(astore, "afence", ttl=0.3, heartbeat=False)
+        first.add("a", lambda ctx: "a").add("b", stuck)
+        task = asyncio.create_task(first.run())
+        await asyncio.sleep(0.1)
+        impatient = AsyncStepRunner(astore, "afence", owner="impatient", ttl=5, acquire_timeout=0)
+        impatient.add("a", lambda ctx: "a").add("b", lambda ctx: "fresh")
+        with pytest.raises(LeaseHeldError):
+            await impatient.run()
+        second = AsyncStepRunner(astore, "afence", owner="second", ttl=5, acquire_timeout=5)
+        second.add("a", lambda ctx: "a").add("b", lambda ctx: "fresh")
+        assert await second.run() == {"a": "a", "b": "fresh"}  # waited out the first worker's lease
+        release.set()
+        with pytest.raises(FencedError):
+            await task
+        assert (await second.status()).results["b"] == "fresh"
+        await astore.close()
+
+    asyncio.run(scenario())
+
+
+def test_async_runner_heartbeats_through_a_long_step(durable_server, namespace):
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+
+        async def slow(ctx):
+            await asyncio.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+            return 1
+
+        first = AsyncStepRunner(astore, "ahb", ttl=0.3)
+        first.add("slow", slow)
+        task = asyncio.create_task(first.run())
+        await asyncio.sleep(0.6)
+        second = AsyncStepRunner(astore, "ahb", owner="second", ttl=0.3, acquire_timeout=0)
+        second.add("slow", slow)
+        with pytest.raises(LeaseHeldError):
+            await second.run()
+        assert await task == {"slow": 1}
+        assert (await first.status()).finished
+        await astore.close()
+
+    asyncio.run(scenario())
