@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from ._core import MAX_TTL_MS, RetryPolicy, StoreCore, default_owner
 from ._durability import Durability
-from ._errors import DurabilityError, OutOfRangeError
+from ._errors import CheckpointError, DurabilityError, FencedError, OutOfRangeError
 from ._io import Flow
-from ._models import Checkpoint, Grant
+from ._models import Checkpoint, Event, Grant
 from ._probe import ProbeReport, probe_flow
 from ._topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
@@ -167,8 +167,43 @@ class StoreBase:
 
     def _commit_flow(self, run_id: str, state: Any, token: int, expected_generation: int,
                      metadata: Mapping[Any, Any] | None, owner: str | None) -> Flow[int]:
-        return self._core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
+        flow = self._core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
                                       owner=owner or self.owner, metadata=metadata)
+        return explain_fenced(self._core, run_id, flow)
+
+
+#: how many of a run's newest audit events a rejected commit reads to say what fenced it off
+FENCE_EVENTS = 256
+_BUMPS = {"acquire": "takeover", "takeover": "takeover", "reacquire": "takeover",
+          "revoke": "revoke", "delete": "delete", "import": "import"}
+
+
+def fence_cause(events: Sequence[Event], fence: int) -> tuple[str, str | None] | None:
+    """(cause, by) of the event that raised the run's fence to ``fence``, newest first; None
+    when the events no longer tell."""
+    for e in reversed(events):
+        cause = _BUMPS.get(e.kind)
+        if cause is None:
+            continue
+        value = e.fields.get("token" if cause == "takeover" else "fence")
+        if value == str(fence):
+            return cause, e.fields.get("owner" if cause == "takeover" else "by")
+    return None
+
+
+def explain_fenced(core: StoreCore, run_id: str, flow: Flow[int]) -> Flow[int]:
+    """``flow``; when it ends in :class:`FencedError`, one extra read of the run's audit events
+    says who raised the fence (an admin's revoke, a delete, a newer worker)."""
+    try:
+        return (yield from flow)
+    except FencedError as fenced:
+        try:
+            found = fence_cause((yield from core.events_flow(run_id, count=FENCE_EVENTS)), fenced.fence)
+        except CheckpointError:
+            found = None  # the rejection stands; only its explanation is missing
+        if found is not None:
+            fenced.explain(*found)
+        raise fenced
 
 
 class LeaseBase:

@@ -13,7 +13,7 @@
     ├── LeaseError
     │   ├── LeaseHeldError                another owner holds a live lease; .owner, .ms_left
     │   └── LeaseLostError                renew/commit on a lease whose token is no longer current
-    ├── FencedError                       commit with a token below the run's fence; .token, .fence
+    ├── FencedError                       commit with a token below the run's fence; .token, .fence, .cause, .by
     ├── ConflictError                     expected generation is not the head; .expected, .actual
     ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
     ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
@@ -150,14 +150,37 @@ class LeaseLostError(LeaseError):
 
 
 class FencedError(CheckpointError):
-    def __init__(self, run_id: str, *, token: int, fence: int) -> None:
-        super().__init__(
-            f"commit to run {run_id!r} with token {token} rejected: the run's fence is {fence}, "
-            "a newer worker holds it",
-            run_id=run_id,
-        )
+    """A commit whose token is below the run's fence: definitely not written.
+
+    ``cause`` says what raised the fence past the token, when the run's audit events still
+    tell: ``"revoke"`` (an admin; ``by`` and ``revoked_by`` name who), ``"delete"``,
+    ``"import"`` (``by``: who did it) or ``"takeover"`` (``by``: the newer holder's owner name);
+    None when unknown.
+    """
+
+    def __init__(self, run_id: str, *, token: int, fence: int, cause: str | None = None,
+                 by: str | None = None) -> None:
+        super().__init__("", run_id=run_id)
         self.token = token
         self.fence = fence
+        self.explain(cause, by)
+
+    @property
+    def revoked_by(self) -> str | None:
+        """Who revoked the run, when a revoke fenced this commit off."""
+        return self.by if self.cause == "revoke" else None
+
+    def explain(self, cause: str | None, by: str | None) -> None:
+        """Record what raised the fence (and rebuild the message)."""
+        self.cause, self.by = cause, by
+        why = {
+            "revoke": f"the run was revoked by {by!r} (fence now {self.fence}); acquire it again to continue",
+            "delete": f"the run was deleted by {by!r} (fence now {self.fence})",
+            "import": f"a frame was imported into the run by {by!r} (fence now {self.fence})",
+            "takeover": f"{by!r} acquired the run with token {self.fence}",
+        }.get(cause or "", f"the run's fence is {self.fence}: a newer token was handed out since "
+                           "(a takeover, revoke, delete or import)")
+        self.args = (f"commit to run {self.run_id!r} with token {self.token} rejected: {why}",)
 
 
 class ConflictError(CheckpointError):

@@ -25,6 +25,7 @@ from ._topology import (
     is_sentinel,
     probe_async,
     redact,
+    unavailable_message,
 )
 
 __all__ = ["AsyncCheckpointStore", "AsyncLease", "AsyncAcquire"]
@@ -161,7 +162,7 @@ class AsyncCheckpointStore(StoreBase):
         try:
             return await run_async(flow, self._client, SCRIPTS)
         except RETRYABLE as exc:
-            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
     async def _probe(self) -> ProbeReport:
         if not (is_cluster(self._client) or is_sentinel(self._client)):
@@ -170,7 +171,7 @@ class AsyncCheckpointStore(StoreBase):
             return await probe_async(self._client, label=self.server, namespace=self.namespace,
                                      durability=self.durability, declared=self.declared_config, scripts=SCRIPTS)
         except RETRYABLE as exc:
-            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
     async def probe(self) -> ProbeReport:
         return await self._probe()

@@ -24,6 +24,7 @@ from ._topology import (
     is_sentinel,
     probe_sync,
     redact,
+    unavailable_message,
     sync_client_from_url,
 )
 
@@ -145,7 +146,7 @@ class CheckpointStore(StoreBase):
         try:
             return run_sync(flow, self._client, SCRIPTS)
         except RETRYABLE as exc:
-            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
     def _probe(self) -> ProbeReport:
         if not (is_cluster(self._client) or is_sentinel(self._client)):
@@ -154,7 +155,7 @@ class CheckpointStore(StoreBase):
             return probe_sync(self._client, label=self.server, namespace=self.namespace, durability=self.durability,
                               declared=self.declared_config, scripts=SCRIPTS)
         except RETRYABLE as exc:
-            raise StoreUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
     def probe(self) -> ProbeReport:
         """Run the startup probe again and return its report (does not raise)."""
@@ -255,7 +256,7 @@ def check_server(
         flow = probe_flow(server=label, namespace=namespace, durability=durability, declared=declared_config)
         return run_sync(flow, client, SCRIPTS)
     except RETRYABLE as exc:
-        raise StoreUnavailableError(f"cannot reach {label}: {exc}") from exc
+        raise StoreUnavailableError(unavailable_message(label, exc)) from exc
     finally:
         if isinstance(target, str):
             client.close()

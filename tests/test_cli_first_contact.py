@@ -262,3 +262,51 @@ def test_the_main_job_runs_with_only_the_server_extra(tmp_path: Path) -> None:
                             "assert 'fakeredis' not in sys.modules; print('ok')"],
                            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert check.stdout.strip() == "ok", check.stderr
+
+
+# --------------------------------------------------------------------------- 5. errors that mislead
+
+PASSWORD = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def password_server(make_module_server: Any) -> Any:
+    return make_module_server("valkey", password=PASSWORD)
+
+
+@pytest.mark.server
+def test_authentication_failed_and_required_are_said_as_such_in_one_redaction_form(password_server: Any) -> None:
+    port = password_server.port
+    wrong = f"redis://:wr0ng@127.0.0.1:{port}/0"
+    for args in (["check"], ["runs"], ["show", "r"], ["verify", "--all"]):
+        proc = cli([*args, "--url", wrong])
+        assert proc.returncode == 2
+        assert error_lines(proc) == [
+            f"error: authentication failed at redis://:***@127.0.0.1:{port}/0: the server rejected the user name "
+            "or password (invalid username-password pair or user is disabled.)"], args
+        proc = cli([*args, "--url", f"redis://127.0.0.1:{port}/0"])
+        assert proc.returncode == 2
+        assert error_lines(proc) == [
+            f"error: redis://127.0.0.1:{port}/0 requires authentication: put the password in the URL "
+            "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@... for an ACL user)"], args
+        assert "HELLO" not in proc.stderr and "cannot reach" not in proc.stderr
+    # a URL is shown one way everywhere: check's report, runs' JSON, an error
+    url = password_server.url
+    shown = f"redis://:***@127.0.0.1:{port}/0"
+    assert f"server     {shown}" in cli(["check", "--url", url]).stdout
+    assert json.loads(cli(["runs", "--json", "--url", url]).stdout)["server"] == shown
+    assert error_lines(cli(["show", "nope", "--url", url.replace(f":{port}/", f":{free_port()}/")]))[0].startswith(
+        f"error: cannot reach redis://:***@127.0.0.1:")
+
+
+@pytest.mark.server
+def test_the_library_says_authentication_required_or_failed(password_server: Any) -> None:
+    from redis_ckpt import StoreUnavailableError, check_server
+
+    port = password_server.port
+    with pytest.raises(StoreUnavailableError, match=r"^redis://127\.0\.0\.1:\d+/0 requires authentication"):
+        CheckpointStore.from_url(f"redis://127.0.0.1:{port}/0", namespace="default")
+    with pytest.raises(StoreUnavailableError, match=r"^authentication failed at redis://:\*\*\*@127"):
+        CheckpointStore.from_url(f"redis://:nope@127.0.0.1:{port}/0", namespace="default")
+    with pytest.raises(StoreUnavailableError, match="requires authentication"):
+        check_server(f"redis://127.0.0.1:{port}/0")

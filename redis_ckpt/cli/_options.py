@@ -25,6 +25,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,7 +41,7 @@ from .._core import RetryPolicy
 from .._durability import Durability
 from .._keys import validate_namespace
 from .._probe import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
-from .._topology import validate_url
+from .._topology import unavailable_message, validate_url
 from ..store import CheckpointStore
 
 __all__ = [
@@ -204,10 +205,7 @@ class CliConfig:
         except StoreUnavailableError as exc:
             raise CliFailure(self.unavailable(exc), EXIT_UNAVAILABLE, secrets=s) from None
         except (RedisConnectionError, RedisTimeoutError) as exc:  # incl. AuthenticationError
-            if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
-                raise CliFailure(self.unavailable(exc), EXIT_UNAVAILABLE, secrets=s) from None
-            raise CliFailure(f"cannot reach {self.server}: {type(exc).__name__}: {exc}", EXIT_UNAVAILABLE,
-                             secrets=s) from None
+            raise CliFailure(self.unavailable(exc), EXIT_UNAVAILABLE, secrets=s) from None
         except NonDurableServerError as exc:
             problems = list(exc.problems)
             levels = {getattr(p, "level", "refuse") for p in problems}
@@ -228,7 +226,11 @@ class CliConfig:
         if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
             return (f"{self.server} did not answer within {self.timeout:g} s "
                     "(is it stopped, overloaded or unreachable?)")
-        return str(exc)
+        if _caused_by(exc, RedisAuthenticationError) is not None:
+            return unavailable_message(self.server, exc)  # required, or failed: never "cannot reach"
+        if isinstance(exc, StoreUnavailableError):
+            return str(exc)
+        return f"cannot reach {self.server}: {type(exc).__name__}: {exc}"
 
 
 class _StderrHandler(logging.Handler):

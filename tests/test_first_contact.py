@@ -1,0 +1,76 @@
+"""Library side of first contact (issue #14): errors that say what happened, one default
+namespace, readable reprs, URLs that mean what they say."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from redis_ckpt import CheckpointStore, FencedError
+from redis_ckpt.aio import AsyncCheckpointStore
+
+
+# --------------------------------------------------------------------------- 5. errors that mislead
+
+
+@pytest.mark.server
+def test_a_commit_fenced_off_by_a_revoke_says_who_revoked(client: Any, namespace: str) -> None:
+    store = CheckpointStore(client, namespace=namespace)
+    lease = store.acquire("job", owner="worker-a", ttl=30)
+    lease.commit({"n": 1})
+    store.revoke("job", by="ops@bastion")
+    with pytest.raises(FencedError) as fenced:
+        lease.commit({"n": 2})
+    err = fenced.value
+    assert (err.token, err.fence, err.cause, err.revoked_by) == (1, 2, "revoke", "ops@bastion")
+    assert "revoked by 'ops@bastion'" in str(err) and "newer worker" not in str(err)
+    assert store.load("job").state == {"n": 1}
+    # the raw CAS says the same
+    with pytest.raises(FencedError) as raw:
+        store.commit("job", {"n": 3}, token=1, expected_generation=1)
+    assert raw.value.revoked_by == "ops@bastion"
+
+
+@pytest.mark.server
+def test_a_commit_fenced_off_by_a_takeover_names_the_new_holder(client: Any, namespace: str) -> None:
+    store = CheckpointStore(client, namespace=namespace)
+    old = store.acquire("job", owner="worker-a", ttl=0.05)
+    old.commit({"n": 1})
+    import time
+
+    time.sleep(0.1)
+    new = store.acquire("job", owner="worker-b", ttl=30)
+    for i in range(5):
+        new.commit({"n": 2 + i})
+    with pytest.raises(FencedError) as fenced:
+        old.commit({"n": 99})
+    err = fenced.value
+    assert (err.cause, err.by, err.revoked_by, err.fence) == ("takeover", "worker-b", None, 2)
+    assert "'worker-b' acquired the run with token 2" in str(err)
+    # a delete raises the fence too, and says so
+    store.delete("job", by="janitor")
+    with pytest.raises(FencedError) as deleted:
+        new.commit({"n": 100})
+    assert (deleted.value.cause, deleted.value.by) == ("delete", "janitor")
+
+
+@pytest.mark.server
+def test_an_async_commit_fenced_off_by_a_revoke_says_who_revoked(durable_server: Any, client: Any,
+                                                                 namespace: str) -> None:
+    async def scenario() -> FencedError:
+        async with await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace) as store:
+            lease = await store.acquire("job", owner="a", ttl=30)
+            await store.revoke("job", by="admin-x")
+            with pytest.raises(FencedError) as fenced:
+                await lease.commit(1)
+            return fenced.value
+
+    assert asyncio.run(scenario()).revoked_by == "admin-x"
+
+
+def test_a_fenced_error_without_events_says_what_may_have_happened() -> None:
+    err = FencedError("r", token=1, fence=3)
+    assert err.cause is None and err.revoked_by is None
+    assert "a newer token was handed out since (a takeover, revoke, delete or import)" in str(err)
