@@ -38,6 +38,7 @@ def invoke(args: list[str], *, url: str | None = None, namespace: str | None = N
         extra += ["--namespace", namespace]
     runner = CliRunner()
     result = runner.invoke(cli, [*args, *extra], input=input, env=env, catch_exceptions=True)
+    result.args_seen = [*args, *extra]  # type: ignore[attr-defined]
     # never a traceback: every failure is a clean exit with a message
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
     assert "Traceback" not in result.output
@@ -51,7 +52,17 @@ def as_json(result: Result) -> dict[str, Any]:
 
 
 def error_lines(result: Result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    """The ``error: ...`` lines on stderr; with --json an error is one JSON object, read back
+    into the same form."""
+    lines = []
+    for line in result.stderr.splitlines():
+        if line.startswith("error: "):
+            lines.append(line)
+        elif line.startswith("{") and "--json" in result.args_seen:  # type: ignore[attr-defined]
+            err = json.loads(line)
+            assert set(err) == {"error", "exit_code"} and err["exit_code"] == result.exit_code
+            lines.append(f"error: {err['error']}")
+    return lines
 
 
 def free_port() -> int:

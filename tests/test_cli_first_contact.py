@@ -310,3 +310,94 @@ def test_the_library_says_authentication_required_or_failed(password_server: Any
         CheckpointStore.from_url(f"redis://:nope@127.0.0.1:{port}/0", namespace="default")
     with pytest.raises(StoreUnavailableError, match="requires authentication"):
         check_server(f"redis://127.0.0.1:{port}/0")
+
+
+# --------------------------------------------------------------------------- 6. CLI conventions
+
+
+@pytest.mark.server
+def test_connection_options_go_before_or_after_the_command(durable_server: Any, namespace: str) -> None:
+    with CheckpointStore.from_url(durable_server.url, namespace=namespace) as store:
+        with store.acquire("job", owner="w", ttl=10) as lease:
+            lease.commit({"x": 1})
+    url = durable_server.url
+    before = cli(["-u", url, "-n", namespace, "--json", "-t", "3", "runs"])
+    after = cli(["runs", "-u", url, "-n", namespace, "--json", "-t", "3"])
+    mixed = cli(["--url", url, "runs", "--namespace", namespace, "--json"])
+    for proc in (before, after, mixed):
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert [r["run"] for r in data["runs"]] == ["job"] and data["namespace"] == namespace
+    # after the command wins over before it, which wins over the environment
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    assert cli(["-u", dead, "show", "job", "-u", url, "-n", namespace]).returncode == 0
+    assert cli(["-u", url, "-n", namespace, "show", "job"], env={"REDIS_CKPT_URL": dead}).returncode == 0
+    assert cli(["-n", namespace, "show", "job"], env={"REDIS_CKPT_URL": url}).returncode == 0
+
+
+def test_version_flag() -> None:
+    from redis_ckpt import __version__
+
+    for flag in ("-V", "--version"):
+        proc = cli([flag])
+        assert proc.returncode == 0 and proc.stdout.strip() == f"redis-ckpt, version {__version__}"
+
+
+@pytest.mark.server
+def test_with_json_every_error_is_one_json_object_on_stderr(durable_server: Any, namespace: str) -> None:
+    url = durable_server.url
+    cases = [
+        (["--json", "-u", url, "-n", namespace, "show", "nope"], 1, f"no such run 'nope' in namespace {namespace!r}"),
+        (["show", "nope", "--json", "-u", url, "-n", namespace], 1, f"no such run 'nope' in namespace {namespace!r}"),
+        (["show", "a{b", "--json"], 2, "run id 'a{b' must not contain '{' or '}' (they pick the hash slot)"),
+        (["runs", "--json", "--sort", "size"], 2, None),  # a usage error, also JSON
+        (["runs", "--json", "-u", f"redis://127.0.0.1:{free_port()}/0"], 2, None),
+    ]
+    for args, code, message in cases:
+        proc = cli(args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert proc.stdout == ""
+        objects = [json.loads(line) for line in proc.stderr.splitlines()]  # stderr is all JSON
+        [err] = [o for o in objects if "error" in o]
+        assert all(set(o) == {"warning"} for o in objects if o is not err)
+        assert set(err) == {"error", "exit_code"} and err["exit_code"] == code
+        if message is not None:
+            assert err["error"] == message
+    assert cli(["runs", "--sort", "size"]).stderr.startswith("Usage:")  # without --json, click's usage text
+
+
+@pytest.mark.server
+def test_fence_follow_waits_for_a_run_that_does_not_exist_yet(durable_server: Any, namespace: str) -> None:
+    if not SCRIPT.exists():
+        pytest.skip("console script not installed")
+    args = [str(SCRIPT), "fence", "later", "--follow", "--json", "-u", durable_server.url, "-n", namespace]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            notice = None
+            while time.monotonic() < deadline and proc.poll() is None and notice is None:
+                ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+                if ready:
+                    line = json.loads(proc.stderr.readline())  # type: ignore[union-attr]
+                    notice = line.get("notice")
+            assert notice is not None and notice.startswith("waiting for run 'later' to appear"), notice
+            assert proc.poll() is None, "fence --follow of a missing run exited instead of waiting"
+            with CheckpointStore.from_url(durable_server.url, namespace=namespace) as store:
+                with store.acquire("later", owner="late-worker", ttl=10) as lease:
+                    lease.commit({"x": 1})
+            first = json.loads(read_line_with(proc, '"run"'))
+            assert first["run"] == "later" and first["fence"] == 1
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+            assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_shell_completion_works_and_is_documented() -> None:
+    proc = cli([], env={"_REDIS_CKPT_COMPLETE": "bash_source"})
+    assert proc.returncode == 0 and "_REDIS_CKPT_COMPLETE=bash_complete" in proc.stdout
+    proc = cli([], env={"_REDIS_CKPT_COMPLETE": "bash_complete", "COMP_WORDS": "redis-ckpt ru", "COMP_CWORD": "1"})
+    assert proc.stdout.split() == ["plain,runs"]
+    assert '_REDIS_CKPT_COMPLETE=bash_source redis-ckpt' in README.read_text()

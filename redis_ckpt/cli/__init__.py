@@ -12,7 +12,7 @@
     redis-ckpt demo                  the main job, on a local durable server
     redis-ckpt server                a local durable Valkey in the foreground (Ctrl-C stops it)
 
-Shared options: --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
+Shared options, before the command or after it: --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
 --namespace (default $REDIS_CKPT_NAMESPACE, else "default"), --json, --timeout (default
 $REDIS_CKPT_TIMEOUT, else 5 s).
 """

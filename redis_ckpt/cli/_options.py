@@ -18,9 +18,13 @@ line on stderr (never a traceback, never a password) and a documented exit code:
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -52,6 +56,13 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "CliConfig",
     "CliFailure",
+    "CliGroup",
+    "Globals",
+    "global_options",
+    "current_globals",
+    "show_error",
+    "show_notice",
+    "json_errors",
     "NoSuchRun",
     "connection_options",
     "install_log_handler",
@@ -83,7 +94,7 @@ class CliFailure(click.ClickException):
 
     def show(self, file: IO[Any] | None = None) -> None:
         if file is None:
-            click.echo(f"error: {self.message}", err=True)
+            show_error(self.message, self.exit_code)
         else:
             click.echo(f"error: {self.message}", file=file)
 
@@ -220,7 +231,6 @@ class CliConfig:
             raise CliFailure(f"{self.server} answered with an error: {type(exc).__name__}: {exc}", EXIT_NO,
                              secrets=s) from None
 
-
     def unavailable(self, exc: BaseException) -> str:
         """What to say when the server could not be used: no answer in time, or unreachable."""
         if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
@@ -239,7 +249,11 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(f"{record.levelname.lower()}: {self.format(record)}", err=True)
+            level = record.levelname.lower()
+            if _json_errors:  # with --json, stderr is JSON too: one object per line
+                click.echo(json.dumps({level: self.format(record)}, ensure_ascii=False), err=True)
+            else:
+                click.echo(f"{level}: {self.format(record)}", err=True)
         except (OSError, ValueError):
             self.handleError(record)
 
@@ -254,34 +268,126 @@ def install_log_handler(ctx: click.Context) -> None:
     ctx.call_on_close(lambda: log.removeHandler(handler))
 
 
+@dataclass
+class Globals:
+    """The connection options given before the command (``redis-ckpt -u URL runs``), with their
+    environment variables and defaults; the same options after the command win."""
+
+    url: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    as_json: bool = False
+    timeout: float = DEFAULT_TIMEOUT_S
+
+
+_URL_HELP = (f"Server URL (redis://, rediss://, unix://, redis+cluster://, redis+sentinel://) "
+             f"[default: ${URL_ENV}, else {DEFAULT_URL}]. A password in it is never printed.")
+_NAMESPACE_HELP = f'Key prefix of the runs [default: ${NAMESPACE_ENV}, else "{DEFAULT_NAMESPACE}"].'
+_JSON_HELP = ("Print one JSON object on stdout instead of tables (see the README for the keys); "
+              "an error is one JSON object on stderr.")
+_TIMEOUT_HELP = (f"Wait at most this long for the server to connect and to answer each request; past it, "
+                 f"exit 2 [default: ${TIMEOUT_ENV}, else {DEFAULT_TIMEOUT_S:g}].")
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def global_options(f: F) -> F:
+    """The group's own ``--url``, ``--namespace``, ``--json``, ``--timeout`` (before the command);
+    they read the environment and hold the defaults."""
+    f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
+    f = click.option("--timeout", "-t", type=_SECONDS, envvar=TIMEOUT_ENV, default=DEFAULT_TIMEOUT_S,
+                     metavar="SECONDS", help=_TIMEOUT_HELP)(f)
+    f = click.option("--namespace", "-n", envvar=NAMESPACE_ENV, default=DEFAULT_NAMESPACE, metavar="NS",
+                     help=_NAMESPACE_HELP)(f)
+    f = click.option("--url", "-u", envvar=URL_ENV, default=None, metavar="URL", help=_URL_HELP)(f)
+    return f
+
+
+def current_globals() -> Globals:
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(Globals) if ctx is not None else None
+    return found if found is not None else Globals(url=os.environ.get(URL_ENV) or None)
+
+
 def connection_options(f: F) -> F:
-    """Add ``--url``, ``--namespace``, ``--json`` to a command and pass a :class:`CliConfig` first."""
+    """Add ``--url``, ``--namespace``, ``--json``, ``--timeout`` to a command (each falls back to
+    the same option given before the command, then to its environment variable and default)
+    and pass a :class:`CliConfig` first."""
 
     @functools.wraps(f)
-    def wrapper(*args: Any, url: str | None, namespace: str, as_json: bool, timeout: float, **kwargs: Any) -> Any:
-        cfg = CliConfig(url=url, namespace=namespace, as_json=as_json, timeout=timeout)
+    def wrapper(*args: Any, url: str | None, namespace: str | None, as_json: bool, timeout: float | None,
+                **kwargs: Any) -> Any:
+        g = current_globals()
+        cfg = CliConfig(url=url if url is not None else g.url,
+                        namespace=namespace if namespace is not None else g.namespace,
+                        as_json=as_json or g.as_json, timeout=timeout if timeout is not None else g.timeout)
+        if cfg.as_json:
+            json_errors(True)
         click.get_current_context().call_on_close(cfg.close)
         with cfg.errors():
             return f(cfg, *args, **kwargs)
 
-    wrapper = click.option(
-        "--json", "as_json", is_flag=True,
-        help="Print one JSON object on stdout instead of tables (see the README for the keys).",
-    )(wrapper)
-    wrapper = click.option(
-        "--timeout", "-t", type=click.FloatRange(min=0, min_open=True), envvar=TIMEOUT_ENV,
-        default=DEFAULT_TIMEOUT_S, show_default=True, show_envvar=True, metavar="SECONDS",
-        help="Wait at most this long for the server to connect and to answer each request; "
-             "past it, exit 2.",
-    )(wrapper)
-    wrapper = click.option(
-        "--namespace", "-n", envvar=NAMESPACE_ENV, default=DEFAULT_NAMESPACE, show_default=True,
-        show_envvar=True, metavar="NS", help="Key prefix of the runs.",
-    )(wrapper)
-    wrapper = click.option(
-        "--url", "-u", envvar=URL_ENV, default=None, show_envvar=True, metavar="URL",
-        help=f"Server URL (redis://, rediss://, unix://) [default: {DEFAULT_URL}]. "
-             "A password in it is never printed.",
-    )(wrapper)
+    wrapper = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(wrapper)
+    wrapper = click.option("--timeout", "-t", type=_SECONDS, default=None, metavar="SECONDS",
+                           help=_TIMEOUT_HELP)(wrapper)
+    wrapper = click.option("--namespace", "-n", default=None, metavar="NS", help=_NAMESPACE_HELP)(wrapper)
+    wrapper = click.option("--url", "-u", default=None, metavar="URL", help=_URL_HELP)(wrapper)
     return wrapper  # type: ignore[return-value]
 
+
+# --------------------------------------------------------------------------- the group
+
+
+_json_errors = False
+
+
+def json_errors(on: bool) -> None:
+    """From now on, show errors as one JSON object on stderr (``--json`` is in effect)."""
+    global _json_errors
+    _json_errors = on
+
+
+def show_error(message: str, exit_code: int) -> None:
+    """One error on stderr: ``error: ...`` (a headline, maybe indented detail lines), or with
+    ``--json`` one JSON object ``{"error": ..., "exit_code": ...}`` on one line."""
+    if _json_errors:
+        click.echo(json.dumps({"error": message, "exit_code": exit_code}, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
+
+
+def show_notice(message: str) -> None:
+    """A note for the person at the terminal on stderr (``{"notice": ...}`` with ``--json``)."""
+    if _json_errors:
+        click.echo(json.dumps({"notice": message}, ensure_ascii=False), err=True)
+    else:
+        click.echo(message, err=True)
+
+
+class CliGroup(click.Group):
+    """The ``redis-ckpt`` group: every way a command can end becomes its documented exit code
+    and one error on stderr (JSON with ``--json``), never a traceback."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(args) if args is not None else sys.argv[1:]
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        json_errors("--json" in options)  # before parsing: a usage error of a --json command is JSON too
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.UsageError as usage:
+            if _json_errors:
+                show_error(usage.format_message(), usage.exit_code)
+            else:
+                usage.show()
+            sys.exit(usage.exit_code)
+        except click.ClickException as failure:
+            if isinstance(failure, CliFailure):
+                failure.show()
+            else:
+                show_error(failure.format_message(), failure.exit_code)
+            sys.exit(failure.exit_code)
+        except click.exceptions.Abort:
+            show_error("aborted", EXIT_NO)
+            sys.exit(EXIT_NO)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)

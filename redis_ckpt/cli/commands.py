@@ -32,11 +32,17 @@ from ._options import (
     URL_ENV,
     CliConfig,
     CliFailure,
+    CliGroup,
+    Globals,
     NoSuchRun,
     check_url,
     connection_options,
+    current_globals,
+    global_options,
     install_log_handler,
+    json_errors,
     live_wait_ms,
+    show_notice,
 )
 
 __all__ = ["cli"]
@@ -48,19 +54,28 @@ def _default_by() -> str:
     return f"redis-ckpt-cli@{socket.gethostname()}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="redis-ckpt")
-def cli() -> None:
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="redis-ckpt")
+@global_options
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, timeout: float) -> None:
     """Inspect and administer redis-ckpt checkpoints on Redis / Valkey.
 
-    Every command takes --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0),
-    --namespace (default $REDIS_CKPT_NAMESPACE, else "default") and --json.
+    The connection options go before the command (redis-ckpt -u URL runs) or after it:
+    --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0), --namespace (default
+    $REDIS_CKPT_NAMESPACE, else "default"), --json, --timeout (default $REDIS_CKPT_TIMEOUT,
+    else 5 s).
 
     Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation, no such run,
     store error, declined confirmation); 2 no answer (usage, bad URL or run id, server
-    unreachable, check unverifiable).
+    unreachable or silent past --timeout, check unverifiable).
+
+    Shell completion: eval "$(_REDIS_CKPT_COMPLETE=bash_source redis-ckpt)" (zsh_source, fish_source).
     """
-    install_log_handler(click.get_current_context())
+    ctx.obj = Globals(url=url, namespace=namespace, as_json=as_json, timeout=timeout)
+    if as_json:
+        json_errors(True)
+    install_log_handler(ctx)
 
 
 def _info(cfg: CliConfig, run: str) -> RunInfo:
@@ -373,10 +388,21 @@ def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float
     With --follow, new events are printed as they arrive (with --json: JSON Lines, the
     first line the fence object, then one event object per line).
 
+    With --follow, a run that does not exist yet is waited for (a line on stderr says so).
+
     Example: redis-ckpt fence job-42 --follow
     """
     store = cfg.store
-    info = _info(cfg, run)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        info = _info(cfg, run)
+    except NoSuchRun:
+        if not follow:
+            raise
+        waited = _wait_for_run(cfg, run, deadline)
+        if waited is None:
+            return  # Ctrl-C (or --max-seconds) before the run appeared
+        info = waited
     events = store.events(run, count=count)
     now = r.now_ms()
     rejected = [e for e in events if e.kind == "fenced"]
@@ -398,12 +424,31 @@ def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float
         for e in events:
             click.echo(_event_line(e))
     if follow:
-        _follow(cfg, run, events[-1].id if events else None, max_seconds)
+        _follow(cfg, run, events[-1].id if events else None, deadline)
 
 
-def _follow(cfg: CliConfig, run: str, last_id: str | None, max_seconds: float | None) -> None:
+def _wait_for_run(cfg: CliConfig, run: str, deadline: float | None) -> RunInfo | None:
+    """Poll until ``run`` exists; None on Ctrl-C or past ``deadline``."""
+    show_notice(f"waiting for run {run!r} to appear in namespace {cfg.namespace!r} on {cfg.server} "
+                "(Ctrl-C to stop)")
+    try:
+        while True:
+            wait = FOLLOW_POLL_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                wait = min(wait, left)
+            time.sleep(wait)
+            info = cfg.store.info(run)
+            if info.exists:
+                return info
+    except KeyboardInterrupt:
+        return None
+
+
+def _follow(cfg: CliConfig, run: str, last_id: str | None, deadline: float | None) -> None:
     store = cfg.store
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
         while True:
             wait = FOLLOW_POLL_S
@@ -713,8 +758,9 @@ def server(port: int, data_dir: str | None) -> None:
 
 
 @cli.command()
-@click.option("--url", "-u", envvar=URL_ENV, default=None, show_envvar=True, metavar="URL",
-              help="Server to run on [default: a local durable Valkey started for you].")
+@click.option("--url", "-u", default=None, metavar="URL",
+              help="Server to run on [default: the --url before the command, $REDIS_CKPT_URL, else a "
+                   "local durable Valkey started for you].")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Data directory of the local server (kept afterwards) [default: a temporary one].")
 @click.option("--run", "run_id", default="demo-job", show_default=True, help="Run id of the job.")
@@ -730,6 +776,7 @@ def demo(url: str | None, data_dir: str | None, run_id: str) -> None:
     from .._local_server import ServerBinaryNotFound, ServerStartError
 
     argv = ["--run", run_id]
+    url = url or current_globals().url
     if url:
         if data_dir:
             raise click.UsageError("--data-dir is for the local server; it cannot be used with --url")
