@@ -20,6 +20,7 @@ from ._errors import (
     ConflictError,
     CorruptCheckpointError,
     DurabilityError,
+    ExtraNotInstalledError,
     FencedError,
     FrameDamage,
     FrameError,
@@ -82,4 +83,5 @@ __all__ = [
     "FrameDamage",
     "SchemaVersionError",
     "CodecUnavailableError",
+    "ExtraNotInstalledError",
 ]

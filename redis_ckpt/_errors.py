@@ -25,7 +25,8 @@
     ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
     │   └── FrameError                    one frame failed verification; .reason (a FrameDamage value)
     ├── SchemaVersionError                stored schema newer than the code, or a gap in the migration chain
-    └── CodecUnavailableError             a codec/compression library is missing; .extra names what to install
+    ├── CodecUnavailableError             a codec/compression library is missing; .extra names what to install
+    └── ExtraNotInstalledError (ImportError)  a feature's optional dependency is missing; .extra names it
 
 Messages never include a password: URLs are redacted before they reach an error.
 """
@@ -59,6 +60,7 @@ __all__ = [
     "FrameDamage",
     "SchemaVersionError",
     "CodecUnavailableError",
+    "ExtraNotInstalledError",
 ]
 
 
@@ -346,3 +348,14 @@ class CodecUnavailableError(CheckpointError):
         )
         self.what = what
         self.extra = extra
+
+
+class ExtraNotInstalledError(CheckpointError, ImportError):
+    """A feature needs an optional dependency that is not installed; ``extra`` is the pip extra
+    that brings it (``pip install 'redis-ckpt[<extra>]'``)."""
+
+    def __init__(self, feature: str, *, extra: str, missing: str) -> None:
+        super().__init__(f"{feature} needs {missing}, which is not installed: pip install 'redis-ckpt[{extra}]'")
+        self.feature = feature
+        self.extra = extra
+        self.missing = missing

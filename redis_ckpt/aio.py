@@ -153,9 +153,11 @@ class AsyncCheckpointStore(StoreBase):
 
     @classmethod
     async def in_memory(cls, *, namespace: str = "test", **options: Any) -> AsyncCheckpointStore:
-        """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF."""
-        import fakeredis
+        """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF.
+        Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`)."""
+        from .store import import_fakeredis
 
+        fakeredis = import_fakeredis("AsyncCheckpointStore.in_memory()")
         return cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)
 
     async def _run(self, flow: Flow[T]) -> T:

@@ -87,14 +87,49 @@ def orchestrate(url: str, run_id: str) -> int:
     store = CheckpointStore.from_url(url, namespace=NAMESPACE)
     if store.load(run_id) is not None:
         store.delete(run_id, by="demo")  # a fresh job each time (the fence survives: tokens keep rising)
+    workers: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, pause_after: int | None = None) -> subprocess.Popen[bytes]:
         # the URL goes through the environment, not argv: a password in it stays out of `ps`
         args = [sys.executable, "-m", "redis_ckpt.demo", "--worker", name, "--run", run_id]
         if pause_after is not None:
             args += ["--pause-after", str(pause_after)]
-        return subprocess.Popen(args, env={**os.environ, "REDIS_CKPT_URL": url})
+        # Ctrl-C goes to the terminal's process group: the workers sit in their own sessions, so
+        # only this process sees it and stops them (no worker prints a KeyboardInterrupt); the
+        # kernel kills them (even a frozen one) if this process dies without cleaning up
+        # SIGINT is blocked while forking: a Ctrl-C then cannot interrupt the child before it left
+        # the terminal's process group (it stays blocked in the worker, which never wants it), and
+        # it reaches this process only once the worker is on the list it stops
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = subprocess.Popen(args, env={**os.environ, "REDIS_CKPT_URL": url}, start_new_session=True,
+                                    preexec_fn=_die_with_parent())
+            workers.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return proc
 
+    try:
+        return _story(store, run_id, spawn)
+    except KeyboardInterrupt:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()  # SIGKILL also ends a worker frozen with SIGSTOP
+            w.wait()
+        print("\ninterrupted: the workers were stopped", flush=True)
+        return 130
+    finally:
+        store.close()
+
+
+def _die_with_parent() -> Any:
+    """A preexec_fn that has the kernel SIGKILL the child when this process dies (Linux)."""
+    from ._local_server import _libc, _pdeathsig_preexec
+
+    return _pdeathsig_preexec(os.getpid()) if _libc is not None else None
+
+
+def _story(store: CheckpointStore, run_id: str, spawn: Any) -> int:
     print(f"redis-ckpt demo: run {run_id!r}, {len(STEPS)} steps, lease ttl {TTL}s, "
           f"durability {store.durability.label}", flush=True)
     w1 = spawn("worker-1", pause_after=3)
@@ -125,7 +160,6 @@ def orchestrate(url: str, run_id: str) -> int:
               f"against fence {e.fields['fence']}")
     ok = w3_code == 0 and w2_code == 3 and ck.state["done"] == STEPS and bool(fenced)
     print("demo OK: no step lost, the stale worker was fenced off" if ok else "demo FAILED")
-    store.close()
     return 0 if ok else 1
 
 
@@ -138,20 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    from ._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+
     try:
         if a.worker:
             return worker(a.url, a.run, a.worker, a.pause_after)
         if a.url:
             return orchestrate(a.url, a.run)
-        from ._local_server import LocalServer
-
         with LocalServer("valkey", data_dir=a.data_dir) as server:
             print(f"started a local durable Valkey {server.version} on {server.url} "
                   f"(appendonly yes, appendfsync always, data in {server.data_dir})")
             return orchestrate(server.url, a.run)
+    except ServerBinaryNotFound as exc:
+        print(f"error: cannot start the local server: {exc.hint}", file=sys.stderr)
+        return 2
+    except ServerStartError as exc:
+        print(f"error: cannot start the local server: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the workers started, or in a worker run by hand
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

