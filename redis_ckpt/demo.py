@@ -83,10 +83,21 @@ def _stopped(proc: subprocess.Popen[bytes]) -> None:
         raise RuntimeError(f"worker exited early with status {status}")
 
 
-def orchestrate(url: str, run_id: str) -> int:
+class RunExists(CheckpointError):
+    """The demo's run already holds checkpoints, and --reset was not given."""
+
+
+def orchestrate(url: str, run_id: str, *, reset: bool = False, label: str | None = None) -> int:
     store = CheckpointStore.from_url(url, namespace=NAMESPACE)
-    if store.load(run_id) is not None:
-        store.delete(run_id, by="demo")  # a fresh job each time (the fence survives: tokens keep rising)
+    info = store.info(run_id)
+    if info.generation > 0:
+        if not reset:
+            store.close()
+            raise RunExists(
+                f"run {run_id!r} in namespace {NAMESPACE!r} on {label or store.server} already holds checkpoints "
+                f"(generation {info.generation}, written by {info.head.get('owner', '?')}); pass --reset to "
+                "delete it and run the demo again, or --run OTHER-ID", run_id=run_id)
+        store.delete(run_id, by="demo --reset")  # the fence survives: tokens keep rising
     workers: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, pause_after: int | None = None) -> subprocess.Popen[bytes]:
@@ -163,12 +174,22 @@ def _story(store: CheckpointStore, run_id: str, spawn: Any) -> int:
     return 0 if ok else 1
 
 
+def _how_to_reopen(data_dir: Any, port: int, run_id: str) -> None:
+    ns = "" if NAMESPACE == "default" else f" -n {NAMESPACE}"
+    print(f"\nthe data stays in {data_dir}; to look at it again:\n"
+          f"  redis-ckpt server --data-dir {data_dir} --port {port}      # in one terminal (Ctrl-C stops it)\n"
+          f"  redis-ckpt -u redis://127.0.0.1:{port}/0{ns} show {run_id}   # in another (also: fence, verify)",
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m redis_ckpt", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=os.environ.get("REDIS_CKPT_URL"),
                    help="server to use (default: $REDIS_CKPT_URL, else a local durable Valkey started for you)")
     p.add_argument("--run", default="demo-job")
     p.add_argument("--data-dir", default=None, help="data dir for the local server (default: a temp dir)")
+    p.add_argument("--reset", action="store_true",
+                   help="delete the run's existing checkpoints first (without it, an existing run is refused)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -178,17 +199,24 @@ def main(argv: list[str] | None = None) -> int:
         if a.worker:
             return worker(a.url, a.run, a.worker, a.pause_after)
         if a.url:
-            return orchestrate(a.url, a.run)
+            return orchestrate(a.url, a.run, reset=a.reset)
         with LocalServer("valkey", data_dir=a.data_dir) as server:
             print(f"started a local durable Valkey {server.version} on {server.url} "
                   f"(appendonly yes, appendfsync always, data in {server.data_dir})")
-            return orchestrate(server.url, a.run)
+            label = f"the local server's data in {server.data_dir}"
+            code = orchestrate(server.url, a.run, reset=a.reset, label=label)
+            if a.data_dir is not None:
+                _how_to_reopen(server.data_dir, server.port, a.run)
+            return code
     except ServerBinaryNotFound as exc:
         print(f"error: cannot start the local server: {exc.hint}", file=sys.stderr)
         return 2
     except ServerStartError as exc:
         print(f"error: cannot start the local server: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    except RunExists as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -482,3 +482,57 @@ def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path:
     while _processes_with(f"--run {run}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_with(f"--run {run}") == [], "a demo worker outlived the demo"
+
+
+# --------------------------------------------------------------------------- 8. demo data
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_demo_refuses_to_delete_an_existing_run_unless_reset(durable_server: Any) -> None:
+    from redis_ckpt.demo import NAMESPACE
+
+    run = "demo-" + os.urandom(4).hex()
+    url = durable_server.url
+    first = cli(["demo", "--url", url, "--run", run], timeout=180)
+    assert first.returncode == 0, first.stdout + first.stderr
+    with CheckpointStore.from_url(url, namespace=NAMESPACE) as store:
+        before = store.info(run)
+        assert before.generation == 10
+        again = cli(["demo", "--url", url, "--run", run], timeout=180)
+        assert again.returncode == 1
+        [line] = error_lines(again)
+        assert f"run {run!r}" in line and "already holds checkpoints (generation 10" in line and "--reset" in line
+        assert store.info(run).head == before.head and store.info(run).fence == before.fence  # untouched
+        reset = cli(["demo", "--url", url, "--run", run, "--reset"], timeout=180)
+        assert reset.returncode == 0, reset.stdout + reset.stderr
+        assert store.info(run).fence > before.fence  # a fresh job, tokens kept rising
+        store.delete(run)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_after_data_dir_the_demo_prints_how_to_reopen_it_and_that_works(tmp_path: Path) -> None:
+    data = tmp_path / "demo-data"
+    out = cli(["demo", "--data-dir", str(data)], timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index(f"the data stays in {data}; to look at it again:")
+    serve, show = [line.split("#")[0].split() for line in lines[at + 1:at + 3]]
+    assert serve[:2] == ["redis-ckpt", "server"] and show[0] == "redis-ckpt" and "show" in show
+    with subprocess.Popen([str(SCRIPT), *serve[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as server:
+        try:
+            read_line_with(server, "redis://127.0.0.1:")
+            shown = cli([*show[1:], "--json"])
+            assert shown.returncode == 0, shown.stderr
+            data_shown = json.loads(shown.stdout)
+            assert data_shown["generation"] == 10 and data_shown["head"]["owner"] == "worker-3"
+            # the same data dir again: the run is there, so the demo refuses to wipe it
+            server.terminate()
+            assert server.wait(timeout=60) == 0
+            again = cli(["demo", "--data-dir", str(data)], timeout=180)
+            assert again.returncode == 1 and "--reset" in again.stderr
+        finally:
+            if server.poll() is None:
+                server.kill()

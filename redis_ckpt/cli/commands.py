@@ -764,18 +764,22 @@ def server(port: int, data_dir: str | None) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Data directory of the local server (kept afterwards) [default: a temporary one].")
 @click.option("--run", "run_id", default="demo-job", show_default=True, help="Run id of the job.")
-def demo(url: str | None, data_dir: str | None, run_id: str) -> None:
+@click.option("--reset", is_flag=True,
+              help="Delete the run's existing checkpoints first; without it an existing run is refused (exit 1).")
+def demo(url: str | None, data_dir: str | None, run_id: str, reset: bool) -> None:
     """Run the main job: 10 steps on three workers, one killed, one frozen and fenced off.
 
     Runs in namespace "demo". Without --url (and $REDIS_CKPT_URL) a local durable Valkey
-    is started and removed afterwards.
+    is started and removed afterwards; with --data-dir its data is kept and the commands to
+    look at it again are printed. A run that already holds checkpoints is refused (exit 1)
+    unless --reset.
 
     Example: redis-ckpt demo --data-dir /tmp/ckpt-demo
     """
     from .. import demo as demo_module
     from .._local_server import ServerBinaryNotFound, ServerStartError
 
-    argv = ["--run", run_id]
+    argv = ["--run", run_id, *(["--reset"] if reset else [])]
     url = url or current_globals().url
     if url:
         if data_dir:
