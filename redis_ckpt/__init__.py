@@ -2,7 +2,7 @@
 
     from redis_ckpt import CheckpointStore
 
-    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="jobs")
+    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="default")
     with store.acquire("run-42", owner="worker-a", ttl=30) as lease:
         ckpt = lease.load()
         state = ckpt.state if ckpt else {"step": 0}
@@ -41,7 +41,7 @@ from ._errors import (
 )
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
 from ._probe import Finding, ProbeReport
-from .store import CheckpointStore, Lease, check_server
+from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "Durability",
     "RetryPolicy",
     "check_server",
+    "DEFAULT_NAMESPACE",
     # what it returns
     "Checkpoint",
     "SkippedGeneration",

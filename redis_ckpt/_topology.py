@@ -25,6 +25,7 @@ options are the data nodes'; the Sentinels' own credentials are the options
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -208,6 +209,17 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(hosts, service, kw, sentinel_kwargs)
 
 
+def _check_single_url(url: str) -> None:
+    """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
+    silently meant database 0 (or 12); a database is a number or nothing."""
+    parse_url(url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() in ("redis", "rediss") and parts.path not in ("", "/"):
+        if not re.fullmatch(r"/[0-9]+", parts.path):
+            raise ValueError(f"the database in the URL must be a number (redis://host:port/0), "
+                             f"got {unquote(parts.path[1:])!r}")
+
+
 def validate_url(url: str) -> None:
     """Raise ``ValueError`` for a URL none of the forms above accepts (nothing is connected)."""
     kind = url_topology(url)
@@ -216,7 +228,7 @@ def validate_url(url: str) -> None:
     elif kind == "sentinel":
         parse_sentinel_url(url)
     else:
-        parse_url(url)
+        _check_single_url(url)
 
 
 def _common(socket_timeout: float | None) -> dict[str, Any]:
@@ -240,6 +252,7 @@ def sync_client_from_url(url: str, *, socket_timeout: float | None) -> tuple[Any
         s = parse_sentinel_url(url)
         sentinel = Sentinel(s.sentinels, sentinel_kwargs={**common, **s.sentinel_kwargs})
         return sentinel.master_for(s.service_name, **{**common, **s.kwargs}), sentinel
+    _check_single_url(url)
     return redis.Redis.from_url(url, **common), None
 
 
@@ -261,6 +274,7 @@ def async_client_from_url(url: str, *, socket_timeout: float | None) -> tuple[An
         s = parse_sentinel_url(url)
         sentinel = Sentinel(s.sentinels, sentinel_kwargs={**common, **s.sentinel_kwargs})
         return sentinel.master_for(s.service_name, **{**common, **s.kwargs}), sentinel
+    _check_single_url(url)
     return aioredis.Redis.from_url(url, **common), None
 
 

@@ -18,6 +18,7 @@ from ._io import Flow, run_async
 from ._models import Checkpoint, Event, GenerationInfo, RunInfo
 from ._probe import ProbeReport
 from ._scripts import SCRIPTS
+from .store import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, import_fakeredis, store_repr
 from ._topology import (
     async_client_from_url,
     close_sentinel_async,
@@ -152,13 +153,13 @@ class AsyncCheckpointStore(StoreBase):
             raise
 
     @classmethod
-    async def in_memory(cls, *, namespace: str = "test", **options: Any) -> AsyncCheckpointStore:
+    async def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> AsyncCheckpointStore:
         """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF.
         Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`)."""
-        from .store import import_fakeredis
-
         fakeredis = import_fakeredis("AsyncCheckpointStore.in_memory()")
-        return cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)
+        store = cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)
+        store.server = IN_MEMORY_LABEL
+        return store
 
     async def _run(self, flow: Flow[T]) -> T:
         try:
@@ -224,6 +225,9 @@ class AsyncCheckpointStore(StoreBase):
         await self._client.aclose()
         if self._sentinel is not None:
             await close_sentinel_async(self._sentinel)
+
+    def __repr__(self) -> str:
+        return store_repr(self)
 
     async def __aenter__(self) -> AsyncCheckpointStore:
         return self

@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._errors import CheckpointError, FencedError, LeaseHeldError
-from .store import CheckpointStore
+from .store import DEFAULT_NAMESPACE, CheckpointStore
 
 STEPS = ["fetch", "clean", "tokenize", "embed", "cluster", "label", "score", "rank", "report", "publish"]
-NAMESPACE = "demo"
+NAMESPACE = DEFAULT_NAMESPACE  # so that `redis-ckpt show demo-job` finds it without --namespace
 TTL = 1.5  # seconds: short, so that takeovers happen within the demo
 
 

@@ -3,7 +3,7 @@
     from redis_ckpt import CheckpointStore
     from redis_ckpt.steps import StepRunner
 
-    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="jobs")
+    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="default")
     runner = StepRunner(store, "report-2026-12", ttl=30)
 
     @runner.step("fetch")

@@ -28,7 +28,11 @@ from ._topology import (
     sync_client_from_url,
 )
 
-__all__ = ["CheckpointStore", "Lease", "check_server"]
+__all__ = ["CheckpointStore", "Lease", "check_server", "DEFAULT_NAMESPACE"]
+
+#: the namespace every part of redis-ckpt uses unless told otherwise: in_memory(), check_server(),
+#: the CLI (--namespace), the demo and the README's examples, so that `redis-ckpt runs` finds them
+DEFAULT_NAMESPACE = "default"
 
 T = TypeVar("T")
 
@@ -130,7 +134,7 @@ class CheckpointStore(StoreBase):
             raise
 
     @classmethod
-    def in_memory(cls, *, namespace: str = "test", **options: Any) -> CheckpointStore:
+    def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> CheckpointStore:
         """An in-memory store on fakeredis, for your own unit tests. NOT durable.
 
         It skips the startup probe and the WAITAOF confirmation (fakeredis has neither):
@@ -138,7 +142,7 @@ class CheckpointStore(StoreBase):
         real server. Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`).
         """
         fakeredis = import_fakeredis("CheckpointStore.in_memory()")
-        return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, **options)
+        return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, _label=IN_MEMORY_LABEL, **options)
 
     def _run(self, flow: Flow[T]) -> T:
         # run_sync routes a RedisCluster's pipes to the slot's owner (see _cluster)
@@ -212,12 +216,26 @@ class CheckpointStore(StoreBase):
         if self._sentinel is not None:
             close_sentinel_sync(self._sentinel)
 
+    def __repr__(self) -> str:
+        return store_repr(self)
+
     def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+#: what an in-memory store is called in messages and its repr
+IN_MEMORY_LABEL = "in-memory (fakeredis, not durable)"
+
+
+def store_repr(store: StoreBase) -> str:
+    """``<CheckpointStore redis://:***@host:6379/0 namespace='default' durability=local-fsync keep=3>``:
+    the server as messages name it (never a password)."""
+    return (f"<{type(store).__name__} {store.server} namespace={store.namespace!r} "
+            f"durability={store.durability.label} keep={store.keep}>")
 
 
 def import_fakeredis(feature: str) -> Any:
@@ -232,7 +250,7 @@ def import_fakeredis(feature: str) -> Any:
 def check_server(
     target: str | redis.Redis | redis.RedisCluster,
     *,
-    namespace: str = "redis-ckpt",
+    namespace: str = DEFAULT_NAMESPACE,
     durability: Durability | None = None,
     declared_config: Mapping[str, str] | None = None,
     timeout: float | None = None,

@@ -676,9 +676,9 @@ def test_demo_on_a_local_server_leaves_data_the_cli_can_inspect(tmp_path: Path) 
     assert "started a local durable Valkey" in proc.stdout and "demo OK" in proc.stdout
     assert "Traceback" not in proc.stderr
     with LocalServer("valkey", data_dir=data_dir) as server:  # reloads the demo's AOF
-        data = as_json(invoke(["fence", "demo-job", "--json", "--count", "200"], url=server.url, namespace="demo"))
+        data = as_json(invoke(["fence", "demo-job", "--json", "--count", "200"], url=server.url, namespace="default"))
         assert [r["owner"] for r in data["rejected"]] == ["worker-2"]
-        shown = as_json(invoke(["show", "demo-job", "--json"], url=server.url, namespace="demo"))
+        shown = as_json(invoke(["show", "demo-job", "--json"], url=server.url, namespace="default"))
         assert shown["generation"] == 10 and shown["head"]["owner"] == "worker-3"
 
 

@@ -536,3 +536,80 @@ def test_after_data_dir_the_demo_prints_how_to_reopen_it_and_that_works(tmp_path
         finally:
             if server.poll() is None:
                 server.kill()
+
+
+# --------------------------------------------------------------------------- 9. one namespace, names
+
+
+@pytest.mark.server
+def test_namespaces_lists_every_namespace_with_its_runs(make_server: Any) -> None:
+    server = make_server("valkey")
+    for ns, runs in (("default", ["a", "b"]), ("team-x", ["c"])):
+        with CheckpointStore.from_url(server.url, namespace=ns) as store:
+            for run in runs:
+                with store.acquire(run, owner="w", ttl=5) as lease:
+                    lease.commit(1)
+    server.client().set("unrelated:{key}:fence", b"x")  # "unrelated" is a valid name: it counts
+    server.client().set("bad:ns:{k}:fence", b"x")  # a namespace with ':' cannot be one: left out
+    proc = cli(["namespaces", "-u", server.url])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["NAMESPACE  RUNS", "default    2", "team-x     1", "unrelated  1"]
+    data = json.loads(cli(["namespaces", "--json", "-u", server.url]).stdout)
+    assert data["namespaces"] == [{"namespace": "default", "runs": 2}, {"namespace": "team-x", "runs": 1},
+                                  {"namespace": "unrelated", "runs": 1}]
+    empty = make_server("valkey")
+    assert "no runs in any namespace" in cli(["namespaces", "-u", empty.url]).stdout
+
+
+@pytest.mark.server
+def test_the_defaults_all_meet_in_one_namespace(durable_server: Any, tmp_path: Path) -> None:
+    """in_memory, check_server, the CLI, the demo and the README's examples share 'default'."""
+    import inspect
+
+    from redis_ckpt import DEFAULT_NAMESPACE, check_server
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.demo import NAMESPACE as DEMO_NAMESPACE
+
+    assert DEFAULT_NAMESPACE == "default"
+    assert CheckpointStore.in_memory().namespace == DEFAULT_NAMESPACE
+    assert inspect.signature(AsyncCheckpointStore.in_memory).parameters["namespace"].default == DEFAULT_NAMESPACE
+    assert inspect.signature(check_server).parameters["namespace"].default == DEFAULT_NAMESPACE
+    assert DEMO_NAMESPACE == DEFAULT_NAMESPACE
+    assert set(re.findall(r'namespace="([^"]+)"', README.read_text())) == {DEFAULT_NAMESPACE}
+    # a run committed with the README's namespace is what `redis-ckpt runs` shows with no option
+    with CheckpointStore.from_url(durable_server.url, namespace="default") as store:
+        run = "ns-" + os.urandom(4).hex()
+        with store.acquire(run, owner="w", ttl=5) as lease:
+            lease.commit(1)
+        try:
+            assert run in cli(["runs", "-u", durable_server.url]).stdout
+        finally:
+            store.delete(run)
+
+
+def test_a_store_has_a_readable_repr_without_its_password(make_server: Any) -> None:
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    assert repr(CheckpointStore.in_memory()) == ("<CheckpointStore in-memory (fakeredis, not durable) "
+                                                "namespace='default' durability=local-fsync keep=3>")
+    assert repr(asyncio.run(AsyncCheckpointStore.in_memory(namespace="x"))).startswith(
+        "<AsyncCheckpointStore in-memory (fakeredis, not durable) namespace='x'")
+    server = make_server("valkey", password=PASSWORD)
+    with CheckpointStore.from_url(server.url, namespace="default", keep=5) as store:
+        assert repr(store) == (f"<CheckpointStore redis://:***@127.0.0.1:{server.port}/0 namespace='default' "
+                               "durability=local-fsync keep=5>")
+
+
+@pytest.mark.parametrize("path", ["/foo", "/1/2", "/0x1", "/-1"])
+def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}{path}"
+    with pytest.raises(ValueError, match="the database in the URL must be a number"):
+        CheckpointStore.from_url(url, namespace="default")
+    proc = cli(["runs", "-u", url])
+    assert proc.returncode == 2 and PASSWORD not in proc.stderr
+    [line] = error_lines(proc)
+    assert line.startswith("error: bad --url redis://:***@127.0.0.1:") and "must be a number" in line
+    for good in ("", "/", "/0", "/15"):  # a number or nothing is fine (nothing listens: exit 2, not a bad URL)
+        assert "bad --url" not in cli(["runs", "-u", f"redis://127.0.0.1:{free_port()}{good}", "-t", "1"]).stderr

@@ -1,6 +1,7 @@
 """``redis-ckpt``: the admin command line of redis-ckpt.
 
     redis-ckpt check                 is this server durable enough? (exit 0/1/2)
+    redis-ckpt namespaces            the namespaces that hold runs, with their run counts
     redis-ckpt runs                  the runs of a namespace
     redis-ckpt show RUN              head, kept generations, lease, fence
     redis-ckpt fence RUN [--follow]  fence, holder, audit events, rejected stale writes

@@ -46,7 +46,7 @@ from .._durability import Durability
 from .._keys import validate_namespace
 from .._probe import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
 from .._topology import unavailable_message, validate_url
-from ..store import CheckpointStore
+from ..store import DEFAULT_NAMESPACE, CheckpointStore
 
 __all__ = [
     "DEFAULT_URL",
@@ -69,7 +69,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = "redis://localhost:6379/0"
-DEFAULT_NAMESPACE = "default"
 URL_ENV = "REDIS_CKPT_URL"
 NAMESPACE_ENV = "REDIS_CKPT_NAMESPACE"
 TIMEOUT_ENV = "REDIS_CKPT_TIMEOUT"

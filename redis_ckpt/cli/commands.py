@@ -19,7 +19,7 @@ from .. import __version__
 from .._durability import Durability
 from .._errors import CheckpointError, ConflictError, FrameError
 from .._frame import read_header
-from .._keys import validate_run_id
+from .._keys import validate_namespace, validate_run_id
 from .._models import Event, GenerationInfo, RunInfo
 from .._probe import CONFIG_KEYS, Finding, ProbeReport
 from ..store import check_server
@@ -265,6 +265,46 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
     click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
     if len(infos) < total:
         click.echo(f"({len(infos)} of {total} runs shown)")
+
+
+# =========================================================================== namespaces
+
+
+def _namespace_counts(client: Any) -> dict[str, int]:
+    """Runs per namespace: every ``<ns>:{<run>}:fence`` key found by SCAN (every primary of a
+    cluster). Keys that are not a run's fence in a valid namespace are left out."""
+    counts: dict[str, int] = {}
+    for raw in client.scan_iter(match="*:{*}:fence", count=1000):
+        key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        ns, sep, rest = key.partition(":{")
+        if not sep or not rest.endswith("}:fence") or "\ufffd" in key:
+            continue
+        try:
+            validate_namespace(ns)
+        except CheckpointError:
+            continue
+        counts[ns] = counts.get(ns, 0) + 1
+    return counts
+
+
+@cli.command()
+@connection_options
+def namespaces(cfg: CliConfig) -> None:
+    """List the namespaces that hold runs on the server, with how many runs each (found by SCAN).
+
+    The --namespace option is not used: use this to find the namespace your runs are in.
+
+    Example: redis-ckpt namespaces
+    """
+    counts = _namespace_counts(cfg.store.client)
+    rows = sorted(counts.items())
+    if cfg.as_json:
+        r.emit_json({"server": cfg.server, "namespaces": [{"namespace": ns, "runs": n} for ns, n in rows]})
+        return
+    if not rows:
+        click.echo(f"no runs in any namespace on {cfg.server}")
+        return
+    click.echo(r.table(["NAMESPACE", "RUNS"], [[ns, n] for ns, n in rows]))
 
 
 # =========================================================================== show
@@ -769,7 +809,7 @@ def server(port: int, data_dir: str | None) -> None:
 def demo(url: str | None, data_dir: str | None, run_id: str, reset: bool) -> None:
     """Run the main job: 10 steps on three workers, one killed, one frozen and fenced off.
 
-    Runs in namespace "demo". Without --url (and $REDIS_CKPT_URL) a local durable Valkey
+    Runs in namespace "default". Without --url (and $REDIS_CKPT_URL) a local durable Valkey
     is started and removed afterwards; with --data-dir its data is kept and the commands to
     look at it again are printed. A run that already holds checkpoints is refused (exit 1)
     unless --reset.
