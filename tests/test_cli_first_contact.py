@@ -613,3 +613,166 @@ def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None
     assert line.startswith("error: bad --url redis://:***@127.0.0.1:") and "must be a number" in line
     for good in ("", "/", "/0", "/15"):  # a number or nothing is fine (nothing listens: exit 2, not a bad URL)
         assert "bad --url" not in cli(["runs", "-u", f"redis://127.0.0.1:{free_port()}{good}", "-t", "1"]).stderr
+
+
+# --------------------------------------------------------------------------- #11.15 hostile data
+
+
+DOCUMENTED_EXIT_CODES = {0, 1, 2, 3}
+
+
+def _hostile_frames(run: str) -> list[bytes]:
+    """Frames redis-ckpt never writes: valid checksums around impossible values, and worse."""
+    import msgpack
+    import xxhash
+
+    from redis_ckpt._codec import encode_state
+    from redis_ckpt._frame import _COMPRESSION_IDS, _PAYLOAD_LEN, _PREFIX, CODEC_MSGPACK, FORMAT_VERSION, MAGIC
+
+    def frame(generation: int, *, run_id: str = run, token: int = 1, owner: str = "w", created_ms: int = 0,
+              schema_version: int = 1, metadata: Any = None, payload: bytes | None = None) -> bytes:
+        """A frame with a valid checksum around whatever header values it is given (encode_frame
+        refuses the impossible ones; a damaged or hostile store does not ask)."""
+        header = msgpack.packb({"run": run_id, "gen": generation, "token": token, "owner": owner,
+                                "created_ms": created_ms, "meta": encode_state(metadata or {})}, use_bin_type=True)
+        body = encode_state({"x": 1}) if payload is None else payload
+        head = b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, CODEC_MSGPACK, _COMPRESSION_IDS["none"], 0,
+                                      schema_version, len(header)), header, _PAYLOAD_LEN.pack(len(body))))
+        digest = xxhash.xxh3_128(head)
+        digest.update(body)
+        return head + body + digest.digest()
+
+    return [
+        frame(1, created_ms=2**62),  # far outside the datetime range
+        frame(2, created_ms=-(2**62)),
+        frame(3, token=2**62, schema_version=2**31),
+        frame(4, run_id="someone-else"),
+        frame(5, payload=b"\xc1\xc1\xc1 not msgpack"),
+        frame(6, metadata={"k": [[[[{"x": b"\xff" * 10}]]]]}, owner="\x00\x1b[31m"),
+        frame(2**62),  # a generation stored under g:7
+        os.urandom(300),
+        b"RCKM" + os.urandom(100),  # a "manifest" of garbage
+        b"RCKP\x01\x00\x00\x00\xff\xff\xff\xff",  # a header length past the end
+        b"",
+    ]
+
+
+def _plant_garbage(client: Any, ns: str) -> list[str]:
+    """Runs of ``ns`` whose keys hold what redis-ckpt never writes; their ids."""
+    from redis_ckpt._keys import RunKeys
+
+    runs = []
+    for i, number in enumerate([b"1e+14", b"\xff\xfe", b"-1"]):
+        run = f"numbers-{i}"
+        k = RunKeys(ns, run)
+        client.set(k.fence, number)
+        client.hset(k.head, mapping={b"generation": number, b"token": number, b"created_ms": number,
+                                     b"size": number, b"kept": number + b"," + number, b"schema_version": number,
+                                     b"owner": b"\xff\xfeowner", b"checksum": number, b"commit_id": number,
+                                     b"\xff\xfe": number})
+        client.hset(k.lease, mapping={b"owner": b"\xff\xfe", b"token": number, b"state": b"held",
+                                      b"acquired_ms": number, b"ttl_ms": number})
+        client.pexpire(k.lease, 60_000)
+        client.set(k.generation(1), os.urandom(50))
+        client.xadd(k.events, {b"kind": b"fenced", b"token": number, b"fence": number, b"ms": number,
+                               b"owner": b"\xff", b"expected": number})
+        client.xadd(k.events, {b"kind": b"\xff\xfe", b"\xff": b"\xfe", b"ms": number})
+        runs.append(run)
+    # hostile frames, each a kept generation of one run whose head and lease are fine
+    k = RunKeys(ns, "frames")
+    frames = _hostile_frames("frames")
+    client.set(k.fence, b"1")
+    client.hset(k.head, mapping={b"generation": str(len(frames)).encode(), b"token": b"1", b"owner": b"w",
+                                 b"kept": ",".join(str(g) for g in range(1, len(frames) + 1)).encode(),
+                                 b"created_ms": b"0", b"size": b"10"})
+    for g, blob in enumerate(frames, start=1):
+        client.set(k.generation(g), blob)
+    client.xadd(k.events, {b"kind": b"revoke", b"by": b"\xff", b"fence": b"1e+14", b"previous_owner": b"\x00"})
+    runs.append("frames")
+    # only the frame with an impossible time (a raw ValueError on load before)
+    k = RunKeys(ns, "far-future")
+    client.set(k.fence, b"1")
+    client.hset(k.head, mapping={b"generation": b"1", b"token": b"1", b"kept": b"1", b"owner": b"w"})
+    client.set(k.generation(1), _hostile_frames("far-future")[0])
+    runs.append("far-future")
+    # every key of the run of the wrong type
+    k = RunKeys(ns, "wrong-types")
+    client.hset(k.fence, mapping={b"a": b"b"})
+    client.set(k.head, b"not a hash")
+    client.set(k.lease, b"not a hash")
+    client.hset(k.events, mapping={b"not": b"a stream"})
+    client.hset(k.generation(1), mapping={b"not": b"a string"})
+    runs.append("wrong-types")
+    # terminal escapes in every name a table shows
+    k = RunKeys(ns, "escapes")
+    client.set(k.fence, b"1")
+    client.hset(k.lease, mapping={b"owner": b"\x1b[2Jevil", b"token": b"1", b"state": b"held"})
+    client.pexpire(k.lease, 60_000)
+    client.xadd(k.events, {b"kind": b"acquire", b"owner": b"\x1b[2Jevil", b"token": b"1", b"ms": b"0"})
+    runs.append("escapes")
+    # every key garbage at once
+    k = RunKeys(ns, "all-garbage")
+    client.set(k.fence, b"\xff" * 10)
+    client.hset(k.head, mapping={b"generation": b"1e+14", b"kept": b",".join([b"1e+14", b"\xff", b"3:x", b"-2"]),
+                                 b"created_ms": b"1e+300", b"size": b"-5"})
+    client.hset(k.lease, mapping={b"state": b"held", b"token": b"1e+14", b"owner": b"\x00"})
+    client.xadd(k.events, {b"kind": b"takeover", b"token": b"\xff", b"ms": b"-1"})
+    client.set(k.generation(1), os.urandom(64))
+    runs.append("all-garbage")
+    return runs
+
+
+@pytest.mark.server
+def test_no_read_command_prints_a_traceback_whatever_the_stored_data(make_module_server: Any,
+                                                                      tmp_path: Path) -> None:
+    server = make_module_server("valkey")
+    namespace = "hostile"
+    runs = _plant_garbage(server.client(), namespace)
+    url = server.url
+    seen: dict[tuple[str, ...], int] = {}
+    commands: list[list[str]] = [["runs", "--sort", "age"], ["verify", "--all"], ["namespaces"]]
+    for run in runs:
+        commands += [["show", run], ["fence", run], ["export", run, "-o", str(tmp_path / "x")]]
+    for args in commands:
+        for fmt in ([], ["--json"]) if args[0] in ("runs", "verify", "show") else ([],):
+            proc = cli([*args, *fmt, "-u", url, "-n", namespace])
+            seen[tuple(args + fmt)] = proc.returncode
+            assert "\x1b" not in proc.stdout + proc.stderr, (args, "stored data drove the terminal")
+            assert proc.returncode in DOCUMENTED_EXIT_CODES, (args, proc.returncode, proc.stderr)
+            if proc.returncode != 0:
+                if fmt:
+                    errors = [json.loads(line) for line in proc.stderr.splitlines()]
+                    assert [e for e in errors if "error" in e], (args, proc.stderr)
+                else:
+                    assert len(error_lines(proc)) == 1, (args, proc.stderr)
+    # garbage is reported as such (exit 1, naming the run), not as success nor as a bug (3)
+    assert seen[("verify", "--all")] == seen[("runs", "--sort", "age")] == 1
+    assert seen[("show", "all-garbage")] == seen[("fence", "numbers-0")] == 1
+    assert 3 not in seen.values(), {k: v for k, v in seen.items() if v == 3}
+
+
+PATCH = '''
+import os
+import redis_ckpt.cli._render as render
+
+def boom(*args, **kwargs):
+    raise ZeroDivisionError("boom at " + os.environ["BOOM_URL"])
+
+render.now_ms = boom  # every listing asks for the time
+'''
+
+
+@pytest.mark.server
+def test_an_unexpected_error_is_one_line_exit_3_without_a_password(password_server: Any, tmp_path: Path) -> None:
+    site = tmp_path / "site-patched"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PATCH)  # a bug in the CLI's rendering, planted
+    url = password_server.url
+    env = {"PYTHONPATH": str(site), "BOOM_URL": url}
+    for fmt in ([], ["--json"]):
+        proc = cli(["runs", "-u", url, *fmt], env=env)
+        assert proc.returncode == 3, proc.stderr
+        assert PASSWORD not in proc.stderr + proc.stdout
+        text = json.loads(proc.stderr)["error"] if fmt else error_lines(proc)[0][len("error: "):]
+        assert text.startswith("unexpected ZeroDivisionError: boom at redis://:***@127.0.0.1:")
+        assert "please report it" in text

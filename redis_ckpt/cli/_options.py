@@ -10,6 +10,7 @@ line on stderr (never a traceback, never a password) and a documented exit code:
 * 2 — no answer could be had: bad usage or URL, invalid run id or namespace, the server
   cannot be reached (connection refused, authentication) or does not answer within
   ``--timeout``, or a check is unverifiable
+* 3 — an unexpected error inside redis-ckpt (a bug): still one ``error:`` line naming it
 
 ``--timeout`` bounds every wait on the server: the connection and each request's answer
 (the CLI's clients never resend), so a stopped server ends any command within it.
@@ -54,6 +55,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_NO",
     "EXIT_UNAVAILABLE",
+    "EXIT_UNEXPECTED",
+    "unexpected",
     "CliConfig",
     "CliFailure",
     "CliGroup",
@@ -79,6 +82,7 @@ REPLICA_WAIT_MS = REPLICA_ACK_MS
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_UNAVAILABLE = 2
+EXIT_UNEXPECTED = 3
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -175,6 +179,7 @@ class CliConfig:
         self.as_json = as_json
         self.timeout = timeout
         self.secrets = url_secrets(url)
+        _secrets.update(self.secrets)  # scrubbed from an unexpected error too
         self._store: CheckpointStore | None = None
 
     @property
@@ -208,7 +213,7 @@ class CliConfig:
         s = self.secrets
         try:
             yield
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except InvalidRunIdError as exc:
             raise CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s) from None
@@ -229,6 +234,8 @@ class CliConfig:
         except RedisError as exc:
             raise CliFailure(f"{self.server} answered with an error: {type(exc).__name__}: {exc}", EXIT_NO,
                              secrets=s) from None
+        except Exception as exc:  # noqa: BLE001 - never a traceback: one line, exit 3
+            raise CliFailure(unexpected(exc), EXIT_UNEXPECTED, secrets=s) from None
 
     def unavailable(self, exc: BaseException) -> str:
         """What to say when the server could not be used: no answer in time, or unreachable."""
@@ -336,6 +343,19 @@ def connection_options(f: F) -> F:
 
 
 _json_errors = False
+_secrets: set[str] = set()
+
+
+def unexpected(exc: BaseException) -> str:
+    """The one line an unexpected exception becomes."""
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in redis-ckpt {_version()}: please report it "
+            "with the command that led to it)")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def json_errors(on: bool) -> None:
@@ -389,4 +409,8 @@ class CliGroup(click.Group):
         except click.exceptions.Abort:
             show_error("aborted", EXIT_NO)
             sys.exit(EXIT_NO)
+        except Exception as exc:  # noqa: BLE001 - never a traceback, whatever happened
+            secrets = tuple(sorted(_secrets, key=len, reverse=True))
+            show_error(scrub(unexpected(exc), secrets), EXIT_UNEXPECTED)
+            sys.exit(EXIT_UNEXPECTED)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)

@@ -38,6 +38,7 @@ __all__ = [
     "event_details",
     "lease_text",
     "now_ms",
+    "printable",
 ]
 
 
@@ -94,8 +95,16 @@ def size(n: int | None) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``), so that stored data
+    (owner names, event fields) can never drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _cell(v: Any) -> str:
-    return "-" if v is None else str(v)
+    return "-" if v is None else printable(str(v))
 
 
 # --------------------------------------------------------------------------- tables
@@ -124,7 +133,7 @@ def keyvalues(pairs: Iterable[tuple[str, Any]]) -> str:
     width = max((len(k) for k, _ in pairs), default=0)
     out = []
     for k, v in pairs:
-        text = _cell(v).split("\n")
+        text = [_cell(line) for line in ("-" if v is None else str(v)).split("\n")]
         out.append(f"{k.ljust(width)}  {text[0]}")
         out.extend(f"{' ' * width}  {more}" for more in text[1:])
     return "\n".join(out)
@@ -168,6 +177,15 @@ def emit_json(obj: Mapping[str, Any], *, compact: bool = False) -> None:
         click.echo(json.dumps(obj, ensure_ascii=False, indent=2))
 
 
+def _at(ms: int | None) -> datetime | None:
+    """A time in ms since the epoch as a datetime; None when there is none or it is out of range
+    (a stored number redis-ckpt never wrote)."""
+    try:
+        return ms_to_datetime(ms)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def _int(v: str | None) -> int | None:
     if v is None or v == "":
         return None
@@ -191,7 +209,7 @@ def head_json(info: RunInfo, now: int) -> dict[str, Any] | None:
         "size": _int(h.get("size")),
         "schema_version": _int(h.get("schema_version")),
         "codec": h.get("codec"),
-        "created_at": iso(ms_to_datetime(created)),
+        "created_at": iso(_at(created)),
         "age_ms": max(0, now - created) if created is not None else None,
     }
 
@@ -205,7 +223,7 @@ def lease_json(info: RunInfo, now: int) -> dict[str, Any] | None:
         "owner": info.lease_owner,
         "token": info.lease_token,
         "ms_left": left,
-        "expires_at": iso(ms_to_datetime(now + left)) if left is not None else None,
+        "expires_at": iso(_at(now + left)) if left is not None else None,
     }
 
 
@@ -261,7 +279,7 @@ def rejected_json(e: Event) -> dict[str, Any]:
 
 def lease_text(info: RunInfo, now: int) -> str:
     if info.lease_state == "held" and info.lease_ms_left is not None:
-        expires = iso(ms_to_datetime(now + info.lease_ms_left))
+        expires = iso(_at(now + info.lease_ms_left))
         return (f"held by {info.lease_owner} with token {info.lease_token}, "
                 f"{duration(info.lease_ms_left)} left (expires {expires})")
     if info.lease_state == "released":

@@ -9,15 +9,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
+from redis.exceptions import RedisError
 
 from .. import __version__
 from .._durability import Durability
-from .._errors import CheckpointError, ConflictError, FrameError
+from .._errors import CheckpointError, ConflictError, FrameError, StoreUnavailableError
 from .._frame import read_header
 from .._keys import validate_namespace, validate_run_id
 from .._models import Event, GenerationInfo, RunInfo
@@ -47,6 +48,8 @@ from ._options import (
 
 __all__ = ["cli"]
 
+T = TypeVar("T")
+
 FOLLOW_POLL_S = 0.5
 
 
@@ -66,9 +69,10 @@ def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, time
     $REDIS_CKPT_NAMESPACE, else "default"), --json, --timeout (default $REDIS_CKPT_TIMEOUT,
     else 5 s).
 
-    Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation, no such run,
-    store error, declined confirmation); 2 no answer (usage, bad URL or run id, server
-    unreachable or silent past --timeout, check unverifiable).
+    Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation or unreadable run
+    data, no such run, store error, declined confirmation); 2 no answer (usage, bad URL or run
+    id, server unreachable or silent past --timeout, check unverifiable); 3 an unexpected error
+    (a bug: one error line, never a traceback).
 
     Shell completion: eval "$(_REDIS_CKPT_COMPLETE=bash_source redis-ckpt)" (zsh_source, fish_source).
     """
@@ -80,10 +84,46 @@ def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, time
 
 def _info(cfg: CliConfig, run: str) -> RunInfo:
     validate_run_id(run)  # a bad id is a usage error before anything connects
-    info = cfg.store.info(run)
+    info = _read(cfg, run, cfg.store.info, run)
     if not info.exists:
         raise NoSuchRun(run, cfg.namespace)
     return info
+
+
+def _unreadable(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read(cfg: CliConfig, run: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, a read of one run's stored data. Data redis-ckpt never wrote
+    (a number it cannot parse, text that is not UTF-8, ...) is a definite "no" (exit 1) that
+    names the run, not an unexpected error."""
+    try:
+        return fn(*args, **kwargs)
+    except (CheckpointError, RedisError):
+        raise  # their own exit codes (CliConfig.errors)
+    except Exception as exc:  # noqa: BLE001 - stored data the store cannot parse
+        raise _Unreadable(run, f"its stored data is not what redis-ckpt writes ({_unreadable(exc)})",
+                          cfg.secrets) from None
+
+
+class _Unreadable(CliFailure):
+    def __init__(self, run: str, reason: str, secrets: tuple[str, ...]) -> None:
+        super().__init__(f"cannot read run {run!r}: {reason}", EXIT_NO, secrets=secrets)
+        self.reason = reason
+
+
+def _try_read(cfg: CliConfig, run: str, fn: Callable[..., T], *args: Any) -> T | str:
+    """``fn(*args)``, or why the run's data cannot be read (a listing goes on with the next run).
+    The server going away still ends the command."""
+    try:
+        return _read(cfg, run, fn, *args)
+    except StoreUnavailableError:
+        raise
+    except _Unreadable as failure:
+        return failure.reason
+    except CheckpointError as exc:
+        return str(exc)
 
 
 def _base(cfg: CliConfig) -> dict[str, Any]:
@@ -235,36 +275,47 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
     now = r.now_ms()
     if sort_by == "run":
         ids = sorted(ids, reverse=reverse)[:limit]
-        infos = [store.info(i) for i in ids]
+    read = {i: _try_read(cfg, i, store.info, i) for i in ids}
+    unreadable = {i: v for i, v in read.items() if isinstance(v, str)}
+    if sort_by == "run":
+        order = ids
     else:
-        infos = [store.info(i) for i in ids]
+        infos = [v for v in read.values() if isinstance(v, RunInfo)]
         if sort_by == "age":
             def created(i: RunInfo) -> int:
-                v = i.head.get("created_ms")
-                return int(v) if v else -1
+                v = r._int(i.head.get("created_ms"))
+                return v if v is not None else -1
             infos.sort(key=lambda i: (-created(i), i.run_id))
         else:
             infos.sort(key=lambda i: (-i.generation, i.run_id))
         if reverse:
             infos.reverse()
-        infos = infos[:limit]
+        order = [*(i.run_id for i in infos), *sorted(unreadable)][:limit]  # unreadable runs last
+    entries = [read[i] for i in order]
     if cfg.as_json:
         r.emit_json({**_base(cfg), "sort": sort_by, "reverse": reverse, "total": total,
-                     "runs": [r.run_json(i, now) for i in infos]})
-        return
-    if not infos:
+                     "runs": [r.run_json(e, now) if isinstance(e, RunInfo) else {"run": i, "error": e}
+                              for i, e in zip(order, entries)]})
+    elif not entries:
         click.echo(f"no runs in namespace {cfg.namespace!r} on {cfg.server}")
-        return
-    rows = []
-    for i in infos:
-        h = r.head_json(i, now) or {}
-        held = i.lease_state == "held"
-        rows.append([i.run_id, i.generation, i.fence, i.lease_owner if held else None,
-                     i.lease_token if held else None, _lease_cell(i), r.size(h.get("size")),
-                     r.age(h.get("age_ms"))])
-    click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
-    if len(infos) < total:
-        click.echo(f"({len(infos)} of {total} runs shown)")
+    else:
+        rows = []
+        for i, e in zip(order, entries):
+            if not isinstance(e, RunInfo):
+                rows.append([i, "?", "?", None, None, None, None, f"UNREADABLE: {e}"])
+                continue
+            h = r.head_json(e, now) or {}
+            held = e.lease_state == "held"
+            rows.append([e.run_id, e.generation, e.fence, e.lease_owner if held else None,
+                         e.lease_token if held else None, _lease_cell(e), r.size(h.get("size")),
+                         r.age(h.get("age_ms"))])
+        click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
+        if len(entries) < total:
+            click.echo(f"({len(entries)} of {total} runs shown)")
+    bad = [(i, e) for i, e in zip(order, entries) if isinstance(e, str)]
+    if bad:
+        raise CliFailure(f"{len(bad)} run(s) could not be read: " + "; ".join(f"{i!r}: {e}" for i, e in bad),
+                         EXIT_NO, secrets=cfg.secrets)
 
 
 # =========================================================================== namespaces
@@ -345,7 +396,7 @@ def show(cfg: CliConfig, run: str) -> None:
     Example: redis-ckpt show job-42
     """
     info = _info(cfg, run)
-    gens = cfg.store.generations(run)
+    gens = _read(cfg, run, cfg.store.generations, run)
     now = r.now_ms()
     content = _content(cfg, run) if any(g.ok for g in gens) else None
     if cfg.as_json:
@@ -389,12 +440,18 @@ def _content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
     """What the newest good generation holds, for runs written by redis_ckpt.steps or the
     LangGraph saver (None for any other state). Loading runs the registered migrations of
     no one: a state this CLI cannot read is simply not described."""
+    try:
+        return _describe_content(cfg, run)
+    except StoreUnavailableError:
+        raise
+    except Exception:  # noqa: BLE001 - the generations table above already says what is wrong
+        return None
+
+
+def _describe_content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
     from ..steps import describe
 
-    try:
-        ck = cfg.store.load(run)
-    except CheckpointError:
-        return None  # the generations table above already says what is wrong
+    ck = cfg.store.load(run)
     if ck is None:
         return None
     status = describe(ck.state, run_id=run, generation=ck.generation)
@@ -410,7 +467,7 @@ def _content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
 
 
 def _event_line(e: Event) -> str:
-    return f"{r.iso(e.at) or '-':<24}  {e.kind:<12}  {r.event_details(e)}"
+    return r.printable(f"{r.iso(e.at) or '-':<24}  {e.kind:<12}  {r.event_details(e)}")
 
 
 @cli.command()
@@ -443,7 +500,7 @@ def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float
         if waited is None:
             return  # Ctrl-C (or --max-seconds) before the run appeared
         info = waited
-    events = store.events(run, count=count)
+    events = _read(cfg, run, store.events, run, count=count)
     now = r.now_ms()
     rejected = [e for e in events if e.kind == "fenced"]
     if cfg.as_json:
@@ -498,7 +555,7 @@ def _follow(cfg: CliConfig, run: str, last_id: str | None, deadline: float | Non
                     return
                 wait = min(wait, left)
             time.sleep(wait)
-            for e in store.events(run, count=1000, after=last_id or "0-0"):
+            for e in _read(cfg, run, store.events, run, count=1000, after=last_id or "0-0"):
                 last_id = e.id
                 if cfg.as_json:
                     r.emit_json(r.event_json(e), compact=True)
@@ -532,25 +589,34 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
         assert run is not None
         _info(cfg, run)
         ids = [run]
-    results = [(i, store.generations(i)) for i in ids]
-    staged = {i: store.info(i).staged_bytes for i in ids}
+    read = [(i, _try_read(cfg, i, store.generations, i)) for i in ids]
+    results = [(i, gens) for i, gens in read if not isinstance(gens, str)]
+    unreadable = [(i, why) for i, why in read if isinstance(why, str)]
+    infos = {i: _try_read(cfg, i, store.info, i) for i, _ in results}
+    staged = {i: info.staged_bytes if isinstance(info, RunInfo) else 0 for i, info in infos.items()}
     failures = [(i, g) for i, gens in results for g in gens if not g.ok]
     checked = sum(len(gens) for _, gens in results)
     if cfg.as_json:
         r.emit_json({
-            **_base(cfg), "ok": not failures, "runs_checked": len(results), "generations_checked": checked,
+            **_base(cfg), "ok": not failures and not unreadable, "runs_checked": len(read),
+            "generations_checked": checked,
             "failures": [{"run": i, "generation": g.generation, "reason": g.reason, "detail": g.detail}
-                         for i, g in failures],
+                         for i, g in failures]
+            + [{"run": i, "generation": None, "reason": "unreadable", "detail": why} for i, why in unreadable],
             "staged_bytes": sum(staged.values()),
             "runs": [{"run": i, "ok": all(g.ok for g in gens), "staged_bytes": staged[i],
                       "generations": [{"generation": g.generation, "ok": g.ok, "reason": g.reason,
                                        "detail": g.detail, "size": g.size, "checksum": g.checksum}
                                       for g in gens]}
-                     for i, gens in results],
+                     if not isinstance(gens, str) else {"run": i, "ok": False, "error": gens, "generations": []}
+                     for i, gens in read],
         })
     else:
         rows = []
-        for i, gens in results:
+        for i, gens in read:
+            if isinstance(gens, str):
+                rows.append([i, None, "UNREADABLE", gens])
+                continue
             if not gens:
                 rows.append([i, None, "no generations", None])
             for g in gens:
@@ -558,13 +624,16 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
                              None if g.ok else f"{g.reason}: {g.detail}"])
         if rows:
             click.echo(r.table(["RUN", "GEN", "STATUS", "REASON"], rows))
-        click.echo(f"{checked} generation(s) of {len(results)} run(s) checked, {len(failures)} damaged")
+        extra = f", {len(unreadable)} run(s) unreadable" if unreadable else ""
+        click.echo(f"{checked} generation(s) of {len(read)} run(s) checked, {len(failures)} damaged{extra}")
         if any(staged.values()):
             click.echo("staged data of commits whose script has not run: "
                        + ", ".join(f"{i}: {r.size(n)}" for i, n in staged.items() if n))
-    if failures:
-        named = "; ".join(f"run {i!r} g{g.generation}: {g.reason}" for i, g in failures)
-        raise CliFailure(f"{len(failures)} damaged generation(s): {named}", EXIT_NO, secrets=cfg.secrets)
+    if failures or unreadable:
+        named = "; ".join([*(f"run {i!r} g{g.generation}: {g.reason}" for i, g in failures),
+                           *(f"run {i!r}: unreadable" for i, _ in unreadable)])
+        what = f"{len(failures)} damaged generation(s)" + (f", {len(unreadable)} unreadable run(s)" if unreadable else "")
+        raise CliFailure(f"{what}: {named}", EXIT_NO, secrets=cfg.secrets)
 
 
 # =========================================================================== revoke / delete
@@ -674,7 +743,7 @@ def export_cmd(cfg: CliConfig, run: str, generation: int | None, output: str) ->
     if output == "-" and cfg.as_json:
         raise click.UsageError("--json and '-o -' both want stdout; write the frame to a file")
     info = _info(cfg, run)
-    blob = cfg.store.export_frame(run, generation=generation)
+    blob = _read(cfg, run, cfg.store.export_frame, run, generation=generation)
     header = read_header(blob, run_id=info.run_id, generation=generation)
     checksum = blob[-16:].hex()
     if output == "-":
