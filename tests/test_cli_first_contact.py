@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,20 +115,61 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def read_line_with(proc: subprocess.Popen[str], needle: str, limit_s: float = 60) -> str:
-    """The first line of ``proc``'s stdout that contains ``needle`` (fails if it never comes)."""
-    deadline = time.monotonic() + limit_s
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
+class Lines:
+    """The lines a stream of a child process prints, read by a thread (select() cannot see the
+    lines Python already buffered)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, needle: str, limit_s: float = 60) -> str:
+        """The first new line that contains ``needle`` (fails if it never comes)."""
+        deadline = time.monotonic() + limit_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
                 break
-            seen.append(line)
+            if line is None:
+                break
+            self.seen.append(line)
             if needle in line:
                 return line
-    raise AssertionError(f"{needle!r} never printed; got {seen!r}, stderr {proc.stderr.read()!r}")  # type: ignore[union-attr]
+        raise AssertionError(f"{needle!r} never printed; got {self.seen!r}")
+
+    def rest(self, limit_s: float = 30) -> str:
+        """Everything the stream printed, once it is closed (the process ended)."""
+        deadline = time.monotonic() + limit_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                return "".join(self.seen)
+            self.seen.append(line)
+        raise AssertionError(f"the stream did not end; got {self.seen!r}")
+
+
+def stdout_lines(proc: subprocess.Popen[str]) -> Lines:
+    """The one reader of ``proc``'s stdout."""
+    reader = getattr(proc, "stdout_lines", None)
+    if reader is None:
+        reader = Lines(proc.stdout)
+        proc.stdout_lines = reader  # type: ignore[attr-defined]
+    return reader
+
+
+def read_line_with(proc: subprocess.Popen[str], needle: str, limit_s: float = 60) -> str:
+    """The first line of ``proc``'s stdout (not yet read) that contains ``needle``."""
+    return stdout_lines(proc).wait_for(needle, limit_s)
 
 
 def children(pid: int) -> list[int]:
@@ -373,14 +415,9 @@ def test_fence_follow_waits_for_a_run_that_does_not_exist_yet(durable_server: An
     args = [str(SCRIPT), "fence", "later", "--follow", "--json", "-u", durable_server.url, "-n", namespace]
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
-            deadline = time.monotonic() + 30
-            notice = None
-            while time.monotonic() < deadline and proc.poll() is None and notice is None:
-                ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-                if ready:
-                    line = json.loads(proc.stderr.readline())  # type: ignore[union-attr]
-                    notice = line.get("notice")
-            assert notice is not None and notice.startswith("waiting for run 'later' to appear"), notice
+            errors = Lines(proc.stderr)
+            notice = json.loads(errors.wait_for('"notice"', limit_s=30))["notice"]
+            assert notice.startswith("waiting for run 'later' to appear"), notice
             assert proc.poll() is None, "fence --follow of a missing run exited instead of waiting"
             with CheckpointStore.from_url(durable_server.url, namespace=namespace) as store:
                 with store.acquire("later", owner="late-worker", ttl=10) as lease:
@@ -389,10 +426,10 @@ def test_fence_follow_waits_for_a_run_that_does_not_exist_yet(durable_server: An
             assert first["run"] == "later" and first["fence"] == 1
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0
-            assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
         finally:
             if proc.poll() is None:
                 proc.kill()
+    assert "Traceback" not in errors.rest()
 
 
 def test_shell_completion_works_and_is_documented() -> None:
@@ -472,7 +509,7 @@ def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path:
             assert _processes_with(f"--run {run}"), "no worker running"
             os.killpg(proc.pid, signal.SIGINT)
             assert proc.wait(timeout=60) == 130
-            out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+            out, err = stdout_lines(proc).rest(), proc.stderr.read()  # type: ignore[union-attr]
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
