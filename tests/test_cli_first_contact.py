@@ -526,11 +526,11 @@ def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path:
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_the_demo_refuses_to_delete_an_existing_run_unless_reset(durable_server: Any) -> None:
+def test_the_demo_refuses_to_delete_an_existing_run_unless_reset(make_server: Any) -> None:
     from redis_ckpt.demo import NAMESPACE
 
     run = "demo-" + os.urandom(4).hex()
-    url = durable_server.url
+    url = make_server("valkey").url
     first = cli(["demo", "--url", url, "--run", run], timeout=180)
     assert first.returncode == 0, first.stdout + first.stderr
     with CheckpointStore.from_url(url, namespace=NAMESPACE) as store:
@@ -648,8 +648,15 @@ def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None
     assert proc.returncode == 2 and PASSWORD not in proc.stderr
     [line] = error_lines(proc)
     assert line.startswith("error: bad --url redis://:***@127.0.0.1:") and "must be a number" in line
-    for good in ("", "/", "/0", "/15"):  # a number or nothing is fine (nothing listens: exit 2, not a bad URL)
-        assert "bad --url" not in cli(["runs", "-u", f"redis://127.0.0.1:{free_port()}{good}", "-t", "1"]).stderr
+
+
+def test_a_database_that_is_a_number_or_nothing_is_fine() -> None:
+    from redis_ckpt._topology import validate_url
+
+    for good in ("", "/", "/0", "/15"):
+        validate_url(f"redis://127.0.0.1:6379{good}")
+    proc = cli(["runs", "-u", f"redis://127.0.0.1:{free_port()}/15", "-t", "1"])  # nothing listens there
+    assert proc.returncode == 2 and "bad --url" not in proc.stderr and "cannot reach" in proc.stderr
 
 
 # --------------------------------------------------------------------------- #11.15 hostile data
