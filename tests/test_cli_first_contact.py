@@ -820,3 +820,15 @@ def test_an_unexpected_error_is_one_line_exit_3_without_a_password(password_serv
         text = json.loads(proc.stderr)["error"] if fmt else error_lines(proc)[0][len("error: "):]
         assert text.startswith("unexpected ZeroDivisionError: boom at redis://:***@127.0.0.1:")
         assert "please report it" in text
+
+
+# --------------------------------------------------------------------------- 10. what the tests need
+
+
+def test_the_readme_says_what_the_tests_take_and_need() -> None:
+    section = README.read_text().split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"\babout \d+ to \d+ minutes\b", section)
+    assert re.search(r"\bGiB of free disk\b", section)
+    assert "free TCP ports on 127.0.0.1" in section
+    measured = re.search(r"\b(\d+) tests: (\d+) min (\d+) s measured", section)
+    assert measured is not None
