@@ -34,9 +34,16 @@ dropped and the slot map is marked for a refresh before the next send: the flow'
 retry (a commit carries an idempotent commit id) resends, to the promoted replica once the
 cluster has failed over.
 
-``Cmd`` ops go through the cluster client's own routing (it follows MOVED/ASK itself), except
-``SCAN``, which has no key: it walks every primary in turn behind one composite cursor
-(``node index << 64 | node cursor``, nodes ordered by name).
+``Cmd`` ops whose first argument is a key (every keyed command a flow sends) travel the same
+way, as a one-op pipe to the slot's owner, their reply then parsed as redis-py would. ``SCAN``
+has no key: it walks every primary in turn behind one composite cursor (``node index << 64 |
+node cursor``, nodes ordered by name). Any other ``Cmd`` goes through the cluster client's
+own routing.
+
+Deadlines (sync): every send, script load and back-off ends by the operation's deadline
+(``ClusterTarget.until``, set by the driver): a node's connection gets the time left as its
+socket timeout for the send (``_io.send_sync``). A slot-map refresh uses the cluster client's
+own timeouts. Asyncio: the driver bounds each op with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
@@ -53,7 +60,20 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, RedisCluste
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._io import AsyncRouted, Pipe, Routed, ScriptSource, _needs_load, _wire
+from ._io import (
+    AsyncRouted,
+    Cmd,
+    Pipe,
+    Routed,
+    ScriptSource,
+    _needs_load,
+    _wire,
+    command_sync,
+    lean_sync,
+    load_script_sync,
+    send_sync,
+    time_left,
+)
 
 __all__ = [
     "ClusterUnavailableError",
@@ -171,6 +191,37 @@ def _pipe_plan(pipe: Pipe, scripts: ScriptSource) -> Generator[_Action, Any, lis
     )
 
 
+# --------------------------------------------------------------------------- keyed commands
+
+#: commands whose first argument is a key: a Cmd of these goes to the key's slot owner like a Pipe
+KEYED = frozenset({
+    "GET", "SET", "DEL", "UNLINK", "EXISTS", "PTTL", "HGET", "HMGET", "HGETALL", "HEXISTS", "HSET", "HDEL",
+    "XADD", "XRANGE", "XREVRANGE", "XLEN", "SMEMBERS", "SADD", "SREM", "ZADD", "ZREM", "ZRANGEBYLEX",
+    "ZREVRANGEBYLEX", "ZREMRANGEBYLEX",
+})
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _name(args: Sequence[Any]) -> str:
+    return _text(args[0]).upper() if len(args) > 1 else ""
+
+
+class _NoScripts:
+    """A Pipe of plain commands needs no script source."""
+
+    def sha(self, name: str) -> str:
+        raise KeyError(name)
+
+    def source(self, name: str) -> str:
+        raise KeyError(name)
+
+
+_NO_SCRIPTS = _NoScripts()
+
+
 # --------------------------------------------------------------------------- SCAN
 
 
@@ -245,11 +296,20 @@ class ClusterTarget(Routed):
 
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
+        self.until: float | None = None
         self._refresh_due = False
+        self._callbacks: Any = None
 
     def execute_command(self, *args: Any) -> Any:
         if _is_scan(args):
             return self._scan(args)
+        if _name(args) in KEYED:
+            reply = self.run_pipe(Pipe([Cmd(*args)], route=_text(args[1])), _NO_SCRIPTS)[0]
+            if isinstance(reply, Exception):
+                raise reply
+            callback = (self._callbacks or {}).get(args[0])
+            return callback(reply) if callback is not None else reply
+        time_left(self.until)
         return self.cluster.execute_command(*args)
 
     def run_pipe(self, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
@@ -270,7 +330,8 @@ class ClusterTarget(Routed):
         if isinstance(action, _Send):
             return self._send(action, route)
         if isinstance(action, _Wait):
-            time.sleep(action.seconds)
+            left = time_left(self.until)
+            time.sleep(action.seconds if left is None else min(action.seconds, left))
         elif isinstance(action, _Moved):
             if action.full_refresh:
                 self._refresh()
@@ -281,17 +342,22 @@ class ClusterTarget(Routed):
         else:
             r = self.cluster.get_redis_connection(action.node)
             for source in action.sources:
-                r.script_load(source)
+                load_script_sync(r, source, self.until)
         return None
 
     def _send(self, action: _Send, route: str) -> tuple[Any, list[Any]]:
         if self._refresh_due:
             self._refresh()
         node = self._node_for(route, action.ask)
-        p = self.cluster.get_redis_connection(node).pipeline(transaction=False)
-        for c in action.commands:
-            p.execute_command(*c)
+        r = self.cluster.get_redis_connection(node)
+        self._callbacks = getattr(r, "response_callbacks", None)
         try:
+            if lean_sync(r):
+                return node, send_sync(r, action.commands, self.until)
+            time_left(self.until)
+            p = r.pipeline(transaction=False)
+            for c in action.commands:
+                p.execute_command(*c)
             return node, p.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError):
             self._lost(node)
@@ -322,6 +388,7 @@ class ClusterTarget(Routed):
         self._refresh_due = True
 
     def _refresh(self) -> None:
+        time_left(self.until)
         self._refresh_due = False
         try:
             self.cluster.nodes_manager.initialize()
@@ -334,7 +401,11 @@ class ClusterTarget(Routed):
         index, cursor = divmod(int(args[1]), 1 << SCAN_NODE_SHIFT)
         if index >= len(nodes):
             return [0, []]
-        c, keys = self.cluster.get_redis_connection(nodes[index]).execute_command("SCAN", cursor, *args[2:])
+        r = self.cluster.get_redis_connection(nodes[index])
+        if lean_sync(r):
+            c, keys = command_sync(r, ("SCAN", cursor, *args[2:]), self.until)
+        else:
+            c, keys = r.execute_command("SCAN", cursor, *args[2:])
         return _scan_reply(index, c, keys, len(nodes))
 
 

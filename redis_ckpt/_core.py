@@ -7,7 +7,9 @@ I/O. Nothing here touches a socket, a clock for waiting, or a thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import re
 import socket
 import time
@@ -16,7 +18,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import tenacity
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
@@ -45,7 +46,7 @@ from ._errors import (
     UnsupportedTypeError,
 )
 from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
-from ._io import Cmd, Flow, Pipe, Script, Sleep
+from ._io import Cmd, Deadline, Flow, Pipe, Script, Sleep
 from ._probe import DRIFT_KEYS, drift_problems
 from ._keys import RunKeys, validate_namespace, validate_owner, validate_run_id
 from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
@@ -75,6 +76,8 @@ READ_BATCH = 4
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: frames up to this size go to the commit script as an argument; larger ones are staged
 INLINE_BYTES = 16 * 1024
+#: the least time an attempt gets: with less left before the deadline, the operation gives up
+MIN_ATTEMPT_S = 0.01
 #: the head fields a load needs (fewer replies to parse than HGETALL)
 LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
 
@@ -188,16 +191,37 @@ def _script_error(reply: Any) -> tuple[str, list[str]] | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often an operation is sent again after the connection broke.
+    """How an operation is sent again, and when it ends.
+
+    Every operation ends by ``deadline_s`` seconds from its start, whatever the server does:
+    each attempt's socket timeout is capped by the time left, the back-off never sleeps past
+    it, and at the deadline the operation raises :class:`StoreUnavailableError`
+    (``outcome_unknown=True`` when it writes). A broken or timed-out connection, and a server
+    answering LOADING (restarted, replaying its AOF), are retried with an exponential back-off
+    (``initial_backoff_s`` doubling up to ``max_backoff_s``, plus up to ``initial_backoff_s``
+    of jitter) until the deadline, so a restart within it is ridden out. ``attempts`` caps the
+    number of attempts in all, the first included (1 = never retry); None: as many as the
+    deadline allows.
 
     Only operations that are safe to repeat are retried: a commit carries its commit id
     (a resent commit that already applied returns the same generation), reads are reads.
     """
 
-    attempts: int = 4  # in all, the first try included; 1 = never retry
+    attempts: int | None = None
     deadline_s: float = 15.0
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        a = self.attempts
+        if a is not None and (not isinstance(a, int) or isinstance(a, bool) or a < 1):
+            raise ValueError(f"RetryPolicy.attempts must be None or an int >= 1, got {a!r}")
+        for name, low in (("deadline_s", None), ("initial_backoff_s", 0.0), ("max_backoff_s", 0.0)):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v <= 0 if low is None else v < low):
+                need = "> 0" if low is None else ">= 0"
+                raise ValueError(f"RetryPolicy.{name} must be a finite number {need} (seconds), got {v!r}")
 
 
 class StoreCore:
@@ -426,19 +450,26 @@ class StoreCore:
         return out
 
     def _retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
-        """Run ``body``; after a broken connection, run it again with tenacity's back-off.
+        """Run ``body`` until it returns, fails for a reason other than the connection, or the
+        operation's deadline passes (see :class:`RetryPolicy`).
 
-        The first attempt runs bare (no retry machinery on the hot path).
+        A broken or timed-out connection and a server answering LOADING are retried with a
+        bounded exponential back-off; the driver caps every attempt by the time left (the
+        deadline is the driver's: it starts with the operation). A server error (NOPERM,
+        OOM, ...) is a :class:`ServerError` at once.
         """
         p = self.retry
-
+        until = yield Deadline(p.deadline_s)
+        if until is None:  # a driver that keeps no deadline of its own
+            until = time.monotonic() + p.deadline_s
         subject = f"{what} of run {run_id!r}" if run_id is not None else what
 
-        def unavailable(exc: BaseException) -> StoreUnavailableError:
+        def unavailable(exc: BaseException, attempts: int) -> StoreUnavailableError:
             unknown = " (the write may or may not have been applied)" if writes else ""
+            spent = p.deadline_s - max(0.0, until - time.monotonic())
             return StoreUnavailableError(
-                f"{subject} failed: the server is unreachable after "
-                f"{p.attempts} attempt(s): {type(exc).__name__}: {exc}{unknown}",
+                f"{subject} failed: the server is unreachable after {attempts} attempt(s) in "
+                f"{spent:.1f} s (deadline {p.deadline_s:g} s): {type(exc).__name__}: {exc}{unknown}",
                 run_id=run_id,
                 outcome_unknown=writes,
             )
@@ -449,34 +480,21 @@ class StoreCore:
                 run_id=run_id, server_message=str(exc), outcome_unknown=writes,
             )
 
-        try:
-            return (yield from body())
-        except RETRYABLE as first:
-            if p.attempts < 2:
-                raise unavailable(first) from first
-        except RedisError as refused:
-            raise server_error(refused) from refused
-        sleeps: list[float] = []
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(p.attempts - 1) | tenacity.stop_after_delay(p.deadline_s),
-            wait=tenacity.wait_exponential(multiplier=p.initial_backoff_s, max=p.max_backoff_s)
-            + tenacity.wait_random(0, p.initial_backoff_s),
-            retry=tenacity.retry_if_exception_type(RETRYABLE),
-            sleep=sleeps.append,
-            reraise=True,
-        )
-        try:
-            yield Sleep(p.initial_backoff_s)
-            for attempt in retrying:
-                if sleeps:
-                    yield Sleep(sleeps.pop())
-                with attempt:
-                    return (yield from body())
-        except RETRYABLE as exc:
-            raise unavailable(exc) from exc
-        except RedisError as refused:
-            raise server_error(refused) from refused
-        raise AssertionError("unreachable")  # pragma: no cover
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return (yield from body())
+            except RETRYABLE as exc:  # BusyLoadingError (LOADING) is a ConnectionError
+                last: BaseException = exc
+            except RedisError as refused:
+                raise server_error(refused) from refused
+            left = until - time.monotonic()
+            if (p.attempts is not None and attempts >= p.attempts) or left <= MIN_ATTEMPT_S:
+                raise unavailable(last, attempts) from last
+            pause = min(p.max_backoff_s, p.initial_backoff_s * 2 ** min(attempts - 1, 30))
+            pause += random.uniform(0, p.initial_backoff_s)
+            yield Sleep(min(pause, left - MIN_ATTEMPT_S))
 
     # -- lease ---------------------------------------------------------------------------
 

@@ -26,6 +26,21 @@ Semantics a flow can rely on:
 * Connection errors (``redis.ConnectionError``/``TimeoutError``) are thrown into the flow.
 * ``route`` names a key whose hash slot owns the operation (used on Redis Cluster).
 * ``Sleep`` pauses the flow (``time.sleep`` / ``asyncio.sleep``): retry back-off.
+* ``Deadline(seconds)`` starts the operation's clock unless the driver was given a deadline
+  already (the first one wins: an operation is whatever the driver runs) and is answered with
+  the deadline, a ``time.monotonic()`` value. From then on every op ends by it: a connection
+  is made, a command sent and its reply read within the time left (redis-py's own retries
+  are off for the attempt: the flow decides), a ``Sleep`` is cut short at it, and an op with
+  no time left fails with ``redis.TimeoutError`` before anything is sent.
+
+Deadlines, sync: redis-py has no per-call timeout, so the driver sets the socket timeout of
+the pooled connection it holds for the attempt (and puts the connection's own back after). A
+pooled connection that must be (re)connected is connected with the attempt's timeouts too:
+redis-py >= 8 connects in ``ConnectionPool.ensure_connection``, which the driver wraps once
+per pool (the wrapper changes nothing outside an attempt of this driver); older versions
+connect inside ``get_connection``, so there the driver takes the idle connection itself (the
+first half of ``get_connection``, unchanged since redis-py 3) and connects it. Asyncio: every
+op runs under ``asyncio.timeout`` (cancelling a redis-py call disconnects its connection).
 
 Redis Cluster (``redis.cluster.RedisCluster`` / ``redis.asyncio.cluster.RedisCluster``):
 the drivers wrap the client in a :class:`Routed` / :class:`AsyncRouted` from ``_cluster``,
@@ -38,20 +53,33 @@ the single-node path has no extra round trip and no extra object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
+import sys
+import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, Union
 
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _async_timeout
+else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
+    from async_timeout import timeout as _async_timeout
 
 __all__ = [
-    "Cmd", "Script", "Pipe", "Sleep", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
-    "run_sync", "run_async",
+    "Cmd", "Script", "Pipe", "Sleep", "Deadline", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
+    "run_sync", "run_async", "time_left",
 ]
 
 T = TypeVar("T")
@@ -84,7 +112,16 @@ class Sleep:
     seconds: float
 
 
-Op = Union[Cmd, Pipe, Sleep]
+@dataclass(frozen=True)
+class Deadline:
+    """The operation ends ``seconds`` after it started; answered with the deadline
+    (``time.monotonic()``). The driver's clock starts at the first one it sees, unless the
+    driver was started with a deadline."""
+
+    seconds: float
+
+
+Op = Union[Cmd, Pipe, Sleep, Deadline]
 Flow = Generator[Op, Any, T]
 
 
@@ -121,8 +158,11 @@ class Routed:
     """A synchronous client that routes its own pipes (Redis Cluster: ``_cluster.ClusterTarget``).
 
     ``execute_command`` runs one ``Cmd``; ``run_pipe`` runs one ``Pipe`` with the semantics
-    above (one connection, replies in place, NOSCRIPT handled) and returns its replies.
+    above (one connection, replies in place, NOSCRIPT handled) and returns its replies; both
+    end by ``until`` (the operation's deadline, set by the driver; None: none).
     """
+
+    until: float | None = None
 
     def execute_command(self, *args: Any) -> Any:
         raise NotImplementedError
@@ -132,7 +172,7 @@ class Routed:
 
 
 class AsyncRouted:
-    """The asyncio twin of :class:`Routed`."""
+    """The asyncio twin of :class:`Routed` (the driver bounds it with ``asyncio.timeout``)."""
 
     async def execute_command(self, *args: Any) -> Any:
         raise NotImplementedError
@@ -176,6 +216,14 @@ def _lean(client: Any) -> bool:
         getattr(client, "connection_pool", None), (redis.ConnectionPool, redis.asyncio.ConnectionPool))
 
 
+def lean_sync(client: Any) -> bool:
+    """Whether the sync driver sends on ``client``'s connections itself (and so can bound every
+    attempt by the deadline): a ``redis.Redis`` on a pool, a single-connection client included.
+    Anything else (a test double, another client class) is driven through its own methods."""
+    return isinstance(getattr(client, "connection_pool", None), redis.ConnectionPool) and \
+        hasattr(client, "parse_response")
+
+
 _BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, never copied
 
 
@@ -212,32 +260,226 @@ def _pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-def _read_all(conn: Any, n: int) -> list[Any]:
+def _command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A Cmd as sent: a multi-word name (``"CONFIG GET"``) becomes its words, as redis-py does."""
+    first = args[0] if args else ""
+    if isinstance(first, str) and " " in first:
+        return (*first.split(), *args[1:])
+    return args
+
+
+def _read_all(conn: Any, n: int, client: Any = None, name: str | None = None) -> list[Any]:
+    """``n`` replies, a server error in place (as a pipeline with raise_on_error=False does);
+    ``name``: the command whose response callback ``client`` applies (one Cmd)."""
     out: list[Any] = []
     for _ in range(n):
         try:
-            out.append(conn.read_response())
-        except ResponseError as exc:  # in place, as a pipeline with raise_on_error=False does
+            out.append(conn.read_response() if name is None else client.parse_response(conn, name))
+        except ResponseError as exc:
             out.append(exc)
     return out
 
 
-def _send_sync(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    if not _lean(client):
+# --------------------------------------------------------------------------- deadlines
+
+
+def time_left(until: float | None) -> float | None:
+    """Seconds left before ``until`` (None: no deadline); ``redis.TimeoutError`` when none are."""
+    if until is None:
+        return None
+    left = until - time.monotonic()
+    if left <= 0:
+        raise RedisTimeoutError("no answer from the server within the operation's deadline")
+    return left
+
+
+def _cap(value: float | None, left: float) -> float:
+    return left if value is None else min(value, left)
+
+
+#: redis-py's retries off for an attempt: the flow's RetryPolicy decides what is sent again
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+def _arm(conn: Any, seconds: float | None) -> None:
+    """The timeout of ``conn``'s socket, and the one its parser puts back after a poll."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return
+    try:
+        sock.settimeout(seconds)
+    except (AttributeError, OSError):  # not a socket (a test double), or closed meanwhile
+        return
+    parser = getattr(conn, "_parser", None)
+    buffer = getattr(parser, "_buffer", None)
+    if buffer is not None and hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = seconds
+    if hasattr(parser, "_socket_timeout"):  # hiredis
+        parser._socket_timeout = seconds
+
+
+@contextlib.contextmanager
+def _settings(conn: Any, left: float) -> Iterator[None]:
+    """``conn``'s socket and connect timeouts capped by ``left`` and its retries off (what a
+    connect reads); its own settings back afterwards."""
+    saved = conn.socket_timeout, conn.socket_connect_timeout, conn.retry
+    conn.socket_timeout = _cap(saved[0], left)
+    conn.socket_connect_timeout = _cap(saved[1], left)
+    conn.retry = _NO_RETRY
+    try:
+        yield
+    finally:
+        conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
+
+
+@contextlib.contextmanager
+def _bounded(conn: Any, until: float | None) -> Iterator[None]:
+    """One attempt on a connected ``conn``, ending by ``until``."""
+    if until is None:
+        yield
+        return
+    left = time_left(until)
+    assert left is not None
+    own = conn.socket_timeout
+    with _settings(conn, left):
+        _arm(conn, conn.socket_timeout)
+        try:
+            yield
+        finally:
+            _arm(conn, own)
+
+
+#: the time an attempt has left while this driver takes a connection from a pool (read by the
+#: pool's wrapped ensure_connection); None everywhere else
+_CONNECT_LEFT: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_left", default=None)
+_HOOK_LOCK = threading.Lock()
+
+
+def _hook(pool: Any) -> bool:
+    """Wrap ``pool.ensure_connection`` (redis-py >= 8: it connects a connection taken from the
+    pool) so that a connection taken by this driver is connected with the attempt's timeouts.
+    Outside such an attempt the wrapper calls the original as is. False: no such step."""
+    current = getattr(pool, "ensure_connection", None)
+    if current is None:
+        return False
+    if getattr(current, "_redis_ckpt", False):
+        return True
+    with _HOOK_LOCK:
+        current = pool.ensure_connection
+        if not getattr(current, "_redis_ckpt", False):
+            def ensure_connection(connection: Any, _original: Callable[[Any], None] = current) -> None:
+                left = _CONNECT_LEFT.get()
+                if left is None:
+                    return _original(connection)
+                with _settings(connection, left):
+                    return _original(connection)
+
+            ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
+            pool.ensure_connection = ensure_connection
+    return True
+
+
+def _take_idle(pool: Any, left: float) -> Any:
+    """What ``ConnectionPool.get_connection`` does before redis-py 8, with the connect bounded:
+    take the idle connection (or make one), then connect it within ``left`` seconds."""
+    pool._checkpid()
+    with pool._lock:
+        try:
+            conn = pool._available_connections.pop()
+        except IndexError:
+            conn = pool.make_connection()
+        pool._in_use_connections.add(conn)
+    try:
+        with _settings(conn, left):
+            conn.connect()
+            try:  # data waiting, or the server closed it: connect again
+                if conn.can_read() and getattr(pool, "cache", None) is None:
+                    raise RedisConnectionError("Connection has data")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                conn.disconnect()
+                conn.connect()
+                if conn.can_read():
+                    raise RedisConnectionError("Connection not ready") from None
+    except BaseException:
+        pool.release(conn)
+        raise
+    return conn
+
+
+_BASE_GET = redis.ConnectionPool.get_connection
+
+
+def _take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
+    """A connected connection of ``client`` for one attempt, and how to give it back."""
+    left = time_left(until)
+    single = getattr(client, "connection", None)
+    if single is not None:  # a single-connection client: its lock, if any, for the attempt
+        lock = getattr(client, "single_connection_lock", None) or contextlib.nullcontext()
+        lock.__enter__()
+        try:
+            if left is None:
+                single.connect()
+            else:
+                with _settings(single, left):
+                    single.connect()
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        return single, lambda _c: lock.__exit__(None, None, None)
+    pool = client.connection_pool
+    if left is None:
+        return pool.get_connection(*_GET_CONN_ARGS), pool.release
+    if _hook(pool):
+        token = _CONNECT_LEFT.set(left)
+        try:
+            return pool.get_connection(*_GET_CONN_ARGS), pool.release
+        finally:
+            _CONNECT_LEFT.reset(token)
+    if type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
+        return _take_idle(pool, left), pool.release
+    return pool.get_connection(*_GET_CONN_ARGS), pool.release  # connects with its own timeouts
+
+
+# --------------------------------------------------------------------------- sync sends
+
+
+def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None = None,
+              name: str | None = None) -> list[Any]:
+    """``commands`` on one connection of ``client``, one reply each (a server error in place),
+    all by ``until``. ``name``: the one command's name, whose response callback applies."""
+    if not lean_sync(client):
+        if name is not None:
+            try:
+                return [client.execute_command(*commands[0])]
+            except ResponseError as exc:
+                return [exc]
         p = client.pipeline(transaction=False)
         for c in commands:
             p.execute_command(*c)
         return p.execute(raise_on_error=False)  # type: ignore[no-any-return]
-    pool = client.connection_pool
-    conn = pool.get_connection(*_GET_CONN_ARGS)
+    conn, give_back = _take(client, until)
     try:
-        conn.send_packed_command(_pack(commands))
-        return _read_all(conn, len(commands))
+        with _bounded(conn, until):
+            conn.send_packed_command(_pack([_command_wire(commands[0])] if name is not None else commands))
+            return _read_all(conn, len(commands), client, name)
     except BaseException:
         conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
     finally:
-        pool.release(conn)
+        give_back(conn)
+
+
+def command_sync(client: Any, args: tuple[Any, ...], until: float | None = None) -> Any:
+    """One Cmd: its reply as ``client.execute_command`` gives it (response callback applied),
+    a server error raised."""
+    reply = send_sync(client, [args], until, name=args[0] if args else None)[0]
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+def _send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None = None) -> list[Any]:
+    return send_sync(client, commands, until)
 
 
 async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -264,17 +506,24 @@ async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]
         await pool.release(conn)
 
 
-def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource, until: float | None = None) -> list[Any]:
     """One Pipe on one connection of a single-node (or Sentinel-managed) client."""
     reply: list[Any] = []
     for _attempt in range(2):
-        reply = _send_sync(client, [_wire(o, scripts) for o in pipe.ops])
+        reply = send_sync(client, [_wire(o, scripts) for o in pipe.ops], until)
         missing = _needs_load(pipe, reply)
         if not missing:
             break
         for name in set(missing):
-            client.script_load(scripts.source(name))
+            load_script_sync(client, scripts.source(name), until)
     return reply
+
+
+def load_script_sync(client: Any, source: str, until: float | None = None) -> None:
+    if lean_sync(client):
+        command_sync(client, ("SCRIPT", "LOAD", source), until)
+    else:
+        client.script_load(source)
 
 
 async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
@@ -289,10 +538,25 @@ async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[An
     return reply
 
 
-def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
-    """Drive ``flow`` to completion on a synchronous redis-py client (or RedisCluster)."""
-    client = _sync_target(client)
-    routed = isinstance(client, Routed)
+def _start(deadline_s: float | None, until: float | None) -> float | None:
+    if until is None and deadline_s is not None:
+        until = time.monotonic() + deadline_s
+    return until
+
+
+def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource, *,
+             deadline_s: float | None = None, until: float | None = None) -> T:
+    """Drive ``flow`` to completion on a synchronous redis-py client (or RedisCluster).
+
+    The operation ends by ``until`` (a ``time.monotonic()`` value) or ``deadline_s`` from now;
+    without either, by the first ``Deadline`` the flow yields (none: no deadline).
+    """
+    until = _start(deadline_s, until)
+    target = _sync_target(client)
+    routed = isinstance(target, Routed)
+    lean = not routed and lean_sync(target)
+    if routed:
+        target.until = until
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -302,22 +566,47 @@ def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
             return done.value  # type: ignore[no-any-return]
         reply, error = None, None
         try:
-            if isinstance(op, Sleep):
-                time.sleep(op.seconds)
-            elif isinstance(op, Cmd):
-                reply = client.execute_command(*op.args)
-            elif routed:
-                reply = client.run_pipe(op, scripts)
+            if isinstance(op, Cmd):
+                if lean:
+                    reply = command_sync(target, op.args, until)
+                else:
+                    time_left(until)
+                    reply = target.execute_command(*op.args)
+            elif isinstance(op, Pipe):
+                if routed:
+                    reply = target.run_pipe(op, scripts)
+                else:
+                    time_left(until)
+                    reply = _pipe_sync(target, op, scripts, until)
+            elif isinstance(op, Sleep):
+                time.sleep(op.seconds if until is None else max(0.0, min(op.seconds, until - time.monotonic())))
+            elif isinstance(op, Deadline):
+                if until is None:
+                    until = time.monotonic() + op.seconds
+                    if routed:
+                        target.until = until
+                reply = until
             else:
-                reply = _pipe_sync(client, op, scripts)
+                raise TypeError(f"a flow yielded {op!r}, not an op")
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
             error = exc
 
 
-async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
-    """Drive ``flow`` to completion on a ``redis.asyncio`` client (or its RedisCluster)."""
-    client = _async_target(client)
-    routed = isinstance(client, AsyncRouted)
+async def _do_async(op: Cmd | Pipe, target: Any, routed: bool, scripts: ScriptSource) -> Any:
+    if isinstance(op, Cmd):
+        return await target.execute_command(*op.args)
+    if routed:
+        return await target.run_pipe(op, scripts)
+    return await _pipe_async(target, op, scripts)
+
+
+async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource, *,
+                    deadline_s: float | None = None, until: float | None = None) -> T:
+    """Drive ``flow`` to completion on a ``redis.asyncio`` client (or its RedisCluster); the
+    deadline as in :func:`run_sync`, every op under ``asyncio.timeout`` of the time left."""
+    until = _start(deadline_s, until)
+    target = _async_target(client)
+    routed = isinstance(target, AsyncRouted)
     reply: Any = None
     error: BaseException | None = None
     while True:
@@ -327,13 +616,23 @@ async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource) -> T:
             return done.value  # type: ignore[no-any-return]
         reply, error = None, None
         try:
-            if isinstance(op, Sleep):
-                await asyncio.sleep(op.seconds)
-            elif isinstance(op, Cmd):
-                reply = await client.execute_command(*op.args)
-            elif routed:
-                reply = await client.run_pipe(op, scripts)
+            if isinstance(op, (Cmd, Pipe)):
+                left = time_left(until)
+                if left is None:
+                    reply = await _do_async(op, target, routed, scripts)
+                else:
+                    try:
+                        async with _async_timeout(left):
+                            reply = await _do_async(op, target, routed, scripts)
+                    except asyncio.TimeoutError as exc:
+                        raise RedisTimeoutError("no answer from the server within the operation's deadline") from exc
+            elif isinstance(op, Sleep):
+                await asyncio.sleep(op.seconds if until is None else max(0.0, min(op.seconds, until - time.monotonic())))
+            elif isinstance(op, Deadline):
+                if until is None:
+                    until = time.monotonic() + op.seconds
+                reply = until
             else:
-                reply = await _pipe_async(client, op, scripts)
+                raise TypeError(f"a flow yielded {op!r}, not an op")
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
             error = exc

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -471,8 +472,11 @@ def _replica_pool_kwargs(pool: Any) -> tuple[bool, dict[str, Any]]:
 
 
 def probe_sync(client: Any, *, label: str, namespace: str, durability: Durability,
-               declared: Mapping[str, str] | None, scripts: ScriptSource) -> ProbeReport:
-    """The startup probe of a RedisCluster or a Sentinel-managed client (sync)."""
+               declared: Mapping[str, str] | None, scripts: ScriptSource,
+               deadline_s: float | None = None) -> ProbeReport:
+    """The startup probe of a RedisCluster or a Sentinel-managed client (sync); every node's
+    probe ends by ``deadline_s`` from now (a node without an answer by then is a finding)."""
+    until = time.monotonic() + deadline_s if deadline_s is not None else None
     master = object()
     if is_cluster(client):
         client.nodes_manager.initialize()  # probe the topology as it is now
@@ -510,14 +514,16 @@ def probe_sync(client: Any, *, label: str, namespace: str, durability: Durabilit
             return done.value  # type: ignore[no-any-return]
         try:
             with node_client(req.handle) as c:
-                reply = run_sync(req.flow, c, scripts)
+                reply = run_sync(req.flow, c, scripts, until=until)
         except RETRYABLE as exc:  # the node is unreachable: a finding, not the end of the probe
             reply = exc
 
 
 async def probe_async(client: Any, *, label: str, namespace: str, durability: Durability,
-                      declared: Mapping[str, str] | None, scripts: ScriptSource) -> ProbeReport:
+                      declared: Mapping[str, str] | None, scripts: ScriptSource,
+                      deadline_s: float | None = None) -> ProbeReport:
     """The asyncio twin of :func:`probe_sync`."""
+    until = time.monotonic() + deadline_s if deadline_s is not None else None
     import redis.asyncio as aioredis
 
     from ._cluster import AsyncNodeClient
@@ -560,6 +566,6 @@ async def probe_async(client: Any, *, label: str, namespace: str, durability: Du
             return done.value  # type: ignore[no-any-return]
         try:
             async with node_client(req.handle) as c:
-                reply = await run_async(req.flow, c, scripts)
+                reply = await run_async(req.flow, c, scripts, until=until)
         except RETRYABLE as exc:  # the node is unreachable: a finding, not the end of the probe
             reply = exc

@@ -163,7 +163,7 @@ class AsyncCheckpointStore(StoreBase):
 
     async def _run(self, flow: Flow[T]) -> T:
         try:
-            return await run_async(flow, self._client, SCRIPTS)
+            return await run_async(flow, self._client, SCRIPTS, deadline_s=self._core.retry.deadline_s)
         except RETRYABLE as exc:
             raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
@@ -172,7 +172,8 @@ class AsyncCheckpointStore(StoreBase):
             return await self._run(self._probe_flow())
         try:  # every primary (and the replicas the policy counts on), on its own connection
             return await probe_async(self._client, label=self.server, namespace=self.namespace,
-                                     durability=self.durability, declared=self.declared_config, scripts=SCRIPTS)
+                                     durability=self.durability, declared=self.declared_config, scripts=SCRIPTS,
+                                     deadline_s=self._core.retry.deadline_s)
         except RETRYABLE as exc:
             raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 

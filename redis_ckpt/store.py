@@ -147,7 +147,7 @@ class CheckpointStore(StoreBase):
     def _run(self, flow: Flow[T]) -> T:
         # run_sync routes a RedisCluster's pipes to the slot's owner (see _cluster)
         try:
-            return run_sync(flow, self._client, SCRIPTS)
+            return run_sync(flow, self._client, SCRIPTS, deadline_s=self._core.retry.deadline_s)
         except RETRYABLE as exc:
             raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 
@@ -156,7 +156,7 @@ class CheckpointStore(StoreBase):
             return self._run(self._probe_flow())
         try:  # every primary (and the replicas the policy counts on), on its own connection
             return probe_sync(self._client, label=self.server, namespace=self.namespace, durability=self.durability,
-                              declared=self.declared_config, scripts=SCRIPTS)
+                              declared=self.declared_config, scripts=SCRIPTS, deadline_s=self._core.retry.deadline_s)
         except RETRYABLE as exc:
             raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
 

@@ -35,3 +35,64 @@ def test_large_arguments_are_not_copied():
     big = memoryview(os.urandom(100_000))
     parts = _pack([("SET", "k", big)])
     assert any(p is big for p in parts)
+
+
+# --------------------------------------------------------------------------- deadlines in the sync driver
+
+import contextlib  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError  # noqa: E402
+
+
+@contextlib.contextmanager
+def _stopped(server):
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+@pytest.mark.server
+def test_an_attempt_leaves_the_clients_own_timeouts_and_retries_in_place(durable_server, namespace):
+    client = durable_server.client(socket_timeout=7.0, socket_connect_timeout=3.0)
+    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
+    with store.acquire("r", owner="a", ttl=5) as lease:
+        lease.commit({"n": 1})
+    assert store.load("r").state == {"n": 1}
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        assert conn.socket_timeout == 7.0 and conn.socket_connect_timeout == 3.0
+        assert conn._sock.gettimeout() == 7.0  # not the 2 s deadline of the store's last attempt
+        assert conn.retry is not None and conn.retry.get_retries() == client.get_retry().get_retries()
+    finally:
+        pool.release(conn)
+    assert client.ping()  # the client itself is untouched
+    client.close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", ["single-connection", "pool-without-ensure-connection"])
+def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, path):
+    """A single-connection client, and a pool connected the pre-redis-py-8 way (the driver takes
+    the idle connection and connects it itself)."""
+    server = make_server("valkey")
+    if path == "single-connection":
+        client = server.client(socket_timeout=None, single_connection_client=True)
+    else:
+        monkeypatch.setattr("redis_ckpt._io._hook", lambda pool: False)
+        client = server.client(socket_timeout=None)
+    store = CheckpointStore(client, namespace="d", retry=RetryPolicy(deadline_s=1.0))
+    lease = store.acquire("r", owner="a", ttl=60)
+    assert lease.commit(1) == 1
+    with _stopped(server):
+        for _ in range(2):  # the second starts on a connection that must be made again
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError):
+                lease.commit(2)
+            assert time.monotonic() - started < 1.0 + 1.5
+    assert store.load("r").generation in (1, 2)
+    client.close()

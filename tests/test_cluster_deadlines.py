@@ -1,0 +1,34 @@
+"""Redis Cluster: a stopped primary cannot hold an operation past its deadline (the cluster
+fixture of test_cluster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from test_cluster import LocalCluster, cluster, slot_of  # noqa: F401 - the fixture
+
+from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
+
+pytestmark = pytest.mark.server
+
+
+def test_a_stopped_primary_holds_a_commit_no_longer_than_its_deadline(cluster: LocalCluster, namespace):  # noqa: F811
+    store = CheckpointStore(cluster.client(), namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
+    lease = store.acquire("stop", owner="a", ttl=60)
+    assert lease.commit(1) == 1
+    primary = cluster.owner(slot_of(namespace, "stop"))
+    os.kill(primary.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        try:
+            lease.commit(2)  # may also succeed, on a replica promoted within the 2 s
+        except StoreUnavailableError as exc:
+            assert exc.outcome_unknown
+        assert time.monotonic() - started < 2.0 + 1.5
+    finally:
+        os.kill(primary.pid, signal.SIGCONT)
+    store.close()
+    cluster.wait_healthy(60)
