@@ -18,7 +18,7 @@ Replies meaning "the pipe did not run where it was sent" are handled in :func:`_
 
 * ``MOVED`` — patch the slot map (a full refresh from the second one on), resend;
 * ``ASK`` — resend to the ASK target with ``ASKING`` before every op (ASKING covers one
-  command only);
+  command only), none inside a MULTI block (the one before MULTI covers the transaction);
 * ``TRYAGAIN`` (a multi-key script during a slot migration) — back off, resend;
 * ``CLUSTERDOWN`` — back off, refresh the slot map, resend;
 * ``NOSCRIPT`` — ``SCRIPT LOAD`` on that node, resend.
@@ -144,6 +144,27 @@ def _cluster_error(replies: Sequence[Any]) -> Exception | None:
     return None
 
 
+def _asking(wired: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """``wired`` with ASKING before every op (ASKING covers the next command only), and the
+    indices of the ops' own replies. Inside MULTI ... EXEC no ASKING is added: there it would
+    be queued (its OK landing in EXEC's reply), and the one before MULTI already covers the
+    whole transaction (the server keeps the flag while the client is in MULTI)."""
+    commands: list[tuple[Any, ...]] = []
+    keep: list[int] = []
+    in_multi = False
+    for w in wired:
+        if not in_multi:
+            commands.append(("ASKING",))
+        keep.append(len(commands))
+        commands.append(w)
+        name = _text(w[0]).upper() if w else ""
+        if name == "MULTI":
+            in_multi = True
+        elif name in ("EXEC", "DISCARD"):
+            in_multi = False
+    return commands, keep
+
+
 def _pipe_plan(pipe: Pipe, scripts: ScriptSource) -> Generator[_Action, Any, list[Any]]:
     """Decide the sends of one Pipe on a cluster; receives ``(node, replies)`` for a ``_Send``."""
     wired = [_wire(o, scripts) for o in pipe.ops]
@@ -152,10 +173,10 @@ def _pipe_plan(pipe: Pipe, scripts: ScriptSource) -> Generator[_Action, Any, lis
     last: Exception | None = None
     while sends < MAX_SENDS:
         sends += 1
-        commands = [c for w in wired for c in ((("ASKING",), w) if ask else (w,))]
+        commands, keep = _asking(wired) if ask else (wired, None)
         node, replies = yield _Send(commands, ask)
-        if ask is not None:
-            replies = list(replies[1::2])  # drop the ASKING replies
+        if keep is not None:
+            replies = [replies[i] for i in keep]  # drop the ASKING replies
         ask = None
         err = _cluster_error(replies)
         if err is None:

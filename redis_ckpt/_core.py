@@ -34,6 +34,7 @@ from ._errors import (
     FencedError,
     FrameDamage,
     FrameError,
+    HeadMovingError,
     LeaseHeldError,
     LeaseLostError,
     NotFoundError,
@@ -187,6 +188,20 @@ def _script_error(reply: Any) -> tuple[str, list[str]] | None:
         code, _, rest = str(reply).partition(" ")
         return code, rest.split(" ") if rest else []
     return None
+
+
+def _exec_replies(replies: list[Any], n: int) -> list[Any]:
+    """The ``n`` replies inside the EXEC of a ``MULTI ... EXEC`` pipe; an error raised."""
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    inner = replies[-1]
+    if not isinstance(inner, list) or len(inner) != n:
+        raise ResponseError(f"EXEC answered {inner!r}, not {n} replies")
+    for r in inner:
+        if isinstance(r, Exception):
+            raise r
+    return inner
 
 
 @dataclass(frozen=True)
@@ -730,35 +745,57 @@ class StoreCore:
         return False
 
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
+        """The newest generation that verifies; None when the run was never committed.
+
+        The head and the generation it names are read as one snapshot (MULTI/EXEC, one round
+        trip) when this process knows the head's generation (it committed or loaded the run);
+        otherwise the head is read first. A head that moved since (a concurrent commit) is
+        read again with its new generation, and a generation rotated away while it was read
+        (chunks, older ones) starts the read again: a moving head is never corruption. When it
+        still moves at the deadline: :class:`HeadMovingError` (retryable, nothing damaged).
+        """
         k = self.keys(run_id)
 
         def attempt() -> Flow[Checkpoint | None]:
-            for _ in range(5):  # the head may rotate under us; start again from the new head
-                guess = self._last_generation.get(k.run_id)
-                prefetched: dict[int, Any] = {}
-                if guess:  # the head this process saw last: read it with the head, one round trip
-                    raw, blob = yield Pipe([Cmd("HMGET", k.head, *LOAD_FIELDS), Cmd("GET", k.generation(guess))],
-                                           route=k.head)
-                    for r in (raw, blob):
-                        if isinstance(r, Exception):
-                            raise r
-                    prefetched[guess] = blob
+            until = yield Deadline(self.retry.deadline_s)  # the operation's, set by _retrying
+            if until is None:  # a driver that keeps no deadline of its own
+                until = time.monotonic() + self.retry.deadline_s
+            guess = self._last_generation.get(k.run_id)
+            reads = 0
+            while True:
+                reads += 1
+                # after a miss the head may move once more before this read: ask for the next
+                # generation too (with keep=1 at most one of the two exists: no extra bytes)
+                wanted = [guess, guess + 1] if guess and reads > 1 else [guess] if guess else []
+                if wanted:
+                    replies = yield Pipe([Cmd("MULTI"), Cmd("HMGET", k.head, *LOAD_FIELDS),
+                                          *(Cmd("GET", k.generation(g)) for g in wanted), Cmd("EXEC")],
+                                         route=k.head)
+                    raw, *blobs = _exec_replies(replies, 1 + len(wanted))
                 else:
-                    raw = yield Cmd("HMGET", k.head, *LOAD_FIELDS)
+                    raw, blobs = (yield Cmd("HMGET", k.head, *LOAD_FIELDS)), []
                 head = {f: _text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None}
                 if not head:
                     if (yield from self._committed_before(k)):
                         raise CorruptCheckpointError(
                             k.run_id, {},
-                            message=f"run {k.run_id!r} has committed generations in its audit "
-                                    "stream but its head is missing",
+                            message=f"run {k.run_id!r} has committed generations but its head is missing "
+                                    "(deleted by hand, or a partial restore); restore the head or "
+                                    "import an exported frame",
                         )
                     return None
-                result = yield from self._load_from(k, head, prefetched)
-                if result is not None:
-                    self._remember(k.run_id, result.head_generation)
-                    return result
-            raise CorruptCheckpointError(k.run_id, {}, message=f"run {k.run_id!r}: the head kept moving while loading")
+                generation = int(head.get("generation") or 0)
+                if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
+                    result = yield from self._load_from(k, head, dict(zip(wanted, blobs)))
+                    if result is not None:
+                        self._remember(k.run_id, result.head_generation)
+                        return result  # else a generation it read was rotated away meanwhile
+                if generation >= 1:
+                    guess = generation  # read the head again with the generation it names now
+                if reads > 1 and time.monotonic() >= until - MIN_ATTEMPT_S:
+                    # no pause between reads: each is one round trip and the next one is what
+                    # catches up with the writer (a pause only lets the head move further)
+                    raise HeadMovingError(k.run_id, reads=reads, deadline_s=self.retry.deadline_s)
 
         return self._retrying(attempt, run_id=k.run_id, what="load", writes=False)
 

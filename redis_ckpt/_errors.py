@@ -17,9 +17,10 @@
     ├── ConflictError                     expected generation is not the head; .expected, .actual
     ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
     ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
-    │   └── OutcomeUnknownError           a resent write whose first attempt may have applied: the server
-    │                                     can no longer tell (always .outcome_unknown); .refused names what
-    │                                     the resend met (FENCED, CONFLICT, ...)
+    │   ├── OutcomeUnknownError           a resent write whose first attempt may have applied: the server
+    │   │                                 can no longer tell (always .outcome_unknown); .refused names what
+    │   │                                 the resend met (FENCED, CONFLICT, ...)
+    │   └── HeadMovingError               a load met a new head at every read until its deadline (busy writer, keep=1)
     ├── ServerError                       the server refused a command (NOPERM, OOM, ...); .server_message
     ├── NonDurableServerError             the startup probe refused the server; .problems
     ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
@@ -53,6 +54,7 @@ __all__ = [
     "DurabilityError",
     "StoreUnavailableError",
     "OutcomeUnknownError",
+    "HeadMovingError",
     "ServerError",
     "NonDurableServerError",
     "CorruptCheckpointError",
@@ -262,6 +264,21 @@ class OutcomeUnknownError(StoreUnavailableError):
         self.fence = fence
         self.expected = expected
         self.actual = actual
+
+
+class HeadMovingError(StoreUnavailableError):
+    """A load could not read the run's head together with the generations it names before
+    its deadline: commits kept replacing them (a busy writer, and ``keep=1``). Nothing is
+    damaged and nothing was written; load again. ``.reads`` is how many reads were tried."""
+
+    def __init__(self, run_id: str, *, reads: int, deadline_s: float) -> None:
+        super().__init__(
+            f"run {run_id!r}: the head moved at each of {reads} reads within the {deadline_s:g} s "
+            "deadline (commits kept replacing the generation being read); nothing is damaged, "
+            "load again (or keep more than one generation)",
+            run_id=run_id,
+        )
+        self.reads = reads
 
 
 class ServerError(CheckpointError):

@@ -44,6 +44,15 @@ import signal  # noqa: E402
 import time  # noqa: E402
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError  # noqa: E402
+from redis_ckpt._cluster import _asking  # noqa: E402
+
+
+def test_asking_covers_a_transaction_from_before_multi():
+    wired = [("SET", "a", 1), ("MULTI",), ("HMGET", "h", "f"), ("GET", "g"), ("EXEC",), ("WAITAOF", 1, 0, 5)]
+    commands, keep = _asking(wired)
+    assert commands == [("ASKING",), ("SET", "a", 1), ("ASKING",), ("MULTI",), ("HMGET", "h", "f"), ("GET", "g"),
+                        ("EXEC",), ("ASKING",), ("WAITAOF", 1, 0, 5)]
+    assert [commands[i] for i in keep] == wired
 
 
 @contextlib.contextmanager
