@@ -77,6 +77,12 @@ READ_BATCH = 4
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: frames up to this size go to the commit script as an argument; larger ones are staged
 INLINE_BYTES = 16 * 1024
+#: audit events read per round trip when the head is missing (is the run deleted, or lost?)
+EVENTS_PAGE = 200
+#: kinds of audit event that mean "a generation was written"
+COMMIT_KINDS = frozenset({"commit", "commit_retry", "import"})
+#: keys a SCAN call looks at when the head is missing and the audit stream cannot tell
+SCAN_COUNT = 1000
 #: the least time an attempt gets: with less left before the deadline, the operation gives up
 MIN_ATTEMPT_S = 0.01
 #: the head fields a load needs (fewer replies to parse than HGETALL)
@@ -188,6 +194,27 @@ def _script_error(reply: Any) -> tuple[str, list[str]] | None:
         code, _, rest = str(reply).partition(" ")
         return code, rest.split(" ") if rest else []
     return None
+
+
+def _pairs(reply: Any) -> dict[str, Any]:
+    """A map reply (XINFO ...) as a dict with str keys; values as they came."""
+    if isinstance(reply, dict):
+        return {_text(k): v for k, v in reply.items()}
+    it = iter(reply or [])
+    return {_text(k): v for k, v in zip(it, it)}
+
+
+def _first_fence(event: Mapping[str, str]) -> bool:
+    """Whether an audit event is the first fence increment of a run (its first acquire,
+    revoke or delete): nothing can have been written before it."""
+    kind = event.get("kind")
+    return (kind == "acquire" and event.get("token") == "1") or \
+        (kind in ("revoke", "delete") and event.get("fence") == "1")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
 def _exec_replies(replies: list[Any], n: int) -> list[Any]:
@@ -734,15 +761,59 @@ class StoreCore:
         return state
 
     def _committed_before(self, k: RunKeys) -> Flow[bool]:
-        """Whether the audit stream shows a commit after the last delete (head is gone)."""
-        entries = yield Cmd("XREVRANGE", k.events, "+", "-", "COUNT", 200)
-        for _id, fields in entries or []:
-            kind = _text(fields.get(b"kind", b"")) if isinstance(fields, dict) else ""
-            if kind == "delete":
-                return False
-            if kind in ("commit", "commit_retry"):
+        """Whether the run has (or had, and lost) generations although its head is missing:
+        True is corruption, False "never committed" (or deleted with ``delete``).
+
+        * no fence: every commit needs a token the fence handed out, an import raises it and
+          ``delete`` keeps it (a tombstone), so the run was never committed. (A restore that
+          brings back generations without their fence is not detected: it is unsafe anyway,
+          tokens would be handed out again.)
+        * the audit stream, newest first: a ``delete`` before any commit means deleted; a
+          commit or import means committed. A stream holding the run's whole history (nothing
+          trimmed, its oldest event the run's first fence: token 1) without a commit means
+          never committed. All this in one round trip for a run just acquired.
+        * otherwise (a trimmed or deleted stream: hundreds of idle acquire/release events
+          since the last commit) the keys answer, whatever the stream holds: a SCAN of the
+          node owning the run's slot for the run's own ``g:*`` keys, the pattern escaped.
+          It walks that node's keyspace, on this rare path only.
+        """
+        replies = yield Pipe([Cmd("EXISTS", k.fence), Cmd("XINFO", "STREAM", k.events),
+                              Cmd("XREVRANGE", k.events, "+", "-", "COUNT", EVENTS_PAGE)], route=k.head)
+        fence, info, page = replies
+        for r in (fence, page):
+            if isinstance(r, Exception):
+                raise r
+        if not int(fence):
+            return False
+        info = {} if isinstance(info, Exception) else _pairs(info)  # no stream: "no such key"
+        length, added = info.get("length"), info.get("entries-added")
+        seen, oldest = 0, None
+        while page:
+            for entry_id, fields in page:
+                f = _hash(fields)
+                kind = f.get("kind", "")
+                if kind == "delete":
+                    return False
+                if kind in COMMIT_KINDS:
+                    return True
+                seen, oldest = seen + 1, f
+            if len(page) < EVENTS_PAGE:
+                break
+            page = yield Cmd("XREVRANGE", k.events, f"({_text(entry_id)}", "-", "COUNT", EVENTS_PAGE)
+        whole = isinstance(length, int) and length == added == seen
+        if whole and oldest is not None and _first_fence(oldest):
+            return False
+        pattern = _glob_escape(k.base) + ":g:*"
+        cursor: Any = 0
+        while True:
+            (reply,) = yield Pipe([Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)], route=k.head)
+            if isinstance(reply, Exception):
+                raise reply
+            cursor, found = reply
+            if found:
                 return True
-        return False
+            if int(cursor) == 0:
+                return False
 
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.

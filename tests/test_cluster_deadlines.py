@@ -1,5 +1,5 @@
-"""Redis Cluster: a stopped primary cannot hold an operation past its deadline (the cluster
-fixture of test_cluster)."""
+"""Redis Cluster: a missing head found on the node owning the run's slot, and a stopped primary
+that cannot hold an operation past its deadline (the cluster fixture of test_cluster)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,28 @@ import time
 import pytest
 from test_cluster import LocalCluster, cluster, slot_of  # noqa: F401 - the fixture
 
-from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
+from redis_ckpt import CheckpointStore, CorruptCheckpointError, RetryPolicy, StoreUnavailableError
+from redis_ckpt._keys import RunKeys
 
 pytestmark = pytest.mark.server
+
+
+def test_a_headless_run_is_found_on_the_node_owning_its_slot(cluster: LocalCluster, namespace):  # noqa: F811
+    store = CheckpointStore(cluster.client(), namespace=namespace, keep=2)
+    runs = [f"r{i}" for i in range(6)]  # spread over the shards
+    for run in runs:
+        with store.acquire(run, owner="a", ttl=10) as lease:
+            lease.commit({"run": run})
+    owners = {cluster.owner(slot_of(namespace, run)).port for run in runs}
+    assert len(owners) > 1, "every run landed on one shard: pick other names"
+    for run in runs:  # head and audit stream gone: only the keys can tell
+        k = RunKeys(namespace, run)
+        owner = cluster.owner(slot_of(namespace, run)).client()
+        owner.delete(k.head, k.events)
+        with pytest.raises(CorruptCheckpointError):
+            store.load(run)
+    assert store.load("never") is None
+    store.close()
 
 
 def test_a_stopped_primary_holds_a_commit_no_longer_than_its_deadline(cluster: LocalCluster, namespace):  # noqa: F811

@@ -1,6 +1,11 @@
-"""Loading while the run moves, on real servers: keep=1 and a writer committing in a loop; a
-concurrent load reads the head and the newest generation as one snapshot, and a moving head
-is never reported as corruption."""
+"""Loading while the run moves, and loading a run whose head is gone, on real servers.
+
+* keep=1 and a writer committing in a loop: a concurrent load reads the head and the newest
+  generation as one snapshot; a moving head is never reported as corruption.
+* a head that is missing while generations exist is corruption, never "no checkpoint",
+  whatever the audit stream still holds (an operator's DEL of the head, then hundreds of idle
+  acquire/release events); a run removed with ``delete`` loads as None.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ import threading
 
 import pytest
 
-from redis_ckpt import CheckpointStore
+from redis_ckpt import CheckpointStore, CorruptCheckpointError
+from redis_ckpt._keys import RunKeys
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server
+
+
+def idle_events(store: CheckpointStore, run: str, pairs: int) -> None:
+    """``pairs`` acquire/release pairs: audit events that carry no commit."""
+    for _ in range(pairs):
+        store.acquire(run, owner="idler", ttl=5).release()
 
 
 # --------------------------------------------------------------------------- a moving head
@@ -109,3 +121,93 @@ def test_async_loads_concurrent_with_commits_never_fail(durable_server, namespac
         await reader.close()
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- a missing head
+
+
+def test_a_deleted_head_is_corruption_after_300_idle_events(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=3)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        for n in range(1, 4):
+            lease.commit({"n": n})
+    k = RunKeys(namespace, "r")
+    client.delete(k.head)  # an operator's mistake, or a partial restore
+    idle_events(store, "r", 300)
+    assert client.exists(k.generation(1), k.generation(2), k.generation(3)) == 3
+    with pytest.raises(CorruptCheckpointError) as e:
+        store.load("r")
+    assert "head" in str(e.value) and e.value.run_id == "r"
+
+
+def test_a_deleted_head_is_corruption_when_the_audit_stream_is_gone_too(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=2)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+        lease.commit({"n": 2})
+    k = RunKeys(namespace, "r")
+    client.delete(k.head, k.events)
+    with pytest.raises(CorruptCheckpointError):
+        store.load("r")
+    idle_events(store, "r", 3)  # a fresh-looking audit stream, no commit in it
+    with pytest.raises(CorruptCheckpointError):
+        store.load("r")
+
+
+def test_a_trimmed_audit_stream_does_not_hide_generations(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=2, events_maxlen=100)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+    k = RunKeys(namespace, "r")
+    client.delete(k.head)
+    idle_events(store, "r", 300)  # the stream is capped at ~100: the commit event is gone
+    assert b"commit" not in [f[b"kind"] for _, f in client.xrange(k.events)]
+    with pytest.raises(CorruptCheckpointError):
+        store.load("r")
+
+
+def test_chunked_generations_without_a_head_are_found(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=1, chunk_bytes=1024, events_maxlen=100)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"pad": b"y" * 5000})
+    k = RunKeys(namespace, "r")
+    client.delete(k.head, k.generation(1), k.events)  # only the chunks are left
+    assert client.exists(k.chunk(1, 0))
+    with pytest.raises(CorruptCheckpointError):
+        store.load("r")
+
+
+def test_a_run_deleted_with_delete_loads_as_none_whatever_follows(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=3, events_maxlen=100)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+        lease.commit({"n": 2})
+    assert store.delete("r") == 2
+    assert store.load("r") is None
+    idle_events(store, "r", 300)  # the delete event is trimmed away as well
+    assert store.load("r") is None
+
+
+def test_runs_never_committed_load_as_none(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, events_maxlen=100)
+    assert store.load("never-seen") is None
+    store.acquire("acquired-once", owner="a", ttl=5)
+    assert store.load("acquired-once") is None
+    idle_events(store, "idle", 300)  # a long history without a commit
+    assert store.load("idle") is None
+    store.revoke("revoked")
+    assert store.load("revoked") is None
+
+
+def test_the_search_for_headless_generations_escapes_glob_characters(client, namespace):
+    """Run ``ab`` has generations but no head; runs whose ids read as patterns matching it
+    (``a*``, ``a?``, ``a[b]``, ``a\\b``) were never committed and must load as None."""
+    store = CheckpointStore(client, namespace=namespace, keep=1, events_maxlen=100)
+    with store.acquire("ab", owner="a", ttl=10) as lease:
+        lease.commit(1)
+    client.delete(RunKeys(namespace, "ab").head)
+    for run in ("a*", "a?", "a[b]", "a\\b"):
+        idle_events(store, run, 150)  # trimmed: the stream cannot tell, the keys must
+        assert store.load(run) is None, run
+    with pytest.raises(CorruptCheckpointError):
+        store.load("ab")
