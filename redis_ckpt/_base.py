@@ -71,7 +71,12 @@ def client_label(client: Any) -> str:
 
 
 def socket_timeout(options: Mapping[str, Any]) -> float:
-    """The socket timeout for a client a store creates: longer than any WAITAOF/WAIT it sends."""
+    """The socket timeout for a client a store creates: longer than any WAITAOF/WAIT it sends.
+
+    It is a ceiling per attempt only: the driver caps every attempt by the time left before
+    the operation's deadline (RetryPolicy.deadline_s), so no operation outlives its deadline
+    whatever this is (a client passed in by the caller, with no socket timeout, included).
+    """
     durability = options.get("durability")
     return (durability.timeout_ms / 1000 if durability else 5.0) + 5.0
 

@@ -79,7 +79,7 @@ else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
 
 __all__ = [
     "Cmd", "Script", "Pipe", "Sleep", "Deadline", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
-    "run_sync", "run_async", "time_left",
+    "run_sync", "run_async", "time_left", "send_sync", "command_sync", "load_script_sync", "lean_sync",
 ]
 
 T = TypeVar("T")
@@ -322,7 +322,11 @@ def _arm(conn: Any, seconds: float | None) -> None:
 def _settings(conn: Any, left: float) -> Iterator[None]:
     """``conn``'s socket and connect timeouts capped by ``left`` and its retries off (what a
     connect reads); its own settings back afterwards."""
-    saved = conn.socket_timeout, conn.socket_connect_timeout, conn.retry
+    try:
+        saved = conn.socket_timeout, conn.socket_connect_timeout, conn.retry
+    except AttributeError:  # a connection class without them (a proxy): nothing to bound
+        yield
+        return
     conn.socket_timeout = _cap(saved[0], left)
     conn.socket_connect_timeout = _cap(saved[1], left)
     conn.retry = _NO_RETRY
@@ -340,7 +344,7 @@ def _bounded(conn: Any, until: float | None) -> Iterator[None]:
         return
     left = time_left(until)
     assert left is not None
-    own = conn.socket_timeout
+    own = getattr(conn, "socket_timeout", None)
     with _settings(conn, left):
         _arm(conn, conn.socket_timeout)
         try:
@@ -476,10 +480,6 @@ def command_sync(client: Any, args: tuple[Any, ...], until: float | None = None)
     if isinstance(reply, ResponseError):
         raise reply
     return reply
-
-
-def _send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None = None) -> list[Any]:
-    return send_sync(client, commands, until)
 
 
 async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
