@@ -79,8 +79,9 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 INLINE_BYTES = 16 * 1024
 #: audit events read per round trip when the head is missing (is the run deleted, or lost?)
 EVENTS_PAGE = 200
-#: kinds of audit event that mean "a generation was written"
-COMMIT_KINDS = frozenset({"commit", "commit_retry", "import"})
+#: kinds of audit event that mean "a generation was written" (``*_unknown``, a resend that
+#: cannot tell whether its first attempt applied, proves nothing: the search goes on)
+COMMIT_KINDS = frozenset({"commit", "commit_retry", "import", "import_retry"})
 #: keys a SCAN call looks at when the head is missing and the audit stream cannot tell
 SCAN_COUNT = 1000
 #: the least time an attempt gets: with less left before the deadline, the operation gives up
