@@ -218,6 +218,13 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
+def _deadline(seconds: float) -> Flow[float]:
+    """The operation's deadline (``time.monotonic()``): the driver's, which started with the
+    operation; a driver that keeps none starts one now."""
+    until = yield Deadline(seconds)
+    return until if until is not None else time.monotonic() + seconds
+
+
 def _exec_replies(replies: list[Any], n: int) -> list[Any]:
     """The ``n`` replies inside the EXEC of a ``MULTI ... EXEC`` pipe; an error raised."""
     for r in replies:
@@ -498,13 +505,12 @@ class StoreCore:
 
         A broken or timed-out connection and a server answering LOADING are retried with a
         bounded exponential back-off; the driver caps every attempt by the time left (the
-        deadline is the driver's: it starts with the operation). A server error (NOPERM,
-        OOM, ...) is a :class:`ServerError` at once.
+        deadline is the driver's: it starts with the operation, and the flow asks for it only
+        after a first failure, so the first attempt runs bare). A server error (NOPERM, OOM,
+        ...) is a :class:`ServerError` at once.
         """
         p = self.retry
-        until = yield Deadline(p.deadline_s)
-        if until is None:  # a driver that keeps no deadline of its own
-            until = time.monotonic() + p.deadline_s
+        until = 0.0  # the operation's deadline, asked of the driver after a first failure
         subject = f"{what} of run {run_id!r}" if run_id is not None else what
 
         def unavailable(exc: BaseException, attempts: int) -> StoreUnavailableError:
@@ -532,6 +538,8 @@ class StoreCore:
                 last: BaseException = exc
             except RedisError as refused:
                 raise server_error(refused) from refused
+            if attempts == 1:  # the first attempt runs bare: no op but its own on the hot path
+                until = yield from _deadline(p.deadline_s)
             left = until - time.monotonic()
             if (p.attempts is not None and attempts >= p.attempts) or left <= MIN_ATTEMPT_S:
                 raise unavailable(last, attempts) from last
@@ -829,9 +837,7 @@ class StoreCore:
         k = self.keys(run_id)
 
         def attempt() -> Flow[Checkpoint | None]:
-            until = yield Deadline(self.retry.deadline_s)  # the operation's, set by _retrying
-            if until is None:  # a driver that keeps no deadline of its own
-                until = time.monotonic() + self.retry.deadline_s
+            until = None  # the operation's deadline, asked of the driver when the head moves
             guess = self._last_generation.get(k.run_id)
             reads = 0
             while True:
@@ -864,6 +870,8 @@ class StoreCore:
                         return result  # else a generation it read was rotated away meanwhile
                 if generation >= 1:
                     guess = generation  # read the head again with the generation it names now
+                if reads > 1 and until is None:
+                    until = yield from _deadline(self.retry.deadline_s)
                 if reads > 1 and time.monotonic() >= until - MIN_ATTEMPT_S:
                     # no pause between reads: each is one round trip and the next one is what
                     # catches up with the writer (a pause only lets the head move further)
