@@ -49,7 +49,7 @@ from ._errors import (
 from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
 from ._io import Cmd, Deadline, Flow, Pipe, Script, Sleep
 from ._probe import DRIFT_KEYS, drift_problems
-from ._keys import RunKeys, validate_namespace, validate_owner, validate_run_id
+from ._keys import RunKeys, glob_escape, validate_namespace, validate_owner, validate_run_id
 from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
 
 __all__ = ["StoreCore", "RetryPolicy", "default_owner", "MAX_INT", "MAX_TTL_MS"]
@@ -211,11 +211,6 @@ def _first_fence(event: Mapping[str, str]) -> bool:
     kind = event.get("kind")
     return (kind == "acquire" and event.get("token") == "1") or \
         (kind in ("revoke", "delete") and event.get("fence") == "1")
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a SCAN MATCH pattern."""
-    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
 
 
 def _deadline(seconds: float) -> Flow[float]:
@@ -812,7 +807,7 @@ class StoreCore:
         whole = isinstance(length, int) and length == added == seen
         if whole and oldest is not None and _first_fence(oldest):
             return False
-        pattern = _glob_escape(k.base) + ":g:*"
+        pattern = glob_escape(k.base) + ":g:*"
         cursor: Any = 0
         while True:
             (reply,) = yield Pipe([Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)], route=k.head)

@@ -45,7 +45,7 @@ import time  # noqa: E402
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError  # noqa: E402
 from redis_ckpt._cluster import _asking  # noqa: E402
-from redis_ckpt._core import _glob_escape  # noqa: E402
+from redis_ckpt._keys import glob_escape  # noqa: E402
 
 
 def test_asking_covers_a_transaction_from_before_multi():
@@ -60,7 +60,7 @@ def test_asking_covers_a_transaction_from_before_multi():
     ("ns:{run}", "ns:{run}"), ("ns:{a*}", "ns:{a\\*}"), ("j[1]:{r?}", "j\\[1\\]:{r\\?}"), ("a\\b", "a\\\\b"),
 ])
 def test_scan_patterns_are_escaped(text, escaped):
-    assert _glob_escape(text) == escaped
+    assert glob_escape(text) == escaped
 
 
 @contextlib.contextmanager
