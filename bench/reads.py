@@ -20,7 +20,7 @@ from _harness import Target, ratio, timed, worst
 from states import payload_state
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt._codec import decode_state, encode_state
+from redis_ckpt.core.codec import decode_state, encode_state
 
 LOAD_FLOOR = 0.9      # target 2
 ENCODE_FLOOR = 0.8    # target 3

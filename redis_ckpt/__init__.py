@@ -12,9 +12,9 @@
 The async twin is :class:`redis_ckpt.aio.AsyncCheckpointStore`.
 """
 
-from ._core import RetryPolicy
-from ._durability import Durability
-from ._errors import (
+from .core.store_core import RetryPolicy
+from .core.durability import Durability
+from .errors import (
     CheckpointError,
     CodecUnavailableError,
     ConflictError,
@@ -40,8 +40,8 @@ from ._errors import (
     StoreUnavailableError,
     UnsupportedTypeError,
 )
-from ._models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
-from ._probe import Finding, ProbeReport
+from .models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
+from .probe.rules import Finding, ProbeReport
 from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
 
 __version__ = "0.1.0"

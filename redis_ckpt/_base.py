@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from ._core import MAX_TTL_MS, RetryPolicy, StoreCore, default_owner
-from ._durability import Durability
-from ._errors import CheckpointError, DurabilityError, FencedError, OutOfRangeError
-from ._io import Flow
-from ._models import Checkpoint, Event, Grant
-from ._probe import ProbeReport, probe_flow
-from ._topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
+from .core.store_core import MAX_TTL_MS, RetryPolicy, StoreCore, default_owner
+from .core.durability import Durability
+from .errors import CheckpointError, DurabilityError, FencedError, OutOfRangeError
+from .core.ops import Flow
+from .models import Checkpoint, Event, Grant
+from .probe.rules import ProbeReport, probe_flow
+from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
 

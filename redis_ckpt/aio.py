@@ -12,14 +12,15 @@ from typing import Any, TypeVar
 
 from ._base import LeaseBase, StoreBase, ha_defaults
 from ._base import socket_timeout as default_socket_timeout
-from ._core import RETRYABLE
-from ._errors import StoreUnavailableError
-from ._io import Flow, run_async
-from ._models import Checkpoint, Event, GenerationInfo, RunInfo
-from ._probe import ProbeReport
-from ._scripts import SCRIPTS
+from .core.store_core import RETRYABLE
+from .errors import StoreUnavailableError
+from .core.ops import Flow
+from .drivers.run import run_async
+from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .probe.rules import ProbeReport
+from .drivers.scripts import SCRIPTS
 from .store import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, import_fakeredis, store_repr
-from ._topology import (
+from .topology import (
     async_client_from_url,
     close_sentinel_async,
     is_cluster,

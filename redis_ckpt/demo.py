@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ._errors import CheckpointError, FencedError, LeaseHeldError
+from .errors import CheckpointError, FencedError, LeaseHeldError
 from .store import DEFAULT_NAMESPACE, CheckpointStore
 
 STEPS = ["fetch", "clean", "tokenize", "embed", "cluster", "label", "score", "rank", "report", "publish"]
@@ -135,7 +135,7 @@ def orchestrate(url: str, run_id: str, *, reset: bool = False, label: str | None
 
 def _die_with_parent() -> Any:
     """A preexec_fn that has the kernel SIGKILL the child when this process dies (Linux)."""
-    from ._local_server import _libc, _pdeathsig_preexec
+    from .testing.local_server import _libc, _pdeathsig_preexec
 
     return _pdeathsig_preexec(os.getpid()) if _libc is not None else None
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    from ._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from .testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
 
     try:
         if a.worker:

@@ -119,8 +119,8 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.exceptions import RedisError
 
 from ._base import LeaseBase, StoreBase, ttl_ms
-from ._codec import decode_state, encode_state
-from ._errors import (
+from .core.codec import decode_state, encode_state
+from .errors import (
     CheckpointError,
     ConflictError,
     DurabilityError,
@@ -132,9 +132,9 @@ from ._errors import (
     ServerError,
     StateTooLargeError,
 )
-from ._frame import decode_frame, encode_frame
-from ._io import Cmd, Flow, Pipe, Sleep
-from ._keys import MAX_RUN_ID, RunKeys
+from .core.frame import decode_frame, encode_frame
+from .core.ops import Cmd, Flow, Pipe, Sleep
+from .core.keys import MAX_RUN_ID, RunKeys
 
 __all__ = ["RedisCkptSaver", "thread_run_id", "MANIFEST_KIND", "is_thread_manifest"]
 

@@ -67,9 +67,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from ._base import ttl_ms
-from ._codec import encode_state
-from ._errors import CheckpointError, LeaseHeldError
-from ._models import Checkpoint
+from .core.codec import encode_state
+from .errors import CheckpointError, LeaseHeldError
+from .models import Checkpoint
 from .store import CheckpointStore, Lease
 
 if TYPE_CHECKING:

@@ -10,15 +10,16 @@ import redis
 
 from ._base import LeaseBase, StoreBase, client_label, ha_defaults
 from ._base import socket_timeout as default_socket_timeout
-from ._durability import Durability
-from ._keys import validate_namespace
-from ._core import RETRYABLE
-from ._errors import ExtraNotInstalledError, StoreUnavailableError
-from ._io import Flow, run_sync
-from ._models import Checkpoint, Event, GenerationInfo, RunInfo
-from ._probe import ProbeReport
-from ._scripts import SCRIPTS
-from ._topology import (
+from .core.durability import Durability
+from .core.keys import validate_namespace
+from .core.store_core import RETRYABLE
+from .errors import ExtraNotInstalledError, StoreUnavailableError
+from .core.ops import Flow
+from .drivers.run import run_sync
+from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .probe.rules import ProbeReport
+from .drivers.scripts import SCRIPTS
+from .topology import (
     close_sentinel_sync,
     is_cluster,
     is_sentinel,
@@ -85,7 +86,7 @@ class CheckpointStore(StoreBase):
         """A store on ``client``: a ``redis.Redis``, a ``redis.cluster.RedisCluster``, or a
         Sentinel-managed client (``Sentinel.master_for(...)``), created with
         ``decode_responses=False``. On Cluster or Sentinel the default ``retry`` is
-        :data:`redis_ckpt._topology.HA_RETRY`, long enough to ride out a failover."""
+        :data:`redis_ckpt.topology.HA_RETRY`, long enough to ride out a failover."""
         label = options.pop("_label", None)  # from_url: the URL, redacted, names the store from the start
         super().__init__(client, namespace=namespace, **ha_defaults(client, options))
         if label is not None:
@@ -103,7 +104,7 @@ class CheckpointStore(StoreBase):
         ``redis+cluster://host:port[,host:port...]`` / ``rediss+cluster://`` (Redis Cluster);
         ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` / ``rediss+sentinel://``
         (Sentinel: the hosts are the Sentinels; the Sentinels' own credentials go in
-        ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt._topology`.
+        ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt.topology`.
 
         ``socket_timeout``: seconds to wait for any one answer (and for a connection);
         default: longer than any WAITAOF/WAIT the durability policy sends.
@@ -264,7 +265,7 @@ def check_server(
 
     :class:`StoreUnavailableError` when the server cannot be reached.
     """
-    from ._probe import probe_flow
+    from .probe.rules import probe_flow
 
     namespace = validate_namespace(namespace)
     durability = durability or Durability()

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import pytest
 import redis
 
-from redis_ckpt._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+from redis_ckpt.testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
 
 DURABLE_ENGINES = ["valkey", "redis"]
 

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from redis_ckpt import CheckpointStore, FencedError, LeaseHeldError, Lease
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.aio import AsyncCheckpointStore, AsyncLease
 
 

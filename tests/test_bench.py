@@ -86,7 +86,7 @@ def test_message_state_is_deterministic_message_shaped_and_round_trips() -> None
     import msgpack
     from states import message_history, message_state
 
-    from redis_ckpt._codec import decode_state, encode_state
+    from redis_ckpt.core.codec import decode_state, encode_state
 
     state = message_state()
     assert state == message_state() and state != message_state(seed=99)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from redis_ckpt import CheckpointStore, FencedError
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.cli import cli, main
 from redis_ckpt.cli import _render as render
 
@@ -666,7 +666,7 @@ def test_main_exits_with_the_documented_code() -> None:
 @pytest.mark.server
 def test_demo_on_a_local_server_leaves_data_the_cli_can_inspect(tmp_path: Path) -> None:
     """No --url: the demo starts its own durable Valkey; its AOF holds the fenced write."""
-    from redis_ckpt._local_server import LocalServer
+    from redis_ckpt.testing.local_server import LocalServer
 
     data_dir = tmp_path / "demo-data"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_CKPT_URL", "REDIS_CKPT_NAMESPACE")}
@@ -707,7 +707,7 @@ def test_demo_rejects_data_dir_with_url() -> None:
 
 
 def test_a_sentinel_password_in_the_url_is_never_printed():
-    from redis_ckpt._probe import redact_url
+    from redis_ckpt.probe.rules import redact_url
 
     url = "redis+sentinel://:pw1@127.0.0.1:1/mymaster?sentinel_password=s3ntinel"
     shown = redact_url(url)

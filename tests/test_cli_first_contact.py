@@ -651,7 +651,7 @@ def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None
 
 
 def test_a_database_that_is_a_number_or_nothing_is_fine() -> None:
-    from redis_ckpt._topology import validate_url
+    from redis_ckpt.topology import validate_url
 
     for good in ("", "/", "/0", "/15"):
         validate_url(f"redis://127.0.0.1:6379{good}")
@@ -670,8 +670,8 @@ def _hostile_frames(run: str) -> list[bytes]:
     import msgpack
     import xxhash
 
-    from redis_ckpt._codec import encode_state
-    from redis_ckpt._frame import _COMPRESSION_IDS, _PAYLOAD_LEN, _PREFIX, CODEC_MSGPACK, FORMAT_VERSION, MAGIC
+    from redis_ckpt.core.codec import encode_state
+    from redis_ckpt.core.frame import _COMPRESSION_IDS, _PAYLOAD_LEN, _PREFIX, CODEC_MSGPACK, FORMAT_VERSION, MAGIC
 
     def frame(generation: int, *, run_id: str = run, token: int = 1, owner: str = "w", created_ms: int = 0,
               schema_version: int = 1, metadata: Any = None, payload: bytes | None = None) -> bytes:
@@ -703,7 +703,7 @@ def _hostile_frames(run: str) -> list[bytes]:
 
 def _plant_garbage(client: Any, ns: str) -> list[str]:
     """Runs of ``ns`` whose keys hold what redis-ckpt never writes; their ids."""
-    from redis_ckpt._keys import RunKeys
+    from redis_ckpt.core.keys import RunKeys
 
     runs = []
     for i, number in enumerate([b"1e+14", b"\xff\xfe", b"-1"]):

@@ -32,12 +32,12 @@ from redis_ckpt import (
     StoreUnavailableError,
     check_server,
 )
-from redis_ckpt._cluster import ClusterTarget, ClusterUnavailableError, _scan_reply, probe_key_for
-from redis_ckpt._io import Cmd, Pipe, Script
-from redis_ckpt._local_server import LocalServer
-from redis_ckpt._probe import redact_url
-from redis_ckpt._scripts import SCRIPTS
-from redis_ckpt._topology import parse_cluster_url, validate_url
+from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, _scan_reply, probe_key_for
+from redis_ckpt.core.ops import Cmd, Pipe, Script
+from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.probe.rules import redact_url
+from redis_ckpt.drivers.scripts import SCRIPTS
+from redis_ckpt.topology import parse_cluster_url, validate_url
 from redis_ckpt.aio import AsyncCheckpointStore
 
 ENGINES = ["valkey", "redis"]
@@ -340,7 +340,7 @@ def test_ask_sends_asking_before_every_op_to_the_target():
 
 def test_tryagain_backs_off_then_gives_up_as_a_connection_error(monkeypatch):
     naps: list[float] = []
-    monkeypatch.setattr("redis_ckpt._cluster.time.sleep", naps.append)
+    monkeypatch.setattr("redis_ckpt.drivers.cluster.time.sleep", naps.append)
     fc = FakeCluster()
     fc.a.replies = [[TryAgainError("Multiple keys request during rehashing of slot"), [1, 0]]] * 2 + [OK]
     assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK and len(naps) == 2
@@ -351,7 +351,7 @@ def test_tryagain_backs_off_then_gives_up_as_a_connection_error(monkeypatch):
 
 
 def test_clusterdown_backs_off_and_refreshes(monkeypatch):
-    monkeypatch.setattr("redis_ckpt._cluster.time.sleep", lambda s: None)
+    monkeypatch.setattr("redis_ckpt.drivers.cluster.time.sleep", lambda s: None)
     fc = FakeCluster()
     fc.a.replies = [[ClusterDownError("The cluster is down"), [1, 0]], OK]
     assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK

@@ -11,7 +11,7 @@ import pytest
 from test_cluster import LocalCluster, cluster, slot_of  # noqa: F401 - the fixture
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, RetryPolicy, StoreUnavailableError
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
 

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redis_ckpt._codec import MAX_DEPTH, decode_state, encode_state
-from redis_ckpt._errors import StateError, StateTooLargeError, UnsupportedTypeError
+from redis_ckpt.core.codec import MAX_DEPTH, decode_state, encode_state
+from redis_ckpt.errors import StateError, StateTooLargeError, UnsupportedTypeError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -535,7 +535,7 @@ def nested_payload(depth: int) -> bytes:
 
 
 def test_decoding_nesting_past_msgpacks_stack_is_a_clear_value_error() -> None:
-    from redis_ckpt._codec import UNPACK_MAX_DEPTH
+    from redis_ckpt.core.codec import UNPACK_MAX_DEPTH
 
     assert decode_state(nested_payload(UNPACK_MAX_DEPTH)) is not None
     for depth in (UNPACK_MAX_DEPTH + 1, 100_000):

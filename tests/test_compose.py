@@ -1,7 +1,7 @@
 """docker-compose.yml: every server it defines passes the startup probe's rules.
 
 Docker is not needed: the file is parsed (PyYAML) and each server's command-line flags are
-fed to :func:`redis_ckpt._probe.evaluate` as a declared config, with the facts the probe
+fed to :func:`redis_ckpt.probe.rules.evaluate` as a declared config, with the facts the probe
 would observe on a healthy server of that image (a primary, WAITAOF present, the live write
 confirmed, replicas online where the profile has them).
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from redis_ckpt import Durability
-from redis_ckpt._probe import CONFIG_KEYS, ServerFacts, evaluate
+from redis_ckpt.probe.rules import CONFIG_KEYS, ServerFacts, evaluate
 
 try:
     import yaml

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from redis_ckpt import CheckpointStore, Durability, DurabilityError, RetryPolicy, StoreUnavailableError
-from redis_ckpt._durability import Confirmation
+from redis_ckpt.core.durability import Confirmation
 
 pytestmark = pytest.mark.server
 

@@ -16,9 +16,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from redis_ckpt._codec import CODEC_MSGPACK, encode_state
-from redis_ckpt._errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError
-from redis_ckpt._frame import (
+from redis_ckpt.core.codec import CODEC_MSGPACK, encode_state
+from redis_ckpt.errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError
+from redis_ckpt.core.frame import (
     FrameHeader,
     decode_frame,
     decode_payload,
@@ -140,7 +140,7 @@ def test_bad_arguments_are_value_errors(overrides: dict, message: str) -> None:
 
 
 def test_unsupported_metadata_names_its_path() -> None:
-    from redis_ckpt._errors import UnsupportedTypeError
+    from redis_ckpt.errors import UnsupportedTypeError
 
     with pytest.raises(UnsupportedTypeError) as caught:
         frame(metadata={"ok": 1, "bad": object()})
@@ -430,7 +430,7 @@ def test_header_fields_out_of_range_are_bad_header_naming_the_field(changes: dic
 
 
 def test_created_ms_at_the_ends_of_the_datetime_range_round_trips() -> None:
-    from redis_ckpt._models import MAX_MS, MIN_MS, ms_to_datetime
+    from redis_ckpt.models import MAX_MS, MIN_MS, ms_to_datetime
 
     for ms in (MIN_MS, 0, MAX_MS):
         header = read_header(frame(created_ms=ms))
@@ -454,7 +454,7 @@ def zstd_bomb(content: bytes) -> bytes:
 def test_a_zstd_frame_expanding_past_the_ratio_is_refused_before_decompressing() -> None:
     import tracemalloc
 
-    from redis_ckpt._frame import MAX_ZSTD_RATIO
+    from redis_ckpt.core.frame import MAX_ZSTD_RATIO
 
     content = bytes(64 * 1024 * 1024)
     bomb = zstd_bomb(content)
@@ -473,7 +473,7 @@ def test_a_zstd_frame_expanding_past_the_ratio_is_refused_before_decompressing()
 
 @pytest.mark.parametrize("size", [0, 1, 1000, 10**6, 3 * 10**7])
 def test_the_writer_pads_what_compresses_past_the_ratio_and_it_still_loads(size: int) -> None:
-    from redis_ckpt._frame import MAX_ZSTD_RATIO
+    from redis_ckpt.core.frame import MAX_ZSTD_RATIO
 
     payload = encode_state(bytes(size))
     blob = frame(payload, compression="zstd")

@@ -13,10 +13,10 @@ import xxhash
 import zstandard
 
 from redis_ckpt import CheckpointStore, FrameError
-from redis_ckpt._codec import encode_state
-from redis_ckpt._errors import FrameDamage
-from redis_ckpt._frame import frame_checksum
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.codec import encode_state
+from redis_ckpt.errors import FrameDamage
+from redis_ckpt.core.frame import frame_checksum
+from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
 

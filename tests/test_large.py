@@ -7,7 +7,7 @@ import os
 import pytest
 
 from redis_ckpt import CheckpointStore, ConflictError, FencedError
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
 CHUNK = 4096

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server

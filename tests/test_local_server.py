@@ -18,8 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redis_ckpt import _local_server
-from redis_ckpt._local_server import (
+from redis_ckpt.testing import local_server as _local_server
+from redis_ckpt.testing.local_server import (
     ENGINES,
     LocalServer,
     ServerBinaryNotFound,
@@ -229,7 +229,7 @@ def test_server_dies_with_a_parent_killed_without_cleanup() -> None:
     code = textwrap.dedent(
         """
         import os, signal, sys
-        from redis_ckpt._local_server import LocalServer
+        from redis_ckpt.testing.local_server import LocalServer
         s = LocalServer("valkey").start()
         print(s.pid, s.data_dir, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

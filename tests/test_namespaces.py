@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt._keys import RunKeys, glob_escape
+from redis_ckpt.core.keys import RunKeys, glob_escape
 from redis_ckpt.cli import cli
 
 pytestmark = pytest.mark.server

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest
 
 from redis_ckpt import CheckpointError, CheckpointStore, FencedError, LeaseHeldError, OutOfRangeError
-from redis_ckpt._codec import encode_state
-from redis_ckpt._core import MAX_INT, MAX_TTL_MS
-from redis_ckpt._frame import encode_frame
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.codec import encode_state
+from redis_ckpt.core.store_core import MAX_INT, MAX_TTL_MS
+from redis_ckpt.core.frame import encode_frame
+from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
 BIG_GENERATION = 10**14 + 7  # past what Lua's tostring prints exactly

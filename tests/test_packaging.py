@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_ckpt._scripts import SCRIPT_NAMES, lua_dir_text
+from redis_ckpt.drivers.scripts import SCRIPT_NAMES, lua_dir_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_wheel_installs_in_a_fresh_venv_and_commits(tmp_path, make_server):
     subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True)
     server = make_server("valkey")
     script = textwrap.dedent(f"""
-        import redis_ckpt, redis_ckpt._scripts as s
+        import redis_ckpt, redis_ckpt.drivers.scripts as s
         assert redis_ckpt.__file__.startswith({str(venv)!r}), redis_ckpt.__file__
         from importlib import resources
         assert resources.files("redis_ckpt").joinpath("lua", "commit.lua").is_file()

@@ -14,11 +14,11 @@ import redis
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from redis_ckpt._durability import Durability
-from redis_ckpt._errors import NonDurableServerError
-from redis_ckpt._io import run_async, run_sync
-from redis_ckpt._local_server import LocalServer
-from redis_ckpt._probe import (
+from redis_ckpt.core.durability import Durability
+from redis_ckpt.errors import NonDurableServerError
+from redis_ckpt.drivers.run import run_async, run_sync
+from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.probe.rules import (
     CONFIG_KEYS,
     REPLICA_ACK_MS,
     Finding,

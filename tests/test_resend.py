@@ -24,7 +24,7 @@ from redis_ckpt import (
     OutcomeUnknownError,
     StoreUnavailableError,
 )
-from redis_ckpt._scripts import SCRIPTS
+from redis_ckpt.drivers.scripts import SCRIPTS
 from tcp_proxy import CutProxy
 
 pytestmark = pytest.mark.server

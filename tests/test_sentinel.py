@@ -26,9 +26,10 @@ import redis
 import redis.asyncio.sentinel as aiosentinel
 from redis.sentinel import Sentinel
 
-from redis_ckpt import CheckpointStore, Durability, NonDurableServerError, _local_server, check_server
-from redis_ckpt._local_server import HOST, LocalServer, _free_port, find_server_binary
-from redis_ckpt._topology import parse_sentinel_url, redact
+from redis_ckpt import CheckpointStore, Durability, NonDurableServerError, check_server
+from redis_ckpt.testing import local_server as _local_server
+from redis_ckpt.testing.local_server import HOST, LocalServer, _free_port, find_server_binary
+from redis_ckpt.topology import parse_sentinel_url, redact
 from redis_ckpt.aio import AsyncCheckpointStore
 from test_cluster import RunLog, storm_worker, verify, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt import _core
+from redis_ckpt.core import store_core as _core
 from redis_ckpt.cli import cli
 
 pytestmark = pytest.mark.server

@@ -15,9 +15,10 @@ import redis
 from click.testing import CliRunner
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt._io import Cmd, Pipe, Script, Sleep, run_sync
-from redis_ckpt._keys import RunKeys
-from redis_ckpt._scripts import SCRIPTS
+from redis_ckpt.core.ops import Cmd, Pipe, Script, Sleep
+from redis_ckpt.drivers.run import run_sync
+from redis_ckpt.core.keys import RunKeys
+from redis_ckpt.drivers.scripts import SCRIPTS
 from redis_ckpt.cli import cli
 
 pytestmark = pytest.mark.server
@@ -204,7 +205,7 @@ def test_a_worker_killed_after_staging_leaves_keys_the_next_acquire_removes(dura
     child = textwrap.dedent(f"""
         import os, signal, redis
         from redis_ckpt import CheckpointStore
-        from redis_ckpt._io import Pipe, Script
+        from redis_ckpt.core.ops import Pipe, Script
         store = CheckpointStore(redis.Redis(port={durable_server.port}), namespace={namespace!r},
                                 keep=3, chunk_bytes={CHUNK}, max_state_bytes=200_000)
         flow = store._core.commit_flow("r", {{"blob": b"x" * 30_000}}, token={lease.token},

@@ -22,8 +22,8 @@ from redis_ckpt import (
     SchemaVersionError,
     UnsupportedTypeError,
 )
-from redis_ckpt._keys import RunKeys
-from redis_ckpt._scripts import SCRIPTS
+from redis_ckpt.core.keys import RunKeys
+from redis_ckpt.drivers.scripts import SCRIPTS
 from redis_ckpt.store import Lease
 
 pytestmark = pytest.mark.server
@@ -135,7 +135,7 @@ def test_a_smaller_keep_drops_every_surplus_generation(client, namespace):
 
 
 def test_a_retried_commit_with_the_same_commit_id_applies_once(store):
-    from redis_ckpt._io import run_sync
+    from redis_ckpt.drivers.run import run_sync
 
     lease = store.acquire("idem", owner="w", ttl=30)
     flow = lambda: store._core.commit_flow("idem", {"x": 1}, token=lease.token, expected_generation=0,

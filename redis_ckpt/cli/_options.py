@@ -35,18 +35,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._errors import (
+from ..errors import (
     CheckpointError,
     InvalidRunIdError,
     NonDurableServerError,
     NotFoundError,
     StoreUnavailableError,
 )
-from .._core import RetryPolicy
-from .._durability import Durability
-from .._keys import validate_namespace
-from .._probe import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
-from .._topology import unavailable_message, validate_url
+from ..core.store_core import RetryPolicy
+from ..core.durability import Durability
+from ..core.keys import validate_namespace
+from ..probe.rules import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
+from ..topology import unavailable_message, validate_url
 from ..store import DEFAULT_NAMESPACE, CheckpointStore
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .._models import Event, GenerationInfo, RunInfo, ms_to_datetime
+from ..models import Event, GenerationInfo, RunInfo, ms_to_datetime
 
 __all__ = [
     "iso",

@@ -17,12 +17,12 @@ import click
 from redis.exceptions import RedisError
 
 from .. import __version__
-from .._durability import Durability
-from .._errors import CheckpointError, ConflictError, FrameError, StoreUnavailableError
-from .._frame import read_header
-from .._keys import validate_namespace, validate_run_id
-from .._models import Event, GenerationInfo, RunInfo
-from .._probe import CONFIG_KEYS, Finding, ProbeReport
+from ..core.durability import Durability
+from ..errors import CheckpointError, ConflictError, FrameError, StoreUnavailableError
+from ..core.frame import read_header
+from ..core.keys import validate_namespace, validate_run_id
+from ..models import Event, GenerationInfo, RunInfo
+from ..probe.rules import CONFIG_KEYS, Finding, ProbeReport
 from ..store import check_server
 from . import _render as r
 from ._options import (
@@ -825,7 +825,7 @@ def server(port: int, data_dir: str | None) -> None:
 
     Example: redis-ckpt server --port 6379 --data-dir ./ckpt-data
     """
-    from .._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from ..testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
 
     directory = Path(data_dir) if data_dir else _default_data_dir(port)
     stop = threading.Event()
@@ -886,7 +886,7 @@ def demo(url: str | None, data_dir: str | None, run_id: str, reset: bool) -> Non
     Example: redis-ckpt demo --data-dir /tmp/ckpt-demo
     """
     from .. import demo as demo_module
-    from .._local_server import ServerBinaryNotFound, ServerStartError
+    from ..testing.local_server import ServerBinaryNotFound, ServerStartError
 
     argv = ["--run", run_id, *(["--reset"] if reset else [])]
     url = url or current_globals().url

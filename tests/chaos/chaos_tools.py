@@ -420,7 +420,7 @@ def need_server(engine: str, **kw: Any) -> Any:
     """A started LocalServer; skips the test locally, fails it in CI, when none can be had."""
     import pytest
 
-    from redis_ckpt._local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from redis_ckpt.testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
 
     server = LocalServer(engine, **kw)
     try:

@@ -30,7 +30,7 @@ import checker
 from chaos_tools import Worker, spawn, wait_for
 
 from redis_ckpt import CheckpointError, CheckpointStore
-from redis_ckpt._frame import decode_frame, decode_payload
+from redis_ckpt.core.frame import decode_frame, decode_payload
 
 #: fault -> weight in the nemesis's draw
 FAULTS: dict[str, int] = {

@@ -20,7 +20,7 @@ from typing import Any
 from chaos_tools import Tally, finish, read_lines, spawn, stopped, wait_for
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt._frame import decode_frame, decode_payload
+from redis_ckpt.core.frame import decode_frame, decode_payload
 
 OWN_RUNS = 3
 SHARED_WORKERS = 2

@@ -18,7 +18,7 @@ import xxhash
 from chaos_tools import Tally
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 
 KEEP = 4
 

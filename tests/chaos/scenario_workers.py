@@ -24,7 +24,7 @@ from typing import Any
 from chaos_tools import FaultProxy, Tally, read_lines, spawn, wait_for
 
 from redis_ckpt import CheckpointStore, LeaseHeldError
-from redis_ckpt._scripts import SCRIPTS
+from redis_ckpt.drivers.scripts import SCRIPTS
 
 COMMIT_SHA = SCRIPTS.sha("commit").encode()
 

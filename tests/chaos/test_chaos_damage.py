@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scenario_damage import KEEP, _fresh_run, damaged_frames, fuzz_frames, fuzz_load
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt._keys import RunKeys
+from redis_ckpt.core.keys import RunKeys
 
 pytestmark = [pytest.mark.server]
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from scenario_security import ACL_COMMANDS, acl_line, acl_minimal, acl_rules, tls_roundtrip
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, FrameDamage, StoreUnavailableError, check_server
-from redis_ckpt._frame import encode_frame
-from redis_ckpt._keys import RunKeys
-from redis_ckpt._local_server import ServerBinaryNotFound, find_server_binary
+from redis_ckpt.core.frame import encode_frame
+from redis_ckpt.core.keys import RunKeys
+from redis_ckpt.testing.local_server import ServerBinaryNotFound, find_server_binary
 from redis_ckpt.cli import cli
 
 pytestmark = [pytest.mark.server]

@@ -396,7 +396,7 @@ class LocalServer:
 
     def _write_config(self) -> None:
         lines = [
-            "# written by redis_ckpt._local_server; rewritten on every start",
+            "# written by redis_ckpt.testing.local_server; rewritten on every start",
             f"port {self.port}",
             f"dir {_quote(str(self._data_dir))}",
             "daemonize no",

@@ -69,6 +69,8 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+from ..core.ops import Cmd, Deadline, Flow, Op, Pipe, Script, ScriptSource, Sleep
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -83,54 +85,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Cmd:
-    args: tuple[Any, ...]
-
-    def __init__(self, *args: Any) -> None:
-        object.__setattr__(self, "args", args)
-
-
-@dataclass(frozen=True)
-class Script:
-    name: str
-    keys: Sequence[str] = ()
-    args: Sequence[Any] = ()
-
-
-@dataclass(frozen=True)
-class Pipe:
-    ops: Sequence[Cmd | Script]
-    route: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """The operation ends ``seconds`` after it started; answered with the deadline
-    (``time.monotonic()``). The driver's clock starts at the first one it sees, unless the
-    driver was started with a deadline."""
-
-    seconds: float
-
-
-Op = Union[Cmd, Pipe, Sleep, Deadline]
-Flow = Generator[Op, Any, T]
-
-
-class ScriptSource(Protocol):
-    """Maps a script name to (sha1, source). Implemented by ``_scripts.Scripts``."""
-
-    def sha(self, name: str) -> str: ...
-
-    def source(self, name: str) -> str: ...
 
 
 def _wire(op: Cmd | Script, scripts: ScriptSource) -> tuple[Any, ...]:
@@ -183,7 +137,7 @@ class AsyncRouted:
 
 def _sync_target(client: Any) -> Any:
     if isinstance(client, RedisCluster):
-        from ._cluster import ClusterTarget
+        from .cluster import ClusterTarget
 
         return ClusterTarget(client)
     return client
@@ -193,7 +147,7 @@ def _async_target(client: Any) -> Any:
     from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
     if isinstance(client, AsyncRedisCluster):
-        from ._cluster import AsyncClusterTarget
+        from .cluster import AsyncClusterTarget
 
         return AsyncClusterTarget(client)
     return client

@@ -54,7 +54,7 @@ from typing import Any
 import msgpack
 from msgpack import ExtType, Timestamp
 
-from ._errors import StateError, StateTooLargeError, UnsupportedTypeError
+from ..errors import StateError, StateTooLargeError, UnsupportedTypeError
 
 __all__ = [
     "CODEC_MSGPACK", "MAX_DEPTH", "UNPACK_MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state"]

@@ -23,10 +23,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._chunks import check_chunk, encode_manifest, is_manifest, read_manifest, split
-from ._codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
-from ._durability import Durability
-from ._errors import (
+from .chunks import check_chunk, encode_manifest, is_manifest, read_manifest, split
+from .codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
+from .durability import Durability
+from ..errors import (
     CodecUnavailableError,
     ConflictError,
     CorruptCheckpointError,
@@ -46,11 +46,11 @@ from ._errors import (
     StoreUnavailableError,
     UnsupportedTypeError,
 )
-from ._frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
-from ._io import Cmd, Deadline, Flow, Pipe, Script, Sleep
-from ._probe import DRIFT_KEYS, drift_problems
-from ._keys import RunKeys, glob_escape, validate_namespace, validate_owner, validate_run_id
-from ._models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
+from .frame import decode_frame, decode_payload, encode_frame, frame_checksum, read_header
+from .ops import Cmd, Deadline, Flow, Pipe, Script, Sleep
+from ..probe.rules import DRIFT_KEYS, drift_problems
+from .keys import RunKeys, glob_escape, validate_namespace, validate_owner, validate_run_id
+from ..models import Checkpoint, Event, GenerationInfo, Grant, RunInfo, SkippedGeneration, ms_to_datetime
 
 __all__ = ["StoreCore", "RetryPolicy", "default_owner", "MAX_INT", "MAX_TTL_MS"]
 

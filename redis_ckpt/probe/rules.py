@@ -1,6 +1,6 @@
 """The startup probe: can this server keep an acknowledged commit?
 
-Written once, sans-IO, as a flow (see :mod:`redis_ckpt._io`) that the sync and the async
+Written once, sans-IO, as a flow (see :mod:`redis_ckpt.drivers.run`) that the sync and the async
 store both drive. The flow only *gathers* facts into a :class:`ServerFacts`; the rules live
 in the pure function :func:`evaluate`, so each one is unit-tested without a server.
 
@@ -39,9 +39,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.exceptions import ResponseError
 
-from ._durability import Durability
-from ._errors import NonDurableServerError
-from ._io import Cmd, Flow, Pipe
+from ..core.durability import Durability
+from ..errors import NonDurableServerError
+from ..core.ops import Cmd, Flow, Pipe
 
 __all__ = [
     "CONFIG_KEYS",

@@ -60,20 +60,8 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, RedisCluste
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._io import (
-    AsyncRouted,
-    Cmd,
-    Pipe,
-    Routed,
-    ScriptSource,
-    _needs_load,
-    _wire,
-    command_sync,
-    lean_sync,
-    load_script_sync,
-    send_sync,
-    time_left,
-)
+from ..core.ops import Cmd, Pipe, ScriptSource
+from .run import AsyncRouted, Routed, _needs_load, _wire, command_sync, lean_sync, load_script_sync, send_sync, time_left
 
 __all__ = [
     "ClusterUnavailableError",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import msgpack
 import xxhash
 
-from ._errors import FrameDamage, FrameError
+from ..errors import FrameDamage, FrameError
 
 __all__ = ["MANIFEST_MAGIC", "Manifest", "is_manifest", "split", "encode_manifest", "read_manifest", "check_chunk"]
 

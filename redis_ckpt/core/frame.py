@@ -44,9 +44,9 @@ from typing import Any
 import msgpack
 import xxhash
 
-from ._codec import CODEC_MSGPACK, decode_state, encode_state
-from ._errors import CodecUnavailableError, FrameDamage, FrameError
-from ._models import MAX_MS, MIN_MS
+from .codec import CODEC_MSGPACK, decode_state, encode_state
+from ..errors import CodecUnavailableError, FrameDamage, FrameError
+from ..models import MAX_MS, MIN_MS
 
 __all__ = [
     "FORMAT_VERSION", "MAGIC", "MAX_ZSTD_RATIO", "FrameHeader",

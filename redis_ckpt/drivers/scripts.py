@@ -26,7 +26,7 @@ def lua_dir_text(name: str) -> str:
     packaged = resources.files("redis_ckpt").joinpath("lua", f"{name}.lua")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parent.parent / "lua" / f"{name}.lua"
+    checkout = Path(__file__).resolve().parents[2] / "lua" / f"{name}.lua"
     if checkout.is_file():
         return checkout.read_text(encoding="utf-8")
     raise FileNotFoundError(

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
-from ._errors import InvalidRunIdError
+from ..errors import InvalidRunIdError
 
 __all__ = ["RunKeys", "validate_run_id", "validate_owner", "validate_namespace", "glob_escape"]
 

@@ -37,10 +37,11 @@ from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import SentinelConnectionPool
 
-from ._core import RETRYABLE, RetryPolicy
-from ._durability import Durability
-from ._io import Flow, ScriptSource, run_async, run_sync
-from ._probe import Finding, ProbeReport, _err, probe_flow, redact_url
+from .core.store_core import RETRYABLE, RetryPolicy
+from .core.durability import Durability
+from .core.ops import Flow, ScriptSource
+from .drivers.run import run_async, run_sync
+from .probe.rules import Finding, ProbeReport, _err, probe_flow, redact_url
 
 __all__ = [
     "HA_RETRY",
@@ -437,7 +438,7 @@ def topology_probe_plan(
 
 
 def _cluster_specs(nodes_manager: Any, namespace: str) -> tuple[list[NodeSpec], list[Finding]]:
-    from ._cluster import CLUSTER_SLOTS, probe_key_for, shards_of
+    from .drivers.cluster import CLUSTER_SLOTS, probe_key_for, shards_of
 
     shards = shards_of(nodes_manager)
     covered = sum(len(s.slots) for s in shards)
@@ -526,7 +527,7 @@ async def probe_async(client: Any, *, label: str, namespace: str, durability: Du
     until = time.monotonic() + deadline_s if deadline_s is not None else None
     import redis.asyncio as aioredis
 
-    from ._cluster import AsyncNodeClient
+    from .drivers.cluster import AsyncNodeClient
 
     master = object()
     if is_cluster(client):

@@ -1,0 +1,1 @@
+"""The drivers: run the core's flows on redis-py clients (sync, asyncio, Cluster)."""

@@ -1,0 +1,1 @@
+"""The startup probe: can this server keep an acknowledged commit?"""
