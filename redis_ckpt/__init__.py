@@ -12,7 +12,7 @@
 The async twin is :class:`redis_ckpt.aio.AsyncCheckpointStore`.
 """
 
-from .core.store_core import RetryPolicy
+from .core.retry import RetryPolicy
 from .core.durability import Durability
 from .errors import (
     CheckpointError,

@@ -1,7 +1,7 @@
 """The asyncio store, on ``redis.asyncio``: the same flows and Lua files as the sync store.
 
-Only the driver differs (``_io.run_async``); each method here is the awaitable twin of the
-one in ``store.py`` (a test checks that the two surfaces match).
+Only the driver differs (:meth:`AsyncCheckpointStore.arun`); each method here is the awaitable
+twin of the one in ``store.py`` (a test checks that the two surfaces match).
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from collections.abc import Generator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._base import LeaseBase, StoreBase, ha_defaults
-from ._base import socket_timeout as default_socket_timeout
-from .core.store_core import RETRYABLE
-from .errors import StoreUnavailableError
+from ._shell import LeaseBase, StoreBase, ha_defaults
+from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
+from .drivers.errors import reraise
 from .drivers.run import run_async
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
@@ -27,7 +26,6 @@ from .topology import (
     is_sentinel,
     probe_async,
     redact,
-    unavailable_message,
 )
 
 __all__ = ["AsyncCheckpointStore", "AsyncLease", "AsyncAcquire"]
@@ -41,18 +39,18 @@ class AsyncLease(LeaseBase):
     _store: AsyncCheckpointStore
 
     async def renew(self, ttl: float | timedelta | None = None) -> None:
-        await self._store._run(self._renew_flow(ttl))
+        await self._store.run(self.renew_flow(ttl))
 
     async def release(self) -> bool:
-        ok = await self._store._run(self._release_flow())
+        ok = await self._store.run(self.release_flow())
         self.released = True
         return ok
 
     async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
-        return await self._store._run(self._commit_flow(state, metadata))
+        return await self._store.run(self.commit_flow(state, metadata))
 
     async def load(self) -> Checkpoint | None:
-        return await self._store._run(self._load_flow())
+        return await self._store.run(self.load_flow())
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -75,7 +73,7 @@ class AsyncAcquire:
     def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta) -> None:
         self._store = store
         self._run_id = run_id
-        self._owner, self._ms, flow = store._acquire_flow(run_id, owner, ttl)
+        self._owner, self._ms, flow = store._acquire(run_id, owner, ttl)
         self._flow: Flow[Any] | None = flow
         self._lease: AsyncLease | None = None
 
@@ -83,7 +81,7 @@ class AsyncAcquire:
         flow, self._flow = self._flow, None
         if flow is None:
             raise RuntimeError("this acquire() was already awaited or entered; call store.acquire() again")
-        return AsyncLease(self._store, self._run_id, self._owner, await self._store._run(flow), self._ms)
+        return AsyncLease(self._store, self._run_id, self._owner, await self._store.run(flow), self._ms)
 
     def __await__(self) -> Generator[Any, None, AsyncLease]:
         return self._acquire().__await__()
@@ -119,7 +117,7 @@ class AsyncCheckpointStore(StoreBase):
         store = cls(client, namespace=namespace, **ha_defaults(client, options))
         if label is not None:
             store.server = label
-        if store._core.confirm:
+        if store.core.config.confirm:
             store._accept(await store._probe())
         return store
 
@@ -162,21 +160,27 @@ class AsyncCheckpointStore(StoreBase):
         store.server = IN_MEMORY_LABEL
         return store
 
-    async def _run(self, flow: Flow[T]) -> T:
+    async def run(self, flow: Flow[T]) -> T:
+        """Drive ``flow`` (any flow of ``store.core``) on this store's client, by this store's
+        deadline; what escapes it becomes a CheckpointError (StoreUnavailableError, ServerError).
+        Also ``arun``: the name code holding a sync and an async store (the saver) calls."""
         try:
-            return await run_async(flow, self._client, SCRIPTS, deadline_s=self._core.retry.deadline_s)
-        except RETRYABLE as exc:
-            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
+            return await run_async(flow, self._client, SCRIPTS, deadline_s=self.core.config.retry.deadline_s)
+        except Exception as exc:
+            reraise(exc, self.server)
+
+    arun = run
+    _run = run  # until the LangGraph saver moves to store.arun (issue 13)
 
     async def _probe(self) -> ProbeReport:
         if not (is_cluster(self._client) or is_sentinel(self._client)):
-            return await self._run(self._probe_flow())
+            return await self.run(self._probe_flow())
         try:  # every primary (and the replicas the policy counts on), on its own connection
             return await probe_async(self._client, label=self.server, namespace=self.namespace,
                                      durability=self.durability, declared=self.declared_config, scripts=SCRIPTS,
-                                     deadline_s=self._core.retry.deadline_s)
-        except RETRYABLE as exc:
-            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
+                                     deadline_s=self.core.config.retry.deadline_s)
+        except Exception as exc:
+            reraise(exc, self.server)
 
     async def probe(self) -> ProbeReport:
         return await self._probe()
@@ -188,32 +192,33 @@ class AsyncCheckpointStore(StoreBase):
 
     async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                      metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
-        return await self._run(self._commit_flow(run_id, state, token, expected_generation, metadata, owner))
+        return await self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
+                                                     owner=owner or self.owner, metadata=metadata))
 
     async def load(self, run_id: str) -> Checkpoint | None:
-        return await self._run(self._core.load_flow(run_id))
+        return await self.run(self.core.load_flow(run_id))
 
     async def generations(self, run_id: str) -> list[GenerationInfo]:
-        return await self._run(self._core.generations_flow(run_id))
+        return await self.run(self.core.generations_flow(run_id))
 
     async def info(self, run_id: str) -> RunInfo:
-        return await self._run(self._core.info_flow(run_id))
+        return await self.run(self.core.info_flow(run_id))
 
     async def events(self, run_id: str, *, count: int = 100, after: str | None = None) -> list[Event]:
-        return await self._run(self._core.events_flow(run_id, count=count, after=after))
+        return await self.run(self.core.events_flow(run_id, count=count, after=after))
 
     async def runs(self, *, limit: int | None = None) -> list[str]:
-        return await self._run(self._core.runs_flow(limit=limit))
+        return await self.run(self.core.runs_flow(limit=limit))
 
     async def revoke(self, run_id: str, *, by: str = "admin") -> int:
-        return await self._run(self._core.revoke_flow(run_id, by))
+        return await self.run(self.core.revoke_flow(run_id, by))
 
     async def delete(self, run_id: str, *, by: str = "admin") -> int:
-        return await self._run(self._core.delete_flow(run_id, by))
+        return await self.run(self.core.delete_flow(run_id, by))
 
     async def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""
-        return await self._run(self._core.export_flow(run_id, generation))
+        return await self.run(self.core.export_flow(run_id, generation))
 
     async def import_frame(self, frame: bytes, *, by: str = "admin") -> int:
         """Restore an exported frame under its own run and generation (verified first).
@@ -221,7 +226,7 @@ class AsyncCheckpointStore(StoreBase):
         :class:`ConflictError` if the run's head is at or past that generation; the run's
         fence never goes down (it is bumped, so current holders are fenced off).
         """
-        return await self._run(self._core.import_flow(frame, by))
+        return await self.run(self.core.import_flow(frame, by))
 
     async def close(self) -> None:
         await self._client.aclose()

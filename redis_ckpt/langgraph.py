@@ -118,7 +118,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.exceptions import RedisError
 
-from ._base import LeaseBase, StoreBase, ttl_ms
+from ._shell import LeaseBase, StoreBase, ttl_ms
 from .core.codec import decode_state, encode_state
 from .errors import (
     CheckpointError,

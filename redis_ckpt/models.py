@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
     "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo",
-    "ms_to_datetime", "MIN_MS", "MAX_MS",
+    "ms_to_datetime", "now_ms", "MIN_MS", "MAX_MS",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -24,6 +25,11 @@ def ms_to_datetime(ms: int | None) -> datetime | None:
     if ms is None or not MIN_MS <= ms <= MAX_MS:
         return None
     return _EPOCH + timedelta(milliseconds=ms)
+
+
+def now_ms() -> int:
+    """This machine's clock, in ms since the epoch (commit times come from the server's)."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from ._base import ttl_ms
+from ._shell import ttl_ms
 from .core.codec import encode_state
 from .errors import CheckpointError, LeaseHeldError
 from .models import Checkpoint
@@ -231,7 +231,7 @@ class _RunnerBase:
                  heartbeat: bool = True) -> None:
         if not isinstance(commit_every, int) or isinstance(commit_every, bool) or commit_every < 1:
             raise ValueError("commit_every must be an int >= 1")
-        store._core.keys(run_id)  # validates the run id now, not at the first run()
+        store.core.keys(run_id)  # validates the run id now, not at the first run()
         self.store = store
         self.run_id = run_id
         self.owner = owner or store.owner

@@ -1,4 +1,5 @@
-"""The synchronous store, on ``redis.Redis``. A thin shell: every decision is in ``_core``."""
+"""The synchronous store, on ``redis.Redis``. A thin shell: every decision is in ``core``,
+every operation one line through :meth:`CheckpointStore.run`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._base import LeaseBase, StoreBase, client_label, ha_defaults
-from ._base import socket_timeout as default_socket_timeout
+from ._shell import LeaseBase, StoreBase, client_label, ha_defaults
+from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
 from .core.keys import validate_namespace
-from .core.store_core import RETRYABLE
-from .errors import ExtraNotInstalledError, StoreUnavailableError
 from .core.ops import Flow
+from .drivers.errors import reraise
 from .drivers.run import run_sync
+from .errors import ExtraNotInstalledError
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
@@ -25,7 +26,6 @@ from .topology import (
     is_sentinel,
     probe_sync,
     redact,
-    unavailable_message,
     sync_client_from_url,
 )
 
@@ -50,21 +50,21 @@ class Lease(LeaseBase):
 
     def renew(self, ttl: float | timedelta | None = None) -> None:
         """Extend the lease (by its original ttl unless given); :class:`LeaseLostError` if it is gone."""
-        self._store._run(self._renew_flow(ttl))
+        self._store.run(self.renew_flow(ttl))
 
     def release(self) -> bool:
         """Let go of the lease. False when it was no longer held by this token."""
-        ok = self._store._run(self._release_flow())
+        ok = self._store.run(self.release_flow())
         self.released = True
         return ok
 
     def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
         """Commit ``state`` as the next generation; returns its number once durable."""
-        return self._store._run(self._commit_flow(state, metadata))
+        return self._store.run(self.commit_flow(state, metadata))
 
     def load(self) -> Checkpoint | None:
         """The newest generation that verifies (see :meth:`CheckpointStore.load`)."""
-        return self._store._run(self._load_flow())
+        return self._store.run(self.load_flow())
 
     def __enter__(self) -> Lease:
         return self
@@ -92,7 +92,7 @@ class CheckpointStore(StoreBase):
         if label is not None:
             self.server = label
         self._sentinel: Any = None  # a Sentinel this store created (from_url) and closes
-        if self._core.confirm:
+        if self.core.config.confirm:
             self._accept(self._probe())
 
     @classmethod
@@ -145,21 +145,25 @@ class CheckpointStore(StoreBase):
         fakeredis = import_fakeredis("CheckpointStore.in_memory()")
         return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, _label=IN_MEMORY_LABEL, **options)
 
-    def _run(self, flow: Flow[T]) -> T:
-        # run_sync routes a RedisCluster's pipes to the slot's owner (see _cluster)
+    def run(self, flow: Flow[T]) -> T:
+        """Drive ``flow`` (any flow of ``store.core``) on this store's client, by this store's
+        deadline; what escapes it becomes a CheckpointError (StoreUnavailableError, ServerError)."""
         try:
-            return run_sync(flow, self._client, SCRIPTS, deadline_s=self._core.retry.deadline_s)
-        except RETRYABLE as exc:
-            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
+            return run_sync(flow, self._client, SCRIPTS, deadline_s=self.core.config.retry.deadline_s)
+        except Exception as exc:
+            reraise(exc, self.server)
+
+    _run = run  # until the LangGraph saver moves to store.run (issue 13)
 
     def _probe(self) -> ProbeReport:
         if not (is_cluster(self._client) or is_sentinel(self._client)):
-            return self._run(self._probe_flow())
+            return self.run(self._probe_flow())
         try:  # every primary (and the replicas the policy counts on), on its own connection
             return probe_sync(self._client, label=self.server, namespace=self.namespace, durability=self.durability,
-                              declared=self.declared_config, scripts=SCRIPTS, deadline_s=self._core.retry.deadline_s)
-        except RETRYABLE as exc:
-            raise StoreUnavailableError(unavailable_message(self.server, exc)) from exc
+                              declared=self.declared_config, scripts=SCRIPTS,
+                              deadline_s=self.core.config.retry.deadline_s)
+        except Exception as exc:
+            reraise(exc, self.server)
 
     def probe(self) -> ProbeReport:
         """Run the startup probe again and return its report (does not raise)."""
@@ -167,42 +171,43 @@ class CheckpointStore(StoreBase):
 
     def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> Lease:
         """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it."""
-        owner, ms, flow = self._acquire_flow(run_id, owner, ttl)
-        return Lease(self, run_id, owner, self._run(flow), ms)
+        owner, ms, flow = self._acquire(run_id, owner, ttl)
+        return Lease(self, run_id, owner, self.run(flow), ms)
 
     def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
         """Commit ``state`` as generation ``expected_generation + 1`` with fencing token ``token``."""
-        return self._run(self._commit_flow(run_id, state, token, expected_generation, metadata, owner))
+        return self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
+                                              owner=owner or self.owner, metadata=metadata))
 
     def load(self, run_id: str) -> Checkpoint | None:
         """The newest generation of ``run_id`` that verifies, or None if it was never committed."""
-        return self._run(self._core.load_flow(run_id))
+        return self.run(self.core.load_flow(run_id))
 
     def generations(self, run_id: str) -> list[GenerationInfo]:
         """Every kept generation, newest first, each verified (no migration runs)."""
-        return self._run(self._core.generations_flow(run_id))
+        return self.run(self.core.generations_flow(run_id))
 
     def info(self, run_id: str) -> RunInfo:
-        return self._run(self._core.info_flow(run_id))
+        return self.run(self.core.info_flow(run_id))
 
     def events(self, run_id: str, *, count: int = 100, after: str | None = None) -> list[Event]:
-        return self._run(self._core.events_flow(run_id, count=count, after=after))
+        return self.run(self.core.events_flow(run_id, count=count, after=after))
 
     def runs(self, *, limit: int | None = None) -> list[str]:
-        return self._run(self._core.runs_flow(limit=limit))
+        return self.run(self.core.runs_flow(limit=limit))
 
     def revoke(self, run_id: str, *, by: str = "admin") -> int:
         """Bump the fence so every current holder is fenced off; returns the new fence."""
-        return self._run(self._core.revoke_flow(run_id, by))
+        return self.run(self.core.revoke_flow(run_id, by))
 
     def delete(self, run_id: str, *, by: str = "admin") -> int:
         """Delete the run's generations and lease (the fence survives); returns how many generations went."""
-        return self._run(self._core.delete_flow(run_id, by))
+        return self.run(self.core.delete_flow(run_id, by))
 
     def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""
-        return self._run(self._core.export_flow(run_id, generation))
+        return self.run(self.core.export_flow(run_id, generation))
 
     def import_frame(self, frame: bytes, *, by: str = "admin") -> int:
         """Restore an exported frame under its own run and generation (verified first).
@@ -210,7 +215,7 @@ class CheckpointStore(StoreBase):
         :class:`ConflictError` if the run's head is at or past that generation; the run's
         fence never goes down (it is bumped, so current holders are fenced off).
         """
-        return self._run(self._core.import_flow(frame, by))
+        return self.run(self.core.import_flow(frame, by))
 
     def close(self) -> None:
         self._client.close()
@@ -282,8 +287,8 @@ def check_server(
                               declared=declared_config, scripts=SCRIPTS)
         flow = probe_flow(server=label, namespace=namespace, durability=durability, declared=declared_config)
         return run_sync(flow, client, SCRIPTS)
-    except RETRYABLE as exc:
-        raise StoreUnavailableError(unavailable_message(label, exc)) from exc
+    except Exception as exc:
+        reraise(exc, label)
     finally:
         if isinstance(target, str):
             client.close()

@@ -37,9 +37,11 @@ from redis.cluster import RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import SentinelConnectionPool
 
-from .core.store_core import RETRYABLE, RetryPolicy
+from .core.retry import RetryPolicy
 from .core.durability import Durability
 from .core.ops import Flow, ScriptSource
+from .drivers.errors import UNREACHABLE as RETRYABLE
+from .drivers.errors import unavailable_message
 from .drivers.run import run_async, run_sync
 from .probe.rules import Finding, ProbeReport, _err, probe_flow, redact_url
 
@@ -91,23 +93,6 @@ REPLICA_CHECKS = frozenset({
 def redact(url: str) -> str:
     """:func:`redact_url` (it masks ``sentinel_password`` too): any URL form above."""
     return redact_url(url)
-
-
-def unavailable_message(label: str, exc: BaseException) -> str:
-    """Why the server named ``label`` could not be used, for an error: authentication required
-    (no password given), authentication failed (a wrong user name or password), or unreachable."""
-    cur: BaseException | None = exc
-    seen: set[int] = set()
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, redis.AuthenticationError):
-            text = str(cur)
-            if "authenticated" in text.lower() or "authentication required" in text.lower():
-                return (f"{label} requires authentication: put the password in the URL "
-                        "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@... for an ACL user)")
-            return f"authentication failed at {label}: the server rejected the user name or password ({text})"
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return f"cannot reach {label}: {exc}"
 
 
 def url_topology(url: str) -> str:

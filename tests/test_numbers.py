@@ -11,7 +11,7 @@ import pytest
 
 from redis_ckpt import CheckpointError, CheckpointStore, FencedError, LeaseHeldError, OutOfRangeError
 from redis_ckpt.core.codec import encode_state
-from redis_ckpt.core.store_core import MAX_INT, MAX_TTL_MS
+from redis_ckpt.core.config import MAX_INT, MAX_TTL_MS
 from redis_ckpt.core.frame import encode_frame
 from redis_ckpt.core.keys import RunKeys
 

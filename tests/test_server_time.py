@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from redis_ckpt import CheckpointStore
-from redis_ckpt.core import store_core as _core
+from redis_ckpt.core.flows import commit as _commit
+from redis_ckpt.models import ms_to_datetime
 from redis_ckpt.cli import cli
 
 pytestmark = pytest.mark.server
@@ -30,7 +31,7 @@ def server_now(client) -> datetime:
 
 def skewed(monkeypatch, offset_ms: int) -> None:
     real = time.time_ns
-    monkeypatch.setattr(_core, "_now_ms", lambda: real() // 1_000_000 + offset_ms)
+    monkeypatch.setattr(_commit, "now_ms", lambda: real() // 1_000_000 + offset_ms)
 
 
 def test_generation_times_follow_commit_order_whatever_the_writers_clock(store, client, monkeypatch):
@@ -50,7 +51,7 @@ def test_generation_times_follow_commit_order_whatever_the_writers_clock(store, 
     ck = store.load("r")
     assert ck.created_at == gens[0].created_at
     head_ms = int(store.info("r").head["created_ms"])
-    assert _core.ms_to_datetime(head_ms) == gens[0].created_at
+    assert ms_to_datetime(head_ms) == gens[0].created_at
 
 
 def test_runs_sort_by_age_follows_commit_order_with_a_skewed_writer(store, client, monkeypatch, durable_server, namespace):

@@ -41,7 +41,7 @@ def stage_keys(client, namespace: str) -> list[bytes]:
 def stage_only(store: CheckpointStore, client, run: str, state: Any, *, token: int, expected: int) -> list[Any]:
     """What a worker killed right after staging leaves: the staging commands of a commit ran,
     its script never did. Returns the staging commands that were sent."""
-    flow = store._core.commit_flow(run, state, token=token, expected_generation=expected, owner="doomed")
+    flow = store.core.commit_flow(run, state, token=token, expected_generation=expected, owner="doomed")
     op = next(flow)
     assert isinstance(op, Pipe)
     first_script = next(i for i, o in enumerate(op.ops) if isinstance(o, Script))
@@ -100,7 +100,7 @@ def test_a_fenced_workers_staging_is_removed_by_the_new_holders_commit(store, cl
 def test_staged_keys_expire_within_minutes(store, client, namespace):
     lease = store.acquire("r", owner="w", ttl=30)
     stage_only(store, client, "r", blob(30_000), token=lease.token, expected=0)
-    ttl_ms = store._core.stage_ttl_ms
+    ttl_ms = store.core.config.stage_ttl_ms
     assert 30_000 <= ttl_ms <= 5 * 60_000
     keys = [*stage_keys(client, namespace), RunKeys(namespace, "r").staging.encode()]
     for key in keys:
@@ -190,7 +190,7 @@ def test_commit_and_acquire_stay_one_round_trip(store, client):
 
         return run_sync(counting(), client, SCRIPTS), count
 
-    core = CheckpointStore(client, namespace=store.namespace, keep=3, chunk_bytes=32_768)._core
+    core = CheckpointStore(client, namespace=store.namespace, keep=3, chunk_bytes=32_768).core
     grant, n = trips(core.acquire_flow("r", "w", 30_000))
     assert n == 1
     for state in ({"small": 1}, blob(20_000), blob(70_000)):  # inline, staged whole, chunked
@@ -208,7 +208,7 @@ def test_a_worker_killed_after_staging_leaves_keys_the_next_acquire_removes(dura
         from redis_ckpt.core.ops import Pipe, Script
         store = CheckpointStore(redis.Redis(port={durable_server.port}), namespace={namespace!r},
                                 keep=3, chunk_bytes={CHUNK}, max_state_bytes=200_000)
-        flow = store._core.commit_flow("r", {{"blob": b"x" * 30_000}}, token={lease.token},
+        flow = store.core.commit_flow("r", {{"blob": b"x" * 30_000}}, token={lease.token},
                                        expected_generation=0, owner="doomed")
         op = next(flow)
         n = next(i for i, o in enumerate(op.ops) if isinstance(o, Script))

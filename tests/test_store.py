@@ -138,7 +138,7 @@ def test_a_retried_commit_with_the_same_commit_id_applies_once(store):
     from redis_ckpt.drivers.run import run_sync
 
     lease = store.acquire("idem", owner="w", ttl=30)
-    flow = lambda: store._core.commit_flow("idem", {"x": 1}, token=lease.token, expected_generation=0,
+    flow = lambda: store.core.commit_flow("idem", {"x": 1}, token=lease.token, expected_generation=0,
                                            owner="w", commit_id="c-1")
     assert run_sync(flow(), store.client, SCRIPTS) == 1
     assert run_sync(flow(), store.client, SCRIPTS) == 1  # the resend after a lost reply

@@ -42,7 +42,7 @@ from ..errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from ..core.store_core import RetryPolicy
+from ..core.retry import RetryPolicy
 from ..core.durability import Durability
 from ..core.keys import validate_namespace
 from ..probe.rules import REPLICA_ACK_MS, SECRET_PARAMS, redact_url

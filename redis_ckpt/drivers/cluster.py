@@ -30,7 +30,7 @@ policy treats it like a broken connection (back off, send again, then
 ``StoreUnavailableError``).
 
 A connection error is thrown into the flow as it is, after the node's idle connections are
-dropped and the slot map is marked for a refresh before the next send: the flow's tenacity
+dropped and the slot map is marked for a refresh before the next send: the flow's retry
 retry (a commit carries an idempotent commit id) resends, to the promoted replica once the
 cluster has failed over.
 

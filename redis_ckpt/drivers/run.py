@@ -71,6 +71,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from ..core.ops import Cmd, Deadline, Flow, Op, Pipe, Script, ScriptSource, Sleep
+from .errors import failure, in_place
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -528,10 +529,10 @@ def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource, *,
                     reply = target.execute_command(*op.args)
             elif isinstance(op, Pipe):
                 if routed:
-                    reply = target.run_pipe(op, scripts)
+                    reply = in_place(target.run_pipe(op, scripts))
                 else:
                     time_left(until)
-                    reply = _pipe_sync(target, op, scripts, until)
+                    reply = in_place(_pipe_sync(target, op, scripts, until))
             elif isinstance(op, Sleep):
                 time.sleep(op.seconds if until is None else max(0.0, min(op.seconds, until - time.monotonic())))
             elif isinstance(op, Deadline):
@@ -543,15 +544,15 @@ def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource, *,
             else:
                 raise TypeError(f"a flow yielded {op!r}, not an op")
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
-            error = exc
+            error = failure(exc)
 
 
 async def _do_async(op: Cmd | Pipe, target: Any, routed: bool, scripts: ScriptSource) -> Any:
     if isinstance(op, Cmd):
         return await target.execute_command(*op.args)
     if routed:
-        return await target.run_pipe(op, scripts)
-    return await _pipe_async(target, op, scripts)
+        return in_place(await target.run_pipe(op, scripts))
+    return in_place(await _pipe_async(target, op, scripts))
 
 
 async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource, *,
@@ -589,4 +590,4 @@ async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource, *,
             else:
                 raise TypeError(f"a flow yielded {op!r}, not an op")
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
-            error = exc
+            error = failure(exc)

@@ -4,7 +4,7 @@ Written once, sans-IO, as a flow (see :mod:`redis_ckpt.drivers.run`) that the sy
 store both drive. The flow only *gathers* facts into a :class:`ServerFacts`; the rules live
 in the pure function :func:`evaluate`, so each one is unit-tested without a server.
 
-What is gathered, each step tolerating its own ``ResponseError`` (renamed command, ACL
+What is gathered, each step tolerating its own ``ReplyError`` (renamed command, ACL
 ``NOPERM``, unknown subcommand):
 
 * ``INFO`` — engine (``server_name:valkey``), version, role, loading, AOF state, memory
@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.exceptions import ResponseError
 
 from ..core.durability import Durability
 from ..errors import NonDurableServerError
-from ..core.ops import Cmd, Flow, Pipe
+from ..core.ops import Cmd, Flow, Pipe, ReplyError
 
 __all__ = [
     "CONFIG_KEYS",
@@ -580,7 +579,7 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
 
     try:
         info = yield Cmd("INFO")
-    except ResponseError as exc:
+    except ReplyError as exc:
         f["info_error"] = _err(exc)
     else:
         if isinstance(info, (bytes, str)):
@@ -589,13 +588,13 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
 
     try:
         reply = yield Cmd("CONFIG GET", *CONFIG_KEYS)
-    except ResponseError as exc:
+    except ReplyError as exc:
         if "wrong number of arguments" in str(exc).lower():  # before Redis 7: one parameter per call
             config: dict[str, str] = {}
             try:
                 for k in CONFIG_KEYS:
                     config.update(_normalize_config((yield Cmd("CONFIG GET", k))))
-            except ResponseError as exc2:
+            except ReplyError as exc2:
                 f["config_error"] = _err(exc2)
             else:
                 f["config"] = config
@@ -606,7 +605,7 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
 
     try:
         cmd_info = yield Cmd("COMMAND INFO", "WAITAOF")
-    except ResponseError as exc:
+    except ReplyError as exc:
         f["waitaof_error"] = _err(exc)
     else:
         if isinstance(cmd_info, Mapping):
@@ -617,7 +616,7 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
     if f.get("cluster_enabled"):
         try:
             ci = yield Cmd("CLUSTER INFO")
-        except ResponseError as exc:
+        except ReplyError as exc:
             f["cluster_error"] = _err(exc)
         else:
             if isinstance(ci, (bytes, str)):

@@ -316,7 +316,7 @@ def resend_after_takeover_recognised(server: Any) -> bool:
         lease = store.acquire(run, owner="first", ttl=60)
 
         def commit() -> int:
-            return store._run(store._core.commit_flow(run, {"probe": 1}, token=lease.token, expected_generation=0,
+            return store.run(store.core.commit_flow(run, {"probe": 1}, token=lease.token, expected_generation=0,
                                                       owner="first", commit_id=f"{run}-cid"))
 
         commit()

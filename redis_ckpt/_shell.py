@@ -1,28 +1,38 @@
-"""What the sync and the async store (and lease) share: arguments, checks, flows.
+"""What the sync and the async store (and lease) share: the configuration, the client's
+checks, and the flows an operation runs.
 
-The shells in ``store.py`` and ``aio.py`` only drive these flows; every decision is here
-or in ``_core``.
+``store.py`` and ``aio.py`` are thin shells over this: each operation is one line that drives
+a flow of ``store.core`` (:class:`~redis_ckpt.core.store_core.StoreCore`) through
+``store.run`` / ``store.arun`` (the one driver of its I/O style, the one error seam).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+import socket
+from collections.abc import Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
-from .core.store_core import MAX_TTL_MS, RetryPolicy, StoreCore, default_owner
-from .core.durability import Durability
-from .errors import CheckpointError, DurabilityError, FencedError, OutOfRangeError
+from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.ops import Flow
-from .models import Checkpoint, Event, Grant
-from .probe.rules import ProbeReport, probe_flow
+from .core.store_core import StoreCore
+from .errors import DurabilityError, OutOfRangeError
+from .models import Checkpoint, Grant
+from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
 from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
 
-__all__ = ["StoreBase", "LeaseBase", "ttl_ms", "client_label"]
+__all__ = ["StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner"]
+
+
+def default_owner() -> str:
+    """``<host>:<pid>``: who this process is in a lease and the audit events."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def ttl_ms(ttl: float | timedelta) -> int:
@@ -105,43 +115,31 @@ def check_client(client: Any) -> None:
 
 
 class StoreBase:
-    """Configuration and flow builders shared by CheckpointStore and AsyncCheckpointStore."""
+    """What CheckpointStore and AsyncCheckpointStore share: the client, ``core`` (the
+    configuration and every flow) and the startup probe's report.
 
-    def __init__(
-        self,
-        client: Any,
-        *,
-        namespace: str,
-        schema_version: int = 1,
-        keep: int = 3,
-        durability: Durability | None = None,
-        compression: str = "none",
-        max_state_bytes: int = 512 * 1024 * 1024,
-        declared_config: Mapping[str, str] | None = None,
-        owner: str | None = None,
-        retry: RetryPolicy | None = None,
-        events_maxlen: int = 1000,
-        chunk_bytes: int = 4 * 1024 * 1024,
-        _confirm: bool = True,
-    ) -> None:
+    ``options`` are :class:`~redis_ckpt.core.config.StoreConfig`'s (schema_version, keep,
+    durability, compression, max_state_bytes, events_maxlen, retry, chunk_bytes).
+    """
+
+    def __init__(self, client: Any, *, namespace: str, declared_config: Mapping[str, str] | None = None,
+                 owner: str | None = None, _confirm: bool = True, **options: Any) -> None:
         check_client(client)
         self._client = client
-        self._core = StoreCore(
-            namespace=namespace, schema_version=schema_version, keep=keep, durability=durability,
-            compression=compression, max_state_bytes=max_state_bytes, events_maxlen=events_maxlen,
-            retry=retry, confirm=_confirm, chunk_bytes=chunk_bytes,
-        )
+        #: the configuration and every flow of this store (``core.config``: its options)
+        self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm))
         self.owner = owner or default_owner()
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
         self.probe_report: ProbeReport | None = None
 
     # read-only views of the configuration
-    namespace = property(lambda self: self._core.namespace)
-    schema_version = property(lambda self: self._core.schema_version)
-    keep = property(lambda self: self._core.keep)
-    durability = property(lambda self: self._core.durability)
+    namespace = property(lambda self: self.core.config.namespace)
+    schema_version = property(lambda self: self.core.config.schema_version)
+    keep = property(lambda self: self.core.config.keep)
+    durability = property(lambda self: self.core.config.durability)
     client = property(lambda self: self._client)
+    _core = property(lambda self: self.core)  # until the LangGraph saver moves to store.core (issue 13)
 
     def register_migration(self, from_version: int, fn: Any = None) -> Any:
         """Register ``fn(state) -> state`` upgrading schema ``from_version`` to ``from_version + 1``.
@@ -150,7 +148,7 @@ class StoreBase:
         ``schema_version``; a gap in the chain, or a newer stored schema, raises
         :class:`SchemaVersionError`. Works as a decorator: ``@store.register_migration(1)``.
         """
-        return self._core.register_migration(from_version, fn)
+        return self.core.register_migration(from_version, fn)
 
     def _probe_flow(self) -> Flow[ProbeReport]:
         return probe_flow(server=self.server, namespace=self.namespace, durability=self.durability,
@@ -163,56 +161,16 @@ class StoreBase:
         report.raise_if_refused()
         facts = report.facts
         if facts is not None and facts.config is not None and not facts.cluster_enabled:
-            self._core.watch_config(report.engine)
+            self.core.watch_config(DriftWatch(DRIFT_KEYS, partial(drift_problems, engine=report.engine)))
 
-    def _acquire_flow(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
+    def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
         """(owner, ttl in ms, the flow) for an acquire."""
         owner, ms = owner or self.owner, ttl_ms(ttl)
-        return owner, ms, self._core.acquire_flow(run_id, owner, ms)
-
-    def _commit_flow(self, run_id: str, state: Any, token: int, expected_generation: int,
-                     metadata: Mapping[Any, Any] | None, owner: str | None) -> Flow[int]:
-        flow = self._core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
-                                      owner=owner or self.owner, metadata=metadata)
-        return explain_fenced(self._core, run_id, flow)
-
-
-#: how many of a run's newest audit events a rejected commit reads to say what fenced it off
-FENCE_EVENTS = 256
-_BUMPS = {"acquire": "takeover", "takeover": "takeover", "reacquire": "takeover",
-          "revoke": "revoke", "delete": "delete", "import": "import"}
-
-
-def fence_cause(events: Sequence[Event], fence: int) -> tuple[str, str | None] | None:
-    """(cause, by) of the event that raised the run's fence to ``fence``, newest first; None
-    when the events no longer tell."""
-    for e in reversed(events):
-        cause = _BUMPS.get(e.kind)
-        if cause is None:
-            continue
-        value = e.fields.get("token" if cause == "takeover" else "fence")
-        if value == str(fence):
-            return cause, e.fields.get("owner" if cause == "takeover" else "by")
-    return None
-
-
-def explain_fenced(core: StoreCore, run_id: str, flow: Flow[int]) -> Flow[int]:
-    """``flow``; when it ends in :class:`FencedError`, one extra read of the run's audit events
-    says who raised the fence (an admin's revoke, a delete, a newer worker)."""
-    try:
-        return (yield from flow)
-    except FencedError as fenced:
-        try:
-            found = fence_cause((yield from core.events_flow(run_id, count=FENCE_EVENTS)), fenced.fence)
-        except CheckpointError:
-            found = None  # the rejection stands; only its explanation is missing
-        if found is not None:
-            fenced.explain(*found)
-        raise fenced
+        return owner, ms, self.core.acquire_flow(run_id, owner, ms)
 
 
 class LeaseBase:
-    """State of one held lease; the sync/async shells add the I/O methods."""
+    """State of one held lease and its flows; the sync/async shells drive them."""
 
     def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int) -> None:
         self._store = store
@@ -229,27 +187,33 @@ class LeaseBase:
         return (f"<{type(self).__name__} run={self.run_id!r} owner={self.owner!r} token={self.token} "
                 f"generation={self.generation}{' released' if self.released else ''}>")
 
-    def _renew_flow(self, ttl: float | timedelta | None) -> Flow[int]:
+    def renew_flow(self, ttl: float | timedelta | None = None) -> Flow[int]:
         ms = self.ttl_ms if ttl is None else ttl_ms(ttl)
-        return self._store._core.renew_flow(self.run_id, self.owner, self.token, ms)
+        return self._store.core.renew_flow(self.run_id, self.owner, self.token, ms)
 
-    def _release_flow(self) -> Flow[bool]:
-        return self._store._core.release_flow(self.run_id, self.owner, self.token)
+    def release_flow(self) -> Flow[bool]:
+        return self._store.core.release_flow(self.run_id, self.owner, self.token)
 
-    def _commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None) -> Flow[int]:
-        def flow() -> Flow[int]:
-            try:
-                generation = yield from self._store._commit_flow(
-                    self.run_id, state, self.token, self.generation, metadata, self.owner)
-            except DurabilityError as unconfirmed:
-                if unconfirmed.generation is not None:  # applied, only unconfirmed: the head moved
-                    self.generation = unconfirmed.generation
-                raise
-            self.generation = generation
-            return generation
+    def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> Flow[int]:
+        """Commit ``state`` after this lease's generation; the lease follows the head."""
+        flow = self._store.core.commit_flow(self.run_id, state, token=self.token, expected_generation=self.generation,
+                                            owner=self.owner, metadata=metadata)
+        return self._follow(flow)
 
-        return flow()
+    def _follow(self, flow: Flow[int]) -> Flow[int]:
+        try:
+            generation = yield from flow
+        except DurabilityError as unconfirmed:
+            if unconfirmed.generation is not None:  # applied, only unconfirmed: the head moved
+                self.generation = unconfirmed.generation
+            raise
+        self.generation = generation
+        return generation
 
-    def _load_flow(self) -> Flow[Checkpoint | None]:
-        return self._store._core.load_flow(self.run_id)
+    def load_flow(self) -> Flow[Checkpoint | None]:
+        return self._store.core.load_flow(self.run_id)
 
+    # until the LangGraph saver moves to the public flows (issue 13)
+    _renew_flow = renew_flow
+    _release_flow = release_flow
+    _commit_flow = commit_flow

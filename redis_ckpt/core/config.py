@@ -1,0 +1,116 @@
+"""Every option of a store and its default, once: :class:`StoreConfig`.
+
+``CheckpointStore``, ``AsyncCheckpointStore`` and ``StoreCore`` take their options from here;
+the numbers the scripts and the flows share (``MAX_INT``, the ttl bound) are here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ..errors import OutOfRangeError
+from .durability import Durability
+from .keys import validate_namespace
+from .ops import Cmd
+from .retry import RetryPolicy
+
+__all__ = [
+    "StoreConfig", "DriftWatch", "MAX_INT", "MAX_TTL_MS", "DEFAULT_CHUNK_BYTES", "STAGE_TTL_MARGIN_MS",
+    "check_int", "check_ttl_ms",
+]
+
+#: The exact-number bound: every token, generation, fence, ttl and time a Lua script compares
+#: or writes is an integer up to MAX_INT. Lua 5.1 numbers are doubles, exact up to 2**53; the
+#: margin keeps ``x + 1`` and sums of times exact. The scripts refuse past it (OUT_OF_RANGE)
+#: before writing anything; the flows refuse first (OutOfRangeError). Also in lua/*.lua.
+MAX_INT = 2**50
+#: the longest lease: 2**50 ms (~35,700 years); the same bound, so PEXPIRE and the lease's
+#: ttl_ms stay exact
+MAX_TTL_MS = MAX_INT
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: staged keys of a commit whose writer dies before its script runs expire after the retry
+#: deadline twice over plus this margin (the run's next commit or acquire removes them sooner)
+STAGE_TTL_MARGIN_MS = 60_000
+
+
+def check_int(argument: str, value: object, low: int, high: int, *, run_id: str | None = None) -> int:
+    """``value`` if it is an int in [low, high], else OutOfRangeError naming ``argument``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise OutOfRangeError(
+            f"{argument} must be an int in [{low}, {high}], got {value!r}"
+            + (f" (run {run_id!r})" if run_id is not None else ""),
+            argument=argument, value=value, minimum=low, maximum=high, run_id=run_id,
+        )
+    return value
+
+
+def check_ttl_ms(ttl_ms: object, *, run_id: str | None = None) -> int:
+    """A lease ttl in whole ms: an int in [1, MAX_TTL_MS], else OutOfRangeError."""
+    return check_int("ttl", ttl_ms, 1, MAX_TTL_MS, run_id=run_id)
+
+
+@dataclass(frozen=True)
+class DriftWatch:
+    """Server settings re-read with every confirmed write (a CONFIG GET of ``keys`` in the
+    write's pipeline), and the rule that judges them: ``problems(config)`` lists what drifted.
+    Given by the shell once the startup probe could read CONFIG (the core knows no probe)."""
+
+    keys: tuple[str, ...]
+    problems: Callable[[Mapping[str, str]], list[str]]
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The options of a store (see :class:`redis_ckpt.CheckpointStore`).
+
+    ``confirm`` False skips the WAITAOF confirmations: only the in-memory test store, which
+    no real server backs, is created that way (it is no option of the public constructors).
+    ``watch``: the drift check riding in every confirmed write, set after the probe.
+    """
+
+    namespace: str
+    schema_version: int = 1
+    keep: int = 3
+    durability: Durability = field(default_factory=Durability)
+    compression: str = "none"
+    max_state_bytes: int = 512 * 1024 * 1024
+    events_maxlen: int = 1000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    confirm: bool = True
+    watch: DriftWatch | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema_version, int) or self.schema_version < 1:
+            raise ValueError("schema_version must be an int >= 1")
+        if not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError("keep must be an int >= 1")
+        if self.compression not in ("none", "zstd"):
+            raise ValueError("compression must be 'none' or 'zstd'")
+        object.__setattr__(self, "namespace", validate_namespace(self.namespace))
+        if self.durability is None:  # None: the default, as the constructors always allowed
+            object.__setattr__(self, "durability", Durability())
+        if self.retry is None:
+            object.__setattr__(self, "retry", RetryPolicy())
+        if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1024:
+            raise ValueError("chunk_bytes must be an int >= 1024")
+
+    @property
+    def stage_ttl_ms(self) -> int:
+        """How long staged keys live when their commit never runs: tied to the commit deadline
+        (a resend within it finds them, or stages again), minutes rather than an hour."""
+        return int(2 * self.retry.deadline_s * 1000) + STAGE_TTL_MARGIN_MS
+
+    @cached_property
+    def confirmations(self) -> tuple[Cmd, ...]:
+        """What a confirmed write appends to its pipe: WAITAOF (and WAIT) as the durability
+        policy says, then the drift check's CONFIG GET when watched; none without ``confirm``.
+        Built once per configuration: every commit sends them."""
+        if not self.confirm:
+            return ()
+        ops = [Cmd(*c) for c in self.durability.commands()]
+        if self.watch is not None:
+            ops.append(Cmd("CONFIG", "GET", *self.watch.keys))
+        return tuple(ops)

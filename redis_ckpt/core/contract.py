@@ -1,0 +1,224 @@
+"""The scripts' contract, in one place: what each Lua script in ``lua/`` is given (its KEYS
+and ARGV, built by one function per script from named values) and what it answers (read by
+name). ``tests/test_contract.py`` pins every name and position here to the scripts' headers.
+
+Also the layouts the scripts and the flows share: the head's ``kept`` list of
+``"<g>:<chunks>"`` entries, and the staging hash's ``"<token>:<expected>:<count>:<bytes>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from ..models import Grant
+from .keys import RunKeys
+from .ops import ReplyError, Script
+from .replies import text
+
+__all__ = [
+    "CommitFields", "COMMIT_FIELD_NAMES", "COMMIT_KEYS", "SCRIPT_KEYS", "SCRIPT_ARGV", "ERROR_FIELDS",
+    "commit_script", "acquire_script", "renew_script", "release_script", "revoke_script", "delete_script",
+    "refusal", "commit_generation", "grant_of", "deleted_of",
+    "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
+]
+
+
+# --------------------------------------------------------------------------- commit.lua
+
+
+class CommitFields(NamedTuple):
+    """ARGV[1] of commit.lua: its scalar fields, in the header's order, sent joined by "\\n"
+    (one argument to encode and send; none of them can hold a newline: numbers, hex, and
+    owner/by names validated as printable)."""
+
+    mode: str  # "commit" | "import"
+    token: int
+    expected: int  # the expected generation (commit; import: 0)
+    commit_id: str
+    checksum: str  # of the whole frame, hex
+    schema_version: int
+    codec: int
+    owner: str
+    keep: int
+    maxlen: int  # events stream max length
+    generation: int  # the new generation number
+    size: int  # of the whole frame
+    chunks: int  # 0: not chunked
+    by: str  # who imported (import only)
+    staged: int  # number of staged keys s
+    resend: int  # 1: an earlier attempt of this commit id went out, its outcome unknown
+    drops: int  # number of drop entries d
+    stage_limit: int  # bytes of other commits' staged data above which all of it is removed
+    strict: int  # 1: answer NEED_STAGE for dead staged commits whose keys were not passed
+
+
+#: each CommitFields field as commit.lua's header names it ("1 mode (...), 2 token, ...")
+COMMIT_FIELD_NAMES = {
+    "mode": "mode", "token": "token", "expected": "expected generation", "commit_id": "commit id",
+    "checksum": "checksum", "schema_version": "schema version", "codec": "codec", "owner": "owner",
+    "keep": "keep", "maxlen": "events max length", "generation": "the new generation number",
+    "size": "size", "chunks": "number of chunks", "by": "who imported", "staged": "number of staged keys",
+    "resend": "resend", "drops": "number of drop entries", "stage_limit": "stage limit", "strict": "strict",
+}
+
+#: the fixed KEYS of each script, in order, as its header names them (variable keys follow)
+COMMIT_KEYS = ("fence", "head", "events", "lease", "staging")
+SCRIPT_KEYS = {
+    "commit": COMMIT_KEYS,
+    "acquire": ("fence", "lease", "head", "events", "staging"),
+    "renew": ("fence", "lease", "events"),
+    "release": ("lease", "events"),
+    "revoke": ("fence", "lease", "events"),
+    "delete": ("fence", "lease", "head", "events", "staging"),
+}
+#: the fixed ARGV of each script but commit, in order: (the builder's argument, the words the
+#: header starts that ARGV's line with)
+SCRIPT_ARGV = {
+    "acquire": (("owner", "owner"), ("ttl_ms", "ttl"), ("maxlen", "events stream max length"),
+                ("strict", "strict")),
+    "renew": (("token", "token"), ("ttl_ms", "new ttl"), ("owner", "owner"), ("maxlen", "events stream max length")),
+    "release": (("token", "token"), ("owner", "owner"), ("maxlen", "events stream max length")),
+    "revoke": (("by", "who revoked"), ("maxlen", "events stream max length")),
+    "delete": (("by", "who deleted"), ("maxlen", "events stream max length"),
+               ("entries", "number of generation entries")),
+}
+
+
+def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence[str],
+                  drop: Sequence[str], dead: Sequence[str]) -> Script:
+    """commit.lua with ``fields``: ``stored`` is the frame or manifest (empty when staged),
+    ``moved`` the staged keys followed by the keys they become (``fields.staged`` each),
+    ``drop`` the generations offered for rotation and ``dead`` the dead staged commits whose
+    keys are passed for removal (``fields.drops`` is ``len(drop)``)."""
+    return Script(
+        "commit",
+        [k.fence, k.head, k.events, k.lease, k.staging, k.generation(fields.generation), *moved,
+         *drop_keys(k, drop), *stage_keys(k, dead)],
+        ["\n".join(map(str, fields)), stored, *drop, *dead],
+    )
+
+
+def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str]) -> Script:
+    return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *stage_keys(k, dead)],
+                  [owner, ttl_ms, maxlen, int(strict), *dead])
+
+
+def renew_script(k: RunKeys, *, token: int, ttl_ms: int, owner: str, maxlen: int) -> Script:
+    return Script("renew", [k.fence, k.lease, k.events], [token, ttl_ms, owner, maxlen])
+
+
+def release_script(k: RunKeys, *, token: int, owner: str, maxlen: int) -> Script:
+    return Script("release", [k.lease, k.events], [token, owner, maxlen])
+
+
+def revoke_script(k: RunKeys, *, by: str, maxlen: int) -> Script:
+    return Script("revoke", [k.fence, k.lease, k.events], [by, maxlen])
+
+
+def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], staged: Sequence[str]) -> Script:
+    return Script("delete", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                             *stage_keys(k, staged)],
+                  [by, maxlen, len(entries), *entries, *staged])
+
+
+# --------------------------------------------------------------------------- answers
+
+#: the fields of each error a flow reads, as the scripts' headers name them ("FENCED <token>
+#: <fence>"); a name ending in "*" takes the rest of the reply (an owner may hold spaces)
+ERROR_FIELDS = {
+    "FENCED": ("token", "fence"),
+    "FENCE_BEHIND": ("token", "fence"),
+    "CONFLICT": ("expected", "actual"),
+    "OUTCOME_UNKNOWN": ("code", "token", "fence", "expected", "actual"),
+    "OUT_OF_RANGE": ("what", "value"),
+    "LEASE_HELD": ("ms_left", "owner*"),
+    "LEASE_LOST": ("fence", "holder_token", "holder_owner*"),
+    "STAGE_MISSING": ("i",),
+}
+
+
+def refusal(err: ReplyError) -> dict[str, str]:
+    """A script's error reply as {field name: value} (see ERROR_FIELDS); missing ones ""."""
+    out: dict[str, str] = {}
+    values = err.fields
+    for i, name in enumerate(ERROR_FIELDS.get(err.code, ())):
+        if name.endswith("*"):
+            out[name[:-1]] = " ".join(values[i:])
+        else:
+            out[name] = values[i] if i < len(values) else ""
+    return out
+
+
+def commit_generation(reply: Any) -> int:
+    """The generation of commit.lua's answer: ``generation`` (applied), ``{generation, "retry"}``
+    (a resend of an applied commit) or ``{generation, fence}`` (import)."""
+    return int(reply if isinstance(reply, int) else reply[0])
+
+
+def grant_of(reply: Any) -> Grant:
+    """acquire.lua's ``{token, head_generation, kind, previous_token}``."""
+    token, generation, kind, previous = reply
+    return Grant(int(token), int(generation), text(kind), int(previous))
+
+
+def deleted_of(reply: Any) -> int:
+    """The generations_deleted of delete.lua's ``{new_fence, generations_deleted}``."""
+    return int(reply[1])
+
+
+# --------------------------------------------------------------------------- shared layouts
+
+
+def entry(g: int, chunks: int) -> str:
+    """A generation as the scripts name it: ``"<g>:<chunks>"``."""
+    return f"{g}:{chunks}"
+
+
+def kept(head: Mapping[str, str]) -> list[tuple[int, int]]:
+    """The head's kept generations as (generation, chunks), oldest first."""
+    out = []
+    for e in head.get("kept", "").split(","):
+        if e:
+            g, _, c = e.partition(":")
+            out.append((int(g), int(c or 0)))
+    return out
+
+
+def kept_times(head: Mapping[str, str]) -> dict[int, int]:
+    """generation -> server time (ms) of its commit, for the kept generations whose time the
+    head recorded (``kept_ms``, aligned with ``kept``; "-" or absent for older heads)."""
+    gens = [g for g, _ in kept(head)]
+    times = head.get("kept_ms", "").split(",") if head.get("kept_ms") else []
+    out = {}
+    for g, t in zip(reversed(gens), reversed(times)):
+        if t.isdigit():
+            out[g] = int(t)
+    return out
+
+
+def staged(entries: Mapping[str, str]) -> list[str]:
+    """The staging hash's entries as "<cid>:<count>" (what the scripts take)."""
+    out = []
+    for cid, value in entries.items():
+        parts = value.split(":")
+        out.append(f"{cid}:{parts[2] if len(parts) == 4 and parts[2].isdigit() else 0}")
+    return sorted(out)
+
+
+def stage_keys(k: RunKeys, dead: Iterable[str]) -> list[str]:
+    """The staged keys of "<cid>:<count>" entries."""
+    out: list[str] = []
+    for e in dead:
+        cid, _, count = e.rpartition(":")
+        out += [k.stage(cid, i) for i in range(int(count))]
+    return out
+
+
+def drop_keys(k: RunKeys, entries: Iterable[str]) -> list[str]:
+    """The keys of "<g>:<chunks>" entries: g:<g> then its chunk keys."""
+    out: list[str] = []
+    for e in entries:
+        g, c = (int(x) for x in e.split(":"))
+        out += k.generation_keys(g, c)
+    return out

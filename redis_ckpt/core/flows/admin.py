@@ -1,0 +1,124 @@
+"""Inspection and admin flows: a run's info, its audit events, the runs of a namespace, and
+delete (the run's data goes, its fence stays as a tombstone)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...models import Event, RunInfo, ms_to_datetime
+from ..contract import delete_script, deleted_of, entry, kept, stage_keys, staged
+from ..keys import RunKeys
+from ..ops import Cmd, Flow, Pipe
+from ..replies import hash_of, raise_failures, text
+from .base import FlowsBase
+from .commit import CommitFlows
+from .confirm import check_confirmed
+
+__all__ = ["AdminFlows", "event_of"]
+
+#: keys a SCAN call looks at when listing runs
+RUNS_SCAN_COUNT = 1000
+
+
+class AdminFlows(CommitFlows, FlowsBase):
+    def info_flow(self, run_id: str) -> Flow[RunInfo]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[RunInfo]:
+            replies = yield Pipe(
+                [Cmd("GET", k.fence), Cmd("HGETALL", k.head), Cmd("HGETALL", k.lease), Cmd("PTTL", k.lease),
+                 Cmd("HGETALL", k.staging)],
+                route=k.fence,
+            )
+            raise_failures(replies)
+            fence, head, lease, pttl, registry = replies
+            head, lease = hash_of(head), hash_of(lease)
+            staged_commits, staged_bytes = yield from self.staged_size(k, hash_of(registry))
+            held = lease.get("state") == "held"
+            return RunInfo(
+                run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
+                kept=tuple(g for g, _ in kept(head)), head=head,
+                lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
+                lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
+                lease_state=lease.get("state"), staged_commits=staged_commits, staged_bytes=staged_bytes,
+            )
+
+        return self.retrying(body, run_id=k.run_id, what="info", writes=False)
+
+    def staged_size(self, k: RunKeys, registry: Mapping[str, str]) -> Flow[tuple[int, int]]:
+        """(commits, bytes) of the run's staged data still there: the sizes the staging hash
+        records, for the commits whose staged keys exist (one EXISTS per commit)."""
+        entries = [(v, keys) for cid, v in sorted(registry.items()) if (keys := stage_keys(k, staged({cid: v})))]
+        if not entries:
+            return 0, 0
+        present = yield Pipe([Cmd("EXISTS", *keys) for _, keys in entries], route=k.fence)
+        commits = total = 0
+        for (value, _), n in zip(entries, present):
+            parts = value.split(":")
+            if isinstance(n, int) and n > 0:
+                commits += 1
+                total += int(parts[3]) if len(parts) == 4 and parts[3].isdigit() else 0
+        return commits, total
+
+    def events_flow(self, run_id: str, *, count: int = 100, after: str | None = None) -> Flow[list[Event]]:
+        """Audit events, oldest first: the newest ``count``, or those after id ``after``."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[list[Event]]:
+            if after is None:
+                raw = list(reversed((yield Cmd("XREVRANGE", k.events, "+", "-", "COUNT", count)) or []))
+            else:
+                raw = (yield Cmd("XRANGE", k.events, f"({after}", "+", "COUNT", count)) or []
+            return [event_of(i, f) for i, f in raw]
+
+        return self.retrying(body, run_id=k.run_id, what="events", writes=False)
+
+    def delete_flow(self, run_id: str, by: str) -> Flow[int]:
+        k = self.keys(run_id)
+        registered: list[str] = []
+
+        def build(entries: list[str], _dead: list[str], _strict: bool) -> Any:
+            return delete_script(k, by=by, maxlen=self.config.events_maxlen, entries=entries, staged=registered)
+
+        def body() -> Flow[int]:
+            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging)], route=k.head)
+            raise_failures(replies)
+            head, registry = replies
+            registered[:] = staged(hash_of(registry))
+            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))], route=k.fence)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            check_confirmed(replies, self.config, what="delete", run_id=k.run_id, generation=None)
+            return deleted_of(replies[0])
+
+        return self.retrying(body, run_id=k.run_id, what="delete", writes=True)
+
+    def runs_flow(self, *, limit: int | None = None) -> Flow[list[str]]:
+        """Run ids in this namespace (SCAN over fence keys: every run that ever had a lease or commit)."""
+        namespace = self.config.namespace
+        pattern = RunKeys.scan_pattern(namespace)
+
+        def body() -> Flow[list[str]]:
+            found: set[str] = set()
+            cursor: Any = 0
+            while True:
+                cursor, batch = yield Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", RUNS_SCAN_COUNT)
+                for key in batch:
+                    rid = RunKeys.run_id_from_key(namespace, text(key))
+                    if rid is not None:
+                        found.add(rid)
+                if int(cursor) == 0 or (limit is not None and len(found) >= limit):
+                    break
+            runs = sorted(found)
+            return runs[:limit] if limit is not None else runs
+
+        return self.retrying(body, run_id=None, what="runs", writes=False)
+
+
+def event_of(entry_id: Any, fields: Any) -> Event:
+    """A stream entry of a run's audit events."""
+    f = hash_of(fields)
+    eid = text(entry_id)
+    ms = f.get("ms") or eid.partition("-")[0]  # a stream entry id is "<ms>-<seq>"
+    return Event(id=eid, kind=f.get("kind", "?"), at=ms_to_datetime(int(ms)) if ms.isdigit() else None, fields=f)

@@ -1,0 +1,101 @@
+"""Lease flows: acquire (a new fencing token), renew, release, and revoke (an admin fences
+every holder off). The scripts decide (lua/acquire.lua, renew.lua, release.lua, revoke.lua);
+these flows send them and name their answers."""
+
+from __future__ import annotations
+
+from ...errors import LeaseHeldError, LeaseLostError
+from ...models import Grant
+from ..config import check_ttl_ms
+from ..contract import acquire_script, grant_of, refusal, release_script, renew_script, revoke_script
+from ..keys import validate_owner
+from ..ops import Flow, Pipe, ReplyError
+from .base import FlowsBase, out_of_range
+from .confirm import check_confirmed, confirmed
+
+__all__ = ["LeaseFlows"]
+
+#: acquire answers NEED_STAGE (staged commits whose keys it was not given) at most this many
+#: times strictly; then it applies and leaves the rest to their TTL
+STRICT_ACQUIRES = 5
+
+
+class LeaseFlows(FlowsBase):
+    def acquire_flow(self, run_id: str, owner: str, ttl_ms: int) -> Flow[Grant]:
+        k = self.keys(run_id)
+        owner = validate_owner(owner)
+        check_ttl_ms(ttl_ms, run_id=k.run_id)
+
+        def body() -> Flow[Grant]:
+            c = self.config
+            dead: list[str] = []
+            for attempt in range(STRICT_ACQUIRES + 1):
+                # staged commits are all dead once the fence moves; the script names those it
+                # was not given (NEED_STAGE, nothing written) and removes the ones it was
+                script = acquire_script(k, owner=owner, ttl_ms=ttl_ms, maxlen=c.events_maxlen,
+                                        strict=attempt < STRICT_ACQUIRES, dead=dead)
+                replies = yield confirmed([script], c, route=k.fence)
+                reply = replies[0]
+                if isinstance(reply, ReplyError):
+                    if reply.code == "NEED_STAGE":
+                        dead = sorted(set(dead) | set(reply.fields))
+                        continue
+                    if reply.code == "LEASE_HELD":
+                        r = refusal(reply)
+                        raise LeaseHeldError(k.run_id, owner=r["owner"], ms_left=int(r["ms_left"]))
+                    if reply.code == "OUT_OF_RANGE":
+                        raise out_of_range(k.run_id, refusal(reply), "acquire")
+                    raise reply
+                if isinstance(reply, Exception):
+                    raise reply
+                grant = grant_of(reply)
+                check_confirmed(replies, c, what="acquire", run_id=k.run_id, generation=None)
+                return grant
+            raise AssertionError("the staged key set did not converge")
+
+        return self.retrying(body, run_id=k.run_id, what="acquire", writes=True)
+
+    def renew_flow(self, run_id: str, owner: str, token: int, ttl_ms: int) -> Flow[int]:
+        k = self.keys(run_id)
+        check_ttl_ms(ttl_ms, run_id=k.run_id)
+
+        def body() -> Flow[int]:
+            script = renew_script(k, token=token, ttl_ms=ttl_ms, owner=owner, maxlen=self.config.events_maxlen)
+            reply = (yield Pipe([script], route=k.lease))[0]
+            if isinstance(reply, ReplyError):
+                if reply.code == "LEASE_LOST":
+                    r = refusal(reply)
+                    raise LeaseLostError(k.run_id, token=token, holder=r["holder_owner"] or None,
+                                         holder_token=int(r["holder_token"]) or None, fence=int(r["fence"]))
+                if reply.code == "OUT_OF_RANGE":
+                    raise out_of_range(k.run_id, refusal(reply), "renew")
+            if isinstance(reply, Exception):
+                raise reply
+            return int(reply)
+
+        return self.retrying(body, run_id=k.run_id, what="renew", writes=False)
+
+    def release_flow(self, run_id: str, owner: str, token: int) -> Flow[bool]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[bool]:
+            script = release_script(k, token=token, owner=owner, maxlen=self.config.events_maxlen)
+            reply = (yield Pipe([script], route=k.lease))[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return bool(int(reply))
+
+        return self.retrying(body, run_id=k.run_id, what="release", writes=False)
+
+    def revoke_flow(self, run_id: str, by: str) -> Flow[int]:
+        k = self.keys(run_id)
+
+        def body() -> Flow[int]:
+            replies = yield confirmed([revoke_script(k, by=by, maxlen=self.config.events_maxlen)], self.config,
+                                      route=k.fence)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            check_confirmed(replies, self.config, what="revoke", run_id=k.run_id, generation=None)
+            return int(replies[0])
+
+        return self.retrying(body, run_id=k.run_id, what="revoke", writes=True)

@@ -1,0 +1,312 @@
+"""Read flows: load (the newest generation that verifies, migrated), and what inspects the
+stored frames as they are: generations, export.
+
+A load reads the head and the generation it names as one snapshot; a generation that fails
+verification is skipped loudly (logged at ERROR, written to the run's events) for the next
+kept one; a head that moves meanwhile is read again, never taken for corruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError, HeadMovingError, \
+    NotFoundError, SchemaVersionError
+from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
+from ..chunks import check_chunk, is_manifest, read_manifest
+from ..contract import kept, kept_times
+from ..frame import decode_frame, decode_payload, frame_checksum, read_header
+from ..keys import RunKeys, glob_escape
+from ..ops import Cmd, Flow, Pipe
+from ..replies import exec_replies, hash_of, pairs_of, raise_failures, text
+from ..retry import MIN_ATTEMPT_S, ask_deadline
+from .base import FlowsBase
+
+__all__ = ["ReadFlows", "LOAD_FIELDS", "COMMIT_KINDS"]
+
+log = logging.getLogger("redis_ckpt")
+
+#: chunks fetched per round trip when loading a chunked generation
+READ_BATCH = 4
+#: audit events read per round trip when the head is missing (is the run deleted, or lost?)
+EVENTS_PAGE = 200
+#: kinds of audit event that mean "a generation was written" (``*_unknown``, a resend that
+#: cannot tell whether its first attempt applied, proves nothing: the search goes on)
+COMMIT_KINDS = frozenset({"commit", "commit_retry", "import", "import_retry"})
+#: keys a SCAN call looks at when the head is missing and the audit stream cannot tell
+SCAN_COUNT = 1000
+#: the head fields a load needs (fewer replies to parse than HGETALL)
+LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
+
+
+class ReadFlows(FlowsBase):
+    def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
+        """The newest generation that verifies; None when the run was never committed.
+
+        The head and the generation it names are read as one snapshot (MULTI/EXEC, one round
+        trip) when this process knows the head's generation (it committed or loaded the run);
+        otherwise the head is read first. A head that moved since (a concurrent commit) is
+        read again with its new generation, and a generation rotated away while it was read
+        (chunks, older ones) starts the read again: a moving head is never corruption. When it
+        still moves at the deadline: :class:`HeadMovingError` (retryable, nothing damaged).
+        """
+        k = self.keys(run_id)
+
+        def attempt() -> Flow[Checkpoint | None]:
+            until = None  # the operation's deadline, asked of the driver when the head moves
+            guess = self.last_generation.get(k.run_id)
+            reads = 0
+            while True:
+                reads += 1
+                # after a miss the head may move once more before this read: ask for the next
+                # generation too (with keep=1 at most one of the two exists: no extra bytes)
+                wanted = [guess, guess + 1] if guess and reads > 1 else [guess] if guess else []
+                if wanted:
+                    replies = yield Pipe([Cmd("MULTI"), Cmd("HMGET", k.head, *LOAD_FIELDS),
+                                          *(Cmd("GET", k.generation(g)) for g in wanted), Cmd("EXEC")],
+                                         route=k.head)
+                    raw, *blobs = exec_replies(replies, 1 + len(wanted))
+                else:
+                    raw, blobs = (yield Cmd("HMGET", k.head, *LOAD_FIELDS)), []
+                head = {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None}
+                if not head:
+                    if (yield from self.committed_before(k)):
+                        raise CorruptCheckpointError(
+                            k.run_id, {},
+                            message=f"run {k.run_id!r} has committed generations but its head is missing "
+                                    "(deleted by hand, or a partial restore); restore the head or "
+                                    "import an exported frame",
+                        )
+                    return None
+                generation = int(head.get("generation") or 0)
+                if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
+                    result = yield from self.load_from(k, head, dict(zip(wanted, blobs)))
+                    if result is not None:
+                        self.remember(k.run_id, result.head_generation)
+                        return result  # else a generation it read was rotated away meanwhile
+                if generation >= 1:
+                    guess = generation  # read the head again with the generation it names now
+                if reads > 1 and until is None:
+                    until = yield from ask_deadline(self.config.retry.deadline_s)
+                if reads > 1 and time.monotonic() >= until - MIN_ATTEMPT_S:
+                    # no pause between reads: each is one round trip and the next one is what
+                    # catches up with the writer (a pause only lets the head move further)
+                    raise HeadMovingError(k.run_id, reads=reads, deadline_s=self.config.retry.deadline_s)
+
+        return self.retrying(attempt, run_id=k.run_id, what="load", writes=False)
+
+    def load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any]) -> Flow[Checkpoint | None]:
+        """The newest of ``head``'s kept generations that verifies; None when one was rotated
+        away while it was read (the caller reads the head again)."""
+        head_gen = int(head.get("generation", 0))
+        skipped: list[SkippedGeneration] = []
+        for g, _chunks in sorted(kept(head), reverse=True):
+            try:
+                blob = yield from self.read(k, g, prefetched.get(g))
+                header, payload = self.verify(k, g, blob, head)
+                state = decode_payload(header, payload)
+                del payload
+            except FrameError as bad:
+                if bad.reason is FrameDamage.MISSING:
+                    now = hash_of((yield Cmd("HGETALL", k.head)))
+                    if now.get("commit_id") != head.get("commit_id"):
+                        return None  # rotated away meanwhile: reload from the new head
+                skipped.append(SkippedGeneration(g, bad.reason.value, bad.detail))
+                continue
+            state = self.migrate(k.run_id, state, header.schema_version)
+            if skipped:
+                yield from self.report_fallback(k, g, skipped)
+            return Checkpoint(
+                run_id=k.run_id, state=state, generation=g, head_generation=head_gen,
+                token=header.token, owner=header.owner,  # the server's commit time, else the writer's
+                created_at=ms_to_datetime(kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
+                schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
+                metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
+                size=len(blob), skipped=tuple(skipped),  # type: ignore[arg-type]
+            )
+        raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
+
+    def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
+        summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
+        log.error("run %r: loaded generation %d because newer ones failed verification (%s)",
+                  k.run_id, loaded, summary)
+        yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", "kind", "fallback",
+                  "loaded", loaded, "skipped", summary, "ms", now_ms())
+
+    def read(self, k: RunKeys, generation: int, prefetched: Any = None) -> Flow[bytes]:
+        """The whole stored frame of a generation, reassembled from its chunks if it has any.
+
+        ``prefetched`` is the value of g:<n> when it was already read. FrameError (MISSING, or
+        the manifest's or a chunk's damage) when the frame cannot be had.
+        """
+        blob = prefetched if prefetched is not None else (yield Cmd("GET", k.generation(generation)))
+        if blob is None:
+            raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id, generation=generation)
+        if not is_manifest(blob):
+            return blob  # type: ignore[no-any-return]
+        m = read_manifest(blob, run_id=k.run_id, generation=generation)
+        parts: list[bytes] = []
+        for first in range(0, m.count, READ_BATCH):
+            idx = range(first, min(first + READ_BATCH, m.count))
+            replies = yield Pipe([Cmd("GET", k.chunk(generation, i)) for i in idx], route=k.head)
+            for i, r in zip(idx, replies):
+                if isinstance(r, Exception):
+                    raise r
+                check_chunk(m, i, r)
+                parts.append(r)
+        frame = b"".join(parts)
+        del parts
+        if len(frame) != m.size:
+            raise FrameError(FrameDamage.TRUNCATED, f"chunks hold {len(frame)} bytes, the manifest says {m.size}",
+                             run_id=k.run_id, generation=generation)
+        return frame
+
+    def verify(self, k: RunKeys, generation: int, frame: bytes, head: Mapping[str, str]) -> tuple[Any, Any]:
+        """(header, payload) of a verified generation, else FrameError."""
+        header, payload = decode_frame(frame, run_id=k.run_id, generation=generation,
+                                       max_payload_bytes=self.config.max_state_bytes)
+        if generation == int(head.get("generation", 0)) and head.get("checksum") not in (None, frame_checksum(frame)):
+            raise FrameError(FrameDamage.HEAD_MISMATCH,
+                             "checksum differs from the one the head recorded at commit",
+                             run_id=k.run_id, generation=generation)
+        return header, payload
+
+    def migrate(self, run_id: str, state: Any, stored: int) -> Any:
+        """``state`` of schema ``stored`` through the registered migrations to this store's."""
+        current = self.config.schema_version
+        if stored > current:
+            raise SchemaVersionError(
+                f"run {run_id!r} was written with schema {stored}, newer than this code's "
+                f"{current}: upgrade the code before loading it",
+                run_id=run_id, found=stored, supported=current,
+            )
+        for v in range(stored, current):
+            fn = self.migrations.get(v)
+            if fn is None:
+                raise SchemaVersionError(
+                    f"run {run_id!r} has schema {stored}; this code is at {current} "
+                    f"but no migration from {v} to {v + 1} is registered",
+                    run_id=run_id, found=stored, supported=current,
+                )
+            state = fn(state)
+        return state
+
+    def committed_before(self, k: RunKeys) -> Flow[bool]:
+        """Whether the run has (or had, and lost) generations although its head is missing:
+        True is corruption, False "never committed" (or deleted with ``delete``).
+
+        * no fence: every commit needs a token the fence handed out, an import raises it and
+          ``delete`` keeps it (a tombstone), so the run was never committed. (A restore that
+          brings back generations without their fence is not detected: it is unsafe anyway,
+          tokens would be handed out again.)
+        * the audit stream, newest first: a ``delete`` before any commit means deleted; a
+          commit or import means committed. A stream holding the run's whole history (nothing
+          trimmed, its oldest event the run's first fence: token 1) without a commit means
+          never committed. All this in one round trip for a run just acquired.
+        * otherwise (a trimmed or deleted stream: hundreds of idle acquire/release events
+          since the last commit) the keys answer, whatever the stream holds: a SCAN of the
+          node owning the run's slot for the run's own ``g:*`` keys, the pattern escaped.
+          It walks that node's keyspace, on this rare path only.
+        """
+        fence, info, page = yield Pipe([Cmd("EXISTS", k.fence), Cmd("XINFO", "STREAM", k.events),
+                                        Cmd("XREVRANGE", k.events, "+", "-", "COUNT", EVENTS_PAGE)], route=k.head)
+        raise_failures((fence, page))
+        if not int(fence):
+            return False
+        info = {} if isinstance(info, Exception) else pairs_of(info)  # no stream: "no such key"
+        length, added = info.get("length"), info.get("entries-added")
+        seen, oldest = 0, None
+        while page:
+            for entry_id, fields in page:
+                f = hash_of(fields)
+                kind = f.get("kind", "")
+                if kind == "delete":
+                    return False
+                if kind in COMMIT_KINDS:
+                    return True
+                seen, oldest = seen + 1, f
+            if len(page) < EVENTS_PAGE:
+                break
+            page = yield Cmd("XREVRANGE", k.events, f"({text(entry_id)}", "-", "COUNT", EVENTS_PAGE)
+        whole = isinstance(length, int) and length == added == seen
+        if whole and oldest is not None and _first_fence(oldest):
+            return False
+        pattern = glob_escape(k.base) + ":g:*"
+        cursor: Any = 0
+        while True:
+            (reply,) = yield Pipe([Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)], route=k.head)
+            if isinstance(reply, Exception):
+                raise reply
+            cursor, found = reply
+            if found:
+                return True
+            if int(cursor) == 0:
+                return False
+
+    def generations_flow(self, run_id: str) -> Flow[list[GenerationInfo]]:
+        """Every kept generation, newest first, each verified (frame and checksum), no migration."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[list[GenerationInfo]]:
+            head = hash_of((yield Cmd("HGETALL", k.head)))
+            times = kept_times(head)  # the server's commit times (the frame's own is the writer's clock)
+            out: list[GenerationInfo] = []
+            for g, _chunks in sorted(kept(head), reverse=True):
+                blob = b""
+                try:
+                    blob = yield from self.read(k, g)
+                    self.verify(k, g, blob, head)
+                    h = read_header(blob, run_id=k.run_id, generation=g)  # type: ignore[arg-type]
+                except FrameError as bad:
+                    out.append(GenerationInfo(g, len(blob or b""), False, bad.reason.value, bad.detail))
+                    continue
+                except CodecUnavailableError as missing:
+                    out.append(GenerationInfo(g, len(blob or b""), False, "codec-unavailable", str(missing)))
+                    continue
+                out.append(GenerationInfo(
+                    g, len(blob), True, token=h.token, owner=h.owner,  # type: ignore[arg-type]
+                    created_at=ms_to_datetime(times.get(g, h.created_ms)), schema_version=h.schema_version,
+                    checksum=frame_checksum(blob), compression=h.compression,  # type: ignore[arg-type]
+                    metadata=h.metadata,
+                ))
+            return out
+
+        return self.retrying(body, run_id=k.run_id, what="generations", writes=False)
+
+    def export_flow(self, run_id: str, generation: int | None = None) -> Flow[bytes]:
+        """The stored frame of ``generation`` (default: the newest that verifies), verified."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[bytes]:
+            head = hash_of((yield Cmd("HGETALL", k.head)))
+            gens = sorted((g for g, _ in kept(head)), reverse=True)
+            if not head:
+                raise NotFoundError(f"run {k.run_id!r} has no committed generation", run_id=k.run_id)
+            if generation is not None and generation not in gens:
+                raise NotFoundError(f"run {k.run_id!r} does not keep generation {generation} "
+                                    f"(kept: {', '.join(map(str, gens))})", run_id=k.run_id)
+            reasons: dict[int, str] = {}
+            for g in gens if generation is None else [generation]:
+                try:
+                    frame = yield from self.read(k, g)
+                    self.verify(k, g, frame, head)
+                except FrameError as bad:
+                    if generation is not None:
+                        raise
+                    reasons[g] = f"{bad.reason.value}: {bad.detail}"
+                    continue
+                return frame
+            raise CorruptCheckpointError(k.run_id, reasons)
+
+        return self.retrying(body, run_id=k.run_id, what="export", writes=False)
+
+
+def _first_fence(event: Mapping[str, str]) -> bool:
+    """Whether an audit event is the first fence increment of a run (its first acquire,
+    revoke or delete): nothing can have been written before it."""
+    kind = event.get("kind")
+    return (kind == "acquire" and event.get("token") == "1") or \
+        (kind in ("revoke", "delete") and event.get("fence") == "1")

@@ -1,0 +1,97 @@
+"""The one seam between redis-py's exceptions and redis-ckpt's errors.
+
+Inside an operation, :func:`failure` turns what redis-py (or the socket) raised into the
+neutral failures the core's flows handle (:class:`~redis_ckpt.core.ops.ReplyError`,
+:class:`~redis_ckpt.core.ops.ConnectionLost`), the original kept as ``__cause__``. At the
+edge of an operation, :func:`checkpoint_error` turns what still escapes into a
+:class:`~redis_ckpt.errors.CheckpointError`: :class:`StoreUnavailableError` (unreachable,
+authentication required or failed) or :class:`ServerError`. No other module translates
+redis-py's exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..core.ops import ConnectionLost, Failure, ReplyError
+from ..errors import CheckpointError, ServerError, StoreUnavailableError
+
+__all__ = ["failure", "in_place", "checkpoint_error", "reraise", "unavailable_message", "UNREACHABLE"]
+
+#: what means "the connection broke, timed out, or the server cannot serve yet" (redis-py's
+#: BusyLoadingError, LOADING, and AuthenticationError are ConnectionErrors; the socket's own too)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, ConnectionLost)
+
+
+def failure(exc: BaseException) -> BaseException:
+    """The neutral failure a flow gets for ``exc``; anything but a redis-py or socket error
+    (a bug, a KeyboardInterrupt) as it is."""
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, UNREACHABLE):
+        out: Failure = ConnectionLost(str(exc), timed_out=isinstance(exc, (RedisTimeoutError, TimeoutError)),
+                                      kind=type(exc).__name__)
+    elif isinstance(exc, RedisError):
+        out = ReplyError(str(exc), kind=type(exc).__name__)
+    else:
+        return exc
+    out.__cause__ = exc
+    return out
+
+
+def in_place(replies: list[Any]) -> list[Any]:
+    """A Pipe's ``replies`` with every error reply (one inside an EXEC's list included) as
+    a :class:`ReplyError`, changed in place."""
+    for i, r in enumerate(replies):
+        if isinstance(r, RedisError):
+            replies[i] = failure(r)
+        elif type(r) is list:
+            for j, inner in enumerate(r):
+                if isinstance(inner, RedisError):
+                    r[j] = failure(inner)
+    return replies
+
+
+def unavailable_message(label: str, exc: BaseException) -> str:
+    """Why the server named ``label`` could not be used, for an error: authentication required
+    (no password given), authentication failed (a wrong user name or password), or unreachable."""
+    cur: BaseException | None = exc
+    seen: set[int] = set()
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, redis.AuthenticationError):
+            text = str(cur)
+            if "authenticated" in text.lower() or "authentication required" in text.lower():
+                return (f"{label} requires authentication: put the password in the URL "
+                        "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@... for an ACL user)")
+            return f"authentication failed at {label}: the server rejected the user name or password ({text})"
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return f"cannot reach {label}: {exc}"
+
+
+def checkpoint_error(exc: BaseException, label: str) -> BaseException:
+    """What an operation on the server ``label`` raises for ``exc``, which escaped its flow:
+    a CheckpointError for a redis-py, socket or neutral failure; anything else as it is."""
+    if isinstance(exc, CheckpointError):
+        return exc
+    if isinstance(exc, UNREACHABLE):
+        return StoreUnavailableError(unavailable_message(label, exc))
+    if isinstance(exc, (ReplyError, RedisError)):
+        kind = exc.kind if isinstance(exc, ReplyError) else type(exc).__name__
+        return ServerError(f"{label}: the server answered {kind}: {exc}", run_id=None,
+                           server_message=str(exc), outcome_unknown=True)
+    return exc
+
+
+def reraise(exc: BaseException, label: str) -> NoReturn:
+    """Raise what an operation on the server ``label`` raises for ``exc`` (see
+    :func:`checkpoint_error`), the original as its cause. Call it in an ``except`` block."""
+    mapped = checkpoint_error(exc, label)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
