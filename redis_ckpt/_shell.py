@@ -126,6 +126,7 @@ class StoreBase:
                  owner: str | None = None, _confirm: bool = True, **options: Any) -> None:
         check_client(client)
         self._client = client
+        self._target = self._target_for(client)  # how this store's driver reaches the client
         #: the configuration and every flow of this store (``core.config``: its options)
         self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm))
         self.owner = owner or default_owner()
@@ -140,6 +141,10 @@ class StoreBase:
     durability = property(lambda self: self.core.config.durability)
     client = property(lambda self: self._client)
     _core = property(lambda self: self.core)  # until the LangGraph saver moves to store.core (issue 13)
+
+    @staticmethod
+    def _target_for(client: Any) -> Any:
+        raise NotImplementedError  # the sync or asyncio shell's
 
     def register_migration(self, from_version: int, fn: Any = None) -> Any:
         """Register ``fn(state) -> state`` upgrading schema ``from_version`` to ``from_version + 1``.

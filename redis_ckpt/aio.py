@@ -14,7 +14,8 @@ from ._shell import LeaseBase, StoreBase, ha_defaults
 from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
 from .drivers.errors import reraise
-from .drivers.run import run_async
+from .drivers.asyncio import adrive
+from .drivers.targets import async_target
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
@@ -106,6 +107,7 @@ class AsyncCheckpointStore(StoreBase):
     or ``await AsyncCheckpointStore.from_url(url, ...)``: both run the startup probe.
     """
 
+    _target_for = staticmethod(async_target)
     _sentinel: Any = None  # a Sentinel this store created (from_url) and closes
 
     @classmethod
@@ -165,7 +167,7 @@ class AsyncCheckpointStore(StoreBase):
         deadline; what escapes it becomes a CheckpointError (StoreUnavailableError, ServerError).
         Also ``arun``: the name code holding a sync and an async store (the saver) calls."""
         try:
-            return await run_async(flow, self._client, SCRIPTS, deadline_s=self.core.config.retry.deadline_s)
+            return await adrive(flow, self._target, deadline_s=self.core.config.retry.deadline_s)
         except Exception as exc:
             reraise(exc, self.server)
 

@@ -15,7 +15,8 @@ from .core.durability import Durability
 from .core.keys import validate_namespace
 from .core.ops import Flow
 from .drivers.errors import reraise
-from .drivers.run import run_sync
+from .drivers.sync import drive
+from .drivers.targets import sync_target
 from .errors import ExtraNotInstalledError
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
@@ -81,6 +82,8 @@ class CheckpointStore(StoreBase):
     (AOF off, eviction on, a replica, no WAITAOF, ...) is refused with
     :class:`NonDurableServerError`, one line per problem with its remedy.
     """
+
+    _target_for = staticmethod(sync_target)
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, *, namespace: str, **options: Any) -> None:
         """A store on ``client``: a ``redis.Redis``, a ``redis.cluster.RedisCluster``, or a
@@ -149,7 +152,7 @@ class CheckpointStore(StoreBase):
         """Drive ``flow`` (any flow of ``store.core``) on this store's client, by this store's
         deadline; what escapes it becomes a CheckpointError (StoreUnavailableError, ServerError)."""
         try:
-            return run_sync(flow, self._client, SCRIPTS, deadline_s=self.core.config.retry.deadline_s)
+            return drive(flow, self._target, deadline_s=self.core.config.retry.deadline_s)
         except Exception as exc:
             reraise(exc, self.server)
 
@@ -286,7 +289,7 @@ def check_server(
             return probe_sync(client, label=label, namespace=namespace, durability=durability,
                               declared=declared_config, scripts=SCRIPTS)
         flow = probe_flow(server=label, namespace=namespace, durability=durability, declared=declared_config)
-        return run_sync(flow, client, SCRIPTS)
+        return drive(flow, sync_target(client))
     except Exception as exc:
         reraise(exc, label)
     finally:

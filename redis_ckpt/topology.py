@@ -42,7 +42,9 @@ from .core.durability import Durability
 from .core.ops import Flow, ScriptSource
 from .drivers.errors import UNREACHABLE as RETRYABLE
 from .drivers.errors import unavailable_message
-from .drivers.run import run_async, run_sync
+from .drivers.asyncio import adrive
+from .drivers.sync import drive
+from .drivers.targets import async_target, sync_target
 from .probe.rules import Finding, ProbeReport, _err, probe_flow, redact_url
 
 __all__ = [
@@ -500,7 +502,7 @@ def probe_sync(client: Any, *, label: str, namespace: str, durability: Durabilit
             return done.value  # type: ignore[no-any-return]
         try:
             with node_client(req.handle) as c:
-                reply = run_sync(req.flow, c, scripts, until=until)
+                reply = drive(req.flow, sync_target(c, scripts), until=until)
         except RETRYABLE as exc:  # the node is unreachable: a finding, not the end of the probe
             reply = exc
 
@@ -552,6 +554,6 @@ async def probe_async(client: Any, *, label: str, namespace: str, durability: Du
             return done.value  # type: ignore[no-any-return]
         try:
             async with node_client(req.handle) as c:
-                reply = await run_async(req.flow, c, scripts, until=until)
+                reply = await adrive(req.flow, async_target(c, scripts), until=until)
         except RETRYABLE as exc:  # the node is unreachable: a finding, not the end of the probe
             reply = exc

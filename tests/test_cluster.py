@@ -32,7 +32,8 @@ from redis_ckpt import (
     StoreUnavailableError,
     check_server,
 )
-from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, _scan_reply, probe_key_for
+from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, probe_key_for
+from redis_ckpt.drivers.cluster_plan import _scan_reply
 from redis_ckpt.core.ops import Cmd, Pipe, Script
 from redis_ckpt.testing.local_server import LocalServer
 from redis_ckpt.probe.rules import redact_url
@@ -317,7 +318,7 @@ def evalsha(scripts: Any = SCRIPTS) -> tuple[Any, ...]:
 def test_pipe_goes_to_the_slot_owner_on_one_connection():
     fc = FakeCluster()
     fc.a.replies = [OK]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
     assert fc.a.sent == [[evalsha(), ("WAITAOF", 1, 0, 100)]] and fc.b.sent == []
 
 
@@ -325,7 +326,7 @@ def test_moved_refreshes_the_slot_map_and_resends_to_the_new_owner():
     fc = FakeCluster()
     fc.a.replies = [[MovedError("1234 10.0.0.2:7002"), [1, 1]]]  # WAITAOF on the wrong node proves nothing
     fc.b.replies = [OK]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
     assert [m.port for m in fc.nodes_manager.moved] == [7002] and len(fc.b.sent) == 1
 
 
@@ -333,46 +334,46 @@ def test_ask_sends_asking_before_every_op_to_the_target():
     fc = FakeCluster()
     fc.a.replies = [[AskError("1234 10.0.0.2:7002"), [1, 0]]]
     fc.b.replies = [[b"OK", [1, b"x"], b"OK", [1, 0]]]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
     assert fc.b.sent == [[("ASKING",), evalsha(), ("ASKING",), ("WAITAOF", 1, 0, 100)]]
     assert fc.nodes_manager.moved == []  # ASK does not change the slot map
 
 
 def test_tryagain_backs_off_then_gives_up_as_a_connection_error(monkeypatch):
     naps: list[float] = []
-    monkeypatch.setattr("redis_ckpt.drivers.cluster.time.sleep", naps.append)
+    monkeypatch.setattr("time.sleep", naps.append)
     fc = FakeCluster()
     fc.a.replies = [[TryAgainError("Multiple keys request during rehashing of slot"), [1, 0]]] * 2 + [OK]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK and len(naps) == 2
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK and len(naps) == 2
     fc.a.replies = [[TryAgainError("Multiple keys request during rehashing of slot"), [1, 0]]] * 50
     with pytest.raises(ClusterUnavailableError) as e:
-        ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS)
+        ClusterTarget(fc, SCRIPTS).pipe(COMMIT)
     assert isinstance(e.value, RedisConnectionError) and "TRYAGAIN" in str(e.value)
 
 
 def test_clusterdown_backs_off_and_refreshes(monkeypatch):
-    monkeypatch.setattr("redis_ckpt.drivers.cluster.time.sleep", lambda s: None)
+    monkeypatch.setattr("time.sleep", lambda s: None)
     fc = FakeCluster()
     fc.a.replies = [[ClusterDownError("The cluster is down"), [1, 0]], OK]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
     assert fc.nodes_manager.refreshes == 1
 
 
 def test_noscript_loads_on_the_owner_and_resends():
     fc = FakeCluster()
     fc.a.replies = [[NoScriptError("No matching script"), [1, 0]], OK]
-    assert ClusterTarget(fc).run_pipe(COMMIT, SCRIPTS) == OK
+    assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
     assert fc.a.loaded == [SCRIPTS.source("commit")]
 
 
 def test_a_broken_connection_is_thrown_and_the_next_send_refreshes_first():
     fc = FakeCluster()
     fc.a.replies = [RedisConnectionError("Connection refused"), OK]
-    target = ClusterTarget(fc)
+    target = ClusterTarget(fc, SCRIPTS)
     with pytest.raises(RedisConnectionError):
-        target.run_pipe(COMMIT, SCRIPTS)
+        target.pipe(COMMIT)
     assert fc.nodes_manager.failed == [fc.a.name] and fc.nodes_manager.refreshes == 0
-    assert target.run_pipe(COMMIT, SCRIPTS) == OK and fc.nodes_manager.refreshes == 1
+    assert target.pipe(COMMIT) == OK and fc.nodes_manager.refreshes == 1
 
 
 def test_scan_cursor_walks_every_node():

@@ -7,7 +7,7 @@ import os
 import pytest
 from redis.connection import Connection
 
-from redis_ckpt.drivers.run import _pack
+from redis_ckpt.drivers.resp import pack as _pack
 
 CASES = [
     [("SET", "k", b"v")],
@@ -44,7 +44,7 @@ import signal  # noqa: E402
 import time  # noqa: E402
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError  # noqa: E402
-from redis_ckpt.drivers.cluster import _asking  # noqa: E402
+from redis_ckpt.drivers.cluster_plan import _asking  # noqa: E402
 from redis_ckpt.core.keys import glob_escape  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, pa
     if path == "single-connection":
         client = server.client(socket_timeout=None, single_connection_client=True)
     else:
-        monkeypatch.setattr("redis_ckpt.drivers.run._hook", lambda pool: False)
+        monkeypatch.setattr("redis_ckpt.drivers.resp._hook", lambda pool: False)
         client = server.client(socket_timeout=None)
     store = CheckpointStore(client, namespace="d", retry=RetryPolicy(deadline_s=1.0))
     lease = store.acquire("r", owner="a", ttl=60)

@@ -16,7 +16,9 @@ from redis.exceptions import ResponseError
 
 from redis_ckpt.core.durability import Durability
 from redis_ckpt.errors import NonDurableServerError
-from redis_ckpt.drivers.run import run_async, run_sync
+from redis_ckpt.drivers.asyncio import adrive
+from redis_ckpt.drivers.sync import drive
+from redis_ckpt.drivers.targets import async_target, sync_target
 from redis_ckpt.testing.local_server import LocalServer
 from redis_ckpt.probe.rules import (
     CONFIG_KEYS,
@@ -102,8 +104,9 @@ def probe(
     client = server.client() if isinstance(server, LocalServer) else server
     label = redact_url(server.url) if isinstance(server, LocalServer) else "client"
     try:
-        return run_sync(
-            probe_flow(server=label, namespace=namespace, durability=durability, declared=declared), client, None
+        return drive(
+            probe_flow(server=label, namespace=namespace, durability=durability, declared=declared),
+            sync_target(client, None),
         )
     finally:
         if isinstance(server, LocalServer):
@@ -429,7 +432,7 @@ class TestFlowWithoutServer:
             "SET": True,
             "WAITAOF": [1, 0],
         })
-        report = run_sync(probe_flow(server="s", namespace="ns", durability=LOCAL), c, None)
+        report = drive(probe_flow(server="s", namespace="ns", durability=LOCAL), sync_target(c, None))
         assert report.facts is not None and report.facts.config is None
         assert report.facts.config_error == "unknown command 'CONFIG'"
         assert level_of(report.findings, "appendfsync") == "unverifiable"
@@ -446,7 +449,7 @@ class TestFlowWithoutServer:
         for k in CONFIG_KEYS:
             replies[("CONFIG GET", k)] = {k: GOOD_CONFIG[k]}
         c = ScriptedClient(replies)
-        report = run_sync(probe_flow(server="s", namespace="ns", durability=LOCAL), c, None)
+        report = drive(probe_flow(server="s", namespace="ns", durability=LOCAL), sync_target(c, None))
         assert report.facts is not None and report.facts.config == GOOD_CONFIG
         assert level_of(report.findings, "waitaof") == "refuse"
         assert not any(op[0] == "SET" for op in c.sent)  # no live write without WAITAOF
@@ -454,7 +457,7 @@ class TestFlowWithoutServer:
     def test_refused_server_gets_no_live_write(self) -> None:
         c = ScriptedClient({"INFO": INFO_OK, "CONFIG GET": {**GOOD_CONFIG, "appendfsync": "no"},
                             "COMMAND INFO": [[b"waitaof"]]})
-        report = run_sync(probe_flow(server="s", namespace="ns", durability=LOCAL), c, None)
+        report = drive(probe_flow(server="s", namespace="ns", durability=LOCAL), sync_target(c, None))
         assert level_of(report.findings, "appendfsync") == "refuse"
         assert report.facts is not None and "appendfsync" in (report.facts.live_skipped or "")
         assert not any(op[0] == "SET" for op in c.sent)
@@ -462,7 +465,7 @@ class TestFlowWithoutServer:
     def test_probe_key_override(self) -> None:
         c = ScriptedClient({"INFO": INFO_OK, "CONFIG GET": GOOD_CONFIG, "COMMAND INFO": [[b"waitaof"]],
                             "SET": True, "WAITAOF": [1, 0]})
-        run_sync(probe_flow(server="s", namespace="ns", durability=LOCAL, probe_key="ns:probe:{x}"), c, None)
+        drive(probe_flow(server="s", namespace="ns", durability=LOCAL, probe_key="ns:probe:{x}"), sync_target(c, None))
         assert c.sent[-2][1] == "ns:probe:{x}"
 
 
@@ -521,7 +524,7 @@ class TestRealServers:
         async def go() -> ProbeReport:
             ac = redis.asyncio.Redis(host=durable_server.host, port=durable_server.port)
             try:
-                return await run_async(probe_flow(server="async", namespace=namespace, durability=LOCAL), ac, None)
+                return await adrive(probe_flow(server="async", namespace=namespace, durability=LOCAL), async_target(ac, None))
             finally:
                 await ac.aclose()
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from redis_ckpt import CheckpointStore
 from redis_ckpt.core.ops import Cmd, Pipe, Script, Sleep
-from redis_ckpt.drivers.run import run_sync
+from redis_ckpt.drivers.sync import drive
+from redis_ckpt.drivers.targets import sync_target
 from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.drivers.scripts import SCRIPTS
 from redis_ckpt.cli import cli
@@ -188,7 +189,7 @@ def test_commit_and_acquire_stay_one_round_trip(store, client):
                 count += 1
                 reply = yield op
 
-        return run_sync(counting(), client, SCRIPTS), count
+        return drive(counting(), sync_target(client, SCRIPTS)), count
 
     core = CheckpointStore(client, namespace=store.namespace, keep=3, chunk_bytes=32_768).core
     grant, n = trips(core.acquire_flow("r", "w", 30_000))

@@ -135,13 +135,14 @@ def test_a_smaller_keep_drops_every_surplus_generation(client, namespace):
 
 
 def test_a_retried_commit_with_the_same_commit_id_applies_once(store):
-    from redis_ckpt.drivers.run import run_sync
+    from redis_ckpt.drivers.sync import drive
+    from redis_ckpt.drivers.targets import sync_target
 
     lease = store.acquire("idem", owner="w", ttl=30)
     flow = lambda: store.core.commit_flow("idem", {"x": 1}, token=lease.token, expected_generation=0,
                                            owner="w", commit_id="c-1")
-    assert run_sync(flow(), store.client, SCRIPTS) == 1
-    assert run_sync(flow(), store.client, SCRIPTS) == 1  # the resend after a lost reply
+    assert drive(flow(), sync_target(store.client, SCRIPTS)) == 1
+    assert drive(flow(), sync_target(store.client, SCRIPTS)) == 1  # the resend after a lost reply
     kinds = [e.kind for e in store.events("idem")]
     assert kinds.count("commit") == 1 and kinds.count("commit_retry") == 1
     assert store.load("idem").generation == 1

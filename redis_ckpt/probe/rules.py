@@ -1,6 +1,6 @@
 """The startup probe: can this server keep an acknowledged commit?
 
-Written once, sans-IO, as a flow (see :mod:`redis_ckpt.drivers.run`) that the sync and the async
+Written once, sans-IO, as a flow (see :mod:`redis_ckpt.drivers.sync`) that the sync and the async
 store both drive. The flow only *gathers* facts into a :class:`ServerFacts`; the rules live
 in the pure function :func:`evaluate`, so each one is unit-tested without a server.
 
@@ -563,7 +563,7 @@ def probe_flow(
     declared: Mapping[str, str] | None = None,
     probe_key: str | None = None,
 ) -> Flow[ProbeReport]:
-    """The startup probe as a flow; drive it with ``_io.run_sync`` / ``_io.run_async``.
+    """The startup probe as a flow; drive it with ``drivers.sync.drive`` / ``drivers.asyncio.adrive``.
 
     ``server`` is a label for messages and must not contain a password (see :func:`redact_url`).
     ``probe_key`` overrides the live write's key (``<namespace>:probe:{probe}``), e.g. so that a

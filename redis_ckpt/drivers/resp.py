@@ -1,157 +1,63 @@
-"""The seam between the sans-IO core and the sync/async shells.
+"""One connection, one deadline: how a Pipe or a command reaches a single server.
 
-Every operation of the store (commit, load, acquire, probe, ...) is written once, as a
-generator that *yields* what it needs from the server and *receives* the reply::
+A ``Pipe`` is sent on **one connection** of the client's pool (WAITAOF must run on the
+connection that made the write), straight as RESP (:func:`pack`), past redis-py's pipeline
+layers (per-command callbacks, retries, error annotation cost more client CPU than the commit
+itself). It returns one reply per op, a server error in place. A ``Script`` is an EVALSHA;
+on NOSCRIPT the script is loaded and the whole pipe sent again once (safe: NOSCRIPT means the
+script did not run, and everything after it in a pipe is a read or a WAITAOF).
 
-    def flow():
-        head = yield Cmd("HGETALL", keys.head)
-        replies = yield Pipe([Script("commit", keys=[...], args=[...]), Cmd("WAITAOF", 1, 0, 5000)],
-                             route=keys.head)
-        return result
-
-A driver runs the flow: :func:`run_sync` with a ``redis.Redis``, :func:`run_async` with a
-``redis.asyncio.Redis``. The two drivers are the only code that differs between the sync
-and the async store, and they share :func:`_step`.
-
-Semantics a flow can rely on:
-
-* ``Cmd`` is one command; a server error is *thrown into* the flow as the redis-py
-  exception (``redis.ResponseError`` ...), so ``try/except`` around the ``yield`` works.
-* ``Pipe`` is a non-transactional pipeline sent on **one connection** (WAITAOF must run on
-  the connection that made the write). It returns a list with one reply per op; a server
-  error is returned in place as an exception object, never thrown.
-* ``Script`` is an EVALSHA of a script in ``lua/``. On NOSCRIPT the driver loads the script
-  and resends the whole pipeline once; that is safe because a NOSCRIPT reply means the
-  script did not run, and everything after it in the pipeline is a read or a WAITAOF.
-* Connection errors (``redis.ConnectionError``/``TimeoutError``) are thrown into the flow.
-* ``route`` names a key whose hash slot owns the operation (used on Redis Cluster).
-* ``Sleep`` pauses the flow (``time.sleep`` / ``asyncio.sleep``): retry back-off.
-* ``Deadline(seconds)`` starts the operation's clock unless the driver was given a deadline
-  already (the first one wins: an operation is whatever the driver runs) and is answered with
-  the deadline, a ``time.monotonic()`` value. From then on every op ends by it: a connection
-  is made, a command sent and its reply read within the time left (redis-py's own retries
-  are off for the attempt: the flow decides), a ``Sleep`` is cut short at it, and an op with
-  no time left fails with ``redis.TimeoutError`` before anything is sent.
-
-Deadlines, sync: redis-py has no per-call timeout, so the driver sets the socket timeout of
-the pooled connection it holds for the attempt (and puts the connection's own back after). A
-pooled connection that must be (re)connected is connected with the attempt's timeouts too:
-redis-py >= 8 connects in ``ConnectionPool.ensure_connection``, which the driver wraps once
-per pool (the wrapper changes nothing outside an attempt of this driver); older versions
-connect inside ``get_connection``, so there the driver takes the idle connection itself (the
-first half of ``get_connection``, unchanged since redis-py 3) and connects it. Asyncio: every
-op runs under ``asyncio.timeout`` (cancelling a redis-py call disconnects its connection).
-
-Redis Cluster (``redis.cluster.RedisCluster`` / ``redis.asyncio.cluster.RedisCluster``):
-the drivers wrap the client in a :class:`Routed` / :class:`AsyncRouted` from ``_cluster``,
-which sends each ``Pipe`` on one connection to the primary owning ``route``'s slot (and
-follows MOVED/ASK/TRYAGAIN/CLUSTERDOWN there, bounded) and runs ``Cmd("SCAN", ...)`` over
-every primary. Any other client (``redis.Redis``, a Sentinel-managed client) is used as is:
-the single-node path has no extra round trip and no extra object.
+Deadlines, sync: redis-py has no per-call timeout, so the connection taken for an attempt gets
+the time left as its socket timeout (and its own back after); redis-py's own retries are off
+for the attempt (the flow's RetryPolicy decides). A pooled connection that must be
+(re)connected is connected with the attempt's timeouts too: redis-py >= 8 connects in
+``ConnectionPool.ensure_connection``, which is wrapped once per pool (the wrapper changes
+nothing outside an attempt of this driver); older versions connect inside ``get_connection``,
+so there the idle connection is taken here (the first half of ``get_connection``, unchanged
+since redis-py 3) and connected. An op with no time left fails with ``redis.TimeoutError``
+before anything is sent. Asyncio: the driver bounds each op with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import inspect
-import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-
-from ..core.ops import Cmd, Deadline, Flow, Op, Pipe, Script, ScriptSource, Sleep
-from .errors import failure, in_place
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _async_timeout
-else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
-    from async_timeout import timeout as _async_timeout
+from ..core.ops import Cmd, Pipe, Script, ScriptSource
 
 __all__ = [
-    "Cmd", "Script", "Pipe", "Sleep", "Deadline", "Op", "Flow", "ScriptSource", "Routed", "AsyncRouted",
-    "run_sync", "run_async", "time_left", "send_sync", "command_sync", "load_script_sync", "lean_sync",
+    "wire", "needs_load", "pack", "time_left", "lean_sync", "lean_async", "send_sync", "command_sync",
+    "send_async", "pipe_sync", "pipe_async", "load_script_sync",
 ]
 
-T = TypeVar("T")
 
-
-def _wire(op: Cmd | Script, scripts: ScriptSource) -> tuple[Any, ...]:
+def wire(op: Cmd | Script, scripts: ScriptSource) -> tuple[Any, ...]:
+    """An op as the command sent: a Script as its EVALSHA."""
     if isinstance(op, Script):
         return ("EVALSHA", scripts.sha(op.name), len(op.keys), *op.keys, *op.args)
     return op.args
 
 
-def _needs_load(pipe: Pipe, replies: list[Any]) -> list[str]:
+def needs_load(pipe: Pipe, replies: list[Any]) -> list[str]:
+    """The scripts of ``pipe`` the server answered NOSCRIPT for."""
     return [
         op.name
         for op, reply in zip(pipe.ops, replies)
         if isinstance(op, Script) and isinstance(reply, NoScriptError)
     ]
-
-
-def _step(flow: Flow[T], reply: Any, error: BaseException | None) -> Op:
-    """Advance the flow by one op. StopIteration carries the flow's result."""
-    if error is not None:
-        return flow.throw(error)
-    return flow.send(reply)
-
-
-class Routed:
-    """A synchronous client that routes its own pipes (Redis Cluster: ``_cluster.ClusterTarget``).
-
-    ``execute_command`` runs one ``Cmd``; ``run_pipe`` runs one ``Pipe`` with the semantics
-    above (one connection, replies in place, NOSCRIPT handled) and returns its replies; both
-    end by ``until`` (the operation's deadline, set by the driver; None: none).
-    """
-
-    until: float | None = None
-
-    def execute_command(self, *args: Any) -> Any:
-        raise NotImplementedError
-
-    def run_pipe(self, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
-        raise NotImplementedError
-
-
-class AsyncRouted:
-    """The asyncio twin of :class:`Routed` (the driver bounds it with ``asyncio.timeout``)."""
-
-    async def execute_command(self, *args: Any) -> Any:
-        raise NotImplementedError
-
-    async def run_pipe(self, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
-        raise NotImplementedError
-
-
-def _sync_target(client: Any) -> Any:
-    if isinstance(client, RedisCluster):
-        from .cluster import ClusterTarget
-
-        return ClusterTarget(client)
-    return client
-
-
-def _async_target(client: Any) -> Any:
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-
-    if isinstance(client, AsyncRedisCluster):
-        from .cluster import AsyncClusterTarget
-
-        return AsyncClusterTarget(client)
-    return client
 
 
 def _get_connection_args() -> tuple[str, ...]:
@@ -163,7 +69,7 @@ def _get_connection_args() -> tuple[str, ...]:
 _GET_CONN_ARGS = _get_connection_args()
 
 
-def _lean(client: Any) -> bool:
+def lean_async(client: Any) -> bool:
     """Whether a Pipe can go straight to one pooled connection (a plain or Sentinel-managed
     client): that skips redis-py's pipeline layers (per-command callbacks, retries, error
     annotation), which cost more client CPU than the commit itself."""
@@ -182,7 +88,7 @@ def lean_sync(client: Any) -> bool:
 _BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, never copied
 
 
-def _pack(commands: list[tuple[Any, ...]]) -> list[Any]:
+def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     """RESP for ``commands``: str as UTF-8, int as decimal, float as repr, bytes as is — what
     redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError.
     Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer."""
@@ -215,7 +121,7 @@ def _pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-def _command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
+def command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A Cmd as sent: a multi-word name (``"CONFIG GET"``) becomes its words, as redis-py does."""
     first = args[0] if args else ""
     if isinstance(first, str) and " " in first:
@@ -223,7 +129,7 @@ def _command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return args
 
 
-def _read_all(conn: Any, n: int, client: Any = None, name: str | None = None) -> list[Any]:
+def read_all(conn: Any, n: int, client: Any = None, name: str | None = None) -> list[Any]:
     """``n`` replies, a server error in place (as a pipeline with raise_on_error=False does);
     ``name``: the command whose response callback ``client`` applies (one Cmd)."""
     out: list[Any] = []
@@ -419,8 +325,8 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
     conn, give_back = _take(client, until)
     try:
         with _bounded(conn, until):
-            conn.send_packed_command(_pack([_command_wire(commands[0])] if name is not None else commands))
-            return _read_all(conn, len(commands), client, name)
+            conn.send_packed_command(pack([command_wire(commands[0])] if name is not None else commands))
+            return read_all(conn, len(commands), client, name)
     except BaseException:
         conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
@@ -437,8 +343,8 @@ def command_sync(client: Any, args: tuple[Any, ...], until: float | None = None)
     return reply
 
 
-async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    if not _lean(client):
+async def send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if not lean_async(client):
         p = client.pipeline(transaction=False)
         for c in commands:
             p.execute_command(*c)
@@ -446,7 +352,7 @@ async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]
     pool = client.connection_pool
     conn = await pool.get_connection(*_GET_CONN_ARGS)
     try:
-        await conn.send_packed_command(_pack(commands))
+        await conn.send_packed_command(pack(commands))
         out: list[Any] = []
         for _ in commands:
             try:
@@ -461,12 +367,12 @@ async def _send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]
         await pool.release(conn)
 
 
-def _pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource, until: float | None = None) -> list[Any]:
+def pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource, until: float | None = None) -> list[Any]:
     """One Pipe on one connection of a single-node (or Sentinel-managed) client."""
     reply: list[Any] = []
     for _attempt in range(2):
-        reply = send_sync(client, [_wire(o, scripts) for o in pipe.ops], until)
-        missing = _needs_load(pipe, reply)
+        reply = send_sync(client, [wire(o, scripts) for o in pipe.ops], until)
+        missing = needs_load(pipe, reply)
         if not missing:
             break
         for name in set(missing):
@@ -481,11 +387,11 @@ def load_script_sync(client: Any, source: str, until: float | None = None) -> No
         client.script_load(source)
 
 
-async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+async def pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
     reply: list[Any] = []
     for _attempt in range(2):
-        reply = await _send_async(client, [_wire(o, scripts) for o in pipe.ops])
-        missing = _needs_load(pipe, reply)
+        reply = await send_async(client, [wire(o, scripts) for o in pipe.ops])
+        missing = needs_load(pipe, reply)
         if not missing:
             break
         for name in set(missing):
@@ -493,101 +399,3 @@ async def _pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[An
     return reply
 
 
-def _start(deadline_s: float | None, until: float | None) -> float | None:
-    if until is None and deadline_s is not None:
-        until = time.monotonic() + deadline_s
-    return until
-
-
-def run_sync(flow: Flow[T], client: Any, scripts: ScriptSource, *,
-             deadline_s: float | None = None, until: float | None = None) -> T:
-    """Drive ``flow`` to completion on a synchronous redis-py client (or RedisCluster).
-
-    The operation ends by ``until`` (a ``time.monotonic()`` value) or ``deadline_s`` from now;
-    without either, by the first ``Deadline`` the flow yields (none: no deadline).
-    """
-    until = _start(deadline_s, until)
-    target = _sync_target(client)
-    routed = isinstance(target, Routed)
-    lean = not routed and lean_sync(target)
-    if routed:
-        target.until = until
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = _step(flow, reply, error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            if isinstance(op, Cmd):
-                if lean:
-                    reply = command_sync(target, op.args, until)
-                else:
-                    time_left(until)
-                    reply = target.execute_command(*op.args)
-            elif isinstance(op, Pipe):
-                if routed:
-                    reply = in_place(target.run_pipe(op, scripts))
-                else:
-                    time_left(until)
-                    reply = in_place(_pipe_sync(target, op, scripts, until))
-            elif isinstance(op, Sleep):
-                time.sleep(op.seconds if until is None else max(0.0, min(op.seconds, until - time.monotonic())))
-            elif isinstance(op, Deadline):
-                if until is None:
-                    until = time.monotonic() + op.seconds
-                    if routed:
-                        target.until = until
-                reply = until
-            else:
-                raise TypeError(f"a flow yielded {op!r}, not an op")
-        except Exception as exc:  # handed to the flow, which decides; never swallowed here
-            error = failure(exc)
-
-
-async def _do_async(op: Cmd | Pipe, target: Any, routed: bool, scripts: ScriptSource) -> Any:
-    if isinstance(op, Cmd):
-        return await target.execute_command(*op.args)
-    if routed:
-        return in_place(await target.run_pipe(op, scripts))
-    return in_place(await _pipe_async(target, op, scripts))
-
-
-async def run_async(flow: Flow[T], client: Any, scripts: ScriptSource, *,
-                    deadline_s: float | None = None, until: float | None = None) -> T:
-    """Drive ``flow`` to completion on a ``redis.asyncio`` client (or its RedisCluster); the
-    deadline as in :func:`run_sync`, every op under ``asyncio.timeout`` of the time left."""
-    until = _start(deadline_s, until)
-    target = _async_target(client)
-    routed = isinstance(target, AsyncRouted)
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = _step(flow, reply, error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            if isinstance(op, (Cmd, Pipe)):
-                left = time_left(until)
-                if left is None:
-                    reply = await _do_async(op, target, routed, scripts)
-                else:
-                    try:
-                        async with _async_timeout(left):
-                            reply = await _do_async(op, target, routed, scripts)
-                    except asyncio.TimeoutError as exc:
-                        raise RedisTimeoutError("no answer from the server within the operation's deadline") from exc
-            elif isinstance(op, Sleep):
-                await asyncio.sleep(op.seconds if until is None else max(0.0, min(op.seconds, until - time.monotonic())))
-            elif isinstance(op, Deadline):
-                if until is None:
-                    until = time.monotonic() + op.seconds
-                reply = until
-            else:
-                raise TypeError(f"a flow yielded {op!r}, not an op")
-        except Exception as exc:  # handed to the flow, which decides; never swallowed here
-            error = failure(exc)
