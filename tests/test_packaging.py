@@ -9,18 +9,34 @@ from pathlib import Path
 
 import pytest
 
-from redis_ckpt.drivers.scripts import SCRIPT_NAMES, lua_dir_text
+from redis_ckpt.drivers.scripts import SCRIPT_NAMES, lua_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_script_has_a_header_naming_keys_argv_and_return():
     for name in SCRIPT_NAMES:
-        head = lua_dir_text(name).split("\nlocal ", 1)[0]
+        head = lua_text(name).split("\nlocal ", 1)[0]
         assert head.startswith(f"-- {name}:"), name
         for word in ("KEYS[1]", "ARGV[1]", "Returns"):
             assert word in head, f"{name}.lua header lacks {word}"
     assert {p.stem for p in (ROOT / "lua").glob("*.lua")} == set(SCRIPT_NAMES)
+
+
+def test_a_checkout_loads_the_scripts_as_the_wheel_does():
+    """One way to load: the package's redis_ckpt/lua (importlib.resources). In a checkout or an
+    editable install that is the symlink to the top-level lua/ (the wheel test below loads the
+    same names from the installed package)."""
+    from importlib import resources
+
+    import redis_ckpt
+
+    packaged = resources.files("redis_ckpt").joinpath("lua")
+    assert Path(redis_ckpt.__file__).resolve().parent == ROOT / "redis_ckpt"
+    assert Path(str(packaged)).resolve() == (ROOT / "lua").resolve()
+    assert (ROOT / "redis_ckpt" / "lua").is_symlink()
+    for name in SCRIPT_NAMES:
+        assert lua_text(name) == (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @pytest.mark.server
@@ -44,6 +60,7 @@ def test_wheel_installs_in_a_fresh_venv_and_commits(tmp_path, make_server):
         assert redis_ckpt.__file__.startswith({str(venv)!r}), redis_ckpt.__file__
         from importlib import resources
         assert resources.files("redis_ckpt").joinpath("lua", "commit.lua").is_file()
+        assert s.lua_text("commit") == {(ROOT / "lua" / "commit.lua").read_text(encoding="utf-8")!r}
         store = redis_ckpt.CheckpointStore.from_url({server.url!r}, namespace="wheel")
         with store.acquire("w", owner="venv", ttl=5) as lease:
             assert lease.commit({{"from": "wheel"}}) == 1

@@ -1,12 +1,12 @@
 """The Lua scripts, read once from the package data.
 
-The ``.lua`` files live in the repository's top-level ``lua/`` and are shipped inside the
-wheel as ``redis_ckpt/lua``. In a source checkout (or an editable install) the top-level
-folder is read directly.
+The ``.lua`` files live in the repository's top-level ``lua/`` and are read one way, as the
+package's ``redis_ckpt/lua`` with ``importlib.resources``: the wheel ships them there, and in
+a checkout (or an editable install) ``redis_ckpt/lua`` is a symlink to ``../lua``.
 
 Scripts are run by EVALSHA with a reload on NOSCRIPT, exactly as redis-py's
 ``register_script`` does; the store pipelines EVALSHA with WAITAOF on one connection, so
-the SHA is computed here (SHA1 of the source, as Redis does) and ``_io`` does the reload.
+the SHA is computed here (SHA1 of the source, as Redis does) and ``resp`` does the reload.
 """
 
 from __future__ import annotations
@@ -14,24 +14,18 @@ from __future__ import annotations
 import hashlib
 from functools import cached_property
 from importlib import resources
-from pathlib import Path
 
-__all__ = ["Scripts", "SCRIPT_NAMES", "lua_dir_text"]
+__all__ = ["Scripts", "SCRIPTS", "SCRIPT_NAMES", "lua_text"]
 
 SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete")
 
 
-def lua_dir_text(name: str) -> str:
-    """The source of ``lua/<name>.lua`` from the installed package, else from the checkout."""
-    packaged = resources.files("redis_ckpt").joinpath("lua", f"{name}.lua")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    checkout = Path(__file__).resolve().parents[2] / "lua" / f"{name}.lua"
-    if checkout.is_file():
-        return checkout.read_text(encoding="utf-8")
-    raise FileNotFoundError(
-        f"Lua script {name}.lua is missing from the redis_ckpt package (a broken install?)"
-    )
+def lua_text(name: str) -> str:
+    """The source of ``lua/<name>.lua``, from the package."""
+    script = resources.files("redis_ckpt").joinpath("lua", f"{name}.lua")
+    if not script.is_file():
+        raise FileNotFoundError(f"Lua script {name}.lua is missing from the redis_ckpt package (a broken install?)")
+    return script.read_text(encoding="utf-8")
 
 
 class Scripts:
@@ -39,7 +33,7 @@ class Scripts:
 
     @cached_property
     def _sources(self) -> dict[str, str]:
-        return {name: lua_dir_text(name) for name in SCRIPT_NAMES}
+        return {name: lua_text(name) for name in SCRIPT_NAMES}
 
     @cached_property
     def _shas(self) -> dict[str, str]:
