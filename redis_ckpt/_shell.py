@@ -20,14 +20,23 @@ from typing import Any
 from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.ops import Flow
 from .core.store_core import StoreCore
-from .errors import DurabilityError, OutOfRangeError
+from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
 from .models import Checkpoint, Grant
 from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
 from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
 
-__all__ = ["StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner"]
+__all__ = [
+    "StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
+    "IN_MEMORY_LABEL",
+]
+
+#: the namespace every part of redis-ckpt uses unless told otherwise: in_memory(), check_server(),
+#: the CLI (--namespace), the demo and the README's examples, so that `redis-ckpt runs` finds them
+DEFAULT_NAMESPACE = "default"
+#: what an in-memory store is called in messages and its repr
+IN_MEMORY_LABEL = "in-memory (fakeredis, not durable)"
 
 
 def default_owner() -> str:
@@ -61,6 +70,15 @@ def ttl_ms(ttl: float | timedelta) -> int:
             argument="ttl", value=ttl, minimum=0.001, maximum=MAX_TTL_MS / 1000,
         )
     return ms
+
+
+def import_fakeredis(feature: str) -> Any:
+    """The fakeredis module, or :class:`ExtraNotInstalledError` naming the ``[testing]`` extra."""
+    try:
+        import fakeredis
+    except ImportError as missing:
+        raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
+    return fakeredis
 
 
 def client_label(client: Any) -> str:
@@ -141,6 +159,12 @@ class StoreBase:
     durability = property(lambda self: self.core.config.durability)
     client = property(lambda self: self._client)
     _core = property(lambda self: self.core)  # until the LangGraph saver moves to store.core (issue 13)
+
+    def __repr__(self) -> str:
+        """``<CheckpointStore redis://:***@host:6379/0 namespace='default' durability=local-fsync keep=3>``:
+        the server as messages name it (never a password)."""
+        return (f"<{type(self).__name__} {self.server} namespace={self.namespace!r} "
+                f"durability={self.durability.label} keep={self.keep}>")
 
     @staticmethod
     def _target_for(client: Any) -> Any:

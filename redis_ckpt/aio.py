@@ -10,7 +10,7 @@ from collections.abc import Generator, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._shell import LeaseBase, StoreBase, ha_defaults
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis
 from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
 from .drivers.errors import reraise
@@ -19,7 +19,6 @@ from .drivers.targets import async_target
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
-from .store import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, import_fakeredis, store_repr
 from .topology import (
     async_client_from_url,
     close_sentinel_async,
@@ -234,9 +233,6 @@ class AsyncCheckpointStore(StoreBase):
         await self._client.aclose()
         if self._sentinel is not None:
             await close_sentinel_async(self._sentinel)
-
-    def __repr__(self) -> str:
-        return store_repr(self)
 
     async def __aenter__(self) -> AsyncCheckpointStore:
         return self

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._shell import LeaseBase, StoreBase, client_label, ha_defaults
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, client_label, ha_defaults, \
+    import_fakeredis
 from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
 from .core.keys import validate_namespace
@@ -17,7 +18,6 @@ from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.sync import drive
 from .drivers.targets import sync_target
-from .errors import ExtraNotInstalledError
 from .models import Checkpoint, Event, GenerationInfo, RunInfo
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
@@ -31,10 +31,6 @@ from .topology import (
 )
 
 __all__ = ["CheckpointStore", "Lease", "check_server", "DEFAULT_NAMESPACE"]
-
-#: the namespace every part of redis-ckpt uses unless told otherwise: in_memory(), check_server(),
-#: the CLI (--namespace), the demo and the README's examples, so that `redis-ckpt runs` finds them
-DEFAULT_NAMESPACE = "default"
 
 T = TypeVar("T")
 
@@ -225,35 +221,11 @@ class CheckpointStore(StoreBase):
         if self._sentinel is not None:
             close_sentinel_sync(self._sentinel)
 
-    def __repr__(self) -> str:
-        return store_repr(self)
-
     def __enter__(self) -> CheckpointStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-
-#: what an in-memory store is called in messages and its repr
-IN_MEMORY_LABEL = "in-memory (fakeredis, not durable)"
-
-
-def store_repr(store: StoreBase) -> str:
-    """``<CheckpointStore redis://:***@host:6379/0 namespace='default' durability=local-fsync keep=3>``:
-    the server as messages name it (never a password)."""
-    return (f"<{type(store).__name__} {store.server} namespace={store.namespace!r} "
-            f"durability={store.durability.label} keep={store.keep}>")
-
-
-def import_fakeredis(feature: str) -> Any:
-    """The fakeredis module, or :class:`ExtraNotInstalledError` naming the ``[testing]`` extra."""
-    try:
-        import fakeredis
-    except ImportError as missing:
-        raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
-    return fakeredis
 
 
 def check_server(

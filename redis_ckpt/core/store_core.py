@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .config import DriftWatch, StoreConfig
+from .config import DriftWatch
 from .flows.admin import AdminFlows
 from .flows.base import Migration
 from .flows.lease import LeaseFlows

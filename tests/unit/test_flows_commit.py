@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-from scripted import OK_FSYNC, Scripted, core, fields, replies_for
+from scripted import Scripted, core, fields, replies_for
 
 from redis_ckpt.core.chunks import is_manifest
 from redis_ckpt.core.config import DriftWatch
