@@ -146,7 +146,7 @@ class StoreBase:
         self._client = client
         self._target = self._target_for(client)  # how this store's driver reaches the client
         #: the configuration and every flow of this store (``core.config``: its options)
-        self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm))
+        self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm, watch=None))
         self.owner = owner or default_owner()
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
