@@ -21,11 +21,24 @@ set or frozenset is an array whose first item is an empty marker extension
 unpack puts ~40 KB on the C stack: nested extension payloads segfault at ~180
 levels); every other type is one leaf extension (codes below).
 
-Encoding runs msgpack's C packer. Before it, one pass (``_prepare``) visits every
-container (never a leaf on its own), refuses types the C packer would pack natively
-but lossily (``bytearray``/``memoryview`` would come back as ``bytes``,
-``msgpack.ExtType``/``Timestamp`` would alias our extensions), checks keys for NaN,
-bounds the depth, and:
+Encoding runs msgpack's C packer. A state made only of the types it packs exactly and
+without calling back into Python (None, bool, int within 64 bits, float, str, bytes, list,
+dict) takes the fast path (``_plain``): one breadth-first pass over the state, level by
+level in C (``gc.get_referents``), looks at the set of types on each level - which bounds
+the depth and rules out the types the C packer would pack natively but lossily
+(``bytearray``/``memoryview`` would come back as ``bytes``, ``msgpack.ExtType``/``Timestamp``
+would alias our extensions) - and, under a size limit, spends a lower bound of the encoded
+size (every item's ``len``, summed in C) so that a state over it is refused before the packer
+copies anything. The packer then runs without calling back into Python: its ``default``
+aborts the fast path, so the packing is atomic with respect to other threads (it never
+releases the GIL) and never torn. A NaN float in the packed bytes sends the state to the
+careful path too, which knows whether it sits in a dict key. Residue, as on the careful
+path for containers it does not copy: a bytearray another thread puts into the state
+between the scan and the packing comes back as bytes.
+
+Every other state takes the careful path: one pass (``_prepare``) visits every container
+(never a leaf on its own), refuses the lossy types above, checks keys for NaN, bounds the
+depth, and:
 
 * spends a lower bound of the encoded size (a byte per item plus the length of each
   str/bytes/bytearray item, summed in C) against the caller's limit, so a state over it
@@ -37,18 +50,25 @@ bounds the depth, and:
 
 Only when encoding fails does a second, slow walk (``_find_problem``) find the path
 to report.
+
+Decoding runs msgpack's C unpacker with an ``ext_hook`` for the leaf extensions; the
+``list_hook`` that turns a marked array into a tuple or set runs only when the payload can
+hold a marker (an empty ext 8, bytes ``c7 00``, which valid UTF-8 never contains).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import gc
 import math
+import re
 import reprlib
 import uuid
 import zoneinfo
 from collections.abc import Callable
 from itertools import compress
+from operator import length_hint
 from typing import Any
 
 import msgpack
@@ -116,36 +136,59 @@ def encode_state(state: object, *, root: str = "state", limit: int | None = None
     it is known: before anything is copied when the strings and bytes inside already pass it.
     A state another thread changes meanwhile is a :class:`StateError`, never a torn payload.
     """
-    return _encode(state, root, _pack, limit)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=False)  # type: ignore[return-value]
 
 
 def encode_state_buffer(state: object, *, root: str = "state", limit: int | None = None) -> memoryview:
     """:func:`encode_state`, as a view of the packer's own buffer: no final copy (for large
     states, where every 16 MiB copy costs ~10 ms of page faults)."""
-    return _encode(state, root, _pack_buffer, limit)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=True)  # type: ignore[return-value]
 
 
-def _encode(state: object, root: str, pack: Any, limit: int | None) -> bytes | memoryview:
+def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool) -> bytes | memoryview:
+    plain = _plain(state, limit)
+    if plain is True or plain == _FLOATS:
+        try:
+            out = _pack_plain(state, as_buffer)
+        except Exception:  # noqa: BLE001 - _NotPlain, or anything the careful path will name
+            pass
+        else:
+            if plain is True or _NAN.search(out) is None:  # a NaN may sit in a dict key: the careful path knows
+                return _checked_size(out, root, limit)
+    elif plain is not False:
+        raise _too_large(root, plain, limit)  # type: ignore[arg-type]
+    return _encode_carefully(state, root, _pack_buffer if as_buffer else _pack, limit)
+
+
+def _checked_size(out: Any, root: str, limit: int | None) -> Any:
+    if limit is not None and len(out) > limit:
+        raise StateTooLargeError(
+            f"{root} encodes to {len(out)} bytes, more than the limit of {limit} (max_state_bytes)",
+            size=len(out), limit=limit,
+        )
+    return out
+
+
+def _too_large(root: str, spent: int, limit: int) -> StateTooLargeError:
+    return StateTooLargeError(
+        f"{root} encodes to at least {spent} bytes, more than the limit of {limit} (max_state_bytes)",
+        size=spent, limit=limit,
+    )
+
+
+def _encode_carefully(state: object, root: str, pack: Any, limit: int | None) -> bytes | memoryview:
     budget = _Budget(limit)
     try:
         out = pack(_prepare_root(state, budget))
     except _TooLarge:
-        raise StateTooLargeError(
-            f"{root} encodes to at least {budget.spent} bytes, more than the limit of {limit} (max_state_bytes)",
-            size=budget.spent, limit=limit,  # type: ignore[arg-type]
-        ) from None
+        raise _too_large(root, budget.spent, limit) from None  # type: ignore[arg-type]
     except (_Refused, TypeError, ValueError, OverflowError, RecursionError) as exc:
         # UnicodeEncodeError (lone surrogate) is a ValueError; RecursionError only on a stack already deep.
         cause: BaseException = exc
     except RuntimeError as exc:  # "dictionary changed size during iteration"
         raise _changed(root, exc) from None
     else:
-        if limit is not None and len(out) > limit:
-            raise StateTooLargeError(
-                f"{root} encodes to {len(out)} bytes, more than the limit of {limit} (max_state_bytes)",
-                size=len(out), limit=limit,
-            )
-        return out  # type: ignore[no-any-return]
+        return _checked_size(out, root, limit)  # type: ignore[no-any-return]
     try:
         problem = _find_problem(state, root, 0, {}, in_key=False)
     except RecursionError:
@@ -199,7 +242,79 @@ def _too_deep(value: Any, depth: int, limit: int) -> bool:
     return any(type(item) in _CONTAINER_SET and _too_deep(item, depth + 1, limit) for item in items)
 
 
-# ---------------------------------------------------------------- fast path
+# ---------------------------------------------------------------- fast path (plain states)
+
+#: packed exactly by msgpack's C code without calling back into Python (an int: within 64 bits)
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, dict))
+_SCAN_CHUNK = 4096  # objects handed to one gc.get_referents call
+_SCAN_CAP = 1 << 22  # items on one level past which the careful path takes over (memory of the scan)
+#: a float NaN as msgpack writes it (float 64, exponent all ones); also matches infinities and
+#: bytes inside bin data, which only cost a careful encode (never in valid UTF-8: 0xcb needs 0x80-0xbf)
+_NAN = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+_FLOATS = 2  # what _plain returns for a plain state holding a float
+
+
+class _NotPlain(Exception):
+    """Raised by the fast path's default: the state holds a type the careful path must see."""
+
+
+def _plain(state: object, limit: int | None) -> bool | int:
+    """Whether ``state`` can take the fast path: True (_FLOATS if it holds a float) when every
+    value in it is of a _PLAIN type and containers nest at most MAX_DEPTH levels; False when
+    the careful path must look; an int (a lower bound of the encoded size, always > 2) when
+    that is already over ``limit``.
+
+    Breadth first, a level at a time, each step in C: the set of types on the level, the
+    sum of its items' len() under a limit, then the next level (gc.get_referents: a list's
+    items, a dict's values and any keys that are not str). The bound: every item takes
+    at least one byte plus, for a str or bytes, its length; a container's len() counts one
+    byte for each of its items (and 1 for the root's own header).
+    """
+    level: list[Any] = [state]
+    spent = 1
+    floats = False
+    for depth in range(MAX_DEPTH + 1):
+        kinds = set(map(type, level))
+        if not kinds <= _PLAIN:
+            return False
+        floats = floats or float in kinds
+        if limit is not None:
+            spent += sum(map(length_hint, level))
+            if spent > limit:
+                return max(spent, 3)
+        if list not in kinds and dict not in kinds:
+            return _FLOATS if floats else True
+        if depth == MAX_DEPTH:
+            return False  # a container at depth MAX_DEPTH: the careful path names it
+        if len(level) <= _SCAN_CHUNK:
+            level = gc.get_referents(*level)
+            if len(level) > _SCAN_CAP:
+                return False
+            continue
+        below: list[Any] = []
+        for at in range(0, len(level), _SCAN_CHUNK):  # a cycle or shared subtrees grow levels fast
+            below += gc.get_referents(*level[at:at + _SCAN_CHUNK])
+            if len(below) > _SCAN_CAP:
+                return False
+        level = below
+    return False
+
+
+def _not_plain(value: object) -> object:
+    raise _NotPlain
+
+
+def _pack_plain(state: object, as_buffer: bool) -> bytes | memoryview:
+    """Pack a state :func:`_plain` accepted; _NotPlain if it changed meanwhile (or holds an
+    int beyond 64 bits). No Python code runs inside the packer, so no other thread does."""
+    if not as_buffer:
+        return msgpack.packb(state, use_bin_type=True, strict_types=True, default=_not_plain)
+    packer = msgpack.Packer(use_bin_type=True, strict_types=True, default=_not_plain, autoreset=False)
+    packer.pack(state)
+    return packer.getbuffer()
+
+
+# ---------------------------------------------------------------- careful path
 
 
 def _prepare_root(state: Any, budget: _Budget) -> Any:
@@ -406,7 +521,32 @@ class _Marker:
 _MARKER_CODES = {_TUPLE: _Marker(tuple), _SET: _Marker(set), _FROZENSET: _Marker(frozenset)}
 
 
-def _unpack(data: bytes) -> Any:
+class _MarkerSeen(Exception):
+    """A container marker in a payload decoded without the list hook."""
+
+
+def _leaf_ext_hook(code: int, ext: bytes) -> Any:
+    decode = _LEAF_DECODERS.get(code)
+    if decode is None:
+        if code in _MARKER_CODES and not ext:
+            raise _MarkerSeen
+        raise ValueError(f"unknown extension type {code}")
+    return decode(ext)
+
+
+#: what every marker starts with as msgpack writes it (an empty ext 8); never in valid UTF-8
+_MARKER_START = re.compile(rb"\xc7\x00")
+
+
+def _unpack(data: bytes | memoryview) -> Any:
+    n = len(data)  # every array item / map pair takes at least 1 / 2 bytes: tight, allocation-safe limits
+    limits = {"max_str_len": n, "max_bin_len": n, "max_ext_len": n, "max_array_len": n, "max_map_len": n // 2}
+    if _MARKER_START.search(data) is None:  # no tuple or set: no Python call per array
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
+                                   ext_hook=_leaf_ext_hook, **limits)
+        except _MarkerSeen:  # written another way (ext 16/32): decode with the hook
+            pass
     markers_open = 0  # markers seen but not yet consumed as the first item of an array
 
     def ext_hook(code: int, ext: bytes) -> Any:
@@ -427,11 +567,8 @@ def _unpack(data: bytes) -> Any:
             return items.pop(0).build(items)
         return items
 
-    n = len(data)  # every array item / map pair takes at least 1 / 2 bytes: tight, allocation-safe limits
-    value = msgpack.unpackb(
-        data, raw=False, strict_map_key=False, use_list=True, ext_hook=ext_hook, list_hook=list_hook,
-        max_str_len=n, max_bin_len=n, max_ext_len=n, max_array_len=n, max_map_len=n // 2,
-    )
+    value = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, ext_hook=ext_hook,
+                           list_hook=list_hook, **limits)
     if markers_open:
         raise ValueError("container marker outside the first item of an array")
     return value
