@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redis_ckpt.core.codec import MAX_DEPTH, decode_state, encode_state
+from redis_ckpt.core.codec import MAX_DEPTH, decode_state, encode_state, encode_state_buffer
 from redis_ckpt.errors import StateError, StateTooLargeError, UnsupportedTypeError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -325,6 +325,47 @@ def test_long_keys_are_shortened_in_the_path() -> None:
     with pytest.raises(UnsupportedTypeError) as caught:
         encode_state({"k" * 500: Opaque()})
     assert len(caught.value.path) < 100 and "..." in caught.value.path
+
+
+def test_nan_values_in_a_plain_state_round_trip_and_nan_keys_are_refused() -> None:
+    assert_same({"x": [math.nan, -math.nan, math.inf, 1.5]}, round_trip({"x": [math.nan, -math.nan, math.inf, 1.5]}))
+    assert_same({math.inf: 1, -math.inf: 2}, round_trip({math.inf: 1, -math.inf: 2}))
+    with pytest.raises(UnsupportedTypeError) as caught:
+        encode_state({"ok": [1.0], "m": {2.5: 1, struct.unpack(">d", bytes.fromhex("7ff0000000000001"))[0]: 2}})
+    assert caught.value.path == "state['m'][<key nan>]"
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=6)
+    | st.dictionaries(st.text() | st.integers(-(2**63), 2**64 - 1) | st.binary() | st.booleans(), inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@FAST
+@given(plain_values)
+def test_plain_states_are_written_as_plain_msgpack_by_both_paths(value: object) -> None:
+    """The wire form of None/bool/int/float/str/bytes/list/dict is msgpack's own, whichever
+    path encodes it: generations written before the fast path decode, and vice versa."""
+    from redis_ckpt.core.codec import _encode_carefully, _pack
+
+    try:
+        careful = _encode_carefully(value, "state", _pack, None)
+    except UnsupportedTypeError:  # a NaN key: refused by both
+        with pytest.raises(UnsupportedTypeError):
+            encode_state(value)
+        return
+    assert encode_state(value) == careful == msgpack.packb(value, use_bin_type=True)
+    assert bytes(encode_state_buffer(value)) == careful
+    assert_same(value, decode_state(careful))
+
+
+def test_markers_written_as_ext_16_or_32_still_make_tuples_and_sets() -> None:
+    assert_same((1,), decode_state(b"\x92\xc8\x00\x00\x02\x01"))
+    assert_same({1}, decode_state(b"\x92\xc9\x00\x00\x00\x00\x03\x01"))
+    with pytest.raises(ValueError):
+        decode_state(b"\x92\x01\xc8\x00\x00\x02")  # a marker not first
 
 
 # ---------------------------------------------------------------- cycles and depth
@@ -664,3 +705,32 @@ def test_a_state_changed_by_another_thread_is_a_state_error_never_a_torn_payload
         stop.set()
         thread.join()
     assert sum(outcomes.values()) == 60
+
+
+def test_a_plain_state_changed_by_another_thread_always_encodes_whole() -> None:
+    """A state of plain types is packed without calling back into Python, so another thread
+    cannot run in the middle: every encode is a whole, valid snapshot."""
+    state: dict[str, Any] = {"rows": [{"i": i, "name": f"row {i}"} for i in range(20000)], "seen": {}}
+    stop = threading.Event()
+
+    def mutate() -> None:
+        i = 0
+        while not stop.is_set():
+            rows = state["rows"]
+            rows.append({"i": i, "name": "new"})
+            if len(rows) > 20100:
+                del rows[20000:]
+            state["seen"][i % 64] = [i]
+            if i % 3 == 0:
+                state["seen"].pop((i + 7) % 64, None)
+            i += 1
+
+    thread = threading.Thread(target=mutate)
+    thread.start()
+    try:
+        for _ in range(40):
+            decoded = decode_state(encode_state(state))
+            assert type(decoded) is dict and 20000 <= len(decoded["rows"]) <= 20100
+    finally:
+        stop.set()
+        thread.join()

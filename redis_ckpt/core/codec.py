@@ -153,7 +153,7 @@ def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool) -> 
         except Exception:  # noqa: BLE001 - _NotPlain, or anything the careful path will name
             pass
         else:
-            if plain is True or _NAN.search(out) is None:  # a NaN may sit in a dict key: the careful path knows
+            if plain is True or not _may_hold_nan(out):  # a NaN may sit in a dict key: the careful path knows
                 return _checked_size(out, root, limit)
     elif plain is not False:
         raise _too_large(root, plain, limit)  # type: ignore[arg-type]
@@ -248,9 +248,10 @@ def _too_deep(value: Any, depth: int, limit: int) -> bool:
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, dict))
 _SCAN_CHUNK = 4096  # objects handed to one gc.get_referents call
 _SCAN_CAP = 1 << 22  # items on one level past which the careful path takes over (memory of the scan)
-#: a float NaN as msgpack writes it (float 64, exponent all ones); also matches infinities and
-#: bytes inside bin data, which only cost a careful encode (never in valid UTF-8: 0xcb needs 0x80-0xbf)
-_NAN = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+#: how msgpack starts a float 64 with the exponent's top bits all ones (NaN, infinity, or
+#: past 2**1008); also found inside bin data or after an int: each only costs a careful
+#: encode (never in valid UTF-8, where 0xcb needs 0x80-0xbf after it)
+_HUGE_FLOAT = re.compile(rb"\xcb[\x7f\xff]")
 _FLOATS = 2  # what _plain returns for a plain state holding a float
 
 
@@ -297,6 +298,15 @@ def _plain(state: object, limit: int | None) -> bool | int:
             if len(below) > _SCAN_CAP:
                 return False
         level = below
+    return False
+
+
+def _may_hold_nan(packed: bytes | memoryview) -> bool:
+    """Whether ``packed`` may hold a float NaN (exponent all ones, mantissa not zero)."""
+    for found in _HUGE_FLOAT.finditer(packed):
+        rest = bytes(packed[found.end():found.end() + 7])  # the other 7 bytes of the float
+        if len(rest) == 7 and rest[0] >= 0xF0 and (rest[0] > 0xF0 or any(rest[1:])):
+            return True
     return False
 
 
