@@ -4,6 +4,7 @@ forged frame ever decodes into a wrong state or raises anything but FrameError."
 from __future__ import annotations
 
 import datetime as dt
+import os
 import struct
 import sys
 import time
@@ -487,3 +488,116 @@ def test_ordinary_data_is_not_padded() -> None:
     payload = encode_state([{"role": "user", "content": f"message {i}", "n": i} for i in range(2000)])
     blob = frame(payload, compression="zstd")
     assert "pad" not in msgpack.unpackb(blob[16:16 + header_len(blob)])
+
+
+# ---------------------------------------------------------------- reading a chunked frame in pieces
+
+
+def assemble(blob: bytes, chunk: int) -> Any:
+    from redis_ckpt.core.frame import FrameAssembler
+
+    assembler = FrameAssembler(len(blob))
+    for at in range(0, len(blob), chunk):
+        assembler.write(blob[at:at + chunk])
+    return assembler.finish()
+
+
+MIB = 1 << 20
+LONG = [os.urandom(MIB + 17), os.urandom(2 * MIB), b"\x00" * (MIB + 1)]
+ASSEMBLED_STATES = {
+    "one long bin": {"blob": LONG[0], "note": "large", "when": dt.date(2024, 1, 1)},
+    "in a tuple and a set": [1, (LONG[1], "t"), {LONG[2], b"short"}],
+    "as a dict key": {LONG[0]: 1, "k": [LONG[1]]},
+    "the same bin twice": [LONG[2], LONG[2]],
+    "root": LONG[1],
+    "none long enough": {"blob": os.urandom(MIB - 1), "rows": list(range(1000))},
+    "past the walk": {"rows": [{"i": i} for i in range(5000)], "blob": LONG[0]},
+}
+
+
+@pytest.mark.parametrize("chunk", [1000, 7919, 1 << 16, 1 << 30], ids=["1000", "7919", "64k", "whole"])
+@pytest.mark.parametrize("name", list(ASSEMBLED_STATES))
+def test_a_frame_read_in_pieces_is_the_frame_and_its_long_bins_are_not_copied(name: str, chunk: int) -> None:
+    from redis_ckpt.core.frame import AssembledFrame
+
+    state = ASSEMBLED_STATES[name]
+    blob = frame(encode_state(state))
+    got = assemble(blob, chunk)
+    assert len(got) == len(blob) and bytes(got) == blob
+    assert frame_checksum(got) == frame_checksum(blob) and read_header(got) == read_header(blob)
+    header, payload = decode_frame(got, run_id=RUN, generation=4)
+    assert header == read_header(blob)
+    back = decode_payload(header, payload)
+    assert back == state and type(back) is type(state)
+    if name == "one long bin":
+        assert type(got) is AssembledFrame and back["blob"] is got.payload.leaves[0]  # the very object read into
+    if name == "past the walk":  # not looked for past the walk's budget, and not joined either
+        assert type(got) is AssembledFrame and got.payload.leaves == []
+    if name == "in a tuple and a set":
+        assert type(back[1]) is tuple and type(back[2]) is set
+    if name == "none long enough":
+        assert not isinstance(got, AssembledFrame) or got.payload.leaves == []
+
+
+def test_a_compressed_frame_is_read_whole() -> None:
+    blob = frame(encode_state({"blob": b"\x01" * (3 * MIB)}), compression="zstd")
+    got = assemble(blob, 4096)
+    assert type(got) is bytes and got == blob
+
+
+@pytest.mark.parametrize("where", ["header", "before the bin", "inside the bin", "after the bin", "digest"])
+def test_damage_in_a_frame_read_in_pieces_is_a_checksum_error(where: str) -> None:
+    blob = bytearray(frame(encode_state({"a": "x" * 100, "blob": LONG[0], "z": [1, 2, 3]})))
+    at = {"header": 30, "before the bin": len(blob) - len(LONG[0]) - 40, "inside the bin": len(blob) // 2,
+          "after the bin": len(blob) - 20, "digest": len(blob) - 3}[where]
+    blob[at] ^= 0x10
+    with pytest.raises(FrameError) as caught:
+        decode_frame(assemble(bytes(blob), 65536))
+    assert caught.value.reason is FrameDamage.CHECKSUM
+
+
+def test_a_frame_read_short_is_shorter() -> None:
+    blob = frame(encode_state({"blob": LONG[0]}))
+    from redis_ckpt.core.frame import FrameAssembler
+
+    assembler = FrameAssembler(len(blob))
+    assembler.write(blob[:MIB])
+    got = assembler.finish()
+    assert len(got) == MIB and bytes(got) == blob[:MIB]
+
+
+@pytest.mark.parametrize("leaf", [False, True])
+def test_a_placeholder_forged_into_a_stored_payload_is_undecodable(leaf: bool) -> None:
+    """The ext code the reader uses for a long bin set apart is refused in a stored payload."""
+    forged = [msgpack.ExtType(127, b"\x00\x00\x00\x00"), LONG[0] if leaf else b"x"]
+    blob = frame(msgpack.packb(forged, use_bin_type=True))
+    header, payload = decode_frame(assemble(blob, 65536))
+    with pytest.raises(FrameError) as caught:
+        decode_payload(header, payload)
+    assert caught.value.reason is FrameDamage.UNDECODABLE
+
+
+small_leaves = st.recursive(
+    st.none() | st.integers() | st.text(max_size=40) | st.binary(max_size=300) | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=5) | st.lists(inner, max_size=4).map(tuple)
+    | st.dictionaries(st.text(max_size=5) | st.binary(min_size=60, max_size=200), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(small_leaves, st.integers(1, 400), st.integers(1, 120))
+def test_any_state_read_in_pieces_decodes_as_written(state: object, chunk: int, leaf_min: int) -> None:
+    """With long bins made short (LEAF_MIN_BYTES patched), every cut of every frame reads back exactly."""
+    import redis_ckpt.core.frame as frame_module
+
+    blob = frame(encode_state(state))
+    previous = frame_module.LEAF_MIN_BYTES
+    frame_module.LEAF_MIN_BYTES = leaf_min
+    try:
+        got = assemble(blob, chunk)
+    finally:
+        frame_module.LEAF_MIN_BYTES = previous
+    assert bytes(got) == blob
+    header, payload = decode_frame(got)
+    assert decode_payload(header, payload) == state

@@ -137,7 +137,54 @@ def test_a_256_mib_state_commits_and_loads_within_a_small_multiple_of_its_size(d
     assert out.returncode == 0, out.stderr
     multiples = {m: float(x) for m, x in re.findall(r"\| (commit|load) \| [\d.]+ \| \d+ \| ([\d.]+)x \|", out.stdout)}
     assert set(multiples) == {"commit", "load"}, out.stdout
-    assert all(v <= 4.0 for v in multiples.values()), out.stdout
+    assert multiples["commit"] <= 1.25 and multiples["load"] <= 1.5, out.stdout  # issue 12, target 4
+
+
+#: run in a fresh interpreter: peak RSS above what the process held before the operation,
+#: for one commit or one load of the state below (``size`` bytes of long bins, nested)
+MEASURE = """
+import json, os, resource, sys
+import redis
+from redis_ckpt import CheckpointStore
+
+url, namespace, mode, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+store = CheckpointStore(redis.Redis.from_url(url), namespace=namespace, keep=1)
+if mode == "commit":
+    quarter = size // 4
+    state = {"parts": [os.urandom(quarter), (os.urandom(quarter), "t")], "meta": {"x": os.urandom(quarter)},
+             "rows": [{"i": i, "name": str(i)} for i in range(3000)], "last": {os.urandom(quarter): 1}}
+    lease = store.acquire("m", owner="w", ttl=60)
+    before = peak()
+    lease.commit(state)
+else:
+    before = peak()
+    state = store.load("m").state
+    assert sum(len(p) for p in (state["parts"][0], state["parts"][1][0], state["meta"]["x"], *state["last"])) == size
+print(json.dumps({"grown": peak() - before}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["commit", "load"])
+def test_a_commit_and_a_load_of_long_bins_hold_little_more_than_the_state(durable_server, mode):
+    """Commit: the state and its encoding (its frame is never joined); load: the state (each
+    long bin is read straight into the bytes object the state then holds)."""
+    import json
+    import subprocess
+    import sys
+
+    size = 96 * 1024 * 1024
+    namespace = "large-peaks"
+    for step in (["commit"] if mode == "commit" else ["commit", "load"]):
+        out = subprocess.run([sys.executable, "-c", MEASURE, durable_server.url, namespace, step, str(size)],
+                             capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stderr
+    grown = json.loads(out.stdout)["grown"]
+    bound = 1.25 if mode == "commit" else 1.5
+    assert grown <= bound * size, f"{mode} peaked {grown / size:.2f}x the state"
 
 
 def test_a_medium_frame_is_staged_whole_and_renamed_into_place(client, namespace):

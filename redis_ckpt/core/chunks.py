@@ -25,6 +25,7 @@ import msgpack
 import xxhash
 
 from ..errors import FrameDamage, FrameError
+from .frame import FrameParts
 
 __all__ = ["MANIFEST_MAGIC", "Manifest", "is_manifest", "split", "encode_manifest", "read_manifest", "check_chunk"]
 
@@ -50,8 +51,11 @@ def is_manifest(blob: bytes | None) -> bool:
     return blob is not None and blob[:4] == MANIFEST_MAGIC
 
 
-def split(frame: bytes, chunk_bytes: int) -> list[memoryview]:
-    """Zero-copy views of ``frame`` at most ``chunk_bytes`` long."""
+def split(frame: bytes | FrameParts, chunk_bytes: int) -> list[bytes | memoryview]:
+    """Pieces of ``frame`` at most ``chunk_bytes`` long, views of it (of a FrameParts' payload:
+    only the first and last piece, which take in its head and digest, are copies)."""
+    if isinstance(frame, FrameParts):
+        return frame.chunks(chunk_bytes)
     view = memoryview(frame)
     return [view[i : i + chunk_bytes] for i in range(0, len(frame), chunk_bytes)]
 

@@ -211,15 +211,19 @@ def _changed(root: str, exc: BaseException) -> StateError:
 UNPACK_MAX_DEPTH = 1024
 
 
-def decode_state(payload: bytes, *, max_depth: int | None = None) -> object:
+def decode_state(payload: bytes | memoryview, *, max_depth: int | None = None,
+                 leaves: list[bytes] | None = None) -> object:
     """Decode what :func:`encode_state` wrote. Anything else raises ``ValueError``.
 
     Nesting is bounded by msgpack's own :data:`UNPACK_MAX_DEPTH`; ``max_depth`` (e.g.
     :data:`MAX_DEPTH`, what encoding allows) bounds it further, at the cost of a walk over
     every container of the result (import pays it, load does not).
+
+    ``leaves``: the contents of long bins a chunked read set apart (frame.FrameAssembler),
+    each named in ``payload`` by a placeholder extension and used exactly once, as is.
     """
     try:
-        value = _unpack(payload)
+        value = _unpack(payload, leaves)
     except msgpack.StackError:
         raise ValueError(f"containers nested more than {UNPACK_MAX_DEPTH} levels deep") from None
     except ValueError:
@@ -544,19 +548,51 @@ def _leaf_ext_hook(code: int, ext: bytes) -> Any:
     return decode(ext)
 
 
+#: ext code of a placeholder for a long bin read apart (frame.LEAF_EXT); never stored
+_LEAF_PLACEHOLDER = 127
+
+
+class _Leaves:
+    """Hands out each long bin a chunked read set apart, once, for its placeholder."""
+
+    __slots__ = ("items", "used")
+
+    def __init__(self, items: list[bytes]) -> None:
+        self.items, self.used = items, [False] * len(items)
+
+    def take(self, ext: bytes) -> bytes:
+        index = int.from_bytes(ext, "big") if len(ext) == 4 else -1
+        if not 0 <= index < len(self.items) or self.used[index]:
+            raise ValueError("misplaced long-bin placeholder")
+        self.used[index] = True
+        return self.items[index]
+
+    def check_all_used(self) -> None:
+        if not all(self.used):
+            raise ValueError("a long bin read apart has no place in the payload")
+
+
 #: what every marker starts with as msgpack writes it (an empty ext 8); never in valid UTF-8
 _MARKER_START = re.compile(rb"\xc7\x00")
 
 
-def _unpack(data: bytes | memoryview) -> Any:
+def _unpack(data: bytes | memoryview, leaves: list[bytes] | None = None) -> Any:
     n = len(data)  # every array item / map pair takes at least 1 / 2 bytes: tight, allocation-safe limits
     limits = {"max_str_len": n, "max_bin_len": n, "max_ext_len": n, "max_array_len": n, "max_map_len": n // 2}
+    apart = _Leaves(leaves) if leaves else None
     if _MARKER_START.search(data) is None:  # no tuple or set: no Python call per array
+        hook = _leaf_ext_hook
+        if apart is not None:
+            def hook(code: int, ext: bytes) -> Any:
+                return apart.take(ext) if code == _LEAF_PLACEHOLDER else _leaf_ext_hook(code, ext)
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True,
-                                   ext_hook=_leaf_ext_hook, **limits)
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True, ext_hook=hook, **limits)
         except _MarkerSeen:  # written another way (ext 16/32): decode with the hook
-            pass
+            apart = _Leaves(leaves) if leaves else None
+        else:
+            if apart is not None:
+                apart.check_all_used()
+            return value
     markers_open = 0  # markers seen but not yet consumed as the first item of an array
 
     def ext_hook(code: int, ext: bytes) -> Any:
@@ -565,6 +601,8 @@ def _unpack(data: bytes | memoryview) -> Any:
         if marker is not None and not ext:
             markers_open += 1
             return marker
+        if code == _LEAF_PLACEHOLDER and apart is not None:
+            return apart.take(ext)
         decode = _LEAF_DECODERS.get(code)
         if decode is None:
             raise ValueError(f"unknown extension type {code}")
@@ -581,6 +619,8 @@ def _unpack(data: bytes | memoryview) -> Any:
                            list_hook=list_hook, **limits)
     if markers_open:
         raise ValueError("container marker outside the first item of an array")
+    if apart is not None:
+        apart.check_all_used()
     return value
 
 

@@ -36,6 +36,7 @@ zeros is stored in 400 KiB instead of 13 KiB, and still loads.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -49,8 +50,8 @@ from ..errors import CodecUnavailableError, FrameDamage, FrameError
 from ..models import MAX_MS, MIN_MS
 
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "MAX_ZSTD_RATIO", "FrameHeader",
-    "encode_frame", "frame_checksum", "read_header", "decode_frame", "decode_payload",
+    "FORMAT_VERSION", "MAGIC", "MAX_ZSTD_RATIO", "FrameHeader", "FrameParts", "AssembledFrame", "FrameAssembler",
+    "encode_frame", "encode_frame_parts", "frame_checksum", "read_header", "decode_frame", "decode_payload",
 ]
 
 MAGIC = b"RCKP"
@@ -87,12 +88,62 @@ class FrameHeader:
     payload_size: int  # stored (possibly compressed) payload length
 
 
+class FrameParts:
+    """A frame held as its three pieces: the head (prefix, header, payload length), the
+    payload as given (e.g. a view of the packer's own buffer: never copied), and the digest.
+    What a large commit stages, as chunks that are views of the payload (:meth:`chunks`)."""
+
+    __slots__ = ("head", "payload", "digest")
+
+    def __init__(self, head: bytes, payload: Any, digest: bytes) -> None:
+        self.head, self.payload, self.digest = head, memoryview(payload).cast("B"), digest
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.payload) + len(self.digest)
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, self.payload, self.digest))
+
+    def chunks(self, size: int) -> list[bytes | memoryview]:
+        """The frame in pieces of ``size`` bytes (the last one shorter): views of the payload,
+        but where a piece straddles the head or the digest (two pieces at most, copied)."""
+        pieces: list[bytes | memoryview] = []
+        total = len(self)
+        head, payload_end = len(self.head), len(self.head) + len(self.payload)
+        for start in range(0, total, size):
+            end = min(start + size, total)
+            if head <= start and end <= payload_end:
+                pieces.append(self.payload[start - head:end - head])
+                continue
+            part = []
+            if start < head:
+                part.append(self.head[start:end])
+            if start < payload_end and end > head:
+                part.append(self.payload[max(start, head) - head:min(end, payload_end) - head])
+            if end > payload_end:
+                part.append(self.digest[max(start, payload_end) - payload_end:end - payload_end])
+            pieces.append(b"".join(part))
+        return pieces
+
+
 def encode_frame(
     payload: bytes, *, run_id: str, generation: int, token: int, owner: str, created_ms: int,
     schema_version: int, metadata: dict | None = None, codec: int = CODEC_MSGPACK,
     compression: str = "none", level: int = 3,
 ) -> bytes:
     """Frame ``payload`` (an encoded state). ``metadata`` is encoded exactly, like state."""
+    return bytes(encode_frame_parts(
+        payload, run_id=run_id, generation=generation, token=token, owner=owner, created_ms=created_ms,
+        schema_version=schema_version, metadata=metadata, codec=codec, compression=compression, level=level))
+
+
+def encode_frame_parts(
+    payload: bytes | memoryview, *, run_id: str, generation: int, token: int, owner: str, created_ms: int,
+    schema_version: int, metadata: dict | None = None, codec: int = CODEC_MSGPACK,
+    compression: str = "none", level: int = 3,
+) -> FrameParts:
+    """:func:`encode_frame` without joining the pieces: the payload is not copied (unless
+    compressed), so a large commit holds its state and its encoding, nothing more."""
     _require(isinstance(payload, (bytes, bytearray, memoryview)), "payload must be bytes")
     _require(type(run_id) is str and type(owner) is str, "run_id and owner must be str")
     for name, value, low, high in (("generation", generation, *_HEADER_RANGES["gen"]),
@@ -121,48 +172,295 @@ def encode_frame(
     ))
     digest = xxhash.xxh3_128(head)
     digest.update(payload)
-    return b"".join((head, payload, digest.digest()))  # the payload is copied once, here
+    return FrameParts(head, payload, digest.digest())
 
 
-def frame_checksum(frame: bytes) -> str:
+def frame_checksum(frame: bytes | FrameParts | AssembledFrame) -> str:
     """The frame's recorded digest, in hex (not recomputed: :func:`read_header` verifies it)."""
+    if isinstance(frame, (FrameParts, AssembledFrame)):
+        return frame.digest.hex()
     if len(frame) < _DIGEST_SIZE:
         raise FrameError(FrameDamage.TRUNCATED, f"{len(frame)} bytes cannot hold a checksum")
     return bytes(frame[-_DIGEST_SIZE:]).hex()
 
 
-def read_header(frame: bytes, *, run_id: str | None = None, generation: int | None = None) -> FrameHeader:
+def read_header(frame: bytes | AssembledFrame, *, run_id: str | None = None,
+                generation: int | None = None) -> FrameHeader:
     """Verify the whole frame (checksum included) and return its header; nothing is decompressed."""
+    if isinstance(frame, AssembledFrame):
+        return _verify_assembled(frame, run_id, generation)
     return _verify(memoryview(frame), run_id, generation)[0]
 
 
 def decode_frame(
-    frame: bytes, *, run_id: str | None = None, generation: int | None = None,
+    frame: bytes | AssembledFrame, *, run_id: str | None = None, generation: int | None = None,
     max_payload_bytes: int | None = None,
-) -> tuple[FrameHeader, bytes]:
-    """Verify the frame and return its header and the decompressed payload.
+) -> tuple[FrameHeader, Any]:
+    """Verify the frame and return its header and the decompressed payload (a view of the
+    frame when it is not compressed: no copy; what :func:`decode_payload` takes).
 
     A payload larger than ``max_payload_bytes`` once decompressed is refused (UNDECODABLE)
     before it is decompressed.
     """
-    header, payload = _verify(memoryview(frame), run_id, generation)
-    if header.compression == "zstd":
-        return header, _decompress(header, payload, max_payload_bytes, len(frame))
-    if max_payload_bytes is not None and len(payload) > max_payload_bytes:
+    if isinstance(frame, AssembledFrame):
+        header = _verify_assembled(frame, run_id, generation)
+        payload: Any = frame.payload
+    else:
+        header, payload = _verify(memoryview(frame), run_id, generation)
+        if header.compression == "zstd":
+            return header, _decompress(header, payload, max_payload_bytes, len(frame))
+    if max_payload_bytes is not None and header.payload_size > max_payload_bytes:
         raise _damage(header, FrameDamage.UNDECODABLE,
-                      f"payload of {len(payload)} bytes exceeds the limit of {max_payload_bytes}")
-    return header, bytes(payload)
+                      f"payload of {header.payload_size} bytes exceeds the limit of {max_payload_bytes}")
+    return header, payload
 
 
-def decode_payload(header: FrameHeader, payload: bytes, *, max_depth: int | None = None) -> object:
+def decode_payload(header: FrameHeader, payload: Any, *, max_depth: int | None = None) -> object:
     """The state a decoded frame holds; a payload that does not decode (or nests deeper
     than ``max_depth``, see :func:`decode_state`) is UNDECODABLE."""
     if header.codec != CODEC_MSGPACK:
         raise _damage(header, FrameDamage.UNKNOWN_CODEC, f"codec id {header.codec}")
     try:
+        if isinstance(payload, _SplitPayload):
+            return decode_state(payload.rest, max_depth=max_depth, leaves=payload.leaves)
         return decode_state(payload, max_depth=max_depth)
     except ValueError as exc:
         raise _damage(header, FrameDamage.UNDECODABLE, str(exc)) from None
+
+
+# ---------------------------------------------------------------- reading a chunked frame
+
+#: a bin at least this long is read straight into its own bytes object (see FrameAssembler)
+LEAF_MIN_BYTES = 1 << 20
+#: msgpack objects the assembler parses before it takes the rest as it comes: 4096, or one per
+#: 4 KiB of payload (the walk costs a few percent of the load at most)
+_WALK_BUDGET = 4096
+_HEAD_MAX = 16 << 20  # a header longer than this (huge metadata) is read the plain way
+_PLACEHOLDER = struct.Struct(">BbI")  # fixext 4, ext code LEAF_EXT, the leaf's index
+#: ext code of a placeholder for a bin read on its own; never written into a stored payload
+LEAF_EXT = 127
+
+
+def _object_sizes() -> list[tuple[int, int]]:
+    """Per msgpack lead byte: (bytes before the data, width of the length field at offset 1),
+    with the data length fixed (0) when the width is 0; fixstr is special-cased."""
+    table = [(1, 0)] * 256  # fixints, nil, bool, fixmap, fixarray: one byte, items follow
+    for lead, size in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9),
+                       (0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9), (0xD4, 3), (0xD5, 4), (0xD6, 6),
+                       (0xD7, 10), (0xD8, 18), (0xDC, 3), (0xDD, 5), (0xDE, 3), (0xDF, 5)):
+        table[lead] = (size, 0)
+    for lead, width in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        table[lead] = (1 + width, width)  # bin / str: length, data
+    for lead, width in ((0xC7, 1), (0xC8, 2), (0xC9, 4)):
+        table[lead] = (2 + width, width)  # ext: length, type, data
+    table[0xC1] = (0, 0)  # never used: the walk stops, msgpack will name it
+    return table
+
+
+_OBJECT_SIZES = _object_sizes()
+
+
+class _SplitPayload:
+    """A payload read in pieces: ``rest`` with each long bin replaced by a placeholder
+    extension naming its index in ``leaves`` (the bins' contents)."""
+
+    __slots__ = ("rest", "leaves")
+
+    def __init__(self, rest: bytes, leaves: list[bytes]) -> None:
+        self.rest, self.leaves = rest, leaves
+
+
+class AssembledFrame:
+    """A chunked frame as :class:`FrameAssembler` read it: its head, its payload in pieces
+    (long bins apart, each its own bytes object) and its digest, checked while reading.
+    :func:`decode_frame`, :func:`read_header` and :func:`frame_checksum` take it like the
+    frame's bytes; ``bytes()`` rebuilds those (for an export)."""
+
+    __slots__ = ("head", "payload", "cuts", "digest", "digest_ok", "size")
+
+    def __init__(self, head: bytes, payload: _SplitPayload, cuts: list[tuple[int, bytes]], digest: bytes,
+                 digest_ok: bool, size: int) -> None:
+        self.head, self.payload, self.cuts = head, payload, cuts
+        self.digest, self.digest_ok, self.size = digest, digest_ok, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        pieces: list[bytes | memoryview] = [self.head]
+        rest, at = memoryview(self.payload.rest), 0
+        for (where, bin_head), leaf in zip(self.cuts, self.payload.leaves):
+            pieces += (rest[at:where], bin_head, leaf)
+            at = where + _PLACEHOLDER.size
+        pieces += (rest[at:], self.digest)
+        return b"".join(pieces)
+
+
+class FrameAssembler:
+    """Reads a frame of ``size`` bytes from its chunks, in order, into as little memory as
+    the state it holds: each bin of at least :data:`LEAF_MIN_BYTES` goes straight into a
+    bytes object of its own, which the decoded state then holds (no second copy of it),
+    while the digest is computed on the way. :meth:`finish` returns an
+    :class:`AssembledFrame`, or the frame's bytes when it is not worth splitting (no long
+    bin, compressed, or anything unexpected: then the plain verification names it).
+
+    The payload is walked object header by object header (msgpack is a prefix code: no
+    nesting to track) for at most :data:`_WALK_BUDGET` objects (more in a large payload);
+    past that, the rest of it is kept as it comes.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.written = 0
+        self._whole: io.BytesIO | None = None
+        self._pending = bytearray()  # head bytes, then unparsed payload bytes
+        self._head: bytes | None = None
+        self._payload_end = 0  # offset of the digest in the frame
+        self._hash = xxhash.xxh3_128()
+        self._rest = io.BytesIO()
+        self._cuts: list[tuple[int, bytes]] = []
+        self._leaves: list[io.BytesIO] = []
+        self._leaf_left = 0  # bytes of the current long bin still to come
+        self._copy_left = 0  # bytes of the current object to keep as they come
+        self._budget = _WALK_BUDGET
+        self._digest = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        if self._whole is not None:
+            self._whole.write(data)
+            return
+        view = memoryview(data)
+        if self._head is None:
+            self._pending += view
+            if not self._read_head():
+                return
+            view, self._pending = memoryview(bytes(self._pending)), bytearray()  # the payload so far
+            at = len(self._head)  # type: ignore[arg-type]
+        else:
+            at = self.written - len(data)  # frame offset of view[0]
+        if at + len(view) > self._payload_end:  # the digest (or trailing bytes) begins in this piece
+            cut = max(self._payload_end - at, 0)
+            self._digest += view[cut:]
+            view = view[:cut]
+        self._hash.update(view)
+        self._route(view)
+
+    def _read_head(self) -> bool:
+        """True once the head is complete and the frame worth splitting; else keep waiting, or
+        switch to reading it whole."""
+        pending = self._pending
+        if len(pending) < _PREFIX.size:
+            return False
+        magic, version, codec, compression, _, _, header_len = _PREFIX.unpack_from(pending)
+        head_len = _PREFIX.size + header_len + _PAYLOAD_LEN.size
+        if (magic != MAGIC or version != FORMAT_VERSION or codec != CODEC_MSGPACK or compression != 0
+                or header_len > _HEAD_MAX or self.size < head_len + LEAF_MIN_BYTES + _DIGEST_SIZE):
+            self._go_whole()
+            return False
+        if len(pending) < head_len:
+            return False
+        (payload_len,) = _PAYLOAD_LEN.unpack_from(pending, head_len - _PAYLOAD_LEN.size)
+        if head_len + payload_len + _DIGEST_SIZE != self.size:
+            self._go_whole()
+            return False
+        self._head = bytes(pending[:head_len])
+        self._hash.update(self._head)
+        self._payload_end = head_len + payload_len
+        self._budget = max(_WALK_BUDGET, payload_len >> 12)
+        del pending[:head_len]
+        return True
+
+    def _go_whole(self) -> None:
+        self._whole = io.BytesIO()
+        self._whole.seek(self.size - 1)
+        self._whole.write(b"\0")  # one allocation of the frame's size, then filled in place
+        self._whole.seek(0)
+        self._whole.write(self._pending)
+        self._pending = bytearray()
+
+    def _route(self, view: memoryview) -> None:
+        while view:
+            if self._leaf_left:
+                n = min(self._leaf_left, len(view))
+                self._leaves[-1].write(view[:n])
+                self._leaf_left -= n
+                view = view[n:]
+            elif self._copy_left or not self._budget:
+                n = len(view) if not self._budget else min(self._copy_left, len(view))
+                self._rest.write(view[:n])
+                self._copy_left -= min(n, self._copy_left)
+                view = view[n:]
+            else:
+                self._pending += view
+                view = self._walk()
+
+    def _walk(self) -> memoryview:
+        """Parse object headers from the pending bytes; return what the routing goes on with."""
+        pending = self._pending
+        at = 0
+        while self._budget and at < len(pending):
+            lead = pending[at]
+            size, width = _OBJECT_SIZES[lead]
+            if size == 0:  # 0xc1: never valid; keep everything as it comes
+                self._budget = 0
+                break
+            if at + size > len(pending):
+                break  # the header is not all here yet
+            self._budget -= 1
+            if width:
+                data_len = int.from_bytes(pending[at + 1:at + 1 + width], "big")
+            else:
+                data_len = lead & 0x1F if 0xA0 <= lead <= 0xBF else 0
+            if lead == 0xC6 and data_len >= LEAF_MIN_BYTES:
+                self._rest.write(pending[:at])
+                self._cuts.append((self._rest.tell(), bytes(pending[at:at + size])))
+                self._rest.write(_PLACEHOLDER.pack(0xD6, LEAF_EXT, len(self._leaves)))
+                leaf = io.BytesIO()
+                leaf.seek(data_len - 1)
+                leaf.write(b"\0")  # one allocation of the bin's size, then filled in place
+                leaf.seek(0)
+                self._leaves.append(leaf)
+                self._leaf_left = data_len
+                rest = memoryview(bytes(pending[at + size:]))
+                self._pending = bytearray()
+                return rest
+            at += size
+            if data_len:
+                if at + data_len > len(pending):  # the data runs on into later pieces
+                    self._copy_left = at + data_len - len(pending)
+                    at = len(pending)
+                    break
+                at += data_len
+        self._rest.write(pending[:at])
+        if self._budget:
+            del pending[:at]
+            return memoryview(b"")
+        rest = memoryview(bytes(pending[at:]))  # walked enough: the rest as it comes
+        self._pending = bytearray()
+        return rest
+
+    def finish(self) -> bytes | AssembledFrame:
+        if self._whole is not None:
+            self._whole.truncate(self.written)
+            return self._whole.getvalue()
+        if self._head is None or self._pending or self._leaf_left or self._copy_left:
+            return bytes(self)  # incomplete: the plain verification names what is wrong
+        rest = self._rest.getvalue()
+        leaves = [leaf.getvalue() for leaf in self._leaves]
+        digest = bytes(self._digest)
+        return AssembledFrame(self._head, _SplitPayload(rest, leaves), self._cuts, digest,
+                              self._hash.digest() == digest, self.written)
+
+    def __bytes__(self) -> bytes:
+        """What was written, joined (only where the frame turned out not worth splitting)."""
+        pieces: list[Any] = [self._head or b""]
+        rest, at = memoryview(self._rest.getvalue()), 0
+        for (where, bin_head), leaf in zip(self._cuts, self._leaves):
+            pieces += (rest[at:where], bin_head, leaf.getvalue()[:leaf.tell()])
+            at = where + _PLACEHOLDER.size
+        pieces += (rest[at:], self._pending, self._digest)
+        return b"".join(pieces)
 
 
 # ---------------------------------------------------------------- verification
@@ -195,9 +493,33 @@ def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tup
     digest_at = size - _DIGEST_SIZE
     if xxhash.xxh3_128_digest(blob[:digest_at]) != blob[digest_at:]:
         raise fail(FrameDamage.CHECKSUM, "xxh3-128 digest does not match the content")
+    header = _checked_header(blob[:payload_at], run_id, generation)
+    return header, blob[payload_at:digest_at]
+
+
+def _verify_assembled(frame: AssembledFrame, run_id: str | None, generation: int | None) -> FrameHeader:
+    """:func:`_verify` for a frame read in pieces: its layout was checked while reading (or it
+    would have been read whole), its digest computed on the way."""
+    if not frame.digest_ok:
+        raise FrameError(FrameDamage.CHECKSUM, "xxh3-128 digest does not match the content",
+                         run_id=run_id, generation=generation)
+    return _checked_header(memoryview(frame.head), run_id, generation)
+
+
+def _checked_header(head: memoryview, run_id: str | None, generation: int | None) -> FrameHeader:
+    """The header of a frame whose layout and checksum are verified (``head``: its bytes up
+    to the payload), or the FrameError naming what is wrong with it."""
+    where: dict[str, Any] = {"run_id": run_id, "generation": generation}
+
+    def fail(reason: FrameDamage, detail: str) -> FrameError:
+        return FrameError(reason, detail, **where)
+
+    _, _, codec, compression_id, flags, schema_version, header_len = _PREFIX.unpack_from(head)
+    payload_len_at = _PREFIX.size + header_len
+    (payload_len,) = _PAYLOAD_LEN.unpack_from(head, payload_len_at)
     if flags:
         raise fail(FrameDamage.UNKNOWN_FORMAT, f"flags {flags:#04x} are not defined in format {FORMAT_VERSION}")
-    fields = _parse_header(blob[_PREFIX.size:payload_len_at])
+    fields = _parse_header(head[_PREFIX.size:payload_len_at])
     if type(fields) is str:
         raise fail(FrameDamage.BAD_HEADER, fields)
     where = {"run_id": fields["run"] if run_id is None else run_id,
@@ -216,7 +538,7 @@ def _verify(blob: memoryview, run_id: str | None, generation: int | None) -> tup
         created_ms=fields["created_ms"], schema_version=schema_version, codec=codec,
         compression=_COMPRESSIONS[compression_id], metadata=fields["meta"], payload_size=payload_len,
     )
-    return header, blob[payload_at:digest_at]
+    return header
 
 
 def _parse_header(raw: memoryview) -> dict[str, Any] | str:

@@ -30,7 +30,7 @@ from ..chunks import encode_manifest, split
 from ..codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
 from ..config import MAX_INT, check_int
 from ..contract import CommitFields, commit_generation, commit_script, entry, kept, refusal
-from ..frame import decode_frame, decode_payload, encode_frame, frame_checksum
+from ..frame import FrameParts, decode_frame, decode_payload, encode_frame_parts, frame_checksum
 from ..replies import hash_of
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, ReplyError, Script
@@ -58,10 +58,11 @@ Build = Callable[[list[str], list[str], bool], Script]
 
 class CommitFlows(FlowsBase):
     def encode(self, run_id: str, state: Any, *, generation: int, token: int, owner: str,
-               metadata: Mapping[Any, Any] | None) -> bytes:
+               metadata: Mapping[Any, Any] | None) -> bytes | FrameParts:
         """The framed generation for ``state``; raises StateError subclasses, writes nothing.
 
         A state over max_state_bytes is refused as soon as that is known (see encode_state).
+        A frame that will be chunked stays in its parts (the payload is never copied).
         """
         c = self.config
         try:
@@ -71,11 +72,12 @@ class CommitFlows(FlowsBase):
                     path="metadata", type_name=type(metadata).__name__,
                 )
             payload = encode_state_buffer(state, limit=c.max_state_bytes)
-            return encode_frame(
+            frame = encode_frame_parts(
                 payload, run_id=run_id, generation=generation, token=token, owner=owner,
                 created_ms=now_ms(), schema_version=c.schema_version,
                 metadata=dict(metadata or {}), codec=CODEC_MSGPACK, compression=c.compression,
             )
+            return frame if len(frame) > c.chunk_bytes else bytes(frame)
         except (StateError, CodecUnavailableError) as exc:
             exc.run_id = run_id
             raise

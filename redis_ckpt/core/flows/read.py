@@ -18,7 +18,7 @@ from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
 from ..contract import kept, kept_times
-from ..frame import decode_frame, decode_payload, frame_checksum, read_header
+from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
 from ..ops import Cmd, Flow, Pipe
 from ..replies import exec_replies, hash_of, pairs_of, raise_failures, text
@@ -148,7 +148,7 @@ class ReadFlows(FlowsBase):
         if not is_manifest(blob):
             return blob  # type: ignore[no-any-return]
         m = read_manifest(blob, run_id=k.run_id, generation=generation)
-        parts: list[bytes] = []
+        assembler = FrameAssembler(m.size)  # long bins go straight into the objects the state will hold
         for first in range(0, m.count, READ_BATCH):
             idx = range(first, min(first + READ_BATCH, m.count))
             replies = yield Pipe([Cmd("GET", k.chunk(generation, i)) for i in idx], route=k.head)
@@ -156,9 +156,9 @@ class ReadFlows(FlowsBase):
                 if isinstance(r, Exception):
                     raise r
                 check_chunk(m, i, r)
-                parts.append(r)
-        frame = b"".join(parts)
-        del parts
+                assembler.write(r)
+        frame = assembler.finish()
+        del assembler
         if len(frame) != m.size:
             raise FrameError(FrameDamage.TRUNCATED, f"chunks hold {len(frame)} bytes, the manifest says {m.size}",
                              run_id=k.run_id, generation=generation)
@@ -298,7 +298,7 @@ class ReadFlows(FlowsBase):
                         raise
                     reasons[g] = f"{bad.reason.value}: {bad.detail}"
                     continue
-                return frame
+                return bytes(frame)  # a frame read in pieces (FrameAssembler) is joined again
             raise CorruptCheckpointError(k.run_id, reasons)
 
         return self.retrying(body, run_id=k.run_id, what="export", writes=False)
