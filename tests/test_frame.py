@@ -601,3 +601,33 @@ def test_any_state_read_in_pieces_decodes_as_written(state: object, chunk: int, 
     assert bytes(got) == blob
     header, payload = decode_frame(got)
     assert decode_payload(header, payload) == state
+
+
+@pytest.mark.parametrize("forged", ["frame size", "bin length"])
+def test_lengths_claiming_more_than_arrives_allocate_nothing_for_it(forged: str) -> None:
+    """A forged manifest size or bin length costs a reader what arrives, never what is claimed."""
+    import tracemalloc
+
+    from redis_ckpt.core.frame import FrameAssembler
+
+    blob = bytearray(frame(encode_state({"note": "x", "blob": LONG[0]})))
+    size = len(blob)
+    if forged == "frame size":
+        size = 1 << 40
+    else:
+        at = bytes(blob).index(b"\xc6" + len(LONG[0]).to_bytes(4, "big"))
+        blob[at + 1:at + 5] = b"\xff\xff\xff\xff"
+    tracemalloc.start()
+    try:
+        assembler = FrameAssembler(size)
+        for at in range(0, len(blob), 65536):
+            assembler.write(bytes(blob[at:at + 65536]))
+        got = assembler.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(got) == len(blob) != size or forged == "bin length"  # the store's read: TRUNCATED
+    assert peak < 3 * len(blob)
+    if forged == "bin length":
+        with pytest.raises(FrameError):
+            decode_frame(got)

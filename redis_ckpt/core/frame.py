@@ -299,8 +299,8 @@ class AssembledFrame:
 class FrameAssembler:
     """Reads a frame of ``size`` bytes from its chunks, in order, into as little memory as
     the state it holds: each bin of at least :data:`LEAF_MIN_BYTES` goes straight into a
-    bytes object of its own, which the decoded state then holds (no second copy of it),
-    while the digest is computed on the way. :meth:`finish` returns an
+    bytes object of its own (a BytesIO's buffer, which getvalue() hands over), which the
+    decoded state then holds (no second copy of it), while the digest is computed on the way. :meth:`finish` returns an
     :class:`AssembledFrame`, or the frame's bytes when it is not worth splitting (no long
     bin, compressed, or anything unexpected: then the plain verification names it).
 
@@ -372,10 +372,9 @@ class FrameAssembler:
         return True
 
     def _go_whole(self) -> None:
+        # grown as bytes arrive (a large buffer grows in place: realloc remaps its pages), never
+        # sized from a length field ahead of them: a forged one cannot make a reader allocate
         self._whole = io.BytesIO()
-        self._whole.seek(self.size - 1)
-        self._whole.write(b"\0")  # one allocation of the frame's size, then filled in place
-        self._whole.seek(0)
         self._whole.write(self._pending)
         self._pending = bytearray()
 
@@ -416,11 +415,7 @@ class FrameAssembler:
                 self._rest.write(pending[:at])
                 self._cuts.append((self._rest.tell(), bytes(pending[at:at + size])))
                 self._rest.write(_PLACEHOLDER.pack(0xD6, LEAF_EXT, len(self._leaves)))
-                leaf = io.BytesIO()
-                leaf.seek(data_len - 1)
-                leaf.write(b"\0")  # one allocation of the bin's size, then filled in place
-                leaf.seek(0)
-                self._leaves.append(leaf)
+                self._leaves.append(io.BytesIO())  # grown as the bin's bytes arrive (see _go_whole)
                 self._leaf_left = data_len
                 rest = memoryview(bytes(pending[at + size:]))
                 self._pending = bytearray()
@@ -442,7 +437,6 @@ class FrameAssembler:
 
     def finish(self) -> bytes | AssembledFrame:
         if self._whole is not None:
-            self._whole.truncate(self.written)
             return self._whole.getvalue()
         if self._head is None or self._pending or self._leaf_left or self._copy_left:
             return bytes(self)  # incomplete: the plain verification names what is wrong
@@ -457,7 +451,7 @@ class FrameAssembler:
         pieces: list[Any] = [self._head or b""]
         rest, at = memoryview(self._rest.getvalue()), 0
         for (where, bin_head), leaf in zip(self._cuts, self._leaves):
-            pieces += (rest[at:where], bin_head, leaf.getvalue()[:leaf.tell()])
+            pieces += (rest[at:where], bin_head, leaf.getvalue())
             at = where + _PLACEHOLDER.size
         pieces += (rest[at:], self._pending, self._digest)
         return b"".join(pieces)
