@@ -338,7 +338,8 @@ def test_nan_values_in_a_plain_state_round_trip_and_nan_keys_are_refused() -> No
 plain_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text() | st.binary(),
     lambda inner: st.lists(inner, max_size=6)
-    | st.dictionaries(st.text() | st.integers(-(2**63), 2**64 - 1) | st.binary() | st.booleans(), inner, max_size=6),
+    | st.dictionaries(st.text() | st.integers(-(2**63), 2**64 - 1) | st.binary() | st.booleans() | st.floats(),
+                      inner, max_size=6),
     max_leaves=40,
 )
 
@@ -730,7 +731,7 @@ def test_a_plain_state_changed_by_another_thread_always_encodes_whole() -> None:
     try:
         for _ in range(40):
             decoded = decode_state(encode_state(state))
-            assert type(decoded) is dict and 20000 <= len(decoded["rows"]) <= 20100
+            assert type(decoded) is dict and 20000 <= len(decoded["rows"]) <= 20101  # between append and trim
     finally:
         stop.set()
         thread.join()

@@ -256,7 +256,8 @@ _SCAN_CAP = 1 << 22  # items on one level past which the careful path takes over
 #: past 2**1008); also found inside bin data or after an int: each only costs a careful
 #: encode (never in valid UTF-8, where 0xcb needs 0x80-0xbf after it)
 _HUGE_FLOAT = re.compile(rb"\xcb[\x7f\xff]")
-_FLOATS = 2  # what _plain returns for a plain state holding a float
+_FLOATS = 2  # what _plain returns for a plain state where a float may sit in a dict key
+_CONTAINERS_PLAIN = frozenset((list, dict))
 
 
 class _NotPlain(Exception):
@@ -264,43 +265,48 @@ class _NotPlain(Exception):
 
 
 def _plain(state: object, limit: int | None) -> bool | int:
-    """Whether ``state`` can take the fast path: True (_FLOATS if it holds a float) when every
-    value in it is of a _PLAIN type and containers nest at most MAX_DEPTH levels; False when
-    the careful path must look; an int (a lower bound of the encoded size, always > 2) when
-    that is already over ``limit``.
+    """Whether ``state`` can take the fast path: True (_FLOATS if a float may sit in a dict
+    key) when every value in it is of a _PLAIN type and containers nest at most MAX_DEPTH
+    levels; False when the careful path must look; an int (a lower bound of the encoded
+    size, always > 2) when that is already over ``limit``.
 
     Breadth first, a level at a time, each step in C: the set of types on the level, the
     sum of its items' len() under a limit, then the next level (gc.get_referents: a list's
-    items, a dict's values and any keys that are not str). The bound: every item takes
-    at least one byte plus, for a str or bytes, its length; a container's len() counts one
-    byte for each of its items (and 1 for the root's own header).
+    items, a dict's values, and its keys too unless they are all str). The bound: every
+    item takes at least one byte plus, for a str or bytes, its length; a container's len()
+    counts one byte for each of its items (and 1 for the root's own header). Keys: on a
+    level of containers alone, the next level holds keys exactly when it holds more items
+    than the containers' lengths add up to.
     """
     level: list[Any] = [state]
     spent = 1
-    floats = False
+    keys = False  # whether this level may hold dict keys
+    float_keys = False
     for depth in range(MAX_DEPTH + 1):
         kinds = set(map(type, level))
         if not kinds <= _PLAIN:
             return False
-        floats = floats or float in kinds
+        float_keys = float_keys or (keys and float in kinds)
         if limit is not None:
             spent += sum(map(length_hint, level))
             if spent > limit:
                 return max(spent, 3)
         if list not in kinds and dict not in kinds:
-            return _FLOATS if floats else True
+            return _FLOATS if float_keys else True
         if depth == MAX_DEPTH:
             return False  # a container at depth MAX_DEPTH: the careful path names it
+        items = sum(map(len, level)) if dict in kinds and kinds <= _CONTAINERS_PLAIN else -1
         if len(level) <= _SCAN_CHUNK:
-            level = gc.get_referents(*level)
-            if len(level) > _SCAN_CAP:
-                return False
-            continue
-        below: list[Any] = []
-        for at in range(0, len(level), _SCAN_CHUNK):  # a cycle or shared subtrees grow levels fast
-            below += gc.get_referents(*level[at:at + _SCAN_CHUNK])
-            if len(below) > _SCAN_CAP:
-                return False
+            below = gc.get_referents(*level)
+        else:
+            below = []
+            for at in range(0, len(level), _SCAN_CHUNK):  # a cycle or shared subtrees grow levels fast
+                below += gc.get_referents(*level[at:at + _SCAN_CHUNK])
+                if len(below) > _SCAN_CAP:
+                    return False
+        if len(below) > _SCAN_CAP:
+            return False
+        keys = dict in kinds and len(below) != items
         level = below
     return False
 
@@ -576,11 +582,28 @@ class _Leaves:
 _MARKER_START = re.compile(rb"\xc7\x00")
 
 
+def _may_hold_marker(data: bytes | memoryview) -> bool:
+    """Whether ``data`` holds the bytes every marker starts with (c7 00)."""
+    if type(data) is not bytes:
+        if len(data) > 1 << 20:
+            return _MARKER_START.search(data) is not None
+        data = bytes(data)  # a copy of a small view is cheaper than the regular expression
+    find = data.find  # a one-byte search runs at memchr speed; 0xc7 is rare outside markers
+    at = find(b"\xc7")
+    for _ in range(64):
+        if at < 0:
+            return False
+        if data[at + 1:at + 2] == b"\x00":
+            return True
+        at = find(b"\xc7", at + 1)
+    return at >= 0 and _MARKER_START.search(data, at) is not None
+
+
 def _unpack(data: bytes | memoryview, leaves: list[bytes] | None = None) -> Any:
     n = len(data)  # every array item / map pair takes at least 1 / 2 bytes: tight, allocation-safe limits
     limits = {"max_str_len": n, "max_bin_len": n, "max_ext_len": n, "max_array_len": n, "max_map_len": n // 2}
     apart = _Leaves(leaves) if leaves else None
-    if _MARKER_START.search(data) is None:  # no tuple or set: no Python call per array
+    if not _may_hold_marker(data):  # no tuple or set: no Python call per array
         hook = _leaf_ext_hook
         if apart is not None:
             def hook(code: int, ext: bytes) -> Any:
