@@ -31,10 +31,13 @@ would alias our extensions) - and, under a size limit, spends a lower bound of t
 size (every item's ``len``, summed in C) so that a state over it is refused before the packer
 copies anything. The packer then runs without calling back into Python: its ``default``
 aborts the fast path, so the packing is atomic with respect to other threads (it never
-releases the GIL) and never torn. A NaN float in the packed bytes sends the state to the
-careful path too, which knows whether it sits in a dict key. Residue, as on the careful
-path for containers it does not copy: a bytearray another thread puts into the state
-between the scan and the packing comes back as bytes.
+releases the GIL) and never torn. Where a float can sit in a dict key (a level of the
+scan that holds keys other than str), a NaN float in the packed bytes sends the state to
+the careful path, which knows whether it is a key. Residue, as on the careful path for
+containers it does not copy: a bytearray another thread puts into the state between the
+scan and the packing comes back as bytes. The scan costs about 0.6x what packing does:
+this per-item type check is what exactness costs on top of msgpack (no msgpack option
+hands bytearray/memoryview/ExtType/Timestamp to ``default``).
 
 Every other state takes the careful path: one pass (``_prepare``) visits every container
 (never a leaf on its own), refuses the lossy types above, checks keys for NaN, bounds the
@@ -53,7 +56,9 @@ to report.
 
 Decoding runs msgpack's C unpacker with an ``ext_hook`` for the leaf extensions; the
 ``list_hook`` that turns a marked array into a tuple or set runs only when the payload can
-hold a marker (an empty ext 8, bytes ``c7 00``, which valid UTF-8 never contains).
+hold a marker (an empty ext 8, bytes ``c7 00``, which valid UTF-8 never contains). A
+payload read in pieces (frame.FrameAssembler) comes with its long bins apart: each
+placeholder extension (code 127, never stored) is replaced by its bytes object, as is.
 """
 
 from __future__ import annotations

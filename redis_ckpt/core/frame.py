@@ -32,6 +32,13 @@ a stored frame never costs a reader more than 1000x its own size. zstd itself re
 ~32,000:1 (64 MiB of zeros -> 2 KiB; repetitive msgpack ~10,000:1), so the writer pads
 such a frame with a "pad" header field up to 1/1000 of the content: a 400 MiB run of
 zeros is stored in 400 KiB instead of 13 KiB, and still loads.
+
+Large frames, in as little memory as the state: a writer keeps a frame in its parts
+(:class:`FrameParts`: head, payload as packed, digest) and stores chunks that are views of
+the payload; a reader of a chunked frame (:class:`FrameAssembler`) reads each bin of at
+least :data:`LEAF_MIN_BYTES` straight into the bytes object the decoded state will hold,
+computing the digest on the way (:class:`AssembledFrame`). Peak memory above the state,
+256 MiB of bytes: 2.0x -> 1.02x for a commit, 3.0x -> 1.16x for a load.
 """
 
 from __future__ import annotations
