@@ -256,7 +256,9 @@ def _too_deep(value: Any, depth: int, limit: int) -> bool:
 #: packed exactly by msgpack's C code without calling back into Python (an int: within 64 bits)
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes, list, dict))
 _SCAN_CHUNK = 4096  # objects handed to one gc.get_referents call
-_SCAN_CAP = 1 << 22  # items on one level past which the careful path takes over (memory of the scan)
+#: items on one level past which the careful path takes over: the scan holds two levels,
+#: 8 bytes an item (a state's own items take 8 bytes each in their container, and more)
+_SCAN_CAP = 1 << 21
 #: how msgpack starts a float 64 with the exponent's top bits all ones (NaN, infinity, or
 #: past 2**1008); also found inside bin data or after an int: each only costs a careful
 #: encode (never in valid UTF-8, where 0xcb needs 0x80-0xbf after it)
@@ -301,6 +303,10 @@ def _plain(state: object, limit: int | None) -> bool | int:
         if depth == MAX_DEPTH:
             return False  # a container at depth MAX_DEPTH: the careful path names it
         items = sum(map(len, level)) if dict in kinds and kinds <= _CONTAINERS_PLAIN else -1
+        if len(level) == 1 and type(level[0]) is list:  # its items are the next level: no copy of them
+            level = level[0]
+            keys = False
+            continue
         if len(level) <= _SCAN_CHUNK:
             below = gc.get_referents(*level)
         else:
