@@ -307,9 +307,10 @@ class FrameAssembler:
     """Reads a frame of ``size`` bytes from its chunks, in order, into as little memory as
     the state it holds: each bin of at least :data:`LEAF_MIN_BYTES` goes straight into a
     bytes object of its own (a BytesIO's buffer, which getvalue() hands over), which the
-    decoded state then holds (no second copy of it), while the digest is computed on the way. :meth:`finish` returns an
-    :class:`AssembledFrame`, or the frame's bytes when it is not worth splitting (no long
-    bin, compressed, or anything unexpected: then the plain verification names it).
+    decoded state then holds (no second copy of it), while the digest is computed on the
+    way. :meth:`finish` returns an :class:`AssembledFrame`, or the frame's bytes when it is
+    read whole (compressed, too short to hold a long bin, a head this code did not write,
+    or incomplete: then the plain verification names what is wrong).
 
     The payload is walked object header by object header (msgpack is a prefix code: no
     nesting to track) for at most :data:`_WALK_BUDGET` objects (more in a large payload);
