@@ -22,13 +22,14 @@ from .core.ops import Flow
 from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
 from .models import Checkpoint, Grant
-from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
-from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
+from .drivers.clients import HA_RETRY, client_label, connection_kwargs, is_cluster, is_sentinel
+from .probe.report import ProbeReport
+from .probe.rules import DRIFT_KEYS, drift_problems
 
 log = logging.getLogger("redis_ckpt")
 
 __all__ = [
-    "StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
+    "StoreBase", "LeaseBase", "ttl_ms", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
     "IN_MEMORY_LABEL",
 ]
 
@@ -79,23 +80,6 @@ def import_fakeredis(feature: str) -> Any:
     except ImportError as missing:
         raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
     return fakeredis
-
-
-def client_label(client: Any) -> str:
-    """host:port/db of a redis-py client, for messages (never a password).
-
-    Redis Cluster: ``redis+cluster://host:port,...`` (its startup nodes); a Sentinel-managed
-    client: ``redis+sentinel://sentinel:port,.../service/db``.
-    """
-    label = topology_label(client)
-    if label is not None:
-        return label
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
-    if "host" in kw:
-        return f"redis://{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
-    if "path" in kw:
-        return f"unix://{kw['path']}"
-    return type(client).__name__
 
 
 def socket_timeout(options: Mapping[str, Any]) -> float:
@@ -179,9 +163,10 @@ class StoreBase:
         """
         return self.core.register_migration(from_version, fn)
 
-    def _probe_flow(self) -> Flow[ProbeReport]:
-        return probe_flow(server=self.server, namespace=self.namespace, durability=self.durability,
-                          declared=self.declared_config)
+    def _probe_args(self) -> dict[str, Any]:
+        """What the probe of this store's server is told (see :mod:`redis_ckpt.drivers.probe`)."""
+        return {"label": self.server, "namespace": self.namespace, "durability": self.durability,
+                "declared": self.declared_config}
 
     def _accept(self, report: ProbeReport) -> None:
         self.probe_report = report

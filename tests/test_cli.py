@@ -707,7 +707,7 @@ def test_demo_rejects_data_dir_with_url() -> None:
 
 
 def test_a_sentinel_password_in_the_url_is_never_printed():
-    from redis_ckpt.probe.rules import redact_url
+    from redis_ckpt.urls import redact_url
 
     url = "redis+sentinel://:pw1@127.0.0.1:1/mymaster?sentinel_password=s3ntinel"
     shown = redact_url(url)

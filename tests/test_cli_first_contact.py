@@ -651,7 +651,7 @@ def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None
 
 
 def test_a_database_that_is_a_number_or_nothing_is_fine() -> None:
-    from redis_ckpt.topology import validate_url
+    from redis_ckpt.urls import validate_url
 
     for good in ("", "/", "/0", "/15"):
         validate_url(f"redis://127.0.0.1:6379{good}")

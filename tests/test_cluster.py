@@ -36,9 +36,8 @@ from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, p
 from redis_ckpt.drivers.cluster_plan import _scan_reply
 from redis_ckpt.core.ops import Cmd, Pipe, Script
 from redis_ckpt.testing.local_server import LocalServer
-from redis_ckpt.probe.rules import redact_url
 from redis_ckpt.drivers.scripts import SCRIPTS
-from redis_ckpt.topology import parse_cluster_url, validate_url
+from redis_ckpt.urls import parse_cluster_url, redact_url, validate_url
 from redis_ckpt.aio import AsyncCheckpointStore
 
 ENGINES = ["valkey", "redis"]

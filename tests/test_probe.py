@@ -20,17 +20,9 @@ from redis_ckpt.drivers.asyncio import adrive
 from redis_ckpt.drivers.sync import drive
 from redis_ckpt.drivers.targets import async_target, sync_target
 from redis_ckpt.testing.local_server import LocalServer
-from redis_ckpt.probe.rules import (
-    CONFIG_KEYS,
-    REPLICA_ACK_MS,
-    Finding,
-    ProbeReport,
-    ServerFacts,
-    evaluate,
-    facts_from_info,
-    probe_flow,
-    redact_url,
-)
+from redis_ckpt.probe import CONFIG_KEYS, Finding, ProbeReport, ServerFacts, evaluate, facts_from_info
+from redis_ckpt.probe.flow import REPLICA_ACK_MS, probe_flow
+from redis_ckpt.urls import redact_url
 
 LOCAL = Durability()
 GOOD_CONFIG = {

@@ -29,7 +29,7 @@ from redis.sentinel import Sentinel
 from redis_ckpt import CheckpointStore, Durability, NonDurableServerError, check_server
 from redis_ckpt.testing import local_server as _local_server
 from redis_ckpt.testing.local_server import HOST, LocalServer, _free_port, find_server_binary
-from redis_ckpt.topology import parse_sentinel_url, redact
+from redis_ckpt.urls import parse_sentinel_url, redact_url
 from redis_ckpt.aio import AsyncCheckpointStore
 from test_cluster import RunLog, storm_worker, verify, wait_for
 
@@ -193,7 +193,7 @@ def test_sentinel_url_forms():
         with pytest.raises(ValueError):
             parse_sentinel_url(bad)
     url = "redis+sentinel://:pw@s1:26379/m/0?sentinel_password=spw&socket_timeout=2"
-    assert redact(url) == "redis+sentinel://:***@s1:26379/m/0?sentinel_password=***&socket_timeout=2"
+    assert redact_url(url) == "redis+sentinel://:***@s1:26379/m/0?sentinel_password=***&socket_timeout=2"
 
 
 # --------------------------------------------------------------------------- on Sentinel

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import click
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
@@ -45,8 +44,9 @@ from ..errors import (
 from ..core.retry import RetryPolicy
 from ..core.durability import Durability
 from ..core.keys import validate_namespace
-from ..probe.rules import REPLICA_ACK_MS, SECRET_PARAMS, redact_url
-from ..topology import unavailable_message, validate_url
+from ..drivers.errors import unavailable_message
+from ..probe.flow import REPLICA_ACK_MS
+from ..urls import redact_url, url_secrets, validate_url
 from ..store import DEFAULT_NAMESPACE, CheckpointStore
 
 __all__ = [
@@ -107,31 +107,6 @@ class NoSuchRun(NotFoundError):
 
     def __init__(self, run_id: str, namespace: str) -> None:
         super().__init__(f"no such run {run_id!r} in namespace {namespace!r}", run_id=run_id)
-
-
-def url_secrets(url: str | None) -> tuple[str, ...]:
-    """The secrets a URL carries (userinfo password, ``?password=``), raw and unquoted."""
-    if not url:
-        return ()
-    found: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo = netloc.rpartition("@")[0]
-            if ":" in userinfo:
-                pw = userinfo.split(":", 1)[1]
-                found.update({pw, unquote(pw)})
-        for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if k.lower() in SECRET_PARAMS:
-                found.update({v, unquote(v)})
-    except ValueError:
-        # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
-        rest = url.split("://", 1)[-1]
-        if "@" in rest:
-            userinfo = rest.rpartition("@")[0]
-            found.update({userinfo, userinfo.split(":", 1)[-1]})
-    return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:

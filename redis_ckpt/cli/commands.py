@@ -22,7 +22,7 @@ from ..errors import CheckpointError, ConflictError, FrameError, StoreUnavailabl
 from ..core.frame import read_header
 from ..core.keys import validate_namespace, validate_run_id
 from ..models import Event, GenerationInfo, RunInfo
-from ..probe.rules import CONFIG_KEYS, Finding, ProbeReport
+from ..probe import CONFIG_KEYS, Finding, ProbeReport
 from ..store import check_server
 from . import _render as r
 from ._options import (
