@@ -37,7 +37,6 @@ from redis_ckpt.drivers.cluster_plan import _scan_reply
 from redis_ckpt.core.ops import Cmd, Pipe, Script
 from redis_ckpt.testing.local_server import LocalServer
 from redis_ckpt.drivers.scripts import SCRIPTS
-from redis_ckpt.urls import parse_cluster_url, redact_url, validate_url
 from redis_ckpt.aio import AsyncCheckpointStore
 
 ENGINES = ["valkey", "redis"]
@@ -207,27 +206,6 @@ def finalize_slot(cluster: LocalCluster, slot: int, src: LocalServer, dst: Local
         if s.client().info("replication")["role"] == "master":
             s.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
     wait_for(lambda: cluster.owner(slot) is dst, f"slot {slot} to be served by {dst.port}")
-
-
-# --------------------------------------------------------------------------- no server: URLs
-
-
-def test_cluster_url_forms():
-    c = parse_cluster_url("redis+cluster://h1:7001,h2,[::1]:7003")
-    assert c.nodes == [("h1", 7001), ("h2", 6379), ("::1", 7003)]
-    c = parse_cluster_url("rediss+cluster://app:s%40cret@h1:7001/?socket_keepalive=true")
-    assert c.kwargs["ssl"] is True and c.kwargs["username"] == "app" and c.kwargs["password"] == "s@cret"
-    assert c.kwargs["socket_keepalive"] is True and "db" not in c.kwargs
-    for bad in ("redis+cluster://h1:7001/1", "redis+cluster://h1:x", "redis+cluster://h1,,h2", "redis://h1"):
-        with pytest.raises(ValueError):
-            parse_cluster_url(bad)
-    assert redact_url("redis+cluster://app:s3cret@h1:7001,h2:7002") == "redis+cluster://app:***@h1:7001,h2:7002"
-    validate_url("redis+cluster://h1:7001,h2:7002")
-    validate_url("redis://h1:6379/0")
-    with pytest.raises(ValueError):
-        validate_url("redis+cluster://h1:7001/3")
-    with pytest.raises(ValueError):
-        validate_url("http://h1")
 
 
 # --------------------------------------------------------------------------- no server: the pipe plan

@@ -29,7 +29,6 @@ from redis.sentinel import Sentinel
 from redis_ckpt import CheckpointStore, Durability, NonDurableServerError, check_server
 from redis_ckpt.testing import local_server as _local_server
 from redis_ckpt.testing.local_server import HOST, LocalServer, _free_port, find_server_binary
-from redis_ckpt.urls import parse_sentinel_url, redact_url
 from redis_ckpt.aio import AsyncCheckpointStore
 from test_cluster import RunLog, storm_worker, verify, wait_for
 
@@ -176,24 +175,6 @@ def sentinels(request: pytest.FixtureRequest, make_module_server: Any) -> Iterat
         yield s
     finally:
         s.cleanup()
-
-
-# --------------------------------------------------------------------------- no server
-
-
-def test_sentinel_url_forms():
-    s = parse_sentinel_url("redis+sentinel://:pw@s1:26379,s2,[::1]:26380/mymaster/2?sentinel_password=spw")
-    assert s.sentinels == [("s1", 26379), ("s2", 26379), ("::1", 26380)]
-    assert s.service_name == "mymaster" and s.kwargs["db"] == 2 and s.kwargs["password"] == "pw"
-    assert s.sentinel_kwargs == {"password": "spw"} and "sentinel_password" not in s.kwargs
-    t = parse_sentinel_url("rediss+sentinel://s1/mymaster")
-    assert t.kwargs["ssl"] is True and t.sentinel_kwargs == {"ssl": True} and t.kwargs["db"] == 0
-    for bad in ("redis+sentinel://s1:26379", "redis+sentinel://s1/m/x", "redis+sentinel://s1/m/0/9",
-                "redis://s1/m"):
-        with pytest.raises(ValueError):
-            parse_sentinel_url(bad)
-    url = "redis+sentinel://:pw@s1:26379/m/0?sentinel_password=spw&socket_timeout=2"
-    assert redact_url(url) == "redis+sentinel://:***@s1:26379/m/0?sentinel_password=***&socket_timeout=2"
 
 
 # --------------------------------------------------------------------------- on Sentinel
