@@ -30,7 +30,7 @@ from _harness import Postgres, Target, loadavg, machine
 from commits import frame_of, progress
 from states import message_state, payload_state
 
-from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.testing import LocalServer
 
 KIB, MIB = 1024, 1024 * 1024
 

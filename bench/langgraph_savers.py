@@ -337,7 +337,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 rounds, no 500 KiB history")
     ap.add_argument("--out", help="write the Markdown here too")
     a = ap.parse_args()
-    from redis_ckpt.testing.local_server import LocalServer
+    from redis_ckpt.testing import LocalServer
 
     started = time.monotonic()
     with Postgres() as pg, LocalServer("valkey") as server:

@@ -135,9 +135,9 @@ def orchestrate(url: str, run_id: str, *, reset: bool = False, label: str | None
 
 def _die_with_parent() -> Any:
     """A preexec_fn that has the kernel SIGKILL the child when this process dies (Linux)."""
-    from .testing.local_server import _libc, _pdeathsig_preexec
+    from .testing.processes import die_with_parent
 
-    return _pdeathsig_preexec(os.getpid()) if _libc is not None else None
+    return die_with_parent()
 
 
 def _story(store: CheckpointStore, run_id: str, spawn: Any) -> int:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    from .testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from .testing import LocalServer, ServerBinaryNotFound, ServerStartError
 
     try:
         if a.worker:

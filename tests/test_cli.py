@@ -276,11 +276,6 @@ def test_check_unverifiable_without_config_then_declared(make_server: Any) -> No
 # --------------------------------------------------------------------------- runs / show
 
 
-@pytest.fixture
-def store(client: Any, namespace: str) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
-
-
 @pytest.mark.server
 def test_runs_lists_sorts_and_limits(store: CheckpointStore, durable_server: Any, namespace: str) -> None:
     with store.acquire("b-run", owner="w-b", ttl=10) as lease:
@@ -666,7 +661,7 @@ def test_main_exits_with_the_documented_code() -> None:
 @pytest.mark.server
 def test_demo_on_a_local_server_leaves_data_the_cli_can_inspect(tmp_path: Path) -> None:
     """No --url: the demo starts its own durable Valkey; its AOF holds the fenced write."""
-    from redis_ckpt.testing.local_server import LocalServer
+    from redis_ckpt.testing import LocalServer
 
     data_dir = tmp_path / "demo-data"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_CKPT_URL", "REDIS_CKPT_NAMESPACE")}

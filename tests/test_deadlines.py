@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
-from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.testing import LocalServer
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server

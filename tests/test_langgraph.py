@@ -188,12 +188,6 @@ def test_async_graph_behaves_as_with_the_in_memory_saver(durable_server, client,
 # --------------------------------------------------------------------------- fencing, in one process
 
 
-@pytest.fixture
-def store(durable_server, client, namespace):
-    with CheckpointStore.from_url(durable_server.url, namespace=namespace) as s:
-        yield s
-
-
 def put(saver: RedisCkptSaver, thread: str, parent: str | None = None, value: str = "v") -> str:
     cp = checkpoint(values={"x": value}, versions={"x": saver.get_next_version(None, None)})
     saver.put(cfg(thread, cid=parent), cp, {"source": "loop", "step": 0}, cp["channel_versions"])

@@ -14,8 +14,8 @@ CHUNK = 4096
 
 
 @pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=2, chunk_bytes=CHUNK)
+def store_options() -> dict:
+    return {"keep": 2, "chunk_bytes": CHUNK}
 
 
 def big(n: int, seed: int = 0) -> dict:

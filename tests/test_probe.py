@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from redis_ckpt.errors import NonDurableServerError
 from redis_ckpt.drivers.asyncio import adrive
 from redis_ckpt.drivers.sync import drive
 from redis_ckpt.drivers.targets import async_target, sync_target
-from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.testing import LocalServer, wait_for
 from redis_ckpt.probe import CONFIG_KEYS, Finding, ProbeReport, facts_from_info
 from redis_ckpt.probe.flow import REPLICA_ACK_MS, probe_flow
 from redis_ckpt.urls import redact_url
@@ -51,14 +51,6 @@ def probe(
     finally:
         if isinstance(server, LocalServer):
             client.close()
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -316,7 +308,7 @@ class TestRealServers:
         c = server.client(decode_responses=True)
         try:
             c.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-            wait_until(lambda: c.cluster("INFO")["cluster_state"] == "ok", "cluster_state:ok")
+            wait_for(lambda: c.cluster("INFO")["cluster_state"] == "ok", "cluster_state:ok", timeout=15)
         finally:
             c.close()
         report = probe(server, namespace="tcluster")
@@ -337,16 +329,16 @@ def replication_up(primary: LocalServer, replica: LocalServer) -> None:
     """Wait until the replica is linked and the primary sees it online."""
     pc, rc = primary.client(decode_responses=True), replica.client(decode_responses=True)
     try:
-        wait_until(lambda: rc.info("replication").get("master_link_status") == "up", "master_link_status:up")
-        wait_until(
+        wait_for(lambda: rc.info("replication").get("master_link_status") == "up", "master_link_status:up", timeout=15)
+        wait_for(
             lambda: facts_from_info(pc.info("replication"))["replicas_online"] >= 1
             and rc.info("persistence").get("loading") == 0,
-            "replica online",
+            "replica online", timeout=15,
         )
         if str(replica.settings().get("appendonly")) == "yes":
             # an AOF replica that just did a full sync rewrites its AOF; wait until that is done
-            wait_until(lambda: rc.info("persistence").get("aof_rewrite_in_progress") == 0
-                       and rc.info("persistence").get("aof_rewrite_scheduled") == 0, "replica AOF rewrite")
+            wait_for(lambda: rc.info("persistence").get("aof_rewrite_in_progress") == 0
+                     and rc.info("persistence").get("aof_rewrite_scheduled") == 0, "replica AOF rewrite", timeout=15)
     finally:
         pc.close()
         rc.close()

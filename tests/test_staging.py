@@ -27,8 +27,8 @@ CHUNK = 4096
 
 
 @pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3, chunk_bytes=CHUNK, max_state_bytes=200_000)
+def store_options() -> dict:
+    return {"keep": 3, "chunk_bytes": CHUNK, "max_state_bytes": 200_000}
 
 
 def blob(n: int, seed: int = 0) -> dict:

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from redis_ckpt import CheckpointStore, FencedError, LeaseHeldError, UnsupportedTypeError
+from redis_ckpt import FencedError, LeaseHeldError, UnsupportedTypeError
 from redis_ckpt.steps import StepPlanError, StepRunner, describe, is_step_state
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def store(durable_server, client, namespace):
-    with CheckpointStore.from_url(durable_server.url, namespace=namespace) as s:
-        yield s
 
 
 def recording_runner(store, run_id, calls, names=("a", "b", "c"), fail=None, **kw):

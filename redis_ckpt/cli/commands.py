@@ -825,7 +825,7 @@ def server(port: int, data_dir: str | None) -> None:
 
     Example: redis-ckpt server --port 6379 --data-dir ./ckpt-data
     """
-    from ..testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from ..testing import LocalServer, ServerBinaryNotFound, ServerStartError
 
     directory = Path(data_dir) if data_dir else _default_data_dir(port)
     stop = threading.Event()
@@ -886,7 +886,7 @@ def demo(url: str | None, data_dir: str | None, run_id: str, reset: bool) -> Non
     Example: redis-ckpt demo --data-dir /tmp/ckpt-demo
     """
     from .. import demo as demo_module
-    from ..testing.local_server import ServerBinaryNotFound, ServerStartError
+    from ..testing import ServerBinaryNotFound, ServerStartError
 
     argv = ["--run", run_id, *(["--reset"] if reset else [])]
     url = url or current_globals().url

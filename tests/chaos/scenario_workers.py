@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos_tools import FaultProxy, Tally, read_lines, spawn, wait_for
+from chaos_tools import FaultProxy, Tally, read_lines, spawn
 
 from redis_ckpt import CheckpointStore, LeaseHeldError
 from redis_ckpt.drivers.scripts import SCRIPTS
+from redis_ckpt.testing import wait_for
 
 COMMIT_SHA = SCRIPTS.sha("commit").encode()
 
@@ -55,7 +56,7 @@ def paused_worker(server: Any, *, rounds: int, workdir: Path, seed: int) -> Tall
             run, log = f"pause-{seed}-{rnd}", workdir / f"pause-{rnd}.log"
             proc = spawn("committer", server.url, "pause", run, "stale", ttl_ms, log, stderr=log.with_suffix(".stderr"))
             try:
-                if not wait_for(lambda: len(_acks(log)) >= 3, 30):
+                if not wait_for(lambda: len(_acks(log)) >= 3, "3 acknowledged commits", timeout=30, every=0.02, check=False):
                     tally.violation(f"round {rnd}: the worker did not commit: {proc.stderr_tail()}")
                     continue
                 time.sleep(rng.uniform(0, 0.05))
@@ -117,7 +118,7 @@ def killed_before_confirmation(server: Any, *, rounds: int, workdir: Path, seed:
                 run, log = f"halfway-{seed}-{rnd}", workdir / f"halfway-{rnd}.log"
                 proc = spawn("committer", url, "halfway", run, "doomed", ttl_ms, log, stderr=log.with_suffix(".stderr"))
                 try:
-                    if not wait_for(lambda: len(_acks(log)) >= 3, 30):
+                    if not wait_for(lambda: len(_acks(log)) >= 3, "3 acknowledged commits", timeout=30, every=0.02, check=False):
                         tally.violation(f"round {rnd}: the worker did not commit")
                         continue
                     proxy.arm("hold", COMMIT_SHA)
