@@ -87,17 +87,23 @@ Rule = Callable[[Context], Iterator[Finding]]
 # --------------------------------------------------------------------------- INFO
 
 
-def _info_unavailable(c: Context, check: str, what: str) -> Finding:
-    return Finding(check, "unverifiable", f"INFO is unavailable ({c.facts.info_error}): {what}",
-                   "allow INFO for this user (ACL +info)")
+def _unknown_in_info(c: Context, check: str, value: object, cannot: str, missing: str, remedy: str) -> Finding | None:
+    """The finding of an INFO fact that cannot be judged: INFO is unavailable (``cannot``
+    says what that hides), or the fact is ``missing`` from it; None when it can be judged."""
+    if c.facts.info_error is not None:
+        return Finding(check, "unverifiable", f"INFO is unavailable ({c.facts.info_error}): {cannot}",
+                       "allow INFO for this user (ACL +info)")
+    if value is None:
+        return Finding(check, "unverifiable", missing, remedy)
+    return None
 
 
 def role(c: Context) -> Iterator[Finding]:
     f = c.facts
-    if f.info_error is not None:
-        yield _info_unavailable(c, "role", "cannot tell whether the server is a primary")
-    elif f.role is None:
-        yield Finding("role", "unverifiable", "INFO reports no role", "use a server whose INFO has a replication section")
+    unknown = _unknown_in_info(c, "role", f.role, "cannot tell whether the server is a primary",
+                               "INFO reports no role", "use a server whose INFO has a replication section")
+    if unknown is not None:
+        yield unknown
     elif f.is_primary:
         yield Finding("role", "ok", "server is a primary")
     else:
@@ -109,10 +115,10 @@ def role(c: Context) -> Iterator[Finding]:
 
 def loading(c: Context) -> Iterator[Finding]:
     f = c.facts
-    if f.info_error is not None:
-        yield _info_unavailable(c, "loading", "cannot tell whether the server is still loading")
-    elif f.loading is None:
-        yield Finding("loading", "unverifiable", "INFO reports no loading state", "retry once INFO persistence answers")
+    unknown = _unknown_in_info(c, "loading", f.loading, "cannot tell whether the server is still loading",
+                               "INFO reports no loading state", "retry once INFO persistence answers")
+    if unknown is not None:
+        yield unknown
     elif f.loading:
         yield Finding("loading", "refuse", "server is still loading its dataset (loading:1)",
                       "wait until INFO persistence shows loading:0, then retry")
@@ -121,14 +127,12 @@ def loading(c: Context) -> Iterator[Finding]:
 
 
 def aof_write_status(c: Context) -> Iterator[Finding]:
-    f = c.facts
-    st = f.aof_last_write_status
-    if f.info_error is not None:
-        yield _info_unavailable(c, "aof-write-status", "cannot read aof_last_write_status")
-    elif st is None:
-        yield Finding("aof-write-status", "unverifiable", "INFO reports no aof_last_write_status",
-                      "use a server whose INFO has a persistence section")
-    elif st.lower() != "ok":
+    st = c.facts.aof_last_write_status
+    unknown = _unknown_in_info(c, "aof-write-status", st, "cannot read aof_last_write_status",
+                               "INFO reports no aof_last_write_status", "use a server whose INFO has a persistence section")
+    if unknown is not None:
+        yield unknown
+    elif st.lower() != "ok":  # type: ignore[union-attr]
         yield Finding("aof-write-status", "refuse", f"the last AOF write failed (aof_last_write_status:{st})",
                       "check the server log and the disk (space, permissions); writes fail until it recovers")
     else:

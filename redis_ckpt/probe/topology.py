@@ -24,7 +24,9 @@ from .facts import CLUSTER_SLOTS, error_text
 from .flow import probe_flow
 from .report import Finding, ProbeReport
 
-__all__ = ["NodeSpec", "NodeProbe", "Topology", "probe_plan", "cluster_notes", "sentinel_notes", "REPLICA_CHECKS"]
+__all__ = [
+    "NodeSpec", "NodeProbe", "Topology", "probe_plan", "cluster_notes", "sentinel_notes", "REPLICA_CHECKS",
+]
 
 #: checks of a replica's own probe that still matter once it is promoted
 REPLICA_CHECKS = frozenset({
@@ -61,6 +63,7 @@ class NodeProbe:
 
 
 Plan = Generator[NodeProbe, Any, ProbeReport]
+
 
 
 def probe_plan(label: str, topology: Topology | None, *, namespace: str, durability: Durability,

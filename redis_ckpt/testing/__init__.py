@@ -15,7 +15,7 @@ free ports: :mod:`.processes`.
 from .binaries import ENGINES, ServerBinaryNotFound, find_server_binary, server_version
 from .ci import in_ci, server_unavailable
 from .cluster import LocalCluster
-from .factory import ServerFactory
+from .factory import ServerFactory, ServerSet
 from .processes import HOST, ServerStartError, free_port
 from .sentinel import LocalSentinel, LocalSentinelSet
 from .server import LocalServer
@@ -28,6 +28,7 @@ __all__ = [
     "LocalSentinelSet",
     "LocalSentinel",
     "ServerFactory",
+    "ServerSet",
     # binaries
     "ENGINES",
     "find_server_binary",

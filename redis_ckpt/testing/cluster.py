@@ -4,12 +4,11 @@ CLUSTER MEET / ADDSLOTSRANGE / REPLICATE (``cluster-node-timeout 1000``, ``appen
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from redis.cluster import RedisCluster
 
-from .factory import ServerFactory
+from .factory import ServerSet
 from .processes import HOST
 from .server import LocalServer
 from .wait import wait_for
@@ -24,45 +23,23 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class LocalCluster:
-    """3 primaries + 3 replicas. ``make`` starts one server (a :class:`ServerFactory`, e.g. a
-    test suite's, so that its policy for a missing binary applies); default: a factory of
-    this cluster's own, whose servers :meth:`cleanup` removes."""
+class LocalCluster(ServerSet):
+    """3 primaries + 3 replicas (``make``: see :class:`ServerSet`)."""
 
-    def __init__(self, engine: str, make: Callable[..., LocalServer] | None = None) -> None:
-        self.engine = engine
-        self.make = make if make is not None else ServerFactory()
-        self.servers: list[LocalServer] = []
-
-    def start(self) -> LocalCluster:
-        try:
-            for _ in range(6):
-                self.servers.append(self.make(
-                    self.engine, cluster_enabled="yes", cluster_node_timeout=NODE_TIMEOUT_MS,
-                    cluster_config_file="nodes.conf", appendonly="yes", appendfsync="always"))
-            first = self.servers[0].client()
-            for s in self.servers[1:]:
-                first.execute_command("CLUSTER MEET", HOST, s.port)
-            for s, (a, b) in zip(self.servers[:3], RANGES):
-                s.client().execute_command("CLUSTER ADDSLOTSRANGE", a, b)
-            wait_for(lambda: all(len(s.client().cluster("nodes")) == 6 for s in self.servers), "every node to meet")
-            for replica, primary in zip(self.servers[3:], self.servers[:3]):
-                replica.client().execute_command("CLUSTER REPLICATE", self.node_id(primary))
-            self.wait_healthy()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def cleanup(self) -> None:
-        for s in reversed(self.servers):
-            s.cleanup()
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+    def build(self) -> None:
+        for _ in range(6):
+            self.servers.append(self.make(
+                self.engine, cluster_enabled="yes", cluster_node_timeout=NODE_TIMEOUT_MS,
+                cluster_config_file="nodes.conf", appendonly="yes", appendfsync="always"))
+        first = self.servers[0].client()
+        for s in self.servers[1:]:
+            first.execute_command("CLUSTER MEET", HOST, s.port)
+        for s, (a, b) in zip(self.servers[:3], RANGES):
+            s.client().execute_command("CLUSTER ADDSLOTSRANGE", a, b)
+        wait_for(lambda: all(len(s.client().cluster("nodes")) == 6 for s in self.servers), "every node to meet")
+        for replica, primary in zip(self.servers[3:], self.servers[:3]):
+            replica.client().execute_command("CLUSTER REPLICATE", self.node_id(primary))
+        self.wait_healthy()
 
     @staticmethod
     def node_id(server: LocalServer) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .binaries import ServerBinaryNotFound
 from .processes import ServerStartError
 from .server import LocalServer
 
-__all__ = ["ServerFactory", "config_from_kwargs"]
+__all__ = ["ServerFactory", "ServerSet", "config_from_kwargs"]
 
 
 def config_from_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
@@ -62,3 +62,42 @@ class ServerFactory:
     def close(self) -> None:
         while self.made:
             self.made.pop().cleanup()
+
+
+S = TypeVar("S", bound="ServerSet")
+
+
+class ServerSet:
+    """Servers that work together (a cluster, a Sentinel set-up). :meth:`start` builds them,
+    removing every one when that fails; :meth:`cleanup` removes them; a context manager.
+
+    ``make`` starts one server (a :class:`ServerFactory`, e.g. a test suite's, so that its
+    policy for a missing binary applies); default: a factory of this set's own.
+    """
+
+    def __init__(self, engine: str, make: Callable[..., LocalServer] | None = None) -> None:
+        self.engine = engine
+        self.make = make if make is not None else ServerFactory()
+        self.servers: list[LocalServer] = []
+
+    def build(self) -> None:
+        """Start the servers (appending each to :attr:`servers`) and wait until they serve."""
+        raise NotImplementedError
+
+    def start(self: S) -> S:
+        try:
+            self.build()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def cleanup(self) -> None:
+        for s in reversed(self.servers):
+            s.cleanup()
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

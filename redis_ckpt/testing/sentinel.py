@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from .binaries import find_server_binary
-from .factory import ServerFactory
+from .factory import ServerSet
 from .processes import HOST, Process, ServerStartError, free_port, spawn
 from .server import LocalServer
 from .wait import WaitTimeout, wait_for
@@ -60,45 +60,30 @@ class LocalSentinel:
         self._res.release()
 
 
-class LocalSentinelSet:
-    """A primary, one replica, three Sentinels. ``make`` starts one server (see
-    :class:`redis_ckpt.testing.LocalCluster`); :class:`ServerStartError` when the engine cannot
-    run in sentinel mode."""
+class LocalSentinelSet(ServerSet):
+    """A primary, one replica, three Sentinels (``make``: see :class:`ServerSet`);
+    :class:`ServerStartError` when the engine cannot run in sentinel mode."""
 
     def __init__(self, engine: str, make: Callable[..., LocalServer] | None = None) -> None:
-        self.engine = engine
-        self.make = make if make is not None else ServerFactory()
-        self.servers: list[LocalServer] = []
+        super().__init__(engine, make)
         self.sentinels: list[LocalSentinel] = []
 
-    def start(self) -> LocalSentinelSet:
+    def build(self) -> None:
+        primary = self.make(self.engine, appendonly="yes", appendfsync="always")
+        self.servers.append(primary)
+        self.servers.append(self.make(self.engine, replica_of=(HOST, primary.port),
+                                      appendonly="yes", appendfsync="always"))
         try:
-            primary = self.make(self.engine, appendonly="yes", appendfsync="always")
-            self.servers.append(primary)
-            self.servers.append(self.make(self.engine, replica_of=(HOST, primary.port),
-                                          appendonly="yes", appendfsync="always"))
-            try:
-                for _ in range(3):
-                    self.sentinels.append(LocalSentinel(self.engine, primary).start())
-            except (OSError, WaitTimeout) as exc:
-                raise ServerStartError(f"cannot run {self.engine} in sentinel mode: {exc}") from exc
-            self.wait_healthy()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
+            for _ in range(3):
+                self.sentinels.append(LocalSentinel(self.engine, primary).start())
+        except (OSError, WaitTimeout) as exc:
+            raise ServerStartError(f"cannot run {self.engine} in sentinel mode: {exc}") from exc
+        self.wait_healthy()
 
     def cleanup(self) -> None:
         for s in self.sentinels:
             s.cleanup()
-        for s in reversed(self.servers):
-            s.cleanup()
-
-    def __enter__(self) -> LocalSentinelSet:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+        super().cleanup()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
