@@ -500,3 +500,38 @@ class TestTopologyPlan:
 def test_facts_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         healthy().role = "slave"  # type: ignore[misc]
+
+
+PURE = r"""
+import importlib, sys, types
+from importlib.abc import MetaPathFinder
+
+BLOCKED = ("redis", "tenacity", "asyncio", "socket")
+
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"the probe imported {name}")
+        return None
+
+sys.meta_path.insert(0, Block())
+pkg = types.ModuleType("redis_ckpt")  # the package's face imports the shells: stand in for it
+pkg.__path__ = [PACKAGE]
+sys.modules["redis_ckpt"] = pkg
+for name in ("facts", "report", "rules", "flow", "topology"):
+    importlib.import_module("redis_ckpt.probe." + name)
+assert not [n for n in sys.modules if n.split(".")[0] in BLOCKED]
+"""
+
+
+def test_the_probe_imports_no_io_library() -> None:
+    """The probe's facts, rules, flow and plan are sans-IO like the core (the drivers run them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import redis_ckpt
+
+    code = f"PACKAGE = {str(Path(redis_ckpt.__file__).parent)!r}\n" + PURE
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.replies import text
+
 __all__ = [
     "CONFIG_KEYS",
     "CLUSTER_SLOTS",
@@ -18,7 +20,6 @@ __all__ = [
     "normalize_config",
     "normalize_declared",
     "as_int",
-    "text",
     "error_text",
 ]
 
@@ -75,12 +76,6 @@ class ServerFacts:
     @property
     def is_primary(self) -> bool:
         return self.role in ("master", "primary")
-
-
-def text(v: Any) -> str:
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).decode("utf-8", "replace")
-    return str(v)
 
 
 def parse_info_text(raw: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..core.durability import Durability
 from ..core.ops import Cmd, Flow, Pipe, ReplyError
+from ..core.replies import text
 from .facts import (
     CONFIG_KEYS,
     ServerFacts,
@@ -37,7 +38,6 @@ from .facts import (
     normalize_config,
     normalize_declared,
     parse_info_text,
-    text,
 )
 from .report import ProbeReport
 from .rules import evaluate
