@@ -85,13 +85,17 @@ def _probe(server: str, key: str, durability: Durability, declared: dict[str, st
     return ProbeReport(server=server, engine=facts.engine, version=facts.version, findings=findings, facts=facts)
 
 
+def _info_reply(*args: Any) -> Flow[Mapping[str, Any]]:
+    """INFO / CLUSTER INFO as a mapping, whether the client parsed the reply or not."""
+    reply = yield Cmd(*args)
+    return parse_info_text(text(reply)) if isinstance(reply, (bytes, str)) else reply
+
+
 def _info() -> Flow[dict[str, Any]]:
     try:
-        info = yield Cmd("INFO")
+        info = yield from _info_reply("INFO")
     except ReplyError as exc:
         return {"info_error": error_text(exc)}
-    if isinstance(info, (bytes, str)):
-        info = parse_info_text(text(info))
     return facts_from_info(info)
 
 
@@ -123,11 +127,9 @@ def _waitaof() -> Flow[dict[str, Any]]:
 
 def _cluster_info() -> Flow[dict[str, Any]]:
     try:
-        ci = yield Cmd("CLUSTER INFO")
+        ci = yield from _info_reply("CLUSTER INFO")
     except ReplyError as exc:
         return {"cluster_error": error_text(exc)}
-    if isinstance(ci, (bytes, str)):
-        ci = parse_info_text(text(ci))
     return {"cluster_state": text(ci.get("cluster_state", "?")),
             "cluster_slots_assigned": as_int(ci.get("cluster_slots_assigned", -1))}
 
