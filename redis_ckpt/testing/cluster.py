@@ -36,7 +36,11 @@ class LocalCluster(ServerSet):
             first.execute_command("CLUSTER MEET", HOST, s.port)
         for s, (a, b) in zip(self.servers[:3], RANGES):
             s.client().execute_command("CLUSTER ADDSLOTSRANGE", a, b)
-        wait_for(lambda: all(len(s.client().cluster("nodes")) == 6 for s in self.servers), "every node to meet")
+        # every node knows every other by its real ID (a node still in handshake shows a
+        # temporary one, and CLUSTER REPLICATE of an ID it does not know yet fails)
+        ids = {self.node_id(s) for s in self.servers}
+        wait_for(lambda: all({_text(n["node_id"]) for n in s.client().cluster("nodes").values()} == ids
+                             for s in self.servers), "every node to meet")
         for replica, primary in zip(self.servers[3:], self.servers[:3]):
             replica.client().execute_command("CLUSTER REPLICATE", self.node_id(primary))
         self.wait_healthy()
