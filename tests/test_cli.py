@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from redis_ckpt import CheckpointStore, FencedError
 from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.cli import cli, main
-from redis_ckpt.cli import _render as render
+from redis_ckpt.cli import render
 
 PASSWORD = "s3cret"
 

@@ -797,7 +797,7 @@ def test_no_read_command_prints_a_traceback_whatever_the_stored_data(make_module
 
 PATCH = '''
 import os
-import redis_ckpt.cli._render as render
+import redis_ckpt.cli.render as render
 
 def boom(*args, **kwargs):
     raise ZeroDivisionError("boom at " + os.environ["BOOM_URL"])

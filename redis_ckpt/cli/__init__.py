@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .commands import cli
+from .main import cli
 
 __all__ = ["cli", "main"]
 
