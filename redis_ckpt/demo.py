@@ -208,18 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             if a.data_dir is not None:
                 _how_to_reopen(server.data_dir, server.port, a.run)
             return code
-    except ServerBinaryNotFound as exc:
-        print(f"error: cannot start the local server: {exc.hint}", file=sys.stderr)
+    except (ServerBinaryNotFound, ServerStartError) as exc:
+        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else str(exc).splitlines()[0]
+        print(f"error: cannot start the local server: {detail}", file=sys.stderr)
         return 2
-    except ServerStartError as exc:
-        print(f"error: cannot start the local server: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except RunExists as exc:
+    except CheckpointError as exc:  # the run exists: 1; the server is refused or unreachable: 2
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunExists) else 2
     except KeyboardInterrupt:  # before the workers started, or in a worker run by hand
         print("\ninterrupted", file=sys.stderr)
         return 130

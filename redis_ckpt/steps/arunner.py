@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CheckpointError
-from .plan import Plan, RunnerBase, log, resume
+from .plan import Driving, Plan, RunnerBase, log
 from .state import StepStatus
 
 if TYPE_CHECKING:
@@ -67,20 +67,14 @@ class AsyncStepRunner(RunnerBase):
                 log.warning("run %r: releasing the lease failed: %s", self.run_id, exc)
 
     async def _drive(self, plan: Plan[T]) -> T:
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = resume(plan, reply, error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
+        driving = Driving(plan)
+        for op in driving:
             try:
                 reply = self.action(op)()
-                if inspect.isawaitable(reply):  # every request but a plain (not async) step function
-                    reply = await reply
+                driving.send(await reply if inspect.isawaitable(reply) else reply)  # a plain step: not awaitable
             except BaseException as exc:  # noqa: BLE001 - thrown back into the plan, which decides
-                error = exc
+                driving.throw(exc)
+        return driving.result
 
     async def _renew(self) -> None:
         lease = self._lease

@@ -3,7 +3,8 @@
 
 The plan is a generator that yields what to do (a request: acquire, load, call a step, commit,
 renew, sleep) and is sent the outcome (or has the error thrown in). Each runner carries the
-requests out through :meth:`RunnerBase.action` on its own I/O style: a ~15-line driver loop.
+requests out through :meth:`RunnerBase.action` on its own I/O style, in a few-line loop over
+:class:`Driving`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union
 
 from .._shell import ttl_ms
 from ..core.codec import encode_state
@@ -24,8 +25,8 @@ from ..errors import CheckpointError, LeaseHeldError
 from ..models import Checkpoint
 from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, describe, is_step_state
 
-__all__ = ["StepContext", "RunnerBase", "Plan", "Request", "Acquire", "Sleep", "Load", "Commit", "Renew", "Call",
-           "resume"]
+__all__ = ["StepContext", "RunnerBase", "Plan", "Driving", "Request", "Acquire", "Sleep", "Load", "Commit",
+           "Renew", "Call"]
 
 log = logging.getLogger("redis_ckpt.steps")
 
@@ -105,10 +106,33 @@ Request = Union[Acquire, Sleep, Load, Commit, Renew, Call]
 Plan = Generator[Request, Any, T]
 
 
-def resume(plan: Plan[T], reply: Any, error: BaseException | None) -> Request:
-    """The plan's next request, after sending it ``reply`` or throwing ``error`` into it
-    (StopIteration when the plan is done)."""
-    return plan.throw(error) if error is not None else plan.send(reply)
+class Driving(Generic[T]):
+    """A plan being carried out. Iterating yields its requests; answer each one, before the
+    next, with :meth:`send` (its reply) or :meth:`throw` (the error it raised: the plan
+    decides). When the plan is done, :attr:`result` is what it returned."""
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self._plan = plan
+        self._answer: tuple[Any, BaseException | None] = (None, None)
+        self.result: T
+
+    def __iter__(self) -> Driving[T]:
+        return self
+
+    def __next__(self) -> Request:
+        reply, error = self._answer
+        self._answer = (None, None)
+        try:
+            return self._plan.throw(error) if error is not None else self._plan.send(reply)
+        except StopIteration as done:
+            self.result = done.value
+            raise StopIteration from None
+
+    def send(self, reply: Any) -> None:
+        self._answer = (reply, None)
+
+    def throw(self, error: BaseException) -> None:
+        self._answer = (None, error)
 
 
 class RunnerBase:

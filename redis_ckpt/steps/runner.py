@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ..errors import CheckpointError
 from ..store import CheckpointStore, Lease
-from .plan import Plan, RunnerBase, log, resume
+from .plan import Driving, Plan, RunnerBase, log
 from .state import StepStatus
 
 __all__ = ["StepRunner"]
@@ -73,18 +73,13 @@ class StepRunner(RunnerBase):
                 log.warning("run %r: releasing the lease failed: %s", self.run_id, exc)
 
     def _drive(self, plan: Plan[T]) -> T:
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
+        driving = Driving(plan)
+        for op in driving:
             try:
-                op = resume(plan, reply, error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            try:
-                reply = self.action(op)()
+                driving.send(self.action(op)())
             except BaseException as exc:  # noqa: BLE001 - thrown back into the plan, which decides
-                error = exc
+                driving.throw(exc)
+        return driving.result
 
     def _renew(self) -> None:
         with self._lease_lock:
