@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .. import CheckpointError, RunInfo, StoreUnavailableError
-from ..core.keys import validate_namespace
+from ..core.keys import RunKeys, validate_namespace
 from . import render, views
 from .exits import EXIT_NO, CliFailure, NoSuchRun, show_notice
 from .options import CliConfig, connection_options
@@ -74,20 +74,26 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
 # =========================================================================== namespaces
 
 
+def _namespace_of_fence_key(key: str) -> str | None:
+    """The namespace of a run's fence key (as :class:`RunKeys` builds it); None for any other key."""
+    ns = key.partition(":{")[0]
+    try:
+        validate_namespace(ns)
+    except CheckpointError:
+        return None
+    run = RunKeys.run_id_from_key(ns, key)
+    return ns if run is not None and key == RunKeys(ns, run).fence else None
+
+
 def _namespace_counts(client: Any) -> dict[str, int]:
-    """Runs per namespace: every ``<ns>:{<run>}:fence`` key found by SCAN (every primary of a
-    cluster). Keys that are not a run's fence in a valid namespace are left out."""
+    """Runs per namespace: every run's fence key found by SCAN (every primary of a cluster).
+    Keys that are not a run's fence in a valid namespace are left out."""
     counts: dict[str, int] = {}
     for raw in client.scan_iter(match="*:{*}:fence", count=1000):
         key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        ns, sep, rest = key.partition(":{")
-        if not sep or not rest.endswith("}:fence") or "\ufffd" in key:
-            continue
-        try:
-            validate_namespace(ns)
-        except CheckpointError:
-            continue
-        counts[ns] = counts.get(ns, 0) + 1
+        ns = _namespace_of_fence_key(key) if "\ufffd" not in key else None
+        if ns is not None:
+            counts[ns] = counts.get(ns, 0) + 1
     return counts
 
 
