@@ -368,3 +368,15 @@ def test_async_runner_heartbeats_through_a_long_step(durable_server, namespace):
         await astore.close()
 
     asyncio.run(scenario())
+
+
+def test_a_bad_run_id_is_refused_when_the_runner_is_made(store):
+    from redis_ckpt import InvalidRunIdError
+    from redis_ckpt.steps import AsyncStepRunner
+
+    for bad in ("", "a{b}", "x" * 201, 42):
+        with pytest.raises(InvalidRunIdError):
+            StepRunner(store, bad)
+        with pytest.raises(InvalidRunIdError):
+            AsyncStepRunner(store, bad)
+    assert store.runs() == []  # nothing was written

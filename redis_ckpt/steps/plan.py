@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, Union
 
 from .._shell import ttl_ms
 from ..core.codec import encode_state
+from ..core.keys import validate_run_id
 from ..errors import CheckpointError, LeaseHeldError
 from ..models import Checkpoint
 from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, describe, is_step_state
@@ -144,7 +145,7 @@ class RunnerBase:
                  heartbeat: bool = True) -> None:
         if not isinstance(commit_every, int) or isinstance(commit_every, bool) or commit_every < 1:
             raise ValueError("commit_every must be an int >= 1")
-        store.core.keys(run_id)  # validates the run id now, not at the first run()
+        validate_run_id(run_id)  # now, not at the first run()
         self.store = store
         self.run_id = run_id
         self.owner = owner or store.owner
