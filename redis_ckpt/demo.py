@@ -23,8 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import CheckpointError, FencedError, LeaseHeldError
-from .store import DEFAULT_NAMESPACE, CheckpointStore
+from . import DEFAULT_NAMESPACE, CheckpointError, CheckpointStore, FencedError, LeaseHeldError
 
 STEPS = ["fetch", "clean", "tokenize", "embed", "cluster", "label", "score", "rank", "report", "publish"]
 NAMESPACE = DEFAULT_NAMESPACE  # so that `redis-ckpt show demo-job` finds it without --namespace
