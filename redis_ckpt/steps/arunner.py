@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CheckpointError
@@ -34,12 +33,6 @@ class AsyncStepRunner(RunnerBase):
     store: AsyncCheckpointStore
     _lease: AsyncLease | None
     _sleep = staticmethod(asyncio.sleep)
-
-    def __init__(self, store: AsyncCheckpointStore, run_id: str, *, owner: str | None = None,
-                 ttl: float | timedelta = 30.0, commit_every: int = 1, acquire_timeout: float | None = None,
-                 heartbeat: bool = True) -> None:
-        super().__init__(store, run_id, owner=owner, ttl=ttl, commit_every=commit_every,
-                         acquire_timeout=acquire_timeout, heartbeat=heartbeat)
 
     async def status(self) -> StepStatus | None:
         """Completed and pending steps and their results; None if the run was never committed."""
