@@ -77,6 +77,34 @@ def test_every_command_ends_within_its_timeout_on_a_frozen_server(make_server: A
         os.kill(server.pid, signal.SIGCONT)
 
 
+@pytest.mark.server
+def test_a_server_that_freezes_during_namespaces_is_said_as_such(make_server: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`namespaces` SCANs on the store's client, outside any store operation: a server that
+    stops answering once the store is open still ends it within --timeout, exit 2, one line."""
+    from click.testing import CliRunner
+
+    from redis_ckpt.cli import cli as group
+    from redis_ckpt.cli.options import CliConfig
+
+    server = make_server("valkey")
+    opened = CliConfig.store
+
+    def open_then_freeze(self: CliConfig) -> Any:
+        store = opened.fget(self)  # type: ignore[attr-defined]
+        os.kill(server.pid, signal.SIGSTOP)
+        return store
+
+    monkeypatch.setattr(CliConfig, "store", property(open_then_freeze))
+    try:
+        result = CliRunner().invoke(group, ["namespaces", "--url", server.url, "--timeout", "1"])
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {server.url} did not answer within 1 s "
+                                          "(is it stopped, overloaded or unreachable?)"]
+
+
 def test_a_timeout_must_be_positive_and_fit_the_live_check() -> None:
     assert cli(["runs", "--timeout", "0"]).returncode == 2
     proc = cli(["check", "--timeout", "2", "--timeout-ms", "5000"])

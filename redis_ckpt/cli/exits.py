@@ -23,8 +23,6 @@ from typing import IO, Any
 
 import click
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import __version__
@@ -143,7 +141,8 @@ def _caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseE
 
 
 def unavailable(exc: BaseException, server: str, timeout: float) -> str:
-    """What to say when the server could not be used: no answer in time, or unreachable."""
+    """What to say when the server could not be used: no answer in time (a redis-py timeout
+    among the causes), authentication, or unreachable."""
     if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
         return f"{server} did not answer within {timeout:g} s (is it stopped, overloaded or unreachable?)"
     if _caused_by(exc, RedisAuthenticationError) is not None:
@@ -155,11 +154,12 @@ def unavailable(exc: BaseException, server: str, timeout: float) -> str:
 
 def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[str, ...]) -> CliFailure:
     """The :class:`CliFailure` (message, exit code) that an exception raised while a command
-    worked on ``server`` (the redacted URL) becomes."""
+    worked on ``server`` (the redacted URL) becomes. The store maps redis-py's exceptions to
+    CheckpointErrors (drivers/errors.py, the one seam), so anything else is a bug: exit 3."""
     s = secrets
     if isinstance(exc, InvalidRunIdError):
         return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s)
-    if isinstance(exc, (StoreUnavailableError, RedisConnectionError, RedisTimeoutError)):  # incl. authentication
+    if isinstance(exc, StoreUnavailableError):  # unreachable, silent, or authentication required / failed
         return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s)
     if isinstance(exc, NonDurableServerError):
         problems = list(exc.problems)
@@ -171,8 +171,6 @@ def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[s
         return CliFailure("\n".join(lines), code, secrets=s)
     if isinstance(exc, CheckpointError):
         return CliFailure(str(exc), EXIT_NO, secrets=s)
-    if isinstance(exc, RedisError):
-        return CliFailure(f"{server} answered with an error: {type(exc).__name__}: {exc}", EXIT_NO, secrets=s)
     return CliFailure(unexpected(exc), EXIT_UNEXPECTED, secrets=s)  # never a traceback: one line, exit 3
 
 

@@ -14,6 +14,7 @@ import click
 
 from .. import CheckpointError, RunInfo, StoreUnavailableError
 from ..core.keys import RunKeys, validate_namespace
+from ..drivers.errors import reraise
 from . import render, views
 from .exits import EXIT_NO, CliFailure, NoSuchRun, show_notice
 from .options import CliConfig, connection_options
@@ -85,15 +86,20 @@ def _namespace_of_fence_key(key: str) -> str | None:
     return ns if run is not None and key == RunKeys(ns, run).fence else None
 
 
-def _namespace_counts(client: Any) -> dict[str, int]:
-    """Runs per namespace: every run's fence key found by SCAN (every primary of a cluster).
-    Keys that are not a run's fence in a valid namespace are left out."""
+def _namespace_counts(cfg: CliConfig) -> dict[str, int]:
+    """Runs per namespace: every run's fence key found by SCAN on the store's client (every
+    primary of a cluster), each request bounded by --timeout. Keys that are not a run's fence
+    in a valid namespace are left out."""
     counts: dict[str, int] = {}
-    for raw in client.scan_iter(match="*:{*}:fence", count=1000):
-        key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        ns = _namespace_of_fence_key(key) if "\ufffd" not in key else None
-        if ns is not None:
-            counts[ns] = counts.get(ns, 0) + 1
+    store = cfg.store
+    try:
+        for raw in store.client.scan_iter(match="*:{*}:fence", count=1000):
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            ns = _namespace_of_fence_key(key) if "\ufffd" not in key else None
+            if ns is not None:
+                counts[ns] = counts.get(ns, 0) + 1
+    except Exception as exc:  # noqa: BLE001 - redis-py's errors become CheckpointErrors at the one seam
+        reraise(exc, cfg.server)
     return counts
 
 
@@ -106,7 +112,7 @@ def namespaces(cfg: CliConfig) -> None:
 
     Example: redis-ckpt namespaces
     """
-    views.namespaces(cfg, _namespace_counts(cfg.store.client))
+    views.namespaces(cfg, _namespace_counts(cfg))
 
 
 # =========================================================================== show

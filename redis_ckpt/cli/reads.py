@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
-
 from .. import CheckpointError, RunInfo, StoreUnavailableError
 from ..core.keys import validate_run_id
 from .exits import EXIT_NO, CliFailure, NoSuchRun
@@ -41,8 +39,8 @@ def read(cfg: CliConfig, run: str, fn: Callable[..., T], *args: Any, **kwargs: A
     data cannot be parsed."""
     try:
         return fn(*args, **kwargs)
-    except (CheckpointError, RedisError):
-        raise  # their own exit codes (exits.failure_for)
+    except CheckpointError:
+        raise  # its own exit code (exits.failure_for)
     except Exception as exc:  # noqa: BLE001 - stored data the store cannot parse
         raise Unreadable(run, f"its stored data is not what redis-ckpt writes ({type(exc).__name__}: {exc})",
                          cfg.secrets) from None
