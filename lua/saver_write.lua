@@ -5,9 +5,10 @@
 -- hash tag {<run>} (redis_ckpt.integrations.langgraph.model.ThreadKeys):
 --   KEYS[1]  fence    string int: the highest token ever handed out for the thread
 --   KEYS[2]  events   stream, capped at ~ARGV[6] entries: claims and refused writes
---   KEYS[3]  meta     hash {ver, token, inv, owner, thread}: the thread's version (bumped by
---                     every write), the token and invocation id of its last claim, who made
---                     it, and the LangGraph thread id
+--   KEYS[3]  meta     hash {ver, token, inv, owner, thread, ttl}: the thread's version (bumped
+--                     by every write), the token and invocation id of its last claim ("" for
+--                     a standalone write), who made it, the LangGraph thread id, and "1"
+--                     while the thread's keys have an expiry
 --   KEYS[4]  index    zset, all scores 0: "<ns>\0<checkpoint id>"
 --   KEYS[5]  records  hash "<ns>\0<checkpoint id>" -> "<n>:<shape>" .. record frame; shape =
 --                     items (see below): the parent id, then (channel, version) of every
@@ -38,10 +39,12 @@
 -- Claim (token 0): the write is accepted when the thread's version is the expected one (the
 -- invocation read the newest state: it takes the thread over at once, whoever wrote before),
 -- or when ARGV[2] already holds the thread's current claim (a concurrent first write of the
--- same invocation). A claim hands out token = max(fence + 1, now_ms * 100): tokens only grow,
--- even across an expiry of the fence with the thread's data (the server clock passes every
--- token handed out before, unless a thread was claimed more than 100 times per ms on average).
--- The version follows the same rule, so a version read before an expiry never matches again.
+-- same invocation; a standalone write after a standalone write). A claim hands out token =
+-- fence + 1, or now_ms * 100 when the fence is gone (the thread expired): tokens only grow,
+-- even across an expiry of the fence with the thread's data (the server clock has passed
+-- every token handed out before, unless the thread was claimed more than 100 times per ms on
+-- average since it was created). A thread's version starts at now_ms * 100 the same way, so
+-- a version read before an expiry never matches again.
 --
 -- Numbers: tokens and versions are integers below MAX_INT = 2^50 (redis_ckpt.core MAX_INT),
 -- exact in Lua's doubles, written with string.format('%d').
@@ -88,30 +91,33 @@ local function event(kind, ...)
 end
 
 -- 2. fence and claim
-local fence_s = redis.call('GET', KEYS[1]) or '0'
-local fence = tonumber(fence_s)
-local m = redis.call('HMGET', KEYS[3], 'ver', 'token', 'inv', 'owner')
-local ver_s = m[1] or '0'
-local ver = tonumber(ver_s)
-local t = redis.call('TIME')
-local floor = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) * 100
+local fence_s = redis.call('GET', KEYS[1])
+local fence = tonumber(fence_s or '0')
+local m = redis.call('HMGET', KEYS[3], 'ver', 'token', 'inv', 'owner', 'ttl')
+local meta = {}  -- the fields of meta this write sets
+local function floor()  -- now_ms * 100: above every token and version handed out before
+  local t = redis.call('TIME')
+  return (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) * 100
+end
 
 if token > 0 then
   if token ~= fence then
-    event('fenced', 'token', ARGV[1], 'fence', fence_s)
-    return redis.error_reply('FENCED ' .. ARGV[1] .. ' ' .. fence_s .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
+    event('fenced', 'token', ARGV[1], 'fence', fence_s or '0')
+    return redis.error_reply('FENCED ' .. ARGV[1] .. ' ' .. (fence_s or '0') .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
   end
-elseif inv ~= '' and m[3] == inv and m[2] == fence_s then
-  token = fence  -- a concurrent write of this invocation claimed the thread first
+elseif m[2] and m[2] == fence_s and (m[3] == inv and (inv ~= '' or m[1])) then
+  -- a concurrent write of this invocation claimed the thread first; or a standalone write
+  -- after a standalone one: nobody holds the thread, nothing to take over
+  token = fence
 else
-  if expected ~= '' and expected ~= ver_s then
-    event('conflict', 'expected', expected, 'actual', ver_s)
-    return redis.error_reply('CONFLICT ' .. expected .. ' ' .. ver_s)
+  if expected ~= '' and expected ~= (m[1] or '0') then
+    event('conflict', 'expected', expected, 'actual', m[1] or '0')
+    return redis.error_reply('CONFLICT ' .. expected .. ' ' .. (m[1] or '0'))
   end
-  token = math.max(fence + 1, floor)
+  token = fence_s and (fence + 1) or math.max(fence + 1, floor())
   if token > LIMIT then return redis.error_reply('OUT_OF_RANGE fence ' .. int(token)) end
   redis.call('SET', KEYS[1], int(token), 'KEEPTTL')
-  redis.call('HSET', KEYS[3], 'token', int(token), 'inv', inv, 'owner', owner)
+  meta = {'token', int(token), 'inv', inv, 'owner', owner}
   if inv ~= '' or (m[3] or '') ~= '' then
     if (m[3] or '') ~= '' then
       event('takeover', 'token', int(token), 'previous_token', m[2] or '0', 'previous_owner', m[4] or '-')
@@ -120,7 +126,7 @@ else
     end
   end
 end
-local version = math.max(ver + 1, floor)
+local version = m[1] and (tonumber(m[1]) + 1) or floor()
 if version > LIMIT then return redis.error_reply('OUT_OF_RANGE version ' .. int(version)) end
 
 -- 3. apply
@@ -172,11 +178,15 @@ while i <= #ARGV do
   end
 end
 
--- 4. the new version, and one expiry for all of the thread's keys
-redis.call('HSET', KEYS[3], 'ver', int(version), 'thread', ARGV[7])
+-- 4. the new version, and one expiry for all of the thread's keys (meta included: last)
+table.insert(meta, 'ver'); table.insert(meta, int(version))
+if not m[1] then table.insert(meta, 'thread'); table.insert(meta, ARGV[7]) end
+if ttl > 0 and m[5] ~= '1' then table.insert(meta, 'ttl'); table.insert(meta, '1') end
+if ttl == 0 and m[5] == '1' then table.insert(meta, 'ttl'); table.insert(meta, '0') end
+redis.call('HSET', KEYS[3], unpack(meta))
 if ttl > 0 then
-  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], int(ttl)) end
-elseif redis.call('PTTL', KEYS[3]) >= 0 then
+  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ARGV[5]) end
+elseif m[5] == '1' then
   for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
 end
 return {token, version}
