@@ -7,25 +7,26 @@ headers say what each key holds). The store's own ``fence`` and ``events`` keys 
 thread too: tokens come from the same fence (``store.revoke`` fences a thread's writer), and
 claims and refused writes go to the same audit stream.
 
-Every stored value, record and write is a redis-ckpt frame (checksummed, bound to the
-thread's run id) whose payload also names what it is (channel and version, checkpoint id,
-task and index), so a frame read from the wrong field is damage, never a wrong answer.
+Every stored value, record and write is an entry (:class:`Framer`: checksummed, bound to
+the thread's run id) whose payload also names what it is (channel and version, checkpoint
+id, task and index), so an entry read from the wrong field is damage, never a wrong answer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote, unquote
 
+import xxhash
+
 from ...core.codec import decode_state, encode_state
-from ...core.frame import decode_frame, encode_frame
+from ...core.frame import MAX_ZSTD_RATIO
 from ...core.keys import MAX_RUN_ID, RunKeys, glob_escape
-from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeError
+from ...errors import CodecUnavailableError, FrameDamage, FrameError, OutOfRangeError, StateTooLargeError
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
@@ -161,38 +162,108 @@ class ThreadTTL:
 
 
 class Framer:
-    """Seals values into frames bound to a thread's run, and opens them again."""
+    """Seals the saver's entries (values, records, writes) and opens them again.
+
+    An entry is smaller and ~10x cheaper to check than a store generation's frame (the saver
+    reads many small entries per call: a page of ``list`` opens dozens), with the same
+    guarantees: checksummed, bound to its thread, its payload encoded exactly::
+
+        offset  size  field
+        0       4     magic b"RCLG"
+        4       1     entry format version (1)
+        5       1     compression id (0 none, 1 zstd: one zstd frame recording its content size)
+        6       16    xxh3-128 of the thread's run id (UTF-8), a NUL, bytes [0, 6) and the body
+        22      ...   body: the payload encoded by redis_ckpt's exact codec (maybe compressed)
+
+    Damage (and an entry moved to another thread, whose run id is not in its digest) is a
+    :class:`FrameError`: BAD_MAGIC, UNKNOWN_FORMAT, TRUNCATED, CHECKSUM, UNKNOWN_COMPRESSION,
+    UNDECODABLE; a missing entry MISSING.
+    """
+
+    MAGIC = b"RCLG"
+    HEAD = 22
 
     def __init__(self, owner: str, max_bytes: int, compression: str) -> None:
         self.owner = owner
         self.max_bytes = max_bytes
         self.compression = compression
+        self._zstd: Any = None
+
+    def _codec(self, run_id: str) -> Any:
+        if self._zstd is None:
+            try:
+                import zstandard
+            except ImportError:
+                raise CodecUnavailableError("zstd compression (the zstandard package)", extra="zstd",
+                                            run_id=run_id) from None
+            self._zstd = zstandard
+        return self._zstd
 
     def seal(self, run_id: str, payload: Any) -> bytes:
-        data = encode_state(payload, root="langgraph")
-        if len(data) > self.max_bytes:
+        body = encode_state(payload, root="langgraph")
+        if len(body) > self.max_bytes:
             raise StateTooLargeError(
-                f"a value of thread run {run_id!r} encodes to {len(data)} bytes; the store's max_state_bytes "
-                f"is {self.max_bytes}", size=len(data), limit=self.max_bytes, run_id=run_id)
-        return encode_frame(data, run_id=run_id, generation=0, token=0, owner=self.owner,
-                            created_ms=time.time_ns() // 1_000_000, schema_version=1, compression=self.compression)
+                f"a value of thread run {run_id!r} encodes to {len(body)} bytes; the store's max_state_bytes "
+                f"is {self.max_bytes}", size=len(body), limit=self.max_bytes, run_id=run_id)
+        head = b"RCLG\x01\x00"
+        if self.compression == "zstd" and len(body) > 512:
+            zstd = self._codec(run_id)
+            body = zstd.ZstdCompressor(level=3, write_content_size=True).compress(body)
+            head = b"RCLG\x01\x01"
+        digest = xxhash.xxh3_128(run_id.encode("utf-8"))
+        digest.update(b"\x00" + head)
+        digest.update(body)
+        return b"".join((head, digest.digest(), body))
 
     def open(self, run_id: str, where: str, blob: bytes | None, *, kind: type = list, size: int = 0) -> Any:
-        """The payload of a stored frame; FrameError names ``where`` when it is missing,
-        damaged, bound to another run, or not the ``kind`` of payload expected there."""
+        """The payload of a stored entry; FrameError names ``where`` when it is missing,
+        damaged, bound to another thread, or not the ``kind`` of payload expected there."""
+
+        def damage(reason: FrameDamage, detail: str) -> FrameError:
+            return FrameError(reason, f"{where}: {detail}", run_id=run_id)
+
         if blob is None:
             raise FrameError(FrameDamage.MISSING, f"{where} is missing", run_id=run_id)
+        if blob[:4] != self.MAGIC:
+            raise damage(FrameDamage.BAD_MAGIC, f"starts with {bytes(blob[:4])!r}, not {self.MAGIC!r}")
+        if len(blob) < self.HEAD:
+            raise damage(FrameDamage.TRUNCATED, f"{len(blob)} bytes; an entry has at least {self.HEAD}")
+        if blob[4] != 1:
+            raise damage(FrameDamage.UNKNOWN_FORMAT, f"entry format {blob[4]}; this code reads 1")
+        view = memoryview(blob)
+        digest = xxhash.xxh3_128(run_id.encode("utf-8"))
+        digest.update(b"\x00")
+        digest.update(view[:6])
+        digest.update(view[self.HEAD:])
+        if digest.digest() != blob[6:self.HEAD]:
+            raise damage(FrameDamage.CHECKSUM, "xxh3-128 digest does not match the content (damaged, or the "
+                         "entry of another thread)")
+        body: Any = view[self.HEAD:]
+        if blob[5] == 1:
+            body = self._decompress(run_id, damage, body)
+        elif blob[5] != 0:
+            raise damage(FrameDamage.UNKNOWN_COMPRESSION, f"compression id {blob[5]}")
         try:
-            _header, data = decode_frame(blob, run_id=run_id, generation=0, max_payload_bytes=self.max_bytes)
-            value = decode_state(data)
-        except FrameError as bad:
-            raise FrameError(bad.reason, f"{where}: {bad.detail}", run_id=run_id) from None
+            value = decode_state(bytes(body))
         except ValueError as exc:
-            raise FrameError(FrameDamage.UNDECODABLE, f"{where}: {exc}", run_id=run_id) from None
+            raise damage(FrameDamage.UNDECODABLE, str(exc)) from None
         if not isinstance(value, kind) or (size and len(value) != size):
-            raise FrameError(FrameDamage.UNDECODABLE, f"{where} does not hold what the saver stores there",
-                             run_id=run_id)
+            raise damage(FrameDamage.UNDECODABLE, "it does not hold what the saver stores there")
         return value
+
+    def _decompress(self, run_id: str, damage: Any, data: memoryview) -> bytes:
+        zstd = self._codec(run_id)
+        try:
+            n = zstd.frame_content_size(data)
+        except zstd.ZstdError as exc:
+            raise damage(FrameDamage.UNDECODABLE, f"zstd frame header: {exc}") from None
+        if n < 0 or n > self.max_bytes or n > MAX_ZSTD_RATIO * len(data):
+            raise damage(FrameDamage.UNDECODABLE, f"zstd content size {n} (recorded: >= 0, at most "
+                         f"{self.max_bytes} and {MAX_ZSTD_RATIO}x the entry)")
+        try:
+            return zstd.ZstdDecompressor().decompress(data)  # type: ignore[no-any-return]
+        except zstd.ZstdError as exc:
+            raise damage(FrameDamage.UNDECODABLE, f"zstd: {exc}") from None
 
 
 def pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
