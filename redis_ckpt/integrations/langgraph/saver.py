@@ -27,8 +27,9 @@ from ...core.ops import Flow
 from . import reads, writes
 from .backend import Backend, arun, run
 from .engine import Engine
-from .invocations import Invocations
+from .invocations import Invocation, Invocations
 from .model import ThreadTTL
+from .outbox import Outbox
 
 __all__ = ["RedisCkptSaver"]
 
@@ -87,6 +88,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         self._engine = Engine(Backend(store if store is not None else async_store), self.serde, self.owner,
                               self.thread_ttl)
         self._invocations = Invocations()
+        self._outbox = Outbox()
         self._indexed: set[tuple[str, str]] = set()  # (LangGraph run id, thread) filed in the cross index
 
     # -- running flows -------------------------------------------------------------------
@@ -113,13 +115,27 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
              new_versions: ChannelVersions) -> Flow[RunnableConfig]:
-        inv = self._invocations.of(config, _thread(config))
-        return writes.put_flow(self._engine, inv, self._indexed, config, checkpoint, metadata, dict(new_versions))
+        thread_id = _thread(config)
+        inv = self._invocations.of(config, thread_id)
+        parts = writes.put_item(self._engine, self._engine.keys(thread_id).run_id, config, checkpoint, metadata,
+                                dict(new_versions))
+        company = self._outbox.take(inv)  # the invocation's writes waiting for this put go with it
+        try:
+            out = yield from writes.put_flow(self._engine, inv, self._indexed, config, parts,
+                                             company.items if company else [])
+        except BaseException as exc:
+            self._outbox.settle(company, exc)
+            raise
+        self._outbox.settle(company, None)
+        return out
 
     def _put_writes(self, config: RunnableConfig, w: Sequence[tuple[str, Any]], task_id: str,
-                    task_path: str) -> Flow[None]:
-        inv = self._invocations.of(config, _thread(config))
-        return writes.writes_flow(self._engine, inv, config, w, task_id, task_path)
+                    task_path: str) -> tuple[Invocation | None, Any]:
+        """(the invocation, its "W" item, a function of items -> the flow that sends them)."""
+        thread_id = _thread(config)
+        inv = self._invocations.of(config, thread_id)
+        item = writes.writes_item(self._engine, self._engine.keys(thread_id).run_id, config, w, task_id, task_path)
+        return inv, item, lambda items: writes.writes_flow(self._engine, inv, thread_id, items)
 
     def _cursors(self, config: RunnableConfig | None, before: RunnableConfig | None,
                  filter: dict[str, Any] | None, limit: int | None) -> Flow[list[reads.ListCursor]]:
@@ -169,11 +185,25 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
-        self._run(self._put_writes(config, writes, task_id, task_path))
+        inv, item, flow = self._put_writes(config, writes, task_id, task_path)
+        if not writes:
+            return
+        if inv is None:
+            self._run(flow(item))
+        else:
+            self._outbox.put_writes(inv, item, lambda items: self._run(flow(items)))
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
-        await self._arun(self._put_writes(config, writes, task_id, task_path))
+        if self.async_store is None:
+            return await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+        inv, item, flow = self._put_writes(config, writes, task_id, task_path)
+        if not writes:
+            return
+        if inv is None:
+            await self._arun(flow(item))
+        else:
+            await self._outbox.aput_writes(inv, item, lambda items: self._arun(flow(items)))
 
     def delete_thread(self, thread_id: str) -> None:
         self._run(writes.delete_flow(self._engine, str(thread_id)))

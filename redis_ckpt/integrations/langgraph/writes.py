@@ -52,17 +52,19 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
 
 
 def put_flow(e: Engine, inv: Invocation | None, indexed: set[tuple[str, str]], config: dict[str, Any],
-             checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: dict[str, Any]) -> Flow[dict[str, Any]]:
+             parts: tuple[list[Any], str, str, str | None], company: list[Any]) -> Flow[dict[str, Any]]:
+    """A put (its ``put_item`` ``parts``), with ``company``: the items of the invocation's
+    writes that wait for it (outbox.py), stored in the same script call, before it."""
     thread_id = str(config["configurable"]["thread_id"])
     k = e.keys(thread_id)
-    item, ns, cid, lg_run = put_item(e, k.run_id, config, checkpoint, metadata, new_versions)
+    item, ns, cid, lg_run = parts
     if lg_run is not None and (lg_run, thread_id) not in indexed:
         # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per thread)
         yield from index_run(e, k, lg_run, thread_id)
         if len(indexed) > 100_000:
             indexed.clear()
         indexed.add((lg_run, thread_id))
-    yield from e.write(k, thread_id, inv, item, "put")
+    yield from e.write(k, thread_id, inv, [*company, *item], "put")
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
 
@@ -89,13 +91,9 @@ def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence
     return ["W", ns, cid, len(writes), *quads]
 
 
-def writes_flow(e: Engine, inv: Invocation | None, config: dict[str, Any], writes: Sequence[tuple[str, Any]],
-                task_id: str, task_path: str) -> Flow[None]:
-    thread_id = str(config["configurable"]["thread_id"])
-    k = e.keys(thread_id)
-    item = writes_item(e, k.run_id, config, writes, task_id, task_path)
-    if writes:
-        yield from e.write(k, thread_id, inv, item, "put_writes")
+def writes_flow(e: Engine, inv: Invocation | None, thread_id: str, items: list[Any]) -> Flow[None]:
+    """Writes (one or more "W" items of one invocation, or of a standalone call)."""
+    yield from e.write(e.keys(thread_id), thread_id, inv, items, "put_writes")
 
 
 def _admin(e: Engine, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
