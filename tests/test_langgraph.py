@@ -291,6 +291,61 @@ def test_concurrent_first_writes_of_one_invocation_share_its_claim(store):
     put(saver, "t", cid, run=run)  # the invocation goes on with its one claim
 
 
+def writes_in_background(saver: RedisCkptSaver, config: dict[str, Any], writes: list[tuple[str, Any]],
+                         task: str) -> tuple[threading.Thread, list[BaseException | None]]:
+    """put_writes in a thread of its own (as LangGraph's background executor does); returns
+    once the writes wait in the saver's outbox for the superstep's put."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            saver.put_writes(config, writes, task)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    t = threading.Thread(target=run)
+    before = len(saver._outbox._open)
+    t.start()
+    deadline = time.monotonic() + 5
+    while len(saver._outbox._open) == before and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    return t, outcome
+
+
+def test_a_supersteps_writes_go_with_its_put_in_one_round_trip(store):
+    saver = RedisCkptSaver(store)
+    run = Run()
+    saver.get_tuple(run.cfg("t"))
+    first = put(saver, "t", run=run)
+    with round_trips() as sent:
+        t, outcome = writes_in_background(saver, run.cfg("t", cid=first), [("x", "w")], "task-1")
+        assert t.is_alive()  # waiting for the put
+        second = put(saver, "t", first, run=run)
+        t.join()
+    assert outcome == [None] and sent[0] == 1  # one script call, one WAITAOF: both stored
+    assert saver.get_tuple(cfg("t", cid=first)).pending_writes == [("task-1", "x", "w")]
+    assert visible_ids(saver, "t") == [second, first]
+    saver.put_writes(run.cfg("t", cid=second), [("x", "alone")], "task-2")  # no put follows: sent after the wait
+    assert saver.get_tuple(cfg("t")).pending_writes == [("task-2", "x", "alone")]
+
+
+def test_a_refused_put_refuses_the_writes_that_rode_with_it(store, client):
+    saver = RedisCkptSaver(store)
+    run, newer = Run(), Run()
+    saver.get_tuple(run.cfg("t"))
+    first = put(saver, "t", run=run)
+    saver.get_tuple(newer.cfg("t"))
+    put(saver, "t", first, run=newer)
+    t, outcome = writes_in_background(saver, run.cfg("t", cid=first), [("x", "late")], "task")
+    with pytest.raises(FencedError):
+        put(saver, "t", first, run=run)
+    t.join()
+    assert len(outcome) == 1 and isinstance(outcome[0], FencedError)
+    assert saver.get_tuple(cfg("t", cid=first)).pending_writes == []
+
+
 def test_revoke_and_standalone_writes_fence_a_running_invocation(store):
     saver = RedisCkptSaver(store)
     run = Run()
