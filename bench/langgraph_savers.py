@@ -8,8 +8,9 @@ WAL, synchronous=FULL).
 (bench/compare.py runs the same section and puts it in docs/PERFORMANCE.md.) Measured: p50 of
 ``put``, ``put_writes`` and ``get_tuple`` at 1 KiB, 64 KiB and a 500 KiB message history, a
 ``list`` page of 10, and a whole graph of 41 supersteps (20 agent/tool rounds and a ``Send``
-fan-out to 4 workers) with ``durability="sync"`` and ``"async"``; and RedisCkptSaver's round
-trips per operation (sends on its connections, counted outside the timed rounds).
+fan-out to 4 workers) with ``durability="sync"`` and ``"async"``, ``graph.get_state`` of a
+thread whose ``DeltaChannel`` holds 13 entries; and RedisCkptSaver's round trips per
+operation (sends on its connections, counted outside the timed rounds).
 """
 
 from __future__ import annotations
@@ -224,6 +225,42 @@ def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[st
     return out, steps
 
 
+# -- DeltaChannel: get_state walks the history of the delta channel -------------------------
+
+DELTA_UPDATES = 13  # issue 13: a thread whose DeltaChannel holds 13 log entries
+
+
+def delta_graph(saver: Any) -> Any:
+    from langgraph.channels.delta import DeltaChannel
+    from langgraph.graph import END, START, StateGraph
+
+    def extend(state: list, writes: list) -> list:
+        return state + [x for w in writes for x in w]
+
+    g = StateGraph(TypedDict("Delta", {"log": Annotated[list, DeltaChannel(extend)], "n": int}))  # type: ignore[operator]
+    g.add_node("step", lambda s: {"log": [f"entry {s['n']}"], "n": s["n"] + 1})
+    g.add_edge(START, "step")
+    g.add_conditional_edges("step", lambda s: "step" if s["n"] < DELTA_UPDATES - 1 else END)
+    return g.compile(checkpointer=saver)
+
+
+def delta_rounds(savers: dict[str, Any], rounds: int, per_round: int = 20) -> tuple[dict[str, list[float]], Any]:
+    """{saver: [p50 ms of graph.get_state per round]} on a thread whose DeltaChannel holds
+    DELTA_UPDATES entries; and RedisCkptSaver's (graph, config) for counting round trips."""
+    graphs = {name: delta_graph(s) for name, s in savers.items()}
+    config = {"configurable": {"thread_id": f"delta-{uuid.uuid4().hex[:12]}"}}
+    for g in graphs.values():
+        g.invoke({"log": ["start"], "n": 0}, config)
+        assert len(g.get_state(config).values["log"]) == DELTA_UPDATES
+    names = list(graphs)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            xs = [timed(lambda g=graphs[name]: g.get_state(config)) for _ in range(per_round)]
+            out[name].append(statistics.median(xs) * 1000)
+    return out, (graphs[OURS], config)
+
+
 def _commands(c: Any, per: int = 1) -> str:
     return ", ".join(k if v == per else f"{k} x{v / per:.2f}".rstrip("0").rstrip(".") for k, v in sorted(c.items()))
 
@@ -235,7 +272,7 @@ def round_trips(saver: Any, values: dict[str, Any], trips: dict[str, float]) -> 
     d = Driver(saver, values["1 KiB"])
     with counting_round_trips() as sent:
         d.put()
-    rows.append(f"| first put on a new thread (takes the lease) | {sent.round_trips} | | {_commands(sent.commands)} |")
+    rows.append(f"| first put on a new thread (claims it) | {sent.round_trips} | | {_commands(sent.commands)} |")
     for _ in range(LIST_PAGE):
         d.put()
         d.put_writes()
@@ -249,6 +286,14 @@ def round_trips(saver: Any, values: dict[str, Any], trips: dict[str, float]) -> 
         trips[f"{op} waitaof"] = sent.commands.get("waitaof", 0)
         label = f"list page of {LIST_PAGE}" if op == "list_page" else f"{op} (1 KiB)"
         rows.append(f"| {label} | {statistics.median(counts):g} | {target} | {_commands(sent.commands)} |")
+    dgraph = delta_graph(saver)
+    dconfig = {"configurable": {"thread_id": f"delta-{uuid.uuid4().hex[:12]}"}}
+    dgraph.invoke({"log": ["start"], "n": 0}, dconfig)
+    with counting_round_trips() as sent:
+        dgraph.get_state(dconfig)
+    trips["get_state delta"] = sent.round_trips
+    rows.append(f"| get_state, DeltaChannel of {DELTA_UPDATES} entries | {sent.round_trips} | <= 2 | "
+                f"{_commands(sent.commands)} |")
     graph = build_graph(saver)
     run_graph(graph, "sync")
     for mode in ("sync", "async"):
@@ -323,8 +368,17 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
                 targets.append(Target(f"13. whole graph (durability={mode}) <= 1.5x SqliteSaver FULL",
                                       vs_lite.median, SQLITE_GRAPH, higher_is_better=False,
                                       shown=f"{vs_lite.median:.2f}x"))
+            delta, _ = delta_rounds(savers, rounds)
+            lines += ["", f"`graph.get_state` of a thread whose `DeltaChannel` holds {DELTA_UPDATES} entries (the "
+                      "saver's `get_delta_channel_history` rebuilds it):", "",
+                      "| operation | " + " | ".join(f"{n} p50 ms" for n in names) + " | ours / Postgres | ours / SQLite |",
+                      "|---|" + "---|" * len(names) + "---|---|",
+                      "| get_state | " + " | ".join(f"{statistics.median(delta[n]):.2f}" for n in names)
+                      + f" | {ratio(delta[OURS], delta[PG]).spread if PG in delta else ''} | "
+                      f"{ratio(delta[OURS], delta[LITE]).spread} |"]
             lines += ["", "RedisCkptSaver's round trips (issue 13 asks put and put_writes 1, get_tuple 1, a list "
-                      "page <= 2):", "", *round_trips(savers[OURS], values, {} if trips is None else trips)]
+                      "page <= 2, get_state of a DeltaChannel <= 2):", "",
+                      *round_trips(savers[OURS], values, {} if trips is None else trips)]
         finally:
             for close in closers:
                 close()
