@@ -6,7 +6,8 @@
 -- ARGV[2]  owner (audit)
 -- ARGV[3]  events stream max length
 -- "delete"  (no more arguments): every key but the fence and the events is removed; the fence
---           moves past every token handed out (every running invocation is fenced off)
+--           moves past every token handed out (every running invocation is fenced off). A
+--           thread with neither fence nor meta (never written, or expired) is left as it is
 -- "prune"   ARGV[4] strategy: "keep_latest" | "delete"; ARGV[5 ..] pairs (namespace,
 --           channels) where channels = items "<length>:<bytes>" naming the DeltaChannels the
 --           namespace's newest checkpoint rebuilds from its ancestors. keep_latest keeps the
@@ -16,7 +17,8 @@
 -- "runs"    ARGV[4] LangGraph run id: its checkpoints go, with their writes
 -- Values no kept checkpoint refers to go too (prune, runs).
 --
--- Returns "delete": {token, {run id, ...}}  the new fence, and the run ids the thread had
+-- Returns "delete": {token, {run id, ...}}  the new fence (0: nothing to delete), and the run
+--                  ids the thread had
 --         "prune", "runs": {removed, {run id, ...}}  checkpoints removed, and the run ids of
 --                  which the thread keeps no checkpoint now (for the cross-thread index)
 -- Errors: "BAD_ARGS <mode>"; "OUT_OF_RANGE fence <value>".
@@ -55,6 +57,7 @@ local function run_ids()
 end
 
 if mode == 'delete' then
+  if redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then return {0, {}} end  -- never written (or expired): no tombstone
   local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
   local token = math.max(fence + 1, floor)
   if token > LIMIT then return redis.error_reply('OUT_OF_RANGE fence ' .. int(token)) end

@@ -458,6 +458,8 @@ def test_delete_for_runs_keeps_what_later_checkpoints_of_other_runs_refer_to(sto
     assert client.smembers(f"{store.namespace}:lgrun:{{run-2}}") == set()
     saver.delete_for_runs(["run-2", "never"])  # nothing left to do
     assert saver.get_tuple(cfg("t")) is None
+    saver.delete_thread("never-written")  # leaves no tombstone
+    assert not list(client.scan_iter(f"{store.namespace}:{{{thread_run_id('never-written')}}}:*"))
 
 
 def test_the_saver_runs_on_the_in_memory_store():
