@@ -19,10 +19,12 @@
 -- "dump"    (no more arguments)
 --
 -- Returns
---   "page":    {version, more, tuple, tuple, ...}; more = 1 when the limit stopped the page
---              (the next page starts below the last tuple); tuple = {ns, checkpoint id,
---              record, {value frame or false, ...} (one per (channel, version) of the record's
---              shape, false where it is missing), {write member, write frame, ...}}
+--   "page":    {version, more, tuples}; more = 1 when the limit stopped the page (the next
+--              page starts below the last tuple); tuples = items "<length>:<bytes>" (one bulk
+--              string, cheaper to read than nested replies): for each tuple ns, checkpoint id,
+--              record, then per (channel, version) of the record's shape "1" .. value frame
+--              ("0" where the value is missing), then the number of writes, then each write's
+--              member and frame
 --   "history": {version, next, {checkpoint id, write member, write frame, ...} (newest
 --              checkpoint first, per checkpoint in member order), {channel, value frame, ...}
 --              (the seeds)}; next = the checkpoint id where the walk stopped at ARGV[5]
@@ -52,19 +54,24 @@ end
 local mode = ARGV[1]
 local version = tonumber(redis.call('HGET', KEYS[3], 'ver') or '0')
 
+local function item(s) return string.format('%d', #s) .. ':' .. s end
+local pieces = {}  -- "page": the tuples, as items
 local function tuple(ns, cid, record)
   local shape = shape_of(record)
-  local vals = {}
+  pieces[#pieces + 1] = item(ns)
+  pieces[#pieces + 1] = item(cid)
+  pieces[#pieces + 1] = item(record)
   for j = 2, #shape, 2 do
-    vals[#vals + 1] = redis.call('HGET', KEYS[6], ns .. '\0' .. shape[j] .. '\0' .. shape[j + 1])
+    local v = redis.call('HGET', KEYS[6], ns .. '\0' .. shape[j] .. '\0' .. shape[j + 1])
+    pieces[#pieces + 1] = v and item('1' .. v) or '1:0'
   end
   local p = ns .. '\0' .. cid .. '\0'
-  local ws = {}
-  for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[7], '[' .. p, '(' .. ns .. '\0' .. cid .. '\1')) do
-    ws[#ws + 1] = member
-    ws[#ws + 1] = redis.call('HGET', KEYS[8], member)
+  local members = redis.call('ZRANGEBYLEX', KEYS[7], '[' .. p, '(' .. ns .. '\0' .. cid .. '\1')
+  pieces[#pieces + 1] = item(string.format('%d', #members))
+  for _, member in ipairs(members) do
+    pieces[#pieces + 1] = item(member)
+    pieces[#pieces + 1] = item(redis.call('HGET', KEYS[8], member) or '')
   end
-  return {ns, cid, record, vals, ws}
 end
 
 local out
@@ -74,14 +81,14 @@ if mode == 'page' then
   if not limit or limit < 1 or (scope ~= 'one' and scope ~= 'all') then return redis.error_reply('BAD_ARGS page') end
   local nss = {first}
   if scope == 'all' then nss = redis.call('ZRANGEBYLEX', KEYS[9], '[' .. first, '+') end
-  out = {version, 0}
+  local more = 0
   local found = 0
   for n, ns in ipairs(nss) do
     local bound = (n == 1 and upper ~= '') and upper or before
     if exact ~= '' then
       local record = redis.call('HGET', KEYS[5], ns .. '\0' .. exact)
       if record then
-        out[#out + 1] = tuple(ns, exact, record)
+        tuple(ns, exact, record)
         found = found + 1
       end
     else
@@ -91,16 +98,17 @@ if mode == 'page' then
         local cid = string.sub(member, #ns + 2)
         local record = redis.call('HGET', KEYS[5], member)
         if record then
-          out[#out + 1] = tuple(ns, cid, record)
+          tuple(ns, cid, record)
           found = found + 1
         end
       end
     end
     if found >= limit then
-      out[2] = 1
+      more = 1
       break
     end
   end
+  out = {version, more, table.concat(pieces)}
 elseif mode == 'history' then
   local ns, cid, visits = ARGV[3], ARGV[4], tonumber(ARGV[5])
   if not visits or visits < 1 then return redis.error_reply('BAD_ARGS history') end

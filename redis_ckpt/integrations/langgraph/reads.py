@@ -13,9 +13,9 @@ from ...core.ops import Cmd, Flow
 from ...errors import FrameDamage, FrameError
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_name, pairs, split_record, thread_of_run
+from .model import ThreadKeys, check_name, pairs, parse_items, split_record, thread_of_run
 
-__all__ = ["ListCursor", "get_flow", "page_flow", "history_flow", "threads_flow", "decode_tuple", "PAGE"]
+__all__ = ["ListCursor", "get_flow", "page_flow", "history_flow", "threads_flow", "decode_tuples", "PAGE"]
 
 #: checkpoints a page of ``list`` returns at most
 PAGE = 32
@@ -55,20 +55,34 @@ def decode_record(e: Engine, run_id: str, ns: str, cid: str, stored: bytes) -> t
     return shape, rec
 
 
-def decode_tuple(e: Engine, thread_id: str, run_id: str, t: Sequence[Any]) -> CheckpointTuple:
-    ns, cid, stored, vals, ws = text(t[0]), text(t[1]), t[2], t[3], t[4]
-    shape, rec = decode_record(e, run_id, ns, cid, stored)
-    checkpoint = e.serde.loads_typed(tuple(rec["checkpoint"]))
-    checkpoint["channel_values"] = {text(ch): decode_value(e, run_id, text(ch), text(ver), blob)
-                                    for (ch, ver), blob in zip(pairs(shape[1:]), vals)}
-    parent = text(shape[0])
-    return CheckpointTuple(
-        config=_config(thread_id, ns, cid),
-        checkpoint=checkpoint,
-        metadata=e.serde.loads_typed(tuple(rec["metadata"])),
-        parent_config=_config(thread_id, ns, parent) if parent else None,
-        pending_writes=[(w[0], w[1], w[2]) for w in decode_writes(e, run_id, cid, ws)],
-    )
+def decode_tuples(e: Engine, thread_id: str, run_id: str, blob: bytes) -> list[CheckpointTuple]:
+    """The tuples of a ``page`` reply (items: see lua/saver_read.lua)."""
+    parts = parse_items(blob)
+    out = []
+    i = 0
+    while i < len(parts):
+        ns, cid, stored = text(parts[i]), text(parts[i + 1]), parts[i + 2]
+        shape, rec = decode_record(e, run_id, ns, cid, stored)
+        i += 3
+        values = {}
+        for ch, ver in pairs(shape[1:]):
+            raw = parts[i]
+            i += 1
+            values[text(ch)] = decode_value(e, run_id, text(ch), text(ver), raw[1:] if raw[:1] == b"1" else None)
+        n = int(parts[i])
+        ws = parts[i + 1:i + 1 + 2 * n]
+        i += 1 + 2 * n
+        checkpoint = e.serde.loads_typed(tuple(rec["checkpoint"]))
+        checkpoint["channel_values"] = values
+        parent = text(shape[0])
+        out.append(CheckpointTuple(
+            config=_config(thread_id, ns, cid),
+            checkpoint=checkpoint,
+            metadata=e.serde.loads_typed(tuple(rec["metadata"])),
+            parent_config=_config(thread_id, ns, parent) if parent else None,
+            pending_writes=[(w[0], w[1], w[2]) for w in decode_writes(e, run_id, cid, ws)],
+        ))
+    return out
 
 
 def get_flow(e: Engine, thread_id: str, ns: str, cid: str | None,
@@ -79,7 +93,8 @@ def get_flow(e: Engine, thread_id: str, ns: str, cid: str | None,
     reply = yield from e.read(k, args, "get_tuple")
     if inv is not None:
         inv.saw(int(reply[0]))
-    return decode_tuple(e, thread_id, k.run_id, reply[2]) if len(reply) > 2 else None
+    found = decode_tuples(e, thread_id, k.run_id, reply[2])
+    return found[0] if found else None
 
 
 @dataclass
@@ -118,7 +133,7 @@ def page_flow(e: Engine, cur: ListCursor) -> Flow[list[CheckpointTuple]]:
         limit = PAGE if cur.left is None or cur.filter else max(1, min(PAGE, cur.left))
         args = ["page", e.read_ttl, cur.scope, cur.ns, cur.upper, cur.before, limit, cur.exact]
         reply = yield from e.read(k, args, "list")
-        found = [decode_tuple(e, cur.thread_id, k.run_id, t) for t in reply[2:]]
+        found = decode_tuples(e, cur.thread_id, k.run_id, reply[2])
         if int(reply[1]) and found and not cur.exact:
             last = found[-1].config["configurable"]
             cur.ns, cur.upper = last["checkpoint_ns"], last["checkpoint_id"]
