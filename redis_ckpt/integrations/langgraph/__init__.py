@@ -4,7 +4,7 @@ every write is one fenced, durable round trip, every value is checksummed.
     from redis_ckpt import CheckpointStore
     from redis_ckpt.langgraph import RedisCkptSaver
 
-    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="agents")
+    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="default")
     graph = builder.compile(checkpointer=RedisCkptSaver(store))
     graph.invoke(inputs, {"configurable": {"thread_id": "conversation-7"}})
 
