@@ -316,6 +316,7 @@ def writes_in_background(saver: RedisCkptSaver, config: dict[str, Any], writes: 
 
 def test_a_supersteps_writes_go_with_its_put_in_one_round_trip(store):
     saver = RedisCkptSaver(store)
+    saver._outbox.linger_s = 10.0  # the put below comes within the wait, however loaded the machine
     run = Run()
     saver.get_tuple(run.cfg("t"))
     first = put(saver, "t", run=run)
@@ -327,6 +328,7 @@ def test_a_supersteps_writes_go_with_its_put_in_one_round_trip(store):
     assert outcome == [None] and sent[0] == 1  # one script call, one WAITAOF: both stored
     assert saver.get_tuple(cfg("t", cid=first)).pending_writes == [("task-1", "x", "w")]
     assert visible_ids(saver, "t") == [second, first]
+    saver._outbox.linger_s = 0.003
     saver.put_writes(run.cfg("t", cid=second), [("x", "alone")], "task-2")  # no put follows: sent after the wait
     assert saver.get_tuple(cfg("t")).pending_writes == [("task-2", "x", "alone")]
 

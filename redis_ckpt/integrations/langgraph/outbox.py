@@ -2,7 +2,7 @@
 ``put`` that follows them, in one script call and one WAITAOF.
 
 LangGraph saves a task's writes as soon as the task ends and the superstep's checkpoint a
-moment later (~0.3-1 ms: applying the writes). Sent apart, the two wait for two AOF fsyncs
+moment later (~0.3-1 ms: applying the writes; more on a loaded machine). Sent apart, the two wait for two AOF fsyncs
 in turn on the server, and the next superstep waits for both. So an invocation's
 ``put_writes`` waits up to :data:`LINGER_S` for company: the writes of other tasks of the
 superstep join it, and the ``put`` that comes takes them all along (they are stored in the
@@ -26,7 +26,7 @@ from .invocations import Invocation
 __all__ = ["Outbox", "LINGER_S"]
 
 #: how long an invocation's writes wait for the superstep's put before going alone
-LINGER_S = 0.002
+LINGER_S = 0.003
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Batch:
 class Outbox:
     """The writes of each invocation waiting for their put."""
 
-    def __init__(self) -> None:
+    def __init__(self, linger_s: float = LINGER_S) -> None:
+        self.linger_s = linger_s
         self._lock = threading.Lock()
         self._open: dict[int, Batch] = {}  # id(invocation) -> its open batch
 
@@ -82,7 +83,7 @@ class Outbox:
         batch, leader = self._join(inv, item)
         if leader:
             try:
-                batch.taken.result(LINGER_S)
+                batch.taken.result(self.linger_s)
             except concurrent.futures.TimeoutError:
                 self._send_alone(inv, batch, send)
         batch.done.result()
@@ -91,7 +92,7 @@ class Outbox:
         batch, leader = self._join(inv, item)
         if leader:
             try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.taken)), LINGER_S)
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.taken)), self.linger_s)
             except asyncio.TimeoutError:
                 if self._claim(inv, batch) is batch:
                     try:
