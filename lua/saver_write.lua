@@ -51,11 +51,12 @@
 --
 -- Returns {token, version}: the invocation's token and the thread's new version.
 -- Errors (nothing written but the audit event):
---   "FENCED <token> <fence> <claimed> <owner>"  the token is not the thread's fence: another
+--   "THREAD_FENCED <token> <fence> <claimed> <owner>"  the token is not the thread's fence: another
 --        invocation claimed the thread (claimed = the token of the last claim, owner its
 --        owner; fence > claimed: a revoke or delete moved the fence), or the thread expired
 --        (fence 0)
---   "CONFLICT <expected> <version>"  the thread changed since the invocation read it
+--   "CONFLICT <expected> <actual>"  the thread changed since the invocation read it (actual: its
+--        version now)
 --   "OUT_OF_RANGE <what> <value>"    a token, version or ttl past MAX_INT
 --   "BAD_ITEMS <position>"           malformed items (a bug of the caller)
 local LIMIT = 1125899906842624  -- 2^50
@@ -103,7 +104,7 @@ end
 if token > 0 then
   if token ~= fence then
     event('fenced', 'token', ARGV[1], 'fence', fence_s or '0')
-    return redis.error_reply('FENCED ' .. ARGV[1] .. ' ' .. (fence_s or '0') .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
+    return redis.error_reply('THREAD_FENCED ' .. ARGV[1] .. ' ' .. (fence_s or '0') .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
   end
 elseif m[2] and m[2] == fence_s and (m[3] == inv and (inv ~= '' or m[1])) then
   -- a concurrent write of this invocation claimed the thread first; or a standalone write

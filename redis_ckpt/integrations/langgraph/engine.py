@@ -105,18 +105,19 @@ class Engine:
 
     def refused(self, reply: Exception, k: ThreadKeys, what: str, args: list[Any], *, resent: bool,
                 inv: Invocation | None) -> Exception:
-        """The error for a refused write (FENCED, CONFLICT); any other refusal as it came."""
+        """The error for a refused write (THREAD_FENCED, CONFLICT); any other refusal as it came."""
         code, *f = str(reply).split(" ")
-        if code not in ("FENCED", "CONFLICT"):
+        if code not in ("THREAD_FENCED", "CONFLICT"):
             return reply
         run_id, thread = k.run_id, args[6]
         if resent:  # the first attempt may have been applied before the thread moved on
-            token, fence = (int(f[0]), int(f[1])) if code == "FENCED" else (int(args[0]), 0)
-            expected, actual = (0, 0) if code == "FENCED" else (int(f[0]), int(f[1]))
-            return OutcomeUnknownError(run_id, what=what, refused=code, token=token, fence=fence,
-                                       expected=expected, actual=actual)
+            fenced = code == "THREAD_FENCED"
+            token, fence = (int(f[0]), int(f[1])) if fenced else (int(args[0]), 0)
+            expected, actual = (0, 0) if fenced else (int(f[0]), int(f[1]))
+            return OutcomeUnknownError(run_id, what=what, refused="FENCED" if fenced else code, token=token,
+                                       fence=fence, expected=expected, actual=actual)
         err: Exception
-        if code == "FENCED":
+        if code == "THREAD_FENCED":
             token, fence, claimed, owner = int(f[0]), int(f[1]), int(f[2]), " ".join(f[3:])
             err = FencedError(run_id, token=token, fence=fence,
                               cause="takeover" if claimed == fence and fence else None,
