@@ -12,7 +12,7 @@ from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMeta
 from ...core.ops import Cmd, Flow, Script
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_name, cross_key, items, pairs, parse_items, split_record, version_text
+from .model import ThreadKeys, check_name, cross_key, items, pairs, version_text
 from .reads import decode_record
 
 __all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
