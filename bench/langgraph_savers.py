@@ -16,9 +16,7 @@ operation (sends on its connections, counted outside the timed rounds).
 from __future__ import annotations
 
 import argparse
-import operator
 import os
-import random
 import sqlite3
 import statistics
 import sys
@@ -27,20 +25,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import redis
 from _harness import Postgres, Target, machine, ratio, timed
 from costs import counting_round_trips
-from states import _vocabulary, message, message_history
+from langgraph_graphs import DELTA_UPDATES, FANOUT, ROUNDS_OF_AGENT, build_graph, delta_graph, run_graph
+from states import message_history
 
 from redis_ckpt import CheckpointStore
 
 SAVERS = ("RedisCkptSaver", "PostgresSaver", "SqliteSaver")
 OURS, PG, LITE = SAVERS
 SQLITE_GRAPH = 1.5  # issue 13: the whole graph within 1.5x of SqliteSaver FULL
-ROUNDS_OF_AGENT = 20
-FANOUT = 4
 LIST_PAGE = 10
 
 
@@ -146,70 +143,6 @@ def op_rounds(savers: dict[str, Any], value: Any, rounds: int, per_round: int,
     return out
 
 
-# -- the graph ------------------------------------------------------------------------------
-
-
-class State(TypedDict):
-    messages: Annotated[list, operator.add]
-    rounds: int
-    results: Annotated[list, operator.add]
-
-
-class Part(TypedDict):
-    part: int
-    query: str
-
-
-def build_graph(saver: Any) -> Any:
-    from langgraph.graph import END, START, StateGraph
-    from langgraph.types import Send
-
-    rng = random.Random(41)
-    words = _vocabulary(rng)
-    agent_says: list[dict[str, Any]] = []
-    tool_says: list[dict[str, Any]] = []
-    i = 0
-    while len(agent_says) < ROUNDS_OF_AGENT or len(tool_says) < ROUNDS_OF_AGENT:
-        m = message(rng, words, i)
-        {"assistant": agent_says, "tool": tool_says}.get(m["role"], []).append(m)
-        i += 1
-
-    def agent(s: State) -> dict[str, Any]:
-        r = s["rounds"]
-        return {"messages": [agent_says[r]], "rounds": r + 1}
-
-    def tools(s: State) -> dict[str, Any]:
-        return {"messages": [tool_says[s["rounds"] - 1]]}
-
-    def after_tools(s: State) -> Any:
-        if s["rounds"] < ROUNDS_OF_AGENT:
-            return "agent"
-        return [Send("worker", {"part": i, "query": f"part {i} of the report"}) for i in range(FANOUT)]
-
-    def worker(p: Part) -> dict[str, Any]:
-        return {"results": [{"part": p["part"], "text": f"{p['query']}: done"}]}
-
-    g = StateGraph(State)
-    g.add_node("agent", agent)
-    g.add_node("tools", tools)
-    g.add_node("worker", worker)
-    g.add_edge(START, "agent")
-    g.add_edge("agent", "tools")
-    g.add_conditional_edges("tools", after_tools, ["agent", "worker"])
-    g.add_edge("worker", END)
-    return g.compile(checkpointer=saver)
-
-
-def run_graph(graph: Any, durability: str) -> int:
-    """One whole run on a new thread; returns the supersteps that ran nodes (LangGraph numbers
-    the input -1 and the step that feeds it to the first node 0)."""
-    config = {"configurable": {"thread_id": f"graph-{uuid.uuid4().hex[:12]}"}}
-    out = graph.invoke({"messages": [{"role": "user", "content": "Write the report."}], "rounds": 0, "results": []},
-                       config, durability=durability)
-    assert len(out["messages"]) == 1 + 2 * ROUNDS_OF_AGENT and len(out["results"]) == FANOUT
-    return int(graph.get_state(config).metadata["step"])
-
-
 def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[str, list[float]]], int]:
     graphs = {name: build_graph(s) for name, s in savers.items()}
     steps = 0
@@ -223,25 +156,6 @@ def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[st
             for mode in ("sync", "async"):
                 out[mode][name].append(timed(lambda g=graphs[name], m=mode: run_graph(g, m)) * 1000)
     return out, steps
-
-
-# -- DeltaChannel: get_state walks the history of the delta channel -------------------------
-
-DELTA_UPDATES = 13  # issue 13: a thread whose DeltaChannel holds 13 log entries
-
-
-def delta_graph(saver: Any) -> Any:
-    from langgraph.channels.delta import DeltaChannel
-    from langgraph.graph import END, START, StateGraph
-
-    def extend(state: list, writes: list) -> list:
-        return state + [x for w in writes for x in w]
-
-    g = StateGraph(TypedDict("Delta", {"log": Annotated[list, DeltaChannel(extend)], "n": int}))  # type: ignore[operator]
-    g.add_node("step", lambda s: {"log": [f"entry {s['n']}"], "n": s["n"] + 1})
-    g.add_edge(START, "step")
-    g.add_conditional_edges("step", lambda s: "step" if s["n"] < DELTA_UPDATES - 1 else END)
-    return g.compile(checkpointer=saver)
 
 
 def delta_rounds(savers: dict[str, Any], rounds: int, per_round: int = 20) -> tuple[dict[str, list[float]], Any]:
