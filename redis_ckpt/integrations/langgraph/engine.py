@@ -69,7 +69,7 @@ class Engine:
             for r in mine:
                 if isinstance(r, Exception):
                     raise r
-            self.backend.check_confirmed(replies, len(ops), what=what, run_id=run_id)
+            self.backend.check_confirmed(replies, what=what, run_id=run_id)
             return mine
 
         return (yield from self.backend.retrying(body, run_id=run_id, what=what, writes=True))
@@ -95,7 +95,7 @@ class Engine:
             reply = replies[0]
             if isinstance(reply, Exception):
                 raise self.refused(reply, k, what, args, resent=attempts > 1, inv=inv)
-            self.backend.check_confirmed(replies, 1, what=what, run_id=k.run_id)
+            self.backend.check_confirmed(replies, what=what, run_id=k.run_id)
             return int(reply[0]), int(reply[1])
 
         token_, version = yield from self.backend.retrying(body, run_id=k.run_id, what=what, writes=True)

@@ -25,7 +25,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ...core.ops import Flow
 from . import reads, writes
-from .backend import Backend, arun, run
+from .backend import Backend
 from .engine import Engine
 from .invocations import Invocation, Invocations
 from .model import ThreadTTL
@@ -98,12 +98,12 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
             flow.close()
             raise RuntimeError("this RedisCkptSaver has only an AsyncCheckpointStore: use the async graph "
                                "API (ainvoke/astream) or pass a CheckpointStore too")
-        return run(self.store, flow)
+        return self.store.run(flow)  # type: ignore[no-any-return]
 
     async def _arun(self, flow: Flow[T]) -> T:
         if self.async_store is None:
             return await asyncio.to_thread(self._run, flow)
-        return await arun(self.async_store, flow)
+        return await self.async_store.arun(flow)  # type: ignore[no-any-return]
 
     # -- the flows -----------------------------------------------------------------------
 
