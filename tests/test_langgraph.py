@@ -47,6 +47,13 @@ pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTENDED_CLAIMED = {"copy_thread", "prune", "delete_for_runs"}
+SUITE_TESTS = 81  # langgraph-checkpoint-conformance 0.0.2: every test, base and extended
+
+
+def counts(report: Any) -> tuple[int, int, int]:
+    """(passed, failed, skipped) tests of a conformance report."""
+    rs = report.results.values()
+    return sum(r.tests_passed for r in rs), sum(r.tests_failed for r in rs), sum(r.tests_skipped for r in rs)
 
 
 def cfg(thread: str, ns: str = "", cid: str | None = None) -> dict[str, Any]:
@@ -86,6 +93,7 @@ def test_conformance_suite(durable_server, client, namespace, flavour):
     failures = {name: r.failures for name, r in report.results.items() if r.failures}
     assert report.passed_all_base(), failures
     assert report.passed_all(), failures
+    assert counts(report) == (SUITE_TESTS, 0, 0)
     detected = {name for name, r in report.results.items() if r.detected}
     assert detected >= EXTENDED_CLAIMED | {"put", "put_writes", "get_tuple", "list", "delete_thread"}
     assert all(report.results[c].passed is True for c in EXTENDED_CLAIMED)
