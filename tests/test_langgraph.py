@@ -1,6 +1,7 @@
-"""redis_ckpt.langgraph: LangGraph's own conformance suite on real servers, behaviour parity
-with LangGraph's InMemorySaver, fencing of stale writers (in-process and across processes),
-and a graph killed with SIGKILL resuming on another process (examples/langgraph_resume.py)."""
+"""redis_ckpt.langgraph: LangGraph's own conformance suite on real servers and a cluster,
+behaviour parity with LangGraph's InMemorySaver, fencing per invocation, thread TTL, the
+DeltaChannel history, and a graph killed with SIGKILL resuming at once on another process
+(examples/langgraph_resume.py). Worker processes handing threads over: test_langgraph_workers.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +99,31 @@ def test_conformance_suite(durable_server, client, namespace, flavour):
     detected = {name for name, r in report.results.items() if r.detected}
     assert detected >= EXTENDED_CLAIMED | {"put", "put_writes", "get_tuple", "list", "delete_thread"}
     assert all(report.results[c].passed is True for c in EXTENDED_CLAIMED)
+
+
+@pytest.mark.slow  # a 3-primary cluster per engine
+@pytest.mark.parametrize("flavour", ["sync-store", "async-store"])
+def test_conformance_suite_on_a_cluster(cluster, flavour):
+    """The same suite on Redis Cluster: a thread's keys share one slot, the cross-thread run
+    index lives in the run's own slot, threads are listed over every primary."""
+    url = cluster.url()
+    namespace = "lg" + uuid.uuid4().hex[:8]
+
+    @checkpointer_test(name=f"RedisCkptSaver[cluster, {flavour}]")
+    async def factory():
+        if flavour == "sync-store":
+            store = CheckpointStore.from_url(url, namespace=namespace)
+            yield RedisCkptSaver(store)
+            store.close()
+        else:
+            astore = await AsyncCheckpointStore.from_url(url, namespace=namespace)
+            yield RedisCkptSaver(async_store=astore)
+            await astore.close()
+
+    report = asyncio.run(validate(factory))
+    failures = {name: r.failures for name, r in report.results.items() if r.failures}
+    assert report.passed_all_base() and report.passed_all(), failures
+    assert counts(report) == (SUITE_TESTS, 0, 0)
 
 
 # --------------------------------------------------------------------------- parity with InMemorySaver
