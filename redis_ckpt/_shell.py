@@ -142,7 +142,6 @@ class StoreBase:
     keep = property(lambda self: self.core.config.keep)
     durability = property(lambda self: self.core.config.durability)
     client = property(lambda self: self._client)
-    _core = property(lambda self: self.core)  # until the LangGraph saver moves to store.core (issue 13)
 
     def __repr__(self) -> str:
         """``<CheckpointStore redis://:***@host:6379/0 namespace='default' durability=local-fsync keep=3>``:
@@ -226,8 +225,3 @@ class LeaseBase:
 
     def load_flow(self) -> Flow[Checkpoint | None]:
         return self._store.core.load_flow(self.run_id)
-
-    # until the LangGraph saver moves to the public flows (issue 13)
-    _renew_flow = renew_flow
-    _release_flow = release_flow
-    _commit_flow = commit_flow

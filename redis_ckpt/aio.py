@@ -165,7 +165,6 @@ class AsyncCheckpointStore(StoreBase):
             reraise(exc, self.server)
 
     arun = run
-    _run = run  # until the LangGraph saver moves to store.arun (issue 13)
 
     async def _probe(self) -> ProbeReport:
         try:  # one server, or every primary (and the replicas the policy counts on) on its own connection

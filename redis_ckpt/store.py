@@ -145,7 +145,6 @@ class CheckpointStore(StoreBase):
         except Exception as exc:
             reraise(exc, self.server)
 
-    _run = run  # until the LangGraph saver moves to store.run (issue 13)
 
     def _probe(self) -> ProbeReport:
         try:  # one server, or every primary (and the replicas the policy counts on) on its own connection

@@ -44,14 +44,3 @@ class StoreCore(LeaseFlows, ReadFlows, AdminFlows):
         DurabilityError instead of acknowledging it silently. The CONFIG GET rides in the
         write's pipeline: no extra round trip."""
         self.config = replace(self.config, watch=watch)
-
-    # -- until the LangGraph saver moves onto store.core.config (issue 13) ------------------
-
-    namespace = property(lambda self: self.config.namespace)
-    durability = property(lambda self: self.config.durability)
-    confirm = property(lambda self: self.config.confirm)
-    max_state_bytes = property(lambda self: self.config.max_state_bytes)
-    compression = property(lambda self: self.config.compression)
-
-    def _retrying(self, body: Any, *, run_id: str | None, what: str, writes: bool) -> Any:
-        return self.retrying(body, run_id=run_id, what=what, writes=writes)
