@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from ...errors import OutcomeUnknownError, OutOfRangeError
 from ..config import MAX_INT, StoreConfig
 from ..keys import RunKeys, validate_run_id
-from ..ops import Flow
+from ..ops import ConnectionLost, Flow
 from ..retry import retrying
 
 __all__ = ["FlowsBase", "Migration", "out_of_range", "outcome_unknown"]
@@ -55,7 +55,21 @@ class FlowsBase:
         self.chunks_of.pop((run_id, generation - self.config.keep), None)
 
     def retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
-        """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`)."""
+        """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`).
+
+        A write whose connection was lost is a sign of trouble (the server may have restarted
+        with other settings): its resend carries the drift check (see ``DriftWatch``)."""
+        watch = self.config.watch
+        if watch is not None and writes:
+            inner = body
+
+            def body() -> Flow[T]:
+                try:
+                    return (yield from inner())
+                except ConnectionLost:
+                    watch.alarm()
+                    raise
+
         return retrying(body, policy=self.config.retry, run_id=run_id, what=what, writes=writes)
 
 

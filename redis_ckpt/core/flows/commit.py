@@ -35,7 +35,7 @@ from ..replies import hash_of
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, ReplyError, Script
 from .base import FlowsBase, out_of_range, outcome_unknown
-from .confirm import check_confirmed, confirmed
+from .confirm import check_confirmed, confirmed, drift_unread
 
 __all__ = ["CommitFlows", "INLINE_BYTES", "explain_fenced", "fence_cause"]
 
@@ -128,6 +128,7 @@ class CommitFlows(FlowsBase):
                 self.remember(k.run_id, generation, chunks)
                 check_confirmed(replies, self.config, what="commit", run_id=k.run_id, generation=generation)
                 return generation
+            drift_unread(replies, self.config)
             if reply.code in ("FENCED", "FENCE_BEHIND"):
                 r = refusal(reply)
                 raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]))
@@ -176,6 +177,7 @@ class CommitFlows(FlowsBase):
             drop = entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
             if isinstance(replies[0], ReplyError):
+                drift_unread(replies, self.config)
                 raise self.refused(k.run_id, replies[0], "import")
             generation = commit_generation(replies[0])
             check_confirmed(replies, self.config, what="import", run_id=k.run_id, generation=generation)
@@ -225,6 +227,8 @@ class CommitFlows(FlowsBase):
                             raise one
             reply = replies[0]
             code = reply.code if isinstance(reply, ReplyError) else None
+            if code in ("NEED_KEYS", "NEED_STAGE", "STAGE_MISSING"):
+                drift_unread(replies, self.config)  # sent again: the check goes along again
             if code == "NEED_KEYS":
                 entries = sorted(set(entries) | set(reply.fields))
                 send = ()
