@@ -10,8 +10,8 @@ STAGE_MISSING: nothing written but the staging) and the flow sends again; a defi
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -96,7 +96,7 @@ class CommitFlows(FlowsBase):
         c = self.config
         new = expected_generation + 1
         frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
-        cid = commit_id or uuid.uuid4().hex
+        cid = commit_id or os.urandom(16).hex()  # a uuid4's 32 hex digits, without the UUID object
         stored, chunks, staging, moved = self.stored_form(k, new, frame, cid, token=token,
                                                           expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
