@@ -125,7 +125,7 @@ class CommitFlows(FlowsBase):
             reply = replies[0]
             if not isinstance(reply, ReplyError):
                 generation = commit_generation(reply)
-                self.remember(k.run_id, generation, chunks)
+                self.remember(k.run_id, generation, chunks, size)
                 check_confirmed(replies, self.config, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             drift_unread(replies, self.config)

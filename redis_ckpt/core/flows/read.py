@@ -17,7 +17,7 @@ from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage
     NotFoundError, SchemaVersionError
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
-from ..contract import kept, kept_times
+from ..contract import LOAD_FIELDS, kept, kept_times, load_script
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
 from ..ops import Cmd, Flow, Pipe
@@ -38,17 +38,19 @@ EVENTS_PAGE = 200
 COMMIT_KINDS = frozenset({"commit", "commit_retry", "import", "import_retry"})
 #: keys a SCAN call looks at when the head is missing and the audit stream cannot tell
 SCAN_COUNT = 1000
-#: the head fields a load needs (fewer replies to parse than HGETALL)
-LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
+#: frames up to this size are read with the head by load.lua (one reply to parse, less server
+#: work than MULTI/HMGET/GET/EXEC); larger ones by MULTI/EXEC (a value through Lua is copied)
+LOAD_SCRIPT_BYTES = 16 * 1024
 
 
 class ReadFlows(FlowsBase):
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.
 
-        The head and the generation it names are read as one snapshot (MULTI/EXEC, one round
-        trip) when this process knows the head's generation (it committed or loaded the run);
-        otherwise the head is read first. A head that moved since (a concurrent commit) is
+        The head and the generation it names are read as one snapshot in one round trip when
+        this process knows the head's generation (it committed or loaded the run): by
+        load.lua for a small frame, MULTI/EXEC for a large one; otherwise the head is read
+        first. A head that moved since (a concurrent commit) is
         read again with its new generation, and a generation rotated away while it was read
         (chunks, older ones) starts the read again: a moving head is never corruption. When it
         still moves at the deadline: :class:`HeadMovingError` (retryable, nothing damaged).
@@ -64,7 +66,13 @@ class ReadFlows(FlowsBase):
                 # after a miss the head may move once more before this read: ask for the next
                 # generation too (with keep=1 at most one of the two exists: no extra bytes)
                 wanted = [guess, guess + 1] if guess and reads > 1 else [guess] if guess else []
-                if wanted:
+                if wanted and self.last_size.get(k.run_id, 0) <= LOAD_SCRIPT_BYTES:
+                    (reply,) = yield Pipe([load_script(k, wanted)], route=k.head)
+                    if isinstance(reply, Exception):
+                        raise reply
+                    raw, value = reply[:-1], reply[-1]
+                    blobs = [value if value is not None and str(g) == text(raw[0]) else None for g in wanted]
+                elif wanted:
                     replies = yield Pipe([Cmd("MULTI"), Cmd("HMGET", k.head, *LOAD_FIELDS),
                                           *(Cmd("GET", k.generation(g)) for g in wanted), Cmd("EXEC")],
                                          route=k.head)
@@ -85,7 +93,7 @@ class ReadFlows(FlowsBase):
                 if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
                     result = yield from self.load_from(k, head, dict(zip(wanted, blobs)))
                     if result is not None:
-                        self.remember(k.run_id, result.head_generation)
+                        self.remember(k.run_id, result.head_generation, size=result.size)
                         return result  # else a generation it read was rotated away meanwhile
                 if generation >= 1:
                     guess = generation  # read the head again with the generation it names now
