@@ -230,6 +230,8 @@ def drop_keys(k: RunKeys, entries: Iterable[str]) -> list[str]:
     """The keys of "<g>:<chunks>" entries: g:<g> then its chunk keys."""
     out: list[str] = []
     for e in entries:
-        g, c = (int(x) for x in e.split(":"))
-        out += k.generation_keys(g, c)
+        g, _, c = e.partition(":")
+        out.append(k.generation(int(g)))
+        if c != "0":
+            out += [k.chunk(int(g), i) for i in range(int(c))]
     return out

@@ -235,8 +235,17 @@ def _hook(pool: Any) -> bool:
                 left = _CONNECT_LEFT.get()
                 if left is None:
                     return _original(connection)
-                with _settings(connection, left):
+                try:  # what _settings does, without a context manager: this runs every attempt
+                    saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
+                except AttributeError:
                     return _original(connection)
+                connection.socket_timeout = _cap(saved[0], left)
+                connection.socket_connect_timeout = _cap(saved[1], left)
+                connection.retry = _NO_RETRY
+                try:
+                    return _original(connection)
+                finally:
+                    connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
 
             ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
             pool.ensure_connection = ensure_connection

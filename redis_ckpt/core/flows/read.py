@@ -110,6 +110,20 @@ class ReadFlows(FlowsBase):
         """The newest of ``head``'s kept generations that verifies; None when one was rotated
         away while it was read (the caller reads the head again)."""
         head_gen = int(head.get("generation", 0))
+        newest = prefetched.get(head_gen)
+        if newest is not None and head.get("kept", "").rpartition(",")[2] == str(head_gen) \
+                and not is_manifest(newest):
+            # the common case: the head's generation, read with the head, whole (not chunked)
+            try:
+                header, payload = self.verify(k, head_gen, newest, head)
+                state = decode_payload(header, payload)
+                del payload
+            except FrameError:
+                pass  # the loop below reads it again and says why it is skipped
+            else:
+                t = head.get("kept_ms", "").rpartition(",")[2]
+                return self.checkpoint(k, head_gen, head_gen, header, state, newest,
+                                       int(t) if t.isdigit() else header.created_ms, ())
         skipped: list[SkippedGeneration] = []
         for g, _chunks in sorted(kept(head), reverse=True):
             try:
@@ -124,18 +138,23 @@ class ReadFlows(FlowsBase):
                         return None  # rotated away meanwhile: reload from the new head
                 skipped.append(SkippedGeneration(g, bad.reason.value, bad.detail))
                 continue
-            state = self.migrate(k.run_id, state, header.schema_version)
             if skipped:
                 yield from self.report_fallback(k, g, skipped)
-            return Checkpoint(
-                run_id=k.run_id, state=state, generation=g, head_generation=head_gen,
-                token=header.token, owner=header.owner,  # the server's commit time, else the writer's
-                created_at=ms_to_datetime(kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
-                schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
-                metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
-                size=len(blob), skipped=tuple(skipped),  # type: ignore[arg-type]
-            )
+            return self.checkpoint(k, g, head_gen, header, state, blob,  # the server's commit time, else the writer's
+                                   kept_times(head).get(g, header.created_ms), tuple(skipped))
         raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
+
+    def checkpoint(self, k: RunKeys, g: int, head_gen: int, header: Any, state: Any, blob: Any, created_ms: int,
+                   skipped: tuple[SkippedGeneration, ...]) -> Checkpoint:
+        """The loaded generation ``g`` (its state migrated to this store's schema)."""
+        return Checkpoint(
+            run_id=k.run_id, state=self.migrate(k.run_id, state, header.schema_version), generation=g,
+            head_generation=head_gen, token=header.token, owner=header.owner,
+            created_at=ms_to_datetime(created_ms),  # type: ignore[arg-type]
+            schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
+            metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
+            size=len(blob), skipped=skipped,  # type: ignore[arg-type]
+        )
 
     def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
         summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
@@ -185,6 +204,8 @@ class ReadFlows(FlowsBase):
     def migrate(self, run_id: str, state: Any, stored: int) -> Any:
         """``state`` of schema ``stored`` through the registered migrations to this store's."""
         current = self.config.schema_version
+        if stored == current:
+            return state
         if stored > current:
             raise SchemaVersionError(
                 f"run {run_id!r} was written with schema {stored}, newer than this code's "
