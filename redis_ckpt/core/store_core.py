@@ -39,8 +39,9 @@ class StoreCore(LeaseFlows, ReadFlows, AdminFlows):
         return add if fn is None else add(fn)
 
     def watch_config(self, watch: DriftWatch) -> None:
-        """Re-read the durability settings with every confirmed write (the probe could read
-        CONFIG): a server whose settings drift after start then fails the next write with
-        DurabilityError instead of acknowledging it silently. The CONFIG GET rides in the
-        write's pipeline: no extra round trip."""
+        """Re-read the durability settings in confirmed writes (the probe could read CONFIG):
+        a server whose settings drift after start then fails a write with DurabilityError
+        instead of acknowledging it silently. The CONFIG GET rides in the write's pipeline (no
+        extra round trip) at most every ``config.drift_check_s`` and at once after a sign of
+        trouble (see :class:`~redis_ckpt.core.config.DriftWatch` for the window)."""
         self.config = replace(self.config, watch=watch)

@@ -62,6 +62,9 @@ def drift(server: Any, name: str, value: str, *, workers: int = 2, commits_after
                 time.sleep(0.005)
             paused.wait(30)  # every worker is between commits while the setting changes
             drifted.wait(30)
+            # the drift check rides in a commit at most every drift_check_s: the commits
+            # judged are those sent once that passed (the window documented in DriftWatch)
+            time.sleep(store.core.config.drift_check_s)
             for _ in range(commits_after):
                 step += 1
                 try:

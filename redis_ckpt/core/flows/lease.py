@@ -11,7 +11,7 @@ from ..contract import acquire_script, grant_of, refusal, release_script, renew_
 from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
-from .confirm import check_confirmed, confirmed
+from .confirm import check_confirmed, confirmed, drift_unread
 
 __all__ = ["LeaseFlows"]
 
@@ -37,6 +37,7 @@ class LeaseFlows(FlowsBase):
                 replies = yield confirmed([script], c, route=k.fence)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
+                    drift_unread(replies, c)
                     if reply.code == "NEED_STAGE":
                         dead = sorted(set(dead) | set(reply.fields))
                         continue
@@ -94,6 +95,7 @@ class LeaseFlows(FlowsBase):
             replies = yield confirmed([revoke_script(k, by=by, maxlen=self.config.events_maxlen)], self.config,
                                       route=k.fence)
             if isinstance(replies[0], Exception):
+                drift_unread(replies, self.config)
                 raise replies[0]
             check_confirmed(replies, self.config, what="revoke", run_id=k.run_id, generation=None)
             return int(replies[0])
