@@ -29,8 +29,12 @@
 --                      the key g:<g> then its <c> chunk keys
 -- then                 keys of dead staged commits: for each dead entry "<cid>:<count>", its
 --                      <count> staged keys
+-- then                 x:refs, the run's shared-chunk reference counts {address: kept
+--                      generations listing it}, then shared chunks x:<address> offered for
+--                      freeing (see "Shared chunks" below)
 -- ARGV[1]  the scalar fields F, joined by "\n" (none of them can hold a newline), in order:
---          1 mode ("commit" | "import"), 2 token, 3 expected generation (commit), 4 commit id,
+--          1 mode ("commit" | "import" | "dedup": a commit whose ARGV[2] is a shared-chunk
+--          manifest and whose staged keys are chunks becoming x:<address>), 2 token, 3 expected generation (commit), 4 commit id,
 --          5 checksum of the whole frame (hex), 6 schema version, 7 codec, 8 owner, 9 keep (>= 1),
 --          10 events max length, 11 the new generation number (commit: expected + 1; import:
 --          the frame's own), 12 size of the whole frame, 13 number of chunks c (0: not chunked),
@@ -67,6 +71,9 @@
 --   "NEED_STAGE <cid>:<count> ..." dead staged commits whose keys were not passed (strict)
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged key is gone (expired): stage again and resend
+--   "NEED_CHUNKS <address> ..."    the manifest lists shared chunks the run does not hold and
+--                                  this commit did not stage: stage them and resend
+--   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed
 --
 -- The commit id is checked first, whatever the fence and the head are now. A resend whose
 -- commit id is not found gets a definite FENCED / FENCE_BEHIND / CONFLICT only when the
@@ -80,6 +87,12 @@
 -- Otherwise (no head, a newer epoch, the generation rotated out of kept, an unknown id):
 -- OUTCOME_UNKNOWN. Being fenced alone proves nothing: the first attempt may have applied
 -- before the fence moved and rotated out since.
+--
+-- Shared chunks (redis_ckpt/core/dedup.py): a manifest ("RCKX") lists 32-hex addresses from
+-- byte 10 (N at bytes 6-9). Any commit or import whose rotation drops such a generation, and
+-- a "dedup" commit for its own manifest, change x:refs by +1 per distinct address of the new
+-- generation and -1 per distinct address of each dropped one, touching only the addresses
+-- whose count changes; a count reaching 0 deletes the field and the chunk.
 --
 -- Staging: a staged commit is dead once it can no longer apply; the commit that makes it so,
 -- or the next one, removes it. Dead here: import (it bumps the fence): every other staged
@@ -176,7 +189,7 @@ end
 local function reject(code, a, b, kind, ...)
   unstage()
   if not provably_not_applied() then
-    event(mode .. '_unknown', 'refused', code, 'fence', fence_s, 'expected', expected_s, 'actual', current_s)
+    event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s, 'expected', expected_s, 'actual', current_s)
     return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
       expected_s .. ' ' .. current_s)
   end
@@ -270,6 +283,52 @@ if #registry > 0 then
   end
 end
 
+-- 3b. shared chunks: the reference counts after this commit, checked before anything is written
+local x_refs, x_set, x_del, x_gone = KEYS[k], {}, {}, {}
+local delta, x_changed = {}, {}
+local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
+  local b1, b2, b3, b4 = string.byte(blob, 6, 9)
+  local seen = {}
+  for i = 0, ((b1 * 256 + b2) * 256 + b3) * 256 + b4 - 1 do
+    local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
+    if not seen[a] then
+      seen[a] = true
+      local v = (delta[a] or 0) + d
+      if not delta[a] then x_changed[#x_changed + 1] = a end
+      delta[a] = v
+    end
+  end
+end
+if mode == 'dedup' then addresses(ARGV[2], 1) end
+for i = 1, drop_count do
+  local key = offered[entry_key(kept[i])][1]
+  if redis.call('GETRANGE', key, 0, 3) == 'RCKX' then addresses(redis.call('GET', key), -1) end
+end
+if #x_changed > 0 then
+  local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
+  for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
+  for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+  for first = 1, #x_changed, 4000 do
+    local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
+    local counts = redis.call('HMGET', x_refs, unpack(batch))
+    for j, a in ipairs(batch) do
+      local d = delta[a]
+      local was = tonumber(counts[j] or '0') or 0
+      if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
+      if d ~= 0 then
+        if was + d > 0 then
+          x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
+        else
+          x_del[#x_del + 1] = a
+          if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+        end
+      end
+    end
+  end
+  if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
+  if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+end
+
 -- 4. apply
 if ARGV[2] ~= '' then redis.call('SET', KEYS[6], ARGV[2]) end
 for i = 0, staged - 1 do
@@ -294,6 +353,9 @@ for i = 1, #kept do
   end
 end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
+for i = 1, #x_set, 6000 do redis.call('HSET', x_refs, unpack(x_set, i, math.min(i + 5999, #x_set))) end
+for i = 1, #x_del, 6000 do redis.call('HDEL', x_refs, unpack(x_del, i, math.min(i + 5999, #x_del))) end
+for i = 1, #x_gone, 6000 do redis.call('DEL', unpack(x_gone, i, math.min(i + 5999, #x_gone))) end
 if importing then fence = math.max(fence, token) + 1 end
 -- the head: what every commit changes, then what rarely does only when it did (fewer fields
 -- to write and to log)

@@ -7,7 +7,8 @@
 -- KEYS[4]    events   stream (kept: the audit trail outlives the data), capped at ~ARGV[2]
 -- KEYS[5]    staging  hash {commit id: "<token>:<expected>:<count>:<bytes>"} (deleted)
 -- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys;
---            then for each staged entry "<cid>:<count>", its <count> staged keys
+--            then for each staged entry "<cid>:<count>", its <count> staged keys; then x:refs
+--            and the shared chunks x:<address> it names (all deleted)
 -- ARGV[1]  who deleted (free text for the audit event)
 -- ARGV[2]  events stream max length
 -- ARGV[3]  number of generation entries d
@@ -17,6 +18,7 @@
 -- Returns {new_fence, generations_deleted}; the fence as the exact string INCR stored.
 -- Errors (nothing written):
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
+--   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed
 -- Staged keys registered after the caller read the staging hash are not passed: they expire
 -- with their TTL (their commits are fenced by the bumped fence).
 local nd = tonumber(ARGV[3])
@@ -34,8 +36,19 @@ if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 
-local deleted = 0
 local k = 6
+for i = 4, 3 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
+for i = 4 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
+if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
+  local names, passed = redis.call('HKEYS', KEYS[k]), {}
+  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = true end
+  local ok = #names == #KEYS - k
+  for _, a in ipairs(names) do ok = ok and passed[a] end
+  if not ok then return redis.error_reply('NEED_SHARED ' .. #names) end
+end
+
+local deleted = 0
+k = 6
 for i = 4, 3 + nd do
   local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
   deleted = deleted + redis.call('DEL', KEYS[k])

@@ -112,6 +112,8 @@ class StoreConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     drift_check_s: float = DRIFT_CHECK_S
+    #: store frames above core.dedup.DEDUP_MIN_BYTES as chunks kept generations share
+    dedup: bool = False
     confirm: bool = True
     watch: DriftWatch | None = None
 
@@ -129,6 +131,8 @@ class StoreConfig:
             object.__setattr__(self, "retry", RetryPolicy())
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1024:
             raise ValueError("chunk_bytes must be an int >= 1024")
+        if not isinstance(self.dedup, bool):
+            raise ValueError("dedup must be True or False")
         d = self.drift_check_s
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
             raise ValueError(f"drift_check_s must be a finite number of seconds >= 0, got {d!r}")

@@ -33,7 +33,7 @@ class CommitFields(NamedTuple):
     (one argument to encode and send; none of them can hold a newline: numbers, hex, and
     owner/by names validated as printable)."""
 
-    mode: str  # "commit" | "import"
+    mode: str  # "commit" | "import" | "dedup" (ARGV[2] a shared-chunk manifest, see core/dedup.py)
     token: int
     expected: int  # the expected generation (commit; import: 0)
     commit_id: str
@@ -88,15 +88,16 @@ SCRIPT_ARGV = {
 
 
 def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence[str],
-                  drop: Sequence[str], dead: Sequence[str]) -> Script:
+                  drop: Sequence[str], dead: Sequence[str], free: Sequence[str] = ()) -> Script:
     """commit.lua with ``fields``: ``stored`` is the frame or manifest (empty when staged),
     ``moved`` the staged keys followed by the keys they become (``fields.staged`` each),
     ``drop`` the generations offered for rotation and ``dead`` the dead staged commits whose
-    keys are passed for removal (``fields.drops`` is ``len(drop)``)."""
+    keys are passed for removal (``fields.drops`` is ``len(drop)``); ``free`` the addresses
+    of shared chunks offered for freeing (their keys follow the run's x:refs)."""
     return Script(
         "commit",
         [k.fence, k.head, k.events, k.lease, k.staging, k.generation(fields.generation), *moved,
-         *drop_keys(k, drop), *stage_keys(k, dead)],
+         *drop_keys(k, drop), *stage_keys(k, dead), k.refs, *(k.shared(a) for a in free)],
         ["\n".join(map(str, fields)), stored, *drop, *dead],
     )
 
@@ -127,9 +128,11 @@ def load_script(k: RunKeys, guesses: Sequence[int]) -> Script:
     return Script("load", [k.head, *(k.generation(g) for g in guesses)], list(guesses))
 
 
-def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], staged: Sequence[str]) -> Script:
+def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], staged: Sequence[str],
+                  shared: Sequence[str] = ()) -> Script:
+    """delete.lua; ``shared``: the addresses of the run's shared chunks (its x:refs fields)."""
     return Script("delete", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
-                             *stage_keys(k, staged)],
+                             *stage_keys(k, staged), k.refs, *(k.shared(a) for a in shared)],
                   [by, maxlen, len(entries), *entries, *staged])
 
 

@@ -96,6 +96,15 @@ class RunKeys:
     def generation(self, n: int) -> str:
         return f"{self.base}:g:{n}"
 
+    @cached_property
+    def refs(self) -> str:
+        """Hash {chunk address: kept generations listing it} of the run's shared chunks."""
+        return f"{self.base}:x:refs"
+
+    def shared(self, address: str) -> str:
+        """A shared chunk, named by its address (see core/dedup.py)."""
+        return f"{self.base}:x:{address}"
+
     def chunk(self, n: int, i: int) -> str:
         return f"{self.base}:g:{n}:c:{i}"
 

@@ -75,9 +75,10 @@ def test_commit_script_layout():
     fields = CommitFields(*(f"v{i}" if i else "commit" for i in range(len(CommitFields._fields))))
     fields = fields._replace(generation=9)
     moved = ["stage-0", "g9"]
-    script = contract.commit_script(K, fields, b"frame", moved, ["6:2"], ["cid:1"])
+    script = contract.commit_script(K, fields, b"frame", moved, ["6:2"], ["cid:1"], ["ab" * 16])
     assert script.keys == [K.fence, K.head, K.events, K.lease, K.staging, K.generation(9), *moved,
-                           K.generation(6), K.chunk(6, 0), K.chunk(6, 1), K.stage("cid", 0)]
+                           K.generation(6), K.chunk(6, 0), K.chunk(6, 1), K.stage("cid", 0),
+                           K.refs, K.shared("ab" * 16)]
     assert script.args == ["\n".join(map(str, fields)), b"frame", "6:2", "cid:1"]
     assert positions("commit", "KEYS")[6].startswith("the key of the new generation")
     assert positions("commit", "ARGV")[2].startswith("frame or manifest")

@@ -44,7 +44,7 @@ def test_a_small_state_goes_inline_in_one_round_trip():
     (pipe,) = s.ops
     assert [type(o).__name__ for o in pipe.ops] == ["Script", "Cmd"] and pipe.route == K.head
     script = pipe.ops[0]
-    assert script.keys == [K.fence, K.head, K.events, K.lease, K.staging, K.generation(1)]
+    assert script.keys == [K.fence, K.head, K.events, K.lease, K.staging, K.generation(1), K.refs]
     f = fields(script)
     assert (f["mode"], f["token"], f["expected"], f["commit_id"], f["generation"]) == ("commit", "4", "0", "c-1", "1")
     assert f["staged"] == f["chunks"] == f["resend"] == f["drops"] == "0" and f["strict"] == "1"
@@ -64,7 +64,7 @@ def test_a_mid_sized_state_is_staged_whole_then_renamed_by_the_script():
     assert hset.args[1:3] == (K.staging, "c-1") and hset.args[3].startswith("4:0:1:")
     assert stage.args[1] == K.stage("c-1", 0) and stage.args[3:] == ("PX", c.config.stage_ttl_ms)
     script = s.scripts("commit")[0]
-    assert script.args[1] == b"" and script.keys[6:] == [K.stage("c-1", 0), K.generation(1)]
+    assert script.args[1] == b"" and script.keys[6:] == [K.stage("c-1", 0), K.generation(1), K.refs]
     assert fields(script)["staged"] == "1"
 
 
@@ -79,7 +79,7 @@ def test_a_large_state_is_staged_as_chunks_in_one_transaction():
     script = s.scripts("commit")[0]
     f = fields(script)
     assert f["chunks"] == f["staged"] == str(n)
-    assert script.keys[6:] == [*(K.stage("c-1", i) for i in range(n)), *(K.chunk(1, i) for i in range(n))]
+    assert script.keys[6:] == [*(K.stage("c-1", i) for i in range(n)), *(K.chunk(1, i) for i in range(n)), K.refs]
     assert is_manifest(script.args[1])  # g:<n> gets the manifest, the chunks the frame
     assert c.chunks_of[("r", 1)] == n
 
@@ -98,8 +98,8 @@ def test_need_keys_resends_the_script_alone_with_the_keys_it_asked_for():
     assert s.scripts("commit")[0].args[2:] == ["1:0"]  # the guess: keep=2 drops generation 1
     script = second.ops[0]
     assert script.args[2:] == ["1:0", "1:3", "2:0"] and fields(script)["drops"] == "3"
-    assert script.keys[-6:] == [K.generation(1), K.generation(1), K.chunk(1, 0), K.chunk(1, 1), K.chunk(1, 2),
-                                K.generation(2)]
+    assert script.keys[-7:] == [K.generation(1), K.generation(1), K.chunk(1, 0), K.chunk(1, 1), K.chunk(1, 2),
+                                K.generation(2), K.refs]
 
 
 def test_stage_missing_stages_again_and_need_stage_passes_the_dead_commits_keys():
@@ -114,7 +114,7 @@ def test_stage_missing_stages_again_and_need_stage_passes_the_dead_commits_keys(
     assert [o.args[0] for o in second.ops[:3]] == ["HSET", "PEXPIRE", "SET"]  # staged again
     assert isinstance(third.ops[0], Script)  # the staging stays in place for this send
     script = third.ops[0]
-    assert script.args[-1] == "dead:2" and script.keys[-2:] == [K.stage("dead", 0), K.stage("dead", 1)]
+    assert script.args[-1] == "dead:2" and script.keys[-3:] == [K.stage("dead", 0), K.stage("dead", 1), K.refs]
 
 
 def test_after_three_need_stage_answers_the_script_is_sent_not_strict():

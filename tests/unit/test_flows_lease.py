@@ -89,11 +89,12 @@ def test_renew_release_and_revoke():
 
 
 def test_delete_passes_every_kept_generation_and_the_staged_commits():
-    s = Scripted([[b"generation", b"3", b"kept", b"2,3:2"], [b"c1", b"4:1:1:100"]],
+    s = Scripted([[b"generation", b"3", b"kept", b"2,3:2"], [b"c1", b"4:1:1:100"], []],
                  [ReplyError("NEED_KEYS 4:0"), OK_FSYNC],
                  [[b"8", 3], OK_FSYNC])
     assert s.run(core().delete_flow("r", "admin")) == 3
     first, second = s.scripts("delete")
     assert first.args == ["admin", 1000, 2, "2:0", "3:2", "c1:1"]
-    assert first.keys[5:] == [K.generation(2), K.generation(3), K.chunk(3, 0), K.chunk(3, 1), K.stage("c1", 0)]
+    assert first.keys[5:] == [K.generation(2), K.generation(3), K.chunk(3, 0), K.chunk(3, 1), K.stage("c1", 0),
+                              K.refs]
     assert second.args[2:6] == [3, "2:0", "3:2", "4:0"]

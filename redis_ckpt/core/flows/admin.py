@@ -9,11 +9,12 @@ from typing import Any
 from ...models import Event, RunInfo, ms_to_datetime
 from ..contract import delete_script, deleted_of, entry, kept, stage_keys, staged
 from ..keys import RunKeys
-from ..ops import Cmd, Flow, Pipe
+from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
 from .commit import CommitFlows
 from .confirm import check_confirmed, drift_unread
+from .shared import SHARED_SENDS
 
 __all__ = ["AdminFlows", "event_of"]
 
@@ -77,16 +78,25 @@ class AdminFlows(CommitFlows, FlowsBase):
     def delete_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
         registered: list[str] = []
+        shared: list[str] = []  # the run's shared chunks (x:refs), all deleted with it
 
         def build(entries: list[str], _dead: list[str], _strict: bool) -> Any:
-            return delete_script(k, by=by, maxlen=self.config.events_maxlen, entries=entries, staged=registered)
+            return delete_script(k, by=by, maxlen=self.config.events_maxlen, entries=entries, staged=registered,
+                                 shared=shared)
 
         def body() -> Flow[int]:
-            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging)], route=k.head)
-            raise_failures(replies)
-            head, registry = replies
-            registered[:] = staged(hash_of(registry))
-            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))], route=k.fence)
+            for _ in range(SHARED_SENDS):  # NEED_SHARED: the shared chunks changed meanwhile
+                replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HKEYS", k.refs)],
+                                     route=k.head)
+                raise_failures(replies)
+                head, registry, names = replies
+                registered[:] = staged(hash_of(registry))
+                shared[:] = sorted(text(a) for a in names)
+                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))],
+                                                    route=k.fence)
+                if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
+                    break
+                drift_unread(replies, self.config)
             if isinstance(replies[0], Exception):
                 drift_unread(replies, self.config)
                 raise replies[0]

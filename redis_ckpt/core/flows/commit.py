@@ -36,6 +36,7 @@ from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, ReplyError, Script
 from .base import FlowsBase, out_of_range, outcome_unknown
 from .confirm import check_confirmed, confirmed, drift_unread
+from .shared import SharedFlows
 
 __all__ = ["CommitFlows", "INLINE_BYTES", "explain_fenced", "fence_cause"]
 
@@ -59,7 +60,7 @@ _BUMPS = {"acquire": "takeover", "takeover": "takeover", "reacquire": "takeover"
 Build = Callable[[list[str], list[str], bool], Script]
 
 
-class CommitFlows(FlowsBase):
+class CommitFlows(SharedFlows, FlowsBase):
     def encode(self, run_id: str, state: Any, *, generation: int, token: int, owner: str,
                metadata: Mapping[Any, Any] | None) -> bytes | FrameParts:
         """The framed generation for ``state``; raises StateError subclasses, writes nothing.
@@ -80,7 +81,7 @@ class CommitFlows(FlowsBase):
                 created_ms=now_ms(), schema_version=c.schema_version,
                 metadata=dict(metadata or {}), codec=CODEC_MSGPACK, compression=c.compression,
             )
-            return frame if len(frame) > c.chunk_bytes else bytes(frame)
+            return frame if len(frame) > c.chunk_bytes or self.shares(frame) else bytes(frame)
         except (StateError, CodecUnavailableError) as exc:
             exc.run_id = run_id
             raise
@@ -100,13 +101,16 @@ class CommitFlows(FlowsBase):
         new = expected_generation + 1
         frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
         cid = commit_id or os.urandom(16).hex()  # a uuid4's 32 hex digits, without the UUID object
-        stored, chunks, staging, moved = self.stored_form(k, new, frame, cid, token=token,
-                                                          expected=expected_generation)
+        form = self.shared_form(k, new, frame, cid, token=token, expected=expected_generation) \
+            if self.shares(frame) else None
+        stored, chunks, staging, moved = (form.stored, 0, form.staging, form.moved) if form else \
+            self.stored_form(k, new, frame, cid, token=token, expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
         del frame  # the stored form (or its chunks, zero-copy views) is all that is kept
         # a guess at what rotation drops (the script asks for more when it is wrong)
         old = new - c.keep
         drop = [entry(old, self.chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
+        free = self.free_guess(k.run_id, drop, form)  # shared chunks rotation frees (likewise)
         sent = [0]  # attempts that went out: from the second on, a resend of this commit id
         # Staged bytes per run stay bounded: every commit that applies removes the staging of
         # commits that can no longer apply, and all other staging once it passes
@@ -115,20 +119,23 @@ class CommitFlows(FlowsBase):
 
         def build(drop: list[str], dead: list[str], strict: bool) -> Script:
             fields = CommitFields(
-                mode="commit", token=token, expected=expected_generation, commit_id=cid, checksum=checksum,
+                mode="dedup" if form else "commit", token=token, expected=expected_generation, commit_id=cid, checksum=checksum,
                 schema_version=c.schema_version, codec=CODEC_MSGPACK, owner=owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=new, size=size, chunks=chunks, by="",
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
                 stage_limit=c.max_state_bytes, strict=int(strict))
-            return commit_script(k, fields, stored, moved, drop, dead)
+            return commit_script(k, fields, stored, moved, drop, dead, free)
 
         def body() -> Flow[int]:
             sent[0] += 1
-            replies = yield from self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
+            replies = yield from self.shared_sends(
+                lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), form, free)
             reply = replies[0]
             if not isinstance(reply, ReplyError):
                 generation = commit_generation(reply)
                 self.remember(k.run_id, generation, chunks, size)
+                if form:
+                    self.remember_shared(k.run_id, generation, form.distinct)
                 check_confirmed(replies, self.config, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             drift_unread(replies, self.config)
@@ -171,14 +178,17 @@ class CommitFlows(FlowsBase):
                 maxlen=c.events_maxlen, generation=h.generation, size=size, chunks=chunks, by=by,
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
                 stage_limit=c.max_state_bytes, strict=int(strict))
-            return commit_script(k, fields, stored, moved, drop, dead)
+            return commit_script(k, fields, stored, moved, drop, dead, free)
+
+        free: list[str] = []
 
         def body() -> Flow[int]:
             sent[0] += 1
             head = hash_of((yield Cmd("HGETALL", k.head)))
             entries = [entry(g, n) for g, n in kept(head)]
             drop = entries[: max(0, len(entries) + 1 - c.keep)]
-            replies = yield from self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
+            replies = yield from self.shared_sends(
+                lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), None, free)
             if isinstance(replies[0], ReplyError):
                 drift_unread(replies, self.config)
                 raise self.refused(k.run_id, replies[0], "import")

@@ -18,12 +18,14 @@ from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
 from ..contract import LOAD_FIELDS, kept, kept_times, load_script
+from ..dedup import is_manifest as is_shared_manifest
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
 from ..ops import Cmd, Flow, Pipe
 from ..replies import exec_replies, hash_of, pairs_of, raise_failures, text
 from ..retry import MIN_ATTEMPT_S, ask_deadline
 from .base import FlowsBase
+from .shared import SharedFlows
 
 __all__ = ["ReadFlows", "LOAD_FIELDS", "COMMIT_KINDS"]
 
@@ -43,7 +45,7 @@ SCAN_COUNT = 1000
 LOAD_SCRIPT_BYTES = 16 * 1024
 
 
-class ReadFlows(FlowsBase):
+class ReadFlows(SharedFlows, FlowsBase):
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.
 
@@ -112,7 +114,7 @@ class ReadFlows(FlowsBase):
         head_gen = int(head.get("generation", 0))
         newest = prefetched.get(head_gen)
         if newest is not None and head.get("kept", "").rpartition(",")[2] == str(head_gen) \
-                and not is_manifest(newest):
+                and not is_manifest(newest) and not is_shared_manifest(newest):
             # the common case: the head's generation, read with the head, whole (not chunked)
             try:
                 header, payload = self.verify(k, head_gen, newest, head)
@@ -172,6 +174,8 @@ class ReadFlows(FlowsBase):
         blob = prefetched if prefetched is not None else (yield Cmd("GET", k.generation(generation)))
         if blob is None:
             raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id, generation=generation)
+        if is_shared_manifest(blob):
+            return (yield from self.read_shared(k, generation, blob))
         if not is_manifest(blob):
             return blob  # type: ignore[no-any-return]
         m = read_manifest(blob, run_id=k.run_id, generation=generation)

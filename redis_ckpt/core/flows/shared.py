@@ -1,0 +1,120 @@
+"""The flows' side of shared chunks (the design is in :mod:`redis_ckpt.core.dedup`): how a
+commit stages only what its run does not hold, the loop over the script's NEED_CHUNKS /
+NEED_FREE answers, and the read of a generation stored as shared chunks (one pipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..config import StoreConfig
+from ..dedup import DEDUP_MIN_BYTES, Held, assemble, encode_manifest, read_manifest, split_parts
+from ..frame import FrameParts
+from ..keys import RunKeys
+from ..ops import Cmd, Flow, Pipe, ReplyError
+from .base import REMEMBERED, FlowsBase
+from .confirm import drift_unread
+
+__all__ = ["SharedFlows", "SharedForm"]
+
+#: NEED_CHUNKS / NEED_FREE answers a commit follows at most (each: nothing was written)
+SHARED_SENDS = 6
+
+
+class SharedForm:
+    """A frame as shared chunks: the manifest (``stored``), and the staging of the chunks the
+    run is not known to hold (``staging``, ``moved``: lists changed in place when the script
+    asks for more, so that a script built from them later sees the change)."""
+
+    def __init__(self, k: RunKeys, generation: int, parts: FrameParts, cid: str, *, token: int, expected: int,
+                 held: frozenset[str], ttl_ms: int) -> None:
+        self.k, self.cid, self.token, self.expected, self.ttl = k, cid, token, expected, ttl_ms
+        self.chunks = split_parts(parts)
+        self.by_address = {a: c for a, c in self.chunks}
+        self.distinct = frozenset(self.by_address)
+        self.stored = encode_manifest(k.run_id, generation, parts, self.chunks)
+        self.size = len(parts)
+        self.staging: list[Cmd] = []
+        self.moved: list[str] = []
+        self.staged: list[str] = []
+        self.stage(sorted(self.distinct - held))
+
+    def stage(self, addresses: Iterable[str]) -> None:
+        """Stage ``addresses`` too (all staged chunks go again: a rare path, after the script
+        found the run holds less than this process thought)."""
+        self.staged = sorted(set(self.staged) | {a for a in addresses if a in self.by_address})
+        k, n = self.k, len(self.staged)
+        sent = sum(len(self.by_address[a]) for a in self.staged)
+        self.staging[:] = [] if not n else [
+            Cmd("MULTI"), Cmd("HSET", k.staging, self.cid, f"{self.token}:{self.expected}:{n}:{sent}"),
+            Cmd("PEXPIRE", k.staging, self.ttl),
+            *(Cmd("SET", k.stage(self.cid, i), self.by_address[a], "PX", self.ttl) for i, a in enumerate(self.staged)),
+            Cmd("EXEC")]
+        self.moved[:] = [*(k.stage(self.cid, i) for i in range(n)), *(k.shared(a) for a in self.staged)]
+
+
+class SharedFlows(FlowsBase):
+    def __init__(self, config: StoreConfig) -> None:
+        super().__init__(config)
+        #: per run, the addresses of the generation this process last committed or loaded
+        self.held: dict[str, Held] = {}
+        #: the distinct addresses of shared generations this process wrote or read, by (run, generation)
+        self.manifests: dict[tuple[str, int], frozenset[str]] = {}
+
+    def shares(self, frame: Any) -> bool:
+        """Whether ``frame`` is stored as shared chunks (a store with ``dedup``, a large frame)."""
+        return self.config.dedup and isinstance(frame, FrameParts) and len(frame) > DEDUP_MIN_BYTES
+
+    def shared_form(self, k: RunKeys, generation: int, parts: FrameParts, cid: str, *, token: int,
+                    expected: int) -> SharedForm:
+        held = self.held.get(k.run_id)
+        return SharedForm(k, generation, parts, cid, token=token, expected=expected,
+                          held=held.addresses if held else frozenset(), ttl_ms=self.config.stage_ttl_ms)
+
+    def free_guess(self, run_id: str, drop: Iterable[str], form: SharedForm | None) -> list[str]:
+        """Addresses the generations ``drop`` ("<g>:<c>") free, as far as this process knows."""
+        out: set[str] = set()
+        for e in drop:
+            out |= self.manifests.get((run_id, int(e.partition(":")[0])), frozenset())
+        return sorted(out - (form.distinct if form else frozenset()))
+
+    def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str]) -> None:
+        if len(self.manifests) >= REMEMBERED:
+            self.manifests.clear()
+            self.held.clear()
+        self.manifests[(run_id, generation)] = addresses
+        self.manifests.pop((run_id, generation - self.config.keep), None)
+        held = self.held.get(run_id)
+        if held is None or held.generation <= generation:
+            self.held[run_id] = Held(generation, addresses)
+
+    def shared_sends(self, send: Callable[[], Flow[list[Any]]], form: SharedForm | None,
+                     free: list[str]) -> Flow[list[Any]]:
+        """``send()`` again while the script answers NEED_CHUNKS (stage them: ``form``) or
+        NEED_FREE (pass their keys: ``free``, changed in place); then its replies."""
+        for _ in range(SHARED_SENDS):
+            replies = yield from send()
+            reply = replies[0]
+            code = reply.code if isinstance(reply, ReplyError) else None
+            if code == "NEED_FREE":
+                free[:] = sorted(set(free) | set(reply.fields))
+            elif code == "NEED_CHUNKS" and form is not None:
+                form.stage(reply.fields)
+            else:
+                return replies
+            drift_unread(replies, self.config)
+        raise AssertionError("the shared chunks a commit needs did not converge")
+
+    def read_shared(self, k: RunKeys, generation: int, blob: bytes) -> Flow[Any]:
+        """The frame of a generation stored as shared chunks: every chunk in one pipeline,
+        each checked against its address (FrameError naming the first bad one)."""
+        m = read_manifest(blob, run_id=k.run_id, generation=generation)
+        values: list[Any] = []
+        if m.addresses:
+            (values,) = yield Pipe([Cmd("MGET", *(k.shared(a) for a in m.addresses))], route=k.head)
+            if isinstance(values, Exception):
+                raise values
+        frame = assemble(m, values)
+        del values
+        self.remember_shared(k.run_id, generation, m.distinct)
+        return frame

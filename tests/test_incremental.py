@@ -1,0 +1,158 @@
+"""Shared chunks (dedup=True): kept generations share content-addressed chunks; a commit
+sends what changed; rotation and delete free what no kept generation lists (issue 16)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from redis_ckpt import CheckpointStore, CorruptCheckpointError
+from redis_ckpt.core.dedup import MAGIC, read_manifest
+from redis_ckpt.core.keys import RunKeys
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def store_options() -> dict:
+    return {"keep": 3, "dedup": True}
+
+
+def history(n: int, seed: int = 5) -> dict:
+    """A growing list of message-like dicts: an append changes only the end."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "zeta"]
+    return {"thread": "t-1", "messages": [{"i": i, "role": ("user", "assistant")[i % 2],
+                                           "content": " ".join(rng.choice(words) for _ in range(60))}
+                                          for i in range(n)], "step": n}
+
+
+def shared_keys(client, k: RunKeys) -> set[str]:
+    return {key.decode() for key in client.scan_iter(f"{k.base}:x:*", count=1000)} - {k.refs}
+
+
+def refs(client, k: RunKeys) -> dict[str, int]:
+    return {a.decode(): int(n) for a, n in client.hgetall(k.refs).items()}
+
+
+def manifests(client, k: RunKeys, store) -> dict[int, tuple[str, ...]]:
+    out = {}
+    for g in store.info(k.run_id).kept:
+        m = read_manifest(client.get(k.generation(g)), run_id=k.run_id, generation=g)
+        out[g] = m.addresses
+    return out
+
+
+def expected_refs(ms: dict[int, tuple[str, ...]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for addresses in ms.values():
+        for a in set(addresses):
+            out[a] = out.get(a, 0) + 1
+    return out
+
+
+def test_generations_share_chunks_and_rotation_frees_the_rest(store, client, namespace):
+    k = RunKeys(namespace, "grow")
+    lease = store.acquire("grow", owner="w", ttl=30)
+    states = [history(400 + 10 * i) for i in range(6)]
+    for s in states:
+        lease.commit(s)
+    assert client.get(k.generation(6))[:4] == MAGIC
+    ms = manifests(client, k, store)
+    assert sorted(ms) == [4, 5, 6]
+    # consecutive generations share most chunks
+    assert len(set(ms[5]) & set(ms[6])) >= len(set(ms[6])) - 4
+    assert refs(client, k) == expected_refs(ms)
+    assert shared_keys(client, k) == {k.shared(a) for a in expected_refs(ms)}
+    assert store.load("grow").state == states[-1]
+    assert [g.ok for g in store.generations("grow")] == [True, True, True]
+    assert not [key for key in client.scan_iter(f"{k.base}:stage:*")]
+
+
+def test_a_commit_stages_only_the_chunks_the_run_does_not_hold(store, client, namespace):
+    k = RunKeys(namespace, "sent")
+    lease = store.acquire("sent", owner="w", ttl=30)
+    lease.commit(history(600))
+    before = set(refs(client, k))
+    lease.commit(history(601))
+    after = set(refs(client, k))
+    staged = store.core.manifests[("sent", 2)] - before
+    assert 0 < len(after - before) == len(staged) <= 4  # an append: a few new chunks
+    # another process, which holds nothing yet, commits the next append: the script asks
+    # for the chunks it lacks (none: they are all held) and for nothing else
+    other = CheckpointStore(client, namespace=namespace, keep=3, dedup=True)
+    g = other.commit("sent", history(602), token=lease.token, expected_generation=2)
+    assert g == 3 and other.load("sent").state == history(602)
+    assert refs(client, k) == expected_refs(manifests(client, k, store))
+
+
+def test_a_store_that_thinks_the_run_holds_chunks_it_does_not_is_asked_for_them(store, client, namespace):
+    k = RunKeys(namespace, "wrong")
+    lease = store.acquire("wrong", owner="w", ttl=30)
+    lease.commit(history(500))
+    # the chunks it remembers are gone (deleted by hand: as if freed meanwhile)
+    for a in refs(client, k):
+        client.hdel(k.refs, a)
+        client.delete(k.shared(a))
+    assert lease.commit(history(501)) == 2
+    assert store.load("wrong").state == history(501)
+    assert refs(client, k) == expected_refs({2: manifests(client, k, store)[2]}) | \
+        {a: n for a, n in refs(client, k).items() if a not in manifests(client, k, store)[2]}
+
+
+def test_a_plain_store_committing_over_shared_generations_frees_them(store, client, namespace):
+    k = RunKeys(namespace, "mixed")
+    lease = store.acquire("mixed", owner="w", ttl=30)
+    lease.commit(history(500))
+    lease.commit(history(510))
+    plain = CheckpointStore(client, namespace=namespace, keep=3)
+    for i in range(3):
+        plain.commit("mixed", history(520 + i), token=lease.token, expected_generation=2 + i)
+    assert store.info("mixed").kept == (3, 4, 5)
+    assert refs(client, k) == {} and shared_keys(client, k) == set()
+    assert plain.load("mixed").state == history(522)
+
+
+def test_a_damaged_chunk_names_every_generation_that_lists_it(store, client, namespace):
+    k = RunKeys(namespace, "dmg")
+    lease = store.acquire("dmg", owner="w", ttl=30)
+    for i in range(3):
+        lease.commit(history(500 + i))
+    ms = manifests(client, k, store)
+    first = sorted(set(ms[1]) & set(ms[2]) & set(ms[3]))[0]  # a chunk every generation lists
+    client.setrange(k.shared(first), 100, b"\x00\xff\x00")
+    gens = store.generations("dmg")
+    assert [(g.generation, g.ok, g.reason) for g in gens] == [(3, False, "checksum"), (2, False, "checksum"),
+                                                               (1, False, "checksum")]
+    assert all(first in g.detail for g in gens)
+    with pytest.raises(CorruptCheckpointError) as info:
+        store.load("dmg")
+    assert set(info.value.reasons) == {1, 2, 3}
+
+
+def test_load_falls_back_to_the_newest_generation_without_the_missing_chunk(store, client, namespace):
+    k = RunKeys(namespace, "fb")
+    lease = store.acquire("fb", owner="w", ttl=30)
+    lease.commit(history(500))
+    lease.commit(history(520))
+    ms = manifests(client, k, store)
+    only_new = sorted(set(ms[2]) - set(ms[1]))
+    client.delete(k.shared(only_new[0]))
+    ck = store.load("fb")
+    assert ck.generation == 1 and ck.state == history(500)
+    assert ck.skipped[0].generation == 2 and ck.skipped[0].reason == "missing" and only_new[0] in ck.skipped[0].detail
+
+
+def test_delete_removes_every_shared_chunk_and_export_import_carry_a_whole_frame(store, client, namespace):
+    k = RunKeys(namespace, "del")
+    lease = store.acquire("del", owner="w", ttl=30)
+    lease.commit(history(500))
+    lease.commit(history(505))
+    frame = store.export_frame("del")
+    assert frame[:4] != MAGIC and len(frame) > 100_000
+    store.delete("del")
+    assert shared_keys(client, k) == set() and not client.exists(k.refs)
+    assert store.import_frame(frame) == 2
+    assert store.load("del").state == history(505)
+    assert shared_keys(client, k) == set()  # an imported frame is self-contained

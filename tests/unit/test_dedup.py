@@ -1,0 +1,87 @@
+"""core/dedup.py without a server: content-defined cuts, the manifest and its damage."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from redis_ckpt.core import dedup
+from redis_ckpt.core.codec import encode_state_buffer
+from redis_ckpt.core.frame import decode_frame, encode_frame_parts
+from redis_ckpt.errors import FrameError
+
+
+def parts_of(state: object, generation: int = 1):
+    return encode_frame_parts(encode_state_buffer(state), run_id="r", generation=generation, token=1, owner="w",
+                              created_ms=1_700_000_000_000, schema_version=1)
+
+
+def addresses(payload: bytes) -> list[str]:
+    out, at = [], 0
+    for n in dedup.cut(payload):
+        out.append(dedup.address(payload[at:at + n]))
+        at += n
+    return out
+
+
+@pytest.mark.skipif(dedup.chunker_name() != "fastcdc", reason="the fastcdc extra is not installed")
+def test_an_insertion_moves_no_boundary_but_its_own():
+    rng = random.Random(3)
+    data = rng.randbytes(2 << 20)
+    inserted = data[:700_000] + b"new message" * 50 + data[700_000:]
+    before, after = addresses(data), addresses(inserted)
+    assert len(set(before) - set(after)) <= 2 and len(set(after) - set(before)) <= 3
+
+
+def test_without_fastcdc_fixed_pieces_survive_an_append(monkeypatch):
+    monkeypatch.setattr(dedup, "_fastcdc", None)
+    data = os.urandom(300_000)
+    before, after = addresses(data), addresses(data + b"appended")
+    assert all(n == dedup.FALLBACK_BYTES for n in dedup.cut(data)[:-1])
+    assert len(set(after) - set(before)) == 1
+
+
+def test_a_manifest_round_trips_and_rebuilds_the_frame():
+    state = {"blob": os.urandom(300_000), "rows": list(range(1000))}
+    parts = parts_of(state, generation=4)
+    chunks = dedup.split_parts(parts)
+    blob = dedup.encode_manifest("r", 4, parts, chunks)
+    m = dedup.read_manifest(blob, run_id="r", generation=4)
+    assert m.addresses == tuple(a for a, _ in chunks) and m.size == len(parts)
+    frame = dedup.assemble(m, [bytes(c) for _, c in chunks])
+    header, _ = decode_frame(bytes(frame), run_id="r", generation=4)
+    assert header.generation == 4
+    # the addresses stand at byte 9, 32 hex digits each (commit.lua reads them there)
+    assert blob[9:9 + 32].decode() == chunks[0][0]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda b: b[:-1], "truncated"), (lambda b: b + b"x", "trailing-bytes"),
+    (lambda b: b[:20] + bytes([b[20] ^ 1]) + b[21:], "checksum"),
+])
+def test_a_damaged_manifest_is_named(damage, reason):
+    parts = parts_of({"blob": os.urandom(100_000)})
+    blob = dedup.encode_manifest("r", 1, parts, dedup.split_parts(parts))
+    with pytest.raises(FrameError) as info:
+        dedup.read_manifest(damage(blob), run_id="r", generation=1)
+    assert info.value.reason.value == reason
+    with pytest.raises(FrameError) as info:
+        dedup.read_manifest(blob, run_id="r", generation=2)
+    assert info.value.reason.value == "wrong-generation"
+
+
+def test_a_chunk_that_does_not_match_its_address_is_named():
+    parts = parts_of({"blob": os.urandom(200_000)})
+    chunks = dedup.split_parts(parts)
+    m = dedup.read_manifest(dedup.encode_manifest("r", 1, parts, chunks), run_id="r", generation=1)
+    values = [bytes(c) for _, c in chunks]
+    values[1] = values[1][:-1] + b"\x00"
+    with pytest.raises(FrameError) as info:
+        dedup.assemble(m, values)
+    assert info.value.reason.value == "checksum" and chunks[1][0] in info.value.detail
+    values[1] = None
+    with pytest.raises(FrameError) as info:
+        dedup.assemble(m, values)
+    assert info.value.reason.value == "missing"
