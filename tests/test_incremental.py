@@ -156,3 +156,56 @@ def test_delete_removes_every_shared_chunk_and_export_import_carry_a_whole_frame
     assert store.import_frame(frame) == 2
     assert store.load("del").state == history(505)
     assert shared_keys(client, k) == set()  # an imported frame is self-contained
+
+
+def test_verify_all_names_every_generation_using_a_damaged_chunk(store, client, namespace, durable_server):
+    import json
+
+    from click.testing import CliRunner
+
+    from redis_ckpt.cli import cli
+
+    k = RunKeys(namespace, "cli")
+    lease = store.acquire("cli", owner="w", ttl=30)
+    for i in range(3):
+        lease.commit(history(500 + i))
+    ms = manifests(client, k, store)
+    shared = sorted(set(ms[1]) & set(ms[2]) & set(ms[3]))[0]
+    only_newest = sorted(set(ms[3]) - set(ms[1]) - set(ms[2]))[0]
+    original = client.get(k.shared(shared))
+    client.setrange(k.shared(shared), 10, b"\xff\xfe")
+
+    def failures(*args: str) -> list[dict]:
+        result = CliRunner().invoke(cli, ["verify", *args, "--json", "--url", durable_server.url,
+                                          "--namespace", namespace])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        return json.loads(result.stdout)["failures"]
+
+    named = failures("--all")
+    assert sorted(f["generation"] for f in named) == [1, 2, 3]
+    assert all(shared in f["detail"] and f["reason"] == "checksum" for f in named)
+    client.set(k.shared(shared), original)
+    client.delete(k.shared(only_newest))  # a chunk only the newest lists: only g3 is named
+    named = failures("cli")
+    assert [(f["generation"], f["reason"]) for f in named] == [(3, "missing")] and only_newest in named[0]["detail"]
+
+
+def test_the_async_store_shares_chunks_too(client, namespace, durable_server):
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    async def main() -> None:
+        store = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace, keep=2, dedup=True)
+        try:
+            lease = await store.acquire("aio", owner="w", ttl=30)
+            for n in (400, 401, 402):
+                await lease.commit(history(n))
+            assert (await store.load("aio")).state == history(402)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    k = RunKeys(namespace, "aio")
+    ms = {g: read_manifest(client.get(k.generation(g)), run_id="aio", generation=g).addresses for g in (2, 3)}
+    assert refs(client, k) == expected_refs(ms)
