@@ -209,3 +209,18 @@ def test_the_async_store_shares_chunks_too(client, namespace, durable_server):
     k = RunKeys(namespace, "aio")
     ms = {g: read_manifest(client.get(k.generation(g)), run_id="aio", generation=g).addresses for g in (2, 3)}
     assert refs(client, k) == expected_refs(ms)
+
+
+def test_a_commit_after_a_load_that_met_a_damaged_chunk_repairs_it(store, client, namespace):
+    k = RunKeys(namespace, "repair")
+    lease = store.acquire("repair", owner="w", ttl=30)
+    lease.commit(history(500))
+    lease.commit(history(501))
+    ms = manifests(client, k, store)
+    shared = sorted(set(ms[1]) & set(ms[2]))[0]
+    client.setrange(k.shared(shared), 5, b"\x00\x01\x02")
+    with pytest.raises(CorruptCheckpointError):
+        store.load("repair")
+    lease.commit(history(502))  # stages every chunk again: the damaged one is overwritten
+    assert store.load("repair").state == history(502)
+    assert [g.ok for g in store.generations("repair")] == [True, True, True]

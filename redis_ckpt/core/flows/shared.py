@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ...errors import FrameError
 from ..config import StoreConfig
 from ..dedup import DEDUP_MIN_BYTES, Held, assemble, encode_manifest, read_manifest, split_parts
 from ..frame import FrameParts
@@ -114,7 +115,13 @@ class SharedFlows(FlowsBase):
             (values,) = yield Pipe([Cmd("MGET", *(k.shared(a) for a in m.addresses))], route=k.head)
             if isinstance(values, Exception):
                 raise values
-        frame = assemble(m, values)
+        try:
+            frame = assemble(m, values)
+        except FrameError:
+            # the run holds a damaged chunk: the next commit stages every chunk again (the
+            # copy it renames into place repairs the damaged one, if the state still lists it)
+            self.held.pop(k.run_id, None)
+            raise
         del values
         self.remember_shared(k.run_id, generation, m.distinct)
         return frame
