@@ -252,15 +252,23 @@ def history_result(h: HistoryResult) -> str:
     return "**FAIL**"
 
 
+def with_dedup(engines: list[str]) -> list[str]:
+    """The history's servers: each engine, then Valkey again with shared chunks (issue 16)."""
+    return [*engines, "valkey+dedup"] if "valkey" in engines else engines
+
+
 def run_histories(engines: list[str], work: Path, seconds: float, rng: random.Random,
                   t0: float) -> list[HistoryResult]:
     out = []
-    for engine in engines:
+    for name in engines:
+        engine, _, mode = name.partition("+")  # "valkey+dedup": the workers keep shared chunks
         seed = rng.randrange(1, 2**31)
         started = time.monotonic()
         s = server(engine)
         try:
-            h = run_history(s, work / f"history-{engine}", seed=seed, config=HistoryConfig(seconds=seconds))
+            h = run_history(s, work / f"history-{name}", seed=seed,
+                            config=HistoryConfig(seconds=seconds, dedup=mode == "dedup"))
+            h.engine = name
             h.resend_recognised = resend_after_takeover_recognised(s)
         except Exception as exc:  # a crashed history is a broken promise too: it goes in the table
             traceback.print_exc()
@@ -307,6 +315,10 @@ def render_history(histories: list[HistoryResult]) -> list[str]:
         "`FencedError` / `ConflictError` never appears in a later load or the final state;",
         "- (f) every load sees every commit acknowledged before it began (unless a delete of the run may have "
         "run in between), never a chain deleted before it began, and no load fails.",
+        "",
+        "A server named `+dedup` runs the workers with shared chunks (`dedup=True`, each state carrying a 100 KB "
+        "base every commit shares); after it, each run's `x:refs` must count exactly the chunks its kept "
+        "generations list, and no chunk key may be left that none of them lists (else a problem: FAIL).",
         "",
         "| server | seconds | operations (ok / definite failure / unknown) | acknowledged commits | faults injected | "
         + " | ".join(CHECKS[k] for k in CHECKS) + " | result |",
@@ -396,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                     tallies.append(t)
                     print(f"{time.monotonic() - t0:6.0f}s {result(t)[:60]:<20} {t.summary()[:220]}", flush=True)
                 print(f"        ({name} on {engine}: {time.monotonic() - started:.1f} s)", flush=True)
-        histories = run_histories(engines, work, args.history_seconds, rng, t0) if args.history_seconds > 0 else []
+        histories = run_histories(with_dedup(engines), work, args.history_seconds, rng, t0) \
+            if args.history_seconds > 0 else []
         keep_history(work, args.keep_history)
         binaries = {e: find_server_binary(e) for e in [*engines, "redis7"] if _has(e)}
         tls = tls_status(binaries, work)
@@ -456,7 +469,7 @@ def history_main(args: argparse.Namespace) -> int:
     engines = [e for e in args.engines.split(",") if e]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="redis-ckpt-history-") as tmp:
-        histories = run_histories(engines, Path(tmp), args.history_seconds or 60.0, rng, t0)
+        histories = run_histories(with_dedup(engines), Path(tmp), args.history_seconds or 60.0, rng, t0)
         keep_history(Path(tmp), args.keep_history)
     text = render_history(histories)
     if args.out is not None:

@@ -44,6 +44,15 @@ def manifests(client, k: RunKeys, store) -> dict[int, tuple[str, ...]]:
     return out
 
 
+def committed(store, client, run: str, *sizes: int):
+    """(keys, lease, manifests) after committing histories of ``sizes`` messages to ``run``."""
+    lease = store.acquire(run, owner="w", ttl=30)
+    for n in sizes:
+        lease.commit(history(n))
+    k = RunKeys(store.namespace, run)
+    return k, lease, manifests(client, k, store)
+
+
 def expected_refs(ms: dict[int, tuple[str, ...]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for addresses in ms.values():
@@ -115,11 +124,7 @@ def test_a_plain_store_committing_over_shared_generations_frees_them(store, clie
 
 
 def test_a_damaged_chunk_names_every_generation_that_lists_it(store, client, namespace):
-    k = RunKeys(namespace, "dmg")
-    lease = store.acquire("dmg", owner="w", ttl=30)
-    for i in range(3):
-        lease.commit(history(500 + i))
-    ms = manifests(client, k, store)
+    k, _, ms = committed(store, client, "dmg", 500, 501, 502)
     first = sorted(set(ms[1]) & set(ms[2]) & set(ms[3]))[0]  # a chunk every generation lists
     client.setrange(k.shared(first), 100, b"\x00\xff\x00")
     gens = store.generations("dmg")
@@ -132,11 +137,7 @@ def test_a_damaged_chunk_names_every_generation_that_lists_it(store, client, nam
 
 
 def test_load_falls_back_to_the_newest_generation_without_the_missing_chunk(store, client, namespace):
-    k = RunKeys(namespace, "fb")
-    lease = store.acquire("fb", owner="w", ttl=30)
-    lease.commit(history(500))
-    lease.commit(history(520))
-    ms = manifests(client, k, store)
+    k, _, ms = committed(store, client, "fb", 500, 520)
     only_new = sorted(set(ms[2]) - set(ms[1]))
     client.delete(k.shared(only_new[0]))
     ck = store.load("fb")
@@ -165,11 +166,7 @@ def test_verify_all_names_every_generation_using_a_damaged_chunk(store, client, 
 
     from redis_ckpt.cli import cli
 
-    k = RunKeys(namespace, "cli")
-    lease = store.acquire("cli", owner="w", ttl=30)
-    for i in range(3):
-        lease.commit(history(500 + i))
-    ms = manifests(client, k, store)
+    k, _, ms = committed(store, client, "cli", 500, 501, 502)
     shared = sorted(set(ms[1]) & set(ms[2]) & set(ms[3]))[0]
     only_newest = sorted(set(ms[3]) - set(ms[1]) - set(ms[2]))[0]
     original = client.get(k.shared(shared))
@@ -212,11 +209,7 @@ def test_the_async_store_shares_chunks_too(client, namespace, durable_server):
 
 
 def test_a_commit_after_a_load_that_met_a_damaged_chunk_repairs_it(store, client, namespace):
-    k = RunKeys(namespace, "repair")
-    lease = store.acquire("repair", owner="w", ttl=30)
-    lease.commit(history(500))
-    lease.commit(history(501))
-    ms = manifests(client, k, store)
+    k, lease, ms = committed(store, client, "repair", 500, 501)
     shared = sorted(set(ms[1]) & set(ms[2]))[0]
     client.setrange(k.shared(shared), 5, b"\x00\x01\x02")
     with pytest.raises(CorruptCheckpointError):

@@ -30,7 +30,9 @@ import checker
 from chaos_tools import Worker, spawn
 
 from redis_ckpt import CheckpointError, CheckpointStore
+from redis_ckpt.core.dedup import is_manifest, read_manifest
 from redis_ckpt.core.frame import decode_frame, decode_payload
+from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.testing import wait_for
 
 #: fault -> weight in the nemesis's draw
@@ -54,6 +56,8 @@ class HistoryConfig:
     faults: tuple[str, ...] = tuple(FAULTS)
     #: seconds between two faults (drawn uniformly)
     gap: tuple[float, float] = (0.1, 0.6)
+    #: the workers' stores keep shared chunks (dedup=True; issue 16)
+    dedup: bool = False
 
 
 @dataclass
@@ -99,7 +103,8 @@ class Nemesis:
         log = self.workdir / f"{name}.jsonl"
         self.procs[slot] = spawn(
             "history_worker", self.server.port, self.ns, ",".join(self.runs), name, log, self.rng.getrandbits(32),
-            self.cfg.ttl[0], self.cfg.ttl[1], self.cfg.socket_timeout, stderr=self.workdir / f"{name}.stderr")
+            self.cfg.ttl[0], self.cfg.ttl[1], self.cfg.socket_timeout, int(self.cfg.dedup),
+            stderr=self.workdir / f"{name}.stderr")
 
     def reap(self) -> None:
         """A worker that died on its own is a problem of the harness or the store: note it, start another."""
@@ -266,6 +271,8 @@ def run_history(server: Any, workdir: Path, *, seed: int, config: HistoryConfig 
             nemesis.problems.append(f"worker w{slot}.{nemesis.incarnation[slot]} ended with {p.returncode}: "
                                     f"{p.stderr_tail()[-600:]}")
     final = read_final(server, ns, runs)
+    if cfg.dedup:
+        nemesis.problems += shared_chunk_problems(server, ns, runs)
     ops = checker.read_history(workdir)
     faults = [f for f in map(json.loads, (workdir / "faults.jsonl").read_text().splitlines()) if "kind" in f]
     report = checker.check(ops, final, faults)
@@ -274,6 +281,27 @@ def run_history(server: Any, workdir: Path, *, seed: int, config: HistoryConfig 
     result = HistoryResult(server.engine, seed, cfg, report, problems=nemesis.problems, directory=workdir)
     result.seconds = time.monotonic() - t0
     return result
+
+
+def shared_chunk_problems(server, namespace: str, runs: list[str]) -> list[str]:
+    """Each run's x:refs against its kept manifests, and chunks none of them lists."""
+    client, problems = server.client(), []
+    for run in runs:
+        k = RunKeys(namespace, run)
+        kept = [int(e.partition(":")[0]) for e in (client.hget(k.head, "kept") or b"").decode().split(",") if e]
+        expected: dict[str, int] = {}
+        for g in kept:
+            blob = client.get(k.generation(g))
+            if is_manifest(blob):
+                for a in set(read_manifest(blob, run_id=run, generation=g).addresses):
+                    expected[a] = expected.get(a, 0) + 1
+        refs = {a.decode(): int(n) for a, n in client.hgetall(k.refs).items()}
+        chunks = {key.decode() for key in client.scan_iter(f"{k.base}:x:*", count=1000)} - {k.refs}
+        if refs != expected:
+            problems.append(f"{run}: x:refs {len(refs)} fields, the kept manifests list {len(expected)}")
+        if chunks != {k.shared(a) for a in expected}:
+            problems.append(f"{run}: {len(chunks)} chunk keys, {len(expected)} listed by kept generations")
+    return problems
 
 
 def read_final(server: Any, namespace: str, runs: list[str]) -> dict[str, dict[str, Any]]:

@@ -39,3 +39,14 @@ def test_a_history_under_faults_has_no_anomaly(engine, make_server, tmp_path, se
                          f"{r.examples['written'][0]}")
         pytest.fail(f"definite failures found written: {r.examples['written']}")
 
+
+
+def test_a_history_with_shared_chunks_has_no_anomaly_and_no_stray_chunk(make_server, tmp_path, seed):
+    server = make_server("valkey", appendonly="yes", appendfsync="always", aof_load_truncated="no")
+    result = run_history(server, tmp_path / "history", seed=seed,
+                         config=HistoryConfig(seconds=seconds(6), dedup=True))
+    print(result.summary())
+    r = result.report
+    assert not result.problems, result.problems  # shared chunks included: refs = kept manifests, no stray chunk
+    assert r.count("commit", "ok") >= 30, "the workers made too little progress for a meaningful check"
+    assert {k: n for k, n in r.anomalies.items() if n} == {}, r.examples  # x:refs is checked as a problem

@@ -1,6 +1,6 @@
 """A history worker: competes for a few shared runs with short leases and logs every operation.
 
-    python tests/workers/history_worker.py PORT NAMESPACE RUNS PROCESS LOG SEED TTL_MIN TTL_MAX SOCKET_TIMEOUT
+    python tests/workers/history_worker.py PORT NAMESPACE RUNS PROCESS LOG SEED TTL_MIN TTL_MAX SOCKET_TIMEOUT [DEDUP]
 
 RUNS is a comma-separated list. PROCESS names this incarnation (and is its lease owner), LOG
 is its JSON-lines history (``checker.HistoryLog``: a line when an operation is invoked, one
@@ -18,7 +18,8 @@ resends are the store's own (its RetryPolicy, with the commit id of the first at
 Outcomes: ``ok``; ``fail`` for a definite error (FencedError, ConflictError, LeaseHeldError,
 LeaseLostError, ...: nothing written); ``unknown`` for StoreUnavailableError,
 DurabilityError, any error with ``outcome_unknown=True``, or any untyped exception (its type
-is logged as ``untyped:<name>``). SIGTERM ends it after the operation in flight.
+is logged as ``untyped:<name>``). SIGTERM ends it after the operation in flight. DEDUP "1": a
+store with shared chunks, each state carrying a 100 KB base that every commit of the run shares.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def classify(exc: BaseException) -> tuple[str, dict[str, object]]:
 
 class Worker:
     def __init__(self, port: int, namespace: str, runs: list[str], process: str, log: HistoryLog,
-                 rng: random.Random, ttl: tuple[float, float], socket_timeout: float) -> None:
+                 rng: random.Random, ttl: tuple[float, float], socket_timeout: float, dedup: bool = False) -> None:
         self.port, self.namespace, self.runs, self.process = port, namespace, runs, process
+        self.dedup = dedup
         self.log, self.rng, self.ttl, self.socket_timeout = log, rng, ttl, socket_timeout
         self.seq = 0
         self.store = self.open_store()
@@ -82,7 +84,7 @@ class Worker:
                                  socket_connect_timeout=self.socket_timeout, retry=Retry(NoBackoff(), 0))
             try:
                 return CheckpointStore(
-                    client, namespace=self.namespace, keep=3, events_maxlen=1_000_000,
+                    client, namespace=self.namespace, keep=3, events_maxlen=1_000_000, dedup=self.dedup,
                     durability=Durability(timeout_ms=max(100, int(self.socket_timeout * 500))),
                     retry=RetryPolicy(attempts=4, deadline_s=3 * self.socket_timeout, initial_backoff_s=0.02,
                                       max_backoff_s=0.3),
@@ -131,6 +133,8 @@ class Worker:
             self.seq += 1
             state = {"cid": f"{self.process}-{self.seq}", "parent": parent, "writer": self.process,
                      "token": lease.token, "pad": rng.randbytes(rng.randint(16, 256))}
+            if self.dedup:
+                state["base"] = random.Random(run).randbytes(100_000)
             args = {"token": lease.token, "expected": expected, "cid": state["cid"], "parent": parent,
                     "digest": digest(state)}
             ok, generation = self.op("commit", run, args, lambda: self.store.commit(
@@ -171,11 +175,11 @@ def exit_with_parent() -> None:
 
 
 def main(port: str, namespace: str, runs: str, process: str, log_path: str, seed: str,
-         ttl_min: str, ttl_max: str, socket_timeout: str) -> int:
+         ttl_min: str, ttl_max: str, socket_timeout: str, dedup: str = "0") -> int:
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     log = HistoryLog(log_path, process)
     worker = Worker(int(port), namespace, runs.split(","), process, log, random.Random(int(seed)),
-                    (float(ttl_min), float(ttl_max)), float(socket_timeout))
+                    (float(ttl_min), float(ttl_max)), float(socket_timeout), dedup == "1")
     worker.loop()
     log.close()
     return 0
@@ -184,7 +188,7 @@ def main(port: str, namespace: str, runs: str, process: str, log_path: str, seed
 if __name__ == "__main__":
     exit_with_parent()
     try:
-        sys.exit(main(*sys.argv[1:10]))
+        sys.exit(main(*sys.argv[1:11]))
     except SystemExit:
         raise
     except BaseException:  # report any other failure to the harness, which fails on exit code 3
