@@ -288,8 +288,9 @@ local x_refs, x_set, x_del, x_gone = KEYS[k], {}, {}, {}
 local delta, x_changed = {}, {}
 local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
   local b1, b2, b3, b4 = string.byte(blob, 6, 9)
-  local seen = {}
-  for i = 0, ((b1 * 256 + b2) * 256 + b3) * 256 + b4 - 1 do
+  local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
+  if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
+  for i = 0, n - 1 do
     local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
     if not seen[a] then
       seen[a] = true
