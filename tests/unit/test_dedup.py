@@ -85,3 +85,47 @@ def test_a_chunk_that_does_not_match_its_address_is_named():
     with pytest.raises(FrameError) as info:
         dedup.assemble(m, values)
     assert info.value.reason.value == "missing"
+
+
+# --------------------------------------------------------------------------- the commit flow
+
+from scripted import Scripted, core, fields, replies_for  # noqa: E402
+
+from redis_ckpt.core.keys import RunKeys  # noqa: E402
+from redis_ckpt.core.ops import Cmd, ReplyError  # noqa: E402
+
+K = RunKeys("ns", "r")
+
+
+def grown(n: int) -> dict:
+    rng = random.Random(1)
+    return {"rows": [rng.randbytes(1000) for _ in range(n)]}
+
+
+def test_a_dedup_commit_stages_only_what_the_run_does_not_hold_in_one_round_trip():
+    c = core(dedup=True, keep=2)
+    s1, s2 = Scripted(lambda pipe: replies_for(pipe, 1)), Scripted(lambda pipe: replies_for(pipe, 2))
+    s1.run(c.commit_flow("r", grown(300), token=4, expected_generation=0, owner="w", commit_id="c-1"))
+    s2.run(c.commit_flow("r", grown(301), token=4, expected_generation=1, owner="w", commit_id="c-2"))
+    (first,), (second,) = s1.scripts("commit"), s2.scripts("commit")
+    assert fields(first)["mode"] == "dedup" and dedup.is_manifest(first.args[1])
+    assert int(fields(first)["staged"]) == len(c.manifests[("r", 1)]) > 5
+    assert 1 <= int(fields(second)["staged"]) <= 2  # an append: the last chunk or two
+    assert len(s2.ops) == 1 and K.refs in second.keys  # one pipe per commit
+
+
+def test_need_chunks_stages_them_and_need_free_passes_their_keys():
+    c = core(dedup=True, keep=1)
+    Scripted(lambda pipe: replies_for(pipe, 1)).run(
+        c.commit_flow("r", grown(300), token=4, expected_generation=0, owner="w", commit_id="c-1"))
+    held = sorted(c.manifests[("r", 1)])  # what this process thinks the run holds
+    gone = "ab" * 16
+    s = Scripted(lambda pipe: replies_for(pipe, ReplyError(f"NEED_CHUNKS {held[0]}")),
+                 lambda pipe: replies_for(pipe, ReplyError(f"NEED_FREE {gone}")),
+                 lambda pipe: replies_for(pipe, 2))
+    assert s.run(c.commit_flow("r", grown(301), token=4, expected_generation=1, owner="w", commit_id="c-2")) == 2
+    first, second, third = s.scripts("commit")
+    assert K.shared(held[0]) not in first.keys and K.shared(held[0]) in second.keys  # staged now
+    assert int(fields(second)["staged"]) == int(fields(first)["staged"]) + 1
+    assert [o.args[0] for o in s.ops[1].ops if isinstance(o, Cmd)].count("SET") == int(fields(second)["staged"])
+    assert K.shared(gone) in third.keys and K.shared(gone) not in second.keys
