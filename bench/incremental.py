@@ -244,6 +244,11 @@ def part2(url: str, chosen_gibs: float, quick: bool) -> None:
     rate = 1 / r
     print(f"| 1. 64 MiB +4 KiB/step commit rate vs a 4 KiB state (dedup) | {rate:.3f}x ({big_t * 1e3:.0f} ms vs "
           f"{small_t * 1e3:.2f} ms) | >= 0.5x | {verdict(rate, 0.5, True)} |")
+    client.config_resetstat()
+    for _ in range(3):
+        g.step()
+    script_ms = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"] / 1000
+    print(f"| 1. its commit script's server time (INFO commandstats) | {script_ms:.2f} ms | | |")
     p = Grower(plain, "big", grown, g.n)
     plain_t = statistics.median(p.step() for _ in range(2))
     print(f"| 1. for reference, today's (no dedup) 64 MiB commit | {plain_t * 1e3:.0f} ms "

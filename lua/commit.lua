@@ -305,6 +305,9 @@ for i = 1, drop_count do
   local key = offered[entry_key(kept[i])][1]
   if redis.call('GETRANGE', key, 0, 3) == 'RCKX' then addresses(redis.call('GET', key), -1) end
 end
+local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
+for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
+x_changed = nonzero
 if #x_changed > 0 then
   local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
   for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
@@ -316,13 +319,11 @@ if #x_changed > 0 then
       local d = delta[a]
       local was = tonumber(counts[j] or '0') or 0
       if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
-      if d ~= 0 then
-        if was + d > 0 then
-          x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
-        else
-          x_del[#x_del + 1] = a
-          if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
-        end
+      if was + d > 0 then
+        x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
+      else
+        x_del[#x_del + 1] = a
+        if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
       end
     end
   end
