@@ -196,8 +196,12 @@ class AsyncCheckpointStore(StoreBase):
         return await self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
                                                      owner=owner or self.owner, metadata=metadata))
 
-    async def load(self, run_id: str) -> Checkpoint | None:
-        return await self.run(self.core.load_flow(run_id))
+    async def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
+        return await self.run(self.core.load_flow(run_id, generation))
+
+    async def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None,
+                   by: str = "admin") -> int:
+        return await self.run(self.core.fork_flow(run_id, new_run_id, generation=generation, by=by))
 
     async def generations(self, run_id: str) -> list[GenerationInfo]:
         return await self.run(self.core.generations_flow(run_id))

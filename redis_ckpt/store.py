@@ -179,9 +179,22 @@ class CheckpointStore(StoreBase):
         return self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
                                               owner=owner or self.owner, metadata=metadata))
 
-    def load(self, run_id: str) -> Checkpoint | None:
-        """The newest generation of ``run_id`` that verifies, or None if it was never committed."""
-        return self.run(self.core.load_flow(run_id))
+    def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
+        """The newest generation of ``run_id`` that verifies, or None if it was never committed.
+
+        With ``generation``: that kept generation, verified and migrated, never another one:
+        :class:`NotFoundError` (naming the kept ones) when the run does not keep it,
+        :class:`FrameError` with the reason when it is damaged. ``Checkpoint.generation``
+        says which generation was loaded.
+        """
+        return self.run(self.core.load_flow(run_id, generation))
+
+    def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None, by: str = "admin") -> int:
+        """Start ``new_run_id`` from a kept generation of ``run_id`` (default: the newest that
+        verifies); returns the new run's generation (1). Its metadata names the source
+        (``forked_from``); both runs record the fork in their audit events. :class:`ConflictError`
+        (nothing written) when ``new_run_id`` already has a head. Works across Cluster nodes."""
+        return self.run(self.core.fork_flow(run_id, new_run_id, generation=generation, by=by))
 
     def generations(self, run_id: str) -> list[GenerationInfo]:
         """Every kept generation, newest first, each verified (no migration runs)."""

@@ -101,7 +101,6 @@ class ReadFlows(FlowsBase):
     def load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any]) -> Flow[Checkpoint | None]:
         """The newest of ``head``'s kept generations that verifies; None when one was rotated
         away while it was read (the caller reads the head again)."""
-        head_gen = int(head.get("generation", 0))
         skipped: list[SkippedGeneration] = []
         for g, _chunks in sorted(kept(head), reverse=True):
             try:
@@ -119,15 +118,20 @@ class ReadFlows(FlowsBase):
             state = self.migrate(k.run_id, state, header.schema_version)
             if skipped:
                 yield from self.report_fallback(k, g, skipped)
-            return Checkpoint(
-                run_id=k.run_id, state=state, generation=g, head_generation=head_gen,
-                token=header.token, owner=header.owner,  # the server's commit time, else the writer's
-                created_at=ms_to_datetime(kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
-                schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
-                metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
-                size=len(blob), skipped=tuple(skipped),  # type: ignore[arg-type]
-            )
+            return self.checkpoint(k, g, head, header, state, blob, skipped)
         raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
+
+    def checkpoint(self, k: RunKeys, g: int, head: Mapping[str, str], header: Any, state: Any, blob: bytes,
+                   skipped: list[SkippedGeneration]) -> Checkpoint:
+        """The :class:`Checkpoint` of generation ``g``, verified and migrated (``state``)."""
+        return Checkpoint(
+            run_id=k.run_id, state=state, generation=g, head_generation=int(head.get("generation", 0)),
+            token=header.token, owner=header.owner,  # the server's commit time, else the writer's
+            created_at=ms_to_datetime(kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
+            schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
+            metadata=header.metadata, checksum=frame_checksum(blob),
+            size=len(blob), skipped=tuple(skipped),
+        )
 
     def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
         summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
