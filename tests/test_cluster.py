@@ -683,3 +683,22 @@ def test_the_cli_checks_every_primary_and_lists_runs_across_shards(cluster, name
     runs = runner.invoke(cli, ["runs", "--url", cluster.url(1), "--namespace", namespace, "--json"])
     assert runs.exit_code == 0, runs.output
     assert sorted(r["run"] for r in json.loads(runs.stdout)["runs"]) == sorted(f"cli-{i}" for i in range(12))
+
+
+@pytest.mark.server
+def test_fork_and_load_of_a_generation_across_nodes(cluster, namespace):
+    """The source and the fork on different primaries: a read on one slot, a write on the
+    other (a cross-slot command would fail with CROSSSLOT)."""
+    with CheckpointStore.from_url(cluster.url(2), namespace=namespace) as store:
+        with store.acquire("src", owner="w", ttl=10) as lease:
+            for i in range(3):
+                lease.commit({"i": i}, metadata={"n": i})
+        src_node = cluster.owner(slot_of(namespace, "src"))
+        target = next(f"fork-{i}" for i in range(100) if cluster.owner(slot_of(namespace, f"fork-{i}")) is not src_node)
+        assert store.load("src", generation=2).state == {"i": 1}
+        assert store.fork("src", target, generation=2, by="ops") == 1
+        ck = store.load(target)
+        assert ck.state == {"i": 1} and ck.metadata["forked_from"]["run"] == "src"
+        assert [e.fields["to"] for e in store.events("src") if e.kind == "forked"] == [target]
+        with pytest.raises(ConflictError):
+            store.fork("src", target)
