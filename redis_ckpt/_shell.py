@@ -15,17 +15,19 @@ import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.ops import Flow
 from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
 from .models import Checkpoint, Grant
+from .telemetry import telemetry_for
 from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
 from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
 
 log = logging.getLogger("redis_ckpt")
+T = TypeVar("T")
 
 __all__ = [
     "StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
@@ -141,7 +143,7 @@ class StoreBase:
     """
 
     def __init__(self, client: Any, *, namespace: str, declared_config: Mapping[str, str] | None = None,
-                 owner: str | None = None, _confirm: bool = True, **options: Any) -> None:
+                 owner: str | None = None, telemetry: Any = None, _confirm: bool = True, **options: Any) -> None:
         check_client(client)
         self._client = client
         self._target = self._target_for(client)  # how this store's driver reaches the client
@@ -151,6 +153,8 @@ class StoreBase:
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
         self.probe_report: ProbeReport | None = None
+        #: spans and metrics of acquire, commit and load (redis_ckpt.telemetry); None: off
+        self.telemetry = telemetry_for(telemetry)
 
     # read-only views of the configuration
     namespace = property(lambda self: self.core.config.namespace)
@@ -195,7 +199,14 @@ class StoreBase:
     def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
         """(owner, ttl in ms, the flow) for an acquire."""
         owner, ms = owner or self.owner, ttl_ms(ttl)
-        return owner, ms, self.core.acquire_flow(run_id, owner, ms)
+        return owner, ms, self.traced("acquire", run_id, self.core.acquire_flow(run_id, owner, ms))
+
+    def traced(self, what: str, run_id: str, flow: Flow[T]) -> Flow[T]:
+        """``flow`` as a span with its metrics when telemetry is on (else ``flow`` itself)."""
+        if self.telemetry is None:
+            return flow
+        return self.telemetry.observe(what, run_id, flow, namespace=self.namespace,  # type: ignore[no-any-return]
+                                      durability=self.durability.label)
 
 
 class LeaseBase:
@@ -227,7 +238,7 @@ class LeaseBase:
         """Commit ``state`` after this lease's generation; the lease follows the head."""
         flow = self._store.core.commit_flow(self.run_id, state, token=self.token, expected_generation=self.generation,
                                             owner=self.owner, metadata=metadata)
-        return self._follow(flow)
+        return self._store.traced("commit", self.run_id, self._follow(flow))
 
     def _follow(self, flow: Flow[int]) -> Flow[int]:
         try:
@@ -239,8 +250,8 @@ class LeaseBase:
         self.generation = generation
         return generation
 
-    def load_flow(self) -> Flow[Checkpoint | None]:
-        return self._store.core.load_flow(self.run_id)
+    def load_flow(self, generation: int | None = None) -> Flow[Checkpoint | None]:
+        return self._store.traced("load", self.run_id, self._store.core.load_flow(self.run_id, generation))
 
     # until the LangGraph saver moves to the public flows (issue 13)
     _renew_flow = renew_flow

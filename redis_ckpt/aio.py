@@ -49,8 +49,8 @@ class AsyncLease(LeaseBase):
     async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
         return await self._store.run(self.commit_flow(state, metadata))
 
-    async def load(self) -> Checkpoint | None:
-        return await self._store.run(self.load_flow())
+    async def load(self, *, generation: int | None = None) -> Checkpoint | None:
+        return await self._store.run(self.load_flow(generation))
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -193,11 +193,12 @@ class AsyncCheckpointStore(StoreBase):
 
     async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                      metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
-        return await self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
-                                                     owner=owner or self.owner, metadata=metadata))
+        return await self.run(self.traced("commit", run_id, self.core.commit_flow(
+            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
+            metadata=metadata)))
 
     async def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
-        return await self.run(self.core.load_flow(run_id, generation))
+        return await self.run(self.traced("load", run_id, self.core.load_flow(run_id, generation)))
 
     async def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None,
                    by: str = "admin") -> int:

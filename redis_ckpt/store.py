@@ -59,9 +59,9 @@ class Lease(LeaseBase):
         """Commit ``state`` as the next generation; returns its number once durable."""
         return self._store.run(self.commit_flow(state, metadata))
 
-    def load(self) -> Checkpoint | None:
-        """The newest generation that verifies (see :meth:`CheckpointStore.load`)."""
-        return self._store.run(self.load_flow())
+    def load(self, *, generation: int | None = None) -> Checkpoint | None:
+        """The newest generation that verifies, or ``generation`` (see :meth:`CheckpointStore.load`)."""
+        return self._store.run(self.load_flow(generation))
 
     def __enter__(self) -> Lease:
         return self
@@ -176,8 +176,9 @@ class CheckpointStore(StoreBase):
     def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
         """Commit ``state`` as generation ``expected_generation + 1`` with fencing token ``token``."""
-        return self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
-                                              owner=owner or self.owner, metadata=metadata))
+        return self.run(self.traced("commit", run_id, self.core.commit_flow(
+            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
+            metadata=metadata)))
 
     def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
         """The newest generation of ``run_id`` that verifies, or None if it was never committed.
@@ -187,7 +188,7 @@ class CheckpointStore(StoreBase):
         :class:`FrameError` with the reason when it is damaged. ``Checkpoint.generation``
         says which generation was loaded.
         """
-        return self.run(self.core.load_flow(run_id, generation))
+        return self.run(self.traced("load", run_id, self.core.load_flow(run_id, generation)))
 
     def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None, by: str = "admin") -> int:
         """Start ``new_run_id`` from a kept generation of ``run_id`` (default: the newest that
