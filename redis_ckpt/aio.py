@@ -16,7 +16,7 @@ from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.asyncio import adrive
 from .drivers.targets import async_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .models import Checkpoint, Event, GenerationInfo, RunInfo, RunUsage
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
 from .topology import (
@@ -206,6 +206,10 @@ class AsyncCheckpointStore(StoreBase):
 
     async def generations(self, run_id: str) -> list[GenerationInfo]:
         return await self.run(self.core.generations_flow(run_id))
+
+    async def usage(self, run_id: str) -> RunUsage:
+        """The run's bytes on the server by kind (generations, staging, events, fence/lease/head)."""
+        return await self.run(self.core.usage_flow(run_id))
 
     async def info(self, run_id: str) -> RunInfo:
         return await self.run(self.core.info_flow(run_id))

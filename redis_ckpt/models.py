@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
-    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo",
+    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "RunUsage",
     "ms_to_datetime", "now_ms", "MIN_MS", "MAX_MS",
 ]
 
@@ -134,3 +134,28 @@ class RunInfo:
     @property
     def exists(self) -> bool:
         return self.generation > 0 or self.fence > 0
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What one run costs the server, in bytes: ``MEMORY USAGE`` of each of its keys.
+
+    ``generations``: the kept generations (frames, manifests, chunks); ``staging``: data of
+    commits whose script has not run, and the staging hash; ``events``: the audit stream;
+    ``control``: fence, lease and head. ``overhead`` is everything but the generations.
+    """
+
+    run_id: str
+    generations: int
+    staging: int
+    events: int
+    control: int
+    keys: int
+
+    @property
+    def total(self) -> int:
+        return self.generations + self.staging + self.events + self.control
+
+    @property
+    def overhead(self) -> int:
+        return self.total - self.generations

@@ -18,7 +18,7 @@ from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.sync import drive
 from .drivers.targets import sync_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .models import Checkpoint, Event, GenerationInfo, RunInfo, RunUsage
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
 from .topology import (
@@ -200,6 +200,10 @@ class CheckpointStore(StoreBase):
     def generations(self, run_id: str) -> list[GenerationInfo]:
         """Every kept generation, newest first, each verified (no migration runs)."""
         return self.run(self.core.generations_flow(run_id))
+
+    def usage(self, run_id: str) -> RunUsage:
+        """The run's bytes on the server by kind (generations, staging, events, fence/lease/head)."""
+        return self.run(self.core.usage_flow(run_id))
 
     def info(self, run_id: str) -> RunInfo:
         return self.run(self.core.info_flow(run_id))

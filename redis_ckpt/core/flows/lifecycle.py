@@ -12,13 +12,13 @@ import logging
 
 from ...errors import CheckpointError, ConflictError, CorruptCheckpointError, FrameDamage, FrameError, \
     NotFoundError
-from ...models import Checkpoint, now_ms
+from ...models import Checkpoint, RunUsage, now_ms
 from ..config import MAX_INT, check_int
-from ..contract import kept
+from ..contract import drop_keys, entry, kept, stage_keys, staged
 from ..frame import decode_frame, decode_payload, encode_frame, frame_checksum
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe
-from ..replies import exec_replies, text
+from ..replies import exec_replies, hash_of, raise_failures, text
 from .admin import AdminFlows
 from .read import LOAD_FIELDS, ReadFlows
 
@@ -30,6 +30,8 @@ log = logging.getLogger("redis_ckpt")
 FORKED_FROM = "forked_from"
 #: reads of a named generation when rotation keeps removing it under the reader
 GENERATION_READS = 3
+#: MEMORY USAGE commands per round trip when a run's bytes are counted
+USAGE_BATCH = 100
 
 
 def not_kept(run_id: str, generation: int, kept_now: list[int]) -> NotFoundError:
@@ -165,3 +167,33 @@ class LifecycleFlows(ReadFlows, AdminFlows):
         except CheckpointError as exc:
             log.warning("run %r was forked into %r but its audit event could not be written: %s",
                         src.run_id, dst.run_id, exc)
+
+    def usage_flow(self, run_id: str) -> Flow[RunUsage]:
+        """The run's bytes on the server (``MEMORY USAGE ... SAMPLES 0`` of each of its keys),
+        by kind; a key that does not exist counts 0. A server that denies MEMORY USAGE (ACL)
+        or lacks it: :class:`ServerError`."""
+        k = self.keys(run_id)
+
+        def body() -> Flow[RunUsage]:
+            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging)], route=k.head)
+            raise_failures(replies)
+            head, registry = (hash_of(r) for r in replies)
+            groups = {
+                "control": [k.fence, k.lease, k.head], "events": [k.events],
+                "staging": [k.staging, *stage_keys(k, staged(registry))],
+                "generations": drop_keys(k, [entry(g, c) for g, c in kept(head)]),
+            }
+            names = [key for keys in groups.values() for key in keys]
+            sizes: list[int] = []
+            for first in range(0, len(names), USAGE_BATCH):
+                batch = names[first:first + USAGE_BATCH]
+                replies = yield Pipe([Cmd("MEMORY", "USAGE", key, "SAMPLES", "0") for key in batch], route=k.head)
+                raise_failures(replies)
+                sizes += [int(r or 0) for r in replies]
+            by_kind, at = {}, 0
+            for kind, keys in groups.items():
+                by_kind[kind] = sum(sizes[at:at + len(keys)])
+                at += len(keys)
+            return RunUsage(run_id=k.run_id, keys=sum(1 for n in sizes if n), **by_kind)
+
+        return self.retrying(body, run_id=k.run_id, what="usage", writes=False)
