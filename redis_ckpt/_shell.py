@@ -13,7 +13,7 @@ import math
 import os
 import socket
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.ops import Flow
 from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
-from .models import Checkpoint, Grant
+from .models import Checkpoint, Grant, ms_to_datetime
 from .telemetry import telemetry_for
 from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
 from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
@@ -46,32 +46,48 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def ttl_ms(ttl: float | timedelta) -> int:
-    """A lease TTL given in seconds (or a timedelta) as whole milliseconds, at least 1.
+def ttl_ms(ttl: float | timedelta, argument: str = "ttl", *, zero: bool = False) -> int:
+    """A lease TTL (or another duration: ``argument`` names it) given in seconds (or a
+    timedelta) as whole milliseconds, at least 1 (0 allowed with ``zero``).
 
-    :class:`OutOfRangeError` (a ``ValueError``) for anything but a positive, finite number
-    of seconds up to ``MAX_TTL_MS`` / 1000 (2**50 ms, the bound below which the scripts keep
-    numbers exact): nothing is sent, so the run stays untouched.
+    :class:`OutOfRangeError` (a ``ValueError``) for anything but a positive (``zero``: or 0),
+    finite number of seconds up to ``MAX_TTL_MS`` / 1000 (2**50 ms, the bound below which the
+    scripts keep numbers exact): nothing is sent, so the run stays untouched.
     """
+    low = 0 if zero else 1
     if isinstance(ttl, timedelta):
         ms: object = ttl // timedelta(milliseconds=1) if ttl > timedelta(0) else 0  # exact, no float
         if ttl > timedelta(0) and ms == 0:
             ms = 1
+        if ttl < timedelta(0):
+            ms = -1
     elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         ms = ttl
     elif isinstance(ttl, float) and not math.isfinite(ttl):
         ms = ttl
-    elif ttl <= 0 or ttl * 1000 > MAX_TTL_MS:
+    elif ttl < 0 or (ttl == 0 and not zero) or ttl * 1000 > MAX_TTL_MS:
         ms = ttl * 1000
     else:
-        ms = max(1, round(ttl * 1000))
-    if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= MAX_TTL_MS:
+        ms = 0 if ttl == 0 else max(1, round(ttl * 1000))
+    if isinstance(ms, bool) or not isinstance(ms, int) or not low <= ms <= MAX_TTL_MS:
+        positive = "non-negative" if zero else "positive"
         raise OutOfRangeError(
-            f"ttl must be a positive, finite number of seconds (or a timedelta) up to "
+            f"{argument} must be a {positive}, finite number of seconds (or a timedelta) up to "
             f"{MAX_TTL_MS // 1000} s ({MAX_TTL_MS} ms), got {ttl!r}",
-            argument="ttl", value=ttl, minimum=0.001, maximum=MAX_TTL_MS / 1000,
+            argument=argument, value=ttl, minimum=0 if zero else 0.001, maximum=MAX_TTL_MS / 1000,
         )
     return ms
+
+
+def durations(options: dict[str, Any]) -> dict[str, Any]:
+    """A store's ``retention`` / ``fence_margin`` (seconds or timedelta) as StoreConfig's ms."""
+    retention = options.pop("retention", None)
+    if retention is not None:
+        options["retention_ms"] = ttl_ms(retention, "retention")
+    margin = options.pop("fence_margin", None)
+    if margin is not None:
+        options["fence_margin_ms"] = ttl_ms(margin, "fence_margin", zero=True)
+    return options
 
 
 def import_fakeredis(feature: str) -> Any:
@@ -148,7 +164,7 @@ class StoreBase:
         self._client = client
         self._target = self._target_for(client)  # how this store's driver reaches the client
         #: the configuration and every flow of this store (``core.config``: its options)
-        self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm, watch=None))
+        self.core = StoreCore(StoreConfig(namespace=namespace, **durations(options), confirm=_confirm, watch=None))
         self.owner = owner or default_owner()
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
@@ -249,6 +265,14 @@ class LeaseBase:
             raise
         self.generation = generation
         return generation
+
+    def finish_flow(self, keep_for: float | timedelta) -> Flow[datetime]:
+        """Release this lease and let the run expire ``keep_for`` from now (see Lease.finish)."""
+        flow = self._store.core.finish_flow(self.run_id, token=self.token, owner=self.owner,
+                                            keep_for_ms=ttl_ms(keep_for, "keep_for"))
+        expires = yield from flow
+        self.released = True
+        return ms_to_datetime(expires)  # type: ignore[return-value]
 
     def load_flow(self, generation: int | None = None) -> Flow[Checkpoint | None]:
         return self._store.traced("load", self.run_id, self._store.core.load_flow(self.run_id, generation))

@@ -7,7 +7,7 @@ twin of the one in ``store.py`` (a test checks that the two surfaces match).
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis
@@ -51,6 +51,9 @@ class AsyncLease(LeaseBase):
 
     async def load(self, *, generation: int | None = None) -> Checkpoint | None:
         return await self._store.run(self.load_flow(generation))
+
+    async def finish(self, *, keep_for: float | timedelta) -> datetime:
+        return await self._store.run(self.finish_flow(keep_for))
 
     async def __aenter__(self) -> AsyncLease:
         return self

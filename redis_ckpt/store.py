@@ -4,7 +4,7 @@ every operation one line through :meth:`CheckpointStore.run`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import redis
@@ -62,6 +62,14 @@ class Lease(LeaseBase):
     def load(self, *, generation: int | None = None) -> Checkpoint | None:
         """The newest generation that verifies, or ``generation`` (see :meth:`CheckpointStore.load`)."""
         return self._store.run(self.load_flow(generation))
+
+    def finish(self, *, keep_for: float | timedelta) -> datetime:
+        """Mark the run done: release the lease and let the server remove the run (data,
+        lease, events) ``keep_for`` (seconds or a timedelta) from now, unless someone acquires
+        or commits to it before; returns when it expires (the server's clock). The fence
+        outlives it (``fence_margin``). :class:`FencedError` (nothing changed) when a newer
+        holder took the run."""
+        return self._store.run(self.finish_flow(keep_for))
 
     def __enter__(self) -> Lease:
         return self

@@ -18,6 +18,7 @@ from .retry import RetryPolicy
 
 __all__ = [
     "StoreConfig", "DriftWatch", "MAX_INT", "MAX_TTL_MS", "DEFAULT_CHUNK_BYTES", "STAGE_TTL_MARGIN_MS",
+    "DEFAULT_FENCE_MARGIN_MS",
     "check_int", "check_ttl_ms",
 ]
 
@@ -30,6 +31,8 @@ MAX_INT = 2**50
 #: ttl_ms stay exact
 MAX_TTL_MS = MAX_INT
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: how much longer than a run's data its fence lives under a retention (see StoreConfig.retention_ms)
+DEFAULT_FENCE_MARGIN_MS = 24 * 3600 * 1000
 #: staged keys of a commit whose writer dies before its script runs expire after the retry
 #: deadline twice over plus this margin (the run's next commit or acquire removes them sooner)
 STAGE_TTL_MARGIN_MS = 60_000
@@ -68,6 +71,13 @@ class StoreConfig:
     ``confirm`` False skips the WAITAOF confirmations: only the in-memory test store, which
     no real server backs, is created that way (it is no option of the public constructors).
     ``watch``: the drift check riding in every confirmed write, set after the probe.
+
+    ``retention_ms``: a run nobody commits to or acquires for that long is removed by the
+    server (its keys expire; every commit and acquire sets the expiry anew); None: runs are
+    kept until deleted. ``fence_margin_ms``: how much longer a run's fence lives than its
+    data under a retention (tokens handed out under a retention are at least the server's
+    time in ms, so a fence recreated after it expired starts above every token it held; the
+    margin covers a server clock that steps back).
     """
 
     namespace: str
@@ -81,6 +91,8 @@ class StoreConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     confirm: bool = True
     watch: DriftWatch | None = None
+    retention_ms: int | None = None
+    fence_margin_ms: int = DEFAULT_FENCE_MARGIN_MS
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
@@ -96,6 +108,9 @@ class StoreConfig:
             object.__setattr__(self, "retry", RetryPolicy())
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1024:
             raise ValueError("chunk_bytes must be an int >= 1024")
+        if self.retention_ms is not None:
+            check_int("retention (ms)", self.retention_ms, 1, MAX_TTL_MS)
+        check_int("fence_margin (ms)", self.fence_margin_ms, 0, MAX_TTL_MS)
 
     @property
     def stage_ttl_ms(self) -> int:

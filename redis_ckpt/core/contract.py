@@ -19,6 +19,7 @@ from .replies import text
 __all__ = [
     "CommitFields", "COMMIT_FIELD_NAMES", "COMMIT_KEYS", "SCRIPT_KEYS", "SCRIPT_ARGV", "ERROR_FIELDS",
     "commit_script", "acquire_script", "renew_script", "release_script", "revoke_script", "delete_script",
+    "retain_script",
     "refusal", "commit_generation", "grant_of", "deleted_of",
     "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
 ]
@@ -71,6 +72,7 @@ SCRIPT_KEYS = {
     "release": ("lease", "events"),
     "revoke": ("fence", "lease", "events"),
     "delete": ("fence", "lease", "head", "events", "staging"),
+    "retain": ("fence", "lease", "head", "events", "staging"),
 }
 #: the fixed ARGV of each script but commit, in order: (the builder's argument, the words the
 #: header starts that ARGV's line with)
@@ -82,6 +84,8 @@ SCRIPT_ARGV = {
     "revoke": (("by", "who revoked"), ("maxlen", "events stream max length")),
     "delete": (("by", "who deleted"), ("maxlen", "events stream max length"),
                ("entries", "number of generation entries")),
+    "retain": (("token", "token"), ("owner", "owner"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
+               ("maxlen", "events stream max length"), ("entries", "number of generation entries")),
 }
 
 
@@ -120,6 +124,12 @@ def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], s
     return Script("delete", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
                              *stage_keys(k, staged)],
                   [by, maxlen, len(entries), *entries, *staged])
+
+
+def retain_script(k: RunKeys, *, token: int, owner: str, retention_ms: int, margin_ms: int, maxlen: int,
+                  entries: Sequence[str]) -> Script:
+    return Script("retain", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries)],
+                  [token, owner, retention_ms, margin_ms, maxlen, len(entries), *entries])
 
 
 # --------------------------------------------------------------------------- answers

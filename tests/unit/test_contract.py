@@ -50,7 +50,7 @@ def test_each_builder_puts_keys_and_arguments_where_the_header_says(name):
     argv = positions(name, "ARGV")
     fields = contract.SCRIPT_ARGV[name]
     values: dict = {arg: f"<{arg}>" for arg, _ in fields}
-    values.update({"entries": ["7:0"], "strict": True} if name in ("delete", "acquire") else {})
+    values.update({"entries": ["7:0"], "strict": True} if name in ("delete", "acquire", "retain") else {})
     values = {arg: values[arg] for arg, _ in fields}
     script = built(name, **values)
     assert script.name == name

@@ -1,0 +1,94 @@
+"""Retention on real Valkey and Redis servers, with short retentions: runs nobody touches are
+removed by the server (data, lease, events, staging), their fence outlives them, and a token
+is never handed out twice for a run id."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from redis_ckpt import CheckpointStore, ConflictError, FencedError, OutOfRangeError
+from redis_ckpt.core.keys import RunKeys
+
+pytestmark = pytest.mark.server
+
+
+def run_keys(client, namespace: str, run: str) -> set[str]:
+    return {k.decode() for k in client.scan_iter(match=f"{namespace}:{{{run}}}:*")}
+
+
+def wait_gone(client, namespace: str, run: str, but: set[str], timeout: float = 10.0) -> None:
+    """Wait until the run's only keys are ``but`` (the server expires keys lazily and in a
+    background cycle: a key past its expiry may linger until it is touched or sampled)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        left = run_keys(client, namespace, run)
+        for key in left - but:
+            client.exists(key)  # touching an expired key removes it
+        if run_keys(client, namespace, run) <= but:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"still there: {sorted(run_keys(client, namespace, run) - but)}")
+
+
+def test_finish_lets_the_run_expire_and_the_fence_outlive_it(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=2, chunk_bytes=1024)
+    lease = store.acquire("r", owner="w", ttl=30)
+    lease.commit({"blob": b"x" * 5000})  # chunked: its chunk keys expire too
+    lease.commit({"i": 2})
+    k = RunKeys(namespace, "r")
+    before = time.time()
+    expires = lease.finish(keep_for=0.4)
+    assert lease.released and isinstance(expires, datetime)
+    assert before + 0.3 < expires.timestamp() < time.time() + 0.5
+    assert [e.kind for e in store.events("r")][-1] == "finish"
+    assert store.load("r").state == {"i": 2}  # kept until then
+    assert 0 < client.pttl(k.head) <= 400 and client.pttl(k.fence) > 3600_000
+    wait_gone(client, namespace, "r", but={k.fence})
+    assert store.load("r") is None
+    assert store.info("r").fence == lease.token  # the fence stays, as a tombstone
+    with pytest.raises(ConflictError):  # the old holder cannot write into it: its head is gone
+        lease.commit({"zombie": 1})
+
+
+def test_finish_by_a_fenced_holder_changes_nothing(client, namespace):
+    store = CheckpointStore(client, namespace=namespace)
+    old = store.acquire("r", owner="old", ttl=0.1)
+    old.commit({"i": 1})
+    time.sleep(0.15)
+    store.acquire("r", owner="new", ttl=30)
+    events = len(store.events("r"))
+    with pytest.raises(FencedError) as e:
+        old.finish(keep_for=timedelta(seconds=1))
+    assert (e.value.token, e.value.fence) == (1, 2) and not old.released
+    k = RunKeys(namespace, "r")
+    assert [client.pttl(key) for key in (k.fence, k.head, k.events)] == [-1, -1, -1]
+    assert len(store.events("r")) == events
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), timedelta(0), "1d", None])
+def test_a_bad_keep_for_is_refused_before_sending(client, namespace, bad):
+    store = CheckpointStore(client, namespace=namespace)
+    lease = store.acquire("r", owner="w", ttl=30)
+    with pytest.raises(OutOfRangeError):
+        lease.finish(keep_for=bad)
+    assert not lease.released and client.pttl(RunKeys(namespace, "r").fence) == -1
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), timedelta(seconds=-1), True])
+def test_a_bad_retention_is_refused(client, namespace, bad):
+    with pytest.raises(OutOfRangeError) as e:
+        CheckpointStore(client, namespace=namespace, retention=bad)
+    assert e.value.argument == "retention"
+
+
+def test_the_expiry_time_is_the_servers(client, namespace):
+    store = CheckpointStore(client, namespace=namespace)
+    lease = store.acquire("r", owner="w", ttl=30)
+    lease.commit(1)
+    seconds, micros = client.time()
+    expires = lease.finish(keep_for=3600)
+    server_now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
+    assert timedelta(seconds=3599) < expires - server_now < timedelta(seconds=3601)
