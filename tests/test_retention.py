@@ -92,3 +92,23 @@ def test_the_expiry_time_is_the_servers(client, namespace):
     expires = lease.finish(keep_for=3600)
     server_now = datetime.fromtimestamp(seconds + micros / 1e6, tz=timezone.utc)
     assert timedelta(seconds=3599) < expires - server_now < timedelta(seconds=3601)
+
+
+def test_info_says_what_became_of_a_run(client, namespace):
+    store = CheckpointStore(client, namespace=namespace)
+    assert store.info("never").status == "none"
+    lease = store.acquire("acq", owner="w", ttl=30)
+    assert store.info("acq").status == "acquired"
+    lease.commit(1)
+    info = store.info("acq")
+    assert info.status == "committed" and info.expires_ms_left is None and info.fence_ms_left is None
+    assert info.last_event in ("acquire", "commit") and info.last_event_ms > 0
+    store.delete("acq")
+    assert store.info("acq").status == "deleted"
+    done = store.acquire("done", owner="w", ttl=30)
+    done.commit(1)
+    done.finish(keep_for=0.3)
+    info = store.info("done")
+    assert info.status == "committed" and 0 < info.expires_ms_left <= 300 and info.fence_ms_left > 300
+    wait_gone(client, namespace, "done", but={RunKeys(namespace, "done").fence})
+    assert store.info("done").status == "expired"
