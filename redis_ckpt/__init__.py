@@ -40,7 +40,7 @@ from .errors import (
     StoreUnavailableError,
     UnsupportedTypeError,
 )
-from .models import Checkpoint, Event, GenerationInfo, RunInfo, RunUsage, SkippedGeneration
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage, SkippedGeneration
 from .probe.rules import Finding, ProbeReport
 from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
 
@@ -60,6 +60,7 @@ __all__ = [
     "GenerationInfo",
     "RunInfo",
     "RunUsage",
+    "PrunedRun",
     "Event",
     "ProbeReport",
     "Finding",

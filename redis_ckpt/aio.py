@@ -10,13 +10,14 @@ from collections.abc import Generator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+    ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.asyncio import adrive
 from .drivers.targets import async_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo, RunUsage
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
 from .topology import (
@@ -228,6 +229,13 @@ class AsyncCheckpointStore(StoreBase):
 
     async def delete(self, run_id: str, *, by: str = "admin") -> int:
         return await self.run(self.core.delete_flow(run_id, by))
+
+    async def prune(self, *, idle: float | timedelta, dry_run: bool = False, by: str = "admin") -> list[PrunedRun]:
+        """Remove the runs of this namespace nobody committed to or acquired for ``idle``
+        (seconds or a timedelta): data, lease, events, staging; each fence is left as a
+        tombstone. For runs written before a retention was set. A run with a live lease is
+        left. ``dry_run``: the runs it would remove, nothing removed."""
+        return await self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
 
     async def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
-    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "RunUsage",
+    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "RunUsage", "PrunedRun",
     "ms_to_datetime", "now_ms", "MIN_MS", "MAX_MS",
 ]
 
@@ -182,3 +182,15 @@ class RunUsage:
     @property
     def overhead(self) -> int:
         return self.total - self.generations
+
+
+@dataclass(frozen=True)
+class PrunedRun:
+    """A run ``prune`` removed (or, in a dry run, would remove): nobody committed to it or
+    acquired it for ``idle_ms``; ``generations`` it held; its ``fence`` is left as a tombstone."""
+
+    run_id: str
+    idle_ms: int
+    generations: int
+    fence: int
+    pruned: bool

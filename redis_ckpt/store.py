@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import redis
 
 from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, client_label, ha_defaults, \
-    import_fakeredis
+    import_fakeredis, ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
 from .core.keys import validate_namespace
@@ -18,7 +18,7 @@ from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.sync import drive
 from .drivers.targets import sync_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo, RunUsage
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
 from .probe.rules import ProbeReport
 from .drivers.scripts import SCRIPTS
 from .topology import (
@@ -229,6 +229,13 @@ class CheckpointStore(StoreBase):
     def delete(self, run_id: str, *, by: str = "admin") -> int:
         """Delete the run's generations and lease (the fence survives); returns how many generations went."""
         return self.run(self.core.delete_flow(run_id, by))
+
+    def prune(self, *, idle: float | timedelta, dry_run: bool = False, by: str = "admin") -> list[PrunedRun]:
+        """Remove the runs of this namespace nobody committed to or acquired for ``idle``
+        (seconds or a timedelta): data, lease, events, staging; each fence is left as a
+        tombstone. For runs written before a retention was set. A run with a live lease is
+        left. ``dry_run``: the runs it would remove, nothing removed."""
+        return self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
 
     def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

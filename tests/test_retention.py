@@ -112,3 +112,36 @@ def test_info_says_what_became_of_a_run(client, namespace):
     assert info.status == "committed" and 0 < info.expires_ms_left <= 300 and info.fence_ms_left > 300
     wait_gone(client, namespace, "done", but={RunKeys(namespace, "done").fence})
     assert store.info("done").status == "expired"
+
+
+def test_prune_removes_idle_runs_and_leaves_their_fence(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, chunk_bytes=1024)
+    with store.acquire("old", owner="w", ttl=30) as lease:
+        lease.commit({"blob": b"x" * 5000})
+        lease.commit({"i": 2})
+    store.acquire("held", owner="w", ttl=30).commit(1)  # a live lease: never pruned
+    with store.acquire("acquired-only", owner="w", ttl=30):
+        pass
+    old_fence = store.info("old").fence
+    time.sleep(0.3)
+    with store.acquire("recent", owner="w", ttl=30) as lease:
+        lease.commit(1)
+    before = {r: run_keys(client, namespace, r) for r in ("old", "held", "recent", "acquired-only")}
+    dry = store.prune(idle=0.25, dry_run=True)
+    assert sorted((p.run_id, p.generations, p.pruned) for p in dry) == [("acquired-only", 0, False), ("old", 2, False)]
+    assert all(p.idle_ms >= 250 for p in dry)
+    assert {r: run_keys(client, namespace, r) for r in before} == before  # a dry run changes nothing
+    pruned = store.prune(idle=timedelta(milliseconds=250), by="ops")
+    assert sorted(p.run_id for p in pruned) == ["acquired-only", "old"] and all(p.pruned for p in pruned)
+    k = RunKeys(namespace, "old")
+    assert run_keys(client, namespace, "old") == {k.fence} and store.info("old").fence == old_fence + 1
+    assert store.info("old").status == "deleted" and store.load("old") is None
+    assert run_keys(client, namespace, "held") == before["held"]
+    assert run_keys(client, namespace, "recent") == before["recent"]
+    assert store.prune(idle=0.25) == []  # nothing left to remove: fences alone are skipped
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), "7d"])
+def test_a_bad_idle_is_refused(client, namespace, bad):
+    with pytest.raises(OutOfRangeError):
+        CheckpointStore(client, namespace=namespace).prune(idle=bad)

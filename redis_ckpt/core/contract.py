@@ -19,7 +19,7 @@ from .replies import text
 __all__ = [
     "CommitFields", "COMMIT_FIELD_NAMES", "COMMIT_KEYS", "SCRIPT_KEYS", "SCRIPT_ARGV", "ERROR_FIELDS",
     "commit_script", "acquire_script", "renew_script", "release_script", "revoke_script", "delete_script",
-    "retain_script",
+    "retain_script", "prune_script",
     "refusal", "commit_generation", "grant_of", "deleted_of",
     "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
 ]
@@ -73,6 +73,7 @@ SCRIPT_KEYS = {
     "revoke": ("fence", "lease", "events"),
     "delete": ("fence", "lease", "head", "events", "staging"),
     "retain": ("fence", "lease", "head", "events", "staging"),
+    "prune": ("fence", "lease", "head", "events", "staging"),
 }
 #: the fixed ARGV of each script but commit, in order: (the builder's argument, the words the
 #: header starts that ARGV's line with)
@@ -86,6 +87,8 @@ SCRIPT_ARGV = {
                ("entries", "number of generation entries")),
     "retain": (("token", "token"), ("owner", "owner"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
                ("maxlen", "events stream max length"), ("entries", "number of generation entries")),
+    "prune": (("by", "who pruned"), ("idle_ms", "idle"), ("dry", "dry run"),
+              ("entries", "number of generation entries")),
 }
 
 
@@ -132,6 +135,13 @@ def retain_script(k: RunKeys, *, token: int, owner: str, retention_ms: int, marg
                   [token, owner, retention_ms, margin_ms, maxlen, len(entries), *entries])
 
 
+def prune_script(k: RunKeys, *, by: str, idle_ms: int, dry: bool, entries: Sequence[str],
+                 staged: Sequence[str]) -> Script:
+    return Script("prune", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                            *stage_keys(k, staged)],
+                  [by, idle_ms, int(dry), len(entries), *entries, *staged])
+
+
 # --------------------------------------------------------------------------- answers
 
 #: the fields of each error a flow reads, as the scripts' headers name them ("FENCED <token>
@@ -145,6 +155,7 @@ ERROR_FIELDS = {
     "LEASE_HELD": ("ms_left", "owner*"),
     "LEASE_LOST": ("fence", "holder_token", "holder_owner*"),
     "STAGE_MISSING": ("i",),
+    "ACTIVE": ("idle_ms",),
 }
 
 

@@ -14,11 +14,12 @@ from .config import DriftWatch
 from .flows.base import Migration
 from .flows.lease import LeaseFlows
 from .flows.lifecycle import LifecycleFlows
+from .flows.retention import RetentionFlows
 
 __all__ = ["StoreCore"]
 
 
-class StoreCore(LeaseFlows, LifecycleFlows):
+class StoreCore(LeaseFlows, LifecycleFlows, RetentionFlows):
     """Configuration (``config``), migrations and every flow of a store."""
 
     def register_migration(self, from_version: int, fn: Migration | None = None) -> Any:

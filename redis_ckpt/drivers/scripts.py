@@ -17,7 +17,7 @@ from importlib import resources
 
 __all__ = ["Scripts", "SCRIPTS", "SCRIPT_NAMES", "lua_text"]
 
-SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete", "retain")
+SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete", "retain", "prune")
 
 
 def lua_text(name: str) -> str:

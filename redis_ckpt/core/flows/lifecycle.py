@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import logging
 
-from ...errors import CheckpointError, ConflictError, CorruptCheckpointError, FencedError, FrameDamage, \
-    FrameError, NotFoundError
+from ...errors import CheckpointError, ConflictError, CorruptCheckpointError, FrameDamage, FrameError, \
+    NotFoundError
 from ...models import Checkpoint, RunUsage, now_ms
 from ..config import MAX_INT, check_int
-from ..contract import drop_keys, entry, kept, refusal, retain_script, stage_keys, staged
+from ..contract import drop_keys, entry, kept, stage_keys, staged
 from ..frame import decode_frame, decode_payload, encode_frame, frame_checksum
 from ..keys import RunKeys, validate_owner
-from ..ops import Cmd, Flow, Pipe, ReplyError
+from ..ops import Cmd, Flow, Pipe
 from ..replies import exec_replies, hash_of, raise_failures, text
 from .admin import AdminFlows
-from .base import out_of_range
-from .commit import MAX_SENDS
-from .confirm import check_confirmed, confirmed
 from .read import LOAD_FIELDS, ReadFlows
 
 __all__ = ["LifecycleFlows", "FORKED_FROM", "not_kept"]
@@ -200,37 +197,3 @@ class LifecycleFlows(ReadFlows, AdminFlows):
             return RunUsage(run_id=k.run_id, keys=sum(1 for n in sizes if n), **by_kind)
 
         return self.retrying(body, run_id=k.run_id, what="usage", writes=False)
-
-    def finish_flow(self, run_id: str, *, token: int, owner: str, keep_for_ms: int) -> Flow[int]:
-        """Mark the run done: release the lease of ``token`` and let every key of the run
-        expire ``keep_for_ms`` from now unless it is acquired or committed to again (the fence
-        ``fence_margin_ms`` later). Returns the server time (ms) the data expires at.
-        :class:`FencedError` (nothing written) when ``token`` is no longer the run's fence."""
-        k = self.keys(run_id)
-        owner = validate_owner(owner)
-        check_int("token", token, 0, MAX_INT, run_id=k.run_id)
-        check_int("keep_for", keep_for_ms, 1, MAX_INT, run_id=k.run_id)
-        c = self.config
-
-        def body() -> Flow[int]:
-            entries = [entry(g, n) for g, n in kept({"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")})]
-            for _ in range(MAX_SENDS):
-                script = retain_script(k, token=token, owner=owner, retention_ms=keep_for_ms,
-                                       margin_ms=c.fence_margin_ms, maxlen=c.events_maxlen, entries=entries)
-                replies = yield confirmed([script], c, route=k.head)
-                reply = replies[0]
-                if isinstance(reply, ReplyError):
-                    if reply.code == "NEED_KEYS":  # a commit rotated generations meanwhile
-                        entries = sorted(set(entries) | set(reply.fields))
-                        continue
-                    if reply.code == "FENCED":
-                        r = refusal(reply)
-                        raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]))
-                    if reply.code == "OUT_OF_RANGE":
-                        raise out_of_range(k.run_id, refusal(reply), "finish")
-                    raise reply
-                check_confirmed(replies, c, what="finish", run_id=k.run_id, generation=None)
-                return int(reply)
-            raise AssertionError("the generation key set did not converge")
-
-        return self.retrying(body, run_id=k.run_id, what="finish", writes=True)
