@@ -84,6 +84,9 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                 if generation not in gens:
                     raise not_kept(k.run_id, generation, gens)
                 try:
+                    if blob is None:  # the snapshot saw no such key
+                        raise FrameError(FrameDamage.MISSING, "the key does not exist", run_id=k.run_id,
+                                         generation=generation)
                     frame = yield from self.read(k, generation, blob)
                 except FrameError as bad:
                     if bad.reason is FrameDamage.MISSING and (yield from self.moved(k, head)):
@@ -98,6 +101,21 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                              run_id=k.run_id, generation=generation)
 
         return self.retrying(body, run_id=k.run_id, what="load", writes=False)
+
+    def stored_frame_flow(self, run_id: str, generation: int) -> Flow[bytes]:
+        """The bytes stored for kept generation ``generation``, its chunks reassembled, NOT
+        verified (for inspecting a damaged one). :class:`NotFoundError` when not kept;
+        :class:`FrameError` when they cannot be had (missing, a damaged manifest or chunk)."""
+        k = self.keys(run_id)
+        check_int("generation", generation, 1, MAX_INT, run_id=k.run_id)
+
+        def body() -> Flow[bytes]:
+            gens = [g for g, _ in kept({"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")})]
+            if generation not in gens:
+                raise not_kept(k.run_id, generation, gens)
+            return (yield from self.read(k, generation))
+
+        return self.retrying(body, run_id=k.run_id, what="read", writes=False)
 
     def moved(self, k: RunKeys, head: dict[str, str]) -> Flow[bool]:
         """Whether the run's head changed since ``head`` was read (a commit, a delete)."""
