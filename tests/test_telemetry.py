@@ -173,3 +173,21 @@ def test_a_bad_telemetry_option_is_a_type_error():
     with pytest.raises(TypeError, match="telemetry"):
         CheckpointStore.in_memory(telemetry="yes")
     assert isinstance(ExtraNotInstalledError("x", extra="otel", missing="y"), ImportError)
+
+
+def test_metrics_export_to_prometheus_as_the_readme_shows():
+    """The README's Prometheus names, from the in-memory store (no HTTP server started)."""
+    prometheus = pytest.importorskip("opentelemetry.exporter.prometheus")
+    from prometheus_client import REGISTRY, generate_latest
+
+    provider = MeterProvider(metric_readers=[prometheus.PrometheusMetricReader()], shutdown_on_exit=False)
+    try:
+        telemetry = Telemetry(tracer_provider=sdk_trace.TracerProvider(), meter_provider=provider)
+        store = CheckpointStore.in_memory(telemetry=telemetry)
+        with store.acquire("r", owner="w", ttl=5) as lease:
+            lease.commit({"i": 1})
+        text = generate_latest(REGISTRY).decode()
+        assert "redis_ckpt_commit_server_duration_seconds_bucket" in text
+        assert "redis_ckpt_commit_bytes_total" in text
+    finally:
+        provider.shutdown()  # unregisters its collector
