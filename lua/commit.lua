@@ -36,9 +36,11 @@
 --          attempt of this commit id was sent and its outcome is unknown to the caller),
 --          17 number of drop entries d, 18 stage limit (bytes of other commits' staged data
 --          above which every other staged commit is removed), 19 strict (1: answer NEED_STAGE
---          for dead staged commits whose keys were not passed; 0: leave them)
+--          for dead staged commits whose keys were not passed; 0: leave them), 20 retention
+--          in ms (0: the run's own, if its head records one), 21 fence margin in ms
 -- ARGV[2]  frame or manifest (bytes), or empty when the frame itself is staged
--- ARGV[3 .. 2+d]  drop entries "<g>:<chunks>" (generations offered for rotation)
+-- ARGV[3 .. 2+d]  drop entries "<g>:<chunks>" (generations offered for rotation; under a
+--                 retention every kept generation: their keys get the new expiry)
 -- ARGV[3+d ..]    dead staged commits "<cid>:<count>" whose keys are passed for removal
 --
 -- Numbers: every token, generation, fence, size and time is an integer below
@@ -61,6 +63,7 @@
 --                                  first attempt did not apply (see below)
 --   "OUT_OF_RANGE <what> <value>"  a token, generation or fence past MAX_INT
 --   "NEED_KEYS <g>:<c> ..."        rotation must drop generations whose keys were not passed
+--                                  (under a retention: any kept generation's)
 --   "NEED_STAGE <cid>:<count> ..." dead staged commits whose keys were not passed (strict)
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged key is gone (expired): stage again and resend
@@ -78,6 +81,12 @@
 -- OUTCOME_UNKNOWN. Being fenced alone proves nothing: the first attempt may have applied
 -- before the fence moved and rotated out since.
 --
+-- Retention (field 20, or the head's retention_ms): when one applies, a commit that applies
+-- sets every key of the run (head, kept generations, events, a released lease) to expire
+-- that long from now and the fence ARGV 21 ms after max(now, fence) + retention; an import
+-- raises the fence to at least the server time in ms (see acquire.lua). A refusal's audit
+-- event on a run whose events expired gets the fence's expiry. Without one: nothing expires.
+--
 -- Staging: a staged commit is dead once it can no longer apply; the commit that makes it so,
 -- or the next one, removes it. Dead here: import (it bumps the fence): every other staged
 -- commit; commit: token below this one's, or expected generation <= the current head (it
@@ -91,6 +100,7 @@ local token_s, expected_s = F[2], F[3]
 local token, expected, keep = tonumber(F[2]), tonumber(F[3]), tonumber(F[9])
 local new, chunks, staged = tonumber(F[11]), tonumber(F[13]), tonumber(F[15])
 local resend, nd, stage_limit, strict = F[16] == '1', tonumber(F[17]), tonumber(F[18]), F[19] == '1'
+local retention, margin = tonumber(F[20]) or 0, tonumber(F[21]) or 0
 local importing = mode == 'import'
 
 local function int(x) return string.format('%d', x) end
@@ -121,8 +131,10 @@ end
 
 local fence_s = redis.call('GET', KEYS[1]) or '0'
 local fence = tonumber(fence_s)
-local h = redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept', 'kept_ids', 'kept_ms', 'epoch')
+local h = redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept', 'kept_ids', 'kept_ms', 'epoch',
+  'retention_ms')
 local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch = h[1], h[2], h[3], h[4], h[5], h[6]
+if retention == 0 and h[7] then retention = tonumber(h[7]) or 0 end
 local current = tonumber(h_gen or '0')
 local current_s = h_gen or '0'
 
@@ -173,7 +185,13 @@ local function reject(code, a, b, kind, ...)
     return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
       expected_s .. ' ' .. current_s)
   end
-  if kind then event(kind, ...) end
+  if kind then
+    event(kind, ...)
+    if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+      local left = redis.call('PTTL', KEYS[1])
+      if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+    end
+  end
   return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
 end
 
@@ -229,7 +247,7 @@ local function entry_key(entry)
 end
 local drop_count = #kept - keep
 local missing = {}
-for i = 1, drop_count do
+for i = 1, retention > 0 and #kept - 1 or drop_count do  -- the new generation is kept[#kept]
   if not offered[entry_key(kept[i])] then table.insert(missing, entry_key(kept[i])) end
 end
 if #missing > 0 then
@@ -284,7 +302,10 @@ for i = 1, #kept do
     table.insert(still, kept[i]); table.insert(still_ids, ids[i]); table.insert(still_ms, times[i])
   end
 end
-if importing then fence = math.max(fence, token) + 1 end
+if importing then
+  fence = math.max(fence, token) + 1
+  if retention > 0 then fence = math.max(fence, tonumber(now)) end  -- see acquire.lua
+end
 local fields = {'generation', int(new), 'token', token_s, 'commit_id', commit_id,
   'checksum', checksum, 'size', size, 'chunks', int(chunks), 'schema_version', schema,
   'codec', codec, 'created_ms', now, 'owner', owner, 'kept', table.concat(still, ','),
@@ -292,13 +313,31 @@ local fields = {'generation', int(new), 'token', token_s, 'commit_id', commit_id
 if not h_gen or not h_epoch then
   table.insert(fields, 'epoch'); table.insert(fields, int(fence))
 end
+if retention > 0 then
+  table.insert(fields, 'retention_ms'); table.insert(fields, int(retention))
+end
 redis.call('HSET', KEYS[2], unpack(fields))
+local function expire()  -- under a retention: every key of the run, from now (see the header)
+  if retention <= 0 then return end
+  local r = int(retention)
+  for i = math.max(1, drop_count + 1), #kept - 1 do
+    for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+  end
+  redis.call('PEXPIRE', KEYS[6], r)
+  for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
+  redis.call('PEXPIRE', KEYS[2], r)
+  redis.call('PEXPIRE', KEYS[3], r)
+  if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
+  redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
+end
 
 if importing then
   redis.call('SET', KEYS[1], int(fence))
   redis.call('DEL', KEYS[4])
   event('import', 'generation', int(new), 'fence', int(fence), 'by', by)
+  expire()
   return {new, fence}
 end
 event('commit', 'generation', int(new), 'size', size, 'chunks', int(chunks))
+expire()
 return new

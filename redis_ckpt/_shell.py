@@ -79,6 +79,11 @@ def ttl_ms(ttl: float | timedelta, argument: str = "ttl", *, zero: bool = False)
     return ms
 
 
+def retention_ms(retention: float | timedelta | None) -> int | None:
+    """A per-run ``retention`` (seconds or a timedelta) in ms; None: the store's."""
+    return None if retention is None else ttl_ms(retention, "retention")
+
+
 def durations(options: dict[str, Any]) -> dict[str, Any]:
     """A store's ``retention`` / ``fence_margin`` (seconds or timedelta) as StoreConfig's ms."""
     retention = options.pop("retention", None)
@@ -212,10 +217,19 @@ class StoreBase:
         if facts is not None and facts.config is not None and not facts.cluster_enabled:
             self.core.watch_config(DriftWatch(DRIFT_KEYS, partial(drift_problems, engine=report.engine)))
 
-    def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
+    def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta,
+                 retention: float | timedelta | None = None) -> tuple[str, int, Flow[Grant]]:
         """(owner, ttl in ms, the flow) for an acquire."""
         owner, ms = owner or self.owner, ttl_ms(ttl)
-        return owner, ms, self.traced("acquire", run_id, self.core.acquire_flow(run_id, owner, ms))
+        flow = self.core.acquire_flow(run_id, owner, ms, retention_ms(retention))
+        return owner, ms, self.traced("acquire", run_id, flow)
+
+    def _commit(self, run_id: str, state: Any, token: int, expected_generation: int,
+                metadata: Mapping[Any, Any] | None, owner: str | None,
+                retention: float | timedelta | None) -> Flow[int]:
+        return self.traced("commit", run_id, self.core.commit_flow(
+            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
+            metadata=metadata, retention_ms=retention_ms(retention)))
 
     def traced(self, what: str, run_id: str, flow: Flow[T]) -> Flow[T]:
         """``flow`` as a span with its metrics when telemetry is on (else ``flow`` itself)."""
@@ -250,10 +264,11 @@ class LeaseBase:
     def release_flow(self) -> Flow[bool]:
         return self._store.core.release_flow(self.run_id, self.owner, self.token)
 
-    def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> Flow[int]:
+    def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+                    retention: float | timedelta | None = None) -> Flow[int]:
         """Commit ``state`` after this lease's generation; the lease follows the head."""
         flow = self._store.core.commit_flow(self.run_id, state, token=self.token, expected_generation=self.generation,
-                                            owner=self.owner, metadata=metadata)
+                                            owner=self.owner, metadata=metadata, retention_ms=retention_ms(retention))
         return self._store.traced("commit", self.run_id, self._follow(flow))
 
     def _follow(self, flow: Flow[int]) -> Flow[int]:

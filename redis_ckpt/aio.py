@@ -47,8 +47,9 @@ class AsyncLease(LeaseBase):
         self.released = True
         return ok
 
-    async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
-        return await self._store.run(self.commit_flow(state, metadata))
+    async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+                     retention: float | timedelta | None = None) -> int:
+        return await self._store.run(self.commit_flow(state, metadata, retention=retention))
 
     async def load(self, *, generation: int | None = None) -> Checkpoint | None:
         return await self._store.run(self.load_flow(generation))
@@ -74,10 +75,11 @@ class AsyncAcquire:
 
     __slots__ = ("_store", "_run_id", "_owner", "_ms", "_flow", "_lease")
 
-    def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta) -> None:
+    def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta,
+                 retention: float | timedelta | None = None) -> None:
         self._store = store
         self._run_id = run_id
-        self._owner, self._ms, flow = store._acquire(run_id, owner, ttl)
+        self._owner, self._ms, flow = store._acquire(run_id, owner, ttl, retention)
         self._flow: Flow[Any] | None = flow
         self._lease: AsyncLease | None = None
 
@@ -190,16 +192,16 @@ class AsyncCheckpointStore(StoreBase):
     async def probe(self) -> ProbeReport:
         return await self._probe()
 
-    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncAcquire:
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0,
+                retention: float | timedelta | None = None) -> AsyncAcquire:
         """Take the run's lease and a new fencing token: ``lease = await store.acquire(...)``,
         or ``async with store.acquire(...) as lease:`` (released on exit)."""
-        return AsyncAcquire(self, run_id, owner, ttl)
+        return AsyncAcquire(self, run_id, owner, ttl, retention)
 
     async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
-                     metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
-        return await self.run(self.traced("commit", run_id, self.core.commit_flow(
-            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
-            metadata=metadata)))
+                     metadata: Mapping[Any, Any] | None = None, owner: str | None = None,
+                     retention: float | timedelta | None = None) -> int:
+        return await self.run(self._commit(run_id, state, token, expected_generation, metadata, owner, retention))
 
     async def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
         return await self.run(self.traced("load", run_id, self.core.load_flow(run_id, generation)))

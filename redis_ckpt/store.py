@@ -55,9 +55,12 @@ class Lease(LeaseBase):
         self.released = True
         return ok
 
-    def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
-        """Commit ``state`` as the next generation; returns its number once durable."""
-        return self._store.run(self.commit_flow(state, metadata))
+    def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+               retention: float | timedelta | None = None) -> int:
+        """Commit ``state`` as the next generation; returns its number once durable.
+        ``retention``: keep the run that long after its last commit or acquire from now on
+        (default: the store's, else the run's own)."""
+        return self._store.run(self.commit_flow(state, metadata, retention=retention))
 
     def load(self, *, generation: int | None = None) -> Checkpoint | None:
         """The newest generation that verifies, or ``generation`` (see :meth:`CheckpointStore.load`)."""
@@ -176,17 +179,19 @@ class CheckpointStore(StoreBase):
         """Run the startup probe again and return its report (does not raise)."""
         return self._probe()
 
-    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> Lease:
-        """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it."""
-        owner, ms, flow = self._acquire(run_id, owner, ttl)
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0,
+                retention: float | timedelta | None = None) -> Lease:
+        """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it.
+        ``retention``: remove the run once nobody commits to it or acquires it that long
+        (default: the store's ``retention``, else the run's own; none: never)."""
+        owner, ms, flow = self._acquire(run_id, owner, ttl, retention)
         return Lease(self, run_id, owner, self.run(flow), ms)
 
     def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
-               metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
+               metadata: Mapping[Any, Any] | None = None, owner: str | None = None,
+               retention: float | timedelta | None = None) -> int:
         """Commit ``state`` as generation ``expected_generation + 1`` with fencing token ``token``."""
-        return self.run(self.traced("commit", run_id, self.core.commit_flow(
-            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
-            metadata=metadata)))
+        return self.run(self._commit(run_id, state, token, expected_generation, metadata, owner, retention))
 
     def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
         """The newest generation of ``run_id`` that verifies, or None if it was never committed.

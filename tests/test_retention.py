@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from redis_ckpt import CheckpointStore, ConflictError, FencedError, OutOfRangeError
+from redis_ckpt import CheckpointStore, ConflictError, FencedError, NotFoundError, OutOfRangeError
 from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
@@ -51,6 +51,7 @@ def test_finish_lets_the_run_expire_and_the_fence_outlive_it(client, namespace):
     assert store.info("r").fence == lease.token  # the fence stays, as a tombstone
     with pytest.raises(ConflictError):  # the old holder cannot write into it: its head is gone
         lease.commit({"zombie": 1})
+    assert 0 < client.pttl(k.events) <= client.pttl(k.fence) + 100  # its audit event goes with the fence
 
 
 def test_finish_by_a_fenced_holder_changes_nothing(client, namespace):
@@ -145,3 +146,91 @@ def test_prune_removes_idle_runs_and_leaves_their_fence(client, namespace):
 def test_a_bad_idle_is_refused(client, namespace, bad):
     with pytest.raises(OutOfRangeError):
         CheckpointStore(client, namespace=namespace).prune(idle=bad)
+
+
+def commandstat(client, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_store_retention_removes_idle_runs_and_commits_keep_them(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=2, retention=0.5, chunk_bytes=1024)
+    k = RunKeys(namespace, "r")
+    with store.acquire("r", owner="w", ttl=30) as lease:
+        lease.commit({"blob": b"x" * 5000})
+        assert 0 < client.pttl(k.head) <= 500 and 0 < client.pttl(k.chunk(1, 0)) <= 500
+        assert client.pttl(k.fence) > 86_000_000 and lease.token > 1_600_000_000_000  # a time-based token
+        for i in range(6):  # a commit every 0.15 s keeps the run (and every kept generation) alive
+            time.sleep(0.15)
+            lease.commit({"i": i})
+            assert [client.exists(k.generation(g)) for g in (lease.generation - 1, lease.generation)] == [1, 1]
+    assert 0 < client.pttl(k.lease) <= 500  # released: it goes with the run
+    assert store.load("r").state == {"i": 5}
+    wait_gone(client, namespace, "r", but={k.fence})
+    assert store.load("r") is None and store.info("r").status == "expired"
+    with pytest.raises(NotFoundError):
+        store.load("r", generation=7)
+
+
+def test_a_token_is_never_handed_out_twice_when_the_fence_expires_too(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, retention=0.2, fence_margin=0.2)
+    k = RunKeys(namespace, "r")
+    zombie = store.acquire("r", owner="zombie", ttl=0.2)
+    zombie.commit({"i": 1})
+    wait_gone(client, namespace, "r", but=set())  # everything, the fence included
+    fresh = store.acquire("r", owner="fresh", ttl=0.2)
+    assert fresh.token > zombie.token and fresh.generation == 0
+    with pytest.raises(FencedError):
+        zombie.commit({"zombie": True})
+    assert fresh.commit({"fresh": True}) == 1
+    # a store without a retention recreating the fence starts at 1: far below, never equal
+    wait_gone(client, namespace, "r", but=set())
+    plain = CheckpointStore(client, namespace=namespace).acquire("r", owner="plain", ttl=30)
+    assert plain.token == 1
+    with pytest.raises(FencedError):  # token above the fence: the fence lost increments
+        zombie.commit({"zombie": True})
+    assert client.pttl(k.fence) == -1
+
+
+def test_a_per_run_retention_is_kept_by_every_writer(client, namespace):
+    plain = CheckpointStore(client, namespace=namespace)
+    k = RunKeys(namespace, "r")
+    lease = plain.acquire("r", owner="w", ttl=30)
+    lease.commit(1)
+    assert client.pttl(k.head) == -1
+    lease.commit(2, retention=timedelta(seconds=30))
+    assert 29_000 < client.pttl(k.head) <= 30_000 and client.hget(k.head, "retention_ms") == b"30000"
+    client.pexpire(k.head, 5000)
+    lease.commit(3)  # no retention given: the run's own (the head's) applies
+    assert client.pttl(k.head) > 29_000 and client.pttl(k.generation(2)) > 29_000
+    lease.release()
+    assert 29_000 < client.pttl(k.lease) <= 30_000  # a released lease goes with the run
+    other = CheckpointStore(client, namespace=namespace).acquire("r", owner="x", ttl=30)  # a fresh process
+    assert other.generation == 3 and client.pttl(k.events) > 29_000
+    with pytest.raises(OutOfRangeError):
+        plain.acquire("r2", owner="w", ttl=30, retention=0)
+    with pytest.raises(OutOfRangeError):
+        other.commit(4, retention=-1)
+    assert plain.load("r").state == 3  # the refused calls changed nothing
+
+
+def test_without_a_retention_nothing_expires_and_no_expiry_is_sent(client, namespace):
+    store = CheckpointStore(client, namespace=namespace)
+    before = {c: commandstat(client, c) for c in ("pexpire", "pexpireat", "pttl")}
+    with store.acquire("r", owner="w", ttl=30) as lease:
+        for i in range(5):
+            lease.commit({"i": i})
+    after = {c: commandstat(client, c) for c in ("pexpire", "pexpireat", "pttl")}
+    # the acquire's lease ttl and the release's PTTL of the events are all there is
+    assert after["pexpireat"] == before["pexpireat"]
+    assert after["pexpire"] - before["pexpire"] == 1 and after["pttl"] - before["pttl"] == 1
+    assert all(client.pttl(key) == -1 for key in run_keys(client, namespace, "r"))
+
+
+def test_fork_and_import_under_a_retention(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, retention=60)
+    with store.acquire("src", owner="w", ttl=30) as lease:
+        lease.commit({"i": 1})
+    store.fork("src", "copy")
+    k = RunKeys(namespace, "copy")
+    assert 0 < client.pttl(k.head) <= 60_000 and store.info("copy").fence > 1_600_000_000_000
+    assert store.load("copy").state == {"i": 1}

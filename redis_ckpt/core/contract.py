@@ -52,6 +52,8 @@ class CommitFields(NamedTuple):
     drops: int  # number of drop entries d
     stage_limit: int  # bytes of other commits' staged data above which all of it is removed
     strict: int  # 1: answer NEED_STAGE for dead staged commits whose keys were not passed
+    retention: int = 0  # ms; 0: the run's own (the head's retention_ms), if any
+    margin: int = 0  # ms the fence outlives the data under a retention
 
 
 #: each CommitFields field as commit.lua's header names it ("1 mode (...), 2 token, ...")
@@ -61,6 +63,7 @@ COMMIT_FIELD_NAMES = {
     "keep": "keep", "maxlen": "events max length", "generation": "the new generation number",
     "size": "size", "chunks": "number of chunks", "by": "who imported", "staged": "number of staged keys",
     "resend": "resend", "drops": "number of drop entries", "stage_limit": "stage limit", "strict": "strict",
+    "retention": "retention", "margin": "fence margin",
 }
 
 #: the fixed KEYS of each script, in order, as its header names them (variable keys follow)
@@ -79,7 +82,8 @@ SCRIPT_KEYS = {
 #: header starts that ARGV's line with)
 SCRIPT_ARGV = {
     "acquire": (("owner", "owner"), ("ttl_ms", "ttl"), ("maxlen", "events stream max length"),
-                ("strict", "strict")),
+                ("strict", "strict"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
+                ("entries", "number of generation entries")),
     "renew": (("token", "token"), ("ttl_ms", "new ttl"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "release": (("token", "token"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "revoke": (("by", "who revoked"), ("maxlen", "events stream max length")),
@@ -106,9 +110,13 @@ def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence
     )
 
 
-def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str]) -> Script:
-    return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *stage_keys(k, dead)],
-                  [owner, ttl_ms, maxlen, int(strict), *dead])
+def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str],
+                   retention_ms: int = 0, margin_ms: int = 0, entries: Sequence[str] = ()) -> Script:
+    """acquire.lua; ``retention_ms`` 0: the run's own retention, if any (then ``entries``, the
+    kept generations, are needed: the script answers NEED_KEYS for those missing)."""
+    return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                              *stage_keys(k, dead)],
+                  [owner, ttl_ms, maxlen, int(strict), retention_ms, margin_ms, len(entries), *entries, *dead])
 
 
 def renew_script(k: RunKeys, *, token: int, ttl_ms: int, owner: str, maxlen: int) -> Script:

@@ -54,6 +54,15 @@ class FlowsBase:
             self.chunks_of[(run_id, generation)] = chunks
         self.chunks_of.pop((run_id, generation - self.config.keep), None)
 
+    def kept_guess(self, run_id: str) -> list[str]:
+        """The kept generations ("<g>:<chunks>") of a run as this process last saw it (a
+        script answers NEED_KEYS for those the guess misses)."""
+        head = self.last_generation.get(run_id)
+        if not head:
+            return []
+        low = max(1, head - self.config.keep + 1)
+        return [f"{g}:{self.chunks_of.get((run_id, g), 0)}" for g in range(low, head + 1)]
+
     def retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
         """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`)."""
         return retrying(body, policy=self.config.retry, run_id=run_id, what=what, writes=writes)

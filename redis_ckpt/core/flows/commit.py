@@ -84,10 +84,15 @@ class CommitFlows(FlowsBase):
 
     def commit_flow(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                     owner: str, metadata: Mapping[Any, Any] | None = None,
-                    commit_id: str | None = None) -> Flow[int]:
+                    commit_id: str | None = None, retention_ms: int | None = None) -> Flow[int]:
         """Commit ``state`` as generation ``expected_generation + 1``; the generation once
-        confirmed. A :class:`FencedError` says who raised the fence (see :func:`explain_fenced`)."""
+        confirmed. A :class:`FencedError` says who raised the fence (see :func:`explain_fenced`).
+        ``retention_ms``: this run's retention from now on (None: the store's; neither: the
+        run's own, if it has one)."""
         k = self.keys(run_id)
+        retention = self.config.retention_ms if retention_ms is None else retention_ms
+        if retention is not None:
+            check_int("retention (ms)", retention, 1, MAX_INT, run_id=k.run_id)
         owner = validate_owner(owner)
         check_int("token", token, 1, MAX_INT, run_id=k.run_id)
         check_int("expected_generation", expected_generation, 0, MAX_INT - 1, run_id=k.run_id)
@@ -104,6 +109,8 @@ class CommitFlows(FlowsBase):
         # a guess at what rotation drops (the script asks for more when it is wrong)
         old = new - c.keep
         drop = [entry(old, self.chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
+        if retention:  # every kept generation's keys get the new expiry
+            drop = [entry(g, self.chunks_of.get((k.run_id, g), 0)) for g in range(max(1, old), new)]
         sent = [0]  # attempts that went out: from the second on, a resend of this commit id
         # Staged bytes per run stay bounded: every commit that applies removes the staging of
         # commits that can no longer apply, and all other staging once it passes
@@ -116,7 +123,8 @@ class CommitFlows(FlowsBase):
                 schema_version=c.schema_version, codec=CODEC_MSGPACK, owner=owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=new, size=size, chunks=chunks, by="",
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
-                stage_limit=c.max_state_bytes, strict=int(strict))
+                stage_limit=c.max_state_bytes, strict=int(strict), retention=retention or 0,
+                margin=c.fence_margin_ms)
             return commit_script(k, fields, stored, moved, drop, dead)
 
         def body() -> Flow[int]:
@@ -166,14 +174,15 @@ class CommitFlows(FlowsBase):
                 schema_version=h.schema_version, codec=h.codec, owner=h.owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=h.generation, size=size, chunks=chunks, by=by,
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
-                stage_limit=c.max_state_bytes, strict=int(strict))
+                stage_limit=c.max_state_bytes, strict=int(strict), retention=c.retention_ms or 0,
+                margin=c.fence_margin_ms)
             return commit_script(k, fields, stored, moved, drop, dead)
 
         def body() -> Flow[int]:
             sent[0] += 1
             head = hash_of((yield Cmd("HGETALL", k.head)))
             entries = [entry(g, n) for g, n in kept(head)]
-            drop = entries[: max(0, len(entries) + 1 - c.keep)]
+            drop = entries if c.retention_ms or head.get("retention_ms") else entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1)
             if isinstance(replies[0], ReplyError):
                 raise self.refused(k.run_id, replies[0], "import")
