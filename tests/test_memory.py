@@ -47,3 +47,31 @@ def test_usage_where_memory_usage_is_denied_is_a_server_error(make_server, names
     with pytest.raises(ServerError) as e:
         store.usage("r")
     assert "no permissions" in str(e.value) and e.value.run_id == "r"
+
+
+def test_check_warns_from_80_percent_of_maxmemory():
+    from redis_ckpt.probe.rules import evaluate
+
+    from test_probe import LOCAL, by_check, healthy
+
+    (ok,) = by_check(evaluate(healthy(used_memory=50 * 2**20, maxmemory=100 * 2**20), LOCAL), "memory")
+    assert ok.level == "ok" and "50.0 MiB of maxmemory 100.0 MiB (50%)" in ok.message
+    (full,) = by_check(evaluate(healthy(used_memory=81 * 2**20, maxmemory=100 * 2**20), LOCAL), "memory")
+    assert full.level == "warn" and "81%" in full.message and "prune" in full.remedy
+    (free,) = by_check(evaluate(healthy(used_memory=2**20, maxmemory=0), LOCAL), "memory")
+    assert free.level == "ok" and "no maxmemory" in free.message
+    assert not by_check(evaluate(healthy(), LOCAL), "memory")  # INFO did not say
+
+
+def test_check_reports_the_servers_memory(make_server):
+    from click.testing import CliRunner
+
+    from redis_ckpt.cli import cli
+
+    server = make_server("valkey", appendonly="yes", appendfsync="always", maxmemory="100mb")
+    out = CliRunner().invoke(cli, ["check", "--url", server.url, "--json"])
+    assert out.exit_code == 0, out.output
+    import json
+
+    (memory,) = [f for n in json.loads(out.stdout)["nodes"] for f in n["findings"] if f["check"] == "memory"]
+    assert memory["level"] == "ok" and "of maxmemory 100.0 MiB" in memory["message"]

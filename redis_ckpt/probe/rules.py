@@ -177,6 +177,8 @@ class ServerFacts:
     aof_last_write_status: str | None = None
     maxmemory_policy: str | None = None
     evicted_keys: int | None = None
+    used_memory: int | None = None
+    maxmemory: int | None = None  # 0: no limit
     replicas_online: int | None = None
     cluster_enabled: bool = False
     config: Mapping[str, str] | None = None
@@ -194,6 +196,14 @@ class ServerFacts:
     live_timeout_ms: int = 0
     live_error: str | None = None
     live_ms: float | None = None
+
+
+#: the share of maxmemory from which ``check`` warns
+MEMORY_WARN_SHARE = 0.8
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _text(v: Any) -> str:
@@ -246,6 +256,8 @@ def facts_from_info(info: Mapping[str, Any]) -> dict[str, Any]:
         "aof_last_write_status": _text(info["aof_last_write_status"]) if "aof_last_write_status" in info else None,
         "maxmemory_policy": _text(info["maxmemory_policy"]) if "maxmemory_policy" in info else None,
         "evicted_keys": _as_int(info["evicted_keys"]) if "evicted_keys" in info else None,
+        "used_memory": _as_int(info["used_memory"]) if "used_memory" in info else None,
+        "maxmemory": _as_int(info["maxmemory"]) if "maxmemory" in info else None,
         "replicas_online": online if role in ("master", "primary") else 0 if role else None,
         "cluster_enabled": _as_int(info.get("cluster_enabled", 0)) == 1,
     }
@@ -499,6 +511,17 @@ def evaluate(facts: ServerFacts, durability: Durability, declared: Mapping[str, 
         add(Finding("evicted-keys", "warn",
                     f"the server has evicted {facts.evicted_keys} key(s) since it started: checkpoints may be gone",
                     "run `maxmemory-policy noeviction` with enough maxmemory, and check the runs' events"))
+
+    used, limit = facts.used_memory, facts.maxmemory
+    if used is not None and limit:
+        share = used / limit
+        level = "warn" if share >= MEMORY_WARN_SHARE else "ok"
+        add(Finding("memory", level, f"used_memory {_mib(used)} of maxmemory {_mib(limit)} ({share:.0%})"
+                    + (": under noeviction every commit fails with OOM once it is full" if level == "warn" else ""),
+                    "raise maxmemory, or remove idle runs (redis-ckpt prune --idle 7d; a store retention)"
+                    if level == "warn" else ""))
+    elif used is not None and limit == 0:
+        add(Finding("memory", "ok", f"used_memory {_mib(used)}, no maxmemory (limited by the machine)"))
 
     # --- cluster
     if facts.cluster_enabled:
