@@ -262,20 +262,27 @@ def _lease_cell(info: RunInfo) -> str | None:
 @click.option("--sort", "sort_by", type=click.Choice(["run", "age", "generation"]), default="run", show_default=True,
               help="run: by run id; age: most recently committed first; generation: highest first.")
 @click.option("--reverse", is_flag=True, help="Reverse the order.")
-def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Also list deleted and expired runs (only their fence is left).")
+def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool, show_all: bool) -> None:
     """List the runs of the namespace (found by SCAN).
 
-    Generation, fence, holder and its token, lease time left, size and age of the last commit.
+    Generation, fence, holder and its token, lease time left, size and age of the last commit,
+    the run's bytes on the server (generations, staging, events), and a total. Deleted and
+    expired runs are left out unless --all.
 
     Example: redis-ckpt runs --namespace jobs --sort age --limit 20
     """
+    from .lifecycle import usage_json, usage_or_none
+
     store = cfg.store
     ids = store.runs()
+    read = {i: _try_read(cfg, i, store.info, i) for i in ids}
+    if not show_all:
+        ids = [i for i in ids if not (isinstance(read[i], RunInfo) and read[i].status in ("deleted", "expired"))]
     total = len(ids)
     now = r.now_ms()
     if sort_by == "run":
         ids = sorted(ids, reverse=reverse)[:limit]
-    read = {i: _try_read(cfg, i, store.info, i) for i in ids}
     unreadable = {i: v for i, v in read.items() if isinstance(v, str)}
     if sort_by == "run":
         order = ids
@@ -292,9 +299,14 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
             infos.reverse()
         order = [*(i.run_id for i in infos), *sorted(unreadable)][:limit]  # unreadable runs last
     entries = [read[i] for i in order]
+    usage = {i: usage_or_none(cfg, i) for i, e in zip(order, entries) if isinstance(e, RunInfo)}
+    known = [u for u in usage.values() if u is not None]
+    all_bytes = sum(u.total for u in known) if known or not usage else None
     if cfg.as_json:
-        r.emit_json({**_base(cfg), "sort": sort_by, "reverse": reverse, "total": total,
-                     "runs": [r.run_json(e, now) if isinstance(e, RunInfo) else {"run": i, "error": e}
+        r.emit_json({**_base(cfg), "sort": sort_by, "reverse": reverse, "total": total, "all": show_all,
+                     "bytes_total": all_bytes,
+                     "runs": [{**r.run_json(e, now), "status": e.status, "bytes": usage_json(usage.get(i))}
+                              if isinstance(e, RunInfo) else {"run": i, "error": e}
                               for i, e in zip(order, entries)]})
     elif not entries:
         click.echo(f"no runs in namespace {cfg.namespace!r} on {cfg.server}")
@@ -306,12 +318,18 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
                 continue
             h = r.head_json(e, now) or {}
             held = e.lease_state == "held"
-            rows.append([e.run_id, e.generation, e.fence, e.lease_owner if held else None,
-                         e.lease_token if held else None, _lease_cell(e), r.size(h.get("size")),
-                         r.age(h.get("age_ms"))])
-        click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
+            u = usage.get(i)
+            rows.append([e.run_id if e.status == "committed" else f"{e.run_id} ({e.status})", e.generation, e.fence,
+                         e.lease_owner if held else None, e.lease_token if held else None, _lease_cell(e),
+                         r.size(h.get("size")), r.age(h.get("age_ms")),
+                         None if u is None else r.size(u.total),
+                         None if u is None else f"{r.size(u.generations)}/{r.size(u.staging)}/{r.size(u.events)}"])
+        click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT", "BYTES",
+                            "GENS/STAGED/EVENTS"], rows))
         if len(entries) < total:
             click.echo(f"({len(entries)} of {total} runs shown)")
+        if all_bytes is not None:
+            click.echo(f"total: {r.size(all_bytes)} in {len(known)} run(s)")
     bad = [(i, e) for i, e in zip(order, entries) if isinstance(e, str)]
     if bad:
         raise CliFailure(f"{len(bad)} run(s) could not be read: " + "; ".join(f"{i!r}: {e}" for i, e in bad),
@@ -390,25 +408,44 @@ def _generation_rows(gens: Sequence[GenerationInfo]) -> list[list[Any]]:
 @cli.command()
 @connection_options
 @click.argument("run")
-def show(cfg: CliConfig, run: str) -> None:
-    """Head, kept generations (each verified), lease and fence of RUN.
+@click.option("--state", "show_state", is_flag=True,
+              help="Print the state itself as JSON (values JSON cannot hold are tagged: {\"$datetime\": ...}).")
+@click.option("--generation", "-g", type=click.IntRange(min=1), default=None,
+              help="With --state: this kept generation [default: the newest that verifies].")
+def show(cfg: CliConfig, run: str, show_state: bool, generation: int | None) -> None:
+    """Head, kept generations (each verified), lease, fence and bytes of RUN.
 
-    Example: redis-ckpt show job-42
+    With --state, the state of the newest good generation (or --generation N) as JSON; a
+    damaged generation prints its header, the reason and how far the frame verifies (exit 1).
+
+    Example: redis-ckpt show job-42 --state --generation 3
     """
+    from .lifecycle import state_of, usage_json, usage_or_none, usage_text
+
+    if generation is not None and not show_state:
+        raise click.UsageError("--generation goes with --state")
     info = _info(cfg, run)
+    if show_state:
+        state_of(cfg, run, generation)
+        return
     gens = _read(cfg, run, cfg.store.generations, run)
     now = r.now_ms()
     content = _content(cfg, run) if any(g.ok for g in gens) else None
+    usage = usage_or_none(cfg, run)
     if cfg.as_json:
-        r.emit_json({**_base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens],
+        r.emit_json({**_base(cfg), **r.run_json(info, now), "status": info.status,
+                     "expires_ms": info.expires_ms_left, "fence_expires_ms": info.fence_ms_left,
+                     "generations": [r.generation_json(g) for g in gens],
                      "staged": {"commits": info.staged_commits, "bytes": info.staged_bytes},
-                     "content": r.jsonable(content)})
+                     "bytes": usage_json(usage), "content": r.jsonable(content)})
         return
+    expiry = f"in {r.duration(info.expires_ms_left)} unless committed to or acquired" \
+        if info.expires_ms_left is not None else "never (no retention)"
     click.echo(r.keyvalues([
-        ("run", info.run_id), ("namespace", cfg.namespace), ("fence", info.fence),
+        ("run", info.run_id), ("namespace", cfg.namespace), ("status", info.status), ("fence", info.fence),
         ("head", _head_text(info, now)), ("lease", r.lease_text(info, now)),
         ("kept", ", ".join(f"g{g}" for g in info.kept) or "none"),
-        ("staged", _staged_text(info)),
+        ("staged", _staged_text(info)), ("bytes", usage_text(usage)), ("expires", expiry),
     ]))
     if gens:
         click.echo()
