@@ -47,7 +47,7 @@ from scenario_security import acl_line, acl_minimal, tls_roundtrip, tls_status  
 from scenario_torn import torn_tail_loaded, torn_tail_refused  # noqa: E402
 from scenario_workers import killed_before_confirmation, network_cut, paused_worker  # noqa: E402
 
-from redis_ckpt.testing.local_server import LocalServer, find_server_binary  # noqa: E402
+from redis_ckpt.testing import LocalServer, find_server_binary  # noqa: E402
 
 DURABLE = {"appendonly": "yes", "appendfsync": "always", "aof-load-truncated": "no"}
 
@@ -475,7 +475,7 @@ def history_main(args: argparse.Namespace) -> int:
 
 
 def _has(engine: str) -> bool:
-    from redis_ckpt.testing.local_server import ServerBinaryNotFound
+    from redis_ckpt.testing import ServerBinaryNotFound
 
     try:
         find_server_binary(engine)

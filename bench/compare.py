@@ -30,7 +30,7 @@ from _harness import Postgres, Target, loadavg, machine
 from commits import frame_of, progress
 from states import message_state, payload_state
 
-from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.testing import LocalServer
 
 KIB, MIB = 1024, 1024 * 1024
 
@@ -70,8 +70,10 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
                    "msgpack packs it (exact types, refusal naming the path); `msgpack.packb` runs in C. The "
                    "commit p50 adds that encode, a frame copy and its xxh3-128 checksum to the floor's bytes.")
     if "2" in missed:
-        out.append("- **Load.** A load reads the head's fields with the frame (pipelined when this process knows "
-                   "the head), verifies the xxh3-128 checksum and decodes; a raw `GET` returns the bytes.")
+        out.append("- **Load.** A load reads the head's fields with the frame in one round trip when this process "
+                   "knows the head (`load.lua` up to 16 KiB, MULTI/EXEC above: a script, not a plain `GET`, on the "
+                   "server), verifies the frame's xxh3-128 checksum, decodes it and builds the `Checkpoint`, each "
+                   "in Python; a raw `GET` returns the bytes.")
     if "4" in missed:
         mem = facts.get("memory", {})
         out.append("- **16 MiB and 256 MiB.** The floor sends bytes encoded before its clock started; a commit "

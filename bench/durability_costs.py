@@ -17,7 +17,7 @@ import sys
 import time
 
 from redis_ckpt import CheckpointStore, Durability
-from redis_ckpt.testing.local_server import LocalServer
+from redis_ckpt.testing import LocalServer
 
 
 def wait_online(primary: LocalServer) -> None:

@@ -8,16 +8,15 @@ WAL, synchronous=FULL).
 (bench/compare.py runs the same section and puts it in docs/PERFORMANCE.md.) Measured: p50 of
 ``put``, ``put_writes`` and ``get_tuple`` at 1 KiB, 64 KiB and a 500 KiB message history, a
 ``list`` page of 10, and a whole graph of 41 supersteps (20 agent/tool rounds and a ``Send``
-fan-out to 4 workers) with ``durability="sync"`` and ``"async"``; and RedisCkptSaver's round
-trips per operation (sends on its connections, counted outside the timed rounds).
+fan-out to 4 workers) with ``durability="sync"`` and ``"async"``, ``graph.get_state`` of a
+thread whose ``DeltaChannel`` holds 13 entries; and RedisCkptSaver's round trips per
+operation (sends on its connections, counted outside the timed rounds).
 """
 
 from __future__ import annotations
 
 import argparse
-import operator
 import os
-import random
 import sqlite3
 import statistics
 import sys
@@ -26,20 +25,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import redis
 from _harness import Postgres, Target, machine, ratio, timed
 from costs import counting_round_trips
-from states import _vocabulary, message, message_history
+from langgraph_graphs import DELTA_UPDATES, FANOUT, ROUNDS_OF_AGENT, build_graph, delta_graph, run_graph
+from states import message_history
 
 from redis_ckpt import CheckpointStore
 
 SAVERS = ("RedisCkptSaver", "PostgresSaver", "SqliteSaver")
 OURS, PG, LITE = SAVERS
 SQLITE_GRAPH = 1.5  # issue 13: the whole graph within 1.5x of SqliteSaver FULL
-ROUNDS_OF_AGENT = 20
-FANOUT = 4
 LIST_PAGE = 10
 
 
@@ -145,70 +143,6 @@ def op_rounds(savers: dict[str, Any], value: Any, rounds: int, per_round: int,
     return out
 
 
-# -- the graph ------------------------------------------------------------------------------
-
-
-class State(TypedDict):
-    messages: Annotated[list, operator.add]
-    rounds: int
-    results: Annotated[list, operator.add]
-
-
-class Part(TypedDict):
-    part: int
-    query: str
-
-
-def build_graph(saver: Any) -> Any:
-    from langgraph.graph import END, START, StateGraph
-    from langgraph.types import Send
-
-    rng = random.Random(41)
-    words = _vocabulary(rng)
-    agent_says: list[dict[str, Any]] = []
-    tool_says: list[dict[str, Any]] = []
-    i = 0
-    while len(agent_says) < ROUNDS_OF_AGENT or len(tool_says) < ROUNDS_OF_AGENT:
-        m = message(rng, words, i)
-        {"assistant": agent_says, "tool": tool_says}.get(m["role"], []).append(m)
-        i += 1
-
-    def agent(s: State) -> dict[str, Any]:
-        r = s["rounds"]
-        return {"messages": [agent_says[r]], "rounds": r + 1}
-
-    def tools(s: State) -> dict[str, Any]:
-        return {"messages": [tool_says[s["rounds"] - 1]]}
-
-    def after_tools(s: State) -> Any:
-        if s["rounds"] < ROUNDS_OF_AGENT:
-            return "agent"
-        return [Send("worker", {"part": i, "query": f"part {i} of the report"}) for i in range(FANOUT)]
-
-    def worker(p: Part) -> dict[str, Any]:
-        return {"results": [{"part": p["part"], "text": f"{p['query']}: done"}]}
-
-    g = StateGraph(State)
-    g.add_node("agent", agent)
-    g.add_node("tools", tools)
-    g.add_node("worker", worker)
-    g.add_edge(START, "agent")
-    g.add_edge("agent", "tools")
-    g.add_conditional_edges("tools", after_tools, ["agent", "worker"])
-    g.add_edge("worker", END)
-    return g.compile(checkpointer=saver)
-
-
-def run_graph(graph: Any, durability: str) -> int:
-    """One whole run on a new thread; returns the supersteps that ran nodes (LangGraph numbers
-    the input -1 and the step that feeds it to the first node 0)."""
-    config = {"configurable": {"thread_id": f"graph-{uuid.uuid4().hex[:12]}"}}
-    out = graph.invoke({"messages": [{"role": "user", "content": "Write the report."}], "rounds": 0, "results": []},
-                       config, durability=durability)
-    assert len(out["messages"]) == 1 + 2 * ROUNDS_OF_AGENT and len(out["results"]) == FANOUT
-    return int(graph.get_state(config).metadata["step"])
-
-
 def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[str, list[float]]], int]:
     graphs = {name: build_graph(s) for name, s in savers.items()}
     steps = 0
@@ -224,6 +158,23 @@ def graph_rounds(savers: dict[str, Any], rounds: int) -> tuple[dict[str, dict[st
     return out, steps
 
 
+def delta_rounds(savers: dict[str, Any], rounds: int, per_round: int = 20) -> tuple[dict[str, list[float]], Any]:
+    """{saver: [p50 ms of graph.get_state per round]} on a thread whose DeltaChannel holds
+    DELTA_UPDATES entries; and RedisCkptSaver's (graph, config) for counting round trips."""
+    graphs = {name: delta_graph(s) for name, s in savers.items()}
+    config = {"configurable": {"thread_id": f"delta-{uuid.uuid4().hex[:12]}"}}
+    for g in graphs.values():
+        g.invoke({"log": ["start"], "n": 0}, config)
+        assert len(g.get_state(config).values["log"]) == DELTA_UPDATES
+    names = list(graphs)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            xs = [timed(lambda g=graphs[name]: g.get_state(config)) for _ in range(per_round)]
+            out[name].append(statistics.median(xs) * 1000)
+    return out, (graphs[OURS], config)
+
+
 def _commands(c: Any, per: int = 1) -> str:
     return ", ".join(k if v == per else f"{k} x{v / per:.2f}".rstrip("0").rstrip(".") for k, v in sorted(c.items()))
 
@@ -235,7 +186,7 @@ def round_trips(saver: Any, values: dict[str, Any], trips: dict[str, float]) -> 
     d = Driver(saver, values["1 KiB"])
     with counting_round_trips() as sent:
         d.put()
-    rows.append(f"| first put on a new thread (takes the lease) | {sent.round_trips} | | {_commands(sent.commands)} |")
+    rows.append(f"| first put on a new thread (claims it) | {sent.round_trips} | | {_commands(sent.commands)} |")
     for _ in range(LIST_PAGE):
         d.put()
         d.put_writes()
@@ -249,6 +200,14 @@ def round_trips(saver: Any, values: dict[str, Any], trips: dict[str, float]) -> 
         trips[f"{op} waitaof"] = sent.commands.get("waitaof", 0)
         label = f"list page of {LIST_PAGE}" if op == "list_page" else f"{op} (1 KiB)"
         rows.append(f"| {label} | {statistics.median(counts):g} | {target} | {_commands(sent.commands)} |")
+    dgraph = delta_graph(saver)
+    dconfig = {"configurable": {"thread_id": f"delta-{uuid.uuid4().hex[:12]}"}}
+    dgraph.invoke({"log": ["start"], "n": 0}, dconfig)
+    with counting_round_trips() as sent:
+        dgraph.get_state(dconfig)
+    trips["get_state delta"] = sent.round_trips
+    rows.append(f"| get_state, DeltaChannel of {DELTA_UPDATES} entries | {sent.round_trips} | <= 2 | "
+                f"{_commands(sent.commands)} |")
     graph = build_graph(saver)
     run_graph(graph, "sync")
     for mode in ("sync", "async"):
@@ -323,8 +282,17 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
                 targets.append(Target(f"13. whole graph (durability={mode}) <= 1.5x SqliteSaver FULL",
                                       vs_lite.median, SQLITE_GRAPH, higher_is_better=False,
                                       shown=f"{vs_lite.median:.2f}x"))
+            delta, _ = delta_rounds(savers, rounds)
+            lines += ["", f"`graph.get_state` of a thread whose `DeltaChannel` holds {DELTA_UPDATES} entries (the "
+                      "saver's `get_delta_channel_history` rebuilds it):", "",
+                      "| operation | " + " | ".join(f"{n} p50 ms" for n in names) + " | ours / Postgres | ours / SQLite |",
+                      "|---|" + "---|" * len(names) + "---|---|",
+                      "| get_state | " + " | ".join(f"{statistics.median(delta[n]):.2f}" for n in names)
+                      + f" | {ratio(delta[OURS], delta[PG]).spread if PG in delta else ''} | "
+                      f"{ratio(delta[OURS], delta[LITE]).spread} |"]
             lines += ["", "RedisCkptSaver's round trips (issue 13 asks put and put_writes 1, get_tuple 1, a list "
-                      "page <= 2):", "", *round_trips(savers[OURS], values, {} if trips is None else trips)]
+                      "page <= 2, get_state of a DeltaChannel <= 2):", "",
+                      *round_trips(savers[OURS], values, {} if trips is None else trips)]
         finally:
             for close in closers:
                 close()
@@ -337,7 +305,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="3 rounds, no 500 KiB history")
     ap.add_argument("--out", help="write the Markdown here too")
     a = ap.parse_args()
-    from redis_ckpt.testing.local_server import LocalServer
+    from redis_ckpt.testing import LocalServer
 
     started = time.monotonic()
     with Postgres() as pg, LocalServer("valkey") as server:

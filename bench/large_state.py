@@ -64,7 +64,7 @@ def main() -> int:
     if a.url:
         rows = run(a.url)
     else:
-        from redis_ckpt.testing.local_server import LocalServer
+        from redis_ckpt.testing import LocalServer
 
         with LocalServer("valkey") as server:
             rows = run(server.url)

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args.url, args.namespace, args.run, args.worker)
     if args.url:
         return demo(args.url, args.namespace)
-    from redis_ckpt.testing.local_server import LocalServer
+    from redis_ckpt.testing import LocalServer
 
     with LocalServer("valkey") as server:
         server.start()

@@ -41,7 +41,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage, SkippedGeneration
-from .probe.rules import Finding, ProbeReport
+from .probe import Finding, ProbeReport
 from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
 
 __version__ = "0.1.0"

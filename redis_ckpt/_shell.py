@@ -23,14 +23,15 @@ from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
 from .models import Checkpoint, Grant, ms_to_datetime
 from .telemetry import telemetry_for
-from .probe.rules import DRIFT_KEYS, ProbeReport, drift_problems, probe_flow
-from .topology import HA_RETRY, connection_kwargs, is_cluster, is_sentinel, topology_label
+from .drivers.clients import HA_RETRY, client_label, connection_kwargs, is_cluster, is_sentinel
+from .probe.report import ProbeReport
+from .probe.rules import DRIFT_KEYS, drift_problems
 
 log = logging.getLogger("redis_ckpt")
 T = TypeVar("T")
 
 __all__ = [
-    "StoreBase", "LeaseBase", "ttl_ms", "client_label", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
+    "StoreBase", "LeaseBase", "ttl_ms", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
     "IN_MEMORY_LABEL",
 ]
 
@@ -104,23 +105,6 @@ def import_fakeredis(feature: str) -> Any:
     return fakeredis
 
 
-def client_label(client: Any) -> str:
-    """host:port/db of a redis-py client, for messages (never a password).
-
-    Redis Cluster: ``redis+cluster://host:port,...`` (its startup nodes); a Sentinel-managed
-    client: ``redis+sentinel://sentinel:port,.../service/db``.
-    """
-    label = topology_label(client)
-    if label is not None:
-        return label
-    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None) or {}
-    if "host" in kw:
-        return f"redis://{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
-    if "path" in kw:
-        return f"unix://{kw['path']}"
-    return type(client).__name__
-
-
 def socket_timeout(options: Mapping[str, Any]) -> float:
     """The socket timeout for a client a store creates: longer than any WAITAOF/WAIT it sends.
 
@@ -183,7 +167,6 @@ class StoreBase:
     keep = property(lambda self: self.core.config.keep)
     durability = property(lambda self: self.core.config.durability)
     client = property(lambda self: self._client)
-    _core = property(lambda self: self.core)  # until the LangGraph saver moves to store.core (issue 13)
 
     def __repr__(self) -> str:
         """``<CheckpointStore redis://:***@host:6379/0 namespace='default' durability=local-fsync keep=3>``:
@@ -204,9 +187,10 @@ class StoreBase:
         """
         return self.core.register_migration(from_version, fn)
 
-    def _probe_flow(self) -> Flow[ProbeReport]:
-        return probe_flow(server=self.server, namespace=self.namespace, durability=self.durability,
-                          declared=self.declared_config)
+    def _probe_args(self) -> dict[str, Any]:
+        """What the probe of this store's server is told (see :mod:`redis_ckpt.drivers.probe`)."""
+        return {"label": self.server, "namespace": self.namespace, "durability": self.durability,
+                "declared": self.declared_config}
 
     def _accept(self, report: ProbeReport) -> None:
         self.probe_report = report
@@ -218,11 +202,11 @@ class StoreBase:
             self.core.watch_config(DriftWatch(DRIFT_KEYS, partial(drift_problems, engine=report.engine)))
 
     def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta,
-                 retention: float | timedelta | None = None) -> tuple[str, int, Flow[Grant]]:
-        """(owner, ttl in ms, the flow) for an acquire."""
-        owner, ms = owner or self.owner, ttl_ms(ttl)
-        flow = self.core.acquire_flow(run_id, owner, ms, retention_ms(retention))
-        return owner, ms, self.traced("acquire", run_id, flow)
+                 retention: float | timedelta | None = None) -> tuple[str, int, int | None, Flow[Grant]]:
+        """(owner, ttl in ms, retention in ms or None, the flow) for an acquire."""
+        owner, ms, kept_ms = owner or self.owner, ttl_ms(ttl), retention_ms(retention)
+        flow = self.core.acquire_flow(run_id, owner, ms, kept_ms)
+        return owner, ms, kept_ms, self.traced("acquire", run_id, flow)
 
     def _commit(self, run_id: str, state: Any, token: int, expected_generation: int,
                 metadata: Mapping[Any, Any] | None, owner: str | None,
@@ -242,7 +226,8 @@ class StoreBase:
 class LeaseBase:
     """State of one held lease and its flows; the sync/async shells drive them."""
 
-    def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int) -> None:
+    def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int,
+                 retention: int | None = None) -> None:
         self._store = store
         self.run_id = run_id
         self.owner = owner
@@ -251,6 +236,9 @@ class LeaseBase:
         self.generation = grant.generation
         self.kind = grant.kind
         self.ttl_ms = ttl
+        #: the run's retention (ms) this lease was acquired or last committed with: its commits
+        #: keep it (None: the store's, else the run's own)
+        self.retention_ms = retention
         self.released = False
 
     def __repr__(self) -> str:
@@ -267,8 +255,10 @@ class LeaseBase:
     def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
                     retention: float | timedelta | None = None) -> Flow[int]:
         """Commit ``state`` after this lease's generation; the lease follows the head."""
+        if retention is not None:
+            self.retention_ms = retention_ms(retention)
         flow = self._store.core.commit_flow(self.run_id, state, token=self.token, expected_generation=self.generation,
-                                            owner=self.owner, metadata=metadata, retention_ms=retention_ms(retention))
+                                            owner=self.owner, metadata=metadata, retention_ms=self.retention_ms)
         return self._store.traced("commit", self.run_id, self._follow(flow))
 
     def _follow(self, flow: Flow[int]) -> Flow[int]:
@@ -291,8 +281,3 @@ class LeaseBase:
 
     def load_flow(self, generation: int | None = None) -> Flow[Checkpoint | None]:
         return self._store.traced("load", self.run_id, self._store.core.load_flow(self.run_id, generation))
-
-    # until the LangGraph saver moves to the public flows (issue 13)
-    _renew_flow = renew_flow
-    _release_flow = release_flow
-    _commit_flow = commit_flow

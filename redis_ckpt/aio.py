@@ -18,16 +18,10 @@ from .drivers.errors import reraise
 from .drivers.asyncio import adrive
 from .drivers.targets import async_target
 from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
-from .probe.rules import ProbeReport
-from .drivers.scripts import SCRIPTS
-from .topology import (
-    async_client_from_url,
-    close_sentinel_async,
-    is_cluster,
-    is_sentinel,
-    probe_async,
-    redact,
-)
+from .probe.report import ProbeReport
+from .drivers.clients import client_from_url, close_sentinel_async
+from .drivers.probe import probe_async
+from .urls import redact_url
 
 __all__ = ["AsyncCheckpointStore", "AsyncLease", "AsyncAcquire"]
 
@@ -73,13 +67,13 @@ class AsyncAcquire:
     exists) until it is awaited or entered, so one that is dropped unused leaves no trace.
     """
 
-    __slots__ = ("_store", "_run_id", "_owner", "_ms", "_flow", "_lease")
+    __slots__ = ("_store", "_run_id", "_owner", "_ms", "_retention", "_flow", "_lease")
 
     def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta,
                  retention: float | timedelta | None = None) -> None:
         self._store = store
         self._run_id = run_id
-        self._owner, self._ms, flow = store._acquire(run_id, owner, ttl, retention)
+        self._owner, self._ms, self._retention, flow = store._acquire(run_id, owner, ttl, retention)
         self._flow: Flow[Any] | None = flow
         self._lease: AsyncLease | None = None
 
@@ -87,7 +81,8 @@ class AsyncAcquire:
         flow, self._flow = self._flow, None
         if flow is None:
             raise RuntimeError("this acquire() was already awaited or entered; call store.acquire() again")
-        return AsyncLease(self._store, self._run_id, self._owner, await self._store.run(flow), self._ms)
+        return AsyncLease(self._store, self._run_id, self._owner, await self._store.run(flow), self._ms,
+                          self._retention)
 
     def __await__(self) -> Generator[Any, None, AsyncLease]:
         return self._acquire().__await__()
@@ -134,9 +129,9 @@ class AsyncCheckpointStore(StoreBase):
         """Same URL forms and ``socket_timeout`` as :meth:`redis_ckpt.CheckpointStore.from_url` (one
         server, ``redis+cluster://``, ``redis+sentinel://``, and their ``rediss+`` TLS forms)."""
         timeout = socket_timeout if socket_timeout is not None else default_socket_timeout(options)
-        client, sentinel = async_client_from_url(url, socket_timeout=timeout)
+        client, sentinel = client_from_url(url, socket_timeout=timeout, aio=True)
         try:
-            store = await cls.create(client, namespace=namespace, _label=redact(url), **options)
+            store = await cls.create(client, namespace=namespace, _label=redact_url(url), **options)
         except BaseException:
             await client.aclose()
             if sentinel is not None:
@@ -177,15 +172,10 @@ class AsyncCheckpointStore(StoreBase):
             reraise(exc, self.server)
 
     arun = run
-    _run = run  # until the LangGraph saver moves to store.arun (issue 13)
 
     async def _probe(self) -> ProbeReport:
-        if not (is_cluster(self._client) or is_sentinel(self._client)):
-            return await self.run(self._probe_flow())
-        try:  # every primary (and the replicas the policy counts on), on its own connection
-            return await probe_async(self._client, label=self.server, namespace=self.namespace,
-                                     durability=self.durability, declared=self.declared_config, scripts=SCRIPTS,
-                                     deadline_s=self.core.config.retry.deadline_s)
+        try:  # one server, or every primary (and the replicas the policy counts on) on its own connection
+            return await probe_async(self._client, **self._probe_args(), deadline_s=self.core.config.retry.deadline_s)
         except Exception as exc:
             reraise(exc, self.server)
 

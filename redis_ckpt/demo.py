@@ -23,8 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import CheckpointError, FencedError, LeaseHeldError
-from .store import DEFAULT_NAMESPACE, CheckpointStore
+from . import DEFAULT_NAMESPACE, CheckpointError, CheckpointStore, FencedError, LeaseHeldError
 
 STEPS = ["fetch", "clean", "tokenize", "embed", "cluster", "label", "score", "rank", "report", "publish"]
 NAMESPACE = DEFAULT_NAMESPACE  # so that `redis-ckpt show demo-job` finds it without --namespace
@@ -135,9 +134,9 @@ def orchestrate(url: str, run_id: str, *, reset: bool = False, label: str | None
 
 def _die_with_parent() -> Any:
     """A preexec_fn that has the kernel SIGKILL the child when this process dies (Linux)."""
-    from .testing.local_server import _libc, _pdeathsig_preexec
+    from .testing.processes import die_with_parent
 
-    return _pdeathsig_preexec(os.getpid()) if _libc is not None else None
+    return die_with_parent()
 
 
 def _story(store: CheckpointStore, run_id: str, spawn: Any) -> int:
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    from .testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+    from .testing import LocalServer, ServerBinaryNotFound, ServerStartError
 
     try:
         if a.worker:
@@ -208,18 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             if a.data_dir is not None:
                 _how_to_reopen(server.data_dir, server.port, a.run)
             return code
-    except ServerBinaryNotFound as exc:
-        print(f"error: cannot start the local server: {exc.hint}", file=sys.stderr)
+    except (ServerBinaryNotFound, ServerStartError) as exc:
+        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else str(exc).splitlines()[0]
+        print(f"error: cannot start the local server: {detail}", file=sys.stderr)
         return 2
-    except ServerStartError as exc:
-        print(f"error: cannot start the local server: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except RunExists as exc:
+    except CheckpointError as exc:  # the run exists: 1; the server is refused or unreachable: 2
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunExists) else 2
     except KeyboardInterrupt:  # before the workers started, or in a worker run by hand
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, client_label, ha_defaults, \
-    import_fakeredis, ttl_ms
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+    ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
 from .core.keys import validate_namespace
@@ -19,16 +19,10 @@ from .drivers.errors import reraise
 from .drivers.sync import drive
 from .drivers.targets import sync_target
 from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
-from .probe.rules import ProbeReport
-from .drivers.scripts import SCRIPTS
-from .topology import (
-    close_sentinel_sync,
-    is_cluster,
-    is_sentinel,
-    probe_sync,
-    redact,
-    sync_client_from_url,
-)
+from .probe.report import ProbeReport
+from .drivers.clients import client_from_url, client_label, close_sentinel_sync
+from .drivers.probe import probe_sync
+from .urls import redact_url
 
 __all__ = ["CheckpointStore", "Lease", "check_server", "DEFAULT_NAMESPACE"]
 
@@ -96,7 +90,7 @@ class CheckpointStore(StoreBase):
         """A store on ``client``: a ``redis.Redis``, a ``redis.cluster.RedisCluster``, or a
         Sentinel-managed client (``Sentinel.master_for(...)``), created with
         ``decode_responses=False``. On Cluster or Sentinel the default ``retry`` is
-        :data:`redis_ckpt.topology.HA_RETRY`, long enough to ride out a failover."""
+        :data:`redis_ckpt.drivers.clients.HA_RETRY`, long enough to ride out a failover."""
         label = options.pop("_label", None)  # from_url: the URL, redacted, names the store from the start
         super().__init__(client, namespace=namespace, **ha_defaults(client, options))
         if label is not None:
@@ -114,15 +108,15 @@ class CheckpointStore(StoreBase):
         ``redis+cluster://host:port[,host:port...]`` / ``rediss+cluster://`` (Redis Cluster);
         ``redis+sentinel://host:port[,host:port...]/service_name[/db]`` / ``rediss+sentinel://``
         (Sentinel: the hosts are the Sentinels; the Sentinels' own credentials go in
-        ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt.topology`.
+        ``?sentinel_username=&sentinel_password=``). See :mod:`redis_ckpt.urls`.
 
         ``socket_timeout``: seconds to wait for any one answer (and for a connection);
         default: longer than any WAITAOF/WAIT the durability policy sends.
         """
         timeout = socket_timeout if socket_timeout is not None else default_socket_timeout(options)
-        client, sentinel = sync_client_from_url(url, socket_timeout=timeout)
+        client, sentinel = client_from_url(url, socket_timeout=timeout)
         try:
-            store = cls(client, namespace=namespace, _label=redact(url), **options)
+            store = cls(client, namespace=namespace, _label=redact_url(url), **options)
         except BaseException:
             client.close()
             if sentinel is not None:
@@ -163,15 +157,10 @@ class CheckpointStore(StoreBase):
         except Exception as exc:
             reraise(exc, self.server)
 
-    _run = run  # until the LangGraph saver moves to store.run (issue 13)
 
     def _probe(self) -> ProbeReport:
-        if not (is_cluster(self._client) or is_sentinel(self._client)):
-            return self.run(self._probe_flow())
-        try:  # every primary (and the replicas the policy counts on), on its own connection
-            return probe_sync(self._client, label=self.server, namespace=self.namespace, durability=self.durability,
-                              declared=self.declared_config, scripts=SCRIPTS,
-                              deadline_s=self.core.config.retry.deadline_s)
+        try:  # one server, or every primary (and the replicas the policy counts on) on its own connection
+            return probe_sync(self._client, **self._probe_args(), deadline_s=self.core.config.retry.deadline_s)
         except Exception as exc:
             reraise(exc, self.server)
 
@@ -184,8 +173,8 @@ class CheckpointStore(StoreBase):
         """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it.
         ``retention``: remove the run once nobody commits to it or acquires it that long
         (default: the store's ``retention``, else the run's own; none: never)."""
-        owner, ms, flow = self._acquire(run_id, owner, ttl, retention)
-        return Lease(self, run_id, owner, self.run(flow), ms)
+        owner, ms, kept_ms, flow = self._acquire(run_id, owner, ttl, retention)
+        return Lease(self, run_id, owner, self.run(flow), ms, kept_ms)
 
     def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                metadata: Mapping[Any, Any] | None = None, owner: str | None = None,
@@ -283,23 +272,17 @@ def check_server(
 
     :class:`StoreUnavailableError` when the server cannot be reached.
     """
-    from .probe.rules import probe_flow
-
     namespace = validate_namespace(namespace)
     durability = durability or Durability()
     sentinel = None
     if isinstance(target, str):
         wait = timeout if timeout is not None else default_socket_timeout({"durability": durability})
-        client, sentinel = sync_client_from_url(target, socket_timeout=wait)
-        label = redact(target)
+        client, sentinel = client_from_url(target, socket_timeout=wait)
+        label = redact_url(target)
     else:
         client, label = target, client_label(target)
     try:
-        if is_cluster(client) or is_sentinel(client):
-            return probe_sync(client, label=label, namespace=namespace, durability=durability,
-                              declared=declared_config, scripts=SCRIPTS)
-        flow = probe_flow(server=label, namespace=namespace, durability=durability, declared=declared_config)
-        return drive(flow, sync_target(client))
+        return probe_sync(client, label=label, namespace=namespace, durability=durability, declared=declared_config)
     except Exception as exc:
         reraise(exc, label)
     finally:

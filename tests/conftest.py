@@ -7,56 +7,39 @@
 * ``make_server(engine, **config)`` — a dedicated server for tests that need another config,
   replicas or crashes; stopped and removed at the end of the test. ``make_module_server`` is
   the same factory with module lifetime, for servers several tests can share.
+* ``store`` — a CheckpointStore on ``client`` (options: override ``store_options``).
+* ``cluster`` / ``sentinels`` — a Redis Cluster / a Sentinel set-up per engine, module lifetime.
 
-A missing server binary or a server that will not start skips the test, or fails it when
+The servers and harnesses are :mod:`redis_ckpt.testing`'s. A missing server binary or a server that will not start skips the test, or fails it when
 the environment variable CI is "true"/"1" (so CI can never pass by skipping everything).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import redis
 
-from redis_ckpt.testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
+from redis_ckpt import CheckpointStore
+from redis_ckpt.testing import (
+    LocalCluster,
+    LocalSentinelSet,
+    LocalServer,
+    ServerFactory,
+    ServerStartError,
+    server_unavailable,
+)
 
 DURABLE_ENGINES = ["valkey", "redis"]
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1")
-
-
-def server_unavailable(reason: str) -> NoReturn:
-    """Skip (locally) or fail (in CI) because a server cannot be had."""
-    if in_ci():
-        pytest.fail(f"server unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def start_server(engine: str, **kw: Any) -> LocalServer:
-    """A started LocalServer, or skip/fail the test if it cannot be had."""
-    server = LocalServer(engine, **kw)
-    try:
-        return server.start()
-    except (ServerBinaryNotFound, ServerStartError) as exc:
-        server.cleanup()
-        server_unavailable(str(exc))
-
-
-def config_from_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
-    """``no_appendfsync_on_rewrite="yes"`` -> ``{"no-appendfsync-on-rewrite": "yes"}``."""
-    return {k.replace("_", "-"): v for k, v in settings.items()}
 
 
 @pytest.fixture(scope="session", params=DURABLE_ENGINES, ids=DURABLE_ENGINES)
 def durable_server(request: pytest.FixtureRequest) -> Iterator[LocalServer]:
     """A server with appendonly yes / appendfsync always / noeviction, shared by the session."""
-    server = start_server(request.param, config={"appendonly": "yes", "appendfsync": "always"})
+    server = ServerFactory(server_unavailable).start(request.param, config={"appendonly": "yes", "appendfsync": "always"})
     try:
         yield server
     finally:
@@ -89,44 +72,12 @@ def client(durable_server: LocalServer, namespace: str) -> Iterator[redis.Redis]
             c.close()
 
 
-class ServerFactory:
-    """``factory(engine="valkey", *, replica_of=None, password=None, data_dir=None, **config)``.
-
-    Config directives are keyword arguments with ``_`` for ``-``
-    (``make_server("redis", appendfsync="everysec", rename_command='CONFIG ""')``).
-    """
-
-    def __init__(self) -> None:
-        self.made: list[LocalServer] = []
-
-    def __call__(
-        self,
-        engine: str = "valkey",
-        *,
-        replica_of: tuple[str, int] | None = None,
-        password: str | None = None,
-        data_dir: str | os.PathLike[str] | None = None,
-        **settings: Any,
-    ) -> LocalServer:
-        server = start_server(
-            engine,
-            replica_of=replica_of,
-            password=password,
-            data_dir=data_dir,
-            config=config_from_kwargs(settings),
-        )
-        self.made.append(server)
-        return server
-
-    def close(self) -> None:
-        while self.made:  # newest first: replicas before their primaries
-            self.made.pop().cleanup()
-
-
 @pytest.fixture
 def make_server() -> Iterator[ServerFactory]:
-    """A started server with its own config, stopped and removed at the end of the test."""
-    factory = ServerFactory()
+    """``make_server(engine="valkey", *, replica_of=None, password=None, data_dir=None, **config)``:
+    a started server with its own config (``_`` for ``-`` in directives), stopped and removed
+    at the end of the test."""
+    factory = ServerFactory(server_unavailable)
     try:
         yield factory
     finally:
@@ -136,8 +87,47 @@ def make_server() -> Iterator[ServerFactory]:
 @pytest.fixture(scope="module")
 def make_module_server() -> Iterator[ServerFactory]:
     """Like ``make_server``, but the servers live until the end of the test module (reuse them)."""
-    factory = ServerFactory()
+    factory = ServerFactory(server_unavailable)
     try:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def store_options() -> dict[str, Any]:
+    """The options of the ``store`` fixture; a module needing others overrides this fixture."""
+    return {"keep": 3}
+
+
+@pytest.fixture
+def store(client: redis.Redis, namespace: str, store_options: dict[str, Any]) -> CheckpointStore:
+    """A CheckpointStore on ``client`` in the test's namespace (probed on creation)."""
+    return CheckpointStore(client, namespace=namespace, **store_options)
+
+
+def _started(harness: Any) -> Any:
+    try:
+        return harness.start()
+    except ServerStartError as exc:  # e.g. the engine cannot run in sentinel mode
+        server_unavailable(str(exc))
+
+
+@pytest.fixture(scope="module", params=DURABLE_ENGINES, ids=DURABLE_ENGINES)
+def cluster(request: pytest.FixtureRequest, make_module_server: ServerFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster (3 primaries + 3 replicas) per engine, shared by the test module."""
+    c = _started(LocalCluster(request.param, make_module_server))
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture(scope="module", params=DURABLE_ENGINES, ids=DURABLE_ENGINES)
+def sentinels(request: pytest.FixtureRequest, make_module_server: ServerFactory) -> Iterator[LocalSentinelSet]:
+    """A primary, one replica and three Sentinels per engine, shared by the test module."""
+    s = _started(LocalSentinelSet(request.param, make_module_server))
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -77,6 +77,34 @@ def test_every_command_ends_within_its_timeout_on_a_frozen_server(make_server: A
         os.kill(server.pid, signal.SIGCONT)
 
 
+@pytest.mark.server
+def test_a_server_that_freezes_during_namespaces_is_said_as_such(make_server: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`namespaces` SCANs on the store's client, outside any store operation: a server that
+    stops answering once the store is open still ends it within --timeout, exit 2, one line."""
+    from click.testing import CliRunner
+
+    from redis_ckpt.cli import cli as group
+    from redis_ckpt.cli.options import CliConfig
+
+    server = make_server("valkey")
+    opened = CliConfig.store
+
+    def open_then_freeze(self: CliConfig) -> Any:
+        store = opened.fget(self)  # type: ignore[attr-defined]
+        os.kill(server.pid, signal.SIGSTOP)
+        return store
+
+    monkeypatch.setattr(CliConfig, "store", property(open_then_freeze))
+    try:
+        result = CliRunner().invoke(group, ["namespaces", "--url", server.url, "--timeout", "1"])
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {server.url} did not answer within 1 s "
+                                          "(is it stopped, overloaded or unreachable?)"]
+
+
 def test_a_timeout_must_be_positive_and_fit_the_live_check() -> None:
     assert cli(["runs", "--timeout", "0"]).returncode == 2
     proc = cli(["check", "--timeout", "2", "--timeout-ms", "5000"])
@@ -651,7 +679,7 @@ def test_a_database_that_is_not_a_number_is_an_error_not_db_0(path: str) -> None
 
 
 def test_a_database_that_is_a_number_or_nothing_is_fine() -> None:
-    from redis_ckpt.topology import validate_url
+    from redis_ckpt.urls import validate_url
 
     for good in ("", "/", "/0", "/15"):
         validate_url(f"redis://127.0.0.1:6379{good}")
@@ -797,7 +825,7 @@ def test_no_read_command_prints_a_traceback_whatever_the_stored_data(make_module
 
 PATCH = '''
 import os
-import redis_ckpt.cli._render as render
+import redis_ckpt.cli.render as render
 
 def boom(*args, **kwargs):
     raise ZeroDivisionError("boom at " + os.environ["BOOM_URL"])

@@ -1,8 +1,9 @@
 """Redis Cluster: every Pipe on the connection of the slot's owner, redirects followed,
 every primary probed and scanned, fencing and acknowledged commits surviving a failover.
 
-The clusters are built from LocalServer on loopback (3 primaries + 3 replicas,
-``cluster-node-timeout 1000``, ``appendonly yes`` / ``appendfsync always``).
+The clusters are :class:`redis_ckpt.testing.LocalCluster` on loopback (3 primaries + 3 replicas,
+``cluster-node-timeout 1000``, ``appendonly yes`` / ``appendfsync always``): the ``cluster``
+fixture of conftest, or one of its own for the failover test.
 """
 
 from __future__ import annotations
@@ -10,165 +11,28 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redis_ckpt import (
-    CheckpointStore,
-    ConflictError,
-    Durability,
-    DurabilityError,
-    FencedError,
-    LeaseHeldError,
-    NonDurableServerError,
-    StoreUnavailableError,
-    check_server,
-)
+from redis_ckpt import CheckpointStore, ConflictError, Durability, NonDurableServerError, check_server
 from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, probe_key_for
 from redis_ckpt.drivers.cluster_plan import _scan_reply
 from redis_ckpt.core.ops import Cmd, Pipe, Script
-from redis_ckpt.testing.local_server import LocalServer
-from redis_ckpt.probe.rules import redact_url
+from redis_ckpt.testing import LocalCluster, LocalServer, wait_for
 from redis_ckpt.drivers.scripts import SCRIPTS
-from redis_ckpt.topology import parse_cluster_url, validate_url
 from redis_ckpt.aio import AsyncCheckpointStore
+from storm import storm_through_failovers
 
 ENGINES = ["valkey", "redis"]
-NODE_TIMEOUT_MS = 1000
-RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 
 
-# --------------------------------------------------------------------------- a local cluster
-
-
-def wait_for(pred: Callable[[], bool], what: str, timeout: float = 20.0, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass  # a node still coming up: ask again
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-class LocalCluster:
-    """3 primaries + 3 replicas of LocalServer, built with CLUSTER MEET / ADDSLOTSRANGE / REPLICATE.
-
-    ``make`` is conftest's server factory (``make_server`` / ``make_module_server``): a missing
-    binary skips locally and fails in CI, and every server is removed with the factory.
-    """
-
-    def __init__(self, engine: str, make: Callable[..., LocalServer]) -> None:
-        self.engine = engine
-        self.make = make
-        self.servers: list[LocalServer] = []
-
-    def start(self) -> LocalCluster:
-        try:
-            for _ in range(6):
-                self.servers.append(self.make(
-                    self.engine, cluster_enabled="yes", cluster_node_timeout=NODE_TIMEOUT_MS,
-                    cluster_config_file="nodes.conf", appendonly="yes", appendfsync="always"))
-            first = self.servers[0].client()
-            for s in self.servers[1:]:
-                first.execute_command("CLUSTER MEET", "127.0.0.1", s.port)
-            for s, (a, b) in zip(self.servers[:3], RANGES):
-                s.client().execute_command("CLUSTER ADDSLOTSRANGE", a, b)
-            wait_for(lambda: all(len(s.client().cluster("nodes")) == 6 for s in self.servers), "every node to meet")
-            for replica, primary in zip(self.servers[3:], self.servers[:3]):
-                replica.client().execute_command("CLUSTER REPLICATE", self.node_id(primary))
-            self.wait_healthy()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def cleanup(self) -> None:
-        for s in reversed(self.servers):
-            s.cleanup()
-
-    @staticmethod
-    def node_id(server: LocalServer) -> str:
-        return _text(server.client().execute_command("CLUSTER MYID"))
-
-    def by_port(self, port: int) -> LocalServer:
-        return next(s for s in self.servers if s.port == int(port))
-
-    def url(self, n: int = 2) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:n])
-
-    def client(self) -> RedisCluster:
-        live = next(s for s in self.servers if s.running)
-        return RedisCluster(host="127.0.0.1", port=live.port, decode_responses=False)
-
-    def owner(self, slot: int) -> LocalServer:
-        """The primary serving ``slot`` according to the nodes themselves (CLUSTER SHARDS-free)."""
-        for s in self.servers:
-            if not s.running:
-                continue
-            for entry in s.client().execute_command("CLUSTER SLOTS"):
-                lo, hi, primary = entry[0], entry[1], entry[2]
-                if lo <= slot <= hi:
-                    return self.by_port(primary[1])
-        raise AssertionError(f"no node serves slot {slot}")
-
-    def replica_of(self, primary: LocalServer) -> LocalServer:
-        for s in self.servers:
-            if s.running and s is not primary:
-                info = s.client().info("replication")
-                if info.get("role") == "slave" and int(info.get("master_port", -1)) == primary.port:
-                    return s
-        raise AssertionError(f"{primary.port} has no replica")
-
-    def primaries(self) -> list[LocalServer]:
-        """The primaries serving slots, as the first live node sees it."""
-        live = next(s for s in self.servers if s.running)
-        ports = {entry[2][1] for entry in live.client().execute_command("CLUSTER SLOTS")}
-        return [self.by_port(p) for p in sorted(ports)]
-
-    def healthy(self) -> bool:
-        for s in self.servers:
-            c = s.client()
-            if _text(c.cluster("info").get("cluster_state")) != "ok":
-                return False
-            if any("fail" in _text(n.get("flags", "")) for n in c.cluster("nodes").values()):
-                return False
-            info = c.info("replication")
-            if info["role"] == "master":
-                online = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()
-                          and isinstance(v, dict) and v.get("state") == "online"]
-                if not online:
-                    return False
-            elif info.get("master_link_status") != "up" or int(c.info("persistence").get("loading", 1)):
-                return False
-        return True
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        wait_for(self.healthy, "cluster_state:ok everywhere, every primary with an online replica", timeout)
-
-
-@pytest.fixture(scope="module", params=ENGINES, ids=ENGINES)
-def cluster(request: pytest.FixtureRequest, make_module_server: Any) -> Iterator[LocalCluster]:
-    c = LocalCluster(request.param, make_module_server).start()
-    try:
-        yield c
-    finally:
-        c.cleanup()
+# --------------------------------------------------------------------------- helpers
 
 
 def key_for(namespace: str, run: str) -> str:
@@ -208,27 +72,6 @@ def finalize_slot(cluster: LocalCluster, slot: int, src: LocalServer, dst: Local
         if s.client().info("replication")["role"] == "master":
             s.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
     wait_for(lambda: cluster.owner(slot) is dst, f"slot {slot} to be served by {dst.port}")
-
-
-# --------------------------------------------------------------------------- no server: URLs
-
-
-def test_cluster_url_forms():
-    c = parse_cluster_url("redis+cluster://h1:7001,h2,[::1]:7003")
-    assert c.nodes == [("h1", 7001), ("h2", 6379), ("::1", 7003)]
-    c = parse_cluster_url("rediss+cluster://app:s%40cret@h1:7001/?socket_keepalive=true")
-    assert c.kwargs["ssl"] is True and c.kwargs["username"] == "app" and c.kwargs["password"] == "s@cret"
-    assert c.kwargs["socket_keepalive"] is True and "db" not in c.kwargs
-    for bad in ("redis+cluster://h1:7001/1", "redis+cluster://h1:x", "redis+cluster://h1,,h2", "redis://h1"):
-        with pytest.raises(ValueError):
-            parse_cluster_url(bad)
-    assert redact_url("redis+cluster://app:s3cret@h1:7001,h2:7002") == "redis+cluster://app:***@h1:7001,h2:7002"
-    validate_url("redis+cluster://h1:7001,h2:7002")
-    validate_url("redis://h1:6379/0")
-    with pytest.raises(ValueError):
-        validate_url("redis+cluster://h1:7001/3")
-    with pytest.raises(ValueError):
-        validate_url("http://h1")
 
 
 # --------------------------------------------------------------------------- no server: the pipe plan
@@ -561,101 +404,27 @@ def test_async_store_on_a_cluster(cluster, namespace):
 # --------------------------------------------------------------------------- failover
 
 
-@dataclass
-class RunLog:
-    run: str
-    tokens: list[int] = field(default_factory=list)
-    acked: list[tuple[int, int, int, float]] = field(default_factory=list)  # generation, token, step, when
-    errors: list[str] = field(default_factory=list)
-
-
-def storm_worker(store: CheckpointStore, log: RunLog, stop: threading.Event, crashed: list[BaseException]) -> None:
-    """Commit a counter to one run; re-acquire (new token) every 5 commits and after any error.
-    Records every token acquire handed out and every commit acknowledged."""
-    step = 0
-    lease = None
-    try:
-        while not stop.is_set():
-            try:
-                if lease is None:
-                    lease = store.acquire(log.run, owner=f"owner-{log.run}", ttl=30)
-                    log.tokens.append(lease.token)
-                step += 1
-                g = lease.commit({"run": log.run, "step": step, "token": lease.token})
-                log.acked.append((g, lease.token, step, time.monotonic()))
-                if step % 5 == 0:
-                    lease.release()
-                    lease = None
-            except (DurabilityError, StoreUnavailableError, FencedError, ConflictError, LeaseHeldError) as exc:
-                log.errors.append(f"{type(exc).__name__}: {exc}")
-                lease = None
-                time.sleep(0.05)
-    except BaseException as exc:  # anything else fails the test (reported by the main thread)
-        crashed.append(exc)
-
-
-def verify(store: CheckpointStore, logs: list[RunLog], highest_fence: dict[str, int]) -> None:
-    for log in logs:
-        assert log.acked, f"{log.run}: nothing acknowledged"
-        assert len(set(log.tokens)) == len(log.tokens), f"{log.run}: a token was handed out twice: {log.tokens}"
-        assert log.tokens == sorted(log.tokens), f"{log.run}: tokens went backwards: {log.tokens}"
-        gens = [a[0] for a in log.acked]
-        assert gens == sorted(set(gens)), f"{log.run}: a generation was acknowledged twice"
-        info = store.info(log.run)
-        last_g, last_token, last_step, _ = log.acked[-1]
-        assert info.generation >= last_g, f"{log.run}: acknowledged generation {last_g} lost (head {info.generation})"
-        assert info.fence >= max(log.tokens) >= highest_fence.get(log.run, 0), f"{log.run}: the fence went backwards"
-        highest_fence[log.run] = info.fence
-        ck = store.load(log.run)
-        assert ck is not None and not ck.skipped
-        if ck.generation == last_g:
-            assert ck.state == {"run": log.run, "step": last_step, "token": last_token}
-        else:
-            assert ck.state["step"] > last_step
-
-
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_fencing_and_acknowledged_commits_survive_failover(engine, namespace, make_server):
     cl = LocalCluster(engine, make_server).start()
     try:
-        rc = cl.client()
-        store = CheckpointStore(rc, namespace=namespace, durability=Durability.replicas_fsynced(1, timeout_ms=3000))
+        store = CheckpointStore(cl.client(), namespace=namespace,
+                                durability=Durability.replicas_fsynced(1, timeout_ms=3000))
         runs = [f"storm-{i}" for i in range(6)]
-        highest: dict[str, int] = {}
-        all_tokens: dict[str, list[int]] = {r: [] for r in runs}
-        for round_ in range(2):
-            logs = [RunLog(r) for r in runs]
-            stop, crashed = threading.Event(), []
-            threads = [threading.Thread(target=storm_worker, args=(store, lg, stop, crashed)) for lg in logs]
-            for t in threads:
-                t.start()
+
+        def choose() -> tuple[LocalServer, LocalServer, list[str]]:
             # the shard of storm-0: its primary in round 0, the promoted replica in round 1
             victim = cl.owner(slot_of(namespace, runs[0]))
-            heir = cl.replica_of(victim)
-            on_victim = [lg for lg in logs if cl.owner(slot_of(namespace, lg.run)) is victim]
-            wait_for(lambda: all(len(lg.acked) >= 3 for lg in logs), "every run to commit before the kill")
-            victim.kill()  # kill -9 in the middle of the storm
-            killed_at = time.monotonic()
-            wait_for(lambda: heir.client().info("replication")["role"] == "master", "the replica's promotion")
+            return victim, cl.replica_of(victim), [r for r in runs if cl.owner(slot_of(namespace, r)) is victim]
+
+        def heal(victim: LocalServer, heir: LocalServer) -> None:
             victim.restart()  # comes back as a replica of its heir, so commits can be confirmed again
             cl.wait_healthy()
-            wait_for(lambda: all(sum(a[3] > killed_at for a in lg.acked) >= 3 for lg in logs),
-                     "every run to commit again after the failover", timeout=30)
-            stop.set()
-            for t in threads:
-                t.join(timeout=30)
-            assert not crashed, crashed
-            assert all(not t.is_alive() for t in threads)
-            for lg in on_victim:  # the kill hit live traffic on that shard: a pause, then progress
-                times = [a[3] for a in lg.acked]
-                assert times[0] < killed_at < times[-1]
-            verify(store, logs, highest)
-            for lg in logs:
-                all_tokens[lg.run].extend(lg.tokens)
-        for r, tokens in all_tokens.items():
-            assert len(set(tokens)) == len(tokens), f"{r}: a token was handed out twice across rounds"
+
+        storm_through_failovers(store, runs, choose=choose, heal=heal,
+                                promoted=lambda heir: heir.client().info("replication")["role"] == "master")
         store.close()
     finally:
         cl.cleanup()

@@ -1,5 +1,5 @@
 """Redis Cluster: a missing head found on the node owning the run's slot, and a stopped primary
-that cannot hold an operation past its deadline (the cluster fixture of test_cluster)."""
+that cannot hold an operation past its deadline (the cluster fixture of conftest)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import signal
 import time
 
 import pytest
-from test_cluster import LocalCluster, cluster, slot_of  # noqa: F401 - the fixture
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, RetryPolicy, StoreUnavailableError
 from redis_ckpt.core.keys import RunKeys
+from redis_ckpt.testing import LocalCluster
+from test_cluster import slot_of
 
 pytestmark = pytest.mark.server
 
 
-def test_a_headless_run_is_found_on_the_node_owning_its_slot(cluster: LocalCluster, namespace):  # noqa: F811
+def test_a_headless_run_is_found_on_the_node_owning_its_slot(cluster: LocalCluster, namespace):
     store = CheckpointStore(cluster.client(), namespace=namespace, keep=2)
     runs = [f"r{i}" for i in range(6)]  # spread over the shards
     for run in runs:
@@ -34,7 +35,7 @@ def test_a_headless_run_is_found_on_the_node_owning_its_slot(cluster: LocalClust
     store.close()
 
 
-def test_a_stopped_primary_holds_a_commit_no_longer_than_its_deadline(cluster: LocalCluster, namespace):  # noqa: F811
+def test_a_stopped_primary_holds_a_commit_no_longer_than_its_deadline(cluster: LocalCluster, namespace):
     store = CheckpointStore(cluster.client(), namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
     lease = store.acquire("stop", owner="a", ttl=60)
     assert lease.commit(1) == 1

@@ -4,6 +4,7 @@ refused at encode time naming its path, and no byte string crashes the decoder."
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import decimal
 import enum
@@ -18,6 +19,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 import msgpack
+import ormsgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -360,6 +362,127 @@ def test_plain_states_are_written_as_plain_msgpack_by_both_paths(value: object) 
     assert encode_state(value) == careful == msgpack.packb(value, use_bin_type=True)
     assert bytes(encode_state_buffer(value)) == careful
     assert_same(value, decode_state(careful))
+
+
+# ---------------------------------------------------------------- ormsgpack, the fast path's packer
+#
+# The matrix the fast path rests on: with every passthrough option on and no ``default``, what
+# ormsgpack packs natively, and how. A type it starts to pack natively in a later version (or
+# packs otherwise than msgpack does) fails here, not silently in users' checkpoints.
+
+
+class IntSub(int):
+    pass
+
+
+class DictSub(dict):
+    pass
+
+
+class BytesSub(bytes):
+    pass
+
+
+@dataclasses.dataclass
+class Record:
+    x: int = 1
+
+
+#: ormsgpack packs these as msgpack does: the fast path's types (an int within 64 bits)
+ORM_PLAIN = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, -0.0, math.nan, math.inf, "", "x" * 40,
+             "é€😀", b"", b"\x00" * 300, [], [1, [2]], {}, {"k": {"j": [None]}}]
+#: ormsgpack packs these natively but not as themselves: the scan (_plain) must rule them out
+ORM_NATIVE_LOSSY = [bytearray(b"ab"), memoryview(b"ab"), ormsgpack.Ext(2, b"")]
+if hasattr(ormsgpack, "Fragment"):  # 1.13+: its bytes are written as they are
+    ORM_NATIVE_LOSSY.append(ormsgpack.Fragment(b"\xc0"))
+#: ormsgpack refuses every other type (with these options it would hand them to ``default``)
+ORM_REFUSED = [
+    2**64, -(2**63) - 1, (1, 2), (), {1}, frozenset({1}), dt.datetime(2024, 1, 1), dt.date(2024, 1, 1),
+    dt.time(1, 2), dt.timedelta(1), Decimal("1.5"), uuid.UUID(int=5), Name("x"), IntSub(3), Ratio(1.5),
+    DictSub(a=1), Items([1]), BytesSub(b"x"), Point(1, 2), Color.RED, Level.LOW, Record(),
+    collections.OrderedDict(a=1), collections.defaultdict(int), msgpack.ExtType(2, b""), msgpack.Timestamp(1, 0),
+    1j, range(2), object(), Opaque(), "\ud800",
+]
+try:
+    import numpy
+except ImportError:  # not a dependency: its types are in the matrix where it is installed
+    pass
+else:
+    ORM_REFUSED += [numpy.array([1, 2]), numpy.int64(3), numpy.float64(1.5), numpy.bool_(True)]
+
+
+def orm_pack(value: object) -> bytes:
+    from redis_ckpt.core.codec import _ORM_STRICT
+
+    return ormsgpack.packb(value, option=_ORM_STRICT)
+
+
+@pytest.mark.parametrize("value", ORM_PLAIN, ids=repr)
+def test_ormsgpack_packs_the_plain_types_as_msgpack_does(value: object) -> None:
+    assert orm_pack([value]) == msgpack.packb([value], use_bin_type=True)
+    assert encode_state([value]) == msgpack.packb([value], use_bin_type=True)
+
+
+@pytest.mark.parametrize("value", ORM_NATIVE_LOSSY, ids=lambda v: type(v).__name__)
+def test_what_ormsgpack_packs_natively_but_lossily_never_reaches_it(value: object) -> None:
+    from redis_ckpt.core.codec import _plain
+
+    assert type(msgpack.unpackb(orm_pack([value]))[0]) is not type(value)  # it would not come back as itself
+    assert _plain([value], None) is None and _plain({"k": [value]}, None) is None  # so the scan rules it out
+    if type(value) is bytearray:
+        assert_same({"k": [value]}, round_trip({"k": [value]}))
+    else:
+        with pytest.raises(UnsupportedTypeError) as caught:
+            encode_state({"k": [1, value]})
+        assert caught.value.path == "state['k'][1]" and caught.value.type_name.endswith(type(value).__name__)
+
+
+@pytest.mark.parametrize("value", ORM_REFUSED, ids=lambda v: type(v).__name__)
+def test_ormsgpack_refuses_every_other_type(value: object) -> None:
+    with pytest.raises(TypeError):
+        orm_pack([value])
+    with pytest.raises(TypeError):
+        orm_pack({"k": value})
+
+
+@pytest.mark.parametrize("key", [1, -1, 2**64 - 1, 1.5, math.nan, None, True, b"k", (1,), frozenset({1}),
+                                 dt.date(2024, 1, 1), uuid.UUID(int=5), Decimal(1), Name("k"), IntSub(1), Level.LOW],
+                         ids=repr)
+def test_ormsgpack_refuses_every_key_but_a_str(key: object) -> None:
+    """So no NaN key, and no key it would write as a str (a date, a uuid), gets past it: such
+    a state goes to msgpack's packer or the careful path, which keep or refuse it as before."""
+    with pytest.raises(TypeError):
+        orm_pack({"a": 1, "m": {"x": 1, key: 2}})
+    state = {"a": 1.0, "m": {"x": 1, key: 2}}  # a level that holds more than containers: keys unknown to the scan
+    if type(key) in (Name, IntSub, Level) or key != key:
+        with pytest.raises(UnsupportedTypeError) as caught:
+            encode_state(state)
+        assert caught.value.path == f"state['m'][<key {key!r}>]"
+        return
+    assert_same(state, round_trip(state))
+    if type(key) in (int, float, bool, bytes, type(None)):
+        assert encode_state(state) == msgpack.packb(state, use_bin_type=True)
+
+
+def test_ormsgpack_packs_every_depth_encoding_allows() -> None:
+    state: object = 1
+    for _ in range(MAX_DEPTH):
+        state = {"k": [state]}  # 2 * MAX_DEPTH levels: its own bound is 255
+    with pytest.raises(TypeError):
+        orm_pack(state)  # deeper than ormsgpack goes: the careful path names the level
+    state = 1
+    for _ in range(MAX_DEPTH):
+        state = [state]
+    assert orm_pack(state) == msgpack.packb(state) == encode_state(state)
+
+
+def test_without_ormsgpack_msgpack_packs_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis_ckpt.core import codec
+
+    states = [{"messages": [{"id": "a", "n": 1, "x": 1.5, "b": b"\x01"}] * 3, "step": 2}, {"m": {1: 2}}, [1, "x"]]
+    with_it = [encode_state(s) for s in states]
+    monkeypatch.setattr(codec, "ormsgpack", None)
+    assert [encode_state(s) for s in states] == with_it == [msgpack.packb(s, use_bin_type=True) for s in states]
 
 
 def test_markers_written_as_ext_16_or_32_still_make_tuples_and_sets() -> None:
@@ -708,10 +831,15 @@ def test_a_state_changed_by_another_thread_is_a_state_error_never_a_torn_payload
     assert sum(outcomes.values()) == 60
 
 
-def test_a_plain_state_changed_by_another_thread_always_encodes_whole() -> None:
-    """A state of plain types is packed without calling back into Python, so another thread
-    cannot run in the middle: every encode is a whole, valid snapshot."""
-    state: dict[str, Any] = {"rows": [{"i": i, "name": f"row {i}"} for i in range(20000)], "seen": {}}
+@pytest.mark.parametrize("key", [str, int], ids=["str-keys-ormsgpack", "int-keys-msgpack"])
+def test_a_plain_state_changed_by_another_thread_always_encodes_whole(key: type) -> None:
+    """A state of plain types is packed without calling back into Python (by ormsgpack when
+    every key is a str, else by msgpack; neither releases the GIL), so another thread cannot
+    run in the middle: every encode is a whole, valid snapshot."""
+    from redis_ckpt.core.codec import _OTHER_KEYS, _plain
+
+    state: dict[str, Any] = {"rows": [{"i": i, "name": f"row {i}"} for i in range(20000)], "seen": {key(0): [0]}}
+    assert _plain(state, None) == (0 if key is str else _OTHER_KEYS)  # the packer named in the test id
     stop = threading.Event()
 
     def mutate() -> None:
@@ -721,9 +849,9 @@ def test_a_plain_state_changed_by_another_thread_always_encodes_whole() -> None:
             rows.append({"i": i, "name": "new"})
             if len(rows) > 20100:
                 del rows[20000:]
-            state["seen"][i % 64] = [i]
+            state["seen"][key(i % 64)] = [i]
             if i % 3 == 0:
-                state["seen"].pop((i + 7) % 64, None)
+                state["seen"].pop(key((i + 7) % 64), None)
             i += 1
 
     thread = threading.Thread(target=mutate)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from redis_ckpt import Durability
-from redis_ckpt.probe.rules import CONFIG_KEYS, ServerFacts, evaluate
+from redis_ckpt.probe import CONFIG_KEYS, ServerFacts, evaluate
 
 try:
     import yaml

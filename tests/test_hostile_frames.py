@@ -34,11 +34,6 @@ def forge(run: str, generation: int, payload: bytes, *, compression: int = 0, **
     return body + xxhash.xxh3_128_digest(body)
 
 
-@pytest.fixture
-def store(client: Any, namespace: str) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
-
-
 def plant(store: CheckpointStore, client: Any, generation: int, frame: bytes) -> None:
     """Replace a committed generation's frame (and the checksum its head records, if it is the head)."""
     k = RunKeys(store.namespace, RUN)

@@ -7,15 +7,17 @@ import os
 import pytest
 
 from redis_ckpt import CheckpointStore, ConflictError, FencedError
+from redis_ckpt.core.flows.commit import INLINE_BYTES
 from redis_ckpt.core.keys import RunKeys
 
 pytestmark = pytest.mark.server
 CHUNK = 4096
+MEDIUM = INLINE_BYTES + 70_000  # past the inline limit, below the default chunk_bytes
 
 
 @pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=2, chunk_bytes=CHUNK)
+def store_options() -> dict:
+    return {"keep": 2, "chunk_bytes": CHUNK}
 
 
 def big(n: int, seed: int = 0) -> dict:
@@ -192,14 +194,14 @@ def test_a_medium_frame_is_staged_whole_and_renamed_into_place(client, namespace
     store = CheckpointStore(client, namespace=namespace, keep=2)
     lease = store.acquire("medium", owner="w", ttl=30)
     for i in range(3):
-        state = big(200_000, i)
+        state = big(MEDIUM, i)
         assert lease.commit(state) == i + 1
     k = RunKeys(namespace, "medium")
     head = {a.decode(): b.decode() for a, b in client.hgetall(k.head).items()}
-    assert head["chunks"] == "0" and int(head["size"]) > 200_000
+    assert head["chunks"] == "0" and int(head["size"]) > MEDIUM
     assert client.strlen(k.generation(3)) == int(head["size"]) and client.ttl(k.generation(3)) == -1
     assert not client.exists(k.generation(1)) and stage_keys(client, namespace) == []
     assert store.load("medium").state == state
     with pytest.raises(ConflictError):
-        store.commit("medium", big(200_000), token=lease.token, expected_generation=1)
+        store.commit("medium", big(MEDIUM), token=lease.token, expected_generation=1)
     assert stage_keys(client, namespace) == []

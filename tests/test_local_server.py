@@ -18,25 +18,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redis_ckpt.testing import local_server as _local_server
-from redis_ckpt.testing.local_server import (
+from redis_ckpt.testing import (
     ENGINES,
     LocalServer,
     ServerBinaryNotFound,
     ServerStartError,
     find_server_binary,
+    server_unavailable,
 )
+from redis_ckpt.testing import server as server_module
 
 pytestmark = pytest.mark.server
 
 DURABLE = ["valkey", "redis"]
-
-
-def server_unavailable(reason: str) -> Any:
-    """Same policy as conftest: skip locally, fail in CI."""
-    if os.environ.get("CI", "").strip().lower() in ("true", "1"):
-        pytest.fail(f"server unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def alive(pid: int) -> bool:
@@ -186,8 +180,8 @@ def test_port_taken_between_probe_and_start_is_retried(monkeypatch: pytest.Monke
     holder.listen(1)
     taken = holder.getsockname()[1]
     ports = iter([taken])
-    real = _local_server._free_port
-    monkeypatch.setattr(_local_server, "_free_port", lambda cluster=False: next(ports, None) or real(cluster))
+    real = server_module.free_port
+    monkeypatch.setattr(server_module, "free_port", lambda cluster=False: next(ports, None) or real(cluster))
     try:
         with started(LocalServer("valkey")) as s:
             assert s.port != taken
@@ -229,7 +223,7 @@ def test_server_dies_with_a_parent_killed_without_cleanup() -> None:
     code = textwrap.dedent(
         """
         import os, signal, sys
-        from redis_ckpt.testing.local_server import LocalServer
+        from redis_ckpt.testing import LocalServer
         s = LocalServer("valkey").start()
         print(s.pid, s.data_dir, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

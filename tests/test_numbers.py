@@ -19,11 +19,6 @@ pytestmark = pytest.mark.server
 BIG_GENERATION = 10**14 + 7  # past what Lua's tostring prints exactly
 
 
-@pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
-
-
 def frame_of(run: str, *, generation: int, token: int, state: object = "s") -> bytes:
     return encode_frame(encode_state(state), run_id=run, generation=generation, token=token, owner="w",
                         created_ms=1_700_000_000_000, schema_version=1)

@@ -1,12 +1,12 @@
-"""The startup probe: pure rules first, then real servers that must be refused (or not)."""
+"""The startup probe driven on clients: the flow with scripted replies, then real servers that
+must be refused (or not). The rules alone, fed with hand-made facts: ``test_probe_rules.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -19,74 +19,14 @@ from redis_ckpt.errors import NonDurableServerError
 from redis_ckpt.drivers.asyncio import adrive
 from redis_ckpt.drivers.sync import drive
 from redis_ckpt.drivers.targets import async_target, sync_target
-from redis_ckpt.testing.local_server import LocalServer
-from redis_ckpt.probe.rules import (
-    CONFIG_KEYS,
-    REPLICA_ACK_MS,
-    Finding,
-    ProbeReport,
-    ServerFacts,
-    evaluate,
-    facts_from_info,
-    probe_flow,
-    redact_url,
-)
-
-LOCAL = Durability()
-GOOD_CONFIG = {
-    "appendonly": "yes",
-    "appendfsync": "always",
-    "no-appendfsync-on-rewrite": "no",
-    "maxmemory-policy": "noeviction",
-    "aof-load-truncated": "no",
-    "min-replicas-to-write": "0",
-}
+from redis_ckpt.testing import LocalServer, wait_for
+from redis_ckpt.probe import CONFIG_KEYS, Finding, ProbeReport, facts_from_info
+from redis_ckpt.probe.flow import REPLICA_ACK_MS, probe_flow
+from redis_ckpt.urls import redact_url
+from test_probe_rules import GOOD_CONFIG, LOCAL, by_check, level_of
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def healthy(engine: str = "valkey", **over: Any) -> ServerFacts:
-    """Facts of a server that passes every check; ``config_<key>=`` overrides one setting."""
-    config = dict(GOOD_CONFIG)
-    for k in list(over):
-        if k.startswith("config_"):
-            config[k[len("config_"):].replace("_", "-")] = over.pop(k)
-    base: dict[str, Any] = dict(
-        engine=engine,
-        version="9.1.2" if engine == "valkey" else "8.2.3",
-        role="master",
-        loading=False,
-        aof_enabled=True,
-        aof_last_write_status="ok",
-        maxmemory_policy="noeviction",
-        evicted_keys=0,
-        replicas_online=0,
-        config=config,
-        has_waitaof=True,
-        live_ran=True,
-        live_local=1,
-        live_replicas=0,
-        live_replicas_asked=0,
-        live_timeout_ms=5000,
-        live_ms=0.4,
-    )
-    base.update(over)
-    return ServerFacts(**base)
-
-
-def by_check(findings: list[Finding], check: str) -> list[Finding]:
-    return [f for f in findings if f.check == check]
-
-
-def level_of(findings: list[Finding], check: str) -> str:
-    found = by_check(findings, check)
-    assert len(found) == 1, f"expected one {check!r} finding, got {found}"
-    return found[0].level
-
-
-def not_ok(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.level != "ok"]
 
 
 def refusal(report: ProbeReport, check: str) -> Finding:
@@ -113,14 +53,6 @@ def probe(
             client.close()
 
 
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @contextlib.contextmanager
 def configured(server: LocalServer, **settings: str) -> Iterator[None]:
     """CONFIG SET for the block's duration, then restore the previous values."""
@@ -135,253 +67,6 @@ def configured(server: LocalServer, **settings: str) -> Iterator[None]:
         for k, v in before.items():
             c.config_set(k, v)
         c.close()
-
-
-# --------------------------------------------------------------------------- pure rules
-
-
-class TestEvaluate:
-    def test_healthy_valkey_has_no_warning_or_refusal(self) -> None:
-        findings = evaluate(healthy("valkey"), LOCAL)
-        assert not_ok(findings) == []
-        assert level_of(findings, "live-waitaof") == "ok"
-
-    def test_healthy_redis_with_aof_load_truncated_no(self) -> None:
-        assert not_ok(evaluate(healthy("redis"), LOCAL)) == []
-
-    def test_no_waitaof(self) -> None:
-        f = by_check(evaluate(healthy("redis", version="7.0.15", has_waitaof=False, live_ran=False), LOCAL), "waitaof")
-        assert f[0].level == "refuse"
-        assert "WAITAOF" in f[0].message and "7.0.15" in f[0].message
-        assert "7.2" in f[0].remedy
-
-    def test_waitaof_unknown_but_live_write_confirmed(self) -> None:
-        facts = healthy(has_waitaof=None, waitaof_error="NOPERM")
-        assert level_of(evaluate(facts, LOCAL), "waitaof") == "ok"
-
-    def test_waitaof_unknown_and_no_live_write(self) -> None:
-        facts = healthy(has_waitaof=None, waitaof_error="NOPERM", live_ran=False)
-        assert level_of(evaluate(facts, LOCAL), "waitaof") == "unverifiable"
-
-    @pytest.mark.parametrize("role", ["slave", "replica"])
-    def test_replica_refused(self, role: str) -> None:
-        f = by_check(evaluate(healthy(role=role, primary="10.0.0.1:6379", live_ran=False), LOCAL), "role")[0]
-        assert f.level == "refuse"
-        assert "primary" in f.remedy and "10.0.0.1:6379" in f.remedy
-
-    def test_loading_refused(self) -> None:
-        f = by_check(evaluate(healthy(loading=True), LOCAL), "loading")[0]
-        assert f.level == "refuse" and "loading:0" in f.remedy
-
-    def test_last_aof_write_failed(self) -> None:
-        f = by_check(evaluate(healthy(aof_last_write_status="err"), LOCAL), "aof-write-status")[0]
-        assert f.level == "refuse" and "aof_last_write_status:err" in f.message and "disk" in f.remedy
-
-    def test_appendonly_no(self) -> None:
-        f = by_check(evaluate(healthy(config_appendonly="no", aof_enabled=False), LOCAL), "appendonly")[0]
-        assert f.level == "refuse" and "appendonly yes" in f.remedy
-
-    def test_appendonly_from_info_when_config_is_hidden(self) -> None:
-        facts = healthy(config=None, config_error="unknown command 'CONFIG'", aof_enabled=False)
-        assert level_of(evaluate(facts, LOCAL), "appendonly") == "refuse"
-
-    def test_appendfsync_no(self) -> None:
-        f = by_check(evaluate(healthy(config_appendfsync="no"), LOCAL), "appendfsync")[0]
-        assert f.level == "refuse" and "appendfsync always" in f.remedy
-
-    def test_everysec_refused_on_valkey(self) -> None:
-        f = by_check(evaluate(healthy("valkey", config_appendfsync="everysec"), LOCAL), "appendfsync")[0]
-        assert f.level == "refuse" and "before the fsync" in f.message and "appendfsync always" in f.remedy
-
-    def test_everysec_only_warned_on_redis(self) -> None:
-        findings = evaluate(healthy("redis", config_appendfsync="everysec"), LOCAL)
-        f = by_check(findings, "appendfsync")[0]
-        assert f.level == "warn" and "1 s" in f.message and "appendfsync always" in f.remedy
-        assert [x.level for x in not_ok(findings)] == ["warn"]
-
-    def test_everysec_refused_on_unknown_engine(self) -> None:
-        assert level_of(evaluate(healthy("unknown", config_appendfsync="everysec"), LOCAL), "appendfsync") == "refuse"
-
-    def test_unknown_appendfsync_value(self) -> None:
-        assert level_of(evaluate(healthy(config_appendfsync="sometimes"), LOCAL), "appendfsync") == "refuse"
-
-    def test_no_appendfsync_on_rewrite_yes(self) -> None:
-        f = by_check(evaluate(healthy(config_no_appendfsync_on_rewrite="yes"), LOCAL), "no-appendfsync-on-rewrite")[0]
-        assert f.level == "refuse" and "no-appendfsync-on-rewrite no" in f.remedy
-
-    @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru", "allkeys-random", "volatile-ttl", "allkeys-lfu"])
-    def test_eviction_policies_refused(self, policy: str) -> None:
-        facts = healthy(config_maxmemory_policy=policy, maxmemory_policy=policy)
-        f = by_check(evaluate(facts, LOCAL), "maxmemory-policy")[0]
-        assert f.level == "refuse" and policy in f.message and "maxmemory-policy noeviction" in f.remedy
-
-    def test_maxmemory_policy_from_info_when_config_is_hidden(self) -> None:
-        facts = healthy(config=None, config_error="NOPERM", maxmemory_policy="allkeys-lru")
-        assert level_of(evaluate(facts, LOCAL), "maxmemory-policy") == "refuse"
-
-    def test_aof_load_truncated_warned_on_redis_only(self) -> None:
-        f = by_check(evaluate(healthy("redis", config_aof_load_truncated="yes"), LOCAL), "aof-load-truncated")[0]
-        assert f.level == "warn" and "aof-load-truncated no" in f.remedy
-        assert by_check(evaluate(healthy("valkey", config_aof_load_truncated="yes"), LOCAL), "aof-load-truncated") == []
-
-    def test_min_replicas_to_write_zero_with_replicas(self) -> None:
-        f = by_check(evaluate(healthy(replicas_online=1), LOCAL), "min-replicas-to-write")[0]
-        assert f.level == "warn" and "min-replicas-to-write 1" in f.remedy
-        assert level_of(evaluate(healthy(replicas_online=1, config_min_replicas_to_write="1"), LOCAL),
-                        "min-replicas-to-write") == "ok"
-        assert by_check(evaluate(healthy(replicas_online=0), LOCAL), "min-replicas-to-write") == []
-
-    def test_evicted_keys_warned(self) -> None:
-        f = by_check(evaluate(healthy(evicted_keys=12), LOCAL), "evicted-keys")[0]
-        assert f.level == "warn" and "12" in f.message and "noeviction" in f.remedy
-
-    def test_too_few_replicas(self) -> None:
-        pol = Durability.replicas_received(2)
-        f = by_check(evaluate(healthy(replicas_online=1, live_ran=False, live_skipped="refused"), pol), "replicas")[0]
-        assert f.level == "refuse" and "2" in f.message and "1 online" in f.message and "appendonly yes" in f.remedy
-
-    def test_replica_without_aof_does_not_confirm(self) -> None:
-        pol = Durability.replicas_received(1, timeout_ms=1500)
-        facts = healthy(replicas_online=1, live_replicas=0, live_replicas_asked=1, live_timeout_ms=1500)
-        f = by_check(evaluate(facts, pol), "replicas")[0]
-        assert f.level == "refuse" and "0 of 1" in f.message and "appendonly yes" in f.remedy
-
-    def test_enough_aof_replicas(self) -> None:
-        pol = Durability.replicas_fsynced(1)
-        facts = healthy(replicas_online=1, live_replicas=1, live_replicas_asked=1, config_min_replicas_to_write="1")
-        assert not_ok(evaluate(facts, pol)) == []
-
-    def test_replicas_unknown_without_info(self) -> None:
-        facts = healthy(info_error="NOPERM", role=None, loading=None, aof_last_write_status=None, replicas_online=None)
-        findings = evaluate(facts, Durability.replicas_received(1))
-        for check in ("role", "loading", "aof-write-status", "replicas"):
-            assert level_of(findings, check) == "unverifiable", check
-        assert "INFO is unavailable" in by_check(findings, "role")[0].message
-
-    def test_live_write_error(self) -> None:
-        f = by_check(evaluate(healthy(live_local=None, live_error="SET x: NOPERM"), LOCAL), "live-waitaof")[0]
-        assert f.level == "refuse" and "NOPERM" in f.message
-
-    def test_live_write_not_confirmed(self) -> None:
-        f = by_check(evaluate(healthy(live_local=0, live_timeout_ms=300), LOCAL), "live-waitaof")[0]
-        assert f.level == "refuse" and "300 ms" in f.message
-
-    def test_live_write_missing_is_never_ok(self) -> None:
-        findings = evaluate(healthy(live_ran=False, live_skipped="not run"), LOCAL)
-        assert level_of(findings, "live-waitaof") == "unverifiable"
-
-    def test_config_hidden_without_declaration(self) -> None:
-        facts = healthy("redis", config=None, config_error="unknown command 'CONFIG'")
-        findings = evaluate(facts, LOCAL)
-        for check in ("appendfsync", "no-appendfsync-on-rewrite"):
-            f = by_check(findings, check)[0]
-            assert f.level == "unverifiable"
-            assert "CONFIG GET is unavailable" in f.message and "declare" in f.remedy
-        assert level_of(findings, "appendonly") == "ok"  # from INFO aof_enabled
-        assert level_of(findings, "maxmemory-policy") == "ok"  # from INFO maxmemory_policy
-        assert level_of(findings, "aof-load-truncated") == "warn"  # a warning-level check stays a warning
-
-    def test_config_hidden_with_durable_declaration(self) -> None:
-        facts = healthy("redis", config=None, config_error="unknown command 'CONFIG'")
-        findings = evaluate(facts, LOCAL, declared=GOOD_CONFIG)
-        assert [f.level for f in findings if f.level in ("refuse", "unverifiable")] == []
-        note = by_check(findings, "config")[0]
-        assert note.level == "warn" and "declared, not read" in note.message
-
-    def test_config_hidden_with_bad_declaration(self) -> None:
-        facts = healthy("valkey", config=None, config_error="NOPERM")
-        findings = evaluate(facts, LOCAL, declared={**GOOD_CONFIG, "appendfsync": "everysec"})
-        assert level_of(findings, "appendfsync") == "refuse"
-
-    def test_observed_config_beats_declaration(self) -> None:
-        findings = evaluate(healthy(config_appendfsync="no"), LOCAL, declared={"appendfsync": "always"})
-        assert level_of(findings, "appendfsync") == "refuse"
-        mismatch = by_check(findings, "config")[0]
-        assert mismatch.level == "warn" and "appendfsync=always" in mismatch.message and "appendfsync=no" in mismatch.message
-
-    def test_declaration_with_unknown_key_is_rejected(self) -> None:
-        with pytest.raises(ValueError, match="append_fsync"):
-            evaluate(healthy(), LOCAL, declared={"append_fsync": "always"})
-        with pytest.raises(ValueError, match="append_fsync"):
-            probe_flow(server="s", namespace="n", durability=LOCAL, declared={"append_fsync": "always"})
-
-    def test_cluster_state_and_slots(self) -> None:
-        bad = evaluate(healthy(cluster_enabled=True, cluster_state="fail", cluster_slots_assigned=100), LOCAL)
-        assert level_of(bad, "cluster-state") == "refuse"
-        slots = by_check(bad, "cluster-slots")[0]
-        assert slots.level == "refuse" and "100 of 16384" in slots.message and "ADDSLOTS" in slots.remedy
-        good = evaluate(healthy(cluster_enabled=True, cluster_state="ok", cluster_slots_assigned=16384), LOCAL)
-        assert not_ok(good) == []
-        hidden = evaluate(healthy(cluster_enabled=True, cluster_error="NOPERM"), LOCAL)
-        assert level_of(hidden, "cluster-state") == "unverifiable"
-
-    def test_no_cluster_checks_off_cluster(self) -> None:
-        findings = evaluate(healthy(), LOCAL)
-        assert by_check(findings, "cluster-state") == [] and by_check(findings, "cluster-slots") == []
-
-
-class TestFactsFromInfo:
-    def test_valkey_is_told_apart_by_server_name(self) -> None:
-        facts = facts_from_info({"server_name": "valkey", "redis_version": "7.2.4", "valkey_version": "9.1.2",
-                                 "role": "master", "connected_slaves": 0})
-        assert facts["engine"] == "valkey" and facts["version"] == "9.1.2"
-        plain = facts_from_info({"redis_version": "7.2.4", "role": "master"})
-        assert plain["engine"] == "redis" and plain["version"] == "7.2.4"
-
-    def test_only_online_replicas_count(self) -> None:
-        facts = facts_from_info({
-            "role": "master", "connected_slaves": 2,
-            "slave0": {"ip": "127.0.0.1", "port": 1, "state": "online"},
-            "slave1": {"ip": "127.0.0.1", "port": 2, "state": "wait_bgsave"},
-        })
-        assert facts["replicas_online"] == 1
-
-    def test_replica(self) -> None:
-        facts = facts_from_info({"role": "slave", "master_host": "127.0.0.1", "master_port": 6379})
-        assert facts["role"] == "slave" and facts["primary"] == "127.0.0.1:6379" and facts["replicas_online"] == 0
-
-
-class TestReport:
-    def test_finding_is_one_line_with_its_remedy(self) -> None:
-        f = Finding("appendfsync", "refuse", "appendfsync is 'no'", "set `appendfsync always`")
-        assert str(f) == "appendfsync is 'no' — set `appendfsync always`"
-        assert str(Finding("x", "ok", "fine")) == "fine"
-
-    def test_refused_warnings_ok_and_raise(self) -> None:
-        findings = [
-            Finding("a", "ok", "fine"),
-            Finding("b", "warn", "hmm", "do w"),
-            Finding("c", "refuse", "bad", "do r"),
-            Finding("d", "unverifiable", "unknown", "do u"),
-        ]
-        report = ProbeReport("redis://:***@h:1/0", "redis", "8.2.3", findings)
-        assert [f.check for f in report.refused] == ["c", "d"]
-        assert [f.check for f in report.warnings] == ["b"]
-        assert not report.ok
-        with pytest.raises(NonDurableServerError) as info:
-            report.raise_if_refused()
-        assert info.value.server == "redis://:***@h:1/0"
-        assert [p.check for p in info.value.problems] == ["c", "d"]
-        assert "bad — do r" in str(info.value) and "unknown — do u" in str(info.value)
-        ProbeReport("s", "redis", "8", findings[:2]).raise_if_refused()  # warnings do not raise
-
-
-class TestRedactUrl:
-    @pytest.mark.parametrize(
-        ("url", "expected"),
-        [
-            ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
-            ("rediss://user:s3cret@host:6380/1", "rediss://user:***@host:6380/1"),
-            ("redis://user@host:6379", "redis://user@host:6379"),
-            ("redis://host:6379/0", "redis://host:6379/0"),
-            ("redis://:p%40ss@host/0", "redis://:***@host/0"),
-            ("redis://:a@b@host/0", "redis://:***@host/0"),
-            ("unix://:s3cret@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
-            ("redis://host/0?password=s3cret&db=1", "redis://host/0?password=***&db=1"),
-        ],
-    )
-    def test_redacts(self, url: str, expected: str) -> None:
-        assert redact_url(url) == expected
 
 
 # --------------------------------------------------------------------------- the flow, without a server
@@ -623,7 +308,7 @@ class TestRealServers:
         c = server.client(decode_responses=True)
         try:
             c.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)
-            wait_until(lambda: c.cluster("INFO")["cluster_state"] == "ok", "cluster_state:ok")
+            wait_for(lambda: c.cluster("INFO")["cluster_state"] == "ok", "cluster_state:ok", timeout=15)
         finally:
             c.close()
         report = probe(server, namespace="tcluster")
@@ -644,16 +329,16 @@ def replication_up(primary: LocalServer, replica: LocalServer) -> None:
     """Wait until the replica is linked and the primary sees it online."""
     pc, rc = primary.client(decode_responses=True), replica.client(decode_responses=True)
     try:
-        wait_until(lambda: rc.info("replication").get("master_link_status") == "up", "master_link_status:up")
-        wait_until(
+        wait_for(lambda: rc.info("replication").get("master_link_status") == "up", "master_link_status:up", timeout=15)
+        wait_for(
             lambda: facts_from_info(pc.info("replication"))["replicas_online"] >= 1
             and rc.info("persistence").get("loading") == 0,
-            "replica online",
+            "replica online", timeout=15,
         )
         if str(replica.settings().get("appendonly")) == "yes":
             # an AOF replica that just did a full sync rewrites its AOF; wait until that is done
-            wait_until(lambda: rc.info("persistence").get("aof_rewrite_in_progress") == 0
-                       and rc.info("persistence").get("aof_rewrite_scheduled") == 0, "replica AOF rewrite")
+            wait_for(lambda: rc.info("persistence").get("aof_rewrite_in_progress") == 0
+                     and rc.info("persistence").get("aof_rewrite_scheduled") == 0, "replica AOF rewrite", timeout=15)
     finally:
         pc.close()
         rc.close()
@@ -703,8 +388,3 @@ class TestReplication:
         f = refusal(report, "replicas")
         assert "0 of 1" in f.message and "appendonly yes" in f.remedy
         assert report.facts is not None and report.facts.live_timeout_ms == REPLICA_ACK_MS
-
-
-def test_facts_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        healthy().role = "slave"  # type: ignore[misc]

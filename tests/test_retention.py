@@ -213,6 +213,26 @@ def test_a_per_run_retention_is_kept_by_every_writer(client, namespace):
     assert plain.load("r").state == 3  # the refused calls changed nothing
 
 
+def test_a_retention_given_at_acquire_is_kept_by_the_leases_commits(client, namespace):
+    store = CheckpointStore(client, namespace=namespace)
+    k = RunKeys(namespace, "r")
+    lease = store.acquire("r", owner="w", ttl=30, retention=timedelta(seconds=30))
+    lease.commit(1)
+    lease.commit(2)
+    assert client.hget(k.head, "retention_ms") == b"30000"  # recorded: every writer keeps it
+    assert all(29_000 < client.pttl(key) <= 30_000 for key in (k.head, k.generation(1), k.generation(2)))
+    lease.release()
+    # a process without a retention learns the run's own at its acquire (NEED_KEYS): its
+    # commits then send every kept generation's keys at once, one script each
+    other = CheckpointStore(client, namespace=namespace).acquire("r", owner="x", ttl=30)
+    client.pexpire(k.head, 5000)
+    scripts = commandstat(client, "evalsha")
+    for i in range(3):
+        other.commit(3 + i)
+    assert commandstat(client, "evalsha") - scripts == 3
+    assert client.pttl(k.head) > 29_000 and client.pttl(k.generation(5)) > 29_000
+
+
 def test_without_a_retention_nothing_expires_and_no_expiry_is_sent(client, namespace):
     store = CheckpointStore(client, namespace=namespace)
     before = {c: commandstat(client, c) for c in ("pexpire", "pexpireat", "pttl")}

@@ -10,18 +10,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 
-from redis_ckpt import CheckpointStore
 from redis_ckpt.core.flows import commit as _commit
 from redis_ckpt.models import ms_to_datetime
 from redis_ckpt.cli import cli
 
 pytestmark = pytest.mark.server
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
 
 
 def server_now(client) -> datetime:

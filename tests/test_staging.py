@@ -18,6 +18,7 @@ from redis_ckpt import CheckpointStore
 from redis_ckpt.core.ops import Cmd, Pipe, Script, Sleep
 from redis_ckpt.drivers.sync import drive
 from redis_ckpt.drivers.targets import sync_target
+from redis_ckpt.core.flows.commit import INLINE_BYTES
 from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.drivers.scripts import SCRIPTS
 from redis_ckpt.cli import cli
@@ -27,8 +28,8 @@ CHUNK = 4096
 
 
 @pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3, chunk_bytes=CHUNK, max_state_bytes=200_000)
+def store_options() -> dict:
+    return {"keep": 3, "chunk_bytes": CHUNK, "max_state_bytes": 200_000}
 
 
 def blob(n: int, seed: int = 0) -> dict:
@@ -191,10 +192,11 @@ def test_commit_and_acquire_stay_one_round_trip(store, client):
 
         return drive(counting(), sync_target(client, SCRIPTS)), count
 
-    core = CheckpointStore(client, namespace=store.namespace, keep=3, chunk_bytes=32_768).core
+    core = CheckpointStore(client, namespace=store.namespace, keep=3, chunk_bytes=2 * INLINE_BYTES,
+                           max_state_bytes=1 << 20).core
     grant, n = trips(core.acquire_flow("r", "w", 30_000))
     assert n == 1
-    for state in ({"small": 1}, blob(20_000), blob(70_000)):  # inline, staged whole, chunked
+    for state in ({"small": 1}, blob(INLINE_BYTES + 20_000), blob(2 * INLINE_BYTES + 70_000)):  # inline, staged whole, chunked
         generation, n = trips(core.commit_flow("r", state, token=grant.token,
                                                expected_generation=grant.generation, owner="w"))
         assert n == 1

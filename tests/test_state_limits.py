@@ -73,11 +73,6 @@ def test_a_refused_commit_peaks_below_1_1x_the_state(server: Any, shape: str) ->
     assert server.client().keys(f"limits-{shape}:{{big}}:g:*") == []
 
 
-@pytest.fixture
-def store(client: Any, namespace: str) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
-
-
 def keyspace(client: Any, namespace: str) -> dict[bytes, Any]:
     return {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:*"))}
 

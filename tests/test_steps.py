@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from redis_ckpt import CheckpointStore, FencedError, LeaseHeldError, UnsupportedTypeError
+from redis_ckpt import FencedError, LeaseHeldError, UnsupportedTypeError
 from redis_ckpt.steps import StepPlanError, StepRunner, describe, is_step_state
 
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def store(durable_server, client, namespace):
-    with CheckpointStore.from_url(durable_server.url, namespace=namespace) as s:
-        yield s
 
 
 def recording_runner(store, run_id, calls, names=("a", "b", "c"), fail=None, **kw):
@@ -374,3 +368,15 @@ def test_async_runner_heartbeats_through_a_long_step(durable_server, namespace):
         await astore.close()
 
     asyncio.run(scenario())
+
+
+def test_a_bad_run_id_is_refused_when_the_runner_is_made(store):
+    from redis_ckpt import InvalidRunIdError
+    from redis_ckpt.steps import AsyncStepRunner
+
+    for bad in ("", "a{b}", "x" * 201, 42):
+        with pytest.raises(InvalidRunIdError):
+            StepRunner(store, bad)
+        with pytest.raises(InvalidRunIdError):
+            AsyncStepRunner(store, bad)
+    assert store.runs() == []  # nothing was written

@@ -29,11 +29,6 @@ from redis_ckpt.store import Lease
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture
-def store(client, namespace) -> CheckpointStore:
-    return CheckpointStore(client, namespace=namespace, keep=3)
-
-
 def keys(store: CheckpointStore, run: str) -> RunKeys:
     return RunKeys(store.namespace, run)
 

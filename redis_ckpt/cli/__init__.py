@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import lifecycle as _lifecycle  # noqa: F401 - registers fork and prune
-from .commands import cli
+from .main import cli
 
 __all__ = ["cli", "main"]
 

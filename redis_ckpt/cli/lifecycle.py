@@ -1,5 +1,6 @@
-"""Lifecycle commands: ``fork``, ``prune``; and what ``show --state`` and the byte counts of
-``runs`` / ``show`` print (issue 15)."""
+"""The lifecycle commands: ``fork``, ``prune``, and ``show --state`` (the state of a kept
+generation as JSON, or how far a damaged one verifies; :mod:`~redis_ckpt.cli.state` makes the
+JSON). Each prints its own output: what they print is theirs alone."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from typing import Any
 
 import click
 
-from ..errors import FrameError, ServerError
-from ..models import RunUsage
-from . import _render as r
-from ._options import EXIT_NO, CliConfig, CliFailure, connection_options
-from .commands import cli
+from ..errors import FrameError
+from . import render as r
+from .exits import EXIT_NO, CliFailure
+from .options import CliConfig, connection_options
 from .state import frame_report, tagged
+from .views import base
 
-__all__ = ["parse_duration_ms", "state_of", "usage_json", "usage_or_none"]
+__all__ = ["parse_duration_ms", "show_state", "fork", "prune"]
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
@@ -43,38 +44,13 @@ def _by(by: str | None) -> str:
     return by or f"redis-ckpt-cli@{socket.gethostname()}"
 
 
-# --------------------------------------------------------------------------- bytes
-
-
-def usage_or_none(cfg: CliConfig, run: str) -> RunUsage | None:
-    """The run's bytes, or None where the server denies or lacks MEMORY USAGE (ACL)."""
-    try:
-        return cfg.store.usage(run)
-    except ServerError:
-        return None
-
-
-def usage_json(u: RunUsage | None) -> dict[str, int] | None:
-    if u is None:
-        return None
-    return {"generations": u.generations, "staging": u.staging, "events": u.events, "control": u.control,
-            "total": u.total}
-
-
-def usage_text(u: RunUsage | None) -> str:
-    if u is None:
-        return "unknown (MEMORY USAGE is not allowed)"
-    return (f"{r.size(u.total)}: generations {r.size(u.generations)}, staging {r.size(u.staging)}, "
-            f"events {r.size(u.events)}, fence/lease/head {r.size(u.control)}")
-
-
 # --------------------------------------------------------------------------- show --state
 
 
-def state_of(cfg: CliConfig, run: str, generation: int | None) -> None:
+def show_state(cfg: CliConfig, run: str, generation: int | None) -> None:
     """``show RUN --state [--generation N]``: the state as JSON, or why it cannot be read."""
     store = cfg.store
-    base = {"server": cfg.server, "namespace": cfg.namespace, "run": run}
+    head = {**base(cfg), "run": run}
     try:
         ck = store.load(run, generation=generation)
     except FrameError as bad:
@@ -85,7 +61,7 @@ def state_of(cfg: CliConfig, run: str, generation: int | None) -> None:
             blob = None
         report = frame_report(blob, bad)
         if cfg.as_json:
-            r.emit_json({**base, "generation": g, "ok": False, "damage": report})
+            r.emit_json({**head, "generation": g, "ok": False, "damage": report})
         else:
             click.echo(r.keyvalues([
                 ("run", run), ("generation", g), ("damaged", f"{report['reason']}: {report['detail']}"),
@@ -106,7 +82,7 @@ def state_of(cfg: CliConfig, run: str, generation: int | None) -> None:
                          secrets=cfg.secrets)
     state = tagged(ck.state)
     if cfg.as_json:
-        r.emit_json({**base, "generation": ck.generation, "head_generation": ck.head_generation, "ok": True,
+        r.emit_json({**head, "generation": ck.generation, "head_generation": ck.head_generation, "ok": True,
                      "schema_version": ck.schema_version, "stored_schema_version": ck.stored_schema_version,
                      "skipped": [{"generation": s.generation, "reason": s.reason, "detail": s.detail}
                                  for s in ck.skipped],
@@ -121,7 +97,7 @@ def state_of(cfg: CliConfig, run: str, generation: int | None) -> None:
 # --------------------------------------------------------------------------- fork / prune
 
 
-@cli.command()
+@click.command()
 @connection_options
 @click.argument("run")
 @click.argument("new")
@@ -143,7 +119,7 @@ def fork(cfg: CliConfig, run: str, new: str, generation: int | None, by: str | N
     source = ck.metadata.get("forked_from", {}) if ck is not None else {}
     info = cfg.store.info(new)
     if cfg.as_json:
-        r.emit_json({"server": cfg.server, "namespace": cfg.namespace, "run": run, "new_run": new,
+        r.emit_json({**base(cfg), "run": run, "new_run": new,
                      "generation": made, "source_generation": source.get("generation"),
                      "checksum": source.get("checksum"), "fence": info.fence, "by": by})
     else:
@@ -151,7 +127,7 @@ def fork(cfg: CliConfig, run: str, new: str, generation: int | None, by: str | N
                    f"(generation {made}, fence {info.fence})")
 
 
-@cli.command()
+@click.command()
 @connection_options
 @click.option("--idle", required=True, type=_Duration(), metavar="DURATION",
               help="Remove runs nobody committed to or acquired for this long: 7d, 12h, 30m, 90s.")
@@ -172,7 +148,7 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
                       abort=True, err=True)
     found = cfg.store.prune(idle=idle / 1000, dry_run=dry_run, by=_by(by))
     if cfg.as_json:
-        r.emit_json({"server": cfg.server, "namespace": cfg.namespace, "idle_ms": idle, "dry_run": dry_run,
+        r.emit_json({**base(cfg), "idle_ms": idle, "dry_run": dry_run,
                      "count": len(found),
                      "runs": [{"run": p.run_id, "idle_ms": p.idle_ms, "generations": p.generations,
                                "fence": p.fence, "pruned": p.pruned} for p in found]})

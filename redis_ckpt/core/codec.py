@@ -21,23 +21,31 @@ set or frozenset is an array whose first item is an empty marker extension
 unpack puts ~40 KB on the C stack: nested extension payloads segfault at ~180
 levels); every other type is one leaf extension (codes below).
 
-Encoding runs msgpack's C packer. A state made only of the types it packs exactly and
-without calling back into Python (None, bool, int within 64 bits, float, str, bytes, list,
-dict) takes the fast path (``_plain``): one breadth-first pass over the state, level by
-level in C (``gc.get_referents``), looks at the set of types on each level - which bounds
-the depth and rules out the types the C packer would pack natively but lossily
-(``bytearray``/``memoryview`` would come back as ``bytes``, ``msgpack.ExtType``/``Timestamp``
+Encoding a state made only of the types msgpack packs exactly and without calling back into
+Python (None, bool, int within 64 bits, float, str, bytes, list, dict) takes the fast path
+(``_plain``): one breadth-first pass over the state, level by level in C
+(``gc.get_referents``), looks at the set of types on each level - which bounds the depth and
+rules out the types the packers would pack natively but lossily (``bytearray``/``memoryview``
+would come back as ``bytes``; ``msgpack.ExtType``/``Timestamp``, ``ormsgpack.Ext``/``Fragment``
 would alias our extensions) - and, under a size limit, spends a lower bound of the encoded
 size (every item's ``len``, summed in C) so that a state over it is refused before the packer
-copies anything. The packer then runs without calling back into Python: its ``default``
-aborts the fast path, so the packing is atomic with respect to other threads (it never
-releases the GIL) and never torn. Where a float can sit in a dict key (a level of the
-scan that holds keys other than str), a NaN float in the packed bytes sends the state to
-the careful path, which knows whether it is a key. Residue, as on the careful path for
-containers it does not copy: a bytearray another thread puts into the state between the
-scan and the packing comes back as bytes. The scan costs about 0.6x what packing does:
-this per-item type check is what exactness costs on top of msgpack (no msgpack option
-hands bytearray/memoryview/ExtType/Timestamp to ``default``).
+copies anything. Then ``ormsgpack`` (Rust, ~2.5x msgpack's packer here) packs it: its bytes
+are msgpack's own (tests pin them); it refuses every key but a str (so no NaN key passes it)
+and, with its passthrough options and no ``default``, every type it would pack otherwise than
+as itself (tests hold the whole matrix). A state with other keys, or without ormsgpack, is
+packed by msgpack's C packer with ``strict_types``, whose ``default`` aborts the fast path;
+where a float can sit in a dict key (a level of the scan that holds keys other than str), a
+NaN float in its packed bytes sends the state to the careful path, which knows whether it is
+a key. Neither packer calls back into Python nor releases the GIL, so the packing is atomic
+with respect to other threads and never torn (ormsgpack reads a list's items up to the
+length it read first: a ``default`` running Python while another thread shrinks the list
+would make it read freed memory; it is given none). Residue, as on the careful path for
+containers it does not copy: a bytearray another thread puts into the state between the scan
+and the packing comes back as bytes. The scan costs about 2x what ormsgpack's packing does
+(3x under a limit): this per-item type check is what exactness costs (no option of either
+packer hands bytearray/memoryview to ``default``). A state whose non-str keys the scan cannot
+tell apart (a dict on a level that also holds scalars) pays the part of a packing ormsgpack
+does before it meets such a key.
 
 Every other state takes the careful path: one pass (``_prepare``) visits every container
 (never a leaf on its own), refuses the lossy types above, checks keys for NaN, bounds the
@@ -78,6 +86,11 @@ from typing import Any
 
 import msgpack
 from msgpack import ExtType, Timestamp
+
+try:
+    import ormsgpack
+except ImportError:  # pragma: no cover - no wheel for this platform or Python: msgpack packs every state
+    ormsgpack = None
 
 from ..errors import StateError, StateTooLargeError, UnsupportedTypeError
 
@@ -151,17 +164,25 @@ def encode_state_buffer(state: object, *, root: str = "state", limit: int | None
 
 
 def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool) -> bytes | memoryview:
-    plain = _plain(state, limit)
-    if plain is True or plain == _FLOATS:
+    try:
+        keys = _plain(state, limit)
+    except _OverLimit as over:
+        raise _too_large(root, over.spent, limit) from None  # type: ignore[arg-type]
+    if keys is not None:
+        if not keys & _OTHER_KEYS and ormsgpack is not None:
+            try:  # it refuses every key but a str: no NaN key passes
+                out = ormsgpack.packb(state, option=_ORM_STRICT)  # no default: nothing calls back into Python
+            except Exception:  # noqa: BLE001 - a key other than str, or as below
+                pass
+            else:
+                return _checked_size(memoryview(out) if as_buffer else out, root, limit)
         try:
             out = _pack_plain(state, as_buffer)
         except Exception:  # noqa: BLE001 - _NotPlain, or anything the careful path will name
             pass
         else:
-            if plain is True or not _may_hold_nan(out):  # a NaN may sit in a dict key: the careful path knows
+            if not keys & _FLOAT_KEYS or not _may_hold_nan(out):  # a NaN may sit in a dict key: the careful path knows
                 return _checked_size(out, root, limit)
-    elif plain is not False:
-        raise _too_large(root, plain, limit)  # type: ignore[arg-type]
     return _encode_carefully(state, root, _pack_buffer if as_buffer else _pack, limit)
 
 
@@ -263,19 +284,29 @@ _SCAN_CAP = 1 << 21
 #: past 2**1008); also found inside bin data or after an int: each only costs a careful
 #: encode (never in valid UTF-8, where 0xcb needs 0x80-0xbf after it)
 _HUGE_FLOAT = re.compile(rb"\xcb[\x7f\xff]")
-_FLOATS = 2  # what _plain returns for a plain state where a float may sit in a dict key
 _CONTAINERS_PLAIN = frozenset((list, dict))
+# What _plain finds about the dict keys of a state that can take the fast path (0: every key
+# may be a str: ormsgpack packs the state, or refuses a key that is not), or'ed:
+_FLOAT_KEYS = 1  # a float may be one: where msgpack packs the state, a NaN in it must be looked for
+_OTHER_KEYS = 2  # some dict has keys that are not all str: msgpack packs the state
 
 
 class _NotPlain(Exception):
     """Raised by the fast path's default: the state holds a type the careful path must see."""
 
 
-def _plain(state: object, limit: int | None) -> bool | int:
-    """Whether ``state`` can take the fast path: True (_FLOATS if a float may sit in a dict
-    key) when every value in it is of a _PLAIN type and containers nest at most MAX_DEPTH
-    levels; False when the careful path must look; an int (a lower bound of the encoded
-    size, always > 2) when that is already over ``limit``.
+class _OverLimit(Exception):
+    """Raised by :func:`_plain`: a lower bound of the encoded size is over the limit."""
+
+    def __init__(self, spent: int) -> None:
+        self.spent = spent
+
+
+def _plain(state: object, limit: int | None) -> int | None:
+    """Whether ``state`` can take the fast path: what is known of its dict keys (0,
+    _FLOAT_KEYS, _OTHER_KEYS or'ed) when every value in it is of a _PLAIN type and containers
+    nest at most MAX_DEPTH levels; None when the careful path must look; :class:`_OverLimit`
+    (with a lower bound of the encoded size) when that is already over ``limit``.
 
     Breadth first, a level at a time, each step in C: the set of types on the level, the
     sum of its items' len() under a limit, then the next level (gc.get_referents: a list's
@@ -288,20 +319,21 @@ def _plain(state: object, limit: int | None) -> bool | int:
     level: list[Any] = [state]
     spent = 1
     keys = False  # whether this level may hold dict keys
-    float_keys = False
+    found = 0
     for depth in range(MAX_DEPTH + 1):
         kinds = set(map(type, level))
         if not kinds <= _PLAIN:
-            return False
-        float_keys = float_keys or (keys and float in kinds)
+            return None
+        if keys and float in kinds:
+            found |= _FLOAT_KEYS
         if limit is not None:
             spent += sum(map(length_hint, level))
             if spent > limit:
-                return max(spent, 3)
+                raise _OverLimit(spent)
         if list not in kinds and dict not in kinds:
-            return _FLOATS if float_keys else True
+            return found
         if depth == MAX_DEPTH:
-            return False  # a container at depth MAX_DEPTH: the careful path names it
+            return None  # a container at depth MAX_DEPTH: the careful path names it
         items = sum(map(len, level)) if dict in kinds and kinds <= _CONTAINERS_PLAIN else -1
         if len(level) == 1 and type(level[0]) is list:  # its items are the next level: no copy of them
             level = level[0]
@@ -314,12 +346,14 @@ def _plain(state: object, limit: int | None) -> bool | int:
             for at in range(0, len(level), _SCAN_CHUNK):  # a cycle or shared subtrees grow levels fast
                 below += gc.get_referents(*level[at:at + _SCAN_CHUNK])
                 if len(below) > _SCAN_CAP:
-                    return False
+                    return None
         if len(below) > _SCAN_CAP:
-            return False
-        keys = dict in kinds and len(below) != items
+            return None
+        keys = dict in kinds and len(below) != items  # always, on a level that holds more than containers
+        if keys and items >= 0:
+            found |= _OTHER_KEYS  # only a dict whose keys are not all str lets them be seen
         level = below
-    return False
+    return None
 
 
 def _may_hold_nan(packed: bytes | memoryview) -> bool:
@@ -333,6 +367,16 @@ def _may_hold_nan(packed: bytes | memoryview) -> bool:
 
 def _not_plain(value: object) -> object:
     raise _NotPlain
+
+
+#: every type ormsgpack would pack otherwise than as itself (tuple as array, datetime as str,
+#: subclass as its base, enum as its value, int past 64 bits, ...) goes to ``default``, and with
+#: none given, is refused; what it still packs natively is a _PLAIN type or one _plain rules
+#: out (``bytearray``, ``memoryview``, its own ``Ext`` and, from 1.13, ``Fragment``)
+_ORM_STRICT = 0 if ormsgpack is None else (
+    ormsgpack.OPT_PASSTHROUGH_TUPLE | ormsgpack.OPT_PASSTHROUGH_DATETIME | ormsgpack.OPT_PASSTHROUGH_UUID
+    | ormsgpack.OPT_PASSTHROUGH_SUBCLASS | ormsgpack.OPT_PASSTHROUGH_BIG_INT | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_ENUM)
 
 
 def _pack_plain(state: object, as_buffer: bool) -> bytes | memoryview:

@@ -6,6 +6,8 @@ the numbers the scripts and the flows share (``MAX_INT``, the ttl bound) are her
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,8 +20,7 @@ from .retry import RetryPolicy
 
 __all__ = [
     "StoreConfig", "DriftWatch", "MAX_INT", "MAX_TTL_MS", "DEFAULT_CHUNK_BYTES", "STAGE_TTL_MARGIN_MS",
-    "DEFAULT_FENCE_MARGIN_MS",
-    "check_int", "check_ttl_ms",
+    "DEFAULT_FENCE_MARGIN_MS", "DRIFT_CHECK_S", "check_int", "check_ttl_ms",
 ]
 
 #: The exact-number bound: every token, generation, fence, ttl and time a Lua script compares
@@ -36,6 +37,8 @@ DEFAULT_FENCE_MARGIN_MS = 24 * 3600 * 1000
 #: staged keys of a commit whose writer dies before its script runs expire after the retry
 #: deadline twice over plus this margin (the run's next commit or acquire removes them sooner)
 STAGE_TTL_MARGIN_MS = 60_000
+#: how often at most the drift check rides in a confirmed write (seconds; see DriftWatch)
+DRIFT_CHECK_S = 0.25
 
 
 def check_int(argument: str, value: object, low: int, high: int, *, run_id: str | None = None) -> int:
@@ -56,12 +59,39 @@ def check_ttl_ms(ttl_ms: object, *, run_id: str | None = None) -> int:
 
 @dataclass(frozen=True)
 class DriftWatch:
-    """Server settings re-read with every confirmed write (a CONFIG GET of ``keys`` in the
-    write's pipeline), and the rule that judges them: ``problems(config)`` lists what drifted.
-    Given by the shell once the startup probe could read CONFIG (the core knows no probe)."""
+    """Server settings re-read by confirmed writes (a CONFIG GET of ``keys`` riding in the
+    write's own pipeline, no extra round trip), and the rule that judges them:
+    ``problems(config)`` lists what drifted. Given by the shell once the startup probe could
+    read CONFIG (the core knows no probe).
+
+    The check is not sent with every write (it cost a command per commit): a write carries
+    it when ``StoreConfig.drift_check_s`` passed since the last one went out, or at once after
+    a sign of trouble (:meth:`alarm`: a lost connection, fewer confirmations than asked, a
+    drifted or unreadable answer, a check whose answer was not read). So a drift is caught by
+    the first write sent ``drift_check_s`` after the last clean check at the latest, before
+    that write is acknowledged; writes acknowledged in between ran under the settings the
+    last check saw less than ``drift_check_s`` before they were sent. ``drift_check_s = 0``
+    checks every write.
+    """
 
     keys: tuple[str, ...]
     problems: Callable[[Mapping[str, str]], list[str]]
+    #: when (``time.monotonic()``) the next write carries the check; a one-item list, so that
+    #: the frozen watch can move it (every thread and task of a store share it)
+    next_check: list[float] = field(default_factory=lambda: [0.0], compare=False, repr=False)
+
+    def due(self, every_s: float) -> bool:
+        """Whether the write being built carries the check; if so, the writes of the next
+        ``every_s`` seconds do not (unless an alarm comes first)."""
+        now = time.monotonic()
+        if now < self.next_check[0]:
+            return False
+        self.next_check[0] = now + every_s
+        return True
+
+    def alarm(self) -> None:
+        """A sign of trouble: the next confirmed write carries the check."""
+        self.next_check[0] = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +100,8 @@ class StoreConfig:
 
     ``confirm`` False skips the WAITAOF confirmations: only the in-memory test store, which
     no real server backs, is created that way (it is no option of the public constructors).
-    ``watch``: the drift check riding in every confirmed write, set after the probe.
+    ``watch``: the drift check riding in confirmed writes, set after the probe;
+    ``drift_check_s``: how often at most it rides along (see :class:`DriftWatch`; 0: always).
 
     ``retention_ms``: a run nobody commits to or acquires for that long is removed by the
     server (its keys expire; every commit and acquire sets the expiry anew); None: runs are
@@ -89,6 +120,7 @@ class StoreConfig:
     events_maxlen: int = 1000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    drift_check_s: float = DRIFT_CHECK_S
     confirm: bool = True
     watch: DriftWatch | None = None
     retention_ms: int | None = None
@@ -111,6 +143,9 @@ class StoreConfig:
         if self.retention_ms is not None:
             check_int("retention (ms)", self.retention_ms, 1, MAX_TTL_MS)
         check_int("fence_margin (ms)", self.fence_margin_ms, 0, MAX_TTL_MS)
+        d = self.drift_check_s
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
+            raise ValueError(f"drift_check_s must be a finite number of seconds >= 0, got {d!r}")
 
     @property
     def stage_ttl_ms(self) -> int:
@@ -120,12 +155,14 @@ class StoreConfig:
 
     @cached_property
     def confirmations(self) -> tuple[Cmd, ...]:
-        """What a confirmed write appends to its pipe: WAITAOF (and WAIT) as the durability
-        policy says, then the drift check's CONFIG GET when watched; none without ``confirm``.
-        Built once per configuration: every commit sends them."""
+        """What every confirmed write appends to its pipe: WAITAOF (and WAIT) as the durability
+        policy says; none without ``confirm``. Built once per configuration: every commit sends
+        them. The drift check (:attr:`drift_check`) follows them when it is due."""
         if not self.confirm:
             return ()
-        ops = [Cmd(*c) for c in self.durability.commands()]
-        if self.watch is not None:
-            ops.append(Cmd("CONFIG", "GET", *self.watch.keys))
-        return tuple(ops)
+        return tuple(Cmd(*c) for c in self.durability.commands())
+
+    @cached_property
+    def drift_check(self) -> Cmd | None:
+        """The drift check's CONFIG GET (None when not watched)."""
+        return None if self.watch is None or not self.confirm else Cmd("CONFIG", "GET", *self.watch.keys)

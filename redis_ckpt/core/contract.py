@@ -19,7 +19,7 @@ from .replies import text
 __all__ = [
     "CommitFields", "COMMIT_FIELD_NAMES", "COMMIT_KEYS", "SCRIPT_KEYS", "SCRIPT_ARGV", "ERROR_FIELDS",
     "commit_script", "acquire_script", "renew_script", "release_script", "revoke_script", "delete_script",
-    "retain_script", "prune_script",
+    "retain_script", "prune_script", "load_script", "LOAD_FIELDS",
     "refusal", "commit_generation", "grant_of", "deleted_of",
     "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
 ]
@@ -77,6 +77,7 @@ SCRIPT_KEYS = {
     "delete": ("fence", "lease", "head", "events", "staging"),
     "retain": ("fence", "lease", "head", "events", "staging"),
     "prune": ("fence", "lease", "head", "events", "staging"),
+    "load": ("head",),
 }
 #: the fixed ARGV of each script but commit, in order: (the builder's argument, the words the
 #: header starts that ARGV's line with)
@@ -129,6 +130,15 @@ def release_script(k: RunKeys, *, token: int, owner: str, maxlen: int) -> Script
 
 def revoke_script(k: RunKeys, *, by: str, maxlen: int) -> Script:
     return Script("revoke", [k.fence, k.lease, k.events], [by, maxlen])
+
+
+#: the head fields a load reads, in the order load.lua returns them (then the guessed value)
+LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
+
+
+def load_script(k: RunKeys, guesses: Sequence[int]) -> Script:
+    """load.lua: the head's LOAD_FIELDS and the value of the guessed generation it names."""
+    return Script("load", [k.head, *(k.generation(g) for g in guesses)], list(guesses))
 
 
 def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], staged: Sequence[str]) -> Script:
@@ -248,6 +258,8 @@ def drop_keys(k: RunKeys, entries: Iterable[str]) -> list[str]:
     """The keys of "<g>:<chunks>" entries: g:<g> then its chunk keys."""
     out: list[str] = []
     for e in entries:
-        g, c = (int(x) for x in e.split(":"))
-        out += k.generation_keys(g, c)
+        g, _, c = e.partition(":")
+        out.append(k.generation(int(g)))
+        if c != "0":
+            out += [k.chunk(int(g), i) for i in range(int(c))]
     return out

@@ -24,6 +24,10 @@ def _check_text(kind: str, value: object, limit: int, *, allow_space: bool) -> s
         raise InvalidRunIdError(f"{kind} must not be empty", value=value)
     if len(value) > limit:
         raise InvalidRunIdError(f"{kind} is {len(value)} characters long; the limit is {limit}", value=value)
+    # the common case in C: printable (no lone surrogate, no control or separator character;
+    # the ASCII space is the one printable space character)
+    if value.isprintable() and (allow_space or " " not in value):
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

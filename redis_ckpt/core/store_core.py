@@ -39,19 +39,9 @@ class StoreCore(LeaseFlows, LifecycleFlows, RetentionFlows):
         return add if fn is None else add(fn)
 
     def watch_config(self, watch: DriftWatch) -> None:
-        """Re-read the durability settings with every confirmed write (the probe could read
-        CONFIG): a server whose settings drift after start then fails the next write with
-        DurabilityError instead of acknowledging it silently. The CONFIG GET rides in the
-        write's pipeline: no extra round trip."""
+        """Re-read the durability settings in confirmed writes (the probe could read CONFIG):
+        a server whose settings drift after start then fails a write with DurabilityError
+        instead of acknowledging it silently. The CONFIG GET rides in the write's pipeline (no
+        extra round trip) at most every ``config.drift_check_s`` and at once after a sign of
+        trouble (see :class:`~redis_ckpt.core.config.DriftWatch` for the window)."""
         self.config = replace(self.config, watch=watch)
-
-    # -- until the LangGraph saver moves onto store.core.config (issue 13) ------------------
-
-    namespace = property(lambda self: self.config.namespace)
-    durability = property(lambda self: self.config.durability)
-    confirm = property(lambda self: self.config.confirm)
-    max_state_bytes = property(lambda self: self.config.max_state_bytes)
-    compression = property(lambda self: self.config.compression)
-
-    def _retrying(self, body: Any, *, run_id: str | None, what: str, writes: bool) -> Any:
-        return self.retrying(body, run_id=run_id, what=what, writes=writes)

@@ -197,21 +197,20 @@ def _settings(conn: Any, left: float) -> Iterator[None]:
         conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
 
 
-@contextlib.contextmanager
-def _bounded(conn: Any, until: float | None) -> Iterator[None]:
-    """One attempt on a connected ``conn``, ending by ``until``."""
+def _armed(conn: Any, until: float | None) -> tuple[bool, Any]:
+    """Bound one attempt on a connected ``conn`` by ``until``: its socket's timeout capped by
+    the time left, unless its own timeout ends the attempt in time anyway (then nothing is
+    touched: the common case costs no syscall). (armed, its own timeout to put back). Only the
+    socket matters here: the connection is connected (a connect is bounded in ``_take``) and
+    the send skips redis-py's health check, so nothing reconnects during the attempt."""
     if until is None:
-        yield
-        return
+        return False, None
     left = time_left(until)
-    assert left is not None
     own = getattr(conn, "socket_timeout", None)
-    with _settings(conn, left):
-        _arm(conn, conn.socket_timeout)
-        try:
-            yield
-        finally:
-            _arm(conn, own)
+    if own is not None and own <= left:  # type: ignore[operator]
+        return False, None
+    _arm(conn, left)
+    return True, own
 
 
 #: the time an attempt has left while this driver takes a connection from a pool (read by the
@@ -236,8 +235,17 @@ def _hook(pool: Any) -> bool:
                 left = _CONNECT_LEFT.get()
                 if left is None:
                     return _original(connection)
-                with _settings(connection, left):
+                try:  # what _settings does, without a context manager: this runs every attempt
+                    saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
+                except AttributeError:
                     return _original(connection)
+                connection.socket_timeout = _cap(saved[0], left)
+                connection.socket_connect_timeout = _cap(saved[1], left)
+                connection.retry = _NO_RETRY
+                try:
+                    return _original(connection)
+                finally:
+                    connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
 
             ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
             pool.ensure_connection = ensure_connection
@@ -323,14 +331,18 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
             p.execute_command(*c)
         return p.execute(raise_on_error=False)  # type: ignore[no-any-return]
     conn, give_back = _take(client, until)
+    armed, own = False, None
     try:
-        with _bounded(conn, until):
-            conn.send_packed_command(pack([command_wire(commands[0])] if name is not None else commands))
-            return read_all(conn, len(commands), client, name)
+        armed, own = _armed(conn, until)
+        conn.send_packed_command(pack([command_wire(commands[0])] if name is not None else commands),
+                                 check_health=False)
+        return read_all(conn, len(commands), client, name)
     except BaseException:
         conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
     finally:
+        if armed:
+            _arm(conn, own)
         give_back(conn)
 
 

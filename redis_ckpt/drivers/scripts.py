@@ -17,7 +17,10 @@ from importlib import resources
 
 __all__ = ["Scripts", "SCRIPTS", "SCRIPT_NAMES", "lua_text"]
 
-SCRIPT_NAMES = ("acquire", "renew", "release", "commit", "revoke", "delete", "retain", "prune")
+SCRIPT_NAMES = (
+    "acquire", "renew", "release", "commit", "revoke", "delete", "load", "retain", "prune",
+    "saver_write", "saver_read", "saver_admin",
+)
 
 
 def lua_text(name: str) -> str:

@@ -4,7 +4,7 @@
 * :class:`FaultProxy` -- a TCP proxy on loopback (optionally terminating TLS) that can cut a
   connection before or after a matching request reached the server, or hold the reply back;
 * AOF helpers -- find the incremental AOF through its manifest, locate the last MULTI/EXEC;
-* worker processes -- spawn the scripts in ``tests/chaos/workers`` and read their ack files.
+* worker processes -- spawn the scripts in ``tests/workers`` and read their ack files.
 
 Nothing here is a test: every function returns facts and the caller decides.
 """
@@ -18,16 +18,15 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-WORKERS = HERE / "workers"
 ROOT = HERE.parent.parent
+WORKERS = ROOT / "tests" / "workers"
 
 
 # --------------------------------------------------------------------------- results
@@ -361,7 +360,7 @@ class Worker(subprocess.Popen):  # type: ignore[type-arg]
 
 
 def spawn(script: str, *args: Any, stderr: Path) -> Worker:
-    """Start ``tests/chaos/workers/<script>.py`` with string args; its stderr goes to ``stderr``."""
+    """Start ``tests/workers/<script>.py`` with string args; its stderr goes to ``stderr``."""
     with open(stderr, "ab") as err:
         proc = Worker(
             [sys.executable, str(WORKERS / f"{script}.py"), *map(str, args)],
@@ -412,30 +411,8 @@ def stopped(procs: Sequence[Worker]) -> Iterator[None]:
                 p.send_signal(signal.SIGCONT)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1")
-
-
 def need_server(engine: str, **kw: Any) -> Any:
     """A started LocalServer; skips the test locally, fails it in CI, when none can be had."""
-    import pytest
+    from redis_ckpt.testing import ServerFactory, server_unavailable
 
-    from redis_ckpt.testing.local_server import LocalServer, ServerBinaryNotFound, ServerStartError
-
-    server = LocalServer(engine, **kw)
-    try:
-        return server.start()
-    except (ServerBinaryNotFound, ServerStartError) as exc:
-        server.cleanup()
-        if in_ci():
-            pytest.fail(f"server unavailable in CI: {exc}", pytrace=False)
-        pytest.skip(str(exc))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return ServerFactory(server_unavailable).start(engine, **kw)

@@ -1,7 +1,7 @@
 """History mode of the fault suite: workers log every operation, a nemesis injects faults on a
 seeded schedule, and :mod:`checker` verifies the whole history against the store's final contents.
 
-* ``workers`` processes (``workers/history_worker.py``) compete for ``runs`` shared runs with
+* ``workers`` processes (``tests/workers/history_worker.py``) compete for ``runs`` shared runs with
   leases of ``ttl`` seconds, each logging acquire / load / commit / renew / release with invoke
   and complete times, arguments and outcome;
 * the nemesis, driven by ``seed``: ``kill -9`` of the server and a restart on the same data
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import checker
-from chaos_tools import Worker, spawn, wait_for
+from chaos_tools import Worker, spawn
 
 from redis_ckpt import CheckpointError, CheckpointStore
 from redis_ckpt.core.frame import decode_frame, decode_payload
+from redis_ckpt.testing import wait_for
 
 #: fault -> weight in the nemesis's draw
 FAULTS: dict[str, int] = {
@@ -230,7 +231,7 @@ def run_history(server: Any, workdir: Path, *, seed: int, config: HistoryConfig 
         def commits() -> int:
             return sum(p.read_text().count('"o":"ok","result":{"generation"') for p in workdir.glob("w*.jsonl"))
 
-        if not wait_for(lambda: commits() >= 5, 60):
+        if not wait_for(lambda: commits() >= 5, "5 commits", timeout=60, every=0.02, check=False):
             nemesis.problems.append("the workers committed nothing within 60 s of starting")
         end = time.monotonic() + cfg.seconds
         next_fault = time.monotonic() + rng.uniform(*cfg.gap)

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos_tools import Tally, finish, read_lines, spawn, stopped, wait_for
+from chaos_tools import Tally, finish, read_lines, spawn, stopped
 
 from redis_ckpt import CheckpointStore
 from redis_ckpt.core.frame import decode_frame, decode_payload
+from redis_ckpt.testing import wait_for
 
 OWN_RUNS = 3
 SHARED_WORKERS = 2
@@ -47,7 +48,7 @@ def server_crash(server: Any, *, rounds: int, workdir: Path, seed: int) -> Tally
         return sum(1 for _, _, log in workers for f in read_lines(log) if f[0] == "A")
 
     try:
-        if not wait_for(lambda: acked() >= 20, 60):
+        if not wait_for(lambda: acked() >= 20, "20 acknowledged commits", timeout=60, every=0.02, check=False):
             tally.violation(f"the workers acknowledged only {acked()} commits in 60 s before the first kill")
             return tally
         for _ in range(rounds):
@@ -57,7 +58,7 @@ def server_crash(server: Any, *, rounds: int, workdir: Path, seed: int) -> Tally
             time.sleep(rng.uniform(0.0, 0.3))
             server.restart()
             tally.rounds += 1
-            if not wait_for(lambda: acked() >= before + 15, 30):
+            if not wait_for(lambda: acked() >= before + 15, "15 more commits", timeout=30, every=0.02, check=False):
                 tally.violation(f"round {tally.rounds}: the workers made no progress after the restart")
                 break
             dead = [(w, p) for w, p in zip(workers, procs) if p.poll() is not None]

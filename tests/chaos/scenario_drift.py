@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Any
 
-from chaos_tools import Tally, wait_for
+from chaos_tools import Tally
 
 from redis_ckpt import CheckpointStore, Durability, DurabilityError, NonDurableServerError
+from redis_ckpt.testing import wait_for
 
 REFUSED = (DurabilityError, NonDurableServerError)
 
@@ -61,6 +62,9 @@ def drift(server: Any, name: str, value: str, *, workers: int = 2, commits_after
                 time.sleep(0.005)
             paused.wait(30)  # every worker is between commits while the setting changes
             drifted.wait(30)
+            # the drift check rides in a commit at most every drift_check_s: the commits
+            # judged are those sent once that passed (the window documented in DriftWatch)
+            time.sleep(store.core.config.drift_check_s)
             for _ in range(commits_after):
                 step += 1
                 try:
@@ -89,7 +93,8 @@ def drift(server: Any, name: str, value: str, *, workers: int = 2, commits_after
         stop_before.set()
         drifted.set()
         admin.config_set(name, original)
-        wait_for(lambda: not int(admin.info("persistence")["aof_rewrite_in_progress"]), 20)
+        wait_for(lambda: not int(admin.info("persistence")["aof_rewrite_in_progress"]), "the AOF rewrite", timeout=20,
+                 every=0.02, check=False)
         admin.close()
     for exc in errors:
         tally.violation(f"worker failed: {type(exc).__name__}: {exc}")

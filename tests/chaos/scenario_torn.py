@@ -23,7 +23,7 @@ from typing import Any
 from chaos_tools import MULTI, Tally, incr_aof, last_transaction
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, StoreUnavailableError
-from redis_ckpt.testing.local_server import ServerStartError
+from redis_ckpt.testing import ServerStartError
 
 
 def _cut_point(data: bytes, rng: random.Random) -> tuple[int, str]:

@@ -9,14 +9,14 @@ import traceback
 from pathlib import Path
 
 import pytest
-from chaos_tools import in_ci, make_self_signed_cert, need_server, server_tls_support
+from chaos_tools import make_self_signed_cert, need_server, server_tls_support
 from click.testing import CliRunner
 from scenario_security import ACL_COMMANDS, acl_line, acl_minimal, acl_rules, tls_roundtrip
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, FrameDamage, StoreUnavailableError, check_server
 from redis_ckpt.core.frame import encode_frame
 from redis_ckpt.core.keys import RunKeys
-from redis_ckpt.testing.local_server import ServerBinaryNotFound, find_server_binary
+from redis_ckpt.testing import ServerBinaryNotFound, find_server_binary, in_ci
 from redis_ckpt.cli import cli
 
 pytestmark = [pytest.mark.server]

@@ -100,3 +100,11 @@ def test_refusal_reads_fields_by_name():
     lost = refusal(ReplyError("LEASE_LOST 4 0 "))
     assert lost["fence"] == "4" and lost["holder_token"] == "0" and lost["holder_owner"] == ""
     assert refusal(ReplyError("OUT_OF_RANGE fence")) == {"what": "fence", "value": ""}
+
+
+def test_load_script_layout():
+    script = contract.load_script(K, [3, 4])
+    assert script.keys == [K.head, K.generation(3), K.generation(4)] and script.args == [3, 4]
+    assert positions("load", "KEYS")[1].startswith("head")
+    assert positions("load", "ARGV")[1].startswith("the guessed generation numbers")
+    assert re.search(r"^Returns \{" + ", ".join(contract.LOAD_FIELDS) + r", value\}", header("load"), re.M)

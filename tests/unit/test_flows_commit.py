@@ -11,6 +11,7 @@ from scripted import Scripted, core, fields, replies_for
 
 from redis_ckpt.core.chunks import is_manifest
 from redis_ckpt.core.config import DriftWatch
+from redis_ckpt.core.flows.commit import INLINE_BYTES
 from redis_ckpt.core.ops import Cmd, ConnectionLost, Pipe, ReplyError, Script
 from redis_ckpt.core.frame import decode_frame
 from redis_ckpt.core.keys import RunKeys
@@ -24,6 +25,7 @@ from redis_ckpt.errors import (
 )
 
 K = RunKeys("ns", "r")
+STAGED = INLINE_BYTES + 24_000  # a frame past the inline limit: staged whole
 
 
 def commit(c, state, *, token=4, expected=0, **kw):
@@ -55,7 +57,7 @@ def test_a_small_state_goes_inline_in_one_round_trip():
 def test_a_mid_sized_state_is_staged_whole_then_renamed_by_the_script():
     c = core()
     s = Scripted(applied(1))
-    s.run(commit(c, {"blob": b"x" * 40_000}, commit_id="c-1"))
+    s.run(commit(c, {"blob": b"x" * STAGED}, commit_id="c-1"))
     names = [o.args[0] if isinstance(o, Cmd) else o.name for o in s.ops[0].ops]
     assert names == ["HSET", "PEXPIRE", "SET", "commit", "WAITAOF"]
     hset, pexpire, stage = s.ops[0].ops[:3]
@@ -107,7 +109,7 @@ def test_stage_missing_stages_again_and_need_stage_passes_the_dead_commits_keys(
         lambda pipe: replies_for(pipe, ReplyError("NEED_STAGE dead:2")),
         applied(1),
     )
-    assert s.run(commit(c, {"blob": b"z" * 40_000}, commit_id="c-1")) == 1
+    assert s.run(commit(c, {"blob": b"z" * STAGED}, commit_id="c-1")) == 1
     first, second, third = s.ops
     assert [o.args[0] for o in second.ops[:3]] == ["HSET", "PEXPIRE", "SET"]  # staged again
     assert isinstance(third.ops[0], Script)  # the staging stays in place for this send
@@ -127,7 +129,7 @@ def test_after_three_need_stage_answers_the_script_is_sent_not_strict():
 def test_a_lost_connection_resends_the_same_commit_id_as_a_resend():
     c = core()
     s = Scripted(ConnectionLost("Connection reset by peer"), applied([1, b"retry"]))
-    assert s.run(commit(c, {"blob": b"x" * 40_000}, commit_id="c-1")) == 1
+    assert s.run(commit(c, {"blob": b"x" * STAGED}, commit_id="c-1")) == 1
     first, second = s.scripts("commit")
     assert fields(first)["resend"] == "0" and fields(second)["resend"] == "1"
     assert fields(first)["commit_id"] == fields(second)["commit_id"] == "c-1"

@@ -11,7 +11,7 @@ from scripted import Scripted, core
 
 from redis_ckpt.core.frame import frame_checksum
 from redis_ckpt.core.keys import RunKeys
-from redis_ckpt.core.ops import Cmd, ConnectionLost, Pipe
+from redis_ckpt.core.ops import Cmd, ConnectionLost, Pipe, Script
 from redis_ckpt.errors import CorruptCheckpointError, HeadMovingError, SchemaVersionError, StoreUnavailableError
 
 K = RunKeys("ns", "r")
@@ -26,9 +26,20 @@ def head(generation: int, kept: str, checksum: bytes | str = b"", commit_id: byt
     return [str(generation).encode(), kept.encode(), checksum or None, commit_id, None]
 
 
-def snapshot(fields: list, *blobs: object) -> list:
-    """The replies of a MULTI, HMGET, GET..., EXEC pipe."""
-    return [b"OK", b"QUEUED", *[b"QUEUED"] * len(blobs), [fields, *blobs]]
+def snapshot(fields: list, *blobs: object):
+    """The answer to a snapshot read of the head with the guessed generations (``blobs``, the
+    values of their keys in order): load.lua's reply (the head's fields and the value of the
+    generation the head names, when guessed), or the replies of MULTI, HMGET, GET..., EXEC."""
+
+    def answer(pipe: Pipe) -> list:
+        first = pipe.ops[0]
+        if isinstance(first, Script):
+            assert first.name == "load" and len(first.args) == len(blobs)
+            named = [v for g, v in zip(first.args, blobs) if str(g).encode() == fields[0]]
+            return [[*fields, named[0] if named else None]]
+        return [b"OK", b"QUEUED", *[b"QUEUED"] * len(blobs), [fields, *blobs]]
+
+    return answer
 
 
 def test_a_damaged_newest_generation_falls_back_loudly(caplog):
@@ -58,12 +69,24 @@ def test_every_generation_bad_is_corruption_naming_each():
 def test_a_known_run_is_read_as_one_snapshot_of_head_and_generation():
     g3 = frame(3, {"i": 3})
     c = core()
-    c.remember("r", 3)
+    c.remember("r", 3, size=len(g3))
     s = Scripted(snapshot(head(3, "1,2,3", frame_checksum(g3).encode()), g3))
     assert s.run(c.load_flow("r")).state == {"i": 3}
+    (pipe,) = s.ops  # a small frame: load.lua reads the head and g:3 in one snapshot
+    assert isinstance(pipe, Pipe) and len(pipe.ops) == 1 and pipe.ops[0].name == "load"
+    assert pipe.ops[0].keys == [K.head, K.generation(3)] and pipe.ops[0].args == [3]
+
+
+def test_a_known_large_frame_is_read_by_multi_exec_not_through_lua():
+    g3 = frame(3, {"blob": b"x" * 40_000})
+    c = core()
+    c.remember("r", 3, size=len(g3))
+    s = Scripted(snapshot(head(3, "1,2,3", frame_checksum(g3).encode()), g3))
+    assert s.run(c.load_flow("r")).state == {"blob": b"x" * 40_000}
     (pipe,) = s.ops
     assert isinstance(pipe, Pipe) and [o.args[0] for o in pipe.ops] == ["MULTI", "HMGET", "GET", "EXEC"]
     assert pipe.ops[2].args == ("GET", K.generation(3))
+    assert c.last_size["r"] == len(g3)
 
 
 def test_a_head_that_moved_is_read_again_with_the_generation_it_names():
@@ -73,7 +96,7 @@ def test_a_head_that_moved_is_read_again_with_the_generation_it_names():
     s = Scripted(snapshot(head(5, "3,4,5"), None),  # the guess (3) is behind: the head names 5
                  snapshot(head(5, "3,4,5"), g5, None))
     assert s.run(c.load_flow("r")).generation == 5
-    assert [o.args[1] for o in s.ops[1].ops if o.args[0] == "GET"] == [K.generation(5), K.generation(6)]
+    assert s.ops[1].ops[0].keys == [K.head, K.generation(5), K.generation(6)]
 
 
 def test_a_generation_rotated_away_while_read_starts_the_read_again():

@@ -13,7 +13,7 @@ from ..ops import Cmd, Flow, Pipe
 from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
 from .commit import CommitFlows
-from .confirm import check_confirmed
+from .confirm import check_confirmed, drift_unread
 
 __all__ = ["AdminFlows", "event_of"]
 
@@ -94,6 +94,7 @@ class AdminFlows(CommitFlows, FlowsBase):
             registered[:] = staged(hash_of(registry))
             replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))], route=k.fence)
             if isinstance(replies[0], Exception):
+                drift_unread(replies, self.config)
                 raise replies[0]
             check_confirmed(replies, self.config, what="delete", run_id=k.run_id, generation=None)
             return deleted_of(replies[0])

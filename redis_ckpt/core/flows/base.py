@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from ...errors import OutcomeUnknownError, OutOfRangeError
 from ..config import MAX_INT, StoreConfig
 from ..keys import RunKeys, validate_run_id
-from ..ops import Flow
+from ..ops import ConnectionLost, Flow
 from ..retry import retrying
 
 __all__ = ["FlowsBase", "Migration", "out_of_range", "outcome_unknown"]
@@ -31,6 +31,11 @@ class FlowsBase:
         self.last_generation: dict[str, int] = {}
         #: chunk counts of the chunked generations this process committed, by (run, generation)
         self.chunks_of: dict[tuple[str, int], int] = {}
+        #: the size of the newest frame this process wrote or read per run: how a load reads it
+        self.last_size: dict[str, int] = {}
+        #: runs seen under a retention of their own (the head's): a commit passes every kept
+        #: generation's keys at once (they get the new expiry) instead of hearing NEED_KEYS
+        self.retained: set[str] = set()
 
     def keys(self, run_id: str) -> RunKeys:
         """The keys of ``run_id`` (validated); recently used runs are remembered."""
@@ -42,14 +47,18 @@ class FlowsBase:
             self._keys[k.run_id] = k
         return k
 
-    def remember(self, run_id: str, generation: int, chunks: int = 0) -> None:
-        """What this process last saw of a run: its head generation (a load reads it in the
-        same round trip as the head) and the chunk counts of the chunked generations it
-        committed (a later commit that rotates one out passes all its keys at once)."""
+    def remember(self, run_id: str, generation: int, chunks: int = 0, size: int = 0) -> None:
+        """What this process last saw of a run: its head generation and frame size (a load
+        reads that generation in the same round trip as the head, by a script when small) and
+        the chunk counts of the chunked generations it committed (a later commit that rotates
+        one out passes all its keys at once)."""
         if len(self.last_generation) >= REMEMBERED:
             self.last_generation.clear()
             self.chunks_of.clear()
+            self.last_size.clear()
+            self.retained.clear()
         self.last_generation[run_id] = generation
+        self.last_size[run_id] = size
         if chunks:
             self.chunks_of[(run_id, generation)] = chunks
         self.chunks_of.pop((run_id, generation - self.config.keep), None)
@@ -64,7 +73,21 @@ class FlowsBase:
         return [f"{g}:{self.chunks_of.get((run_id, g), 0)}" for g in range(low, head + 1)]
 
     def retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
-        """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`)."""
+        """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`).
+
+        A write whose connection was lost is a sign of trouble (the server may have restarted
+        with other settings): its resend carries the drift check (see ``DriftWatch``)."""
+        watch = self.config.watch
+        if watch is not None and writes:
+            inner = body
+
+            def body() -> Flow[T]:
+                try:
+                    return (yield from inner())
+                except ConnectionLost:
+                    watch.alarm()
+                    raise
+
         return retrying(body, policy=self.config.retry, run_id=run_id, what=what, writes=writes)
 
 

@@ -12,7 +12,7 @@ from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
 from .commit import MAX_SENDS
-from .confirm import check_confirmed, confirmed
+from .confirm import check_confirmed, confirmed, drift_unread
 
 __all__ = ["LeaseFlows"]
 
@@ -35,7 +35,7 @@ class LeaseFlows(FlowsBase):
         def body() -> Flow[Grant]:
             c = self.config
             dead: list[str] = []
-            entries = self.kept_guess(k.run_id) if retention else []
+            entries = self.kept_guess(k.run_id) if retention or k.run_id in self.retained else []
             strict = 0
             for _ in range(STRICT_ACQUIRES + MAX_SENDS):
                 # staged commits are all dead once the fence moves; the script names those it
@@ -46,12 +46,14 @@ class LeaseFlows(FlowsBase):
                 replies = yield confirmed([script], c, route=k.fence)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
+                    drift_unread(replies, c)
                     if reply.code == "NEED_STAGE":
                         dead = sorted(set(dead) | set(reply.fields))
                         strict += 1
                         continue
                     if reply.code == "NEED_KEYS":  # under a retention: the kept generations' keys
                         entries = sorted(set(entries) | set(reply.fields))
+                        self.retained.add(k.run_id)  # its commits pass them at once
                         continue
                     if reply.code == "LEASE_HELD":
                         r = refusal(reply)
@@ -107,6 +109,7 @@ class LeaseFlows(FlowsBase):
             replies = yield confirmed([revoke_script(k, by=by, maxlen=self.config.events_maxlen)], self.config,
                                       route=k.fence)
             if isinstance(replies[0], Exception):
+                drift_unread(replies, self.config)
                 raise replies[0]
             check_confirmed(replies, self.config, what="revoke", run_id=k.run_id, generation=None)
             return int(replies[0])

@@ -14,7 +14,7 @@ from ...errors import CheckpointError, ConflictError, CorruptCheckpointError, Fr
     NotFoundError
 from ...models import Checkpoint, RunUsage, now_ms
 from ..config import MAX_INT, check_int
-from ..contract import drop_keys, entry, kept, stage_keys, staged
+from ..contract import drop_keys, entry, kept, kept_times, stage_keys, staged
 from ..frame import decode_frame, decode_payload, encode_frame, frame_checksum
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe
@@ -95,8 +95,8 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                 header, payload = self.verify(k, generation, frame, head)
                 state = decode_payload(header, payload)
                 del payload
-                state = self.migrate(k.run_id, state, header.schema_version)
-                return self.checkpoint(k, generation, head, header, state, frame, [])
+                return self.checkpoint(k, generation, int(head.get("generation", 0)), header, state, frame,
+                                       kept_times(head).get(generation, header.created_ms), ())
             raise FrameError(FrameDamage.MISSING, f"rotated away at each of {GENERATION_READS} reads",
                              run_id=k.run_id, generation=generation)
 

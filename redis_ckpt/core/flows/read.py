@@ -17,7 +17,7 @@ from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage
     NotFoundError, SchemaVersionError
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
-from ..contract import kept, kept_times
+from ..contract import LOAD_FIELDS, kept, kept_times, load_script
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
 from ..ops import Cmd, Flow, Pipe
@@ -38,17 +38,19 @@ EVENTS_PAGE = 200
 COMMIT_KINDS = frozenset({"commit", "commit_retry", "import", "import_retry"})
 #: keys a SCAN call looks at when the head is missing and the audit stream cannot tell
 SCAN_COUNT = 1000
-#: the head fields a load needs (fewer replies to parse than HGETALL)
-LOAD_FIELDS = ("generation", "kept", "checksum", "commit_id", "kept_ms")
+#: frames up to this size are read with the head by load.lua (one reply to parse, less server
+#: work than MULTI/HMGET/GET/EXEC); larger ones by MULTI/EXEC (a value through Lua is copied)
+LOAD_SCRIPT_BYTES = 16 * 1024
 
 
 class ReadFlows(FlowsBase):
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.
 
-        The head and the generation it names are read as one snapshot (MULTI/EXEC, one round
-        trip) when this process knows the head's generation (it committed or loaded the run);
-        otherwise the head is read first. A head that moved since (a concurrent commit) is
+        The head and the generation it names are read as one snapshot in one round trip when
+        this process knows the head's generation (it committed or loaded the run): by
+        load.lua for a small frame, MULTI/EXEC for a large one; otherwise the head is read
+        first. A head that moved since (a concurrent commit) is
         read again with its new generation, and a generation rotated away while it was read
         (chunks, older ones) starts the read again: a moving head is never corruption. When it
         still moves at the deadline: :class:`HeadMovingError` (retryable, nothing damaged).
@@ -64,7 +66,13 @@ class ReadFlows(FlowsBase):
                 # after a miss the head may move once more before this read: ask for the next
                 # generation too (with keep=1 at most one of the two exists: no extra bytes)
                 wanted = [guess, guess + 1] if guess and reads > 1 else [guess] if guess else []
-                if wanted:
+                if wanted and self.last_size.get(k.run_id, 0) <= LOAD_SCRIPT_BYTES:
+                    (reply,) = yield Pipe([load_script(k, wanted)], route=k.head)
+                    if isinstance(reply, Exception):
+                        raise reply
+                    raw, value = reply[:-1], reply[-1]
+                    blobs = [value if value is not None and str(g) == text(raw[0]) else None for g in wanted]
+                elif wanted:
                     replies = yield Pipe([Cmd("MULTI"), Cmd("HMGET", k.head, *LOAD_FIELDS),
                                           *(Cmd("GET", k.generation(g)) for g in wanted), Cmd("EXEC")],
                                          route=k.head)
@@ -85,7 +93,7 @@ class ReadFlows(FlowsBase):
                 if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
                     result = yield from self.load_from(k, head, dict(zip(wanted, blobs)))
                     if result is not None:
-                        self.remember(k.run_id, result.head_generation)
+                        self.remember(k.run_id, result.head_generation, size=result.size)
                         return result  # else a generation it read was rotated away meanwhile
                 if generation >= 1:
                     guess = generation  # read the head again with the generation it names now
@@ -101,6 +109,21 @@ class ReadFlows(FlowsBase):
     def load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any]) -> Flow[Checkpoint | None]:
         """The newest of ``head``'s kept generations that verifies; None when one was rotated
         away while it was read (the caller reads the head again)."""
+        head_gen = int(head.get("generation", 0))
+        newest = prefetched.get(head_gen)
+        if newest is not None and head.get("kept", "").rpartition(",")[2] == str(head_gen) \
+                and not is_manifest(newest):
+            # the common case: the head's generation, read with the head, whole (not chunked)
+            try:
+                header, payload = self.verify(k, head_gen, newest, head)
+                state = decode_payload(header, payload)
+                del payload
+            except FrameError:
+                pass  # the loop below reads it again and says why it is skipped
+            else:
+                t = head.get("kept_ms", "").rpartition(",")[2]
+                return self.checkpoint(k, head_gen, head_gen, header, state, newest,
+                                       int(t) if t.isdigit() else header.created_ms, ())
         skipped: list[SkippedGeneration] = []
         for g, _chunks in sorted(kept(head), reverse=True):
             try:
@@ -115,22 +138,22 @@ class ReadFlows(FlowsBase):
                         return None  # rotated away meanwhile: reload from the new head
                 skipped.append(SkippedGeneration(g, bad.reason.value, bad.detail))
                 continue
-            state = self.migrate(k.run_id, state, header.schema_version)
             if skipped:
                 yield from self.report_fallback(k, g, skipped)
-            return self.checkpoint(k, g, head, header, state, blob, skipped)
+            return self.checkpoint(k, g, head_gen, header, state, blob,  # the server's commit time, else the writer's
+                                   kept_times(head).get(g, header.created_ms), tuple(skipped))
         raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
 
-    def checkpoint(self, k: RunKeys, g: int, head: Mapping[str, str], header: Any, state: Any, blob: bytes,
-                   skipped: list[SkippedGeneration]) -> Checkpoint:
-        """The :class:`Checkpoint` of generation ``g``, verified and migrated (``state``)."""
+    def checkpoint(self, k: RunKeys, g: int, head_gen: int, header: Any, state: Any, blob: Any, created_ms: int,
+                   skipped: tuple[SkippedGeneration, ...]) -> Checkpoint:
+        """The loaded generation ``g`` (its state migrated to this store's schema)."""
         return Checkpoint(
-            run_id=k.run_id, state=state, generation=g, head_generation=int(head.get("generation", 0)),
-            token=header.token, owner=header.owner,  # the server's commit time, else the writer's
-            created_at=ms_to_datetime(kept_times(head).get(g, header.created_ms)),  # type: ignore[arg-type]
+            run_id=k.run_id, state=self.migrate(k.run_id, state, header.schema_version), generation=g,
+            head_generation=head_gen, token=header.token, owner=header.owner,
+            created_at=ms_to_datetime(created_ms),  # type: ignore[arg-type]
             schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
-            metadata=header.metadata, checksum=frame_checksum(blob),
-            size=len(blob), skipped=tuple(skipped),
+            metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
+            size=len(blob), skipped=skipped,  # type: ignore[arg-type]
         )
 
     def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
@@ -181,6 +204,8 @@ class ReadFlows(FlowsBase):
     def migrate(self, run_id: str, state: Any, stored: int) -> Any:
         """``state`` of schema ``stored`` through the registered migrations to this store's."""
         current = self.config.schema_version
+        if stored == current:
+            return state
         if stored > current:
             raise SchemaVersionError(
                 f"run {run_id!r} was written with schema {stored}, newer than this code's "

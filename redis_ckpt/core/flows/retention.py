@@ -17,7 +17,7 @@ from ..replies import hash_of, raise_failures, text
 from .admin import AdminFlows
 from .base import out_of_range
 from .commit import MAX_SENDS
-from .confirm import check_confirmed, confirmed
+from .confirm import check_confirmed, confirmed, drift_unread
 
 __all__ = ["RetentionFlows"]
 
@@ -42,6 +42,7 @@ class RetentionFlows(AdminFlows):
                 replies = yield confirmed([script], c, route=k.head)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
+                    drift_unread(replies, c)
                     if reply.code == "NEED_KEYS":  # a commit rotated generations meanwhile
                         entries = sorted(set(entries) | set(reply.fields))
                         continue
@@ -91,6 +92,8 @@ class RetentionFlows(AdminFlows):
             registered[:] = staged(registry)
             replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
             reply = replies[0]
+            if isinstance(reply, Exception) or dry_run:
+                drift_unread(replies, self.config)  # a drift check it carried goes unread
             if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY"):
                 return None
             if isinstance(reply, Exception):

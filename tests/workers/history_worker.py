@@ -1,6 +1,6 @@
 """A history worker: competes for a few shared runs with short leases and logs every operation.
 
-    python tests/chaos/workers/history_worker.py PORT NAMESPACE RUNS PROCESS LOG SEED TTL_MIN TTL_MAX SOCKET_TIMEOUT
+    python tests/workers/history_worker.py PORT NAMESPACE RUNS PROCESS LOG SEED TTL_MIN TTL_MAX SOCKET_TIMEOUT
 
 RUNS is a comma-separated list. PROCESS names this incarnation (and is its lease owner), LOG
 is its JSON-lines history (``checker.HistoryLog``: a line when an operation is invoked, one
@@ -32,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))  # checker.py
 
 import redis  # noqa: E402
 from checker import HistoryLog, digest  # noqa: E402

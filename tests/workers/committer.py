@@ -1,6 +1,6 @@
 """A chaos worker that holds one lease and commits on it until it is fenced off.
 
-    python tests/chaos/workers/committer.py URL NAMESPACE RUN OWNER TTL_MS LOG
+    python tests/workers/committer.py URL NAMESPACE RUN OWNER TTL_MS LOG
 
 It acquires RUN once (lease TTL_MS, never renewed: the token, not the lease, is what keeps a
 stale writer out) and commits ``{"step": n, "owner": OWNER}`` for n = 1, 2, ... Every line of

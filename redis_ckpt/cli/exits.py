@@ -1,0 +1,197 @@
+"""How a ``redis-ckpt`` command ends: its exit code and the one error it shows on stderr.
+
+The whole policy lives here. Every failure becomes one ``error: ...`` line on stderr (a
+headline, maybe indented detail lines; with ``--json`` one JSON object ``{"error": ...,
+"exit_code": ...}``), never a traceback, never a password, and a documented exit code:
+
+* 0 — success (``check``: the server is durable, possibly with warnings)
+* 1 — a definite "no": the server is refused, a generation is damaged, no such run,
+  a conflict / fence / corruption error from the store, a confirmation was declined
+* 2 — no answer could be had: bad usage or URL, invalid run id or namespace, the server
+  cannot be reached (connection refused, authentication) or does not answer within
+  ``--timeout``, or a check is unverifiable
+* 3 — an unexpected error inside redis-ckpt (a bug): still one ``error:`` line naming it
+
+:func:`failure_for` says what an exception raised while a command worked becomes;
+:func:`report` shows whatever ended a command and returns its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+import click
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import __version__
+from ..errors import (
+    CheckpointError,
+    InvalidRunIdError,
+    NonDurableServerError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from ..drivers.errors import unavailable_message
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_NO",
+    "EXIT_UNAVAILABLE",
+    "EXIT_UNEXPECTED",
+    "CliFailure",
+    "NoSuchRun",
+    "failure_for",
+    "report",
+    "unexpected",
+    "json_errors",
+    "json_mode",
+    "remember_secrets",
+    "scrub",
+    "show_error",
+    "show_notice",
+]
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_UNAVAILABLE = 2
+EXIT_UNEXPECTED = 3
+
+_json_errors = False
+_secrets: set[str] = set()
+
+
+def json_errors(on: bool) -> None:
+    """From now on, show errors as one JSON object on stderr (``--json`` is in effect)."""
+    global _json_errors
+    _json_errors = on
+
+
+def json_mode() -> bool:
+    """Whether ``--json`` is in effect (stderr is JSON too: one object per line)."""
+    return _json_errors
+
+
+def remember_secrets(secrets: tuple[str, ...]) -> None:
+    """Secrets of the URLs in use: scrubbed from an unexpected error too."""
+    _secrets.update(secrets)
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def show_error(message: str, exit_code: int) -> None:
+    """One error on stderr: ``error: ...`` (a headline, maybe indented detail lines), or with
+    ``--json`` one JSON object ``{"error": ..., "exit_code": ...}`` on one line."""
+    if _json_errors:
+        click.echo(json.dumps({"error": message, "exit_code": exit_code}, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
+
+
+def show_notice(message: str) -> None:
+    """A note for the person at the terminal on stderr (``{"notice": ...}`` with ``--json``)."""
+    if _json_errors:
+        click.echo(json.dumps({"notice": message}, ensure_ascii=False), err=True)
+    else:
+        click.echo(message, err=True)
+
+
+def unexpected(exc: BaseException) -> str:
+    """The one line an unexpected exception becomes."""
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in redis-ckpt {__version__}: please report it "
+            "with the command that led to it)")
+
+
+class CliFailure(click.ClickException):
+    """One ``error: ...`` line (or a headline with indented detail lines) and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_NO, *, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(scrub(message, secrets))
+        self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if file is None:
+            show_error(self.message, self.exit_code)
+        else:
+            click.echo(f"error: {self.message}", file=file)
+
+
+class NoSuchRun(NotFoundError):
+    """The run has neither a fence nor a head in this namespace."""
+
+    def __init__(self, run_id: str, namespace: str) -> None:
+        super().__init__(f"no such run {run_id!r} in namespace {namespace!r}", run_id=run_id)
+
+
+def _caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain of causes (``exc`` included)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, types):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def unavailable(exc: BaseException, server: str, timeout: float) -> str:
+    """What to say when the server could not be used: no answer in time (a redis-py timeout
+    among the causes), authentication, or unreachable."""
+    if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
+        return f"{server} did not answer within {timeout:g} s (is it stopped, overloaded or unreachable?)"
+    if _caused_by(exc, RedisAuthenticationError) is not None:
+        return unavailable_message(server, exc)  # required, or failed: never "cannot reach"
+    if isinstance(exc, StoreUnavailableError):
+        return str(exc)
+    return f"cannot reach {server}: {type(exc).__name__}: {exc}"
+
+
+def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[str, ...]) -> CliFailure:
+    """The :class:`CliFailure` (message, exit code) that an exception raised while a command
+    worked on ``server`` (the redacted URL) becomes. The store maps redis-py's exceptions to
+    CheckpointErrors (drivers/errors.py, the one seam), so anything else is a bug: exit 3."""
+    s = secrets
+    if isinstance(exc, InvalidRunIdError):
+        return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s)
+    if isinstance(exc, StoreUnavailableError):  # unreachable, silent, or authentication required / failed
+        return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s)
+    if isinstance(exc, NonDurableServerError):
+        problems = list(exc.problems)
+        levels = {getattr(p, "level", "refuse") for p in problems}
+        code = EXIT_UNAVAILABLE if levels == {"unverifiable"} else EXIT_NO
+        lines = [f"refusing to use {server}: it cannot keep a commit durable "
+                 f"(run `redis-ckpt check` for the full report)"]
+        lines += [f"  - {getattr(p, 'check', '?')}: {p}" for p in problems]
+        return CliFailure("\n".join(lines), code, secrets=s)
+    if isinstance(exc, CheckpointError):
+        return CliFailure(str(exc), EXIT_NO, secrets=s)
+    return CliFailure(unexpected(exc), EXIT_UNEXPECTED, secrets=s)  # never a traceback: one line, exit 3
+
+
+def report(exc: Exception) -> int:
+    """Show what ended a command (one error on stderr, JSON with ``--json``) and return its
+    exit code: a usage error, a :class:`CliFailure`, an abort, or an unexpected exception."""
+    if isinstance(exc, click.exceptions.UsageError):
+        if _json_errors:
+            show_error(exc.format_message(), exc.exit_code)
+        else:
+            exc.show()
+        return exc.exit_code
+    if isinstance(exc, CliFailure):
+        exc.show()
+        return exc.exit_code
+    if isinstance(exc, click.ClickException):
+        show_error(exc.format_message(), exc.exit_code)
+        return exc.exit_code
+    if isinstance(exc, click.exceptions.Abort):
+        show_error("aborted", EXIT_NO)
+        return EXIT_NO
+    secrets = tuple(sorted(_secrets, key=len, reverse=True))
+    show_error(scrub(unexpected(exc), secrets), EXIT_UNEXPECTED)
+    return EXIT_UNEXPECTED

@@ -1,0 +1,1 @@
+"""Integrations of redis-ckpt with other frameworks (``integrations.langgraph``)."""

@@ -1,0 +1,73 @@
+"""A LangGraph checkpointer on redis-ckpt: threads hand over between workers at once,
+every write is one fenced, durable round trip, every value is checksummed.
+
+    from redis_ckpt import CheckpointStore
+    from redis_ckpt.langgraph import RedisCkptSaver
+
+    store = CheckpointStore.from_url("redis://localhost:6379/0", namespace="default")
+    graph = builder.compile(checkpointer=RedisCkptSaver(store))
+    graph.invoke(inputs, {"configurable": {"thread_id": "conversation-7"}})
+
+``pip install 'redis-ckpt[langgraph]'``. Give it a :class:`~redis_ckpt.CheckpointStore`
+(sync graphs), an :class:`~redis_ckpt.aio.AsyncCheckpointStore` (``ainvoke``/``astream``), or
+both (``RedisCkptSaver(store, async_store=astore)``).
+
+Many workers, one thread
+------------------------
+Fencing is per LangGraph *invocation* (one ``invoke``/``stream`` call, subgraphs included),
+and nothing is held between writes, so nothing needs releasing:
+
+* **Handover is immediate.** An invocation's first write claims the thread and is given a
+  new fencing token, provided the thread is still at the version the invocation read when it
+  started. A worker continuing a thread whose previous invocation ended (finished,
+  interrupted, raised, or its process died) starts at once, on any worker.
+* **The newest invocation wins; nothing forks.** Two invocations on one thread: whichever
+  writes first with a current view claims it. The other one fails at its first write with
+  :class:`~redis_ckpt.ConflictError` when its view is stale (nothing of it is stored), or,
+  if it had claimed the thread before and another invocation has continued it since, with
+  :class:`~redis_ckpt.FencedError` at its next write; from then on every write of that
+  invocation is refused (fencing per invocation, not per write), so a worker paused by a GC
+  or SIGSTOP never writes after a takeover. A claim and its version check are one Lua
+  script: a newcomer that read stale state fails, it never branches the history.
+* **A completed invocation is never reported as failed**: a write is refused only before it
+  is stored, and an invocation's writes end when it returns.
+
+Calls outside an invocation (``graph.get_state``/``update_state``, direct calls of the saver)
+are standalone: a standalone write claims the thread unconditionally (the caller chose the
+parent explicitly), so it fences a running invocation like any newer one.
+
+Every write is one round trip
+-----------------------------
+``put`` and ``put_writes`` are one Lua script each, pipelined with the ``WAITAOF`` that
+confirms it (the store's :class:`~redis_ckpt.Durability` policy) on the same connection;
+``get_tuple`` is one script, a page of ``list`` one, ``get_delta_channel_history`` one (the
+server walks the parent chain). A put sends only the channels in ``new_versions``; the
+others refer to values stored earlier. (The first checkpoint of a LangGraph ``run_id`` in a
+thread also files the thread in that run's cross-thread index: one more round trip, once.)
+
+Retention
+---------
+``RedisCkptSaver(store, thread_ttl={"default_ttl": 60 * 24, "refresh_on_read": True})``: a
+thread's keys expire ``default_ttl`` minutes after its last write (or read). Every write
+sets one expiry on all of the thread's keys in the same script, so data and indexes expire
+together and never in the middle of a write. The fence expires with them; tokens still never
+repeat: a claim hands out ``max(fence + 1, server time in ms * 100)``, above every token
+issued before the expiry.
+
+Data model
+----------
+A thread is store run ``lg.<thread_id, percent-encoded>`` (``lg#<sha256>`` when too long);
+its keys (``<ns>:{<run>}:fence``, ``:events``, ``:lg:meta``, ``:lg:ix``, ``:lg:cp``, ``:lg:v``,
+``:lg:wi``, ``:lg:w``, ``:lg:ns``, ``:lg:runs``) are described in ``lua/saver_write.lua``.
+Values are stored once per (namespace, channel, version); every value, record and write is a
+checksummed frame bound to the thread, so damage raises :class:`~redis_ckpt.FrameError`.
+
+Capabilities (``langgraph-checkpoint-conformance``): all base ones and the extended
+``delete_for_runs``, ``copy_thread`` and ``prune`` (``keep_latest`` keeps the delta chain of a
+``DeltaChannel``).
+"""
+
+from .model import thread_run_id
+from .saver import RedisCkptSaver
+
+__all__ = ["RedisCkptSaver", "thread_run_id"]

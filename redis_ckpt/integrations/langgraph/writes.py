@@ -1,0 +1,206 @@
+"""Writing a thread: ``put`` and ``put_writes`` as one ``saver_write`` call each (one round
+trip ending in the WAITAOF that confirms it), and the whole-thread operations (delete, prune,
+delete_for_runs, copy) as ``saver_admin``/``saver_read``/``saver_write`` calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
+
+from ...core.ops import Cmd, Flow, Script
+from .engine import Engine, text
+from .invocations import Invocation
+from .model import ThreadKeys, check_name, cross_key, items, pairs, version_text
+from .reads import decode_record
+
+__all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
+
+#: bytes of items a copy sends per script call
+COPY_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpoint,
+             metadata: CheckpointMetadata, new_versions: dict[str, Any]) -> tuple[list[Any], str, str, str | None]:
+    """The "P" item of a put: (item, namespace, checkpoint id, LangGraph run id or None).
+    Only channels in ``new_versions`` send their value; the others refer to stored ones."""
+    conf = config["configurable"]
+    ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
+    cid = check_name("checkpoint id", checkpoint["id"])
+    parent = conf.get("checkpoint_id") or ""
+    c: dict[str, Any] = dict(checkpoint)
+    values: dict[str, Any] = c.pop("channel_values", None) or {}
+    md = get_serializable_checkpoint_metadata(config, metadata)
+    lg_run = md.get("run_id")
+    lg_run = check_name("metadata run_id", str(lg_run)) if lg_run is not None else None
+    versions = {**(c.get("channel_versions") or {}), **new_versions}
+    triples: list[Any] = []
+    for ch, ver in versions.items():
+        v = version_text(ver)
+        check_name("channel", ch)
+        blob = b""
+        if ch in new_versions and ch in values:
+            typed = e.serde.dumps_typed(values[ch])
+            blob = e.framer.seal(run_id, [ch, v, typed[0], typed[1]])
+        triples += [ch, v, blob]
+    record = e.framer.seal(run_id, {"ns": ns, "id": cid, "parent": parent or None,
+                                    "checkpoint": list(e.serde.dumps_typed(c)),
+                                    "metadata": list(e.serde.dumps_typed(md))})
+    return ["P", ns, cid, check_name("parent checkpoint id", parent), record, lg_run or "",
+            len(versions), *triples], ns, cid, lg_run
+
+
+def put_flow(e: Engine, inv: Invocation | None, indexed: set[tuple[str, str]], config: dict[str, Any],
+             parts: tuple[list[Any], str, str, str | None], company: list[Any]) -> Flow[dict[str, Any]]:
+    """A put (its ``put_item`` ``parts``), with ``company``: the items of the invocation's
+    writes that wait for it (outbox.py), stored in the same script call, before it."""
+    thread_id = str(config["configurable"]["thread_id"])
+    k = e.keys(thread_id)
+    item, ns, cid, lg_run = parts
+    if lg_run is not None and (lg_run, thread_id) not in indexed:
+        # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per thread)
+        yield from index_run(e, k, lg_run, thread_id)
+        if len(indexed) > 100_000:
+            indexed.clear()
+        indexed.add((lg_run, thread_id))
+    yield from e.write(k, thread_id, inv, [*company, *item], "put")
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+
+def index_run(e: Engine, k: ThreadKeys, lg_run: str, thread_id: str) -> Flow[None]:
+    key = cross_key(e.backend.namespace, lg_run)
+    ops = [Cmd("SADD", key, thread_id)]
+    if e.ttl.ms:
+        ops.append(Cmd("PEXPIRE", key, e.ttl.ms))
+    yield from e.confirmed(ops, key, k.run_id, "put")
+
+
+def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str,
+                task_path: str) -> list[Any]:
+    conf = config["configurable"]
+    ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
+    cid = check_name("checkpoint id", conf["checkpoint_id"])
+    check_name("task id", task_id)
+    quads: list[Any] = []
+    for idx, (ch, value) in enumerate(writes):
+        widx = WRITES_IDX_MAP.get(ch, idx)
+        typed = e.serde.dumps_typed(value)
+        quads += [task_id, widx, check_name("channel", ch),
+                  e.framer.seal(run_id, [task_id, ch, task_path, widx, typed[0], typed[1]])]
+    return ["W", ns, cid, len(writes), *quads]
+
+
+def writes_flow(e: Engine, inv: Invocation | None, thread_id: str, items: list[Any]) -> Flow[None]:
+    """Writes (one or more "W" items of one invocation, or of a standalone call)."""
+    yield from e.write(e.keys(thread_id), thread_id, inv, items, "put_writes")
+
+
+def _admin(e: Engine, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
+    script = Script("saver_admin", k.all, [args[0], e.owner, e.backend.events_maxlen, *args[1:]])
+    (reply,) = yield from e.confirmed([script], k.route, k.run_id, what)
+    return reply
+
+
+def _unindex(e: Engine, k: ThreadKeys, thread_id: str, lg_runs: Sequence[Any], what: str) -> Flow[None]:
+    for rid in map(text, lg_runs):
+        key = cross_key(e.backend.namespace, rid)
+        yield from e.confirmed([Cmd("SREM", key, thread_id)], key, k.run_id, what)
+
+
+def delete_flow(e: Engine, thread_id: str) -> Flow[None]:
+    """Remove the thread (the fence stays, past every token handed out)."""
+    k = e.keys(thread_id)
+    _token, lg_runs = yield from _admin(e, k, ["delete"], "delete_thread")
+    yield from _unindex(e, k, thread_id, lg_runs, "delete_thread")
+
+
+def prune_flow(e: Engine, thread_id: str, strategy: str) -> Flow[None]:
+    """keep_latest: the newest checkpoint of each namespace and the delta chain its
+    DeltaChannels rebuild from (the channels its metadata counts since their last snapshot)."""
+    if strategy not in ("keep_latest", "delete"):
+        raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+    k = e.keys(thread_id)
+    chains: list[Any] = []
+    if strategy == "keep_latest":
+        heads = yield from e.read(k, ["heads", 0], "prune")
+        for ns, cid, stored in zip(heads[1::3], heads[2::3], heads[3::3]):
+            _shape, rec = decode_record(e, k.run_id, text(ns), text(cid), stored)
+            counters = e.serde.loads_typed(tuple(rec["metadata"])).get("counters_since_delta_snapshot") or {}
+            if counters:
+                chains += [ns, items(str(ch) for ch in counters)]
+    _removed, dropped = yield from _admin(e, k, ["prune", strategy, *chains], "prune")
+    yield from _unindex(e, k, thread_id, dropped, "prune")
+
+
+def runs_delete_flow(e: Engine, lg_runs: Sequence[str]) -> Flow[None]:
+    """Remove the checkpoints of LangGraph runs in every thread (found through the
+    cross-thread index of each run), then the index."""
+    for rid in lg_runs:
+        rid = check_name("run id", str(rid))
+        key = cross_key(e.backend.namespace, rid)
+
+        def members(key: str = key) -> Flow[Any]:
+            return (yield Cmd("SMEMBERS", key))
+
+        threads = yield from e.backend.retrying(members, run_id=None, what="delete_for_runs", writes=False)
+        for thread_id in sorted(map(text, threads or [])):
+            k = e.keys(thread_id)
+            _removed, dropped = yield from _admin(e, k, ["runs", rid], "delete_for_runs")
+            yield from _unindex(e, k, thread_id, [d for d in dropped if text(d) != rid], "delete_for_runs")
+        yield from e.confirmed([Cmd("UNLINK", key)], key, key, "delete_for_runs")
+
+
+def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
+    """Every checkpoint and write of ``source`` into ``target`` (frames sealed again for it);
+    sent in calls of at most COPY_BATCH_BYTES, the first one claiming the target."""
+    ks, kt = e.keys(source), e.keys(target)
+    _version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
+    stored_records = dict(pairs(records))
+    stored_values = dict(pairs(values))
+    lg_run_of = {}
+    for m in runs:
+        rid, _, rest = m.partition(b"\x00")
+        lg_run_of[rest] = text(rid)
+    writes_of: dict[bytes, list[Any]] = {}
+    for field, blob in pairs(writes):
+        ns_b, _, rest = field.partition(b"\x00")
+        writes_of.setdefault(ns_b + b"\x00" + rest.partition(b"\x00")[0], []).append((field, blob))
+    sent: set[bytes] = set()
+    batch: list[Any] = []
+    size = 0
+    token = 0
+
+    def flush() -> Flow[None]:
+        nonlocal batch, size, token
+        if batch:
+            token, _ = yield from e.write(kt, target, None, batch, "copy_thread", token=token)
+        batch, size = [], 0
+
+    for member in index:
+        ns_b, _, cid_b = member.partition(b"\x00")
+        ns, cid = text(ns_b), text(cid_b)
+        shape, rec = decode_record(e, ks.run_id, ns, cid, stored_records[member])
+        triples: list[Any] = []
+        for ch, ver in pairs(shape[1:]):
+            field = ns_b + b"\x00" + ch + b"\x00" + ver
+            blob = b""
+            if field not in sent and field in stored_values:
+                payload = e.framer.open(ks.run_id, f"value of channel {text(ch)!r}", stored_values[field], size=4)
+                blob = e.framer.seal(kt.run_id, payload)
+                sent.add(field)
+            triples += [ch, ver, blob]
+            size += len(blob)
+        frame = e.framer.seal(kt.run_id, rec)
+        batch += ["P", ns, cid, shape[0], frame, lg_run_of.get(member, ""), len(triples) // 3, *triples]
+        size += len(frame)
+        quads: list[Any] = []
+        for field, blob in writes_of.get(member, []):
+            w = e.framer.open(ks.run_id, f"write {text(field)!r}", blob, size=6)
+            quads += [w[0], w[3], w[1], e.framer.seal(kt.run_id, w)]
+            size += len(quads[-1])
+        if quads:
+            batch += ["W", ns, cid, len(quads) // 4, *quads]
+        if size >= COPY_BATCH_BYTES:
+            yield from flush()
+    yield from flush()

@@ -1,0 +1,84 @@
+""":class:`AsyncStepRunner`: the step runner's plan (:mod:`.plan`) carried out on an
+:class:`~redis_ckpt.aio.AsyncCheckpointStore`, the lease renewed from an asyncio task."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import CheckpointError
+from .plan import Driving, Plan, RunnerBase, log
+from .state import StepStatus
+
+if TYPE_CHECKING:
+    from ..aio import AsyncCheckpointStore, AsyncLease
+
+__all__ = ["AsyncStepRunner"]
+
+T = TypeVar("T")
+
+
+class AsyncStepRunner(RunnerBase):
+    """The asyncio form of :class:`~redis_ckpt.steps.StepRunner`, on an
+    :class:`~redis_ckpt.aio.AsyncCheckpointStore`.
+
+    Same parameters, plan, state layout, commits and fencing (the decisions are the same
+    code); step functions may be ``async def`` (awaited) or plain functions. ``run()`` and
+    ``status()`` are coroutines, the background heartbeat is an asyncio task, and a step
+    renews the lease itself with ``await ctx.heartbeat()``.
+    """
+
+    store: AsyncCheckpointStore
+    _lease: AsyncLease | None
+    _sleep = staticmethod(asyncio.sleep)
+
+    async def status(self) -> StepStatus | None:
+        """Completed and pending steps and their results; None if the run was never committed."""
+        return self._status_of(await self.store.load(self.run_id))
+
+    async def run(self, initial_inputs: Any = None) -> dict[str, Any]:
+        """Run the pending steps (all of them on a new run) and return every step's result."""
+        self._check_runnable()
+        lease: AsyncLease = await self._drive(self._acquire_plan())
+        keeper = asyncio.create_task(self._keep_alive(), name=f"redis-ckpt-steps-{self.run_id}") \
+            if self.heartbeat else None
+        try:
+            return await self._drive(self._run_plan(lease.token, initial_inputs))
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                try:
+                    await keeper
+                except asyncio.CancelledError:
+                    pass  # the keeper was stopped, as asked
+            self._lease = None
+            try:
+                await lease.release()
+            except CheckpointError as exc:  # the run's outcome stands; a failed release only delays the next worker
+                log.warning("run %r: releasing the lease failed: %s", self.run_id, exc)
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        driving = Driving(plan)
+        for op in driving:
+            try:
+                reply = self.action(op)()
+                driving.send(await reply if inspect.isawaitable(reply) else reply)  # a plain step: not awaitable
+            except BaseException as exc:  # noqa: BLE001 - thrown back into the plan, which decides
+                driving.throw(exc)
+        return driving.result
+
+    async def _renew(self) -> None:
+        lease = self._lease
+        if lease is not None:
+            await lease.renew()
+            self._renewed_at = time.monotonic()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self._renew()
+            except CheckpointError as exc:
+                log.warning("run %r: lease renewal failed: %s", self.run_id, exc)

@@ -1,0 +1,241 @@
+"""Every URL form redis-ckpt takes, in one place: parse, validate, redact, find the secrets.
+
+Nothing here connects (the clients are built in :mod:`redis_ckpt.drivers.clients`); the only
+piece of redis-py used is its own URL parser, so a URL means what redis-py makes of it.
+
+URLs (a password in any of them is shown as ``***``)::
+
+    redis://[[user]:password@]host[:port][/db][?option=value...]     one server
+    rediss://...                                                     one server, TLS
+    unix://[[user]:password@]/path/to/socket[?db=N]                  one server, Unix socket
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...][?option=value...]
+    rediss+cluster://...                                             Redis Cluster (TLS)
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db][?option=value...]
+    rediss+sentinel://...                                            Sentinel (TLS)
+
+Cluster: any reachable nodes seed the slot map (default port 6379); the database is always 0.
+Sentinel: the hosts are the Sentinels (default port 26379); ``user``/``password`` and the
+options are the data nodes'; the Sentinels' own credentials are the options
+``sentinel_username`` / ``sentinel_password``. ``rediss+sentinel`` uses TLS to both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from redis.connection import parse_url
+
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
+    "CLUSTER_DEFAULT_PORT",
+    "SENTINEL_DEFAULT_PORT",
+    "SECRET_PARAMS",
+    "ClusterURL",
+    "SentinelURL",
+    "parse_cluster_url",
+    "parse_sentinel_url",
+    "url_topology",
+    "validate_url",
+    "check_single_url",
+    "redact_url",
+    "url_secrets",
+    "hostport",
+]
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_DEFAULT_PORT = 6379
+SENTINEL_DEFAULT_PORT = 26379
+
+#: query parameters whose values are secrets (redis-py takes ?password=; Sentinel URLs ?sentinel_password=)
+SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token", "sentinel_password"})
+
+
+# --------------------------------------------------------------------------- which form
+
+
+def url_topology(url: str) -> str:
+    """``"cluster"``, ``"sentinel"`` or ``"single"`` for a URL (by scheme only)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in CLUSTER_SCHEMES:
+        return "cluster"
+    if scheme in SENTINEL_SCHEMES:
+        return "sentinel"
+    return "single"
+
+
+def validate_url(url: str) -> None:
+    """Raise ``ValueError`` for a URL none of the forms above accepts (nothing is connected)."""
+    kind = url_topology(url)
+    if kind == "cluster":
+        parse_cluster_url(url)
+    elif kind == "sentinel":
+        parse_sentinel_url(url)
+    else:
+        check_single_url(url)
+
+
+def hostport(host: str, port: Any) -> str:
+    """``host:port``, or ``[host]:port`` for an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def check_single_url(url: str) -> None:
+    """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
+    silently meant database 0 (or 12); a database is a number or nothing."""
+    parse_url(url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() in ("redis", "rediss") and parts.path not in ("", "/"):
+        if not re.fullmatch(r"/[0-9]+", parts.path):
+            raise ValueError(f"the database in the URL must be a number (redis://host:port/0), "
+                             f"got {unquote(parts.path[1:])!r}")
+
+
+def _split_hosts(netloc: str, default_port: int, url_kind: str) -> tuple[str, list[tuple[str, int]]]:
+    userinfo, at, hostlist = netloc.rpartition("@")
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"a {url_kind} URL needs host[:port] entries separated by commas")
+        if item.startswith("["):  # [IPv6]:port
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port = item.partition(":")
+        if not host:
+            raise ValueError(f"a {url_kind} URL has an empty host in {item!r}")
+        try:
+            hosts.append((unquote(host), int(port) if port else default_port))
+        except ValueError:
+            raise ValueError(f"a {url_kind} URL has a bad port in {item!r}") from None
+    return (userinfo if at else ""), hosts
+
+
+def _node_kwargs(base_scheme: str, userinfo: str, host: tuple[str, int], path: str, query: str) -> dict[str, Any]:
+    """redis-py's own parse of ``<base_scheme>://userinfo@host/path?query``, minus host/port."""
+    auth = f"{userinfo}@" if userinfo else ""
+    kw = parse_url(f"{base_scheme}://{auth}{hostport(*host)}{path}{'?' + query if query else ''}")
+    kw.pop("host", None)
+    kw.pop("port", None)
+    cls = kw.pop("connection_class", None)
+    if cls is not None and "SSL" in cls.__name__:
+        kw["ssl"] = True
+    return kw
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    nodes: list[tuple[str, int]]
+    kwargs: dict[str, Any]  # for RedisCluster(...): username, password, ssl, options
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    sentinels: list[tuple[str, int]]
+    service_name: str
+    kwargs: dict[str, Any]  # for master_for(...): db, username, password, ssl, options
+    sentinel_kwargs: dict[str, Any]  # for the Sentinel connections
+
+
+def _scheme(url: str, schemes: tuple[str, ...], what: str) -> tuple[Any, str]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"not a {what} URL (expected {' or '.join(s + '://' for s in schemes)})")
+    return parts, scheme
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?options]``."""
+    parts, scheme = _scheme(url, CLUSTER_SCHEMES, "cluster")
+    userinfo, hosts = _split_hosts(parts.netloc, CLUSTER_DEFAULT_PORT, "cluster")
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has only database 0: drop the path from the cluster URL")
+    kw = _node_kwargs(scheme.split("+", 1)[0], userinfo, hosts[0], "", parts.query)
+    if kw.pop("db", 0) not in (0, "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    return ClusterURL(hosts, kw)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """``redis+sentinel://[[user]:password@]host[:port][,...]/service_name[/db][?options]``."""
+    parts, scheme = _scheme(url, SENTINEL_SCHEMES, "Sentinel")
+    userinfo, hosts = _split_hosts(parts.netloc, SENTINEL_DEFAULT_PORT, "Sentinel")
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments or len(segments) > 2:
+        raise ValueError("a Sentinel URL names the service: redis+sentinel://host:port[,host:port]/service_name[/db]")
+    service = unquote(segments[0])
+    db = segments[1] if len(segments) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"the database in a Sentinel URL must be a number, got {db!r}")
+    sentinel_kwargs: dict[str, Any] = {}
+    rest = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in ("sentinel_username", "sentinel_password"):
+            sentinel_kwargs[k.split("_", 1)[1]] = v
+        else:
+            rest.append((k, v))
+    base = scheme.split("+", 1)[0]
+    kw = _node_kwargs(base, userinfo, hosts[0], f"/{db}", urlencode(rest))
+    if kw.get("ssl"):
+        sentinel_kwargs["ssl"] = True
+    return SentinelURL(hosts, service, kw, sentinel_kwargs)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def redact_url(url: str) -> str:
+    """``url`` (any form above) with any password (userinfo, ``?password=``,
+    ``?sentinel_password=``...) replaced by ``***``: the only form in which a URL is shown."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        if ":" in userinfo:  # user:password (a lone user name is not a secret)
+            user = userinfo.split(":", 1)[0]
+            userinfo = f"{user}:***"
+        netloc = f"{userinfo}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """The secrets a URL carries (userinfo password, ``?password=``...), raw and unquoted,
+    longest first: what must be scrubbed from any text that might quote the URL."""
+    if not url:
+        return ()
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo = netloc.rpartition("@")[0]
+            if ":" in userinfo:
+                pw = userinfo.split(":", 1)[1]
+                found.update({pw, unquote(pw)})
+        for k, v in parse_qsl(parts.query, keep_blank_values=True):
+            if k.lower() in SECRET_PARAMS:
+                found.update({v, unquote(v)})
+    except ValueError:
+        # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
+        rest = url.split("://", 1)[-1]
+        if "@" in rest:
+            userinfo = rest.rpartition("@")[0]
+            found.update({userinfo, userinfo.split(":", 1)[-1]})
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
