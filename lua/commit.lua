@@ -4,7 +4,7 @@
 --
 -- KEYS[1]  fence    string int: the run's current fence
 -- KEYS[2]  head     hash {generation, token, commit_id, checksum, size, chunks, schema_version,
---                        codec, created_ms, owner, kept, kept_ids, kept_ms, epoch}
+--                        codec, created_ms, owner, kept, kept_ids, kept_ms, epoch, retention_ms}
 --                   kept     = "3,4:2,5" oldest first, "<g>:<c>" for a generation stored as a
 --                              manifest plus c chunks
 --                   kept_ids = the commit id of each kept generation, same order ("-": unknown,
@@ -42,9 +42,11 @@
 --          attempt of this commit id was sent and its outcome is unknown to the caller),
 --          17 number of drop entries d, 18 stage limit (bytes of other commits' staged data
 --          above which every other staged commit is removed), 19 strict (1: answer NEED_STAGE
---          for dead staged commits whose keys were not passed; 0: leave them)
+--          for dead staged commits whose keys were not passed; 0: leave them), 20 retention
+--          in ms (0: the run's own, if its head records one), 21 fence margin in ms
 -- ARGV[2]  frame or manifest (bytes), or empty when the frame itself is staged
--- ARGV[3 .. 2+d]  drop entries "<g>:<chunks>" (generations offered for rotation)
+-- ARGV[3 .. 2+d]  drop entries "<g>:<chunks>" (generations offered for rotation; under a
+--                 retention every kept generation: their keys get the new expiry)
 -- ARGV[3+d ..]    dead staged commits "<cid>:<count>" whose keys are passed for removal
 --
 -- Numbers: every token, generation, fence, size and time is an integer below
@@ -66,14 +68,18 @@
 --                                  the three above) and the server cannot show that the
 --                                  first attempt did not apply (see below)
 --   "OUT_OF_RANGE <what> <value>"  a token, generation or fence past MAX_INT
---   "BAD_ARGS <detail>"            ARGV[1] does not hold the 19 fields
+--   "BAD_ARGS <detail>"            ARGV[1] does not hold the 21 fields
 --   "NEED_KEYS <g>:<c> ..."        rotation must drop generations whose keys were not passed
+--                                  (under a retention: any kept generation's)
 --   "NEED_STAGE <cid>:<count> ..." dead staged commits whose keys were not passed (strict)
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged key is gone (expired): stage again and resend
 --   "NEED_CHUNKS <address> ..."    the manifest lists shared chunks the run does not hold and
 --                                  this commit did not stage: stage them and resend
 --   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed
+--   "RETAINED <ms>"                a "dedup" commit on a run under a retention (shared chunks
+--                                  would expire with the generation that staged them): the
+--                                  caller's staged keys are removed; commit it not shared
 --
 -- The commit id is checked first, whatever the fence and the head are now. A resend whose
 -- commit id is not found gets a definite FENCED / FENCE_BEHIND / CONFLICT only when the
@@ -94,22 +100,31 @@
 -- generation and -1 per distinct address of each dropped one, touching only the addresses
 -- whose count changes; a count reaching 0 deletes the field and the chunk.
 --
+-- Retention (field 20, or the head's retention_ms): when one applies, a commit that applies
+-- sets every key of the run (head, kept generations, events, a released lease) to expire
+-- that long from now and the fence ARGV 21 ms after max(now, fence) + retention; an import
+-- raises the fence to at least the server time in ms (see acquire.lua). A refusal's audit
+-- event on a run whose events expired gets the fence's expiry. Without one: nothing expires.
+--
 -- Staging: a staged commit is dead once it can no longer apply; the commit that makes it so,
 -- or the next one, removes it. Dead here: import (it bumps the fence): every other staged
 -- commit; commit: token below this one's, or expected generation <= the current head (it
 -- conflicts once this commit applies); every other one when their bytes pass the stage limit.
 local LIMIT = 1125899906842624  -- 2^50
--- the 19 fields of ARGV[1] in one match (one C call: a loop over gmatch costs several us)
+-- the 21 fields of ARGV[1] in one match (one C call: a loop over gmatch costs several us)
 local mode, token_s, expected_s, commit_id, checksum, schema, codec, owner, keep_s, maxlen, new_s,
-      size, chunks_s, by, staged_s, resend_s, nd_s, stage_limit_s, strict_s = string.match(ARGV[1],
+      size, chunks_s, by, staged_s, resend_s, nd_s, stage_limit_s, strict_s, retention_s, margin_s =
+  string.match(ARGV[1],
   '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n' ..
-  '([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)$')
+  '([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n' ..
+  '([^\n]*)\n([^\n]*)$')
 local token, expected, keep = tonumber(token_s), tonumber(expected_s), tonumber(keep_s)
 local new, chunks, staged = tonumber(new_s), tonumber(chunks_s), tonumber(staged_s)
 local resend, nd, stage_limit, strict = resend_s == '1', tonumber(nd_s), tonumber(stage_limit_s), strict_s == '1'
+local retention, margin = tonumber(retention_s) or 0, tonumber(margin_s) or 0
 local importing = mode == 'import'
-if not strict_s then
-  return redis.error_reply('BAD_ARGS ARGV[1] must hold 19 fields joined by newlines')
+if not margin_s then
+  return redis.error_reply('BAD_ARGS ARGV[1] must hold 21 fields joined by newlines')
 end
 
 local function int(x) return string.format('%d', x) end
@@ -140,9 +155,11 @@ end
 
 local fence_s = redis.call('GET', KEYS[1]) or '0'
 local fence = tonumber(fence_s)
-local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch, h_token, h_size, h_chunks, h_schema, h_codec, h_owner =
+local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch, h_token, h_size, h_chunks, h_schema, h_codec, h_owner,
+      h_retention =
   unpack(redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept', 'kept_ids', 'kept_ms', 'epoch',
-                    'token', 'size', 'chunks', 'schema_version', 'codec', 'owner'))
+                    'token', 'size', 'chunks', 'schema_version', 'codec', 'owner', 'retention_ms'))
+if retention == 0 and h_retention then retention = tonumber(h_retention) or 0 end
 local current = tonumber(h_gen or '0')
 local current_s = h_gen or '0'
 
@@ -193,7 +210,13 @@ local function reject(code, a, b, kind, ...)
     return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
       expected_s .. ' ' .. current_s)
   end
-  if kind then event(kind, ...) end
+  if kind then
+    event(kind, ...)
+    if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+      local left = redis.call('PTTL', KEYS[1])
+      if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+    end
+  end
   return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
 end
 
@@ -225,6 +248,10 @@ else
   end
 end
 
+if mode == 'dedup' and retention > 0 then
+  unstage()
+  return redis.error_reply('RETAINED ' .. int(retention))
+end
 for i = 0, staged - 1 do
   if redis.call('EXISTS', KEYS[7 + i]) == 0 then
     return redis.error_reply('STAGE_MISSING ' .. i)
@@ -250,7 +277,7 @@ local function entry_key(entry)
 end
 local drop_count = #kept - keep
 local missing = {}
-for i = 1, drop_count do
+for i = 1, retention > 0 and #kept - 1 or drop_count do  -- the new generation is kept[#kept]
   if not offered[entry_key(kept[i])] then table.insert(missing, entry_key(kept[i])) end
 end
 if #missing > 0 then
@@ -358,7 +385,10 @@ if #gone > 0 then redis.call('DEL', unpack(gone)) end
 for i = 1, #x_set, 6000 do redis.call('HSET', x_refs, unpack(x_set, i, math.min(i + 5999, #x_set))) end
 for i = 1, #x_del, 6000 do redis.call('HDEL', x_refs, unpack(x_del, i, math.min(i + 5999, #x_del))) end
 for i = 1, #x_gone, 6000 do redis.call('DEL', unpack(x_gone, i, math.min(i + 5999, #x_gone))) end
-if importing then fence = math.max(fence, token) + 1 end
+if importing then
+  fence = math.max(fence, token) + 1
+  if retention > 0 then fence = math.max(fence, tonumber(now)) end  -- see acquire.lua
+end
 -- the head: what every commit changes, then what rarely does only when it did (fewer fields
 -- to write and to log)
 local fields = {'generation', new_w, 'commit_id', commit_id, 'checksum', checksum, 'created_ms', now,
@@ -374,15 +404,31 @@ changed('schema_version', h_schema, schema)
 changed('codec', h_codec, codec)
 changed('owner', h_owner, owner)
 if not h_gen or not h_epoch then changed('epoch', nil, int(fence)) end
+if retention > 0 then changed('retention_ms', h_retention, int(retention)) end
 redis.call('HSET', KEYS[2], unpack(fields))
+local function expire()  -- under a retention: every key of the run, from now (see the header)
+  if retention <= 0 then return end
+  local r = int(retention)
+  for i = math.max(1, drop_count + 1), #kept - 1 do
+    for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+  end
+  redis.call('PEXPIRE', KEYS[6], r)
+  for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
+  redis.call('PEXPIRE', KEYS[2], r)
+  redis.call('PEXPIRE', KEYS[3], r)
+  if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
+  redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
+end
 
 if importing then
   redis.call('SET', KEYS[1], int(fence))
   redis.call('DEL', KEYS[4])
   event('import', 'generation', new_w, 'fence', int(fence), 'by', by)
+  expire()
   return {new, fence}
 end
 if not h_gen then  -- the commit that creates the head; later ones are recorded by the head itself
   event('commit', 'generation', new_w, 'size', size, 'chunks', chunks_w)
 end
+expire()
 return new

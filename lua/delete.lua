@@ -4,7 +4,8 @@
 -- KEYS[1]    fence    string int (kept, incremented)
 -- KEYS[2]    lease    hash (deleted)
 -- KEYS[3]    head     hash (deleted)
--- KEYS[4]    events   stream (kept: the audit trail outlives the data), capped at ~ARGV[2]
+-- KEYS[4]    events   stream (kept: the audit trail outlives the data), capped at ~ARGV[2]; under
+--                     a retention it expires with the fence
 -- KEYS[5]    staging  hash {commit id: "<token>:<expected>:<count>:<bytes>"} (deleted)
 -- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys;
 --            then for each staged entry "<cid>:<count>", its <count> staged keys; then x:refs
@@ -63,4 +64,8 @@ local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'delete', 'by', ARGV[1],
   'fence', fence, 'generations', deleted, 'ms', now)
+if redis.call('PTTL', KEYS[4]) == -1 then  -- recreated on a run under a retention: expire with its fence
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then redis.call('PEXPIRE', KEYS[4], left) end
+end
 return {fence, deleted}

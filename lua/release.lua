@@ -1,7 +1,8 @@
 -- release: let go of the lease, only for the holder of that token.
 --
 -- KEYS[1] lease   hash (see acquire.lua); becomes state "released" with no TTL, so the
---                 next acquire is recorded as a plain acquire, not a takeover
+--                 next acquire is recorded as a plain acquire, not a takeover (under a
+--                 retention: with the events' expiry, which is the run's)
 -- KEYS[2] events  stream, capped at ~ARGV[3]
 -- ARGV[1] token of the caller
 -- ARGV[2] owner of the caller
@@ -17,7 +18,8 @@ end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('HSET', KEYS[1], 'state', 'released', 'released_ms', now)
-redis.call('PERSIST', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'release',
   'owner', ARGV[2], 'token', ARGV[1], 'ms', now)
+local left = redis.call('PTTL', KEYS[2])  -- > 0 only for a run under a retention
+if left > 0 then redis.call('PEXPIRE', KEYS[1], left) else redis.call('PERSIST', KEYS[1]) end
 return 1

@@ -36,4 +36,8 @@ local holder_token, holder = '0', ''
 if l_state == 'held' then holder_token, holder = l_token, l_owner end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'renew_failed',
   'owner', ARGV[3], 'token', token, 'fence', fence, 'holder', holder, 'holder_token', holder_token, 'ms', now)
+if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+end
 return redis.error_reply('LEASE_LOST ' .. fence .. ' ' .. holder_token .. ' ' .. holder)

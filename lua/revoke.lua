@@ -21,4 +21,8 @@ if l_state == 'held' then
   table.insert(fields, 'previous_token'); table.insert(fields, l_token)
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+end
 return fence

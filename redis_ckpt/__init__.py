@@ -40,7 +40,7 @@ from .errors import (
     StoreUnavailableError,
     UnsupportedTypeError,
 )
-from .models import Checkpoint, Event, GenerationInfo, RunInfo, SkippedGeneration
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage, SkippedGeneration
 from .probe import Finding, ProbeReport
 from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
 
@@ -59,6 +59,8 @@ __all__ = [
     "SkippedGeneration",
     "GenerationInfo",
     "RunInfo",
+    "RunUsage",
+    "PrunedRun",
     "Event",
     "ProbeReport",
     "Finding",

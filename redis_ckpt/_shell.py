@@ -13,20 +13,22 @@ import math
 import os
 import socket
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.ops import Flow
 from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
-from .models import Checkpoint, Grant
+from .models import Checkpoint, Grant, ms_to_datetime
+from .telemetry import telemetry_for
 from .drivers.clients import HA_RETRY, client_label, connection_kwargs, is_cluster, is_sentinel
 from .probe.report import ProbeReport
 from .probe.rules import DRIFT_KEYS, drift_problems
 
 log = logging.getLogger("redis_ckpt")
+T = TypeVar("T")
 
 __all__ = [
     "StoreBase", "LeaseBase", "ttl_ms", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
@@ -45,32 +47,53 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def ttl_ms(ttl: float | timedelta) -> int:
-    """A lease TTL given in seconds (or a timedelta) as whole milliseconds, at least 1.
+def ttl_ms(ttl: float | timedelta, argument: str = "ttl", *, zero: bool = False) -> int:
+    """A lease TTL (or another duration: ``argument`` names it) given in seconds (or a
+    timedelta) as whole milliseconds, at least 1 (0 allowed with ``zero``).
 
-    :class:`OutOfRangeError` (a ``ValueError``) for anything but a positive, finite number
-    of seconds up to ``MAX_TTL_MS`` / 1000 (2**50 ms, the bound below which the scripts keep
-    numbers exact): nothing is sent, so the run stays untouched.
+    :class:`OutOfRangeError` (a ``ValueError``) for anything but a positive (``zero``: or 0),
+    finite number of seconds up to ``MAX_TTL_MS`` / 1000 (2**50 ms, the bound below which the
+    scripts keep numbers exact): nothing is sent, so the run stays untouched.
     """
+    low = 0 if zero else 1
     if isinstance(ttl, timedelta):
         ms: object = ttl // timedelta(milliseconds=1) if ttl > timedelta(0) else 0  # exact, no float
         if ttl > timedelta(0) and ms == 0:
             ms = 1
+        if ttl < timedelta(0):
+            ms = -1
     elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         ms = ttl
     elif isinstance(ttl, float) and not math.isfinite(ttl):
         ms = ttl
-    elif ttl <= 0 or ttl * 1000 > MAX_TTL_MS:
+    elif ttl < 0 or (ttl == 0 and not zero) or ttl * 1000 > MAX_TTL_MS:
         ms = ttl * 1000
     else:
-        ms = max(1, round(ttl * 1000))
-    if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= MAX_TTL_MS:
+        ms = 0 if ttl == 0 else max(1, round(ttl * 1000))
+    if isinstance(ms, bool) or not isinstance(ms, int) or not low <= ms <= MAX_TTL_MS:
+        positive = "non-negative" if zero else "positive"
         raise OutOfRangeError(
-            f"ttl must be a positive, finite number of seconds (or a timedelta) up to "
+            f"{argument} must be a {positive}, finite number of seconds (or a timedelta) up to "
             f"{MAX_TTL_MS // 1000} s ({MAX_TTL_MS} ms), got {ttl!r}",
-            argument="ttl", value=ttl, minimum=0.001, maximum=MAX_TTL_MS / 1000,
+            argument=argument, value=ttl, minimum=0 if zero else 0.001, maximum=MAX_TTL_MS / 1000,
         )
     return ms
+
+
+def retention_ms(retention: float | timedelta | None) -> int | None:
+    """A per-run ``retention`` (seconds or a timedelta) in ms; None: the store's."""
+    return None if retention is None else ttl_ms(retention, "retention")
+
+
+def durations(options: dict[str, Any]) -> dict[str, Any]:
+    """A store's ``retention`` / ``fence_margin`` (seconds or timedelta) as StoreConfig's ms."""
+    retention = options.pop("retention", None)
+    if retention is not None:
+        options["retention_ms"] = ttl_ms(retention, "retention")
+    margin = options.pop("fence_margin", None)
+    if margin is not None:
+        options["fence_margin_ms"] = ttl_ms(margin, "fence_margin", zero=True)
+    return options
 
 
 def import_fakeredis(feature: str) -> Any:
@@ -125,16 +148,18 @@ class StoreBase:
     """
 
     def __init__(self, client: Any, *, namespace: str, declared_config: Mapping[str, str] | None = None,
-                 owner: str | None = None, _confirm: bool = True, **options: Any) -> None:
+                 owner: str | None = None, telemetry: Any = None, _confirm: bool = True, **options: Any) -> None:
         check_client(client)
         self._client = client
         self._target = self._target_for(client)  # how this store's driver reaches the client
         #: the configuration and every flow of this store (``core.config``: its options)
-        self.core = StoreCore(StoreConfig(namespace=namespace, **options, confirm=_confirm, watch=None))
+        self.core = StoreCore(StoreConfig(namespace=namespace, **durations(options), confirm=_confirm, watch=None))
         self.owner = owner or default_owner()
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
         self.probe_report: ProbeReport | None = None
+        #: spans and metrics of acquire, commit and load (redis_ckpt.telemetry); None: off
+        self.telemetry = telemetry_for(telemetry)
 
     # read-only views of the configuration
     namespace = property(lambda self: self.core.config.namespace)
@@ -176,16 +201,33 @@ class StoreBase:
         if facts is not None and facts.config is not None and not facts.cluster_enabled:
             self.core.watch_config(DriftWatch(DRIFT_KEYS, partial(drift_problems, engine=report.engine)))
 
-    def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta) -> tuple[str, int, Flow[Grant]]:
-        """(owner, ttl in ms, the flow) for an acquire."""
-        owner, ms = owner or self.owner, ttl_ms(ttl)
-        return owner, ms, self.core.acquire_flow(run_id, owner, ms)
+    def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta,
+                 retention: float | timedelta | None = None) -> tuple[str, int, int | None, Flow[Grant]]:
+        """(owner, ttl in ms, retention in ms or None, the flow) for an acquire."""
+        owner, ms, kept_ms = owner or self.owner, ttl_ms(ttl), retention_ms(retention)
+        flow = self.core.acquire_flow(run_id, owner, ms, kept_ms)
+        return owner, ms, kept_ms, self.traced("acquire", run_id, flow)
+
+    def _commit(self, run_id: str, state: Any, token: int, expected_generation: int,
+                metadata: Mapping[Any, Any] | None, owner: str | None,
+                retention: float | timedelta | None) -> Flow[int]:
+        return self.traced("commit", run_id, self.core.commit_flow(
+            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
+            metadata=metadata, retention_ms=retention_ms(retention)))
+
+    def traced(self, what: str, run_id: str, flow: Flow[T]) -> Flow[T]:
+        """``flow`` as a span with its metrics when telemetry is on (else ``flow`` itself)."""
+        if self.telemetry is None:
+            return flow
+        return self.telemetry.observe(what, run_id, flow, namespace=self.namespace,  # type: ignore[no-any-return]
+                                      durability=self.durability.label)
 
 
 class LeaseBase:
     """State of one held lease and its flows; the sync/async shells drive them."""
 
-    def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int) -> None:
+    def __init__(self, store: StoreBase, run_id: str, owner: str, grant: Grant, ttl: int,
+                 retention: int | None = None) -> None:
         self._store = store
         self.run_id = run_id
         self.owner = owner
@@ -194,6 +236,9 @@ class LeaseBase:
         self.generation = grant.generation
         self.kind = grant.kind
         self.ttl_ms = ttl
+        #: the run's retention (ms) this lease was acquired or last committed with: its commits
+        #: keep it (None: the store's, else the run's own)
+        self.retention_ms = retention
         self.released = False
 
     def __repr__(self) -> str:
@@ -207,11 +252,14 @@ class LeaseBase:
     def release_flow(self) -> Flow[bool]:
         return self._store.core.release_flow(self.run_id, self.owner, self.token)
 
-    def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> Flow[int]:
+    def commit_flow(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+                    retention: float | timedelta | None = None) -> Flow[int]:
         """Commit ``state`` after this lease's generation; the lease follows the head."""
+        if retention is not None:
+            self.retention_ms = retention_ms(retention)
         flow = self._store.core.commit_flow(self.run_id, state, token=self.token, expected_generation=self.generation,
-                                            owner=self.owner, metadata=metadata)
-        return self._follow(flow)
+                                            owner=self.owner, metadata=metadata, retention_ms=self.retention_ms)
+        return self._store.traced("commit", self.run_id, self._follow(flow))
 
     def _follow(self, flow: Flow[int]) -> Flow[int]:
         try:
@@ -223,5 +271,13 @@ class LeaseBase:
         self.generation = generation
         return generation
 
-    def load_flow(self) -> Flow[Checkpoint | None]:
-        return self._store.core.load_flow(self.run_id)
+    def finish_flow(self, keep_for: float | timedelta) -> Flow[datetime]:
+        """Release this lease and let the run expire ``keep_for`` from now (see Lease.finish)."""
+        flow = self._store.core.finish_flow(self.run_id, token=self.token, owner=self.owner,
+                                            keep_for_ms=ttl_ms(keep_for, "keep_for"))
+        expires = yield from flow
+        self.released = True
+        return ms_to_datetime(expires)  # type: ignore[return-value]
+
+    def load_flow(self, generation: int | None = None) -> Flow[Checkpoint | None]:
+        return self._store.traced("load", self.run_id, self._store.core.load_flow(self.run_id, generation))

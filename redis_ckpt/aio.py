@@ -7,16 +7,17 @@ twin of the one in ``store.py`` (a test checks that the two surfaces match).
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+    ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.asyncio import adrive
 from .drivers.targets import async_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
 from .probe.report import ProbeReport
 from .drivers.clients import client_from_url, close_sentinel_async
 from .drivers.probe import probe_async
@@ -40,11 +41,15 @@ class AsyncLease(LeaseBase):
         self.released = True
         return ok
 
-    async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
-        return await self._store.run(self.commit_flow(state, metadata))
+    async def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+                     retention: float | timedelta | None = None) -> int:
+        return await self._store.run(self.commit_flow(state, metadata, retention=retention))
 
-    async def load(self) -> Checkpoint | None:
-        return await self._store.run(self.load_flow())
+    async def load(self, *, generation: int | None = None) -> Checkpoint | None:
+        return await self._store.run(self.load_flow(generation))
+
+    async def finish(self, *, keep_for: float | timedelta) -> datetime:
+        return await self._store.run(self.finish_flow(keep_for))
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -62,12 +67,13 @@ class AsyncAcquire:
     exists) until it is awaited or entered, so one that is dropped unused leaves no trace.
     """
 
-    __slots__ = ("_store", "_run_id", "_owner", "_ms", "_flow", "_lease")
+    __slots__ = ("_store", "_run_id", "_owner", "_ms", "_retention", "_flow", "_lease")
 
-    def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta) -> None:
+    def __init__(self, store: AsyncCheckpointStore, run_id: str, owner: str | None, ttl: float | timedelta,
+                 retention: float | timedelta | None = None) -> None:
         self._store = store
         self._run_id = run_id
-        self._owner, self._ms, flow = store._acquire(run_id, owner, ttl)
+        self._owner, self._ms, self._retention, flow = store._acquire(run_id, owner, ttl, retention)
         self._flow: Flow[Any] | None = flow
         self._lease: AsyncLease | None = None
 
@@ -75,7 +81,8 @@ class AsyncAcquire:
         flow, self._flow = self._flow, None
         if flow is None:
             raise RuntimeError("this acquire() was already awaited or entered; call store.acquire() again")
-        return AsyncLease(self._store, self._run_id, self._owner, await self._store.run(flow), self._ms)
+        return AsyncLease(self._store, self._run_id, self._owner, await self._store.run(flow), self._ms,
+                          self._retention)
 
     def __await__(self) -> Generator[Any, None, AsyncLease]:
         return self._acquire().__await__()
@@ -175,21 +182,30 @@ class AsyncCheckpointStore(StoreBase):
     async def probe(self) -> ProbeReport:
         return await self._probe()
 
-    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> AsyncAcquire:
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0,
+                retention: float | timedelta | None = None) -> AsyncAcquire:
         """Take the run's lease and a new fencing token: ``lease = await store.acquire(...)``,
         or ``async with store.acquire(...) as lease:`` (released on exit)."""
-        return AsyncAcquire(self, run_id, owner, ttl)
+        return AsyncAcquire(self, run_id, owner, ttl, retention)
 
     async def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
-                     metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
-        return await self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
-                                                     owner=owner or self.owner, metadata=metadata))
+                     metadata: Mapping[Any, Any] | None = None, owner: str | None = None,
+                     retention: float | timedelta | None = None) -> int:
+        return await self.run(self._commit(run_id, state, token, expected_generation, metadata, owner, retention))
 
-    async def load(self, run_id: str) -> Checkpoint | None:
-        return await self.run(self.core.load_flow(run_id))
+    async def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
+        return await self.run(self.traced("load", run_id, self.core.load_flow(run_id, generation)))
+
+    async def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None,
+                   by: str = "admin") -> int:
+        return await self.run(self.core.fork_flow(run_id, new_run_id, generation=generation, by=by))
 
     async def generations(self, run_id: str) -> list[GenerationInfo]:
         return await self.run(self.core.generations_flow(run_id))
+
+    async def usage(self, run_id: str) -> RunUsage:
+        """The run's bytes on the server by kind (generations, staging, events, fence/lease/head)."""
+        return await self.run(self.core.usage_flow(run_id))
 
     async def info(self, run_id: str) -> RunInfo:
         return await self.run(self.core.info_flow(run_id))
@@ -205,6 +221,13 @@ class AsyncCheckpointStore(StoreBase):
 
     async def delete(self, run_id: str, *, by: str = "admin") -> int:
         return await self.run(self.core.delete_flow(run_id, by))
+
+    async def prune(self, *, idle: float | timedelta, dry_run: bool = False, by: str = "admin") -> list[PrunedRun]:
+        """Remove the runs of this namespace nobody committed to or acquired for ``idle``
+        (seconds or a timedelta): data, lease, events, staging; each fence is left as a
+        tombstone. For runs written before a retention was set. A run with a live lease is
+        left. ``dry_run``: the runs it would remove, nothing removed."""
+        return await self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
 
     async def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
-    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo",
+    "Checkpoint", "SkippedGeneration", "GenerationInfo", "Grant", "Event", "RunInfo", "RunUsage", "PrunedRun",
     "ms_to_datetime", "now_ms", "MIN_MS", "MAX_MS",
 ]
 
@@ -130,7 +130,67 @@ class RunInfo:
     #: staged data of commits whose script has not run (in flight, or a dead writer's leftovers)
     staged_commits: int = 0
     staged_bytes: int = 0
+    #: ms until the run's data expires unless it is committed to or acquired (None: kept
+    #: until deleted); ms until its fence expires (None: never)
+    expires_ms_left: int | None = None
+    fence_ms_left: int | None = None
+    #: kind and server time (ms) of the newest audit event (None: no events)
+    last_event: str | None = None
+    last_event_ms: int | None = None
 
     @property
     def exists(self) -> bool:
         return self.generation > 0 or self.fence > 0
+
+    @property
+    def status(self) -> str:
+        """``committed`` (it has a head); ``acquired`` (never committed: a lease or events
+        only); ``deleted`` (by ``delete``, or ``prune``: the fence is left as a tombstone);
+        ``expired`` (removed by its retention: only the fence is left, until it expires too);
+        ``none`` (no trace at all)."""
+        if self.generation > 0:
+            return "committed"
+        if self.fence <= 0:
+            return "none"
+        if self.last_event == "delete":
+            return "deleted"
+        if self.last_event is None and self.lease_state is None:
+            return "expired" if self.fence_ms_left is not None else "deleted"
+        return "acquired"
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What one run costs the server, in bytes: ``MEMORY USAGE`` of each of its keys.
+
+    ``generations``: the kept generations (frames, manifests, chunks); ``staging``: data of
+    commits whose script has not run, and the staging hash; ``events``: the audit stream;
+    ``control``: fence, lease and head. ``overhead`` is everything but the generations.
+    """
+
+    run_id: str
+    generations: int
+    staging: int
+    events: int
+    control: int
+    keys: int
+
+    @property
+    def total(self) -> int:
+        return self.generations + self.staging + self.events + self.control
+
+    @property
+    def overhead(self) -> int:
+        return self.total - self.generations
+
+
+@dataclass(frozen=True)
+class PrunedRun:
+    """A run ``prune`` removed (or, in a dry run, would remove): nobody committed to it or
+    acquired it for ``idle_ms``; ``generations`` it held; its ``fence`` is left as a tombstone."""
+
+    run_id: str
+    idle_ms: int
+    generations: int
+    fence: int
+    pruned: bool

@@ -4,12 +4,13 @@ every operation one line through :meth:`CheckpointStore.run`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import redis
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+    ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
 from .core.keys import validate_namespace
@@ -17,7 +18,7 @@ from .core.ops import Flow
 from .drivers.errors import reraise
 from .drivers.sync import drive
 from .drivers.targets import sync_target
-from .models import Checkpoint, Event, GenerationInfo, RunInfo
+from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage
 from .probe.report import ProbeReport
 from .drivers.clients import client_from_url, client_label, close_sentinel_sync
 from .drivers.probe import probe_sync
@@ -48,13 +49,24 @@ class Lease(LeaseBase):
         self.released = True
         return ok
 
-    def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None) -> int:
-        """Commit ``state`` as the next generation; returns its number once durable."""
-        return self._store.run(self.commit_flow(state, metadata))
+    def commit(self, state: Any, metadata: Mapping[Any, Any] | None = None, *,
+               retention: float | timedelta | None = None) -> int:
+        """Commit ``state`` as the next generation; returns its number once durable.
+        ``retention``: keep the run that long after its last commit or acquire from now on
+        (default: the store's, else the run's own)."""
+        return self._store.run(self.commit_flow(state, metadata, retention=retention))
 
-    def load(self) -> Checkpoint | None:
-        """The newest generation that verifies (see :meth:`CheckpointStore.load`)."""
-        return self._store.run(self.load_flow())
+    def load(self, *, generation: int | None = None) -> Checkpoint | None:
+        """The newest generation that verifies, or ``generation`` (see :meth:`CheckpointStore.load`)."""
+        return self._store.run(self.load_flow(generation))
+
+    def finish(self, *, keep_for: float | timedelta) -> datetime:
+        """Mark the run done: release the lease and let the server remove the run (data,
+        lease, events) ``keep_for`` (seconds or a timedelta) from now, unless someone acquires
+        or commits to it before; returns when it expires (the server's clock). The fence
+        outlives it (``fence_margin``). :class:`FencedError` (nothing changed) when a newer
+        holder took the run."""
+        return self._store.run(self.finish_flow(keep_for))
 
     def __enter__(self) -> Lease:
         return self
@@ -156,24 +168,44 @@ class CheckpointStore(StoreBase):
         """Run the startup probe again and return its report (does not raise)."""
         return self._probe()
 
-    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0) -> Lease:
-        """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it."""
-        owner, ms, flow = self._acquire(run_id, owner, ttl)
-        return Lease(self, run_id, owner, self.run(flow), ms)
+    def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0,
+                retention: float | timedelta | None = None) -> Lease:
+        """Take the run's lease and a new fencing token. :class:`LeaseHeldError` if another owner holds it.
+        ``retention``: remove the run once nobody commits to it or acquires it that long
+        (default: the store's ``retention``, else the run's own; none: never)."""
+        owner, ms, kept_ms, flow = self._acquire(run_id, owner, ttl, retention)
+        return Lease(self, run_id, owner, self.run(flow), ms, kept_ms)
 
     def commit(self, run_id: str, state: Any, *, token: int, expected_generation: int,
-               metadata: Mapping[Any, Any] | None = None, owner: str | None = None) -> int:
+               metadata: Mapping[Any, Any] | None = None, owner: str | None = None,
+               retention: float | timedelta | None = None) -> int:
         """Commit ``state`` as generation ``expected_generation + 1`` with fencing token ``token``."""
-        return self.run(self.core.commit_flow(run_id, state, token=token, expected_generation=expected_generation,
-                                              owner=owner or self.owner, metadata=metadata))
+        return self.run(self._commit(run_id, state, token, expected_generation, metadata, owner, retention))
 
-    def load(self, run_id: str) -> Checkpoint | None:
-        """The newest generation of ``run_id`` that verifies, or None if it was never committed."""
-        return self.run(self.core.load_flow(run_id))
+    def load(self, run_id: str, *, generation: int | None = None) -> Checkpoint | None:
+        """The newest generation of ``run_id`` that verifies, or None if it was never committed.
+
+        With ``generation``: that kept generation, verified and migrated, never another one:
+        :class:`NotFoundError` (naming the kept ones) when the run does not keep it,
+        :class:`FrameError` with the reason when it is damaged. ``Checkpoint.generation``
+        says which generation was loaded.
+        """
+        return self.run(self.traced("load", run_id, self.core.load_flow(run_id, generation)))
+
+    def fork(self, run_id: str, new_run_id: str, *, generation: int | None = None, by: str = "admin") -> int:
+        """Start ``new_run_id`` from a kept generation of ``run_id`` (default: the newest that
+        verifies); returns the new run's generation (1). Its metadata names the source
+        (``forked_from``); both runs record the fork in their audit events. :class:`ConflictError`
+        (nothing written) when ``new_run_id`` already has a head. Works across Cluster nodes."""
+        return self.run(self.core.fork_flow(run_id, new_run_id, generation=generation, by=by))
 
     def generations(self, run_id: str) -> list[GenerationInfo]:
         """Every kept generation, newest first, each verified (no migration runs)."""
         return self.run(self.core.generations_flow(run_id))
+
+    def usage(self, run_id: str) -> RunUsage:
+        """The run's bytes on the server by kind (generations, staging, events, fence/lease/head)."""
+        return self.run(self.core.usage_flow(run_id))
 
     def info(self, run_id: str) -> RunInfo:
         return self.run(self.core.info_flow(run_id))
@@ -191,6 +223,13 @@ class CheckpointStore(StoreBase):
     def delete(self, run_id: str, *, by: str = "admin") -> int:
         """Delete the run's generations and lease (the fence survives); returns how many generations went."""
         return self.run(self.core.delete_flow(run_id, by))
+
+    def prune(self, *, idle: float | timedelta, dry_run: bool = False, by: str = "admin") -> list[PrunedRun]:
+        """Remove the runs of this namespace nobody committed to or acquired for ``idle``
+        (seconds or a timedelta): data, lease, events, staging; each fence is left as a
+        tombstone. For runs written before a retention was set. A run with a live lease is
+        left. ``dry_run``: the runs it would remove, nothing removed."""
+        return self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
 
     def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

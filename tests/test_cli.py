@@ -290,18 +290,20 @@ def test_runs_lists_sorts_and_limits(store: CheckpointStore, durable_server: Any
     result = invoke(["runs"], url=url, namespace=namespace)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST", "COMMIT"]
-    assert [li.split()[0] for li in lines[1:]] == ["a-run", "b-run", "c-run"]
+    assert lines[0].split() == ["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST", "COMMIT", "BYTES",
+                                "GENS/STAGED/EVENTS"]
+    assert [li.split()[0] for li in lines[1:-1]] == ["a-run", "b-run", "c-run"]
+    assert lines[-1].startswith("total: ")  # the runs' bytes on the server
     a_row = lines[1].split()
     assert a_row[1:5] == ["1", "1", "w-a", "1"] and a_row[5].endswith("s")
     assert "released" in lines[2]
 
     data = as_json(invoke(["runs", "--json"], url=url, namespace=namespace))
-    assert set(data) == {"server", "namespace", "sort", "reverse", "total", "runs"}
+    assert set(data) == {"server", "namespace", "sort", "reverse", "total", "all", "bytes_total", "runs"}
     assert data["total"] == 3 and data["namespace"] == namespace and data["sort"] == "run"
     by_id = {r["run"]: r for r in data["runs"]}
     for r in data["runs"]:
-        assert set(r) == RUN_KEYS
+        assert set(r) == RUN_KEYS | {"status", "bytes"}
     assert set(by_id["a-run"]["head"]) == HEAD_KEYS and set(by_id["a-run"]["lease"]) == LEASE_KEYS
     assert by_id["a-run"]["lease"]["owner"] == "w-a" and by_id["a-run"]["lease"]["ms_left"] > 20_000
     assert is_iso_utc(by_id["a-run"]["head"]["created_at"]) and by_id["a-run"]["head"]["age_ms"] >= 0
@@ -341,7 +343,8 @@ def test_show_head_generations_lease_fence(store: CheckpointStore, durable_serve
     assert [li.split()[:2] for li in out.splitlines() if li[:1].isdigit()] == [["4", "ok"], ["3", "ok"], ["2", "ok"]]
 
     data = as_json(invoke(["show", "job", "--json"], url=durable_server.url, namespace=namespace))
-    assert set(data) == {"server", "namespace", "generations", "staged", "content"} | RUN_KEYS
+    assert set(data) == {"server", "namespace", "generations", "staged", "content", "status", "expires_ms",
+                         "fence_expires_ms", "bytes"} | RUN_KEYS
     assert data["staged"] == {"commits": 0, "bytes": 0}
     assert data["content"] is None  # a plain state: only step-runner and LangGraph runs are described
     assert data["fence"] == 1 and data["generation"] == 4 and data["kept"] == [2, 3, 4]

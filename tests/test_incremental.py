@@ -217,3 +217,31 @@ def test_a_commit_after_a_load_that_met_a_damaged_chunk_repairs_it(store, client
     lease.commit(history(502))  # stages every chunk again: the damaged one is overwritten
     assert store.load("repair").state == history(502)
     assert [g.ok for g in store.generations("repair")] == [True, True, True]
+
+
+def test_prune_and_usage_count_and_remove_the_shared_chunks(store, client, namespace):
+    k, lease, ms = committed(store, client, "idle", 500, 510)
+    lease.release()
+    usage = store.usage("idle")
+    listed = sum(client.memory_usage(k.shared(a), samples=0) for a in expected_refs(ms))
+    assert usage.generations >= listed > 100_000  # the chunks count as the run's generations
+    (pruned,) = store.prune(idle=0.001)
+    assert pruned.run_id == "idle" and pruned.pruned
+    assert shared_keys(client, k) == set() and not client.exists(k.refs)
+
+
+def test_dedup_refuses_a_retention_and_a_run_under_one_gets_plain_commits(store, client, namespace):
+    from datetime import timedelta
+
+    with pytest.raises(ValueError, match="retention"):
+        CheckpointStore(client, namespace=namespace, dedup=True, retention=timedelta(days=1))
+    plain = CheckpointStore(client, namespace=namespace, keep=3)
+    lease = plain.acquire("kept", owner="w", ttl=30)
+    lease.commit(history(500))
+    lease.finish(keep_for=timedelta(hours=1))  # the run is now under a retention (its head says so)
+    lease = store.acquire("kept", owner="w", ttl=30)
+    assert lease.commit(history(510)) == 2  # sent as a plain commit: shared chunks cannot expire
+    k = RunKeys(namespace, "kept")
+    assert client.get(k.generation(2))[:4] != MAGIC and shared_keys(client, k) == set()
+    assert 0 < client.pttl(k.generation(2)) <= 3_600_000
+    assert store.load("kept").state == history(510)

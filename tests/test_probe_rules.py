@@ -535,3 +535,13 @@ def test_the_probe_imports_no_io_library() -> None:
     code = f"PACKAGE = {str(Path(redis_ckpt.__file__).parent)!r}\n" + PURE
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_memory_warns_from_80_percent_of_maxmemory():
+    (ok,) = by_check(evaluate(healthy(used_memory=50 * 2**20, maxmemory=100 * 2**20), LOCAL), "memory")
+    assert ok.level == "ok" and "50.0 MiB of maxmemory 100.0 MiB (50%)" in ok.message
+    (full,) = by_check(evaluate(healthy(used_memory=81 * 2**20, maxmemory=100 * 2**20), LOCAL), "memory")
+    assert full.level == "warn" and "81%" in full.message and "prune" in full.remedy
+    (free,) = by_check(evaluate(healthy(used_memory=2**20, maxmemory=0), LOCAL), "memory")
+    assert free.level == "ok" and "no maxmemory" in free.message
+    assert not by_check(evaluate(healthy(), LOCAL), "memory")  # INFO did not say

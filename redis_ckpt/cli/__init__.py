@@ -3,13 +3,16 @@
     redis-ckpt check                 is this server durable enough? (exit 0/1/2)
     redis-ckpt namespaces            the namespaces that hold runs, with their run counts
     redis-ckpt runs                  the runs of a namespace
-    redis-ckpt show RUN              head, kept generations, lease, fence
+    redis-ckpt show RUN              head, kept generations, lease, fence, bytes
+    redis-ckpt show RUN --state      the state as JSON (--generation N: a kept one)
     redis-ckpt fence RUN [--follow]  fence, holder, audit events, rejected stale writes
     redis-ckpt verify RUN | --all    frame + checksum of every kept generation
     redis-ckpt revoke RUN            fence off every current holder
     redis-ckpt delete RUN            delete generations and lease (the fence is kept)
     redis-ckpt export RUN -o FILE    one verified frame, as stored
     redis-ckpt import FILE           restore an exported frame
+    redis-ckpt fork RUN NEW          start NEW from a kept generation of RUN
+    redis-ckpt prune --idle 7d       remove runs nobody touched for that long (--dry-run)
     redis-ckpt demo                  the main job, on a local durable server
     redis-ckpt server                a local durable Valkey in the foreground (Ctrl-C stops it)
 

@@ -18,7 +18,7 @@ from ..drivers.errors import reraise
 from . import render, views
 from .exits import EXIT_NO, CliFailure, NoSuchRun, show_notice
 from .options import CliConfig, connection_options
-from .reads import read, run_info, try_read
+from .reads import read, run_info, try_read, usage_or_none
 
 __all__ = ["runs", "namespaces", "show", "fence", "verify"]
 
@@ -39,22 +39,24 @@ def _created_ms(info: RunInfo) -> int:
 @click.option("--sort", "sort_by", type=click.Choice(["run", "age", "generation"]), default="run", show_default=True,
               help="run: by run id; age: most recently committed first; generation: highest first.")
 @click.option("--reverse", is_flag=True, help="Reverse the order.")
-def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Also list deleted and expired runs (only their fence is left).")
+def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool, show_all: bool) -> None:
     """List the runs of the namespace (found by SCAN).
 
-    Generation, fence, holder and its token, lease time left, size and age of the last commit.
+    Generation, fence, holder and its token, lease time left, size and age of the last commit,
+    the run's bytes on the server (generations, staging, events), and a total. Deleted and
+    expired runs are left out unless --all.
 
     Example: redis-ckpt runs --namespace jobs --sort age --limit 20
     """
     store = cfg.store
-    ids = store.runs()
-    total = len(ids)
-    if sort_by == "run":
-        ids = sorted(ids, reverse=reverse)[:limit]
-    got = {i: try_read(cfg, i, store.info, i) for i in ids}
+    got = {i: try_read(cfg, i, store.info, i) for i in store.runs()}  # all: the status filters
+    if not show_all:
+        got = {i: v for i, v in got.items() if not (isinstance(v, RunInfo) and v.status in ("deleted", "expired"))}
+    total = len(got)
     unreadable = sorted(i for i, v in got.items() if isinstance(v, str))
     if sort_by == "run":
-        order = ids
+        order = sorted(got, reverse=reverse)[:limit]
     else:
         infos = [v for v in got.values() if isinstance(v, RunInfo)]
         if sort_by == "age":
@@ -65,7 +67,8 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool) -> None
             infos.reverse()
         order = [*(i.run_id for i in infos), *unreadable][:limit]  # unreadable runs last
     entries = [(i, got[i]) for i in order]
-    views.runs(cfg, sort_by=sort_by, reverse=reverse, total=total, entries=entries)
+    usage = {i: usage_or_none(cfg, i) for i, e in entries if isinstance(e, RunInfo)}
+    views.runs(cfg, sort_by=sort_by, reverse=reverse, total=total, entries=entries, usage=usage, show_all=show_all)
     bad = [(i, e) for i, e in entries if isinstance(e, str)]
     if bad:
         raise CliFailure(f"{len(bad)} run(s) could not be read: " + "; ".join(f"{i!r}: {e}" for i, e in bad),
@@ -144,15 +147,29 @@ def _content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
 @click.command()
 @connection_options
 @click.argument("run")
-def show(cfg: CliConfig, run: str) -> None:
-    """Head, kept generations (each verified), lease and fence of RUN.
+@click.option("--state", "show_state", is_flag=True,
+              help="Print the state itself as JSON (values JSON cannot hold are tagged: {\"$datetime\": ...}).")
+@click.option("--generation", "-g", type=click.IntRange(min=1), default=None,
+              help="With --state: this kept generation [default: the newest that verifies].")
+def show(cfg: CliConfig, run: str, show_state: bool, generation: int | None) -> None:
+    """Head, kept generations (each verified), lease, fence and bytes of RUN.
 
-    Example: redis-ckpt show job-42
+    With --state, the state of the newest good generation (or --generation N) as JSON; a
+    damaged generation prints its header, the reason and how far the frame verifies (exit 1).
+
+    Example: redis-ckpt show job-42 --state --generation 3
     """
+    from .lifecycle import show_state as state_of  # on demand, like _content's step runner
+
+    if generation is not None and not show_state:
+        raise click.UsageError("--generation goes with --state")
     info = run_info(cfg, run)
+    if show_state:
+        state_of(cfg, run, generation)
+        return
     gens = read(cfg, run, cfg.store.generations, run)
     content = _content(cfg, run) if any(g.ok for g in gens) else None
-    views.show(cfg, info, gens, content)
+    views.show(cfg, info, gens, content, usage_or_none(cfg, run))
 
 
 # =========================================================================== fence

@@ -4,6 +4,7 @@ library's warnings on stderr, and every command, one module per topic:
     check.py    check                                   is this server durable enough?
     inspect.py  runs, namespaces, show, fence, verify   read-only
     admin.py    revoke, delete, export, import          change a run
+    lifecycle.py fork, prune, show --state              a run's life: a fork, idle runs removed
     server.py   server, demo                            a local durable Valkey, the main job
 
 How a command ends (exit code, the one error line) is :mod:`~redis_ckpt.cli.exits`.
@@ -20,7 +21,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from . import admin, check, inspect, server
+from . import admin, check, inspect, lifecycle, server
 from .exits import EXIT_OK, json_errors, json_mode, report
 from .options import Globals, global_options
 
@@ -98,5 +99,6 @@ def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, time
 for command in (check.check,
                 inspect.runs, inspect.namespaces, inspect.show, inspect.fence, inspect.verify,
                 admin.revoke, admin.delete, admin.export_cmd, admin.import_cmd,
+                lifecycle.fork, lifecycle.prune,
                 server.server, server.demo):
     cli.add_command(command)

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .. import CheckpointError, RunInfo, StoreUnavailableError
+from .. import CheckpointError, RunInfo, RunUsage, ServerError, StoreUnavailableError
 from ..core.keys import validate_run_id
 from .exits import EXIT_NO, CliFailure, NoSuchRun
 from .options import CliConfig
 
-__all__ = ["Unreadable", "run_info", "read", "try_read"]
+__all__ = ["Unreadable", "run_info", "read", "try_read", "usage_or_none"]
 
 T = TypeVar("T")
 
@@ -57,3 +57,11 @@ def try_read(cfg: CliConfig, run: str, fn: Callable[..., T], *args: Any) -> T | 
         return failure.reason
     except CheckpointError as exc:
         return str(exc)
+
+
+def usage_or_none(cfg: CliConfig, run: str) -> RunUsage | None:
+    """The run's bytes, or None where the server denies or lacks MEMORY USAGE (ACL)."""
+    try:
+        return cfg.store.usage(run)
+    except ServerError:
+        return None

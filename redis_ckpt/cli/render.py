@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ..models import Event, GenerationInfo, RunInfo, ms_to_datetime
+from ..models import Event, GenerationInfo, RunInfo, RunUsage, ms_to_datetime
 
 __all__ = [
     "iso",
@@ -40,6 +40,8 @@ __all__ = [
     "now_ms",
     "printable",
     "as_int",
+    "usage_json",
+    "usage_text",
 ]
 
 
@@ -325,3 +327,18 @@ def event_details(e: Event) -> str:
         return f"load fell back to g{f.get('loaded')}; skipped {f.get('skipped')}"
     shown = [n for n in f if n not in ("kind", "ms")]
     return _f(e, *shown)
+
+
+def usage_json(u: RunUsage | None) -> dict[str, int] | None:
+    """A run's bytes by kind (None: MEMORY USAGE not allowed)."""
+    if u is None:
+        return None
+    return {"generations": u.generations, "staging": u.staging, "events": u.events, "control": u.control,
+            "total": u.total}
+
+
+def usage_text(u: RunUsage | None) -> str:
+    if u is None:
+        return "unknown (MEMORY USAGE is not allowed)"
+    return (f"{size(u.total)}: generations {size(u.generations)}, staging {size(u.staging)}, "
+            f"events {size(u.events)}, fence/lease/head {size(u.control)}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import Durability, Event, GenerationInfo, ProbeReport, RunInfo
+from .. import Durability, Event, GenerationInfo, ProbeReport, RunInfo, RunUsage
 from . import render as r
 
 if TYPE_CHECKING:
@@ -79,12 +79,17 @@ def _lease_cell(info: RunInfo) -> str | None:
 
 
 def runs(cfg: CliConfig, *, sort_by: str, reverse: bool, total: int,
-         entries: Sequence[tuple[str, RunInfo | str]]) -> None:
-    """The listed runs, in order: each its summary, or why it cannot be read."""
+         entries: Sequence[tuple[str, RunInfo | str]], usage: Mapping[str, RunUsage | None], show_all: bool) -> None:
+    """The listed runs, in order: each its summary and bytes (``usage``; None: MEMORY USAGE
+    not allowed), or why it cannot be read; and the bytes of them all."""
     now = r.now_ms()
+    known = [u for u in usage.values() if u is not None]
+    all_bytes = sum(u.total for u in known) if known or not usage else None
     if cfg.as_json:
-        r.emit_json({**base(cfg), "sort": sort_by, "reverse": reverse, "total": total,
-                     "runs": [r.run_json(e, now) if isinstance(e, RunInfo) else {"run": i, "error": e}
+        r.emit_json({**base(cfg), "sort": sort_by, "reverse": reverse, "total": total, "all": show_all,
+                     "bytes_total": all_bytes,
+                     "runs": [{**r.run_json(e, now), "status": e.status, "bytes": r.usage_json(usage.get(i))}
+                              if isinstance(e, RunInfo) else {"run": i, "error": e}
                               for i, e in entries]})
         return
     if not entries:
@@ -97,12 +102,17 @@ def runs(cfg: CliConfig, *, sort_by: str, reverse: bool, total: int,
             continue
         h = r.head_json(e, now) or {}
         held = e.lease_state == "held"
-        rows.append([e.run_id, e.generation, e.fence, e.lease_owner if held else None,
-                     e.lease_token if held else None, _lease_cell(e), r.size(h.get("size")),
-                     r.age(h.get("age_ms"))])
-    click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT"], rows))
+        u = usage.get(i)
+        rows.append([e.run_id if e.status == "committed" else f"{e.run_id} ({e.status})", e.generation, e.fence,
+                     e.lease_owner if held else None, e.lease_token if held else None, _lease_cell(e),
+                     r.size(h.get("size")), r.age(h.get("age_ms")), None if u is None else r.size(u.total),
+                     None if u is None else f"{r.size(u.generations)}/{r.size(u.staging)}/{r.size(u.events)}"])
+    click.echo(r.table(["RUN", "GEN", "FENCE", "HOLDER", "TOKEN", "LEASE", "SIZE", "LAST COMMIT", "BYTES",
+                        "GENS/STAGED/EVENTS"], rows))
     if len(entries) < total:
         click.echo(f"({len(entries)} of {total} runs shown)")
+    if all_bytes is not None:
+        click.echo(f"total: {r.size(all_bytes)} in {len(known)} run(s)")
 
 
 def namespaces(cfg: CliConfig, counts: Mapping[str, int]) -> None:
@@ -168,20 +178,25 @@ def _content_text(content: Mapping[str, Any]) -> None:
         click.echo(f"langgraph thread {content['thread_id']!r}: {content['writers']} writer(s) committed")
 
 
-def show(cfg: CliConfig, info: RunInfo, gens: Sequence[GenerationInfo], content: Mapping[str, Any] | None) -> None:
-    """Head, lease, fence, every kept generation (verified), and what the state holds when a
-    step runner or the LangGraph saver wrote it (``content``)."""
+def show(cfg: CliConfig, info: RunInfo, gens: Sequence[GenerationInfo], content: Mapping[str, Any] | None,
+         usage: RunUsage | None) -> None:
+    """Head, lease, fence, expiry, bytes, every kept generation (verified), and what the state
+    holds when a step runner or the LangGraph saver wrote it (``content``)."""
     now = r.now_ms()
     if cfg.as_json:
-        r.emit_json({**base(cfg), **r.run_json(info, now), "generations": [r.generation_json(g) for g in gens],
+        r.emit_json({**base(cfg), **r.run_json(info, now), "status": info.status,
+                     "expires_ms": info.expires_ms_left, "fence_expires_ms": info.fence_ms_left,
+                     "generations": [r.generation_json(g) for g in gens],
                      "staged": {"commits": info.staged_commits, "bytes": info.staged_bytes},
-                     "content": r.jsonable(content)})
+                     "bytes": r.usage_json(usage), "content": r.jsonable(content)})
         return
+    expiry = f"in {r.duration(info.expires_ms_left)} unless committed to or acquired" \
+        if info.expires_ms_left is not None else "never (no retention)"
     click.echo(r.keyvalues([
-        ("run", info.run_id), ("namespace", cfg.namespace), ("fence", info.fence),
+        ("run", info.run_id), ("namespace", cfg.namespace), ("status", info.status), ("fence", info.fence),
         ("head", _head_text(info, now)), ("lease", r.lease_text(info, now)),
         ("kept", ", ".join(f"g{g}" for g in info.kept) or "none"),
-        ("staged", _staged_text(info)),
+        ("staged", _staged_text(info)), ("bytes", r.usage_text(usage)), ("expires", expiry),
     ]))
     if gens:
         click.echo()

@@ -20,7 +20,7 @@ from .retry import RetryPolicy
 
 __all__ = [
     "StoreConfig", "DriftWatch", "MAX_INT", "MAX_TTL_MS", "DEFAULT_CHUNK_BYTES", "STAGE_TTL_MARGIN_MS",
-    "DRIFT_CHECK_S", "check_int", "check_ttl_ms",
+    "DEFAULT_FENCE_MARGIN_MS", "DRIFT_CHECK_S", "check_int", "check_ttl_ms",
 ]
 
 #: The exact-number bound: every token, generation, fence, ttl and time a Lua script compares
@@ -32,6 +32,8 @@ MAX_INT = 2**50
 #: ttl_ms stay exact
 MAX_TTL_MS = MAX_INT
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: how much longer than a run's data its fence lives under a retention (see StoreConfig.retention_ms)
+DEFAULT_FENCE_MARGIN_MS = 24 * 3600 * 1000
 #: staged keys of a commit whose writer dies before its script runs expire after the retry
 #: deadline twice over plus this margin (the run's next commit or acquire removes them sooner)
 STAGE_TTL_MARGIN_MS = 60_000
@@ -100,6 +102,13 @@ class StoreConfig:
     no real server backs, is created that way (it is no option of the public constructors).
     ``watch``: the drift check riding in confirmed writes, set after the probe;
     ``drift_check_s``: how often at most it rides along (see :class:`DriftWatch`; 0: always).
+
+    ``retention_ms``: a run nobody commits to or acquires for that long is removed by the
+    server (its keys expire; every commit and acquire sets the expiry anew); None: runs are
+    kept until deleted. ``fence_margin_ms``: how much longer a run's fence lives than its
+    data under a retention (tokens handed out under a retention are at least the server's
+    time in ms, so a fence recreated after it expired starts above every token it held; the
+    margin covers a server clock that steps back).
     """
 
     namespace: str
@@ -116,6 +125,8 @@ class StoreConfig:
     dedup: bool = False
     confirm: bool = True
     watch: DriftWatch | None = None
+    retention_ms: int | None = None
+    fence_margin_ms: int = DEFAULT_FENCE_MARGIN_MS
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
@@ -133,6 +144,12 @@ class StoreConfig:
             raise ValueError("chunk_bytes must be an int >= 1024")
         if not isinstance(self.dedup, bool):
             raise ValueError("dedup must be True or False")
+        if self.dedup and self.retention_ms is not None:
+            raise ValueError("dedup=True cannot be combined with a retention: shared chunks outlive the "
+                             "generation that wrote them, so they cannot expire with it")
+        if self.retention_ms is not None:
+            check_int("retention (ms)", self.retention_ms, 1, MAX_TTL_MS)
+        check_int("fence_margin (ms)", self.fence_margin_ms, 0, MAX_TTL_MS)
         d = self.drift_check_s
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
             raise ValueError(f"drift_check_s must be a finite number of seconds >= 0, got {d!r}")

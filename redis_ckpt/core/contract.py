@@ -19,7 +19,7 @@ from .replies import text
 __all__ = [
     "CommitFields", "COMMIT_FIELD_NAMES", "COMMIT_KEYS", "SCRIPT_KEYS", "SCRIPT_ARGV", "ERROR_FIELDS",
     "commit_script", "acquire_script", "renew_script", "release_script", "revoke_script", "delete_script",
-    "load_script", "LOAD_FIELDS",
+    "retain_script", "prune_script", "load_script", "LOAD_FIELDS",
     "refusal", "commit_generation", "grant_of", "deleted_of",
     "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
 ]
@@ -52,6 +52,8 @@ class CommitFields(NamedTuple):
     drops: int  # number of drop entries d
     stage_limit: int  # bytes of other commits' staged data above which all of it is removed
     strict: int  # 1: answer NEED_STAGE for dead staged commits whose keys were not passed
+    retention: int = 0  # ms; 0: the run's own (the head's retention_ms), if any
+    margin: int = 0  # ms the fence outlives the data under a retention
 
 
 #: each CommitFields field as commit.lua's header names it ("1 mode (...), 2 token, ...")
@@ -61,6 +63,7 @@ COMMIT_FIELD_NAMES = {
     "keep": "keep", "maxlen": "events max length", "generation": "the new generation number",
     "size": "size", "chunks": "number of chunks", "by": "who imported", "staged": "number of staged keys",
     "resend": "resend", "drops": "number of drop entries", "stage_limit": "stage limit", "strict": "strict",
+    "retention": "retention", "margin": "fence margin",
 }
 
 #: the fixed KEYS of each script, in order, as its header names them (variable keys follow)
@@ -72,18 +75,25 @@ SCRIPT_KEYS = {
     "release": ("lease", "events"),
     "revoke": ("fence", "lease", "events"),
     "delete": ("fence", "lease", "head", "events", "staging"),
+    "retain": ("fence", "lease", "head", "events", "staging"),
+    "prune": ("fence", "lease", "head", "events", "staging"),
     "load": ("head",),
 }
 #: the fixed ARGV of each script but commit, in order: (the builder's argument, the words the
 #: header starts that ARGV's line with)
 SCRIPT_ARGV = {
     "acquire": (("owner", "owner"), ("ttl_ms", "ttl"), ("maxlen", "events stream max length"),
-                ("strict", "strict")),
+                ("strict", "strict"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
+                ("entries", "number of generation entries")),
     "renew": (("token", "token"), ("ttl_ms", "new ttl"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "release": (("token", "token"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "revoke": (("by", "who revoked"), ("maxlen", "events stream max length")),
     "delete": (("by", "who deleted"), ("maxlen", "events stream max length"),
                ("entries", "number of generation entries")),
+    "retain": (("token", "token"), ("owner", "owner"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
+               ("maxlen", "events stream max length"), ("entries", "number of generation entries")),
+    "prune": (("by", "who pruned"), ("idle_ms", "idle"), ("dry", "dry run"),
+              ("entries", "number of generation entries")),
 }
 
 
@@ -102,9 +112,13 @@ def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence
     )
 
 
-def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str]) -> Script:
-    return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *stage_keys(k, dead)],
-                  [owner, ttl_ms, maxlen, int(strict), *dead])
+def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str],
+                   retention_ms: int = 0, margin_ms: int = 0, entries: Sequence[str] = ()) -> Script:
+    """acquire.lua; ``retention_ms`` 0: the run's own retention, if any (then ``entries``, the
+    kept generations, are needed: the script answers NEED_KEYS for those missing)."""
+    return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                              *stage_keys(k, dead)],
+                  [owner, ttl_ms, maxlen, int(strict), retention_ms, margin_ms, len(entries), *entries, *dead])
 
 
 def renew_script(k: RunKeys, *, token: int, ttl_ms: int, owner: str, maxlen: int) -> Script:
@@ -136,6 +150,20 @@ def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], s
                   [by, maxlen, len(entries), *entries, *staged])
 
 
+def retain_script(k: RunKeys, *, token: int, owner: str, retention_ms: int, margin_ms: int, maxlen: int,
+                  entries: Sequence[str]) -> Script:
+    return Script("retain", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries)],
+                  [token, owner, retention_ms, margin_ms, maxlen, len(entries), *entries])
+
+
+def prune_script(k: RunKeys, *, by: str, idle_ms: int, dry: bool, entries: Sequence[str],
+                 staged: Sequence[str], shared: Sequence[str] = ()) -> Script:
+    """prune.lua; ``shared``: the addresses of the run's shared chunks (its x:refs fields)."""
+    return Script("prune", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                            *stage_keys(k, staged), k.refs, *(k.shared(a) for a in shared)],
+                  [by, idle_ms, int(dry), len(entries), *entries, *staged])
+
+
 # --------------------------------------------------------------------------- answers
 
 #: the fields of each error a flow reads, as the scripts' headers name them ("FENCED <token>
@@ -149,6 +177,7 @@ ERROR_FIELDS = {
     "LEASE_HELD": ("ms_left", "owner*"),
     "LEASE_LOST": ("fence", "holder_token", "holder_owner*"),
     "STAGE_MISSING": ("i",),
+    "ACTIVE": ("idle_ms",),
 }
 
 

@@ -11,15 +11,15 @@ from dataclasses import replace
 from typing import Any
 
 from .config import DriftWatch
-from .flows.admin import AdminFlows
 from .flows.base import Migration
 from .flows.lease import LeaseFlows
-from .flows.read import ReadFlows
+from .flows.lifecycle import LifecycleFlows
+from .flows.retention import RetentionFlows
 
 __all__ = ["StoreCore"]
 
 
-class StoreCore(LeaseFlows, ReadFlows, AdminFlows):
+class StoreCore(LeaseFlows, LifecycleFlows, RetentionFlows):
     """Configuration (``config``), migrations and every flow of a store."""
 
     def register_migration(self, from_version: int, fn: Migration | None = None) -> Any:

@@ -18,7 +18,7 @@ from importlib import resources
 __all__ = ["Scripts", "SCRIPTS", "SCRIPT_NAMES", "lua_text"]
 
 SCRIPT_NAMES = (
-    "acquire", "renew", "release", "commit", "revoke", "delete", "load",
+    "acquire", "renew", "release", "commit", "revoke", "delete", "load", "retain", "prune",
     "saver_write", "saver_read", "saver_admin",
 )
 

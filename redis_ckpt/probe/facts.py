@@ -55,6 +55,8 @@ class ServerFacts:
     aof_last_write_status: str | None = None
     maxmemory_policy: str | None = None
     evicted_keys: int | None = None
+    used_memory: int | None = None
+    maxmemory: int | None = None  # 0: no limit
     replicas_online: int | None = None
     cluster_enabled: bool = False
     config: Mapping[str, str] | None = None
@@ -123,6 +125,8 @@ def facts_from_info(info: Mapping[str, Any]) -> dict[str, Any]:
         "aof_last_write_status": text(info["aof_last_write_status"]) if "aof_last_write_status" in info else None,
         "maxmemory_policy": text(info["maxmemory_policy"]) if "maxmemory_policy" in info else None,
         "evicted_keys": as_int(info["evicted_keys"]) if "evicted_keys" in info else None,
+        "used_memory": as_int(info["used_memory"]) if "used_memory" in info else None,
+        "maxmemory": as_int(info["maxmemory"]) if "maxmemory" in info else None,
         "replicas_online": online if role in ("master", "primary") else 0 if role else None,
         "cluster_enabled": as_int(info.get("cluster_enabled", 0)) == 1,
     }

@@ -22,7 +22,7 @@ from ..core.durability import Durability
 from .facts import CLUSTER_SLOTS, ServerFacts, normalize_config, normalize_declared
 from .report import Finding
 
-__all__ = ["Context", "RULES", "SETTING_RULES", "DRIFT_KEYS", "evaluate", "drift_problems"]
+__all__ = ["Context", "RULES", "SETTING_RULES", "DRIFT_KEYS", "MEMORY_WARN_SHARE", "evaluate", "drift_problems"]
 
 _CONF_HINT = "(redis.conf) or CONFIG SET"
 
@@ -296,6 +296,26 @@ def evicted_keys(c: Context) -> Iterator[Finding]:
                       "run `maxmemory-policy noeviction` with enough maxmemory, and check the runs' events")
 
 
+#: the share of maxmemory from which the probe (and ``check``) warns
+MEMORY_WARN_SHARE = 0.8
+
+
+def memory(c: Context) -> Iterator[Finding]:
+    """used_memory against maxmemory: under noeviction a full server fails every commit."""
+    used, limit = c.facts.used_memory, c.facts.maxmemory
+    if used is None or limit is None:
+        return
+    mib = f"used_memory {used / 2**20:.1f} MiB"
+    if not limit:
+        yield Finding("memory", "ok", f"{mib}, no maxmemory (limited by the machine)")
+    elif used / limit < MEMORY_WARN_SHARE:
+        yield Finding("memory", "ok", f"{mib} of maxmemory {limit / 2**20:.1f} MiB ({used / limit:.0%})")
+    else:
+        yield Finding("memory", "warn", f"{mib} of maxmemory {limit / 2**20:.1f} MiB ({used / limit:.0%}): "
+                      "under noeviction every commit fails with OOM once it is full",
+                      "raise maxmemory, or remove idle runs (redis-ckpt prune --idle 7d; a store retention)")
+
+
 # --------------------------------------------------------------------------- cluster, live write
 
 
@@ -355,7 +375,7 @@ def declared_config(c: Context) -> Iterator[Finding]:
 #: every rule, in the order its findings are reported
 RULES: tuple[Rule, ...] = (
     role, loading, aof_write_status, waitaof, settings, aof_load_truncated,
-    replicas, min_replicas_to_write, evicted_keys, cluster, live_write, declared_config,
+    replicas, min_replicas_to_write, evicted_keys, memory, cluster, live_write, declared_config,
 )
 
 

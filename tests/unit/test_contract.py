@@ -34,7 +34,7 @@ def positions(name: str, kind: str) -> dict[int, str]:
 
 def built(name: str, **values):
     builder = getattr(contract, f"{name}_script")
-    extra = {"acquire": {"dead": []}, "delete": {"staged": []}}.get(name, {})
+    extra = {"acquire": {"dead": []}, "delete": {"staged": []}, "prune": {"staged": []}}.get(name, {})
     return builder(K, **values, **extra)
 
 
@@ -50,13 +50,14 @@ def test_each_builder_puts_keys_and_arguments_where_the_header_says(name):
     argv = positions(name, "ARGV")
     fields = contract.SCRIPT_ARGV[name]
     values: dict = {arg: f"<{arg}>" for arg, _ in fields}
-    values.update({"entries": ["7:0"], "strict": True} if name in ("delete", "acquire") else {})
+    values.update({"entries": ["7:0"], "strict": True, "dry": True}
+                  if name in ("delete", "acquire", "retain", "prune") else {})
     values = {arg: values[arg] for arg, _ in fields}
     script = built(name, **values)
     assert script.name == name
     for i, (arg, words) in enumerate(fields):
         assert argv[i + 1].startswith(words), (name, i + 1, argv[i + 1], words)
-        want = {"entries": 1, "strict": 1}.get(arg, values[arg])
+        want = {"entries": 1, "strict": 1, "dry": 1}.get(arg, values[arg])
         assert script.args[i] == want, (name, arg, script.args[i])
     assert script.keys[: len(contract.SCRIPT_KEYS[name])] == [getattr(K, k) for k in contract.SCRIPT_KEYS[name]]
 

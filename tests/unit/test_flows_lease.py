@@ -22,7 +22,7 @@ def test_acquire_hands_out_a_token_once_confirmed():
     script = pipe.ops[0]
     assert (script.name, pipe.route) == ("acquire", K.fence)
     assert script.keys == [K.fence, K.lease, K.head, K.events, K.staging]
-    assert script.args == ["w", 30_000, 1000, 1]
+    assert script.args == ["w", 30_000, 1000, 1, 0, 86_400_000, 0]  # no retention: no generation keys
 
 
 def test_acquire_refused_while_another_owner_holds_the_lease():
@@ -45,7 +45,7 @@ def test_acquire_passes_dead_staged_commits_then_gives_up_being_strict():
     s.run(core().acquire_flow("r", "w", 30_000))
     scripts = s.scripts("acquire")
     assert [x.args[3] for x in scripts] == [1, 1, 1, 1, 1, 0]
-    assert scripts[1].args[4:] == ["c0:2"] and scripts[1].keys[5:] == [K.stage("c0", 0), K.stage("c0", 1)]
+    assert scripts[1].args[7:] == ["c0:2"] and scripts[1].keys[5:] == [K.stage("c0", 0), K.stage("c0", 1)]
 
 
 def test_acquire_unconfirmed_is_a_durability_error():
@@ -98,3 +98,15 @@ def test_delete_passes_every_kept_generation_and_the_staged_commits():
     assert first.keys[5:] == [K.generation(2), K.generation(3), K.chunk(3, 0), K.chunk(3, 1), K.stage("c1", 0),
                               K.refs]
     assert second.args[2:6] == [3, "2:0", "3:2", "4:0"]
+
+
+def test_acquire_under_a_retention_passes_the_kept_generations_it_is_asked_for():
+    s = Scripted([ReplyError("NEED_KEYS 3:0 4:2"), OK_FSYNC], [[1_700_000_000_000, 4, b"acquire", 9], OK_FSYNC])
+    grant = s.run(core(retention_ms=60_000).acquire_flow("r", "w", 30_000))
+    assert grant.token == 1_700_000_000_000
+    first, second = s.scripts("acquire")
+    assert first.args[4:7] == [60_000, 86_400_000, 0]
+    assert second.args[6:] == [2, "3:0", "4:2"]
+    assert second.keys[5:] == [K.generation(3), K.generation(4), K.chunk(4, 0), K.chunk(4, 1)]
+    with pytest.raises(OutOfRangeError):
+        core().acquire_flow("r", "w", 30_000, retention_ms=0)

@@ -134,21 +134,27 @@ def test_an_older_schema_is_migrated_and_a_gap_refused():
 
 
 def test_a_run_never_committed_loads_none():
-    s = Scripted([None] * 5, [0, {}, []])  # no head; no fence
+    s = Scripted([None] * 5, [0, {}, [], -2])  # no head; no fence
     assert s.run(core().load_flow("r")) is None
-    assert [o.args[0] for o in s.ops[1].ops] == ["EXISTS", "XINFO", "XREVRANGE"]
+    assert [o.args[0] for o in s.ops[1].ops] == ["EXISTS", "XINFO", "XREVRANGE", "PTTL"]
 
 
 def test_a_headless_run_whose_events_show_a_commit_is_corruption():
     page = [[b"2-0", [b"kind", b"commit", b"generation", b"1"]], [b"1-0", [b"kind", b"acquire", b"token", b"1"]]]
-    s = Scripted([None] * 5, [1, [b"length", 2, b"entries-added", 2], page])
+    s = Scripted([None] * 5, [1, [b"length", 2, b"entries-added", 2], page, -1])
     with pytest.raises(CorruptCheckpointError, match="head is missing"):
         s.run(core().load_flow("r"))
 
 
+def test_a_headless_run_under_a_retention_expired():
+    page = [[b"2-0", [b"kind", b"commit", b"generation", b"1"]]]  # its keys expire one by one
+    s = Scripted([None] * 5, [1, [b"length", 1, b"entries-added", 1], page, 86_000_000])
+    assert s.run(core().load_flow("r")) is None
+
+
 def test_a_headless_run_whose_history_was_trimmed_asks_the_keys():
     page = [[b"9-0", [b"kind", b"acquire", b"token", b"40"]]]
-    s = Scripted([None] * 5, [1, [b"length", 1, b"entries-added", 90], page],
+    s = Scripted([None] * 5, [1, [b"length", 1, b"entries-added", 90], page, -1],
                  [[b"17", []]], [[0, [b"ns:{r}:g:3"]]])
     with pytest.raises(CorruptCheckpointError):
         s.run(core().load_flow("r"))

@@ -29,20 +29,26 @@ class AdminFlows(CommitFlows, FlowsBase):
         def body() -> Flow[RunInfo]:
             replies = yield Pipe(
                 [Cmd("GET", k.fence), Cmd("HGETALL", k.head), Cmd("HGETALL", k.lease), Cmd("PTTL", k.lease),
-                 Cmd("HGETALL", k.staging)],
+                 Cmd("HGETALL", k.staging), Cmd("PTTL", k.head), Cmd("PTTL", k.fence),
+                 Cmd("XREVRANGE", k.events, "+", "-", "COUNT", 1)],
                 route=k.fence,
             )
             raise_failures(replies)
-            fence, head, lease, pttl, registry = replies
+            fence, head, lease, pttl, registry, head_ttl, fence_ttl, newest = replies
             head, lease = hash_of(head), hash_of(lease)
             staged_commits, staged_bytes = yield from self.staged_size(k, hash_of(registry))
             held = lease.get("state") == "held"
+            last = event_of(*newest[0]) if newest else None
             return RunInfo(
                 run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
                 kept=tuple(g for g, _ in kept(head)), head=head,
                 lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
                 lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
                 lease_state=lease.get("state"), staged_commits=staged_commits, staged_bytes=staged_bytes,
+                expires_ms_left=int(head_ttl) if int(head_ttl) >= 0 else None,
+                fence_ms_left=int(fence_ttl) if int(fence_ttl) >= 0 else None,
+                last_event=last.kind if last else None,
+                last_event_ms=_event_ms(last) if last else None,
             )
 
         return self.retrying(body, run_id=k.run_id, what="info", writes=False)
@@ -133,3 +139,9 @@ def event_of(entry_id: Any, fields: Any) -> Event:
     eid = text(entry_id)
     ms = f.get("ms") or eid.partition("-")[0]  # a stream entry id is "<ms>-<seq>"
     return Event(id=eid, kind=f.get("kind", "?"), at=ms_to_datetime(int(ms)) if ms.isdigit() else None, fields=f)
+
+
+def _event_ms(e: Event) -> int | None:
+    """The server time (ms) of an event: its ``ms`` field, else its entry id's."""
+    ms = e.fields.get("ms") or e.id.partition("-")[0]
+    return int(ms) if ms.isdigit() else None

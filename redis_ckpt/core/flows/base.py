@@ -33,6 +33,9 @@ class FlowsBase:
         self.chunks_of: dict[tuple[str, int], int] = {}
         #: the size of the newest frame this process wrote or read per run: how a load reads it
         self.last_size: dict[str, int] = {}
+        #: runs seen under a retention of their own (the head's): a commit passes every kept
+        #: generation's keys at once (they get the new expiry) instead of hearing NEED_KEYS
+        self.retained: set[str] = set()
 
     def keys(self, run_id: str) -> RunKeys:
         """The keys of ``run_id`` (validated); recently used runs are remembered."""
@@ -53,11 +56,21 @@ class FlowsBase:
             self.last_generation.clear()
             self.chunks_of.clear()
             self.last_size.clear()
+            self.retained.clear()
         self.last_generation[run_id] = generation
         self.last_size[run_id] = size
         if chunks:
             self.chunks_of[(run_id, generation)] = chunks
         self.chunks_of.pop((run_id, generation - self.config.keep), None)
+
+    def kept_guess(self, run_id: str) -> list[str]:
+        """The kept generations ("<g>:<chunks>") of a run as this process last saw it (a
+        script answers NEED_KEYS for those the guess misses)."""
+        head = self.last_generation.get(run_id)
+        if not head:
+            return []
+        low = max(1, head - self.config.keep + 1)
+        return [f"{g}:{self.chunks_of.get((run_id, g), 0)}" for g in range(low, head + 1)]
 
     def retrying(self, body: Callable[[], Flow[T]], *, run_id: str | None, what: str, writes: bool) -> Flow[T]:
         """``body`` under this store's RetryPolicy (see :func:`redis_ckpt.core.retry.retrying`).

@@ -88,10 +88,15 @@ class CommitFlows(SharedFlows, FlowsBase):
 
     def commit_flow(self, run_id: str, state: Any, *, token: int, expected_generation: int,
                     owner: str, metadata: Mapping[Any, Any] | None = None,
-                    commit_id: str | None = None) -> Flow[int]:
+                    commit_id: str | None = None, retention_ms: int | None = None) -> Flow[int]:
         """Commit ``state`` as generation ``expected_generation + 1``; the generation once
-        confirmed. A :class:`FencedError` says who raised the fence (see :func:`explain_fenced`)."""
+        confirmed. A :class:`FencedError` says who raised the fence (see :func:`explain_fenced`).
+        ``retention_ms``: this run's retention from now on (None: the store's; neither: the
+        run's own, if it has one)."""
         k = self.keys(run_id)
+        retention = self.config.retention_ms if retention_ms is None else retention_ms
+        if retention is not None:
+            check_int("retention (ms)", retention, 1, MAX_INT, run_id=k.run_id)
         owner = validate_owner(owner)
         check_int("token", token, 1, MAX_INT, run_id=k.run_id)
         check_int("expected_generation", expected_generation, 0, MAX_INT - 1, run_id=k.run_id)
@@ -106,11 +111,15 @@ class CommitFlows(SharedFlows, FlowsBase):
         stored, chunks, staging, moved = (form.stored, 0, form.staging, form.moved) if form else \
             self.stored_form(k, new, frame, cid, token=token, expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
+        parts = frame if form else None  # shared chunks are views of it: kept for a RETAINED answer
         del frame  # the stored form (or its chunks, zero-copy views) is all that is kept
         # a guess at what rotation drops (the script asks for more when it is wrong)
         old = new - c.keep
         drop = [entry(old, self.chunks_of.get((k.run_id, old), 0))] if old >= 1 else []
         free = self.free_guess(k.run_id, drop, form)  # shared chunks rotation frees (likewise)
+        if retention or k.run_id in self.retained:  # every kept generation's keys get the new expiry
+            drop = [entry(g, self.chunks_of.get((k.run_id, g), 0)) for g in range(max(1, old), new)]
+        passed = [drop]  # the entries of the last script sent
         sent = [0]  # attempts that went out: from the second on, a resend of this commit id
         # Staged bytes per run stay bounded: every commit that applies removes the staging of
         # commits that can no longer apply, and all other staging once it passes
@@ -118,24 +127,41 @@ class CommitFlows(SharedFlows, FlowsBase):
         # max_state_bytes left over, and nothing older than stage_ttl_ms.
 
         def build(drop: list[str], dead: list[str], strict: bool) -> Script:
+            passed[0] = drop
             fields = CommitFields(
                 mode="dedup" if form else "commit", token=token, expected=expected_generation, commit_id=cid, checksum=checksum,
                 schema_version=c.schema_version, codec=CODEC_MSGPACK, owner=owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=new, size=size, chunks=chunks, by="",
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
-                stage_limit=c.max_state_bytes, strict=int(strict))
+                stage_limit=c.max_state_bytes, strict=int(strict), retention=retention or 0,
+                margin=c.fence_margin_ms)
             return commit_script(k, fields, stored, moved, drop, dead, free)
 
         def body() -> Flow[int]:
+            nonlocal form, stored, chunks, staging, moved
             sent[0] += 1
             replies = yield from self.shared_sends(
                 lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), form, free)
             reply = replies[0]
+            if isinstance(reply, ReplyError) and reply.code == "RETAINED" and form is not None:
+                # the run is under a retention (its head says so): shared chunks would expire
+                # with the generation that staged them; this commit goes as a plain one
+                drift_unread(replies, self.config)
+                form = None
+                whole = parts if len(parts) > c.chunk_bytes else bytes(parts)
+                stored, chunks, staging, moved = self.stored_form(k, new, whole, cid, token=token,
+                                                                  expected=expected_generation)
+                replies = yield from self.shared_sends(
+                    lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), None, free)
+                reply = replies[0]
             if not isinstance(reply, ReplyError):
                 generation = commit_generation(reply)
                 self.remember(k.run_id, generation, chunks, size)
                 if form:
                     self.remember_shared(k.run_id, generation, form.distinct)
+                asked = passed[0] if passed[0] is not drop and not retention else ()
+                if any(int(e.partition(":")[0]) > old for e in asked):  # the kept ones: the run's own retention
+                    self.retained.add(k.run_id)
                 check_confirmed(replies, self.config, what="commit", run_id=k.run_id, generation=generation)
                 return generation
             drift_unread(replies, self.config)
@@ -177,7 +203,8 @@ class CommitFlows(SharedFlows, FlowsBase):
                 schema_version=h.schema_version, codec=h.codec, owner=h.owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=h.generation, size=size, chunks=chunks, by=by,
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
-                stage_limit=c.max_state_bytes, strict=int(strict))
+                stage_limit=c.max_state_bytes, strict=int(strict), retention=c.retention_ms or 0,
+                margin=c.fence_margin_ms)
             return commit_script(k, fields, stored, moved, drop, dead, free)
 
         free: list[str] = []
@@ -186,7 +213,7 @@ class CommitFlows(SharedFlows, FlowsBase):
             sent[0] += 1
             head = hash_of((yield Cmd("HGETALL", k.head)))
             entries = [entry(g, n) for g, n in kept(head)]
-            drop = entries[: max(0, len(entries) + 1 - c.keep)]
+            drop = entries if c.retention_ms or head.get("retention_ms") else entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.shared_sends(
                 lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), None, free)
             if isinstance(replies[0], ReplyError):

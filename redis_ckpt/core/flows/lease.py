@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from ...errors import LeaseHeldError, LeaseLostError
 from ...models import Grant
-from ..config import check_ttl_ms
+from ..config import MAX_INT, check_int, check_ttl_ms
 from ..contract import acquire_script, grant_of, refusal, release_script, renew_script, revoke_script
 from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
+from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
 
 __all__ = ["LeaseFlows"]
@@ -21,25 +22,38 @@ STRICT_ACQUIRES = 5
 
 
 class LeaseFlows(FlowsBase):
-    def acquire_flow(self, run_id: str, owner: str, ttl_ms: int) -> Flow[Grant]:
+    def acquire_flow(self, run_id: str, owner: str, ttl_ms: int, retention_ms: int | None = None) -> Flow[Grant]:
+        """A new token and the lease. ``retention_ms``: this run's retention from now on
+        (None: the store's; neither: the run's own, if it has one)."""
         k = self.keys(run_id)
         owner = validate_owner(owner)
         check_ttl_ms(ttl_ms, run_id=k.run_id)
+        retention = self.config.retention_ms if retention_ms is None else retention_ms
+        if retention is not None:
+            check_int("retention (ms)", retention, 1, MAX_INT, run_id=k.run_id)
 
         def body() -> Flow[Grant]:
             c = self.config
             dead: list[str] = []
-            for attempt in range(STRICT_ACQUIRES + 1):
+            entries = self.kept_guess(k.run_id) if retention or k.run_id in self.retained else []
+            strict = 0
+            for _ in range(STRICT_ACQUIRES + MAX_SENDS):
                 # staged commits are all dead once the fence moves; the script names those it
                 # was not given (NEED_STAGE, nothing written) and removes the ones it was
                 script = acquire_script(k, owner=owner, ttl_ms=ttl_ms, maxlen=c.events_maxlen,
-                                        strict=attempt < STRICT_ACQUIRES, dead=dead)
+                                        strict=strict < STRICT_ACQUIRES, dead=dead, retention_ms=retention or 0,
+                                        margin_ms=c.fence_margin_ms, entries=entries)
                 replies = yield confirmed([script], c, route=k.fence)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
                     drift_unread(replies, c)
                     if reply.code == "NEED_STAGE":
                         dead = sorted(set(dead) | set(reply.fields))
+                        strict += 1
+                        continue
+                    if reply.code == "NEED_KEYS":  # under a retention: the kept generations' keys
+                        entries = sorted(set(entries) | set(reply.fields))
+                        self.retained.add(k.run_id)  # its commits pass them at once
                         continue
                     if reply.code == "LEASE_HELD":
                         r = refusal(reply)
@@ -52,7 +66,7 @@ class LeaseFlows(FlowsBase):
                 grant = grant_of(reply)
                 check_confirmed(replies, c, what="acquire", run_id=k.run_id, generation=None)
                 return grant
-            raise AssertionError("the staged key set did not converge")
+            raise AssertionError("the staged and generation key sets did not converge")
 
         return self.retrying(body, run_id=k.run_id, what="acquire", writes=True)
 

@@ -232,7 +232,9 @@ class ReadFlows(SharedFlows, FlowsBase):
         True is corruption, False "never committed" (or deleted with ``delete``).
 
         * no fence: every commit needs a token the fence handed out, an import raises it and
-          ``delete`` keeps it (a tombstone), so the run was never committed. (A restore that
+          ``delete`` keeps it (a tombstone), so the run was never committed. A fence with an
+          expiry: the run is under a retention, and its head is gone because it expired (the
+          server removes a run's keys one by one: the generations may still be there). (A restore that
           brings back generations without their fence is not detected: it is unsafe anyway,
           tokens would be handed out again.)
         * the audit stream, newest first: a ``delete`` before any commit means deleted; a
@@ -244,11 +246,12 @@ class ReadFlows(SharedFlows, FlowsBase):
           node owning the run's slot for the run's own ``g:*`` keys, the pattern escaped.
           It walks that node's keyspace, on this rare path only.
         """
-        fence, info, page = yield Pipe([Cmd("EXISTS", k.fence), Cmd("XINFO", "STREAM", k.events),
-                                        Cmd("XREVRANGE", k.events, "+", "-", "COUNT", EVENTS_PAGE)], route=k.head)
-        raise_failures((fence, page))
-        if not int(fence):
-            return False
+        fence, info, page, fence_ttl = yield Pipe([
+            Cmd("EXISTS", k.fence), Cmd("XINFO", "STREAM", k.events),
+            Cmd("XREVRANGE", k.events, "+", "-", "COUNT", EVENTS_PAGE), Cmd("PTTL", k.fence)], route=k.head)
+        raise_failures((fence, page, fence_ttl))
+        if not int(fence) or int(fence_ttl) > 0:
+            return False  # never committed; or under a retention, expired (its keys go one by one)
         info = {} if isinstance(info, Exception) else pairs_of(info)  # no stream: "no such key"
         length, added = info.get("length"), info.get("entries-added")
         seen, oldest = 0, None

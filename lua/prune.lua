@@ -1,0 +1,79 @@
+-- prune: remove a run nobody committed to or acquired for at least ARGV[2] ms: its
+-- generations, head, lease, events and staged data. The fence stays, bumped, as a tombstone
+-- (as delete.lua), so that no holder of an older token can write into a run created again.
+-- For runs created before a retention was set (those under a retention expire by themselves).
+--
+-- KEYS[1]    fence    string int (kept, incremented)
+-- KEYS[2]    lease    hash (deleted); a live lease (held, unexpired) refuses the prune
+-- KEYS[3]    head     hash (deleted)
+-- KEYS[4]    events   stream (deleted)
+-- KEYS[5]    staging  hash {commit id: "<token>:<expected>:<count>:<bytes>"} (deleted)
+-- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys;
+--            then for each staged entry "<cid>:<count>", its <count> staged keys; then x:refs
+--            and the shared chunks x:<address> it names (all deleted)
+-- ARGV[1]  who pruned (for the log line the caller writes; the run's own events go)
+-- ARGV[2]  idle in ms: the run is removed only when its last commit (head created_ms), its
+--          lease's acquire, renew or release, and its newest audit event are all older
+-- ARGV[3]  dry run (1: check and answer, write nothing)
+-- ARGV[4]  number of generation entries d
+-- ARGV[5 .. 4+d]  generation entries "<g>:<chunks>"
+-- ARGV[5+d ..]    staged commits "<cid>:<count>" (as the caller read them from the staging hash)
+--
+-- Returns {new_fence, generations_deleted, idle_ms}; the fence as the exact string INCR stored
+-- (dry run: {fence, generations the head keeps, idle_ms}).
+-- Errors (nothing written):
+--   "ACTIVE <idle_ms>"             the run was touched less than ARGV[2] ms ago (or its lease is live)
+--   "EMPTY"                        nothing to remove: no head, lease, events or staging (the
+--                                  fence alone is left: a deleted or expired run)
+--   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
+local idle, dry, nd = tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+local function int(x) return string.format('%d', x) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) == 0 then
+  return redis.error_reply('EMPTY')
+end
+local last = tonumber(redis.call('HGET', KEYS[3], 'created_ms') or '0') or 0
+local l = redis.call('HMGET', KEYS[2], 'state', 'acquired_ms', 'renewed_ms', 'released_ms')
+if l[1] == 'held' and redis.call('PTTL', KEYS[2]) > 0 then
+  return redis.error_reply('ACTIVE 0')
+end
+for i = 2, 4 do last = math.max(last, tonumber(l[i] or '0') or 0) end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local newest = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+  if newest[1] then last = math.max(last, tonumber(string.match(newest[1][1], '^(%d+)')) or 0) end
+end
+local since = now - last
+if since < idle then
+  return redis.error_reply('ACTIVE ' .. int(math.max(0, since)))
+end
+
+local h_kept = redis.call('HGET', KEYS[3], 'kept')
+local offered = {}
+for i = 5, 4 + nd do offered[ARGV[i]] = true end
+local missing, kept = {}, 0
+for entry in string.gmatch(h_kept or '', '[^,]+') do
+  kept = kept + 1
+  if not string.find(entry, ':') then entry = entry .. ':0' end
+  if not offered[entry] then table.insert(missing, entry) end
+end
+if dry then
+  return {redis.call('GET', KEYS[1]) or '0', kept, int(since)}
+end
+if #missing > 0 then
+  return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
+end
+
+local deleted = 0
+local k = 6
+for i = 5, 4 + nd do
+  local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
+  deleted = deleted + redis.call('DEL', KEYS[k])
+  for j = 1, c do redis.call('DEL', KEYS[k + j]) end
+  k = k + c + 1
+end
+for i = k, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('INCR', KEYS[1])
+return {redis.call('GET', KEYS[1]), deleted, int(since)}

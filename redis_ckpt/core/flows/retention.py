@@ -1,0 +1,111 @@
+"""Retention flows: a run marked done (``Lease.finish``) expires by itself; runs written before
+a retention was set are pruned once idle (``prune``). The scripts decide (lua/retain.lua,
+lua/prune.lua): a prune re-checks, atomically, that nobody touched the run since it was read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import FencedError
+from ...models import PrunedRun
+from ..config import MAX_INT, check_int
+from ..contract import entry, kept, prune_script, refusal, retain_script, staged
+from ..keys import validate_owner
+from ..ops import Cmd, Flow, Pipe, ReplyError
+from ..replies import hash_of, raise_failures, text
+from .admin import AdminFlows
+from .base import out_of_range
+from .commit import MAX_SENDS
+from .confirm import check_confirmed, confirmed, drift_unread
+
+__all__ = ["RetentionFlows"]
+
+
+class RetentionFlows(AdminFlows):
+    def finish_flow(self, run_id: str, *, token: int, owner: str, keep_for_ms: int) -> Flow[int]:
+        """Mark the run done: release the lease of ``token`` and let every key of the run
+        expire ``keep_for_ms`` from now unless it is acquired or committed to again (the fence
+        ``fence_margin_ms`` later). Returns the server time (ms) the data expires at.
+        :class:`FencedError` (nothing written) when ``token`` is no longer the run's fence."""
+        k = self.keys(run_id)
+        owner = validate_owner(owner)
+        check_int("token", token, 0, MAX_INT, run_id=k.run_id)
+        check_int("keep_for", keep_for_ms, 1, MAX_INT, run_id=k.run_id)
+        c = self.config
+
+        def body() -> Flow[int]:
+            entries = [entry(g, n) for g, n in kept({"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")})]
+            for _ in range(MAX_SENDS):
+                script = retain_script(k, token=token, owner=owner, retention_ms=keep_for_ms,
+                                       margin_ms=c.fence_margin_ms, maxlen=c.events_maxlen, entries=entries)
+                replies = yield confirmed([script], c, route=k.head)
+                reply = replies[0]
+                if isinstance(reply, ReplyError):
+                    drift_unread(replies, c)
+                    if reply.code == "NEED_KEYS":  # a commit rotated generations meanwhile
+                        entries = sorted(set(entries) | set(reply.fields))
+                        continue
+                    if reply.code == "FENCED":
+                        r = refusal(reply)
+                        raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]))
+                    if reply.code == "OUT_OF_RANGE":
+                        raise out_of_range(k.run_id, refusal(reply), "finish")
+                    raise reply
+                check_confirmed(replies, c, what="finish", run_id=k.run_id, generation=None)
+                return int(reply)
+            raise AssertionError("the generation key set did not converge")
+
+        return self.retrying(body, run_id=k.run_id, what="finish", writes=True)
+
+    def prune_flow(self, *, idle_ms: int, by: str, dry_run: bool = False,
+                   runs: list[str] | None = None) -> Flow[list[PrunedRun]]:
+        """Remove every run of the namespace (or of ``runs``) nobody committed to or acquired
+        for ``idle_ms``: generations, head, lease, events, staging; the fence stays, bumped, as
+        a tombstone. A run with a live lease, or touched meanwhile, is left (the script checks
+        again as it removes). ``dry_run``: say which, remove nothing."""
+        check_int("idle", idle_ms, 1, MAX_INT)
+        by = validate_owner(by)
+
+        def body() -> Flow[list[PrunedRun]]:
+            out: list[PrunedRun] = []
+            for run_id in (runs if runs is not None else (yield from self.runs_flow())):
+                found = yield from self.prune_run_flow(run_id, idle_ms=idle_ms, by=by, dry_run=dry_run)
+                if found is not None:
+                    out.append(found)
+            return out
+
+        return body()
+
+    def prune_run_flow(self, run_id: str, *, idle_ms: int, by: str, dry_run: bool) -> Flow[PrunedRun | None]:
+        """One run of :meth:`prune_flow`: None when it is active or holds nothing to remove."""
+        k = self.keys(run_id)
+        registered: list[str] = []
+        shared: list[str] = []  # the run's shared chunks (x:refs): an idle run's cannot change
+
+        def build(entries: list[str], _dead: list[str], _strict: bool) -> Any:
+            return prune_script(k, by=by, idle_ms=idle_ms, dry=dry_run, entries=entries, staged=registered,
+                                shared=shared)
+
+        def body() -> Flow[PrunedRun | None]:
+            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HKEYS", k.refs)],
+                                 route=k.head)
+            raise_failures(replies)
+            head, registry = (hash_of(r) for r in replies[:2])
+            registered[:] = staged(registry)
+            shared[:] = sorted(text(a) for a in replies[2])
+            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
+            reply = replies[0]
+            if isinstance(reply, Exception) or dry_run:
+                drift_unread(replies, self.config)  # a drift check it carried goes unread
+            if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY"):
+                return None
+            if isinstance(reply, Exception):
+                raise reply
+            if not dry_run:
+                check_confirmed(replies, self.config, what="prune", run_id=k.run_id, generation=None)
+            fence, generations, since = reply
+            return PrunedRun(k.run_id, idle_ms=int(since), generations=int(generations), fence=int(text(fence)),
+                             pruned=not dry_run)
+
+        return self.retrying(body, run_id=k.run_id, what="prune", writes=not dry_run)

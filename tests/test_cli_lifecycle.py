@@ -1,0 +1,106 @@
+"""The CLI's lifecycle commands on real servers: show --state (tagged JSON, a named
+generation, a damaged one), the bytes of runs and show, fork, prune, deleted/expired runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+
+from redis_ckpt import CheckpointStore
+from redis_ckpt.cli import cli
+from redis_ckpt.core.keys import RunKeys
+
+pytestmark = pytest.mark.server
+
+
+def run(args: list[str], server, namespace: str, input: str | None = None):
+    result = CliRunner().invoke(cli, [*args, "--url", server.url, "--namespace", namespace], input=input)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def store(client, namespace) -> CheckpointStore:
+    s = CheckpointStore(client, namespace=namespace, keep=3)
+    with s.acquire("job", owner="w", ttl=30) as lease:
+        for i in range(1, 4):
+            lease.commit({"i": i, "when": datetime(2026, 1, i, tzinfo=timezone.utc), "cost": Decimal("1.10"),
+                          "blob": b"\x00\x01", "tags": {"a"}})
+    return s
+
+
+def test_show_state_prints_the_state_as_tagged_json(store, durable_server, namespace):
+    out = run(["show", "job", "--state"], durable_server, namespace)
+    assert out.exit_code == 0, out.output
+    state = json.loads(out.stdout)
+    assert state == {"i": 3, "when": {"$datetime": "2026-01-03T00:00:00+00:00"}, "cost": {"$decimal": "1.10"},
+                     "blob": {"$bytes": "AAE="}, "tags": {"$set": ["a"]}}
+    out = run(["show", "job", "--state", "--generation", "2", "--json"], durable_server, namespace)
+    data = json.loads(out.stdout)
+    assert (data["generation"], data["head_generation"], data["ok"], data["state"]["i"]) == (2, 3, True, 2)
+    missing = run(["show", "job", "--state", "-g", "9"], durable_server, namespace)
+    assert missing.exit_code == 1 and "kept: 3, 2, 1" in missing.stderr
+    assert run(["show", "job", "-g", "2"], durable_server, namespace).exit_code == 2  # --generation needs --state
+
+
+def test_show_state_of_a_damaged_generation_says_how_far_it_verifies(store, client, durable_server, namespace):
+    key = RunKeys(namespace, "job").generation(2)
+    client.setrange(key, client.strlen(key) - 24, b"\xff\xff")  # inside the payload
+    out = run(["show", "job", "--state", "-g", "2", "--json"], durable_server, namespace)
+    assert out.exit_code == 1
+    data = json.loads(out.stdout)
+    damage = data["damage"]
+    assert data["ok"] is False and damage["reason"] == "checksum" and damage["failed"] == "checksum"
+    assert damage["verified"] == ["stored", "magic", "format", "length"]
+    assert damage["header"]["verified"] is False and damage["header"]["fields"]["run"] == "job"
+    assert "cost" not in out.stdout  # the payload is never decoded
+    text = run(["show", "job", "--state", "-g", "2"], durable_server, namespace)
+    assert text.exit_code == 1 and "UNVERIFIED" in text.stdout and "failed at" in text.stdout
+    newest = run(["show", "job", "--state"], durable_server, namespace)  # g3 is fine
+    assert newest.exit_code == 0 and json.loads(newest.stdout)["i"] == 3
+
+
+def test_runs_and_show_count_bytes_and_hide_deleted_runs(store, durable_server, namespace):
+    store.acquire("gone", owner="w", ttl=30).commit(1)
+    store.delete("gone")
+    out = json.loads(run(["runs", "--json"], durable_server, namespace).stdout)
+    assert [x["run"] for x in out["runs"]] == ["job"] and out["total"] == 1
+    (job,) = out["runs"]
+    assert job["status"] == "committed" and job["bytes"]["generations"] > 0
+    assert out["bytes_total"] == job["bytes"]["total"] == store.usage("job").total
+    every = json.loads(run(["runs", "--json", "--all"], durable_server, namespace).stdout)
+    assert {x["run"]: x["status"] for x in every["runs"]} == {"gone": "deleted", "job": "committed"}
+    text = run(["runs", "--all"], durable_server, namespace).stdout
+    assert "gone (deleted)" in text and "total:" in text
+    shown = json.loads(run(["show", "job", "--json"], durable_server, namespace).stdout)
+    assert shown["bytes"] == {**shown["bytes"], "total": store.usage("job").total} and shown["status"] == "committed"
+    assert "bytes" in run(["show", "job"], durable_server, namespace).stdout
+
+
+def test_fork_from_the_cli(store, durable_server, namespace):
+    out = run(["fork", "job", "job-2", "--generation", "2", "--json", "--by", "me"], durable_server, namespace)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert (data["new_run"], data["generation"], data["source_generation"], data["by"]) == ("job-2", 1, 2, "me")
+    assert store.load("job-2").state["i"] == 2
+    again = run(["fork", "job", "job-2"], durable_server, namespace)
+    assert again.exit_code == 1 and "already has a head" in again.stderr
+
+
+def test_prune_from_the_cli(store, durable_server, namespace):
+    time.sleep(0.3)
+    dry = json.loads(run(["prune", "--idle", "250ms", "--dry-run", "--json"], durable_server, namespace).stdout)
+    assert dry["dry_run"] and [x["run"] for x in dry["runs"]] == ["job"] and dry["runs"][0]["generations"] == 3
+    assert store.load("job") is not None
+    declined = run(["prune", "--idle", "250ms"], durable_server, namespace, input="n\n")
+    assert declined.exit_code == 1 and store.load("job") is not None
+    done = json.loads(run(["prune", "--idle", "250ms", "--json"], durable_server, namespace).stdout)
+    assert done["count"] == 1 and done["runs"][0]["pruned"] and store.load("job") is None
+    assert run(["prune", "--idle", "0"], durable_server, namespace).exit_code == 2
+    assert run(["prune", "--idle", "7 days"], durable_server, namespace).exit_code == 2
