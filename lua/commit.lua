@@ -34,7 +34,8 @@
 --                      freeing (see "Shared chunks" below)
 -- ARGV[1]  the scalar fields F, joined by "\n" (none of them can hold a newline), in order:
 --          1 mode ("commit" | "import" | "dedup": a commit whose ARGV[2] is a shared-chunk
---          manifest and whose staged keys are chunks becoming x:<address>), 2 token, 3 expected generation (commit), 4 commit id,
+--          manifest and whose staged keys are chunks becoming x:<address>), 2 token,
+--          3 expected generation (commit), 4 commit id,
 --          5 checksum of the whole frame (hex), 6 schema version, 7 codec, 8 owner, 9 keep (>= 1),
 --          10 events max length, 11 the new generation number (commit: expected + 1; import:
 --          the frame's own), 12 size of the whole frame, 13 number of chunks c (0: not chunked),
@@ -206,7 +207,8 @@ end
 local function reject(code, a, b, kind, ...)
   unstage()
   if not provably_not_applied() then
-    event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s, 'expected', expected_s, 'actual', current_s)
+    event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s,
+      'expected', expected_s, 'actual', current_s)
     return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
       expected_s .. ' ' .. current_s)
   end
