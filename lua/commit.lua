@@ -330,9 +330,11 @@ local function addresses(blob, d)  -- each distinct address of a manifest: delta
   end
 end
 if mode == 'dedup' then addresses(ARGV[2], 1) end
-for i = 1, drop_count do
-  local key = offered[entry_key(kept[i])][1]
-  if redis.call('GETRANGE', key, 0, 3) == 'RCKX' then addresses(redis.call('GET', key), -1) end
+if drop_count > 0 and redis.call('EXISTS', x_refs) == 1 then  -- no x:refs: no kept generation is shared
+  for i = 1, drop_count do
+    local blob = redis.call('GET', offered[entry_key(kept[i])][1])
+    if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
+  end
 end
 local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
 for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end

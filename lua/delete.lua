@@ -41,11 +41,11 @@ local k = 6
 for i = 4, 3 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
 for i = 4 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
 if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
-  local names, passed = redis.call('HKEYS', KEYS[k]), {}
+  local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
   for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = true end
-  local ok = #names == #KEYS - k
-  for _, a in ipairs(names) do ok = ok and passed[a] end
-  if not ok then return redis.error_reply('NEED_SHARED ' .. #names) end
+  local ok = #counts / 2 == #KEYS - k
+  for i = 1, #counts, 2 do ok = ok and passed[counts[i]] end
+  if not ok then return redis.error_reply('NEED_SHARED ' .. #counts / 2) end
 end
 
 local deleted = 0

@@ -245,3 +245,26 @@ def test_dedup_refuses_a_retention_and_a_run_under_one_gets_plain_commits(store,
     assert client.get(k.generation(2))[:4] != MAGIC and shared_keys(client, k) == set()
     assert 0 < client.pttl(k.generation(2)) <= 3_600_000
     assert store.load("kept").state == history(510)
+
+
+def test_shared_chunks_need_no_command_beyond_the_documented_acl_line(client, namespace, durable_server):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
+    from scenario_security import acl_rules
+
+    user = f"dedup-{namespace}"
+    client.execute_command("ACL", "SETUSER", user, "reset", *acl_rules(namespace, "pw"))
+    try:
+        url = f"redis://{user}:pw@{durable_server.host}:{durable_server.port}/0"
+        with CheckpointStore.from_url(url, namespace=namespace, keep=2, dedup=True) as store:
+            lease = store.acquire("acl", owner="w", ttl=30)
+            for n in (500, 510, 520, 530):  # shared chunks staged, counted, freed by rotation
+                lease.commit(history(n))
+            assert store.load("acl").state == history(530)
+            assert [g.ok for g in store.generations("acl")] == [True, True]
+            store.delete("acl")
+        assert shared_keys(client, RunKeys(namespace, "acl")) == set()
+    finally:
+        client.execute_command("ACL", "DELUSER", user)

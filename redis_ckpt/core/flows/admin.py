@@ -92,12 +92,12 @@ class AdminFlows(CommitFlows, FlowsBase):
 
         def body() -> Flow[int]:
             for _ in range(SHARED_SENDS):  # NEED_SHARED: the shared chunks changed meanwhile
-                replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HKEYS", k.refs)],
+                replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HGETALL", k.refs)],
                                      route=k.head)
                 raise_failures(replies)
-                head, registry, names = replies
+                head, registry, refs = replies
                 registered[:] = staged(hash_of(registry))
-                shared[:] = sorted(text(a) for a in names)
+                shared[:] = sorted(hash_of(refs))
                 replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))],
                                                     route=k.fence)
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):

@@ -193,11 +193,11 @@ class LifecycleFlows(ReadFlows, AdminFlows):
         k = self.keys(run_id)
 
         def body() -> Flow[RunUsage]:
-            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HKEYS", k.refs)],
+            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HGETALL", k.refs)],
                                  route=k.head)
             raise_failures(replies)
-            head, registry = (hash_of(r) for r in replies[:2])
-            shared = [k.refs, *(k.shared(text(a)) for a in replies[2])] if replies[2] else []  # dedup=True
+            head, registry, refs = (hash_of(r) for r in replies)
+            shared = [k.refs, *map(k.shared, refs)] if refs else []  # dedup=True: its chunks
             groups = {
                 "control": [k.fence, k.lease, k.head], "events": [k.events],
                 "staging": [k.staging, *stage_keys(k, staged(registry))],

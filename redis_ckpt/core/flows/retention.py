@@ -88,12 +88,12 @@ class RetentionFlows(AdminFlows):
                                 shared=shared)
 
         def body() -> Flow[PrunedRun | None]:
-            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HKEYS", k.refs)],
+            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HGETALL", k.refs)],
                                  route=k.head)
             raise_failures(replies)
-            head, registry = (hash_of(r) for r in replies[:2])
+            head, registry, refs = (hash_of(r) for r in replies)
             registered[:] = staged(registry)
-            shared[:] = sorted(text(a) for a in replies[2])
+            shared[:] = sorted(refs)
             replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
             reply = replies[0]
             if isinstance(reply, Exception) or dry_run:

@@ -111,10 +111,11 @@ class SharedFlows(FlowsBase):
         each checked against its address (FrameError naming the first bad one)."""
         m = read_manifest(blob, run_id=k.run_id, generation=generation)
         values: list[Any] = []
-        if m.addresses:
-            (values,) = yield Pipe([Cmd("MGET", *(k.shared(a) for a in m.addresses))], route=k.head)
-            if isinstance(values, Exception):
-                raise values
+        if m.addresses:  # GETs in one pipeline (no MGET: the documented ACL line stays as it is)
+            values = yield Pipe([Cmd("GET", k.shared(a)) for a in m.addresses], route=k.head)
+            for v in values:
+                if isinstance(v, Exception):
+                    raise v
         try:
             frame = assemble(m, values)
         except FrameError:
