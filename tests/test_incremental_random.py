@@ -1,7 +1,7 @@
 """Shared chunks under a randomized history (issue 16, safety): commits of growing, edited and
 shrinking states by stores with and without dedup and different keep, writers killed after
 staging, fenced writers, takeovers by processes that hold nothing or stale knowledge,
-rotation and delete - then every kept generation loads with exactly what was committed, the
+rotation, delete and export/import - then every kept generation loads with exactly what was committed, the
 refs hash counts exactly the kept manifests, and no chunk is left that none of them lists."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from redis_ckpt.core.ops import Cmd
 pytestmark = pytest.mark.server
 
 RUN = "chaos"
-SEEDS = [int(os.environ.get("INCREMENTAL_SEED", 0)) or s for s in (11, 23)]
+SEEDS = [int(os.environ.get("INCREMENTAL_SEED", 0)) or s for s in (11, 23, 37)]
 
 
 class Model:
@@ -89,7 +89,7 @@ def test_random_history_keeps_every_generation_and_leaves_no_garbage(client, nam
     store = stores[0]
     lease = store.acquire(RUN, owner="w0", ttl=60)
     old_leases = []
-    for step in range(90):
+    for step in range(150):
         op = rng.random()
         if op < 0.55:
             state = model.next_state()
@@ -105,6 +105,14 @@ def test_random_history_keeps_every_generation_and_leaves_no_garbage(client, nam
         elif op < 0.85 and old_leases:  # a fenced writer's commit changes nothing
             with pytest.raises(FencedError):
                 rng.choice(old_leases).commit(model.next_state())
+        elif op < 0.87 and model.committed:  # export, delete, import: a whole frame comes back
+            g = max(model.committed)
+            frame = store.export_frame(RUN)
+            store.delete(RUN)
+            assert rng.choice(stores).import_frame(frame) == g
+            model.committed = {g: model.committed[g]}
+            old_leases.append(lease)
+            lease = store.acquire(RUN, owner=f"w{step}", ttl=60)
         elif op < 0.9:  # delete, then a new life of the run
             store.delete(RUN)
             model.committed.clear()

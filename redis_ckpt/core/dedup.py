@@ -31,8 +31,16 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
   against its address and the whole frame against its digest; a damaged or missing chunk
   fails every generation that lists it (``verify``/``show`` name each, with the address),
   and the load falls back to the newest generation that does not list it.
-* ``delete`` removes the refs hash and every chunk it names; export and import carry whole,
-  self-contained frames (an imported frame is stored as a plain or chunked generation).
+* ``delete`` and ``prune`` remove the refs hash and every chunk it names (``delete.lua``
+  answers NEED_SHARED unless it got exactly those); export, import and fork carry whole,
+  self-contained frames (stored as plain or chunked generations).
+* Retention: a chunk outlives the generation that staged it, so it cannot expire with it.
+  ``dedup`` refuses a store retention, and the script answers a ``dedup`` commit to a run
+  whose head records one with RETAINED (nothing written): it is sent again as a plain
+  generation. A run finished while it keeps shared generations leaves their chunks when it
+  expires (a leak, never a chunk freed that a kept generation lists).
+* No command beyond the documented ACL line: ``EXISTS`` x:refs before reading a dropped
+  generation, ``HGETALL`` for x:refs, ``GET`` for chunks.
 
 Manifest layout (the addresses first and fixed-width, so that ``commit.lua`` reads them
 without decoding anything)::
