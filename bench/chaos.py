@@ -281,7 +281,7 @@ def run_histories(engines: list[str], work: Path, seconds: float, rng: random.Ra
         for name, examples in h.report.examples.items():
             for e in examples[:3]:
                 print(f"        {name}: {e[:300]}", flush=True)
-        print(f"        (history on {engine}: {time.monotonic() - started:.1f} s)", flush=True)
+        print(f"        (history on {name}: {time.monotonic() - started:.1f} s)", flush=True)
     return out
 
 
