@@ -3,6 +3,7 @@ sends what changed; rotation and delete free what no kept generation lists (issu
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -268,3 +269,15 @@ def test_shared_chunks_need_no_command_beyond_the_documented_acl_line(client, na
         assert shared_keys(client, RunKeys(namespace, "acl")) == set()
     finally:
         client.execute_command("ACL", "DELUSER", user)
+
+
+def test_shared_chunks_of_a_compressed_frame_round_trip(client, namespace):
+    store = CheckpointStore(client, namespace=namespace, keep=2, dedup=True, compression="zstd")
+    lease = store.acquire("z", owner="w", ttl=30)
+    states = [{"blob": os.urandom(200_000) + bytes(100_000), "n": n} for n in range(3)]
+    for s in states:
+        lease.commit(s)
+    k = RunKeys(namespace, "z")
+    assert client.get(k.generation(3))[:4] == MAGIC
+    assert store.load("z").state == states[-1]
+    assert [g.ok for g in store.generations("z")] == [True, True]
