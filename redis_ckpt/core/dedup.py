@@ -6,8 +6,9 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
   has ``dedup``) is cut into its head, its payload and its digest (the frame's own xxh3-128
   over the whole state, unchanged). Only the payload is cut, at content-defined boundaries
   (FastCDC: the compiled ``fastcdc`` wheel, extra ``redis-ckpt[dedup]``; without it fixed
-  :data:`FALLBACK_BYTES` pieces, which keep their boundaries under an append at the end of
-  the payload only), so an insertion moves no boundary but its own and the head, which
+  pieces, which keep their boundaries under an append at the end of the payload only), in
+  chunks of 32 KiB on average, larger for larger payloads (:data:`CLASSES`: each chunk is a
+  key to write, rename and count), so an insertion moves no boundary but its own and the head, which
   changes every generation (generation, token, time), changes no chunk.
 * **Where chunks live.** Each chunk under ``<ns>:{run}:x:<xxh3-128 hex of its bytes>``: in
   the run's hash slot, shared by every kept generation of the run that lists it, never by
@@ -51,7 +52,8 @@ without decoding anything)::
     9        32N  the chunks' addresses, lowercase hex xxh3-128, in frame order
     9+32N    4    B, body length, u32
     13+32N   B    msgpack {"run": str, "gen": int, "size": int (whole frame), "head": bytes,
-                           "digest": bytes (the frame's), "lengths": [int, ...] (N)}
+                           "digest": bytes (the frame's), "lengths": [int, ...] (N),
+                           "avg": int (the average chunk it was cut with, see CLASSES)}
     13+32N+B 16   xxh3-128 of everything before
 """
 
@@ -69,7 +71,7 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "MAGIC", "Held", "SharedManifest", "cut", "chunker_name", "address", "split_parts",
+    "DEDUP_MIN_BYTES", "CLASSES", "MAGIC", "Held", "chunk_class", "SharedManifest", "cut", "chunker_name", "address", "split_parts",
     "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
@@ -82,11 +84,15 @@ _HEX = 32
 #: frames above this are stored as shared chunks (a store with ``dedup``); smaller ones go
 #: inline to the script as today (one key, nothing to share worth a manifest)
 DEDUP_MIN_BYTES = 64 * 1024
-#: FastCDC's sizes (bytes): measured on this machine (bench/incremental.py), 16/32/128 KiB
-#: cut random data at ~2.5 GiB/s, 64 KiB averages at ~1 GiB/s; 32 KiB chunks keep an
-#: append's new bytes per commit near 2-3 chunks and a 64 MiB state's manifest near 74 KiB
+#: FastCDC's sizes (bytes) for payloads up to 8 MiB: minimum, average, maximum. 32 KiB
+#: chunks keep an append's new bytes per commit near 2-3 chunks (bench/incremental.py)
 MIN_CHUNK, AVG_CHUNK, MAX_CHUNK = 16 * 1024, 32 * 1024, 128 * 1024
-#: without the fastcdc wheel: fixed pieces of the payload (stable under an append only)
+#: the average chunk per payload size (up to that many bytes: that average; minimum half
+#: of it, maximum 4x). Every chunk is a key to send, rename and count: measured side by
+#: side, a 64 MiB state with nothing to share committed in 2.4x today's time as 32 KiB
+#: chunks and 1.0x as 128 KiB ones
+CLASSES = ((8 << 20, AVG_CHUNK), (128 << 20, 128 << 10), (1 << 62, 512 << 10))
+#: without the fastcdc wheel: fixed pieces of the class's average (stable under an append only)
 FALLBACK_BYTES = AVG_CHUNK
 
 try:  # the compiled chunker; its pure-Python fallback is far too slow to use
@@ -99,15 +105,30 @@ def chunker_name() -> str:
     return "fastcdc" if _fastcdc is not None else "fixed"
 
 
-def cut(payload: Any, *, use_fastcdc: bool = True) -> list[int]:
-    """The lengths of ``payload``'s chunks, in order (content-defined with fastcdc)."""
+def chunk_class(size: int, held: int | None = None) -> int:
+    """The average chunk for a payload of ``size`` bytes (see CLASSES). ``held``: the average
+    the run's previous generation was cut with, kept while ``size`` stays within half and
+    twice that class's range, so that a payload growing past a class limit is not cut anew
+    (every boundary moved) at every step near it."""
+    low = 0
+    for limit, avg in CLASSES:
+        if avg == held and low // 2 <= size <= 2 * limit:
+            return held
+        low = limit
+    return next(avg for limit, avg in CLASSES if size <= limit)
+
+
+def cut(payload: Any, avg: int = AVG_CHUNK, *, use_fastcdc: bool = True) -> list[int]:
+    """The lengths of ``payload``'s chunks of about ``avg`` bytes, in order (content-defined
+    with fastcdc)."""
     view = memoryview(payload).cast("B")
     n = len(view)
     if n == 0:
         return []
-    if _fastcdc is not None and use_fastcdc and n > MIN_CHUNK:
-        return [c.length for c in _fastcdc(view, min_size=MIN_CHUNK, avg_size=AVG_CHUNK, max_size=MAX_CHUNK)]
-    return [min(FALLBACK_BYTES, n - i) for i in range(0, n, FALLBACK_BYTES)]
+    if _fastcdc is not None and use_fastcdc and n > avg // 2:
+        return [c.length for c in _fastcdc(view, min_size=avg // 2, avg_size=avg, max_size=4 * avg)]
+    piece = FALLBACK_BYTES * avg // AVG_CHUNK
+    return [min(piece, n - i) for i in range(0, n, piece)]
 
 
 def address(chunk: Any) -> str:
@@ -115,11 +136,11 @@ def address(chunk: Any) -> str:
     return xxhash.xxh3_128_hexdigest(chunk)
 
 
-def split_parts(parts: FrameParts) -> list[tuple[str, memoryview]]:
+def split_parts(parts: FrameParts, avg: int = AVG_CHUNK) -> list[tuple[str, memoryview]]:
     """(address, bytes) of each chunk of a frame's payload, views of it (never copied)."""
     payload = parts.payload
     out, at = [], 0
-    for n in cut(payload):
+    for n in cut(payload, avg):
         piece = payload[at:at + n]
         out.append((address(piece), piece))
         at += n
@@ -135,6 +156,7 @@ class SharedManifest:
     digest: bytes
     addresses: tuple[str, ...]
     lengths: tuple[int, ...]
+    avg: int = AVG_CHUNK  # the average chunk it was cut with
 
     @property
     def distinct(self) -> frozenset[str]:
@@ -148,12 +170,14 @@ class Held:
 
     generation: int
     addresses: frozenset[str]
+    avg: int = AVG_CHUNK  # the average chunk it was cut with
 
 
-def encode_manifest(run_id: str, generation: int, parts: FrameParts, chunks: Sequence[tuple[str, Any]]) -> bytes:
+def encode_manifest(run_id: str, generation: int, parts: FrameParts, chunks: Sequence[tuple[str, Any]],
+                    avg: int = AVG_CHUNK) -> bytes:
     body = msgpack.packb({
         "run": run_id, "gen": generation, "size": len(parts), "head": bytes(parts.head),
-        "digest": bytes(parts.digest), "lengths": [len(c) for _, c in chunks],
+        "digest": bytes(parts.digest), "lengths": [len(c) for _, c in chunks], "avg": avg,
     }, use_bin_type=True)
     addresses = "".join(a for a, _ in chunks).encode("ascii")
     blob = b"".join((_PREFIX.pack(MAGIC, _VERSION, len(chunks)), addresses, _U32.pack(len(body)), body))
@@ -190,7 +214,8 @@ def read_manifest(blob: bytes, *, run_id: str, generation: int) -> SharedManifes
         addresses = tuple(text[i:i + _HEX] for i in range(0, len(text), _HEX))
         body = msgpack.unpackb(view[at + _U32.size:end], raw=False)
         m = SharedManifest(str(body["run"]), int(body["gen"]), int(body["size"]), bytes(body["head"]),
-                           bytes(body["digest"]), addresses, tuple(int(n) for n in body["lengths"]))
+                           bytes(body["digest"]), addresses, tuple(int(n) for n in body["lengths"]),
+                           int(body.get("avg", AVG_CHUNK)))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise bad(FrameDamage.BAD_HEADER, f"unreadable body ({exc})") from None
     if len(m.lengths) != count or len(m.head) + sum(m.lengths) + len(m.digest) != m.size:

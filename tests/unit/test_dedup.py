@@ -129,3 +129,20 @@ def test_need_chunks_stages_them_and_need_free_passes_their_keys():
     assert int(fields(second)["staged"]) == int(fields(first)["staged"]) + 1
     assert [o.args[0] for o in s.ops[1].ops if isinstance(o, Cmd)].count("SET") == int(fields(second)["staged"])
     assert K.shared(gone) in third.keys and K.shared(gone) not in second.keys
+
+
+def test_larger_payloads_get_larger_chunks_and_a_run_keeps_its_class_near_a_limit():
+    mib = 1 << 20
+    assert dedup.chunk_class(1 * mib) == 32 << 10
+    assert dedup.chunk_class(64 * mib) == 128 << 10
+    assert dedup.chunk_class(300 * mib) == 512 << 10
+    # a payload growing past 8 MiB keeps the 32 KiB chunks it was cut with up to 16 MiB
+    assert dedup.chunk_class(9 * mib, held=32 << 10) == 32 << 10
+    assert dedup.chunk_class(17 * mib, held=32 << 10) == 128 << 10
+    # and one shrinking below 8 MiB keeps 128 KiB chunks down to 4 MiB
+    assert dedup.chunk_class(5 * mib, held=128 << 10) == 128 << 10
+    assert dedup.chunk_class(3 * mib, held=128 << 10) == 32 << 10
+    parts = parts_of({"blob": os.urandom(300_000)})
+    chunks = dedup.split_parts(parts, 128 << 10)
+    m = dedup.read_manifest(dedup.encode_manifest("r", 1, parts, chunks, 128 << 10), run_id="r", generation=1)
+    assert m.avg == 128 << 10 and len(chunks) <= 4

@@ -9,7 +9,7 @@ from typing import Any
 
 from ...errors import FrameError
 from ..config import StoreConfig
-from ..dedup import DEDUP_MIN_BYTES, Held, assemble, encode_manifest, read_manifest, split_parts
+from ..dedup import DEDUP_MIN_BYTES, Held, assemble, chunk_class, encode_manifest, read_manifest, split_parts
 from ..frame import FrameParts
 from ..keys import RunKeys
 from ..ops import Cmd, Flow, Pipe, ReplyError
@@ -28,17 +28,18 @@ class SharedForm:
     asks for more, so that a script built from them later sees the change)."""
 
     def __init__(self, k: RunKeys, generation: int, parts: FrameParts, cid: str, *, token: int, expected: int,
-                 held: frozenset[str], ttl_ms: int) -> None:
+                 held: Held | None, ttl_ms: int) -> None:
         self.k, self.cid, self.token, self.expected, self.ttl = k, cid, token, expected, ttl_ms
-        self.chunks = split_parts(parts)
+        self.avg = chunk_class(len(parts.payload), held.avg if held else None)
+        self.chunks = split_parts(parts, self.avg)
         self.by_address = {a: c for a, c in self.chunks}
         self.distinct = frozenset(self.by_address)
-        self.stored = encode_manifest(k.run_id, generation, parts, self.chunks)
+        self.stored = encode_manifest(k.run_id, generation, parts, self.chunks, self.avg)
         self.size = len(parts)
         self.staging: list[Cmd] = []
         self.moved: list[str] = []
         self.staged: list[str] = []
-        self.stage(sorted(self.distinct - held))
+        self.stage(sorted(self.distinct - (held.addresses if held else frozenset())))
 
     def stage(self, addresses: Iterable[str]) -> None:
         """Stage ``addresses`` too (all staged chunks go again: a rare path, after the script
@@ -68,9 +69,8 @@ class SharedFlows(FlowsBase):
 
     def shared_form(self, k: RunKeys, generation: int, parts: FrameParts, cid: str, *, token: int,
                     expected: int) -> SharedForm:
-        held = self.held.get(k.run_id)
         return SharedForm(k, generation, parts, cid, token=token, expected=expected,
-                          held=held.addresses if held else frozenset(), ttl_ms=self.config.stage_ttl_ms)
+                          held=self.held.get(k.run_id), ttl_ms=self.config.stage_ttl_ms)
 
     def free_guess(self, run_id: str, drop: Iterable[str], form: SharedForm | None) -> list[str]:
         """Addresses the generations ``drop`` ("<g>:<c>") free, as far as this process knows."""
@@ -79,7 +79,7 @@ class SharedFlows(FlowsBase):
             out |= self.manifests.get((run_id, int(e.partition(":")[0])), frozenset())
         return sorted(out - (form.distinct if form else frozenset()))
 
-    def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str]) -> None:
+    def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str], avg: int) -> None:
         if len(self.manifests) >= REMEMBERED:
             self.manifests.clear()
             self.held.clear()
@@ -87,7 +87,7 @@ class SharedFlows(FlowsBase):
         self.manifests.pop((run_id, generation - self.config.keep), None)
         held = self.held.get(run_id)
         if held is None or held.generation <= generation:
-            self.held[run_id] = Held(generation, addresses)
+            self.held[run_id] = Held(generation, addresses, avg)
 
     def shared_sends(self, send: Callable[[], Flow[list[Any]]], form: SharedForm | None,
                      free: list[str]) -> Flow[list[Any]]:
@@ -124,5 +124,5 @@ class SharedFlows(FlowsBase):
             self.held.pop(k.run_id, None)
             raise
         del values
-        self.remember_shared(k.run_id, generation, m.distinct)
+        self.remember_shared(k.run_id, generation, m.distinct, m.avg)
         return frame
