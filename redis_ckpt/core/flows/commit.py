@@ -129,7 +129,8 @@ class CommitFlows(SharedFlows, FlowsBase):
         def build(drop: list[str], dead: list[str], strict: bool) -> Script:
             passed[0] = drop
             fields = CommitFields(
-                mode="dedup" if form else "commit", token=token, expected=expected_generation, commit_id=cid, checksum=checksum,
+                mode="dedup" if form else "commit", token=token, expected=expected_generation, commit_id=cid,
+                checksum=checksum,
                 schema_version=c.schema_version, codec=CODEC_MSGPACK, owner=owner, keep=c.keep,
                 maxlen=c.events_maxlen, generation=new, size=size, chunks=chunks, by="",
                 staged=len(moved) // 2, resend=int(sent[0] > 1), drops=len(drop),
