@@ -325,8 +325,8 @@ def part2(url: str, chosen_gibs: float, quick: bool) -> None:
     # 5. load of a chunked generation vs a raw GET of the same bytes
     frame = dd.export_frame("fresh")
     client.set("bench-inc-raw", frame)
-    l_t, g_t, r = rounds(lambda: [timed(lambda: dd.load("fresh"))], lambda: [timed(lambda: client.get("bench-inc-raw"))],
-                         n_rounds)
+    l_t, g_t, r = rounds(lambda: [timed(lambda: dd.load("fresh"))],
+                         lambda: [timed(lambda: client.get("bench-inc-raw"))], n_rounds)
     print(f"| 5. load of a 64 MiB shared-chunk generation vs raw GET | {1 / r:.2f}x the GET's rate "
           f"({l_t * 1e3:.0f} ms vs {g_t * 1e3:.0f} ms) | >= 0.85x | {verdict(1 / r, 0.85, True)} |")
     client.delete("bench-inc-raw")

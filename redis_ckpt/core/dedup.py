@@ -71,8 +71,8 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "CLASSES", "MAGIC", "Held", "chunk_class", "SharedManifest", "cut", "chunker_name", "address", "split_parts",
-    "encode_manifest", "is_manifest", "read_manifest", "assemble",
+    "DEDUP_MIN_BYTES", "CLASSES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
+    "address", "split_parts", "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
 MAGIC = b"RCKX"
