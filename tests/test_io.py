@@ -100,7 +100,7 @@ def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, pa
     if path == "single-connection":
         client = server.client(socket_timeout=None, single_connection_client=True)
     else:
-        monkeypatch.setattr("redis_ckpt.drivers.resp._hook", lambda pool: False)
+        monkeypatch.setattr("redis_ckpt.drivers.deadlines._hook", lambda pool: False)
         client = server.client(socket_timeout=None)
     store = CheckpointStore(client, namespace="d", retry=RetryPolicy(deadline_s=1.0))
     lease = store.acquire("r", owner="a", ttl=60)
