@@ -139,7 +139,7 @@ def commit_targets(cells: Sequence[Cell]) -> list[Target]:
 
 
 def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds: int,
-                   seconds: float) -> tuple[list[str], list[Target]]:
+                   seconds: float, facts: dict[str, Any] | None = None) -> tuple[list[str], list[Target]]:
     """Commit p50 of the message-shaped state against the floor's p50 for the same bytes, c = 1."""
     blob = frame_of(url, state)
     cell = run_cell(loop, url, None, "messages", state, blob, 1, rounds, seconds, peers_too=False)
@@ -151,6 +151,8 @@ def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds
         assert f and s
         r = p50_ratio(s, f)
         ratios.append(r.median)
+        if facts is not None:
+            facts[mode] = (f.p50, s.p50)
         rows.append(f"| {mode} | {f.p50:.2f} | {s.p50:.2f} | {r.spread} | "
                     f"{'held' if r.median <= MESSAGE_P50 else 'missed'} |")
     head = [f"{len(state['messages'])} messages, frame of {len(blob) / 2**20:.2f} MiB, concurrency 1.", ""]
