@@ -26,7 +26,7 @@ import commits
 import costs
 import langgraph_savers
 import reads
-from _harness import Postgres, Target, loadavg, machine
+from _harness import Postgres, Target, loadavg, machine, replace_block
 from commits import frame_of, progress
 from states import message_state, payload_state
 
@@ -127,6 +127,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 6; --quick 3)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per round (default 0.25; --quick 0.15)")
     ap.add_argument("--memory-mib", type=int, default=None, help="state size of the peak-memory rows (default 256)")
+    ap.add_argument("--readme", type=Path, default=None, help="fill this README's <!-- bench:summary --> block")
     a = ap.parse_args()
     rounds = a.rounds or (3 if a.quick else 6)
     seconds = a.seconds or (0.15 if a.quick else 0.25)
@@ -223,6 +224,12 @@ def main() -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)
+    if a.readme:
+        replace_block(a.readme, "summary", [
+            f"Run of `python bench/compare.py{' --quick' if a.quick else ''}` on a shared 2-core machine, load "
+            f"average {load0} at the start, {loadavg()} at the end:", "",
+            "| target (issues 12 and 13) | measured (worst cell) | verdict |", "|---|---|---|",
+            *(f"| {t.name} | {t.shown} | {t.verdict} |" for t in targets)])
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from _harness import Postgres, Target, machine, ratio, timed
+from _harness import Postgres, Target, loadavg, machine, ratio, replace_block, timed
 from costs import counting_round_trips
 from langgraph_graphs import DELTA_UPDATES, FANOUT, ROUNDS_OF_AGENT, build_graph, delta_graph, run_graph
 from states import message_history
@@ -311,10 +311,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="3 rounds, no 500 KiB history")
     ap.add_argument("--out", help="write the Markdown here too")
+    ap.add_argument("--readme", type=Path, help="fill this README's <!-- bench:langgraph --> block from the run")
     a = ap.parse_args()
     from redis_ckpt.testing import LocalServer
 
-    started = time.monotonic()
+    started, load0 = time.monotonic(), loadavg()
     with Postgres() as pg, LocalServer("valkey") as server:
         lines, targets = section(server.url, pg, 3 if a.quick else a.rounds, a.quick)
         text = "\n".join([
@@ -325,6 +326,14 @@ def main() -> int:
     print(text)
     if a.out:
         Path(a.out).write_text(text)
+    if a.readme:
+        cut = next((i for i, line in enumerate(lines) if line.startswith("`graph.get_state`")), len(lines))
+        replace_block(a.readme, "langgraph", [
+            f"Measured side by side by `python bench/langgraph_savers.py --readme README.md` (interleaved "
+            f"rounds; p50s, every ratio the median of per-round ratios; a shared 2-core machine, load average "
+            f"{load0} at the start, {loadavg()} at the end):", "", *lines[:cut],
+            "| target (issue 13) | measured | verdict |", "|---|---|---|",
+            *(f"| {t.name.removeprefix('13. ')} | {t.shown} | {t.verdict} |" for t in targets)])
     return 0
 
 

@@ -108,3 +108,20 @@ def test_postgres_peer_says_why_it_is_skipped(monkeypatch: pytest.MonkeyPatch) -
     assert pg.skip_reason and "initdb" in pg.skip_reason
     assert pg.describe().startswith("PostgreSQL not measured:")
     pg.stop()
+
+
+def test_readme_blocks_are_filled_from_the_run_and_nothing_else_changes(tmp_path: Path) -> None:
+    from _harness import replace_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:summary -->\nold figures\n<!-- /bench:summary -->\noutro\n")
+    replace_block(readme, "summary", ["| target | 0.91x | held |"])
+    assert readme.read_text() == "intro\n<!-- bench:summary -->\n| target | 0.91x | held |\n<!-- /bench:summary -->\noutro\n"
+    with pytest.raises(SystemExit, match="bench:langgraph"):
+        replace_block(readme, "langgraph", ["x"])
+
+
+def test_the_readme_has_both_bench_blocks() -> None:
+    text = (BENCH.parent / "README.md").read_text()
+    for name in ("summary", "langgraph"):
+        assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text

@@ -29,6 +29,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..core.ops import Cmd, Pipe, Script, ScriptSource
 from .deadlines import GET_CONN_ARGS, arm, armed, take, time_left
 
+try:  # hiredis packs a command of small arguments in C (redis-py depends on it here)
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - installed without it
+    _pack_command = None
+
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _async_timeout
 else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
@@ -79,7 +84,16 @@ _BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, nev
 def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     """RESP for ``commands``: str as UTF-8, int as decimal, float as repr, bytes as is — what
     redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError.
-    Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer."""
+    Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer.
+
+    Commands with none of those go to hiredis's C packer when it is installed (a saver's
+    script with fifty arguments: ~30 us in Python, ~10 in C); a type it refuses (a bool, a
+    bytearray) sends them through the Python packer, which decides."""
+    if _pack_command is not None and not any(map(_large, commands)):
+        try:
+            return [b"".join(map(_pack_command, commands))]
+        except TypeError:
+            pass
     out: list[Any] = []
     small: list[Any] = []
     add = small.append
@@ -107,6 +121,18 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
                 add(b"\r\n")
     out.append(b"".join(small))
     return out
+
+
+def _large(cmd: tuple[Any, ...]) -> bool:
+    """Whether ``cmd`` holds an argument sent as its own buffer (see :func:`pack`)."""
+    for a in cmd:
+        t = type(a)
+        if t is bytes or t is bytearray:
+            if len(a) > _BIG:
+                return True
+        elif t is memoryview:
+            return True
+    return False
 
 
 def command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
