@@ -45,9 +45,36 @@ class Cell:
     label: str
     conc: int
     series: dict[str, Series]
+    runs: int = 1  # how often the cell was measured (its rounds are every run's)
 
     def get(self, mode: str, name: str) -> Series | None:
         return self.series.get(f"{mode} {name}")
+
+    @property
+    def shown(self) -> str:
+        return f"{self.label}{' *' if self.runs > 1 else ''}"
+
+
+def borderline(cell: Cell) -> bool:
+    """Whether a judged ratio of ``cell`` has rounds on both sides of its bound (the cell's
+    verdict is then as much this run's noise as the code's)."""
+    judged = []
+    for m in ("threads", "asyncio"):
+        s, f, pg = cell.get(m, "store"), cell.get(m, "floor"), cell.get(m, "postgres")
+        if s and f:
+            judged.append((ops_ratio(s, f), COMMIT_FLOOR))
+        if s and pg:
+            judged.append((ops_ratio(s, pg), 1.0))
+    a, t = cell.get("asyncio", "store"), cell.get("threads", "store")
+    if a and t:
+        judged.append((ops_ratio(a, t), ASYNC_VS_THREADS))
+    return any(r.low < bound <= r.high for r, bound in judged)
+
+
+def merged(a: Cell, b: Cell) -> Cell:
+    """One cell holding the rounds of two runs of it."""
+    return Cell(a.label, a.conc, {k: Series(k, a.series[k].rounds + b.series[k].rounds) for k in a.series},
+                a.runs + b.runs)
 
 
 def _named(c: Contender, mode: str) -> Contender:
@@ -96,7 +123,7 @@ def commit_rows(cells: Sequence[Cell]) -> list[str]:
             r = ops_ratio(s, f)
             vs_pg = ops_ratio(s, pg) if pg else None
             rows.append(
-                f"| {c.label} | {c.conc} | {mode} | {f.ops:.0f} | {s.ops:.0f} | {r.spread} | "
+                f"| {c.shown} | {c.conc} | {mode} | {f.ops:.0f} | {s.ops:.0f} | {r.spread} | "
                 f"{'held' if r.median >= COMMIT_FLOOR else 'missed'} | {_ops(pg)} | "
                 f"{vs_pg.spread if vs_pg else ''} | {('held' if vs_pg.median >= 1 else 'missed') if vs_pg else ''} | "
                 f"{_ops(c.get(mode, 'file'))} | {_ops(c.get(mode, 'sqlite'))} | "
@@ -111,7 +138,7 @@ def async_rows(cells: Sequence[Cell]) -> list[str]:
         a, t = c.get("asyncio", "store"), c.get("threads", "store")
         af, tf = c.get("asyncio", "floor"), c.get("threads", "floor")
         assert a and t and af and tf
-        rows.append(f"| {c.label} | {c.conc} | {a.ops:.0f} | {t.ops:.0f} | {ops_ratio(a, t).spread} | "
+        rows.append(f"| {c.shown} | {c.conc} | {a.ops:.0f} | {t.ops:.0f} | {ops_ratio(a, t).spread} | "
                     f"{ops_ratio(af, tf)} |")
     return rows
 

@@ -86,7 +86,7 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
             f"{0.25 * floor_ms:.1f} ms of the floor's {floor_ms:.1f} ms p50 (threads) for that; the store's p50 is "
             f"{store_ms:.1f} ms. The encode alone takes "
             + (f"{ours_ms:.1f} ms in the codec table (msgpack.packb {packb_ms:.1f} ms: the codec runs at msgpack's "
-               "speed, and the bound asks for a commit within a quarter of an fsync of that encode) "
+               "speed, and the bound leaves less than that) "
                if ours_ms is not None and packb_ms is not None else "longer than that ")
             + (f"and {parts['encode']:.1f} ms inside a commit, whose rest takes {parts['rest']:.1f} ms against the "
                f"floor's {parts['floor']:.1f} ms (split above)" if parts else "")
@@ -151,7 +151,12 @@ def main() -> int:
         for label, size, n in plan(a.quick):
             state = payload_state(size)
             secs = seconds * (1 if size <= 64 * KIB else 2 if size <= MIB else 3)
-            cells.append(commits.run_cell(loop, url, pg.url or None, label, state, frame_of(url, state), n, rounds, secs))
+            blob = frame_of(url, state)
+            cells.append(commits.run_cell(loop, url, pg.url or None, label, state, blob, n, rounds, secs))
+            if not a.quick and label in commits.SMALL and commits.borderline(cells[-1]):
+                progress("\n".join(commits.commit_rows(cells[-1:])[2:]) + "\n(borderline: measured again)")
+                again = commits.run_cell(loop, url, pg.url or None, label, state, blob, n, rounds, secs)
+                cells[-1] = commits.merged(cells[-1], again)
             progress("\n".join(commits.commit_rows(cells[-1:])[2:]))
         targets += commits.commit_targets(cells)
         msg_state = message_state()
@@ -198,7 +203,8 @@ def main() -> int:
             "state; PostgreSQL = `UPDATE ckpt SET generation=$3, state=$4 WHERE run=$1 AND generation=$2` "
             "(`INSERT` for the first), autocommit, psycopg 3, one connection per worker; file = temp file + "
             "fsync + `os.replace` + directory fsync; SQLite = WAL, `synchronous=FULL`, one connection per "
-            "worker. Every worker writes its own run.", "",
+            "worker. Every worker writes its own run. A 1 KiB or 64 KiB cell whose rounds fell on both sides of "
+            "one of its bounds was measured a second time and is judged on both runs' rounds (marked *).", "",
             *commits.commit_rows(cells), "",
             "### asyncio store against the threaded store (same cells, same rounds)", "",
             *commits.async_rows(cells), "",
