@@ -322,6 +322,18 @@ class Postgres:
 # -- the machine ----------------------------------------------------------------------------
 
 
+def replace_block(path: Path, name: str, body: list[str]) -> None:
+    """Put ``body`` between the lines ``<!-- bench:name -->`` and ``<!-- /bench:name -->`` of
+    ``path`` (a README's figures come from the run that printed them, never typed in)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + start + "\n" + "\n".join(body) + "\n" + end + tail)
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

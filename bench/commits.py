@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -44,9 +45,36 @@ class Cell:
     label: str
     conc: int
     series: dict[str, Series]
+    runs: int = 1  # how often the cell was measured (its rounds are every run's)
 
     def get(self, mode: str, name: str) -> Series | None:
         return self.series.get(f"{mode} {name}")
+
+    @property
+    def shown(self) -> str:
+        return f"{self.label}{' *' if self.runs > 1 else ''}"
+
+
+def borderline(cell: Cell) -> bool:
+    """Whether a judged ratio of ``cell`` has rounds on both sides of its bound (the cell's
+    verdict is then as much this run's noise as the code's)."""
+    judged = []
+    for m in ("threads", "asyncio"):
+        s, f, pg = cell.get(m, "store"), cell.get(m, "floor"), cell.get(m, "postgres")
+        if s and f:
+            judged.append((ops_ratio(s, f), COMMIT_FLOOR))
+        if s and pg:
+            judged.append((ops_ratio(s, pg), 1.0))
+    a, t = cell.get("asyncio", "store"), cell.get("threads", "store")
+    if a and t:
+        judged.append((ops_ratio(a, t), ASYNC_VS_THREADS))
+    return any(r.low < bound <= r.high for r, bound in judged)
+
+
+def merged(a: Cell, b: Cell) -> Cell:
+    """One cell holding the rounds of two runs of it."""
+    return Cell(a.label, a.conc, {k: Series(k, a.series[k].rounds + b.series[k].rounds) for k in a.series},
+                a.runs + b.runs)
 
 
 def _named(c: Contender, mode: str) -> Contender:
@@ -95,7 +123,7 @@ def commit_rows(cells: Sequence[Cell]) -> list[str]:
             r = ops_ratio(s, f)
             vs_pg = ops_ratio(s, pg) if pg else None
             rows.append(
-                f"| {c.label} | {c.conc} | {mode} | {f.ops:.0f} | {s.ops:.0f} | {r.spread} | "
+                f"| {c.shown} | {c.conc} | {mode} | {f.ops:.0f} | {s.ops:.0f} | {r.spread} | "
                 f"{'held' if r.median >= COMMIT_FLOOR else 'missed'} | {_ops(pg)} | "
                 f"{vs_pg.spread if vs_pg else ''} | {('held' if vs_pg.median >= 1 else 'missed') if vs_pg else ''} | "
                 f"{_ops(c.get(mode, 'file'))} | {_ops(c.get(mode, 'sqlite'))} | "
@@ -110,7 +138,7 @@ def async_rows(cells: Sequence[Cell]) -> list[str]:
         a, t = c.get("asyncio", "store"), c.get("threads", "store")
         af, tf = c.get("asyncio", "floor"), c.get("threads", "floor")
         assert a and t and af and tf
-        rows.append(f"| {c.label} | {c.conc} | {a.ops:.0f} | {t.ops:.0f} | {ops_ratio(a, t).spread} | "
+        rows.append(f"| {c.shown} | {c.conc} | {a.ops:.0f} | {t.ops:.0f} | {ops_ratio(a, t).spread} | "
                     f"{ops_ratio(af, tf)} |")
     return rows
 
@@ -139,7 +167,7 @@ def commit_targets(cells: Sequence[Cell]) -> list[Target]:
 
 
 def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds: int,
-                   seconds: float) -> tuple[list[str], list[Target]]:
+                   seconds: float, facts: dict[str, Any] | None = None) -> tuple[list[str], list[Target]]:
     """Commit p50 of the message-shaped state against the floor's p50 for the same bytes, c = 1."""
     blob = frame_of(url, state)
     cell = run_cell(loop, url, None, "messages", state, blob, 1, rounds, seconds, peers_too=False)
@@ -151,11 +179,63 @@ def message_commit(loop: asyncio.AbstractEventLoop, url: str, state: Any, rounds
         assert f and s
         r = p50_ratio(s, f)
         ratios.append(r.median)
+        if facts is not None:
+            facts[mode] = (f.p50, s.p50)
         rows.append(f"| {mode} | {f.p50:.2f} | {s.p50:.2f} | {r.spread} | "
                     f"{'held' if r.median <= MESSAGE_P50 else 'missed'} |")
     head = [f"{len(state['messages'])} messages, frame of {len(blob) / 2**20:.2f} MiB, concurrency 1.", ""]
+    parts = message_parts(url, state, blob)
+    if facts is not None:
+        facts["parts"] = parts
+    rows += ["", f"Where a threaded commit's time goes (p50 of {MESSAGE_PARTS} commits alternating with floor writes; "
+             "the encode timed inside each commit): the commit "
+             f"{parts['commit']:.2f} ms, of which the encode (codec and frame) {parts['encode']:.2f} ms and the rest "
+             f"(checksum, the staging commands, the script and WAITAOF) {parts['rest']:.2f} ms; the floor "
+             f"{parts['floor']:.2f} ms."]
     return head + rows, [t for t in [worst("3. message-shaped state: commit p50 <= 1.25x the floor's p50",
                                            ratios, MESSAGE_P50, higher_is_better=False)] if t]
+
+
+MESSAGE_PARTS = 40
+
+
+def message_parts(url: str, state: Any, blob: bytes) -> dict[str, float]:
+    """p50s (ms) of a commit of ``state``, of the encode inside it, of the commit less its
+    encode, and of the floor's write of its frame, alternating. The store's own encode is
+    wrapped only to time it: it runs and returns as it does unwrapped."""
+    client = redis.Redis.from_url(url)
+    st = CheckpointStore(client, namespace="bench-parts", keep=2)
+    lease = st.acquire("parts", owner="bench", ttl=3600)
+    encode, took = st.core.encode, [0.0]
+
+    def timed_encode(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return encode(*args, **kwargs)
+        finally:
+            took[0] = time.perf_counter() - t
+
+    st.core.encode = timed_encode  # type: ignore[method-assign]
+    out: dict[str, list[float]] = {"commit": [], "encode": [], "rest": [], "floor": []}
+    try:
+        for i in range(MESSAGE_PARTS + 2):  # the first two warm up
+            t = time.perf_counter()
+            p = client.pipeline(transaction=False)
+            p.set("bench-parts:floor", blob)
+            p.execute_command("WAITAOF", 1, 0, peers.WAITAOF_MS)
+            p.execute()
+            floor = time.perf_counter() - t
+            t = time.perf_counter()
+            lease.commit(state)
+            commit = time.perf_counter() - t
+            if i >= 2:
+                out["floor"].append(floor)
+                out["commit"].append(commit)
+                out["encode"].append(took[0])
+                out["rest"].append(commit - took[0])
+    finally:
+        st.close()
+    return {k: statistics.median(v) * 1000 for k, v in out.items()}
 
 
 _T0 = time.monotonic()

@@ -26,10 +26,12 @@ import commits
 import costs
 import langgraph_savers
 import reads
-from _harness import Postgres, Target, loadavg, machine
+from _harness import Postgres, Target, loadavg, machine, replace_block
 from commits import frame_of, progress
 from states import message_state, payload_state
 
+from redis_ckpt.core.flows import commit as commit_flows
+from redis_ckpt.core.flows import read as read_flows
 from redis_ckpt.testing import LocalServer
 
 KIB, MIB = 1024, 1024 * 1024
@@ -65,15 +67,42 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
             f"script costs {st.get('script_usec') or 0:.0f} us per call against {st.get('set_usec', 0):.1f} us for "
             f"the floor's `SET`, and a commit takes {st.get('round_trips', 0):.0f} round trip(s)"
             + (f" with {', '.join(st['extra'])} beside the script and `WAITAOF`" if st.get("extra") else "") + ".")
+        fs = facts.get("fsync")
+        if "6" in missed and fs:
+            out.append(
+                "- **PostgreSQL at 1 KiB.** Where PostgreSQL passes the store it passes the floor too (the table "
+                "above): the AOF grows with every write, so each `fdatasync` also commits the file's new size, "
+                "where PostgreSQL's WAL segments are preallocated. On the servers' disk in this run a 1 KiB write + "
+                f"`fdatasync` takes {fs['append']:.3f} ms appended to a growing file against {fs['prealloc']:.3f} ms "
+                "into a preallocated one (p50); PostgreSQL also flushes the WAL of concurrent sessions together.")
     if "3" in missed:
-        out.append("- **Message-shaped state.** The codec checks and converts every container in Python before "
-                   "msgpack packs it (exact types, refusal naming the path); `msgpack.packb` runs in C. The "
-                   "commit p50 adds that encode, a frame copy and its xxh3-128 checksum to the floor's bytes.")
+        enc, msg = facts.get("codec", {}), facts.get("message", {})
+        ours_ms, packb_ms = enc.get("redis-ckpt codec (exact types)"), enc.get("msgpack.packb / unpackb")
+        floor_ms, store_ms = msg.get("threads", (0.0, 0.0))
+        parts = msg.get("parts", {})
+        out.append(
+            "- **Message-shaped state.** The commit p50 is the floor's (the fsync of the same bytes) plus "
+            "everything before the send: the encode, the frame and its xxh3-128 checksum. The bound leaves "
+            f"{0.25 * floor_ms:.1f} ms of the floor's {floor_ms:.1f} ms p50 (threads) for that; the store's p50 is "
+            f"{store_ms:.1f} ms. The encode alone takes "
+            + (f"{ours_ms:.1f} ms in the codec table (msgpack.packb {packb_ms:.1f} ms: the codec runs at msgpack's "
+               "speed, and the bound leaves less than that) "
+               if ours_ms is not None and packb_ms is not None else "longer than that ")
+            + (f"and {parts['encode']:.1f} ms inside a commit, whose rest takes {parts['rest']:.1f} ms against the "
+               f"floor's {parts['floor']:.1f} ms (split above)" if parts else "")
+            + f". The frame is over {commit_flows.INLINE_BYTES // 1024} KiB, so it is staged with a `SET` (and the "
+            "staging hash's `HSET` and `PEXPIRE`) beside the script, which renames it into place.")
     if "2" in missed:
-        out.append("- **Load.** A load reads the head's fields with the frame in one round trip when this process "
-                   "knows the head (`load.lua` up to 16 KiB, MULTI/EXEC above: a script, not a plain `GET`, on the "
-                   "server), verifies the frame's xxh3-128 checksum, decodes it and builds the `Checkpoint`, each "
-                   "in Python; a raw `GET` returns the bytes.")
+        ld = facts.get("load", {})
+        us = ld.get("client_us", {})
+        out.append(
+            "- **Load.** A load reads the head's fields with the frame in one round trip when this process knows "
+            f"the head (`load.lua` up to {read_flows.LOAD_SCRIPT_BYTES // 1024} KiB, MULTI/HMGET/GET/EXEC above), "
+            "verifies the frame's xxh3-128 checksum against the head's, decodes it and builds the `Checkpoint`; a "
+            "raw `GET` returns the bytes. At 1 KiB the server spends "
+            f"{ld.get('server_usec', 0):.1f} us on a load against {ld.get('get_usec', 0):.1f} us on the `GET`, and "
+            f"the whole load takes {us.get('load', 0):.0f} us (p50) against the GET's {us.get('get', 0):.0f} us: "
+            "the difference is the script's server time and the client's Python work around the same round trip.")
     if "4" in missed:
         mem = facts.get("memory", {})
         out.append("- **16 MiB and 256 MiB.** The floor sends bytes encoded before its clock started; a commit "
@@ -88,11 +117,13 @@ def limits(missed: set[str], facts: dict[str, Any]) -> list[str]:
                    "script's time also holds the Lua call itself and its argument handling.")
     trips = facts.get("trips", {})
     if "13" in missed and trips:
-        out.append(f"- **LangGraph savers.** RedisCkptSaver's `put` takes {trips['put']:g} round trips with "
-                   f"{trips['put waitaof']:g} `WAITAOF` (each waits for an fsync), `put_writes` "
+        out.append(f"- **LangGraph savers.** RedisCkptSaver's `put` takes {trips['put']:g} round trip(s) with "
+                   f"{trips['put waitaof']:g} `WAITAOF` (each waits for an fsync of the AOF), `put_writes` "
                    f"{trips['put_writes']:g} with {trips['put_writes waitaof']:g}, `get_tuple` "
-                   f"{trips['get_tuple']:g}, a list page {trips['list_page']:g} (table above); "
-                   "PostgresSaver sends a put's statements in one pipeline, SqliteSaver writes a local file.")
+                   f"{trips['get_tuple']:g}, a list page {trips['list_page']:g} (table above). A small write "
+                   "costs an fsync-confirmed round trip plus the saver's script and the client's Python; "
+                   "PostgresSaver's commit waits for its WAL flush the same way, SqliteSaver writes a local "
+                   "file in-process (no round trip).")
     return out
 
 
@@ -104,6 +135,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 6; --quick 3)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per round (default 0.25; --quick 0.15)")
     ap.add_argument("--memory-mib", type=int, default=None, help="state size of the peak-memory rows (default 256)")
+    ap.add_argument("--readme", type=Path, default=None, help="fill this README's <!-- bench:summary --> block")
     a = ap.parse_args()
     rounds = a.rounds or (3 if a.quick else 6)
     seconds = a.seconds or (0.15 if a.quick else 0.25)
@@ -119,12 +151,18 @@ def main() -> int:
         for label, size, n in plan(a.quick):
             state = payload_state(size)
             secs = seconds * (1 if size <= 64 * KIB else 2 if size <= MIB else 3)
-            cells.append(commits.run_cell(loop, url, pg.url or None, label, state, frame_of(url, state), n, rounds, secs))
+            blob = frame_of(url, state)
+            cells.append(commits.run_cell(loop, url, pg.url or None, label, state, blob, n, rounds, secs))
+            if not a.quick and label in commits.SMALL and commits.borderline(cells[-1]):
+                progress("\n".join(commits.commit_rows(cells[-1:])[2:]) + "\n(borderline: measured again)")
+                again = commits.run_cell(loop, url, pg.url or None, label, state, blob, n, rounds, secs)
+                cells[-1] = commits.merged(cells[-1], again)
             progress("\n".join(commits.commit_rows(cells[-1:])[2:]))
         targets += commits.commit_targets(cells)
         msg_state = message_state()
         progress("message-shaped state")
-        msg_lines, t = commits.message_commit(loop, url, msg_state, rounds, seconds * 2)
+        facts["message"], facts["load"], facts["codec"] = {}, {}, {}
+        msg_lines, t = commits.message_commit(loop, url, msg_state, rounds, seconds * 2, facts["message"])
         targets += t
         small, small_blob = payload_state(KIB), frame_of(url, payload_state(KIB))
         progress("server time, client CPU, profile")
@@ -132,11 +170,12 @@ def main() -> int:
         targets += t
         facts["cpu"] = costs.client_cpu(loop, url, pg.url or None, small, small_blob, 200 if a.quick else 1000)
         profile_lines = costs.profile(url, small, 200 if a.quick else 1000)
+        facts["fsync"] = costs.fsync_costs(server.data_dir)
         progress("load, codec, memory")
         load_sizes = {"1 KiB": KIB, "64 KiB": 64 * KIB, "1 MiB": MIB, **({} if a.quick else {"16 MiB": 16 * MIB})}
-        load_lines, t = reads.load_table(url, load_sizes, rounds)
+        load_lines, t = reads.load_table(url, load_sizes, rounds, facts["load"])
         targets += t
-        codec_lines, t = reads.codec_table(msg_state, rounds if a.quick else 2 * rounds)
+        codec_lines, t = reads.codec_table(msg_state, rounds if a.quick else 2 * rounds, facts["codec"])
         targets += t
         mem_lines, t = reads.memory_table(url, mem_mib)
         targets += t
@@ -164,7 +203,8 @@ def main() -> int:
             "state; PostgreSQL = `UPDATE ckpt SET generation=$3, state=$4 WHERE run=$1 AND generation=$2` "
             "(`INSERT` for the first), autocommit, psycopg 3, one connection per worker; file = temp file + "
             "fsync + `os.replace` + directory fsync; SQLite = WAL, `synchronous=FULL`, one connection per "
-            "worker. Every worker writes its own run.", "",
+            "worker. Every worker writes its own run. A 1 KiB or 64 KiB cell whose rounds fell on both sides of "
+            "one of its bounds was measured a second time and is judged on both runs' rounds (marked *).", "",
             *commits.commit_rows(cells), "",
             "### asyncio store against the threaded store (same cells, same rounds)", "",
             *commits.async_rows(cells), "",
@@ -199,6 +239,12 @@ def main() -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)
+    if a.readme:
+        replace_block(a.readme, "summary", [
+            f"Run of `python bench/compare.py{' --quick' if a.quick else ''}` on a shared 2-core machine, load "
+            f"average {load0} at the start, {loadavg()} at the end:", "",
+            "| target (issues 12 and 13) | measured (worst cell) | verdict |", "|---|---|---|",
+            *(f"| {t.name} | {t.shown} | {t.verdict} |" for t in targets)])
     return 0
 
 

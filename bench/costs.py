@@ -146,6 +146,36 @@ def server_time(url: str, state: Any, blob: bytes, commits: int) -> tuple[list[s
                             "inner": {k: v[0] for k, v in ours.items() if k not in by_client}}
 
 
+def fsync_costs(directory: Path, n: int = 300) -> dict[str, float]:
+    """p50 ms of a 1 KiB write + fdatasync in ``directory`` (the servers' disk): appended to a
+    growing file (an AOF: each sync also commits the file's new size) and written over a
+    preallocated file (a PostgreSQL WAL segment), alternating."""
+    import os
+    import statistics
+
+    grow, pre = directory / "bench-fsync-append", directory / "bench-fsync-prealloc"
+    fa = os.open(grow, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fp = os.open(pre, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    buf = os.urandom(1024)
+    out: dict[str, list[float]] = {"append": [], "prealloc": []}
+    try:
+        os.write(fp, bytes(1024 * (n + 1)))
+        os.fsync(fp)
+        os.lseek(fp, 0, os.SEEK_SET)
+        for _ in range(n):
+            for name, fd in (("append", fa), ("prealloc", fp)):
+                t = time.perf_counter()
+                os.write(fd, buf)
+                os.fdatasync(fd)
+                out[name].append(time.perf_counter() - t)
+    finally:
+        os.close(fa)
+        os.close(fp)
+        grow.unlink()
+        pre.unlink()
+    return {k: statistics.median(v) * 1000 for k, v in out.items()}
+
+
 def client_cpu(loop: asyncio.AbstractEventLoop, url: str, pg_url: str | None, state: Any, blob: bytes,
                n: int) -> dict[str, float]:
     """Client CPU (process time) per 1 KiB commit at concurrency 1: floor, store and

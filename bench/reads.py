@@ -30,8 +30,10 @@ LOAD_RSS = 1.5
 REPS = 3
 
 
-def load_table(url: str, sizes: dict[str, int], rounds: int) -> tuple[list[str], list[Target]]:
-    """Per round, raw GETs and loads alternate one by one; the ratio is of per-round p50s."""
+def load_table(url: str, sizes: dict[str, int], rounds: int,
+               facts: dict[str, Any] | None = None) -> tuple[list[str], list[Target]]:
+    """Per round, raw GETs and loads alternate one by one; the ratio is of per-round p50s.
+    ``facts`` gets the server time (INFO commandstats) of a 1 KiB load against its GET."""
     rows = ["| state | raw GET p50 ms | store.load p50 ms | load speed / raw GET speed (rounds' range) | >= 0.9x |",
             "|---|---|---|---|---|"]
     client = redis.Redis.from_url(url)
@@ -62,16 +64,34 @@ def load_table(url: str, sizes: dict[str, int], rounds: int) -> tuple[list[str],
             judged.append(r.median)
         rows.append(f"| {label} | {statistics.median(raw_p50) * 1000:.3f} | {statistics.median(ours_p50) * 1000:.3f} | "
                     f"{r.spread} | {('held' if r.median >= LOAD_FLOOR else 'missed') if judge else '(not a target)'} |")
+        if facts is not None and size == min(sizes.values()):
+            facts["server_usec"] = _server_usec(client, lambda: store.load(run))  # noqa: B023
+            facts["get_usec"] = _server_usec(client, lambda: client.get(raw_key))  # noqa: B023
+            facts["client_us"] = {"load": statistics.median(ours_p50) * 1e6, "get": statistics.median(raw_p50) * 1e6}
     store.close()
     return rows, [t for t in [worst("2. load >= 0.9x a raw GET of the same bytes (1 KiB to 1 MiB)",
                                     judged, LOAD_FLOOR)] if t]
+
+
+def _server_usec(client: redis.Redis, fn: Callable[[], object], n: int = 300) -> float:
+    """Server time per call of ``fn`` (INFO commandstats, every command it sent or ran)."""
+    client.config_resetstat()
+    for _ in range(n):
+        fn()
+    stats = client.info("commandstats")
+    top = {k: v for k, v in stats.items() if k not in ("cmdstat_config|resetstat", "cmdstat_info")}
+    sent = {k: v for k, v in top.items() if k.removeprefix("cmdstat_") in ("evalsha", "get", "hmget", "multi", "exec")}
+    if "cmdstat_evalsha" in sent:  # the commands a script runs are inside its own time
+        sent = {"cmdstat_evalsha": sent["cmdstat_evalsha"]}
+    return sum(v["usec"] for v in sent.values()) / n
 
 
 def _records() -> dict[str, Any]:
     return {"records": [{"id": i, "name": f"item-{i}", "score": i / 7, "tags": ["a", "b"]} for i in range(20000)]}
 
 
-def codec_table(message_state: dict[str, Any], rounds: int) -> tuple[list[str], list[Target]]:
+def codec_table(message_state: dict[str, Any], rounds: int,
+                facts: dict[str, Any] | None = None) -> tuple[list[str], list[Target]]:
     """Per round, each codec encodes and decodes each document REPS times (the fastest
     counts), codecs interleaved; speeds are medians over rounds, the ratios to msgpack
     medians of per-round ratios."""
@@ -108,6 +128,8 @@ def codec_table(message_state: dict[str, Any], rounds: int) -> tuple[list[str], 
             dr = ratio(dec_t[mp], dec_t[name])
             rows.append(f"| {doc_name} | {name} | {mib / statistics.median(enc_t[name]):.0f} | "
                         f"{mib / statistics.median(dec_t[name]):.0f} | {mib:.2f} | {er.spread} | {dr.spread} |")
+            if doc_name.startswith("message") and facts is not None:
+                facts[name] = statistics.median(enc_t[name]) * 1000  # encode ms
             if doc_name.startswith("message") and name.startswith("redis-ckpt"):
                 targets.append(Target("3. message-shaped state: codec encode >= 0.8x msgpack.packb",
                                       er.median, ENCODE_FLOOR, shown=f"{er.median:.2f}x"))

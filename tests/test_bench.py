@@ -108,3 +108,40 @@ def test_postgres_peer_says_why_it_is_skipped(monkeypatch: pytest.MonkeyPatch) -
     assert pg.skip_reason and "initdb" in pg.skip_reason
     assert pg.describe().startswith("PostgreSQL not measured:")
     pg.stop()
+
+
+def test_readme_blocks_are_filled_from_the_run_and_nothing_else_changes(tmp_path: Path) -> None:
+    from _harness import replace_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:summary -->\nold figures\n<!-- /bench:summary -->\noutro\n")
+    replace_block(readme, "summary", ["| target | 0.91x | held |"])
+    assert readme.read_text() == "intro\n<!-- bench:summary -->\n| target | 0.91x | held |\n<!-- /bench:summary -->\noutro\n"
+    with pytest.raises(SystemExit, match="bench:langgraph"):
+        replace_block(readme, "langgraph", ["x"])
+
+
+def test_the_readme_has_both_bench_blocks() -> None:
+    text = (BENCH.parent / "README.md").read_text()
+    for name in ("summary", "langgraph"):
+        assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text
+
+
+def test_a_borderline_cell_is_judged_on_both_runs_rounds() -> None:
+    from _harness import Result, Series
+    from commits import Cell, borderline, merged
+
+    def cell(store_ops: list[int]) -> Cell:
+        series = {}
+        for mode in ("threads", "asyncio"):
+            for name, ops in (("floor", [100] * len(store_ops)), ("store", store_ops)):
+                series[f"{mode} {name}"] = Series(f"{mode} {name}", [Result([1 / n] * n, 1.0) for n in ops])
+        return Cell("1 KiB", 8, series)
+
+    steady = cell([95, 96, 97])
+    assert not borderline(steady)
+    shaky = cell([60, 95, 70])  # one round above 0.9x, two below
+    assert borderline(shaky)
+    both = merged(shaky, cell([92, 93, 94]))
+    assert both.runs == 2 and both.shown == "1 KiB *"
+    assert len(both.get("threads", "store").rounds) == 6  # type: ignore[union-attr]

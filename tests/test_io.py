@@ -15,6 +15,9 @@ CASES = [
     [("SET", "big", memoryview(os.urandom(30_000))), ("GET", "big")],
     [("XADD", "s", "MAXLEN", "~", 1000, "*", "f", 1.5, "g", "ü")],
     [("PING",)],
+    [("SET", "k", bytearray(b"ab")), ("SET", "k2", -3, 10**20, float("inf"))],  # hiredis refuses a bytearray
+    [("XADD", "s", 1.5, "f", os.urandom(20_000), "g", 2)],  # a large argument after a float
+    [("EVALSHA", "a" * 40, 5, *(f"ns:{{t}}:k{i}" for i in range(5)), *(f"a{i}" for i in range(40)))],
 ]
 
 
@@ -31,9 +34,9 @@ def test_pack_refuses_what_redis_py_would_not_send(bad):
         _pack([("SET", "k", bad)])
 
 
-def test_large_arguments_are_not_copied():
-    big = memoryview(os.urandom(100_000))
-    parts = _pack([("SET", "k", big)])
+@pytest.mark.parametrize("big", [memoryview(os.urandom(100_000)), os.urandom(100_000)])
+def test_large_arguments_are_not_copied(big):
+    parts = _pack([("PING",), ("SET", "k", 1.5, big)])
     assert any(p is big for p in parts)
 
 
@@ -100,7 +103,7 @@ def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, pa
     if path == "single-connection":
         client = server.client(socket_timeout=None, single_connection_client=True)
     else:
-        monkeypatch.setattr("redis_ckpt.drivers.resp._hook", lambda pool: False)
+        monkeypatch.setattr("redis_ckpt.drivers.deadlines._hook", lambda pool: False)
         client = server.client(socket_timeout=None)
     store = CheckpointStore(client, namespace="d", retry=RetryPolicy(deadline_s=1.0))
     lease = store.acquire("r", owner="a", ttl=60)

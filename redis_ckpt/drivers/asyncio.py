@@ -82,7 +82,7 @@ class AsyncNodeTarget:
 
     async def do(self, op: Any, until: float | None) -> Any:
         if isinstance(op, Pipe):
-            return in_place(await pipe_async(self.client, op, self.scripts))
+            return in_place(await pipe_async(self.client, op, self.scripts, until))
         if isinstance(op, Cmd):
             return await self.client.execute_command(*op.args)
         raise TypeError(f"a flow yielded {op!r}, not an op")

@@ -1,4 +1,4 @@
-"""One connection, one deadline: how a Pipe or a command reaches a single server.
+"""One connection: how a Pipe or a command reaches a single server.
 
 A ``Pipe`` is sent on **one connection** of the client's pool (WAITAOF must run on the
 connection that made the write), straight as RESP (:func:`pack`), past redis-py's pipeline
@@ -7,36 +7,37 @@ itself). It returns one reply per op, a server error in place. A ``Script`` is a
 on NOSCRIPT the script is loaded and the whole pipe sent again once (safe: NOSCRIPT means the
 script did not run, and everything after it in a pipe is a read or a WAITAOF).
 
-Deadlines, sync: redis-py has no per-call timeout, so the connection taken for an attempt gets
-the time left as its socket timeout (and its own back after); redis-py's own retries are off
-for the attempt (the flow's RetryPolicy decides). A pooled connection that must be
-(re)connected is connected with the attempt's timeouts too: redis-py >= 8 connects in
-``ConnectionPool.ensure_connection``, which is wrapped once per pool (the wrapper changes
-nothing outside an attempt of this driver); older versions connect inside ``get_connection``,
-so there the idle connection is taken here (the first half of ``get_connection``, unchanged
-since redis-py 3) and connected. An op with no time left fails with ``redis.TimeoutError``
-before anything is sent. Asyncio: the driver bounds each op with ``asyncio.timeout``.
+Deadlines: the sync sends take their connection and bound every attempt through
+:mod:`.deadlines`; asyncio, the driver bounds each op with ``asyncio.timeout``, so the lean
+asyncio send writes to the connection's stream and reads its parser directly (redis-py's own
+``send_packed_command`` starts a task per send under ``wait_for``, and ``read_response`` a
+timeout per reply), under the socket timeout only when the op has no deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import inspect
-import threading
-import time
-from collections.abc import Callable, Iterator
+import asyncio
+import sys
 from typing import Any
 
 import redis
 import redis.asyncio
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from ..core.ops import Cmd, Pipe, Script, ScriptSource
+from .deadlines import GET_CONN_ARGS, arm, armed, take, time_left
+
+try:  # hiredis packs a command of small arguments in C (redis-py depends on it here)
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - installed without it
+    _pack_command = None
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _async_timeout
+else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
+    from async_timeout import timeout as _async_timeout
 
 __all__ = [
     "wire", "needs_load", "pack", "time_left", "lean_sync", "lean_async", "send_sync", "command_sync",
@@ -59,14 +60,6 @@ def needs_load(pipe: Pipe, replies: list[Any]) -> list[str]:
         if isinstance(op, Script) and isinstance(reply, NoScriptError)
     ]
 
-
-def _get_connection_args() -> tuple[str, ...]:
-    """redis-py 5 requires a command name for get_connection(); 6+ deprecates passing one."""
-    param = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
-    return ("EVALSHA",) if param is not None and param.default is inspect.Parameter.empty else ()
-
-
-_GET_CONN_ARGS = _get_connection_args()
 
 
 def lean_async(client: Any) -> bool:
@@ -91,7 +84,16 @@ _BIG = 16 * 1024  # arguments longer than this are sent as their own buffer, nev
 def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     """RESP for ``commands``: str as UTF-8, int as decimal, float as repr, bytes as is — what
     redis-py's encoder does for these types, with fewer layers. Anything else is a TypeError.
-    Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer."""
+    Arguments over 16 KiB (and memoryviews, e.g. chunks) are sent as their own buffer.
+
+    Commands with none of those go to hiredis's C packer when it is installed (a saver's
+    script with fifty arguments: ~30 us in Python, ~10 in C); a type it refuses (a bool, a
+    bytearray) sends them through the Python packer, which decides."""
+    if _pack_command is not None and not any(map(_large, commands)):
+        try:
+            return [b"".join(map(_pack_command, commands))]
+        except TypeError:
+            pass
     out: list[Any] = []
     small: list[Any] = []
     add = small.append
@@ -121,6 +123,18 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
+def _large(cmd: tuple[Any, ...]) -> bool:
+    """Whether ``cmd`` holds an argument sent as its own buffer (see :func:`pack`)."""
+    for a in cmd:
+        t = type(a)
+        if t is bytes or t is bytearray:
+            if len(a) > _BIG:
+                return True
+        elif t is memoryview:
+            return True
+    return False
+
+
 def command_wire(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A Cmd as sent: a multi-word name (``"CONFIG GET"``) becomes its words, as redis-py does."""
     first = args[0] if args else ""
@@ -141,178 +155,6 @@ def read_all(conn: Any, n: int, client: Any = None, name: str | None = None) -> 
     return out
 
 
-# --------------------------------------------------------------------------- deadlines
-
-
-def time_left(until: float | None) -> float | None:
-    """Seconds left before ``until`` (None: no deadline); ``redis.TimeoutError`` when none are."""
-    if until is None:
-        return None
-    left = until - time.monotonic()
-    if left <= 0:
-        raise RedisTimeoutError("no answer from the server within the operation's deadline")
-    return left
-
-
-def _cap(value: float | None, left: float) -> float:
-    return left if value is None else min(value, left)
-
-
-#: redis-py's retries off for an attempt: the flow's RetryPolicy decides what is sent again
-_NO_RETRY = Retry(NoBackoff(), 0)
-
-
-def _arm(conn: Any, seconds: float | None) -> None:
-    """The timeout of ``conn``'s socket, and the one its parser puts back after a poll."""
-    sock = getattr(conn, "_sock", None)
-    if sock is None:
-        return
-    try:
-        sock.settimeout(seconds)
-    except (AttributeError, OSError):  # not a socket (a test double), or closed meanwhile
-        return
-    parser = getattr(conn, "_parser", None)
-    buffer = getattr(parser, "_buffer", None)
-    if buffer is not None and hasattr(buffer, "socket_timeout"):
-        buffer.socket_timeout = seconds
-    if hasattr(parser, "_socket_timeout"):  # hiredis
-        parser._socket_timeout = seconds
-
-
-@contextlib.contextmanager
-def _settings(conn: Any, left: float) -> Iterator[None]:
-    """``conn``'s socket and connect timeouts capped by ``left`` and its retries off (what a
-    connect reads); its own settings back afterwards."""
-    try:
-        saved = conn.socket_timeout, conn.socket_connect_timeout, conn.retry
-    except AttributeError:  # a connection class without them (a proxy): nothing to bound
-        yield
-        return
-    conn.socket_timeout = _cap(saved[0], left)
-    conn.socket_connect_timeout = _cap(saved[1], left)
-    conn.retry = _NO_RETRY
-    try:
-        yield
-    finally:
-        conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
-
-
-def _armed(conn: Any, until: float | None) -> tuple[bool, Any]:
-    """Bound one attempt on a connected ``conn`` by ``until``: its socket's timeout capped by
-    the time left, unless its own timeout ends the attempt in time anyway (then nothing is
-    touched: the common case costs no syscall). (armed, its own timeout to put back). Only the
-    socket matters here: the connection is connected (a connect is bounded in ``_take``) and
-    the send skips redis-py's health check, so nothing reconnects during the attempt."""
-    if until is None:
-        return False, None
-    left = time_left(until)
-    own = getattr(conn, "socket_timeout", None)
-    if own is not None and own <= left:  # type: ignore[operator]
-        return False, None
-    _arm(conn, left)
-    return True, own
-
-
-#: the time an attempt has left while this driver takes a connection from a pool (read by the
-#: pool's wrapped ensure_connection); None everywhere else
-_CONNECT_LEFT: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_left", default=None)
-_HOOK_LOCK = threading.Lock()
-
-
-def _hook(pool: Any) -> bool:
-    """Wrap ``pool.ensure_connection`` (redis-py >= 8: it connects a connection taken from the
-    pool) so that a connection taken by this driver is connected with the attempt's timeouts.
-    Outside such an attempt the wrapper calls the original as is. False: no such step."""
-    current = getattr(pool, "ensure_connection", None)
-    if current is None:
-        return False
-    if getattr(current, "_redis_ckpt", False):
-        return True
-    with _HOOK_LOCK:
-        current = pool.ensure_connection
-        if not getattr(current, "_redis_ckpt", False):
-            def ensure_connection(connection: Any, _original: Callable[[Any], None] = current) -> None:
-                left = _CONNECT_LEFT.get()
-                if left is None:
-                    return _original(connection)
-                try:  # what _settings does, without a context manager: this runs every attempt
-                    saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
-                except AttributeError:
-                    return _original(connection)
-                connection.socket_timeout = _cap(saved[0], left)
-                connection.socket_connect_timeout = _cap(saved[1], left)
-                connection.retry = _NO_RETRY
-                try:
-                    return _original(connection)
-                finally:
-                    connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
-
-            ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
-            pool.ensure_connection = ensure_connection
-    return True
-
-
-def _take_idle(pool: Any, left: float) -> Any:
-    """What ``ConnectionPool.get_connection`` does before redis-py 8, with the connect bounded:
-    take the idle connection (or make one), then connect it within ``left`` seconds."""
-    pool._checkpid()
-    with pool._lock:
-        try:
-            conn = pool._available_connections.pop()
-        except IndexError:
-            conn = pool.make_connection()
-        pool._in_use_connections.add(conn)
-    try:
-        with _settings(conn, left):
-            conn.connect()
-            try:  # data waiting, or the server closed it: connect again
-                if conn.can_read() and getattr(pool, "cache", None) is None:
-                    raise RedisConnectionError("Connection has data")
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                conn.disconnect()
-                conn.connect()
-                if conn.can_read():
-                    raise RedisConnectionError("Connection not ready") from None
-    except BaseException:
-        pool.release(conn)
-        raise
-    return conn
-
-
-_BASE_GET = redis.ConnectionPool.get_connection
-
-
-def _take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
-    """A connected connection of ``client`` for one attempt, and how to give it back."""
-    left = time_left(until)
-    single = getattr(client, "connection", None)
-    if single is not None:  # a single-connection client: its lock, if any, for the attempt
-        lock = getattr(client, "single_connection_lock", None) or contextlib.nullcontext()
-        lock.__enter__()
-        try:
-            if left is None:
-                single.connect()
-            else:
-                with _settings(single, left):
-                    single.connect()
-        except BaseException:
-            lock.__exit__(None, None, None)
-            raise
-        return single, lambda _c: lock.__exit__(None, None, None)
-    pool = client.connection_pool
-    if left is None:
-        return pool.get_connection(*_GET_CONN_ARGS), pool.release
-    if _hook(pool):
-        token = _CONNECT_LEFT.set(left)
-        try:
-            return pool.get_connection(*_GET_CONN_ARGS), pool.release
-        finally:
-            _CONNECT_LEFT.reset(token)
-    if type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
-        return _take_idle(pool, left), pool.release
-    return pool.get_connection(*_GET_CONN_ARGS), pool.release  # connects with its own timeouts
-
-
 # --------------------------------------------------------------------------- sync sends
 
 
@@ -330,10 +172,10 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
         for c in commands:
             p.execute_command(*c)
         return p.execute(raise_on_error=False)  # type: ignore[no-any-return]
-    conn, give_back = _take(client, until)
-    armed, own = False, None
+    conn, give_back = take(client, until)
+    bounded, own = False, None
     try:
-        armed, own = _armed(conn, until)
+        bounded, own = armed(conn, until)
         conn.send_packed_command(pack([command_wire(commands[0])] if name is not None else commands),
                                  check_health=False)
         return read_all(conn, len(commands), client, name)
@@ -341,8 +183,8 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
         conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
     finally:
-        if armed:
-            _arm(conn, own)
+        if bounded:
+            arm(conn, own)
         give_back(conn)
 
 
@@ -355,28 +197,48 @@ def command_sync(client: Any, args: tuple[Any, ...], until: float | None = None)
     return reply
 
 
-async def send_async(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+#: redis-py's asyncio connections, whose stream and parser the lean send uses directly
+_STREAMED = frozenset(getattr(redis.asyncio.connection, name, None)
+                      for name in ("Connection", "SSLConnection", "UnixDomainSocketConnection")) - {None}
+
+
+async def send_async(client: Any, commands: list[tuple[Any, ...]], until: float | None = None) -> list[Any]:
+    """``commands`` on one connection of ``client``, one reply each (a server error in place).
+    The caller bounds it by ``until``; without one, by the connection's socket timeout."""
     if not lean_async(client):
         p = client.pipeline(transaction=False)
         for c in commands:
             p.execute_command(*c)
         return await p.execute(raise_on_error=False)  # type: ignore[no-any-return]
     pool = client.connection_pool
-    conn = await pool.get_connection(*_GET_CONN_ARGS)
+    conn = await pool.get_connection(*GET_CONN_ARGS)
     try:
-        await conn.send_packed_command(pack(commands))
-        out: list[Any] = []
-        for _ in commands:
-            try:
-                out.append(await conn.read_response())
-            except ResponseError as exc:
-                out.append(exc)
-        return out
+        writer, parser = getattr(conn, "_writer", None), getattr(conn, "_parser", None)
+        if type(conn) not in _STREAMED or writer is None:  # another connection class (fakeredis's)
+            await conn.send_packed_command(pack(commands))
+            return [await _reply(conn.read_response()) for _ in commands]
+        try:
+            async with _async_timeout(conn.socket_timeout if until is None else None):
+                writer.writelines(pack(commands))
+                await writer.drain()
+                # the parser hands a server error back as a value (the connection raises it)
+                return [await parser.read_response(disable_decoding=False) for _ in commands]
+        except asyncio.TimeoutError as exc:  # the socket timeout's (the builtin from 3.11 on)
+            raise RedisTimeoutError("Timeout reading from the server") from exc
+        except (OSError, EOFError) as exc:  # the stream's own (reset, closed, incomplete read)
+            raise RedisConnectionError(f"Error while talking to the server: {exc!r}") from exc
     except BaseException:
-        await conn.disconnect()
+        await conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
     finally:
         await pool.release(conn)
+
+
+async def _reply(pending: Any) -> Any:
+    try:
+        return await pending
+    except ResponseError as exc:
+        return exc
 
 
 def pipe_sync(client: Any, pipe: Pipe, scripts: ScriptSource, until: float | None = None) -> list[Any]:
@@ -399,15 +261,13 @@ def load_script_sync(client: Any, source: str, until: float | None = None) -> No
         client.script_load(source)
 
 
-async def pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource) -> list[Any]:
+async def pipe_async(client: Any, pipe: Pipe, scripts: ScriptSource, until: float | None = None) -> list[Any]:
     reply: list[Any] = []
     for _attempt in range(2):
-        reply = await send_async(client, [wire(o, scripts) for o in pipe.ops])
+        reply = await send_async(client, [wire(o, scripts) for o in pipe.ops], until)
         missing = needs_load(pipe, reply)
         if not missing:
             break
         for name in set(missing):
             await client.script_load(scripts.source(name))
     return reply
-
-

@@ -1,0 +1,208 @@
+"""One attempt, one deadline: how the sync driver takes a connection and bounds its socket.
+
+redis-py has no per-call timeout, so the connection taken for an attempt gets the time left
+as its socket timeout (and its own back after); redis-py's own retries are off for the
+attempt (the flow's RetryPolicy decides). A pooled connection that must be (re)connected is
+connected with the attempt's timeouts too: redis-py >= 8 connects in
+``ConnectionPool.ensure_connection``, which is wrapped once per pool (the wrapper changes
+nothing outside an attempt of this driver); older versions connect inside ``get_connection``,
+so there the idle connection is taken here (the first half of ``get_connection``, unchanged
+since redis-py 3) and connected. An op with no time left fails with ``redis.TimeoutError``
+before anything is sent. (Asyncio: the driver bounds each op with ``asyncio.timeout``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+__all__ = ["time_left", "take", "armed", "arm", "GET_CONN_ARGS"]
+
+
+def _get_connection_args() -> tuple[str, ...]:
+    """redis-py 5 requires a command name for get_connection(); 6+ deprecates passing one."""
+    param = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+    return ("EVALSHA",) if param is not None and param.default is inspect.Parameter.empty else ()
+
+
+GET_CONN_ARGS = _get_connection_args()
+
+
+def time_left(until: float | None) -> float | None:
+    """Seconds left before ``until`` (None: no deadline); ``redis.TimeoutError`` when none are."""
+    if until is None:
+        return None
+    left = until - time.monotonic()
+    if left <= 0:
+        raise RedisTimeoutError("no answer from the server within the operation's deadline")
+    return left
+
+
+def _cap(value: float | None, left: float) -> float:
+    return left if value is None else min(value, left)
+
+
+#: redis-py's retries off for an attempt: the flow's RetryPolicy decides what is sent again
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+def arm(conn: Any, seconds: float | None) -> None:
+    """The timeout of ``conn``'s socket, and the one its parser puts back after a poll."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return
+    try:
+        sock.settimeout(seconds)
+    except (AttributeError, OSError):  # not a socket (a test double), or closed meanwhile
+        return
+    parser = getattr(conn, "_parser", None)
+    buffer = getattr(parser, "_buffer", None)
+    if buffer is not None and hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = seconds
+    if hasattr(parser, "_socket_timeout"):  # hiredis
+        parser._socket_timeout = seconds
+
+
+@contextlib.contextmanager
+def _settings(conn: Any, left: float) -> Iterator[None]:
+    """``conn``'s socket and connect timeouts capped by ``left`` and its retries off (what a
+    connect reads); its own settings back afterwards."""
+    try:
+        saved = conn.socket_timeout, conn.socket_connect_timeout, conn.retry
+    except AttributeError:  # a connection class without them (a proxy): nothing to bound
+        yield
+        return
+    conn.socket_timeout = _cap(saved[0], left)
+    conn.socket_connect_timeout = _cap(saved[1], left)
+    conn.retry = _NO_RETRY
+    try:
+        yield
+    finally:
+        conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
+
+
+def armed(conn: Any, until: float | None) -> tuple[bool, Any]:
+    """Bound one attempt on a connected ``conn`` by ``until``: its socket's timeout capped by
+    the time left, unless its own timeout ends the attempt in time anyway (then nothing is
+    touched: the common case costs no syscall). (armed, its own timeout to put back). Only the
+    socket matters here: the connection is connected (a connect is bounded in ``take``) and
+    the send skips redis-py's health check, so nothing reconnects during the attempt."""
+    if until is None:
+        return False, None
+    left = time_left(until)
+    own = getattr(conn, "socket_timeout", None)
+    if own is not None and own <= left:  # type: ignore[operator]
+        return False, None
+    arm(conn, left)
+    return True, own
+
+
+#: the time an attempt has left while this driver takes a connection from a pool (read by the
+#: pool's wrapped ensure_connection); None everywhere else
+_CONNECT_LEFT: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_left", default=None)
+_HOOK_LOCK = threading.Lock()
+
+
+def _hook(pool: Any) -> bool:
+    """Wrap ``pool.ensure_connection`` (redis-py >= 8: it connects a connection taken from the
+    pool) so that a connection taken by this driver is connected with the attempt's timeouts.
+    Outside such an attempt the wrapper calls the original as is. False: no such step."""
+    current = getattr(pool, "ensure_connection", None)
+    if current is None:
+        return False
+    if getattr(current, "_redis_ckpt", False):
+        return True
+    with _HOOK_LOCK:
+        current = pool.ensure_connection
+        if not getattr(current, "_redis_ckpt", False):
+            def ensure_connection(connection: Any, _original: Callable[[Any], None] = current) -> None:
+                left = _CONNECT_LEFT.get()
+                if left is None:
+                    return _original(connection)
+                try:  # what _settings does, without a context manager: this runs every attempt
+                    saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
+                except AttributeError:
+                    return _original(connection)
+                connection.socket_timeout = _cap(saved[0], left)
+                connection.socket_connect_timeout = _cap(saved[1], left)
+                connection.retry = _NO_RETRY
+                try:
+                    return _original(connection)
+                finally:
+                    connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
+
+            ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
+            pool.ensure_connection = ensure_connection
+    return True
+
+
+def _take_idle(pool: Any, left: float) -> Any:
+    """What ``ConnectionPool.get_connection`` does before redis-py 8, with the connect bounded:
+    take the idle connection (or make one), then connect it within ``left`` seconds."""
+    pool._checkpid()
+    with pool._lock:
+        try:
+            conn = pool._available_connections.pop()
+        except IndexError:
+            conn = pool.make_connection()
+        pool._in_use_connections.add(conn)
+    try:
+        with _settings(conn, left):
+            conn.connect()
+            try:  # data waiting, or the server closed it: connect again
+                if conn.can_read() and getattr(pool, "cache", None) is None:
+                    raise RedisConnectionError("Connection has data")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                conn.disconnect()
+                conn.connect()
+                if conn.can_read():
+                    raise RedisConnectionError("Connection not ready") from None
+    except BaseException:
+        pool.release(conn)
+        raise
+    return conn
+
+
+_BASE_GET = redis.ConnectionPool.get_connection
+
+
+def take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
+    """A connected connection of ``client`` for one attempt, and how to give it back."""
+    left = time_left(until)
+    single = getattr(client, "connection", None)
+    if single is not None:  # a single-connection client: its lock, if any, for the attempt
+        lock = getattr(client, "single_connection_lock", None) or contextlib.nullcontext()
+        lock.__enter__()
+        try:
+            if left is None:
+                single.connect()
+            else:
+                with _settings(single, left):
+                    single.connect()
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        return single, lambda _c: lock.__exit__(None, None, None)
+    pool = client.connection_pool
+    if left is None:
+        return pool.get_connection(*GET_CONN_ARGS), pool.release
+    if _hook(pool):
+        token = _CONNECT_LEFT.set(left)
+        try:
+            return pool.get_connection(*GET_CONN_ARGS), pool.release
+        finally:
+            _CONNECT_LEFT.reset(token)
+    if type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
+        return _take_idle(pool, left), pool.release
+    return pool.get_connection(*GET_CONN_ARGS), pool.release  # connects with its own timeouts
