@@ -105,3 +105,10 @@ def test_core_and_drivers_have_no_import_cycle():
     """Package __init__ modules aside (a package's face may gather its parts)."""
     paths = [p for sub in ("core", "drivers") for p in (PACKAGE / sub).rglob("*.py") if p.name != "__init__.py"]
     assert _cycle(_graph(paths)) is None
+
+
+def test_the_package_has_no_import_cycle():
+    """No module of redis_ckpt imports itself back through others, lazy imports included
+    (package __init__ modules aside, as above)."""
+    paths = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    assert _cycle(_graph(paths)) is None
