@@ -18,7 +18,7 @@ from redis_ckpt.drivers.sync import PlanTarget, drive
 from redis_ckpt.errors import NonDurableServerError
 from redis_ckpt.probe import Finding, ProbeReport, ServerFacts, drift_problems, evaluate, facts_from_info
 from redis_ckpt.probe.flow import probe_flow
-from redis_ckpt.probe.rules import DRIFT_KEYS, SETTING_RULES
+from redis_ckpt.probe.settings import DRIFT_KEYS, SETTING_RULES
 from redis_ckpt.probe.topology import (
     NodeProbe,
     NodeSpec,
