@@ -37,7 +37,8 @@ Large frames travel in as little memory as the state (assemble.py).
 
 Modules: layout.py (the fields above, FrameHeader), build.py (encode_frame, FrameParts),
 verify.py (read_header, decode_frame, decode_payload, frame_checksum), assemble.py
-(FrameAssembler, AssembledFrame: a chunked frame read in pieces).
+(FrameAssembler, AssembledFrame: a chunked frame read in pieces), damage.py (frame_report:
+how far a damaged frame verifies, for ``redis-ckpt show --state``).
 """
 
 from __future__ import annotations
