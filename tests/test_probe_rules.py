@@ -518,7 +518,7 @@ sys.meta_path.insert(0, Block())
 pkg = types.ModuleType("redis_ckpt")  # the package's face imports the shells: stand in for it
 pkg.__path__ = [PACKAGE]
 sys.modules["redis_ckpt"] = pkg
-for name in ("facts", "report", "rules", "flow", "topology"):
+for name in ("facts", "report", "rules", "settings", "flow", "topology"):
     importlib.import_module("redis_ckpt.probe." + name)
 assert not [n for n in sys.modules if n.split(".")[0] in BLOCKED]
 """
