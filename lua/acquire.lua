@@ -20,7 +20,7 @@
 --                 needed: their keys get the new expiry)
 -- ARGV[8+d ..]    staged commits "<cid>:<count>" whose keys are passed for removal
 --
--- Numbers: tokens and ttls stay below MAX_INT = 2^50 (redis_ckpt._core.MAX_INT), where Lua's
+-- Numbers: tokens and ttls stay below MAX_INT = 2^50 (redis_ckpt.core.config.MAX_INT), where Lua's
 -- doubles are exact; the acquire that would pass it is refused before anything is written.
 --
 -- Retention: when one applies, every key of the run (head, kept generations, events) expires

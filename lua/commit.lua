@@ -51,7 +51,7 @@
 -- ARGV[3+d ..]    dead staged commits "<cid>:<count>" whose keys are passed for removal
 --
 -- Numbers: every token, generation, fence, size and time is an integer below
--- MAX_INT = 2^50 (redis_ckpt._core.MAX_INT), where Lua's doubles are exact; they are written
+-- MAX_INT = 2^50 (redis_ckpt.core.config.MAX_INT), where Lua's doubles are exact; they are written
 -- with string.format('%d') or as redis.call arguments (exact on both servers), never with
 -- tostring/.. (which prints >= 1e14 as "1e+14"). Past the bound: OUT_OF_RANGE, nothing written.
 --

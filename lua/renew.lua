@@ -4,7 +4,7 @@
 -- KEYS[2] lease   hash (see acquire.lua)
 -- KEYS[3] events  stream, capped at ~ARGV[4]
 -- ARGV[1] token of the caller
--- ARGV[2] new ttl in ms, an integer in [1, MAX_INT] (MAX_INT = 2^50, redis_ckpt._core.MAX_INT:
+-- ARGV[2] new ttl in ms, an integer in [1, MAX_INT] (MAX_INT = 2^50, redis_ckpt.core.config.MAX_INT:
 --         Lua's doubles are exact below it)
 -- ARGV[3] owner of the caller (for the audit event)
 -- ARGV[4] events stream max length

@@ -14,32 +14,8 @@ The async twin is :class:`redis_ckpt.aio.AsyncCheckpointStore`.
 
 from .core.retry import RetryPolicy
 from .core.durability import Durability
-from .errors import (
-    CheckpointError,
-    CodecUnavailableError,
-    ConflictError,
-    CorruptCheckpointError,
-    DurabilityError,
-    ExtraNotInstalledError,
-    FencedError,
-    FrameDamage,
-    FrameError,
-    HeadMovingError,
-    InvalidRunIdError,
-    LeaseError,
-    LeaseHeldError,
-    LeaseLostError,
-    NonDurableServerError,
-    NotFoundError,
-    OutcomeUnknownError,
-    OutOfRangeError,
-    SchemaVersionError,
-    ServerError,
-    StateError,
-    StateTooLargeError,
-    StoreUnavailableError,
-    UnsupportedTypeError,
-)
+from . import errors
+from .errors import *  # noqa: F403 - every error errors.py defines, as its __all__ lists them
 from .models import Checkpoint, Event, GenerationInfo, PrunedRun, RunInfo, RunUsage, SkippedGeneration
 from .probe import Finding, ProbeReport
 from .store import DEFAULT_NAMESPACE, CheckpointStore, Lease, check_server
@@ -64,29 +40,6 @@ __all__ = [
     "Event",
     "ProbeReport",
     "Finding",
-    # errors
-    "CheckpointError",
-    "InvalidRunIdError",
-    "OutOfRangeError",
-    "NotFoundError",
-    "StateError",
-    "UnsupportedTypeError",
-    "StateTooLargeError",
-    "LeaseError",
-    "LeaseHeldError",
-    "LeaseLostError",
-    "FencedError",
-    "ConflictError",
-    "DurabilityError",
-    "StoreUnavailableError",
-    "OutcomeUnknownError",
-    "HeadMovingError",
-    "ServerError",
-    "NonDurableServerError",
-    "CorruptCheckpointError",
-    "FrameError",
-    "FrameDamage",
-    "SchemaVersionError",
-    "CodecUnavailableError",
-    "ExtraNotInstalledError",
 ]
+# errors: the classes errors.py defines (one root, CheckpointError), listed once, there
+__all__ += errors.__all__

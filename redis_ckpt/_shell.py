@@ -25,7 +25,7 @@ from .models import Checkpoint, Grant, ms_to_datetime
 from .telemetry import telemetry_for
 from .drivers.clients import HA_RETRY, client_label, connection_kwargs, is_cluster, is_sentinel
 from .probe.report import ProbeReport
-from .probe.rules import DRIFT_KEYS, drift_problems
+from .probe.settings import DRIFT_KEYS, drift_problems
 
 log = logging.getLogger("redis_ckpt")
 T = TypeVar("T")

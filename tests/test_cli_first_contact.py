@@ -698,8 +698,8 @@ def _hostile_frames(run: str) -> list[bytes]:
     import msgpack
     import xxhash
 
-    from redis_ckpt.core.codec import encode_state
-    from redis_ckpt.core.frame import _COMPRESSION_IDS, _PAYLOAD_LEN, _PREFIX, CODEC_MSGPACK, FORMAT_VERSION, MAGIC
+    from redis_ckpt.core.codec import CODEC_MSGPACK, encode_state
+    from redis_ckpt.core.frame.layout import COMPRESSION_IDS, FORMAT_VERSION, MAGIC, PAYLOAD_LEN, PREFIX
 
     def frame(generation: int, *, run_id: str = run, token: int = 1, owner: str = "w", created_ms: int = 0,
               schema_version: int = 1, metadata: Any = None, payload: bytes | None = None) -> bytes:
@@ -708,8 +708,8 @@ def _hostile_frames(run: str) -> list[bytes]:
         header = msgpack.packb({"run": run_id, "gen": generation, "token": token, "owner": owner,
                                 "created_ms": created_ms, "meta": encode_state(metadata or {})}, use_bin_type=True)
         body = encode_state({"x": 1}) if payload is None else payload
-        head = b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, CODEC_MSGPACK, _COMPRESSION_IDS["none"], 0,
-                                      schema_version, len(header)), header, _PAYLOAD_LEN.pack(len(body))))
+        head = b"".join((PREFIX.pack(MAGIC, FORMAT_VERSION, CODEC_MSGPACK, COMPRESSION_IDS["none"], 0,
+                                     schema_version, len(header)), header, PAYLOAD_LEN.pack(len(body))))
         digest = xxhash.xxh3_128(head)
         digest.update(body)
         return head + body + digest.digest()

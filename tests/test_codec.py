@@ -351,10 +351,10 @@ plain_values = st.recursive(
 def test_plain_states_are_written_as_plain_msgpack_by_both_paths(value: object) -> None:
     """The wire form of None/bool/int/float/str/bytes/list/dict is msgpack's own, whichever
     path encodes it: generations written before the fast path decode, and vice versa."""
-    from redis_ckpt.core.codec import _encode_carefully, _pack
+    from redis_ckpt.core.codec.careful import encode_carefully, pack
 
     try:
-        careful = _encode_carefully(value, "state", _pack, None)
+        careful = encode_carefully(value, "state", pack, None)
     except UnsupportedTypeError:  # a NaN key: refused by both
         with pytest.raises(UnsupportedTypeError):
             encode_state(value)
@@ -391,7 +391,7 @@ class Record:
 #: ormsgpack packs these as msgpack does: the fast path's types (an int within 64 bits)
 ORM_PLAIN = [None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, -0.0, math.nan, math.inf, "", "x" * 40,
              "é€😀", b"", b"\x00" * 300, [], [1, [2]], {}, {"k": {"j": [None]}}]
-#: ormsgpack packs these natively but not as themselves: the scan (_plain) must rule them out
+#: ormsgpack packs these natively but not as themselves: the scan (plain.scan) must rule them out
 ORM_NATIVE_LOSSY = [bytearray(b"ab"), memoryview(b"ab"), ormsgpack.Ext(2, b"")]
 if hasattr(ormsgpack, "Fragment"):  # 1.13+: its bytes are written as they are
     ORM_NATIVE_LOSSY.append(ormsgpack.Fragment(b"\xc0"))
@@ -412,9 +412,9 @@ else:
 
 
 def orm_pack(value: object) -> bytes:
-    from redis_ckpt.core.codec import _ORM_STRICT
+    from redis_ckpt.core.codec.plain import ORM_STRICT
 
-    return ormsgpack.packb(value, option=_ORM_STRICT)
+    return ormsgpack.packb(value, option=ORM_STRICT)
 
 
 @pytest.mark.parametrize("value", ORM_PLAIN, ids=repr)
@@ -425,10 +425,10 @@ def test_ormsgpack_packs_the_plain_types_as_msgpack_does(value: object) -> None:
 
 @pytest.mark.parametrize("value", ORM_NATIVE_LOSSY, ids=lambda v: type(v).__name__)
 def test_what_ormsgpack_packs_natively_but_lossily_never_reaches_it(value: object) -> None:
-    from redis_ckpt.core.codec import _plain
+    from redis_ckpt.core.codec.plain import scan
 
     assert type(msgpack.unpackb(orm_pack([value]))[0]) is not type(value)  # it would not come back as itself
-    assert _plain([value], None) is None and _plain({"k": [value]}, None) is None  # so the scan rules it out
+    assert scan([value], None) is None and scan({"k": [value]}, None) is None  # so the scan rules it out
     if type(value) is bytearray:
         assert_same({"k": [value]}, round_trip({"k": [value]}))
     else:
@@ -477,11 +477,11 @@ def test_ormsgpack_packs_every_depth_encoding_allows() -> None:
 
 
 def test_without_ormsgpack_msgpack_packs_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from redis_ckpt.core import codec
+    from redis_ckpt.core.codec import plain
 
     states = [{"messages": [{"id": "a", "n": 1, "x": 1.5, "b": b"\x01"}] * 3, "step": 2}, {"m": {1: 2}}, [1, "x"]]
     with_it = [encode_state(s) for s in states]
-    monkeypatch.setattr(codec, "ormsgpack", None)
+    monkeypatch.setattr(plain, "ormsgpack", None)
     assert [encode_state(s) for s in states] == with_it == [msgpack.packb(s, use_bin_type=True) for s in states]
 
 
@@ -836,10 +836,10 @@ def test_a_plain_state_changed_by_another_thread_always_encodes_whole(key: type)
     """A state of plain types is packed without calling back into Python (by ormsgpack when
     every key is a str, else by msgpack; neither releases the GIL), so another thread cannot
     run in the middle: every encode is a whole, valid snapshot."""
-    from redis_ckpt.core.codec import _OTHER_KEYS, _plain
+    from redis_ckpt.core.codec.plain import OTHER_KEYS, scan
 
     state: dict[str, Any] = {"rows": [{"i": i, "name": f"row {i}"} for i in range(20000)], "seen": {key(0): [0]}}
-    assert _plain(state, None) == (0 if key is str else _OTHER_KEYS)  # the packer named in the test id
+    assert scan(state, None) == (0 if key is str else OTHER_KEYS)  # the packer named in the test id
     stop = threading.Event()
 
     def mutate() -> None:

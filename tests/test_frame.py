@@ -589,7 +589,7 @@ small_leaves = st.recursive(
 @given(small_leaves, st.integers(1, 400), st.integers(1, 120))
 def test_any_state_read_in_pieces_decodes_as_written(state: object, chunk: int, leaf_min: int) -> None:
     """With long bins made short (LEAF_MIN_BYTES patched), every cut of every frame reads back exactly."""
-    import redis_ckpt.core.frame as frame_module
+    import redis_ckpt.core.frame.assemble as frame_module
 
     blob = frame(encode_state(state))
     previous = frame_module.LEAF_MIN_BYTES

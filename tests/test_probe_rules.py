@@ -18,7 +18,7 @@ from redis_ckpt.drivers.sync import PlanTarget, drive
 from redis_ckpt.errors import NonDurableServerError
 from redis_ckpt.probe import Finding, ProbeReport, ServerFacts, drift_problems, evaluate, facts_from_info
 from redis_ckpt.probe.flow import probe_flow
-from redis_ckpt.probe.rules import DRIFT_KEYS, SETTING_RULES
+from redis_ckpt.probe.settings import DRIFT_KEYS, SETTING_RULES
 from redis_ckpt.probe.topology import (
     NodeProbe,
     NodeSpec,
@@ -518,7 +518,7 @@ sys.meta_path.insert(0, Block())
 pkg = types.ModuleType("redis_ckpt")  # the package's face imports the shells: stand in for it
 pkg.__path__ = [PACKAGE]
 sys.modules["redis_ckpt"] = pkg
-for name in ("facts", "report", "rules", "flow", "topology"):
+for name in ("facts", "report", "rules", "settings", "flow", "topology"):
     importlib.import_module("redis_ckpt.probe." + name)
 assert not [n for n in sys.modules if n.split(".")[0] in BLOCKED]
 """

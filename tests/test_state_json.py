@@ -12,9 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from redis_ckpt.cli.state import frame_report, tagged
+from redis_ckpt.cli.state import tagged
 from redis_ckpt.core.codec import decode_state, encode_state
 from redis_ckpt.core.frame import encode_frame, read_header
+from redis_ckpt.core.frame.damage import frame_report
 from redis_ckpt.errors import FrameError
 
 UTC = dt.timezone.utc

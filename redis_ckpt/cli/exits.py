@@ -22,8 +22,6 @@ import json
 from typing import IO, Any
 
 import click
-from redis.exceptions import AuthenticationError as RedisAuthenticationError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import __version__
 from ..errors import (
@@ -33,7 +31,7 @@ from ..errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from ..drivers.errors import unavailable_message
+from ..drivers.errors import timed_out, unavailable_message
 
 __all__ = [
     "EXIT_OK",
@@ -128,28 +126,13 @@ class NoSuchRun(NotFoundError):
         super().__init__(f"no such run {run_id!r} in namespace {namespace!r}", run_id=run_id)
 
 
-def _caused_by(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``types`` in ``exc``'s chain of causes (``exc`` included)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, types):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
 def unavailable(exc: BaseException, server: str, timeout: float) -> str:
-    """What to say when the server could not be used: no answer in time (a redis-py timeout
-    among the causes), authentication, or unreachable."""
-    if _caused_by(exc, (RedisTimeoutError, TimeoutError)) is not None:
+    """What to say when the server could not be used: no answer in time (a timeout among the
+    causes), authentication required or failed, or unreachable (drivers/errors.py reads the causes)."""
+    if timed_out(exc):
         return f"{server} did not answer within {timeout:g} s (is it stopped, overloaded or unreachable?)"
-    if _caused_by(exc, RedisAuthenticationError) is not None:
-        return unavailable_message(server, exc)  # required, or failed: never "cannot reach"
-    if isinstance(exc, StoreUnavailableError):
-        return str(exc)
-    return f"cannot reach {server}: {type(exc).__name__}: {exc}"
+    return unavailable_message(server, exc, otherwise=str(exc) if isinstance(exc, StoreUnavailableError)
+                               else f"cannot reach {server}: {type(exc).__name__}: {exc}")
 
 
 def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[str, ...]) -> CliFailure:

@@ -11,11 +11,12 @@ from typing import Any
 
 import click
 
+from ..core.frame.damage import frame_report
 from ..errors import FrameError
 from . import render as r
 from .exits import EXIT_NO, CliFailure
 from .options import CliConfig, connection_options
-from .state import frame_report, tagged
+from .state import tagged
 from .views import base
 
 __all__ = ["parse_duration_ms", "show_state", "fork", "prune"]

@@ -61,7 +61,7 @@ Flow = Generator[Op, Any, T]
 
 
 class ScriptSource(Protocol):
-    """Maps a script name to (sha1, source). Implemented by ``_scripts.Scripts``."""
+    """Maps a script name to (sha1, source). Implemented by ``drivers.scripts.Scripts``."""
 
     def sha(self, name: str) -> str: ...
 

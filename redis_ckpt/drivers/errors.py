@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..core.ops import ConnectionLost, Failure, ReplyError
 from ..errors import CheckpointError, ServerError, StoreUnavailableError
 
-__all__ = ["failure", "in_place", "checkpoint_error", "reraise", "unavailable_message", "UNREACHABLE"]
+__all__ = ["failure", "in_place", "checkpoint_error", "reraise", "unavailable_message", "timed_out", "UNREACHABLE"]
 
 #: what means "the connection broke, timed out, or the server cannot serve yet" (redis-py's
 #: BusyLoadingError, LOADING, and AuthenticationError are ConnectionErrors; the socket's own too)
@@ -57,21 +57,35 @@ def in_place(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def unavailable_message(label: str, exc: BaseException) -> str:
-    """Why the server named ``label`` could not be used, for an error: authentication required
-    (no password given), authentication failed (a wrong user name or password), or unreachable."""
+def _cause(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain of causes (``exc`` included)."""
     cur: BaseException | None = exc
     seen: set[int] = set()
     while cur is not None and id(cur) not in seen:
-        if isinstance(cur, redis.AuthenticationError):
-            text = str(cur)
-            if "authenticated" in text.lower() or "authentication required" in text.lower():
-                return (f"{label} requires authentication: put the password in the URL "
-                        "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@... for an ACL user)")
-            return f"authentication failed at {label}: the server rejected the user name or password ({text})"
+        if isinstance(cur, types):
+            return cur
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
-    return f"cannot reach {label}: {exc}"
+    return None
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a redis-py or socket timeout is among ``exc``'s causes (the server did not answer)."""
+    return _cause(exc, (RedisTimeoutError, TimeoutError)) is not None
+
+
+def unavailable_message(label: str, exc: BaseException, *, otherwise: str | None = None) -> str:
+    """Why the server named ``label`` could not be used, for an error: authentication required
+    (no password given), authentication failed (a wrong user name or password), or unreachable
+    (``otherwise``, when given: what to say then)."""
+    refused = _cause(exc, redis.AuthenticationError)
+    if refused is None:
+        return f"cannot reach {label}: {exc}" if otherwise is None else otherwise
+    text = str(refused)
+    if "authenticated" in text.lower() or "authentication required" in text.lower():
+        return (f"{label} requires authentication: put the password in the URL "
+                "(redis://:PASSWORD@host:port/db, or redis://USER:PASSWORD@... for an ACL user)")
+    return f"authentication failed at {label}: the server rejected the user name or password ({text})"
 
 
 def checkpoint_error(exc: BaseException, label: str) -> BaseException:

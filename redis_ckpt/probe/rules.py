@@ -2,9 +2,9 @@
 acknowledged commit? Pure: no I/O, so each rule is unit-tested with hand-made facts.
 
 :func:`evaluate` applies :data:`RULES` in order; each rule reads a :class:`Context` (the facts,
-the durability policy, the settings) and yields its findings. The settings a store re-reads
-with every confirmed write (:func:`drift_problems`) are judged by the same setting rules
-(:data:`SETTING_RULES`), not by a copy of them.
+the durability policy, the settings) and yields its findings. The four settings that refuse a
+server are judged by the rules of :mod:`.settings` (``SETTING_RULES``), which the drift check
+of every confirmed write applies too.
 
 Where ``CONFIG`` cannot be read, every check that needs it is ``unverifiable`` (which refuses)
 unless the operator *declares* the server's profile (``declared``, same keys as CONFIG GET).
@@ -19,16 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.durability import Durability
-from .facts import CLUSTER_SLOTS, ServerFacts, normalize_config, normalize_declared
+from .facts import CLUSTER_SLOTS, ServerFacts, normalize_declared
 from .report import Finding
+from .settings import SETTING_RULES, set_remedy
 
-__all__ = ["Context", "RULES", "SETTING_RULES", "DRIFT_KEYS", "MEMORY_WARN_SHARE", "evaluate", "drift_problems"]
-
-_CONF_HINT = "(redis.conf) or CONFIG SET"
-
-
-def _set_remedy(name: str, value: str) -> str:
-    return f"set `{name} {value}` {_CONF_HINT} {name} {value}"
+__all__ = ["Context", "RULES", "MEMORY_WARN_SHARE", "evaluate"]
 
 
 def _unknown_remedy(key: str, good: str) -> str:
@@ -158,64 +153,6 @@ def waitaof(c: Context) -> Iterator[Finding]:
 
 # --------------------------------------------------------------------------- settings
 
-#: one setting's rule: (its value, where the value came from, the engine) -> its finding
-SettingRule = Callable[[str, str, str], Finding]
-
-
-def appendonly_rule(value: str, src: str, engine: str) -> Finding:
-    if value != "yes":
-        return Finding("appendonly", "refuse", f"appendonly is {value!r}: nothing is written to the AOF",
-                       _set_remedy("appendonly", "yes"))
-    return Finding("appendonly", "ok", f"appendonly yes ({src})")
-
-
-def appendfsync_rule(value: str, src: str, engine: str) -> Finding:
-    if value == "always":
-        return Finding("appendfsync", "ok", f"appendfsync always ({src})")
-    if value == "no":
-        return Finding("appendfsync", "refuse",
-                       "appendfsync is 'no': the server never fsyncs the AOF itself, WAITAOF cannot confirm",
-                       _set_remedy("appendfsync", "always"))
-    if value == "everysec" and engine == "redis":
-        return Finding("appendfsync", "warn",
-                       "appendfsync everysec on Redis: every commit waits up to ~1 s for the once-a-second fsync",
-                       _set_remedy("appendfsync", "always") + " for ~1 ms commits")
-    if value == "everysec":
-        what = "on Valkey" if engine == "valkey" else f"on an unidentified engine ({engine})"
-        return Finding("appendfsync", "refuse",
-                       f"appendfsync everysec {what}: WAITAOF confirms before the fsync happens "
-                       "(Valkey 9.1.2, same bug as redis#13793), so a confirmed commit can be lost",
-                       _set_remedy("appendfsync", "always"))
-    return Finding("appendfsync", "refuse", f"appendfsync has an unknown value {value!r}",
-                   _set_remedy("appendfsync", "always"))
-
-
-def no_appendfsync_on_rewrite_rule(value: str, src: str, engine: str) -> Finding:
-    if value != "no":
-        return Finding("no-appendfsync-on-rewrite", "refuse",
-                       f"no-appendfsync-on-rewrite is {value!r}: fsync silently stops while the AOF is rewritten",
-                       _set_remedy("no-appendfsync-on-rewrite", "no"))
-    return Finding("no-appendfsync-on-rewrite", "ok", f"no-appendfsync-on-rewrite no ({src})")
-
-
-def maxmemory_policy_rule(value: str, src: str, engine: str) -> Finding:
-    if value != "noeviction":
-        return Finding("maxmemory-policy", "refuse",
-                       f"maxmemory-policy is {value!r}: the server may evict acknowledged checkpoints and leases "
-                       "(measured: allkeys-lru dropped 195 of 300, volatile-lru evicted leases)",
-                       _set_remedy("maxmemory-policy", "noeviction"))
-    return Finding("maxmemory-policy", "ok", f"maxmemory-policy noeviction ({src})")
-
-
-#: the settings that refuse a server, in the order they are reported: key -> (the durable
-#: value, its rule). A value that cannot be learned (nor declared) is unverifiable.
-SETTING_RULES: dict[str, tuple[str, SettingRule]] = {
-    "appendonly": ("yes", appendonly_rule),
-    "appendfsync": ("always", appendfsync_rule),
-    "no-appendfsync-on-rewrite": ("no", no_appendfsync_on_rewrite_rule),
-    "maxmemory-policy": ("noeviction", maxmemory_policy_rule),
-}
-
 
 def settings(c: Context) -> Iterator[Finding]:
     for key, (good, rule) in SETTING_RULES.items():
@@ -238,7 +175,7 @@ def aof_load_truncated(c: Context) -> Iterator[Finding]:
         yield Finding("aof-load-truncated", "warn",
                       "aof-load-truncated yes on Redis: after a torn AOF tail and a second restart, "
                       "Redis can replay half a MULTI (measured on 8.2.3)",
-                      _set_remedy("aof-load-truncated", "no") +
+                      set_remedy("aof-load-truncated", "no") +
                       " (a torn AOF then stops startup; repair it with redis-check-aof)")
     else:
         yield Finding("aof-load-truncated", "ok", f"aof-load-truncated {lt} ({src})")
@@ -283,7 +220,7 @@ def min_replicas_to_write(c: Context) -> Iterator[Finding]:
         yield Finding("min-replicas-to-write", "warn",
                       f"min-replicas-to-write 0 with {online} replica(s): a primary cut off from its replicas "
                       "keeps accepting commits that a failover then loses",
-                      _set_remedy("min-replicas-to-write", "1") + " (with min-replicas-max-lag)")
+                      set_remedy("min-replicas-to-write", "1") + " (with min-replicas-max-lag)")
     else:
         yield Finding("min-replicas-to-write", "ok", f"min-replicas-to-write {mr} ({src})")
 
@@ -391,19 +328,3 @@ def evaluate(facts: ServerFacts, durability: Durability, declared: Mapping[str, 
                            f"the live write check did not run ({facts.live_skipped or 'no reason given'})",
                            "run the full probe"))
     return out
-
-
-# --------------------------------------------------------------------------- drift
-
-
-#: the settings a store re-reads with every confirmed write (same pipeline, same connection);
-#: ``appendonly no`` needs no re-read: WAITAOF itself then fails
-DRIFT_KEYS = ("appendfsync", "maxmemory-policy", "no-appendfsync-on-rewrite")
-
-
-def drift_problems(config: Any, engine: str) -> list[str]:
-    """The refusals among ``config`` (a CONFIG GET reply of DRIFT_KEYS), for a server that
-    passed the probe: the probe's own :data:`SETTING_RULES`, one line each with its remedy."""
-    values = normalize_config(config)
-    return [str(finding) for key, (_, rule) in SETTING_RULES.items() if key in values
-            for finding in [rule(values[key], "CONFIG", engine)] if finding.refuses]

@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar, Union
 from .._shell import ttl_ms
 from ..core.codec import encode_state
 from ..core.keys import validate_run_id
+from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
 from ..errors import CheckpointError, LeaseHeldError
 from ..models import Checkpoint
 from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, describe, is_step_state
@@ -70,11 +71,6 @@ def _now() -> datetime:
 @dataclass(frozen=True)
 class Acquire:
     """-> the new lease (LeaseHeldError is thrown back into the plan)"""
-
-
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,17 @@ def test_core_and_drivers_have_no_import_cycle():
     """Package __init__ modules aside (a package's face may gather its parts)."""
     paths = [p for sub in ("core", "drivers") for p in (PACKAGE / sub).rglob("*.py") if p.name != "__init__.py"]
     assert _cycle(_graph(paths)) is None
+
+
+def test_the_package_has_no_import_cycle():
+    """No module of redis_ckpt imports itself back through others, lazy imports included
+    (package __init__ modules aside, as above)."""
+    paths = [p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    assert _cycle(_graph(paths)) is None
+
+
+def test_no_module_is_over_about_400_lines():
+    """Issue 17: a module is one concern a reader takes in at once (~400 lines; 420 at most)."""
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 420} == {}

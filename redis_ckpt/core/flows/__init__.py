@@ -1,2 +1,2 @@
 """The store's flows, by concern: lease, commit, read, admin; confirm is what every
-confirmed write shares. :class:`redis_ckpt.core.store.StoreCore` gathers them."""
+confirmed write shares. :class:`redis_ckpt.core.store_core.StoreCore` gathers them."""

@@ -24,9 +24,11 @@ from urllib.parse import quote, unquote
 import xxhash
 
 from ...core.codec import decode_state, encode_state
+from ...core.config import MAX_TTL_MS
 from ...core.frame import MAX_ZSTD_RATIO
+from ...core.frame.layout import zstd_module
 from ...core.keys import MAX_RUN_ID, RunKeys, glob_escape
-from ...errors import CodecUnavailableError, FrameDamage, FrameError, OutOfRangeError, StateTooLargeError
+from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeError
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
@@ -35,8 +37,6 @@ __all__ = [
 
 RUN_PREFIX = "lg."
 HASHED_RUN_PREFIX = "lg#"
-#: the longest thread TTL: 2**50 ms, the bound below which the scripts keep numbers exact
-MAX_TTL_MS = 2**50
 
 
 def thread_run_id(thread_id: Any) -> str:
@@ -191,12 +191,7 @@ class Framer:
 
     def _codec(self, run_id: str) -> Any:
         if self._zstd is None:
-            try:
-                import zstandard
-            except ImportError:
-                raise CodecUnavailableError("zstd compression (the zstandard package)", extra="zstd",
-                                            run_id=run_id) from None
-            self._zstd = zstandard
+            self._zstd = zstd_module(run_id)
         return self._zstd
 
     def seal(self, run_id: str, payload: Any) -> bytes:

@@ -1,0 +1,56 @@
+"""The frame's layout: magic, version, the fixed-size fields and their structs, the codec and
+compression ids, the header's fields and ranges, and what a verified header says
+(:class:`FrameHeader`). The table is in the package's doc (core/frame/__init__.py)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from ...errors import CodecUnavailableError
+from ...models import MAX_MS, MIN_MS
+from ..codec import CODEC_MSGPACK
+
+MAGIC = b"RCKP"
+FORMAT_VERSION = 1
+PREFIX = struct.Struct(">4sBBBBII")  # magic, format, codec, compression, flags, schema, header length
+PAYLOAD_LEN = struct.Struct(">Q")
+DIGEST_SIZE = 16
+MIN_SIZE = PREFIX.size + PAYLOAD_LEN.size + DIGEST_SIZE  # empty header and payload
+CODECS = {CODEC_MSGPACK}
+COMPRESSIONS = {0: "none", 1: "zstd"}
+COMPRESSION_IDS = {name: cid for cid, name in COMPRESSIONS.items()}
+HEADER_FIELDS = {"run": str, "gen": int, "token": int, "owner": str, "created_ms": int, "meta": bytes}
+U32, I64 = 2**32, 2**63
+#: the most a zstd payload may expand, relative to the whole stored frame (see the package's doc)
+MAX_ZSTD_RATIO = 1000
+#: the inclusive range of each int header field: what encode_frame accepts, and what a
+#: reader can turn into a Python object (created_ms: a datetime) without failing
+HEADER_RANGES = {"gen": (0, I64 - 1), "token": (0, I64 - 1), "created_ms": (MIN_MS, MAX_MS)}
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """What a verified frame says about itself (everything but the payload)."""
+
+    run_id: str
+    generation: int
+    token: int
+    owner: str
+    created_ms: int
+    schema_version: int
+    codec: int
+    compression: str  # "none" | "zstd"
+    metadata: dict = field(hash=False)  # user metadata, exact types
+    payload_size: int  # stored (possibly compressed) payload length
+
+
+def zstd_module(run_id: str | None) -> ModuleType:
+    """The zstandard module (an optional extra), or the error naming the extra to install."""
+    try:
+        import zstandard
+    except ImportError:
+        raise CodecUnavailableError("zstd compression (the zstandard package)", extra="zstd",
+                                    run_id=run_id) from None
+    return zstandard
