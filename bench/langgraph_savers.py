@@ -247,7 +247,7 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
                       "|---|---|" + "---|" * len(names) + "---|---|---|"]
             worst_pg: list[float] = []
             for label, value in values.items():
-                res = op_rounds(savers, value, rounds, 8 if label == "1 KiB" else 4, with_list=label == "1 KiB")
+                res = op_rounds(savers, value, rounds, 4 if label.startswith("500") else 8, with_list=label == "1 KiB")
                 for op, per in res.items():
                     if not per[OURS]:
                         continue

@@ -368,6 +368,38 @@ def test_a_supersteps_writes_go_with_its_put_in_one_round_trip(store):
     assert saver.get_tuple(cfg("t")).pending_writes == [("task-2", "x", "alone")]
 
 
+@pytest.mark.parametrize("channel", ["__interrupt__", "__error__"])
+def test_writes_after_which_no_put_comes_do_not_wait_for_one(durable_server, store, namespace, channel):
+    # LangGraph ends the superstep without a checkpoint after an interrupt or an error: the
+    # invocation's last writes (and those that joined them) go at once, not after the wait
+    saver = RedisCkptSaver(store)
+    saver._outbox.linger_s = 30.0  # longer than the join below: only a send without the wait passes
+    run = Run()
+    saver.get_tuple(run.cfg("t"))
+    first = put(saver, "t", run=run)
+    other, other_outcome = writes_in_background(saver, run.cfg("t", cid=first), [("x", "done")], "task-1")
+    last, outcome = writes_in_background(saver, run.cfg("t", cid=first), [(channel, "stop")], "task-2")
+    last.join(10)
+    other.join(10)
+    assert not last.is_alive() and not other.is_alive()
+    assert outcome == [None] and other_outcome == [None]
+    assert sorted(saver.get_tuple(cfg("t")).pending_writes) == [("task-1", "x", "done"), ("task-2", channel, "stop")]
+
+    async def main() -> None:
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        asaver = RedisCkptSaver(async_store=astore)
+        asaver._outbox.linger_s = 30.0
+        arun = Run()
+        await asaver.aget_tuple(arun.cfg("a"))
+        cp = checkpoint(values={"x": "v"}, versions={"x": asaver.get_next_version(None, None)})
+        await asaver.aput(arun.cfg("a"), cp, {"source": "loop", "step": 0}, cp["channel_versions"])
+        await asyncio.wait_for(asaver.aput_writes(arun.cfg("a", cid=cp["id"]), [(channel, "stop")], "task"), 10)
+        assert (await asaver.aget_tuple(cfg("a"))).pending_writes == [("task", channel, "stop")]
+        await astore.close()
+
+    asyncio.run(main())
+
+
 def test_a_refused_put_refuses_the_writes_that_rode_with_it(store, client):
     saver = RedisCkptSaver(store)
     run, newer = Run(), Run()

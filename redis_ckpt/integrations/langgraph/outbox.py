@@ -6,8 +6,9 @@ moment later (~0.3-1 ms: applying the writes; more on a loaded machine). Sent ap
 in turn on the server, and the next superstep waits for both. So an invocation's
 ``put_writes`` waits up to :data:`LINGER_S` for company: the writes of other tasks of the
 superstep join it, and the ``put`` that comes takes them all along (they are stored in the
-same atomic step as the checkpoint, in order). When no ``put`` comes in time (an interrupt,
-an error, a long parallel task), the writes go on their own. Either way a ``put_writes``
+same atomic step as the checkpoint, in order). When no ``put`` comes in time (a long parallel
+task), the writes go on their own; writes after which LangGraph ends the superstep without a
+checkpoint (an interrupt, an error: ``final``) go at once, with those waiting. Either way a ``put_writes``
 returns only once its writes are confirmed; a refusal reaches every caller of the batch.
 Standalone calls (no invocation) are never held back.
 """
@@ -54,22 +55,20 @@ class Outbox:
             return batch, leader
 
     def _claim(self, inv: Invocation, batch: Batch | None = None) -> Batch | None:
-        """Close the invocation's open batch (``batch``: only that one) for one sender."""
+        """Close the invocation's open batch (``batch``: only that one) for one sender; its
+        leader stops waiting for company."""
         with self._lock:
             open_ = self._open.get(id(inv))
             if open_ is None or (batch is not None and open_ is not batch):
                 return None
             del self._open[id(inv)]
-            return open_
+        if not open_.taken.done():
+            open_.taken.set_result(True)
+        return open_
 
     def take(self, inv: Invocation | None) -> Batch | None:
         """For a put: the writes waiting for it (they go with it)."""
-        if inv is None:
-            return None
-        batch = self._claim(inv)
-        if batch is not None and not batch.taken.done():
-            batch.taken.set_result(True)
-        return batch
+        return None if inv is None else self._claim(inv)
 
     @staticmethod
     def settle(batch: Batch | None, error: BaseException | None) -> None:
@@ -79,28 +78,34 @@ class Outbox:
             else:
                 batch.done.set_exception(error)
 
-    def put_writes(self, inv: Invocation, item: list[Any], send: Callable[[list[Any]], Any]) -> None:
+    def put_writes(self, inv: Invocation, item: list[Any], send: Callable[[list[Any]], Any],
+                   final: bool = False) -> None:
+        """``final``: no put follows these writes (they go at once, with those waiting)."""
         batch, leader = self._join(inv, item)
-        if leader:
+        if leader and not final:
             try:
                 batch.taken.result(self.linger_s)
             except concurrent.futures.TimeoutError:
-                self._send_alone(inv, batch, send)
+                final = True
+        if final:
+            self._send_alone(inv, batch, send)
         batch.done.result()
 
-    async def aput_writes(self, inv: Invocation, item: list[Any], send: Callable[[list[Any]], Awaitable[Any]]) -> None:
+    async def aput_writes(self, inv: Invocation, item: list[Any], send: Callable[[list[Any]], Awaitable[Any]],
+                          final: bool = False) -> None:
         batch, leader = self._join(inv, item)
-        if leader:
+        if leader and not final:
             try:
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(batch.taken)), self.linger_s)
             except asyncio.TimeoutError:
-                if self._claim(inv, batch) is batch:
-                    try:
-                        await send(batch.items)
-                    except BaseException as exc:
-                        self.settle(batch, exc)
-                    else:
-                        self.settle(batch, None)
+                final = True
+        if final and self._claim(inv, batch) is batch:  # else a put took it meanwhile
+            try:
+                await send(batch.items)
+            except BaseException as exc:
+                self.settle(batch, exc)
+            else:
+                self.settle(batch, None)
         await asyncio.wrap_future(batch.done)
 
     def _send_alone(self, inv: Invocation, batch: Batch, send: Callable[[list[Any]], Any]) -> None:

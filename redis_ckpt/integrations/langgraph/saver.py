@@ -22,6 +22,7 @@ from langgraph.checkpoint.base import (
     DeltaChannelHistory,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from ...core.ops import Flow
 from . import reads, writes
@@ -45,6 +46,15 @@ def _thread(config: RunnableConfig) -> str:
         return str(config["configurable"]["thread_id"])
     except KeyError:
         raise ValueError("the config has no configurable.thread_id") from None
+
+
+#: channels of writes after which LangGraph ends the superstep without a checkpoint
+_FINAL_CHANNELS = frozenset((ERROR, INTERRUPT))
+
+
+def _ends_superstep(writes: Sequence[tuple[str, Any]]) -> bool:
+    """Whether no put follows ``writes`` (an interrupt, an error): they need not wait for one."""
+    return any(ch in _FINAL_CHANNELS for ch, _ in writes)
 
 
 class RedisCkptSaver(BaseCheckpointSaver[str]):
@@ -191,7 +201,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         if inv is None:
             self._run(flow(item))
         else:
-            self._outbox.put_writes(inv, item, lambda items: self._run(flow(items)))
+            self._outbox.put_writes(inv, item, lambda items: self._run(flow(items)), final=_ends_superstep(writes))
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
@@ -203,7 +213,8 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         if inv is None:
             await self._arun(flow(item))
         else:
-            await self._outbox.aput_writes(inv, item, lambda items: self._arun(flow(items)))
+            await self._outbox.aput_writes(inv, item, lambda items: self._arun(flow(items)),
+                                           final=_ends_superstep(writes))
 
     def delete_thread(self, thread_id: str) -> None:
         self._run(writes.delete_flow(self._engine, str(thread_id)))
