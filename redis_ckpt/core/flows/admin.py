@@ -13,7 +13,7 @@ from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
 from .commit import CommitFlows
-from .confirm import check_confirmed, drift_unread
+from .confirm import confirmed_reply, drift_unread
 from .shared import SHARED_SENDS
 
 __all__ = ["AdminFlows", "event_of"]
@@ -103,11 +103,7 @@ class AdminFlows(CommitFlows, FlowsBase):
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)
-            if isinstance(replies[0], Exception):
-                drift_unread(replies, self.config)
-                raise replies[0]
-            check_confirmed(replies, self.config, what="delete", run_id=k.run_id, generation=None)
-            return deleted_of(replies[0])
+            return deleted_of(confirmed_reply(replies, self.config, what="delete", run_id=k.run_id))
 
         return self.retrying(body, run_id=k.run_id, what="delete", writes=True)
 

@@ -20,7 +20,7 @@ from ..config import StoreConfig
 from ..ops import Cmd, Pipe, ReplyError, Script
 from ..replies import hash_of
 
-__all__ = ["confirmed", "check_confirmed", "drift_unread"]
+__all__ = ["confirmed", "check_confirmed", "drift_unread", "confirmed_reply"]
 
 
 def confirmed(ops: Sequence[Cmd | Script], config: StoreConfig, route: str) -> Pipe:
@@ -99,3 +99,14 @@ def check_confirmed(replies: Sequence[Any], config: StoreConfig, *, what: str, r
         if drifted:
             raise unconfirmed(int(first[0]), int(first[1]),
                               "the server's settings changed since the store started: " + "; ".join(drifted))
+
+
+def confirmed_reply(replies: Sequence[Any], config: StoreConfig, *, what: str, run_id: str) -> Any:
+    """The first reply of a :func:`confirmed` pipe that is not a commit (delete, revoke): its
+    error raised as it is (the drift check it carried marked unread), else its confirmations
+    checked and the reply returned."""
+    if isinstance(replies[0], Exception):
+        drift_unread(replies, config)
+        raise replies[0]
+    check_confirmed(replies, config, what=what, run_id=run_id, generation=None)
+    return replies[0]

@@ -12,7 +12,7 @@ from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
 from .commit import MAX_SENDS
-from .confirm import check_confirmed, confirmed, drift_unread
+from .confirm import check_confirmed, confirmed, confirmed_reply, drift_unread
 
 __all__ = ["LeaseFlows"]
 
@@ -108,10 +108,6 @@ class LeaseFlows(FlowsBase):
         def body() -> Flow[int]:
             replies = yield confirmed([revoke_script(k, by=by, maxlen=self.config.events_maxlen)], self.config,
                                       route=k.fence)
-            if isinstance(replies[0], Exception):
-                drift_unread(replies, self.config)
-                raise replies[0]
-            check_confirmed(replies, self.config, what="revoke", run_id=k.run_id, generation=None)
-            return int(replies[0])
+            return int(confirmed_reply(replies, self.config, what="revoke", run_id=k.run_id))
 
         return self.retrying(body, run_id=k.run_id, what="revoke", writes=True)
