@@ -74,12 +74,10 @@ def checkpoint(cid: str | None = None, values: dict[str, Any] | None = None, ver
 # --------------------------------------------------------------------------- conformance
 
 
-@pytest.mark.parametrize("flavour", ["sync-store", "async-store"])
-def test_conformance_suite(durable_server, client, namespace, flavour):
-    """langgraph-checkpoint-conformance: every base capability, and every extended one we claim."""
-    url = durable_server.url
+def conformance_report(url, namespace, flavour, name):
+    """Run langgraph-checkpoint-conformance against savers on ``url`` (a sync or an async store)."""
 
-    @checkpointer_test(name=f"RedisCkptSaver[{flavour}]")
+    @checkpointer_test(name=name)
     async def factory():
         if flavour == "sync-store":
             store = CheckpointStore.from_url(url, namespace=namespace)
@@ -90,7 +88,13 @@ def test_conformance_suite(durable_server, client, namespace, flavour):
             yield RedisCkptSaver(async_store=astore)
             await astore.close()
 
-    report = asyncio.run(validate(factory))
+    return asyncio.run(validate(factory))
+
+
+@pytest.mark.parametrize("flavour", ["sync-store", "async-store"])
+def test_conformance_suite(durable_server, client, namespace, flavour):
+    """langgraph-checkpoint-conformance: every base capability, and every extended one we claim."""
+    report = conformance_report(durable_server.url, namespace, flavour, f"RedisCkptSaver[{flavour}]")
     report.print_report()
     failures = {name: r.failures for name, r in report.results.items() if r.failures}
     assert report.passed_all_base(), failures
@@ -106,21 +110,8 @@ def test_conformance_suite(durable_server, client, namespace, flavour):
 def test_conformance_suite_on_a_cluster(cluster, flavour):
     """The same suite on Redis Cluster: a thread's keys share one slot, the cross-thread run
     index lives in the run's own slot, threads are listed over every primary."""
-    url = cluster.url()
     namespace = "lg" + uuid.uuid4().hex[:8]
-
-    @checkpointer_test(name=f"RedisCkptSaver[cluster, {flavour}]")
-    async def factory():
-        if flavour == "sync-store":
-            store = CheckpointStore.from_url(url, namespace=namespace)
-            yield RedisCkptSaver(store)
-            store.close()
-        else:
-            astore = await AsyncCheckpointStore.from_url(url, namespace=namespace)
-            yield RedisCkptSaver(async_store=astore)
-            await astore.close()
-
-    report = asyncio.run(validate(factory))
+    report = conformance_report(cluster.url(), namespace, flavour, f"RedisCkptSaver[cluster, {flavour}]")
     failures = {name: r.failures for name, r in report.results.items() if r.failures}
     assert report.passed_all_base() and report.passed_all(), failures
     assert counts(report) == (SUITE_TESTS, 0, 0)
