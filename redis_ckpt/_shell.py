@@ -217,7 +217,7 @@ class StoreBase:
 
     def traced(self, what: str, run_id: str, flow: Flow[T]) -> Flow[T]:
         """``flow`` as a span with its metrics when telemetry is on (else ``flow`` itself)."""
-        if self.telemetry is None:
+        if self.telemetry is None or not self.telemetry.listening():
             return flow
         return self.telemetry.observe(what, run_id, flow, namespace=self.namespace,  # type: ignore[no-any-return]
                                       durability=self.durability.label)

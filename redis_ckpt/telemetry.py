@@ -4,7 +4,9 @@
 of a store is a span, and the store records the metrics below, into the global tracer and
 meter providers (or the ones given: ``CheckpointStore(..., telemetry=Telemetry(
 tracer_provider=..., meter_provider=...))``). Without the package nothing is imported and an
-operation costs one ``is None`` test; ``telemetry=False`` turns it off with the package.
+operation costs one ``is None`` test; ``telemetry=False`` turns it off with the package. With the package but no SDK (the
+global providers are the API's proxies) nothing is wrapped either, until an SDK sets them
+(:meth:`Telemetry.listening`).
 
 It lives at the edge, around the flows: :meth:`Telemetry.observe` wraps a flow in a flow that
 times the flow's own steps (encoding, framing, checking replies: ``encode``) apart from the
@@ -41,6 +43,8 @@ __all__ = ["Telemetry", "telemetry_for", "available"]
 
 _AVAILABLE: bool | None = None
 _CODECS = {"1": "msgpack"}
+#: the API's stand-ins until an SDK sets a global provider (names: the proxies are private)
+_NOOP_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"})
 
 
 def available() -> bool:
@@ -79,7 +83,8 @@ class Telemetry:
                                          missing="opentelemetry-api") from missing
         from . import __version__
 
-        self._trace = trace
+        self._trace, self._metrics = trace, metrics
+        self._given = tracer_provider is not None or meter_provider is not None
         self.tracer = trace.get_tracer("redis_ckpt", __version__, tracer_provider=tracer_provider)
         m = metrics.get_meter("redis_ckpt", __version__, meter_provider=meter_provider)
         self.encode_s = m.create_histogram("redis_ckpt.commit.encode.duration", unit="s",
@@ -95,6 +100,16 @@ class Telemetry:
         self.durability_errors = m.create_counter("redis_ckpt.durability_errors",
                                                   description="writes applied but not confirmed as asked")
         self.retries = m.create_counter("redis_ckpt.retries", description="resends after a lost connection")
+
+    def listening(self) -> bool:
+        """Whether a span or a metric would go anywhere: providers were given, or an SDK has set
+        the global ones (checked at each operation, so an SDK configured after the store is
+        created is seen). With only the API's proxies, an operation is not wrapped at all:
+        their no-op spans and instruments would cost tens of microseconds of client CPU per commit."""
+        if self._given:
+            return True
+        return not (type(self._trace.get_tracer_provider()).__name__ in _NOOP_PROVIDERS
+                    and type(self._metrics.get_meter_provider()).__name__ in _NOOP_PROVIDERS)
 
     def observe(self, what: str, run_id: str, flow: Flow[Any], *, namespace: str, durability: str) -> Flow[Any]:
         """``flow`` (an acquire, commit or load of ``run_id``) as a span, its figures recorded."""

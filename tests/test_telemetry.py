@@ -169,6 +169,33 @@ def test_without_the_extra_nothing_is_imported():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+_SDK_LATER = textwrap.dedent("""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from redis_ckpt import CheckpointStore
+    store = CheckpointStore.in_memory()  # the API is installed, no SDK configured yet
+    assert store.telemetry is not None and not store.telemetry.listening()
+    with store.acquire("r", owner="w", ttl=5) as lease:
+        lease.commit({"i": 1})  # nothing listens: not wrapped, nothing recorded
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        trace.set_tracer_provider(provider)  # the application configures its SDK afterwards
+        assert store.telemetry.listening()
+        lease.commit({"i": 2})
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names == ["redis_ckpt.commit"], names
+    print("ok")
+""")
+
+
+def test_spans_start_once_an_sdk_is_configured_even_after_the_store():
+    out = subprocess.run([sys.executable, "-c", _SDK_LATER], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_a_bad_telemetry_option_is_a_type_error():
     with pytest.raises(TypeError, match="telemetry"):
         CheckpointStore.in_memory(telemetry="yes")
