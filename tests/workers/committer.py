@@ -16,11 +16,8 @@ Any other error ends it with exit code 3 and the traceback on stderr.
 from __future__ import annotations
 
 import os
-import sys
-import time
-import threading
-import traceback
 
+from lifetime import run_worker  # this script's folder is on sys.path
 from redis_ckpt import CheckpointStore, FencedError
 
 
@@ -46,24 +43,5 @@ def main(url: str, namespace: str, run: str, owner: str, ttl_ms: str, log_path: 
             write("A", generation, lease.token, step)
 
 
-def exit_with_parent() -> None:
-    """End this worker when the process that started it is gone (no orphans left retrying)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 if __name__ == "__main__":
-    exit_with_parent()
-    try:
-        sys.exit(main(*sys.argv[1:7]))
-    except SystemExit:
-        raise
-    except BaseException:  # reported to the test through the exit code and stderr
-        traceback.print_exc()
-        sys.exit(3)
+    run_worker(main, 6)

@@ -24,13 +24,11 @@ store with shared chunks, each state carrying a 100 KB base that every commit of
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))  # checker.py
@@ -40,6 +38,7 @@ from checker import HistoryLog, digest  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
+from lifetime import run_worker  # noqa: E402  (this script's folder is on sys.path)
 from redis_ckpt import (  # noqa: E402
     CheckpointError,
     CheckpointStore,
@@ -162,17 +161,6 @@ def loaded(ck) -> dict[str, object]:
             "skipped": [f"{s.generation}:{s.reason}" for s in ck.skipped]}
 
 
-def exit_with_parent() -> None:
-    """End this worker when the process that started it is gone (no orphans left retrying)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
 
 def main(port: str, namespace: str, runs: str, process: str, log_path: str, seed: str,
          ttl_min: str, ttl_max: str, socket_timeout: str, dedup: str = "0") -> int:
@@ -186,11 +174,4 @@ def main(port: str, namespace: str, runs: str, process: str, log_path: str, seed
 
 
 if __name__ == "__main__":
-    exit_with_parent()
-    try:
-        sys.exit(main(*sys.argv[1:11]))
-    except SystemExit:
-        raise
-    except BaseException:  # report any other failure to the harness, which fails on exit code 3
-        traceback.print_exc()
-        sys.exit(3)
+    run_worker(main, 10)

@@ -25,10 +25,9 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
-import traceback
 
+from lifetime import run_worker  # this script's folder is on sys.path
 from redis_ckpt import (
     CheckpointStore,
     ConflictError,
@@ -157,24 +156,5 @@ def main(url: str, namespace: str, run: str, owner: str, log_path: str, mode: st
     return 0
 
 
-def exit_with_parent() -> None:
-    """End this worker when the process that started it is gone (no orphans left retrying)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 if __name__ == "__main__":
-    exit_with_parent()
-    try:
-        sys.exit(main(*sys.argv[1:8]))
-    except SystemExit:
-        raise
-    except BaseException:  # report any other failure to the test, which fails on exit code 3
-        traceback.print_exc()
-        sys.exit(3)
+    run_worker(main, 7)
