@@ -27,6 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .direct import give_back, take_idle
+
 __all__ = ["time_left", "take", "armed", "arm", "GET_CONN_ARGS"]
 
 
@@ -195,6 +197,9 @@ def take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
             raise
         return single, lambda _c: lock.__exit__(None, None, None)
     pool = client.connection_pool
+    conn = take_idle(pool)  # the short path (direct.py): an idle connection, ready to send
+    if conn is not None:
+        return conn, lambda c: give_back(pool, c)
     if left is None:
         return pool.get_connection(*GET_CONN_ARGS), pool.release
     if _hook(pool):

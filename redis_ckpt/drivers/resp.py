@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import Cmd, Pipe, Script, ScriptSource
 from .deadlines import GET_CONN_ARGS, arm, armed, take, time_left
+from .direct import read_replies, reader_of
 
 try:  # hiredis packs a command of small arguments in C (redis-py depends on it here)
     from hiredis import pack_command as _pack_command
@@ -184,6 +185,9 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
         if len(parts) > 1 and sum(map(len, parts)) <= _ONE_SEND:
             parts = [b"".join(parts)]
         conn.send_packed_command(parts, check_health=False)
+        reader = reader_of(conn) if name is None else None
+        if reader is not None:  # straight from the socket (direct.py)
+            return read_replies(conn, reader, len(commands))
         return read_all(conn, len(commands), client, name)
     except BaseException:
         conn.disconnect()  # a half-read reply stream is never handed to the next user

@@ -1,0 +1,119 @@
+"""The sync driver's short path (redis_ckpt.drivers.direct): an idle pooled connection taken
+and its replies read straight from the socket give exactly what redis-py's own path gives,
+and a connection that is not fit to send on is never used as is."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from redis_ckpt.drivers import direct
+from redis_ckpt.drivers.resp import read_all, send_sync
+
+
+def _ordinary(client: redis.Redis, commands: list[tuple]) -> list:
+    """The replies as redis-py's connection reads them (no response callbacks)."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+        return read_all(conn, len(commands))
+    finally:
+        pool.release(conn)
+
+
+def _same(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        if isinstance(x, Exception):
+            assert type(x) is type(y) and str(x) == str(y)
+        else:
+            assert x == y
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_replies_are_the_ones_redis_py_reads(durable_server, namespace, protocol):
+    client = redis.Redis.from_url(durable_server.url, protocol=protocol)
+    k = f"{namespace}:k"
+    commands = [
+        ("DEL", f"{k}n", f"{k}h"), ("SET", k, b"\x00\xffbytes"), ("GET", k), ("GET", f"{namespace}:missing"), ("INCRBY", f"{k}n", 7),
+        ("HSET", f"{k}h", "a", 1, "b", 2.5), ("HGETALL", f"{k}h"), ("EVAL", "return redis.error_reply('NOPE x')", 0),
+        ("EVALSHA", "0" * 40, 0), ("LPOP", k), ("EVAL", "return {1, 'a', {2}}", 0), ("WAITAOF", 1, 0, 0),
+    ]
+    try:
+        _ordinary(client, commands)  # the same keys before each of the two runs compared
+        conn = client.connection_pool.get_connection()
+        client.connection_pool.release(conn)
+        assert direct.reader_of(conn) is not None  # the short path is the one under test
+        ours = send_sync(client, commands, until=time.monotonic() + 10)
+        _same(ours, _ordinary(client, commands))
+        assert isinstance(ours[8], redis.exceptions.NoScriptError)  # the class a flow looks at
+        assert isinstance(ours[9], redis.exceptions.ResponseError)  # WRONGTYPE
+        assert client.connection_pool._in_use_connections == set()
+        assert len(client.connection_pool._available_connections) == 1
+    finally:
+        client.close()
+
+
+def test_a_push_message_between_replies_is_not_taken_for_one(durable_server, namespace):
+    """RESP3: the server sends an invalidation in the middle of the replies (the connection
+    tracks the key it then changes); the replies still line up."""
+    client = redis.Redis.from_url(durable_server.url, protocol=3)
+    k = f"{namespace}:tracked"
+    try:
+        ours = send_sync(client, [("CLIENT", "TRACKING", "ON"), ("GET", k), ("SET", k, "v"), ("GET", k),
+                                  ("SET", k, "w"), ("PING",)], until=time.monotonic() + 10)
+        assert ours == [b"OK", None, b"OK", b"v", b"OK", b"PONG"]
+        assert send_sync(client, [("GET", k)], until=time.monotonic() + 10) == [b"w"]
+    finally:
+        client.close()
+
+
+def test_an_idle_connection_the_server_closed_is_reconnected_not_used(durable_server, namespace):
+    client = redis.Redis.from_url(durable_server.url)
+    admin = redis.Redis.from_url(durable_server.url)
+    k = f"{namespace}:k"
+    try:
+        send_sync(client, [("SET", k, "1")], until=time.monotonic() + 10)
+        conn = client.connection_pool._available_connections[0]
+        cid = send_sync(client, [("CLIENT", "ID")])[0]
+        admin.client_kill_filter(_id=cid)
+        deadline = time.monotonic() + 5
+        while direct.take_idle(client.connection_pool) is not None:  # the close reaches our socket
+            direct.give_back(client.connection_pool, conn)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # a write on the killed connection would end as outcome-unknown; it goes on a new one
+        assert send_sync(client, [("INCR", k), ("WAITAOF", 1, 0, 0)], until=time.monotonic() + 10)[0] == 2
+        assert send_sync(client, [("CLIENT", "ID")])[0] != cid
+    finally:
+        client.close()
+        admin.close()
+
+
+def test_a_connection_with_a_reply_waiting_is_not_taken(durable_server, namespace):
+    client = redis.Redis.from_url(durable_server.url)
+    try:
+        send_sync(client, [("PING",)])
+        conn = client.connection_pool._available_connections[0]
+        conn.send_command("ECHO", "left over")  # sent, never read: the connection is dirty
+        deadline = time.monotonic() + 5
+        while direct._ready(conn):  # the reply reaches the socket
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert direct.take_idle(client.connection_pool) is None
+        assert conn in client.connection_pool._available_connections  # handed back untouched
+        assert send_sync(client, [("ECHO", "mine")], until=time.monotonic() + 10) == [b"mine"]
+    finally:
+        client.close()
+
+
+def test_only_a_plain_pool_takes_the_short_path(durable_server):
+    blocking = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(durable_server.url))
+    try:
+        assert send_sync(blocking, [("PING",)]) == [b"PONG"]
+        assert direct.take_idle(blocking.connection_pool) is None
+    finally:
+        blocking.close()
