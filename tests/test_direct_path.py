@@ -117,3 +117,54 @@ def test_only_a_plain_pool_takes_the_short_path(durable_server):
         assert direct.take_idle(blocking.connection_pool) is None
     finally:
         blocking.close()
+
+
+# -- asyncio ------------------------------------------------------------------------------
+
+
+def test_async_connections_reused_and_never_used_dirty_or_closed(durable_server, namespace):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from redis_ckpt.drivers.resp import send_async
+
+    k = f"{namespace}:a"
+
+    async def until_not_ready(conn) -> None:  # what the server sent reaches our stream
+        deadline = time.monotonic() + 5
+        while direct._ready_async(conn):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(durable_server.url)
+        admin = aioredis.Redis.from_url(durable_server.url)
+        pool = client.connection_pool
+        try:
+            set_, get, wrong, confirmed = await send_async(
+                client, [("SET", k, "1"), ("GET", k), ("LPOP", k), ("WAITAOF", 1, 0, 0)])
+            assert (set_, get, confirmed) == (b"OK", b"1", [1, 0])
+            assert isinstance(wrong, redis.exceptions.ResponseError)
+            first = await send_async(client, [("CLIENT", "ID")])
+            assert await send_async(client, [("CLIENT", "ID")]) == first  # the idle one, taken again
+            assert len(pool._available_connections) == 1 and not pool._in_use_connections
+            # a reply left over on the idle connection: it is not taken as is
+            conn = pool._available_connections[-1]
+            await conn.send_command("ECHO", "left over")
+            await until_not_ready(conn)
+            assert direct.take_idle_async(pool) is None
+            assert conn in pool._available_connections  # handed back untouched
+            assert await send_async(client, [("ECHO", "mine")]) == [b"mine"]
+            # killed while idle: the next write goes on a new connection, never the dead one
+            (cid,) = await send_async(client, [("CLIENT", "ID")])
+            await admin.client_kill_filter(_id=cid)
+            await until_not_ready(pool._available_connections[-1])
+            assert (await send_async(client, [("INCR", k), ("WAITAOF", 1, 0, 0)]))[0] == 2
+            assert await send_async(client, [("CLIENT", "ID")]) != [cid]
+            assert pool._in_use_connections == set()
+        finally:
+            await client.aclose()
+            await admin.aclose()
+
+    asyncio.run(scenario())

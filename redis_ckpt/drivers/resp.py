@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import Cmd, Pipe, Script, ScriptSource
 from .deadlines import GET_CONN_ARGS, arm, armed, take, time_left
-from .direct import read_replies, reader_of
+from .direct import give_back_async, read_replies, reader_of, take_idle_async
 
 try:  # hiredis packs a command of small arguments in C (redis-py depends on it here)
     from hiredis import pack_command as _pack_command
@@ -221,7 +221,10 @@ async def send_async(client: Any, commands: list[tuple[Any, ...]], until: float 
             p.execute_command(*c)
         return await p.execute(raise_on_error=False)  # type: ignore[no-any-return]
     pool = client.connection_pool
-    conn = await pool.get_connection(*GET_CONN_ARGS)
+    conn = take_idle_async(pool)  # the short path (direct.py): an idle connection, ready to send
+    short = conn is not None
+    if conn is None:
+        conn = await pool.get_connection(*GET_CONN_ARGS)
     try:
         writer, parser = getattr(conn, "_writer", None), getattr(conn, "_parser", None)
         if type(conn) not in _STREAMED or writer is None:  # another connection class (fakeredis's)
@@ -241,7 +244,8 @@ async def send_async(client: Any, commands: list[tuple[Any, ...]], until: float 
         await conn.disconnect()  # a half-read reply stream is never handed to the next user
         raise
     finally:
-        await pool.release(conn)
+        if not (short and give_back_async(pool, conn)):
+            await pool.release(conn)
 
 
 async def _reply(pending: Any) -> Any:
