@@ -44,6 +44,23 @@ __all__ = ["Telemetry", "telemetry_for", "available"]
 _AVAILABLE: bool | None = None
 _CODECS = {"1": "msgpack"}
 #: the API's stand-ins until an SDK sets a global provider (names: the proxies are private)
+def _globals_unset() -> Any:
+    """A check that neither global provider of the OpenTelemetry API has been set (nor is
+    named by its environment variable, which the API would load), or None when this API
+    version keeps them elsewhere (then ``listening`` asks the API itself)."""
+    import os
+
+    from opentelemetry import trace
+    from opentelemetry.environment_variables import OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER
+    from opentelemetry.metrics import _internal as metrics_globals
+
+    if not (hasattr(trace, "_TRACER_PROVIDER") and hasattr(metrics_globals, "_METER_PROVIDER")):
+        return None
+    if OTEL_PYTHON_TRACER_PROVIDER in os.environ or OTEL_PYTHON_METER_PROVIDER in os.environ:
+        return None
+    return lambda: trace._TRACER_PROVIDER is None and metrics_globals._METER_PROVIDER is None
+
+
 _NOOP_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"})
 
 
@@ -85,6 +102,7 @@ class Telemetry:
 
         self._trace, self._metrics = trace, metrics
         self._given = tracer_provider is not None or meter_provider is not None
+        self._unset = _globals_unset()
         self.tracer = trace.get_tracer("redis_ckpt", __version__, tracer_provider=tracer_provider)
         m = metrics.get_meter("redis_ckpt", __version__, meter_provider=meter_provider)
         self.encode_s = m.create_histogram("redis_ckpt.commit.encode.duration", unit="s",
@@ -108,6 +126,10 @@ class Telemetry:
         their no-op spans and instruments would cost tens of microseconds of client CPU per commit."""
         if self._given:
             return True
+        # the API's own globals, read directly: get_*_provider() looks its environment variable
+        # up at every call (~5 us per operation); they stay None until an SDK sets a provider
+        if self._unset is not None and self._unset():
+            return False
         return not (type(self._trace.get_tracer_provider()).__name__ in _NOOP_PROVIDERS
                     and type(self._metrics.get_meter_provider()).__name__ in _NOOP_PROVIDERS)
 
