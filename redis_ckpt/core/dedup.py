@@ -60,6 +60,7 @@ without decoding anything)::
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "CLASSES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
+    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
     "address", "split_parts", "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
@@ -118,17 +119,18 @@ def chunk_class(size: int, held: int | None = None) -> int:
     return next(avg for limit, avg in CLASSES if size <= limit)
 
 
-def cut(payload: Any, avg: int = AVG_CHUNK, *, use_fastcdc: bool = True) -> list[int]:
+def cut(payload: Any, avg: int = AVG_CHUNK, *, use_fastcdc: bool = True, first: bool = False) -> list[int]:
     """The lengths of ``payload``'s chunks of about ``avg`` bytes, in order (content-defined
-    with fastcdc)."""
+    with fastcdc); ``first``: only the first chunk's."""
     view = memoryview(payload).cast("B")
     n = len(view)
     if n == 0:
         return []
     if _fastcdc is not None and use_fastcdc and n > avg // 2:
-        return [c.length for c in _fastcdc(view, min_size=avg // 2, avg_size=avg, max_size=4 * avg)]
+        chunks = _fastcdc(view, min_size=avg // 2, avg_size=avg, max_size=4 * avg)  # a generator
+        return [next(chunks).length] if first else [c.length for c in chunks]
     piece = FALLBACK_BYTES * avg // AVG_CHUNK
-    return [min(piece, n - i) for i in range(0, n, piece)]
+    return [min(piece, n)] if first else [min(piece, n - i) for i in range(0, n, piece)]
 
 
 def address(chunk: Any) -> str:
@@ -136,14 +138,59 @@ def address(chunk: Any) -> str:
     return xxhash.xxh3_128_hexdigest(chunk)
 
 
-def split_parts(parts: FrameParts, avg: int = AVG_CHUNK) -> list[tuple[str, memoryview]]:
-    """(address, bytes) of each chunk of a frame's payload, views of it (never copied)."""
+#: chunks cut in a row, none followed by one of the previous payload's, after which split_parts
+#: cuts the rest in one go (a payload with nothing to reuse costs no more than a few lookups)
+RESYNC_TRIES = 8
+
+
+def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
+                previous: Sequence[tuple[str, int]] = ()) -> list[tuple[str, memoryview]]:
+    """(address, bytes) of each chunk of a frame's payload, views of it (never copied).
+
+    ``previous``: (address, length) of the chunks, in order, of a payload cut with the same
+    ``avg`` (the run's generation this process last committed or loaded). Where one of them
+    starts a chunk of this payload - at its own offset, moved by what the payload or the last
+    match moved, or within a maximum chunk (4 x ``avg``) of it - and its address matches the
+    bytes there, it is taken without cutting; elsewhere one chunk is cut, and the same is
+    tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Only chunks
+    that end a maximum chunk before the end of their payload are taken: a boundary depends on
+    nothing but the bytes from its chunk's start to a maximum chunk past it (the fixed
+    fallback's: on the position), so the result is what cutting the whole payload gives, at
+    the cost of cutting what changed (tests/unit/test_dedup.py compares them).
+    """
     payload = parts.payload
-    out, at = [], 0
-    for n in cut(payload, avg):
-        piece = payload[at:at + n]
-        out.append((address(piece), piece))
+    size, most = len(payload), 4 * avg
+    before = sum(n for _, n in previous)
+    taken: dict[int, tuple[str, int]] = {}
+    at = 0
+    for addr, n in previous:
+        if at + n > before - most:
+            break
+        taken[at] = (addr, n)
         at += n
+    starts = sorted(taken)
+    moved = shift = size - before
+    out: list[tuple[str, memoryview]] = []
+    at = misses = 0
+    while at < size:
+        hit = None
+        if taken and misses < RESYNC_TRIES:
+            near = starts[bisect_left(starts, at - most):bisect_right(starts, at + most)]
+            for start in dict.fromkeys((at, at - moved, at - shift, *sorted(near, key=lambda b: abs(b - at)))):
+                addr, n = taken.get(start, ("", size))
+                if at + n <= size - most and address(payload[at:at + n]) == addr:
+                    hit, shift = (addr, n), at - start
+                    break
+        if hit is not None:
+            out.append((hit[0], payload[at:at + hit[1]]))
+            at += hit[1]
+            misses = 0
+            continue
+        misses += 1
+        for n in cut(payload[at:], avg, first=bool(taken) and misses < RESYNC_TRIES):
+            piece = payload[at:at + n]
+            out.append((address(piece), piece))
+            at += n
     return out
 
 
@@ -171,6 +218,8 @@ class Held:
     generation: int
     addresses: frozenset[str]
     avg: int = AVG_CHUNK  # the average chunk it was cut with
+    #: (address, length) of its chunks in order: where the next commit's cut may start (split_parts)
+    order: tuple[tuple[str, int], ...] = ()
 
 
 def encode_manifest(run_id: str, generation: int, parts: FrameParts, chunks: Sequence[tuple[str, Any]],
