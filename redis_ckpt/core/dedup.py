@@ -152,40 +152,47 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
     starts a chunk of this payload - at its own offset, moved by what the payload or the last
     match moved, or within a maximum chunk (4 x ``avg``) of it - and its address matches the
     bytes there, it is taken without cutting; elsewhere one chunk is cut, and the same is
-    tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Only chunks
-    that end a maximum chunk before the end of their payload are taken: a boundary depends on
-    nothing but the bytes from its chunk's start to a maximum chunk past it (the fixed
-    fallback's: on the position), so the result is what cutting the whole payload gives, at
-    the cost of cutting what changed (tests/unit/test_dedup.py compares them).
+    tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Every chunk
+    but the previous payload's last may be taken: FastCDC ends a chunk at the first position
+    past the minimum whose rolling hash of the bytes since the chunk's start fits the mask for
+    that position, or at the maximum, or at the end of the data (only the last chunk, which
+    is why it is cut again); the fixed fallback's boundaries depend on the position alone. So
+    the result is what cutting the whole payload gives (tests/unit/test_dedup.py compares
+    them over random edits), at the cost of cutting what changed.
     """
     payload = parts.payload
     size, most = len(payload), 4 * avg
-    before = sum(n for _, n in previous)
     taken: dict[int, tuple[str, int]] = {}
     at = 0
-    for addr, n in previous:
-        if at + n > before - most:
-            break
+    for addr, n in previous[:-1]:  # its last chunk ended where that payload did
         taken[at] = (addr, n)
         at += n
+    before = at + (previous[-1][1] if previous else 0)
     starts = sorted(taken)
     moved = shift = size - before
     out: list[tuple[str, memoryview]] = []
     at = misses = 0
+
+    def match(at: int, start: int) -> bool:
+        addr, n = taken.get(start, ("", size))
+        if at + n > size or address(payload[at:at + n]) != addr:
+            return False
+        out.append((addr, payload[at:at + n]))
+        return True
+
     while at < size:
-        hit = None
         if taken and misses < RESYNC_TRIES:
-            near = starts[bisect_left(starts, at - most):bisect_right(starts, at + most)]
-            for start in dict.fromkeys((at, at - moved, at - shift, *sorted(near, key=lambda b: abs(b - at)))):
-                addr, n = taken.get(start, ("", size))
-                if at + n <= size - most and address(payload[at:at + n]) == addr:
-                    hit, shift = (addr, n), at - start
-                    break
-        if hit is not None:
-            out.append((hit[0], payload[at:at + hit[1]]))
-            at += hit[1]
-            misses = 0
-            continue
+            start = next((b for b in (at - shift, at, at - moved) if match(at, b)), None)
+            if start is None:
+                near = starts[bisect_left(starts, at - most):bisect_right(starts, at + most)]
+                tried = {at - shift, at, at - moved}
+                start = next((b for b in sorted(near, key=lambda b: abs(b - at)) if b not in tried and match(at, b)),
+                             None)
+            if start is not None:
+                shift = at - start
+                at += len(out[-1][1])
+                misses = 0
+                continue
         misses += 1
         for n in cut(payload[at:], avg, first=bool(taken) and misses < RESYNC_TRIES):
             piece = payload[at:at + n]
