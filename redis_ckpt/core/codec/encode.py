@@ -19,32 +19,31 @@ def encode_state(state: object, *, root: str = "state", limit: int | None = None
     it is known: before anything is copied when the strings and bytes inside already pass it.
     A state another thread changes meanwhile is a :class:`StateError`, never a torn payload.
     """
-    if holds_encoded(state):
-        return encode_spliced(state, root, limit, _value)  # type: ignore[arg-type]
-    return _encode(state, root, limit, as_buffer=False)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=False, top=True)  # type: ignore[return-value]
 
 
 def encode_state_buffer(state: object, *, root: str = "state", limit: int | None = None) -> memoryview:
     """:func:`encode_state`, as a view of the packer's own buffer: no final copy (for large
     states, where every 16 MiB copy costs ~10 ms of page faults)."""
-    if holds_encoded(state):
-        return memoryview(encode_spliced(state, root, limit, _value))  # type: ignore[arg-type]
-    return _encode(state, root, limit, as_buffer=True)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=True, top=True)  # type: ignore[return-value]
 
 
 def _value(value: object, root: str, limit: int | None) -> bytes:
-    return _encode(value, root, limit, as_buffer=False)  # type: ignore[return-value]
+    return _encode(value, root, limit, as_buffer=False, top=False)  # type: ignore[return-value]
 
 
-def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool) -> bytes | memoryview:
+def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top: bool) -> bytes | memoryview:
     try:
-        keys = scan(state, limit)
+        keys = scan(state, limit)  # an Encoded is no type it knows: None at the first level
     except OverLimit as over:
         raise too_large(root, over.spent, limit) from None  # type: ignore[arg-type]
     if keys is not None:
         out = pack_plain(state, keys, as_buffer)
         if out is not None:
             return checked_size(out, root, limit)  # type: ignore[no-any-return]
+    if top and holds_encoded(state):
+        out = encode_spliced(state, root, limit, _value)  # type: ignore[arg-type]
+        return memoryview(out) if as_buffer else out
     return encode_carefully(state, root, pack_buffer if as_buffer else pack, limit)
 
 
