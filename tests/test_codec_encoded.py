@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_codec import FAST, assert_same, values
 
-from redis_ckpt.core.codec import Encoded, EncodedMap, decode_state, encode_state, encode_state_buffer, encoded
+from redis_ckpt.core.codec import Encoded, EncodedList, EncodedMap, decode_state, encode_state, encode_state_buffer, encoded
 from redis_ckpt.errors import StateTooLargeError, UnsupportedTypeError
 
 
@@ -99,3 +99,23 @@ def test_the_size_limit_counts_the_encoded_parts():
         encode_state(state, limit=size - 1)
     with pytest.raises(StateTooLargeError):
         encode_state({"r": m.encoded(), "s": "y" * 20_000}, limit=15_000)  # refused before the str is packed
+
+
+@FAST
+@given(st.lists(values, max_size=40), st.integers(0, 20))
+def test_a_list_grows_one_item_at_a_time(items, extra):
+    grown = EncodedList(items, root="completed")
+    plain = list(items)
+    for i in range(extra):
+        grown.add(i)
+        plain.append(i)
+    assert encode_state({"c": grown.encoded(), "x": 1}) == encode_state({"c": plain, "x": 1})
+    assert_same(decode_state(encode_state({"c": grown.encoded()}))["c"], plain)
+
+
+def test_a_list_over_every_header_size_and_a_refused_item_named():
+    grown = EncodedList(range(70_000))
+    assert encode_state({"c": grown.encoded()}) == encode_state({"c": list(range(70_000))})
+    with pytest.raises(UnsupportedTypeError) as err:
+        grown.add(object(), root="completed")
+    assert err.value.path == "completed[70000]" and len(grown) == 70_000

@@ -23,6 +23,11 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
 * **What a commit sends.** The lease holder remembers the addresses of the run's generation
   it last committed or loaded (:class:`Held`): it stages (``stage:<cid>:<i>``, with a TTL,
   registered in the staging hash like any staged commit) only the chunks not among them.
+  It also remembers that generation's chunks in order, so that
+  cutting starts from them (:func:`split_parts`): a chunk whose address matches the bytes at
+  its offset (or at its offset moved by the growth) is taken uncut, and only what changed is
+  cut, with the boundaries a whole cut would give; every chunk is still hashed, and the
+  frame's xxh3-128 still covers the whole state.
   The script answers ``NEED_CHUNKS <address> ...`` when the manifest lists a chunk the run
   does not hold and the commit did not stage (nothing written), and ``NEED_FREE <address>
   ...`` when rotation frees chunks whose keys were not passed; the flow stages / passes them

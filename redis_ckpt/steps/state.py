@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..core.codec import EncodedMap, encoded
+from ..core.codec import EncodedList, EncodedMap, encoded
 from ..errors import CheckpointError
 
 __all__ = ["STATE_KIND", "STATE_FORMAT", "StepPlanError", "StepStatus", "StoredState", "describe", "is_step_state"]
@@ -33,15 +33,19 @@ def is_step_state(state: Any) -> bool:
 
 
 class StoredState:
-    """What a runner commits of its state: the inputs encoded once a ``run()``, each completed
-    step's result and history entry once, when the step completes (``core.codec.EncodedMap``),
-    so that a commit encodes what is new, not every earlier result again. The bytes are those
-    of the plain state (the codec pins it): a load sees the state, exact types included."""
+    """What a runner commits of its state: the plan and the inputs encoded once a ``run()``,
+    each completed step's name, result and history entry once, when the step completes
+    (``core.codec.EncodedMap`` / ``EncodedList``), so that a commit encodes what is new, not
+    every earlier result again. The bytes are those of the plain state (the codec pins it): a
+    load sees the state, exact types included."""
 
-    __slots__ = ("inputs", "results", "history")
+    __slots__ = ("plan", "steps", "inputs", "completed", "results", "history")
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.inputs = encoded(state["inputs"], root="inputs")  # refused here, before any step runs
+        self.plan = state["steps"]  # the same list for the whole run()
+        self.steps = encoded(self.plan, root="steps")
+        self.completed = EncodedList(state["completed"], root="completed")
         self.results = EncodedMap()
         self.history = EncodedMap()
         for name, result in state["results"].items():
@@ -50,16 +54,19 @@ class StoredState:
             self.history.add(name, entry, root="history")
 
     def add(self, name: str, result: Any, entry: dict[str, Any]) -> None:
-        """A step's result and history entry; UnsupportedTypeError (nothing added) when the
-        codec cannot store the result exactly."""
+        """A completed step's result and history entry; UnsupportedTypeError (nothing added)
+        when the codec cannot store the result exactly."""
         self.results.add(name, result, root="results")
         self.history.add(name, entry, root="history")
+        self.completed.add(name, root="completed")
 
     def wire(self, state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` as a commit sends it (its results, history and inputs as encoded)."""
+        """``state`` as a commit sends it (what grows last, and as encoded)."""
+        assert state["steps"] is self.plan and len(state["completed"]) == len(self.completed)
         out = {key: state[key] for key in _ORDER if key in state}
         out.update((key, value) for key, value in state.items() if key not in out)
-        out.update(inputs=self.inputs, results=self.results.encoded(), history=self.history.encoded())
+        out.update(steps=self.steps, inputs=self.inputs, completed=self.completed.encoded(),
+                   results=self.results.encoded(), history=self.history.encoded())
         return out
 
 

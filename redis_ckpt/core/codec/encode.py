@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import UnsupportedTypeError
 from .careful import checked_size, encode_carefully, pack, pack_buffer, too_large
-from .encoded import Encoded, encode_spliced, holds_encoded, map_header, mint
+from .encoded import Encoded, array_header, encode_spliced, holds_encoded, map_header, mint
 from .plain import OverLimit, pack_plain, scan
 
 
@@ -86,4 +86,28 @@ class EncodedMap:
 
     def encoded(self) -> Encoded:
         header = map_header(len(self._pieces))
+        return mint((header, *self._pieces), len(header) + self._size)
+
+
+class EncodedList:
+    """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
+
+    __slots__ = ("_pieces", "_size")
+
+    def __init__(self, items: Any = (), *, root: str = "state") -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+        for item in items:
+            self.add(item, root=root)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def add(self, item: Any, *, root: str = "state") -> None:
+        piece = _value(item, f"{root}[{len(self._pieces)}]", None)
+        self._pieces.append(piece)
+        self._size += len(piece)
+
+    def encoded(self) -> Encoded:
+        header = array_header(len(self._pieces))
         return mint((header, *self._pieces), len(header) + self._size)

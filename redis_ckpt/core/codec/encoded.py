@@ -24,7 +24,7 @@ from typing import Any
 from ...errors import UnsupportedTypeError
 from .careful import checked_size, too_large
 
-__all__ = ["Encoded", "map_header", "mint", "holds_encoded", "encode_spliced"]
+__all__ = ["Encoded", "map_header", "array_header", "mint", "holds_encoded", "encode_spliced"]
 
 _MINT = object()  # the constructor's key: only this module makes an Encoded
 
@@ -53,6 +53,14 @@ def map_header(n: int) -> bytes:
     if n < 1 << 16:
         return b"\xde" + struct.pack(">H", n)
     return b"\xdf" + struct.pack(">I", n)
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
 
 
 def mint(parts: tuple[bytes, ...], size: int) -> Encoded:
