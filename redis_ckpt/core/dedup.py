@@ -77,7 +77,7 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
+    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "NEAR_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
     "address", "split_parts", "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
@@ -146,6 +146,8 @@ def address(chunk: Any) -> str:
 #: chunks cut in a row, none followed by one of the previous payload's, after which split_parts
 #: cuts the rest in one go (a payload with nothing to reuse costs no more than a few lookups)
 RESYNC_TRIES = 8
+#: the previous chunks nearest a boundary tried there, past the likely offsets
+NEAR_TRIES = 4
 
 
 def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
@@ -155,9 +157,9 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
     ``previous``: (address, length) of the chunks, in order, of a payload cut with the same
     ``avg`` (the run's generation this process last committed or loaded). Where one of them
     starts a chunk of this payload - at its own offset, moved by what the payload or the last
-    match moved, or within a maximum chunk (4 x ``avg``) of it - and its address matches the
-    bytes there, it is taken without cutting; elsewhere one chunk is cut, and the same is
-    tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Every chunk
+    match moved, or one of the :data:`NEAR_TRIES` nearest within a maximum chunk (4 x ``avg``)
+    of it - and its address matches the bytes there, it is taken without cutting; elsewhere
+    one chunk is cut, and the same is tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Every chunk
     but the previous payload's last may be taken: FastCDC ends a chunk at the first position
     past the minimum whose rolling hash of the bytes since the chunk's start fits the mask for
     that position, or at the maximum, or at the end of the data (only the last chunk, which
@@ -173,13 +175,15 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
         taken[at] = (addr, n)
         at += n
     before = at + (previous[-1][1] if previous else 0)
-    starts = sorted(taken)
+    starts = list(taken)  # in order
     moved = shift = size - before
     out: list[tuple[str, memoryview]] = []
     at = misses = 0
 
     def match(at: int, start: int) -> bool:
-        addr, n = taken.get(start, ("", size))
+        if start not in taken:
+            return False
+        addr, n = taken[start]
         if at + n > size or address(payload[at:at + n]) != addr:
             return False
         out.append((addr, payload[at:at + n]))
@@ -187,12 +191,12 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
 
     while at < size:
         if taken and misses < RESYNC_TRIES:
-            start = next((b for b in (at - shift, at, at - moved) if match(at, b)), None)
+            tried = dict.fromkeys((at - shift, at, at - moved))
+            start = next((b for b in tried if match(at, b)), None)
             if start is None:
                 near = starts[bisect_left(starts, at - most):bisect_right(starts, at + most)]
-                tried = {at - shift, at, at - moved}
-                start = next((b for b in sorted(near, key=lambda b: abs(b - at)) if b not in tried and match(at, b)),
-                             None)
+                closest = sorted((b for b in near if b not in tried), key=lambda b: abs(b - at))[:NEAR_TRIES]
+                start = next((b for b in closest if match(at, b)), None)
             if start is not None:
                 shift = at - start
                 at += len(out[-1][1])

@@ -204,3 +204,19 @@ def test_after_a_changed_header_and_an_append_only_what_changed_is_cut_again(mon
     fresh = sum(seen)  # chunks cut anew: near the header, the insertion, and the last maximum chunk
     assert fresh <= 3 + 3 + 4 * dedup.MAX_CHUNK // dedup.MIN_CHUNK and fresh < len(again) // 3
     assert len({a for a, _ in again} - {a for a, _ in previous}) <= fresh
+
+
+def test_a_previous_cut_costs_little_hashing_when_nothing_or_everything_matches(monkeypatch):
+    rng = random.Random(9)
+    frame = lambda d: encode_frame_parts(d, run_id="r", generation=1, token=1, owner="w",  # noqa: E731
+                                         created_ms=1_700_000_000_000, schema_version=1)
+    data, other = rng.randbytes(3 << 20), rng.randbytes(3 << 20)
+    previous = [(a, len(c)) for a, c in dedup.split_parts(frame(data))]
+    hashed: list[int] = []
+    real = dedup.address
+    monkeypatch.setattr(dedup, "address", lambda c: hashed.append(len(c)) or real(c))
+    for payload in (other, b"\x01" + data[1:] + rng.randbytes(3000), data[:1_000_000] + b"x" + data[1_000_000:]):
+        hashed.clear()
+        dedup.split_parts(frame(payload), dedup.AVG_CHUNK, previous)
+        assert max(hashed) <= dedup.MAX_CHUNK  # a chunk or a try, never the rest of the payload
+        assert sum(hashed) <= len(payload) + dedup.RESYNC_TRIES * (3 + dedup.NEAR_TRIES) * dedup.MAX_CHUNK // 2
