@@ -39,8 +39,8 @@ joins the rest. The bytes are the plain state's: a load gives back every result 
 exact type, and the frame's checksum covers all of it. On a store with ``dedup=True`` a
 commit also cuts and sends only the chunks that changed; without it every commit still
 sends, and the server fsyncs, the whole state. Measured by ``bench/incremental.py`` (600
-steps of 2 KB results, last 50 steps' p50 against the first 50's): 1.3-1.9x with
-``dedup=True``, 3-5x without (it was 5-10x and 9-14x). The runner uses the store it is
+steps of 2 KB results, last 50 steps' p50 against the first 50's): 1.6-1.8x with
+``dedup=True``, 3.1-3.8x without (5.5x and 9.2x before). The runner uses the store it is
 given; for long runs with large results, give it one with ``dedup=True``.
 
 State layout (what :func:`describe` reads; the CLI's ``show`` uses it); a commit stores the
