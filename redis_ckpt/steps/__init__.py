@@ -36,7 +36,9 @@ What a commit costs: each step's result (and its history entry) is encoded once,
 step completes, and kept encoded (:class:`~redis_ckpt.steps.state.StoredState`: the runner
 holds every result twice, as the value and as its bytes); a commit encodes what is new and
 joins the rest. The bytes are the plain state's: a load gives back every result with its
-exact type, and the frame's checksum covers all of it. On a store with ``dedup=True`` a
+exact type, and the frame's checksum covers all of it. What is stored is each result as its
+step returned it: a later step that changes an earlier result in place (through
+``ctx.results``) changes this process's copy only, never the checkpoint. On a store with ``dedup=True`` a
 commit also cuts and sends only the chunks that changed; without it every commit still
 sends, and the server fsyncs, the whole state. Measured by ``bench/incremental.py`` (600
 steps of 2 KB results, last 50 steps' p50 against the first 50's): 1.6-1.8x with
