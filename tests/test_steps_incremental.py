@@ -111,3 +111,11 @@ def test_a_damaged_generation_fails_loudly_and_the_runner_resumes_from_the_last_
         client.setrange(k.generation(g), 60, b"\x00\xff\x00")
     with pytest.raises(CorruptCheckpointError):
         runner_of(store, "dmg", 24, {}).run()
+
+
+def test_a_result_is_stored_as_its_step_returned_it(store):
+    runner = StepRunner(store, "mut", owner="w", ttl=30)
+    runner.add("a", lambda ctx: {"items": [1, 2]})
+    runner.add("b", lambda ctx: ctx.results["a"]["items"].append(3) or "changed a's list in place")
+    runner.run()
+    assert store.load("mut").state["results"] == {"a": {"items": [1, 2]}, "b": "changed a's list in place"}
