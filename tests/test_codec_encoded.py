@@ -1,4 +1,4 @@
-"""Values encoded once and joined verbatim into a state (core/codec/encoded.py): the bytes are
+"""Values encoded once and joined verbatim into a state (core/codec/spliced.py): the bytes are
 exactly those of encoding the plain state, so it reads back with its exact types; an Encoded
 anywhere but a top-level dict's value is refused, and the size limit holds."""
 
@@ -119,3 +119,9 @@ def test_a_list_over_every_header_size_and_a_refused_item_named():
     with pytest.raises(UnsupportedTypeError) as err:
         grown.add(object(), root="completed")
     assert err.value.path == "completed[70000]" and len(grown) == 70_000
+
+
+def test_a_key_that_is_no_valid_utf8_is_refused_naming_it():
+    with pytest.raises(UnsupportedTypeError) as err:
+        encode_state({"ok": encoded(1), "bad\udc80": 2})
+    assert "bad" in err.value.path

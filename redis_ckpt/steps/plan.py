@@ -252,8 +252,12 @@ class RunnerBase:
                 yield from self._commit_plan(state, stored)
             return dict(state["results"])
         uncommitted = 0
+        # this plan's own copies, changed in place as steps complete (a commit sends `stored`)
+        state.update(completed=list(state["completed"]), results=dict(state["results"]),
+                     history=dict(state["history"]))
+        positions = {step: i for i, step in enumerate(self._steps, 1)}
         for name in pending:
-            index = list(self._steps).index(name) + 1
+            index = positions[name]
             ctx = StepContext(
                 run_id=self.run_id, step=name, index=index,
                 idempotency_key=f"{self.run_id}:{name}:{state['incarnation']}",
@@ -272,13 +276,10 @@ class RunnerBase:
                 if uncommitted:  # keep the progress made before the failing step
                     yield from self._commit_plan(state, stored)
                 raise
-            state = {
-                **state,
-                "completed": [*state["completed"], name],
-                "results": {**state["results"], name: result},
-                "history": {**state["history"], name: entry},
-                "finished": name == pending[-1],
-            }
+            state["completed"].append(name)
+            state["results"][name] = result
+            state["history"][name] = entry
+            state["finished"] = name == pending[-1]
             uncommitted += 1
             if uncommitted >= self.commit_every or state["finished"]:
                 yield from self._commit_plan(state, stored)

@@ -20,6 +20,7 @@ STATE_FORMAT = 1
 #: (with ``dedup=True``, only the chunks from there on are cut and written anew)
 _ORDER = ("kind", "format", "incarnation", "steps", "inputs", "finished", "created_at", "results", "completed",
           "history")
+_FIXED = ("kind", "format", "incarnation", "created_at")
 
 
 class StepPlanError(CheckpointError, ValueError):
@@ -39,12 +40,14 @@ class StoredState:
     every earlier result again. The bytes are those of the plain state (the codec pins it): a
     load sees the state, exact types included."""
 
-    __slots__ = ("plan", "steps", "inputs", "completed", "results", "history")
+    __slots__ = ("fixed", "plan", "steps", "inputs", "completed", "results", "history")
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.inputs = encoded(state["inputs"], root="inputs")  # refused here, before any step runs
         self.plan = state["steps"]  # the same list for the whole run()
         self.steps = encoded(self.plan, root="steps")
+        #: the values that stay as they are for a whole run(), encoded (each used while it is the same object)
+        self.fixed = {key: (state[key], encoded(state[key], root=key)) for key in _FIXED if key in state}
         self.completed = EncodedList(state["completed"], root="completed")
         self.results = EncodedMap()
         self.history = EncodedMap()
@@ -65,6 +68,9 @@ class StoredState:
         assert state["steps"] is self.plan and len(state["completed"]) == len(self.completed)
         out = {key: state[key] for key in _ORDER if key in state}
         out.update((key, value) for key, value in state.items() if key not in out)
+        for key, (value, done) in self.fixed.items():
+            if out.get(key, done) is value:
+                out[key] = done
         out.update(steps=self.steps, inputs=self.inputs, completed=self.completed.encoded(),
                    results=self.results.encoded(), history=self.history.encoded())
         return out

@@ -1,6 +1,6 @@
 """Encoding a state: the fast path (plain.py) when the state is plain, else the careful
 path (careful.py); either way exact, bounded by the caller's size limit, never torn. A
-top-level dict holding values encoded before (encoded.py) is joined around them."""
+top-level dict holding values encoded before (spliced.py) is joined around them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import UnsupportedTypeError
 from .careful import checked_size, encode_carefully, pack, pack_buffer, too_large
-from .encoded import Encoded, array_header, encode_spliced, holds_encoded, map_header, mint
+from .spliced import Encoded, array_header, encode_spliced, holds_encoded, map_header, mint
 from .plain import OverLimit, pack_plain, scan
 
 
@@ -48,7 +48,7 @@ def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top
 
 
 def encoded(value: Any, *, root: str = "state") -> Encoded:
-    """``value`` encoded now, to sit in a state's top-level dict (see encoded.py); refused,
+    """``value`` encoded now, to sit in a state's top-level dict (see spliced.py); refused,
     naming ``root``, when the codec cannot store it exactly."""
     data = _value(value, root, None)
     return mint((data,), len(data))

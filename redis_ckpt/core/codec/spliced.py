@@ -21,6 +21,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from msgpack import packb
+
 from ...errors import UnsupportedTypeError
 from .careful import checked_size, too_large
 
@@ -86,7 +88,10 @@ def encode_spliced(state: dict, root: str, limit: int | None, encode: Any) -> by
                 f"{root}: a state holding Encoded values has str keys only, not {type(key).__name__} ({key!r})",
                 path=root, type_name=type(key).__name__)
         path = f"{root}[{key!r}]"
-        key_bytes = encode(key, path, None)
+        try:
+            key_bytes = packb(key)  # a str's encoding, as either path packs it
+        except UnicodeEncodeError:  # a lone surrogate: the codec names it
+            key_bytes = encode(key, path, None)
         parts.append(key_bytes)
         spent += len(key_bytes)
         if type(value) is Encoded:
