@@ -41,8 +41,8 @@ step returned it: a later step that changes an earlier result in place (through
 ``ctx.results``) changes this process's copy only, never the checkpoint. On a store with ``dedup=True`` a
 commit also cuts and sends only the chunks that changed; without it every commit still
 sends, and the server fsyncs, the whole state. Measured by ``bench/incremental.py`` (600
-steps of 2 KB results, last 50 steps' p50 against the first 50's): 1.6-1.8x with
-``dedup=True``, 3.1-3.8x without (5.5x and 9.2x before). The runner uses the store it is
+steps of 2 KB results, last 50 steps' p50 against the first 50's): 1.8x with
+``dedup=True`` (1.3-2.1x over eight runs), 3.1-3.9x without (5.5x and 9.2x before). The runner uses the store it is
 given; for long runs with large results, give it one with ``dedup=True``.
 
 State layout (what :func:`describe` reads; the CLI's ``show`` uses it); a commit stores the
