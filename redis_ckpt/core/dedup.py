@@ -23,6 +23,11 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
 * **What a commit sends.** The lease holder remembers the addresses of the run's generation
   it last committed or loaded (:class:`Held`): it stages (``stage:<cid>:<i>``, with a TTL,
   registered in the staging hash like any staged commit) only the chunks not among them.
+  It also remembers that generation's chunks in order, so that
+  cutting starts from them (:func:`split_parts`): a chunk whose address matches the bytes at
+  its offset (or at its offset moved by the growth) is taken uncut, and only what changed is
+  cut, with the boundaries a whole cut would give; every chunk is still hashed, and the
+  frame's xxh3-128 still covers the whole state.
   The script answers ``NEED_CHUNKS <address> ...`` when the manifest lists a chunk the run
   does not hold and the commit did not stage (nothing written), and ``NEED_FREE <address>
   ...`` when rotation frees chunks whose keys were not passed; the flow stages / passes them
@@ -60,6 +65,7 @@ without decoding anything)::
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +77,7 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "CLASSES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
+    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "NEAR_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
     "address", "split_parts", "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
@@ -118,17 +124,18 @@ def chunk_class(size: int, held: int | None = None) -> int:
     return next(avg for limit, avg in CLASSES if size <= limit)
 
 
-def cut(payload: Any, avg: int = AVG_CHUNK, *, use_fastcdc: bool = True) -> list[int]:
+def cut(payload: Any, avg: int = AVG_CHUNK, *, use_fastcdc: bool = True, first: bool = False) -> list[int]:
     """The lengths of ``payload``'s chunks of about ``avg`` bytes, in order (content-defined
-    with fastcdc)."""
+    with fastcdc); ``first``: only the first chunk's."""
     view = memoryview(payload).cast("B")
     n = len(view)
     if n == 0:
         return []
     if _fastcdc is not None and use_fastcdc and n > avg // 2:
-        return [c.length for c in _fastcdc(view, min_size=avg // 2, avg_size=avg, max_size=4 * avg)]
+        chunks = _fastcdc(view, min_size=avg // 2, avg_size=avg, max_size=4 * avg)  # a generator
+        return [next(chunks).length] if first else [c.length for c in chunks]
     piece = FALLBACK_BYTES * avg // AVG_CHUNK
-    return [min(piece, n - i) for i in range(0, n, piece)]
+    return [min(piece, n)] if first else [min(piece, n - i) for i in range(0, n, piece)]
 
 
 def address(chunk: Any) -> str:
@@ -136,14 +143,70 @@ def address(chunk: Any) -> str:
     return xxhash.xxh3_128_hexdigest(chunk)
 
 
-def split_parts(parts: FrameParts, avg: int = AVG_CHUNK) -> list[tuple[str, memoryview]]:
-    """(address, bytes) of each chunk of a frame's payload, views of it (never copied)."""
+#: chunks cut in a row, none followed by one of the previous payload's, after which split_parts
+#: cuts the rest in one go (a payload with nothing to reuse costs no more than a few lookups)
+RESYNC_TRIES = 8
+#: the previous chunks nearest a boundary tried there, past the likely offsets
+NEAR_TRIES = 4
+
+
+def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
+                previous: Sequence[tuple[str, int]] = ()) -> list[tuple[str, memoryview]]:
+    """(address, bytes) of each chunk of a frame's payload, views of it (never copied).
+
+    ``previous``: (address, length) of the chunks, in order, of a payload cut with the same
+    ``avg`` (the run's generation this process last committed or loaded). Where one of them
+    starts a chunk of this payload - at its own offset, moved by what the payload or the last
+    match moved, or one of the :data:`NEAR_TRIES` nearest within a maximum chunk (4 x ``avg``)
+    of it - and its address matches the bytes there, it is taken without cutting; elsewhere
+    one chunk is cut, and the same is tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Every chunk
+    but the previous payload's last may be taken: FastCDC ends a chunk at the first position
+    past the minimum whose rolling hash of the bytes since the chunk's start fits the mask for
+    that position, or at the maximum, or at the end of the data (only the last chunk, which
+    is why it is cut again); the fixed fallback's boundaries depend on the position alone. So
+    the result is what cutting the whole payload gives (tests/unit/test_dedup.py compares
+    them over random edits), at the cost of cutting what changed.
+    """
     payload = parts.payload
-    out, at = [], 0
-    for n in cut(payload, avg):
-        piece = payload[at:at + n]
-        out.append((address(piece), piece))
+    size, most = len(payload), 4 * avg
+    taken: dict[int, tuple[str, int]] = {}
+    at = 0
+    for addr, n in previous[:-1]:  # its last chunk ended where that payload did
+        taken[at] = (addr, n)
         at += n
+    before = at + (previous[-1][1] if previous else 0)
+    starts = list(taken)  # in order
+    moved = shift = size - before
+    out: list[tuple[str, memoryview]] = []
+    at = misses = 0
+
+    def match(at: int, start: int) -> bool:
+        if start not in taken:
+            return False
+        addr, n = taken[start]
+        if at + n > size or address(payload[at:at + n]) != addr:
+            return False
+        out.append((addr, payload[at:at + n]))
+        return True
+
+    while at < size:
+        if taken and misses < RESYNC_TRIES:
+            tried = dict.fromkeys((at - shift, at, at - moved))
+            start = next((b for b in tried if match(at, b)), None)
+            if start is None:
+                near = starts[bisect_left(starts, at - most):bisect_right(starts, at + most)]
+                closest = sorted((b for b in near if b not in tried), key=lambda b: abs(b - at))[:NEAR_TRIES]
+                start = next((b for b in closest if match(at, b)), None)
+            if start is not None:
+                shift = at - start
+                at += len(out[-1][1])
+                misses = 0
+                continue
+        misses += 1
+        for n in cut(payload[at:], avg, first=bool(taken) and misses < RESYNC_TRIES):
+            piece = payload[at:at + n]
+            out.append((address(piece), piece))
+            at += n
     return out
 
 
@@ -171,6 +234,8 @@ class Held:
     generation: int
     addresses: frozenset[str]
     avg: int = AVG_CHUNK  # the average chunk it was cut with
+    #: (address, length) of its chunks in order: where the next commit's cut may start (split_parts)
+    order: tuple[tuple[str, int], ...] = ()
 
 
 def encode_manifest(run_id: str, generation: int, parts: FrameParts, chunks: Sequence[tuple[str, Any]],

@@ -20,12 +20,11 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar, Union
 
 from .._shell import ttl_ms
-from ..core.codec import encode_state
 from ..core.keys import validate_run_id
 from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
 from ..errors import CheckpointError, LeaseHeldError
 from ..models import Checkpoint
-from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, describe, is_step_state
+from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, StoredState, describe, is_step_state
 
 __all__ = ["StepContext", "RunnerBase", "Plan", "Driving", "Request", "Acquire", "Sleep", "Load", "Commit",
            "Renew", "Call"]
@@ -80,7 +79,7 @@ class Load:
 
 @dataclass(frozen=True)
 class Commit:
-    """-> the new generation"""
+    """-> the new generation (``state`` as :meth:`StoredState.wire` makes it)"""
 
     state: dict[str, Any]
     metadata: dict[str, Any]
@@ -234,27 +233,31 @@ class RunnerBase:
         state = {**state, "steps": plan}
         return state, False
 
-    def _commit_plan(self, state: dict[str, Any]) -> Plan[None]:
+    def _commit_plan(self, state: dict[str, Any], stored: StoredState) -> Plan[None]:
         completed = state["completed"]
-        yield Commit(state, {"runner": STATE_KIND, "completed": len(completed),
+        yield Commit(stored.wire(state), {"runner": STATE_KIND, "completed": len(completed),
                               "last": completed[-1] if completed else ""})
         if not self.heartbeat and time.monotonic() - self._renewed_at >= self.ttl_ms / 3000:
             yield Renew()
 
     def _run_plan(self, token: int, initial_inputs: Any) -> Plan[dict[str, Any]]:
         state, fresh = self._state_of((yield Load()), initial_inputs)
+        stored = StoredState(state)  # refuses unsupported inputs before any step runs
         if fresh:
-            encode_state(state["inputs"], root="inputs")  # refuse unsupported inputs before any step runs
-            yield from self._commit_plan(state)  # the plan, inputs and incarnation are durable before step 1
+            yield from self._commit_plan(state, stored)  # the plan, inputs and incarnation are durable before step 1
         pending = [s for s in self._steps if s not in state["completed"]]
         if not pending:
             if not state["finished"]:
                 state["finished"] = True
-                yield from self._commit_plan(state)
+                yield from self._commit_plan(state, stored)
             return dict(state["results"])
         uncommitted = 0
+        # this plan's own copies, changed in place as steps complete (a commit sends `stored`)
+        state.update(completed=list(state["completed"]), results=dict(state["results"]),
+                     history=dict(state["history"]))
+        positions = {step: i for i, step in enumerate(self._steps, 1)}
         for name in pending:
-            index = list(self._steps).index(name) + 1
+            index = positions[name]
             ctx = StepContext(
                 run_id=self.run_id, step=name, index=index,
                 idempotency_key=f"{self.run_id}:{name}:{state['incarnation']}",
@@ -264,25 +267,22 @@ class RunnerBase:
             started = _now()
             try:
                 result = yield Call(name, ctx)
-                encode_state(result, root=f"results[{name!r}]")
+                entry = {"index": index, "started_at": started, "finished_at": _now(), "owner": self.owner,
+                         "token": token}
+                stored.add(name, result, entry)  # encoded once, here; refused before it is kept
             except BaseException as failed:
                 if isinstance(failed, CheckpointError) and failed.run_id is None:
                     failed.run_id = self.run_id
                 if uncommitted:  # keep the progress made before the failing step
-                    yield from self._commit_plan(state)
+                    yield from self._commit_plan(state, stored)
                 raise
-            state = {
-                **state,
-                "completed": [*state["completed"], name],
-                "results": {**state["results"], name: result},
-                "history": {**state["history"], name: {
-                    "index": index, "started_at": started, "finished_at": _now(),
-                    "owner": self.owner, "token": token}},
-                "finished": name == pending[-1],
-            }
+            state["completed"].append(name)
+            state["results"][name] = result
+            state["history"][name] = entry
+            state["finished"] = name == pending[-1]
             uncommitted += 1
             if uncommitted >= self.commit_every or state["finished"]:
-                yield from self._commit_plan(state)
+                yield from self._commit_plan(state, stored)
                 uncommitted = 0
         return dict(state["results"])
 

@@ -1,6 +1,6 @@
 """What a step runner stores, and how to read it back: the state layout (see
-:mod:`redis_ckpt.steps`), :func:`describe` (what the CLI's ``show`` uses) and the error for a
-plan that does not fit the stored run."""
+:mod:`redis_ckpt.steps`), what a commit sends of it (:class:`StoredState`), :func:`describe`
+(what the CLI's ``show`` uses) and the error for a plan that does not fit the stored run."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..core.codec import EncodedList, EncodedMap, encoded
 from ..errors import CheckpointError
 
-__all__ = ["STATE_KIND", "STATE_FORMAT", "StepPlanError", "StepStatus", "describe", "is_step_state"]
+__all__ = ["STATE_KIND", "STATE_FORMAT", "StepPlanError", "StepStatus", "StoredState", "describe", "is_step_state"]
 
 STATE_KIND = "step-runner"
 STATE_FORMAT = 1
+#: the order of a stored state's keys: what grows comes last, the largest (the results) first
+#: of those, so that a commit changes the payload's bytes only past the newest result's
+#: (with ``dedup=True``, only the chunks from there on are cut and written anew)
+_ORDER = ("kind", "format", "incarnation", "steps", "inputs", "finished", "created_at", "results", "completed",
+          "history")
+_FIXED = ("kind", "format", "incarnation", "created_at")
 
 
 class StepPlanError(CheckpointError, ValueError):
@@ -24,6 +31,49 @@ class StepPlanError(CheckpointError, ValueError):
 def is_step_state(state: Any) -> bool:
     """Whether a checkpoint state was written by a :class:`StepRunner`."""
     return isinstance(state, dict) and state.get("kind") == STATE_KIND
+
+
+class StoredState:
+    """What a runner commits of its state: the plan and the inputs encoded once a ``run()``,
+    each completed step's name, result and history entry once, when the step completes
+    (``core.codec.EncodedMap`` / ``EncodedList``), so that a commit encodes what is new, not
+    every earlier result again. The bytes are those of the plain state (the codec pins it): a
+    load sees the state, exact types included."""
+
+    __slots__ = ("fixed", "plan", "steps", "inputs", "completed", "results", "history")
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.inputs = encoded(state["inputs"], root="inputs")  # refused here, before any step runs
+        self.plan = state["steps"]  # the same list for the whole run()
+        self.steps = encoded(self.plan, root="steps")
+        #: the values that stay as they are for a whole run(), encoded (each used while it is the same object)
+        self.fixed = {key: (state[key], encoded(state[key], root=key)) for key in _FIXED if key in state}
+        self.completed = EncodedList(state["completed"], root="completed")
+        self.results = EncodedMap()
+        self.history = EncodedMap()
+        for name, result in state["results"].items():
+            self.results.add(name, result, root="results")
+        for name, entry in state["history"].items():
+            self.history.add(name, entry, root="history")
+
+    def add(self, name: str, result: Any, entry: dict[str, Any]) -> None:
+        """A completed step's result and history entry; UnsupportedTypeError (nothing added)
+        when the codec cannot store the result exactly."""
+        self.results.add(name, result, root="results")
+        self.history.add(name, entry, root="history")
+        self.completed.add(name, root="completed")
+
+    def wire(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` as a commit sends it (what grows last, and as encoded)."""
+        assert state["steps"] is self.plan and len(state["completed"]) == len(self.completed)
+        out = {key: state[key] for key in _ORDER if key in state}
+        out.update((key, value) for key, value in state.items() if key not in out)
+        for key, (value, done) in self.fixed.items():
+            if out.get(key, done) is value:
+                out[key] = done
+        out.update(steps=self.steps, inputs=self.inputs, completed=self.completed.encoded(),
+                   results=self.results.encoded(), history=self.history.encoded())
+        return out
 
 
 @dataclass(frozen=True)

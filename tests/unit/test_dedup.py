@@ -146,3 +146,77 @@ def test_larger_payloads_get_larger_chunks_and_a_run_keeps_its_class_near_a_limi
     chunks = dedup.split_parts(parts, 128 << 10)
     m = dedup.read_manifest(dedup.encode_manifest("r", 1, parts, chunks, 128 << 10), run_id="r", generation=1)
     assert m.avg == 128 << 10 and len(chunks) <= 4
+
+
+def edited(rng: random.Random, data: bytes) -> bytes:
+    """``data`` after a few edits of the kinds a growing state sees: appends, a changed count
+    near the start, an insertion or a removal in the middle, sometimes a whole new tail."""
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data) + 1)
+        kind = rng.choice(("append", "append", "insert", "replace", "remove", "tail"))
+        if kind == "append":
+            data += rng.randbytes(rng.randint(1, 9000))
+            data = data[:-rng.randint(0, 300)] + rng.randbytes(rng.randint(0, 300))  # a changed end, as a count
+        elif kind == "insert":
+            data = data[:at] + rng.randbytes(rng.randint(1, 5000)) + data[at:]
+        elif kind == "replace":
+            data = data[:at] + rng.randbytes(3) + data[at + 3:]
+        elif kind == "remove":
+            data = data[:at] + data[at + rng.randint(1, 40_000):]
+        else:
+            data = data[:at] + rng.randbytes(rng.randint(0, 200_000))
+    return data
+
+
+@pytest.mark.parametrize("chunker", ["fastcdc", "fixed"])
+def test_a_cut_from_the_previous_chunks_is_the_whole_payloads_cut(chunker, monkeypatch):
+    if chunker == "fixed":
+        monkeypatch.setattr(dedup, "_fastcdc", None)
+    elif dedup.chunker_name() != "fastcdc":
+        pytest.skip("the fastcdc extra is not installed")
+    rng = random.Random(16)
+    for avg in (dedup.AVG_CHUNK, 128 << 10):
+        data = rng.randbytes(rng.randint(200_000, 3 << 20))
+        previous: list[tuple[str, int]] = []
+        for _ in range(25):
+            parts = encode_frame_parts(data, run_id="r", generation=1, token=1, owner="w",
+                                       created_ms=1_700_000_000_000, schema_version=1)
+            whole = [(a, len(c)) for a, c in dedup.split_parts(parts, avg)]
+            again = [(a, len(c)) for a, c in dedup.split_parts(parts, avg, previous)]
+            assert again == whole
+            assert b"".join(bytes(c) for _, c in dedup.split_parts(parts, avg, previous)) == data
+            if rng.random() < 0.8 or not previous:  # else an older generation's (one this process loaded)
+                previous = whole
+            data = edited(rng, data)
+
+
+def test_after_a_changed_header_and_an_append_only_what_changed_is_cut_again(monkeypatch):
+    rng = random.Random(7)
+    data = rng.randbytes(2 << 20)
+    frame = lambda d: encode_frame_parts(d, run_id="r", generation=1, token=1, owner="w",  # noqa: E731
+                                         created_ms=1_700_000_000_000, schema_version=1)
+    previous = [(a, len(c)) for a, c in dedup.split_parts(frame(data))]
+    grown = b"\x01\x02" + data[2:1_000_000] + rng.randbytes(2000) + data[1_000_000:] + rng.randbytes(2000)
+    seen: list[int] = []
+    real = dedup.cut
+    monkeypatch.setattr(dedup, "cut", lambda p, *a, **k: seen.append(len(real(p, *a, **k))) or real(p, *a, **k))
+    again = dedup.split_parts(frame(grown), dedup.AVG_CHUNK, previous)
+    fresh = sum(seen)  # chunks cut anew: near the header, the insertion, and the last maximum chunk
+    assert fresh <= 3 + 3 + 4 * dedup.MAX_CHUNK // dedup.MIN_CHUNK and fresh < len(again) // 3
+    assert len({a for a, _ in again} - {a for a, _ in previous}) <= fresh
+
+
+def test_a_previous_cut_costs_little_hashing_when_nothing_or_everything_matches(monkeypatch):
+    rng = random.Random(9)
+    frame = lambda d: encode_frame_parts(d, run_id="r", generation=1, token=1, owner="w",  # noqa: E731
+                                         created_ms=1_700_000_000_000, schema_version=1)
+    data, other = rng.randbytes(3 << 20), rng.randbytes(3 << 20)
+    previous = [(a, len(c)) for a, c in dedup.split_parts(frame(data))]
+    hashed: list[int] = []
+    real = dedup.address
+    monkeypatch.setattr(dedup, "address", lambda c: hashed.append(len(c)) or real(c))
+    for payload in (other, b"\x01" + data[1:] + rng.randbytes(3000), data[:1_000_000] + b"x" + data[1_000_000:]):
+        hashed.clear()
+        dedup.split_parts(frame(payload), dedup.AVG_CHUNK, previous)
+        assert max(hashed) <= dedup.MAX_CHUNK  # a chunk or a try, never the rest of the payload
+        assert sum(hashed) <= len(payload) + dedup.RESYNC_TRIES * (3 + dedup.NEAR_TRIES) * dedup.MAX_CHUNK // 2

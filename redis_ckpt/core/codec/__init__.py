@@ -25,14 +25,17 @@ Encoding (encode.py) takes one of two paths: a fast one for states of the types 
 packs exactly in C (plain.py: one breadth-first scan, then ormsgpack or msgpack), a careful
 one for every other (careful.py: one pass that checks and prepares, then msgpack with the
 leaf encoders of tags.py); only when it fails does a slow walk (problems.py) name the value
-and its path. Decoding (decode.py) is msgpack's C unpacker with the leaf decoders of tags.py.
+and its path. A value encoded once (spliced.py; ``encoded``, ``EncodedMap``, ``EncodedList``)
+is joined verbatim into a top-level dict's encoding. Decoding (decode.py) is msgpack's C unpacker with the leaf decoders of tags.py.
 """
 
 from __future__ import annotations
 
 from .decode import UNPACK_MAX_DEPTH, decode_state
-from .encode import encode_state, encode_state_buffer
+from .encode import EncodedList, EncodedMap, encode_state, encode_state_buffer, encoded
+from .spliced import Encoded
 from .tags import CODEC_MSGPACK, MAX_DEPTH
 
 __all__ = [
-    "CODEC_MSGPACK", "MAX_DEPTH", "UNPACK_MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state"]
+    "CODEC_MSGPACK", "MAX_DEPTH", "UNPACK_MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state",
+    "Encoded", "EncodedList", "EncodedMap", "encoded"]

@@ -1,9 +1,14 @@
 """Encoding a state: the fast path (plain.py) when the state is plain, else the careful
-path (careful.py); either way exact, bounded by the caller's size limit, never torn."""
+path (careful.py); either way exact, bounded by the caller's size limit, never torn. A
+top-level dict holding values encoded before (spliced.py) is joined around them."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from ...errors import UnsupportedTypeError
 from .careful import checked_size, encode_carefully, pack, pack_buffer, too_large
+from .spliced import Encoded, array_header, encode_spliced, holds_encoded, map_header, mint
 from .plain import OverLimit, pack_plain, scan
 
 
@@ -14,22 +19,95 @@ def encode_state(state: object, *, root: str = "state", limit: int | None = None
     it is known: before anything is copied when the strings and bytes inside already pass it.
     A state another thread changes meanwhile is a :class:`StateError`, never a torn payload.
     """
-    return _encode(state, root, limit, as_buffer=False)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=False, top=True)  # type: ignore[return-value]
 
 
 def encode_state_buffer(state: object, *, root: str = "state", limit: int | None = None) -> memoryview:
     """:func:`encode_state`, as a view of the packer's own buffer: no final copy (for large
     states, where every 16 MiB copy costs ~10 ms of page faults)."""
-    return _encode(state, root, limit, as_buffer=True)  # type: ignore[return-value]
+    return _encode(state, root, limit, as_buffer=True, top=True)  # type: ignore[return-value]
 
 
-def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool) -> bytes | memoryview:
+def _value(value: object, root: str, limit: int | None) -> bytes:
+    return _encode(value, root, limit, as_buffer=False, top=False)  # type: ignore[return-value]
+
+
+def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top: bool) -> bytes | memoryview:
     try:
-        keys = scan(state, limit)
+        keys = scan(state, limit)  # an Encoded is no type it knows: None at the first level
     except OverLimit as over:
         raise too_large(root, over.spent, limit) from None  # type: ignore[arg-type]
     if keys is not None:
         out = pack_plain(state, keys, as_buffer)
         if out is not None:
             return checked_size(out, root, limit)  # type: ignore[no-any-return]
+    if top and holds_encoded(state):
+        out = encode_spliced(state, root, limit, _value)  # type: ignore[arg-type]
+        return memoryview(out) if as_buffer else out
     return encode_carefully(state, root, pack_buffer if as_buffer else pack, limit)
+
+
+def encoded(value: Any, *, root: str = "state") -> Encoded:
+    """``value`` encoded now, to sit in a state's top-level dict (see spliced.py); refused,
+    naming ``root``, when the codec cannot store it exactly."""
+    data = _value(value, root, None)
+    return mint((data,), len(data))
+
+
+class EncodedMap:
+    """A dict with str keys, encoded one entry at a time and only ever appended to: each
+    :meth:`add` encodes its key and value once; :meth:`encoded` is the whole dict's encoding
+    (its entries in the order added), at the cost of joining their bytes, not of encoding them."""
+
+    __slots__ = ("_pieces", "_keys", "_size")
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._keys: set[str] = set()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def add(self, key: str, value: Any, *, root: str = "state") -> None:
+        """Append ``key: value``; the key must be a str not added before (else nothing changes)."""
+        if type(key) is not str:
+            raise UnsupportedTypeError(f"{root}: an EncodedMap's keys are str, not {type(key).__name__}",
+                                       path=root, type_name=type(key).__name__)
+        if key in self._keys:
+            raise ValueError(f"{root}: key {key!r} is already in the map")
+        piece = _value(key, root, None) + _value(value, f"{root}[{key!r}]", None)
+        self._keys.add(key)
+        self._pieces.append(piece)
+        self._size += len(piece)
+
+    def encoded(self) -> Encoded:
+        header = map_header(len(self._pieces))
+        return mint((header, *self._pieces), len(header) + self._size)
+
+
+class EncodedList:
+    """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
+
+    __slots__ = ("_pieces", "_size")
+
+    def __init__(self, items: Any = (), *, root: str = "state") -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+        for item in items:
+            self.add(item, root=root)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def add(self, item: Any, *, root: str = "state") -> None:
+        piece = _value(item, f"{root}[{len(self._pieces)}]", None)
+        self._pieces.append(piece)
+        self._size += len(piece)
+
+    def encoded(self) -> Encoded:
+        header = array_header(len(self._pieces))
+        return mint((header, *self._pieces), len(header) + self._size)

@@ -159,7 +159,8 @@ class CommitFlows(SharedFlows, FlowsBase):
                 generation = commit_generation(reply)
                 self.remember(k.run_id, generation, chunks, size)
                 if form:
-                    self.remember_shared(k.run_id, generation, form.distinct, form.avg)
+                    self.remember_shared(k.run_id, generation, form.distinct, form.avg,
+                                         tuple((a, len(c)) for a, c in form.chunks))
                 asked = passed[0] if passed[0] is not drop and not retention else ()
                 if any(int(e.partition(":")[0]) > old for e in asked):  # the kept ones: the run's own retention
                     self.retained.add(k.run_id)

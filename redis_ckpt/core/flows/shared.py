@@ -31,7 +31,7 @@ class SharedForm:
                  held: Held | None, ttl_ms: int) -> None:
         self.k, self.cid, self.token, self.expected, self.ttl = k, cid, token, expected, ttl_ms
         self.avg = chunk_class(len(parts.payload), held.avg if held else None)
-        self.chunks = split_parts(parts, self.avg)
+        self.chunks = split_parts(parts, self.avg, held.order if held and held.avg == self.avg else ())
         self.by_address = {a: c for a, c in self.chunks}
         self.distinct = frozenset(self.by_address)
         self.stored = encode_manifest(k.run_id, generation, parts, self.chunks, self.avg)
@@ -79,7 +79,8 @@ class SharedFlows(FlowsBase):
             out |= self.manifests.get((run_id, int(e.partition(":")[0])), frozenset())
         return sorted(out - (form.distinct if form else frozenset()))
 
-    def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str], avg: int) -> None:
+    def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str], avg: int,
+                        order: tuple[tuple[str, int], ...] = ()) -> None:
         if len(self.manifests) >= REMEMBERED:
             self.manifests.clear()
             self.held.clear()
@@ -87,7 +88,7 @@ class SharedFlows(FlowsBase):
         self.manifests.pop((run_id, generation - self.config.keep), None)
         held = self.held.get(run_id)
         if held is None or held.generation <= generation:
-            self.held[run_id] = Held(generation, addresses, avg)
+            self.held[run_id] = Held(generation, addresses, avg, order)
 
     def shared_sends(self, send: Callable[[], Flow[list[Any]]], form: SharedForm | None,
                      free: list[str]) -> Flow[list[Any]]:
@@ -124,5 +125,5 @@ class SharedFlows(FlowsBase):
             self.held.pop(k.run_id, None)
             raise
         del values
-        self.remember_shared(k.run_id, generation, m.distinct, m.avg)
+        self.remember_shared(k.run_id, generation, m.distinct, m.avg, tuple(zip(m.addresses, m.lengths)))
         return frame
