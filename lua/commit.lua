@@ -292,7 +292,11 @@ for i = 3 + nd, #ARGV do
   passed[cid] = {k, tonumber(c)}
   k = k + tonumber(c)
 end
-local registry = strict and redis.call('HGETALL', KEYS[5]) or {}
+-- which of staging and x:refs exist, in one call: EXISTS counts a key once per time it is
+-- named, so naming staging twice answers 2 * staging + x:refs
+local x_refs, present = KEYS[k], 0
+if strict or drop_count > 0 then present = redis.call('EXISTS', KEYS[5], KEYS[5], x_refs) end
+local registry = (strict and present >= 2) and redis.call('HGETALL', KEYS[5]) or {}
 if #registry > 0 then
   local others, bytes = {}, 0
   for i = 1, #registry, 2 do
@@ -313,7 +317,7 @@ if #registry > 0 then
 end
 
 -- 3b. shared chunks: the reference counts after this commit, checked before anything is written
-local x_refs, x_set, x_del, x_gone = KEYS[k], {}, {}, {}
+local x_set, x_del, x_gone = {}, {}, {}
 local delta, x_changed = {}, {}
 local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
   local b1, b2, b3, b4 = string.byte(blob, 6, 9)
@@ -330,7 +334,7 @@ local function addresses(blob, d)  -- each distinct address of a manifest: delta
   end
 end
 if mode == 'dedup' then addresses(ARGV[2], 1) end
-if drop_count > 0 and redis.call('EXISTS', x_refs) == 1 then  -- no x:refs: no kept generation is shared
+if drop_count > 0 and present % 2 == 1 then  -- no x:refs: no kept generation is shared
   for i = 1, drop_count do
     local blob = redis.call('GET', offered[entry_key(kept[i])][1])
     if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
