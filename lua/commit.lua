@@ -130,9 +130,14 @@ end
 
 local function int(x) return string.format('%d', x) end
 local function split(s)  -- "a,b,,c" -> {"a", "b", "", "c"}; nil or "" -> {}
-  local out = {}
-  if s and s ~= '' then
-    for v in string.gmatch(s .. ',', '([^,]*),') do out[#out + 1] = v end
+  local out, i = {}, 1
+  if s and s ~= '' then  -- string.find: no iterator, no copy of s to build (cheaper than gmatch)
+    while true do
+      local j = string.find(s, ',', i, true)
+      if not j then out[#out + 1] = string.sub(s, i); return out end
+      out[#out + 1] = string.sub(s, i, j - 1)
+      i = j + 1
+    end
   end
   return out
 end
@@ -261,18 +266,18 @@ for i = 0, staged - 1 do
 end
 
 -- 3. rotation plan and dead staged commits, checked before anything is written
-local new_w, chunks_w = int(new), int(chunks)  -- as written
+local new_w, chunks_w = int(new), chunks == 0 and '0' or int(chunks)  -- as written
 kept_lists()
 kept[#kept + 1] = chunks > 0 and (new_w .. ':' .. chunks_w) or new_w
 ids[#ids + 1] = commit_id
 local offered = {}
 local k = 7 + 2 * staged
 for i = 3, 2 + nd do
-  local g, c = string.match(ARGV[i], '^(%d+):(%d+)$')
+  local c = tonumber(string.match(ARGV[i], '^%d+:(%d+)$'))  -- the whole entry matched: it is the key
   local list = {}
-  for j = 0, tonumber(c) do list[j + 1] = KEYS[k + j] end
-  offered[g .. ':' .. c] = list
-  k = k + tonumber(c) + 1
+  for j = 0, c do list[j + 1] = KEYS[k + j] end
+  offered[ARGV[i]] = list
+  k = k + c + 1
 end
 local function entry_key(entry)
   return string.find(entry, ':') and entry or (entry .. ':0')
@@ -317,53 +322,58 @@ if #registry > 0 then
 end
 
 -- 3b. shared chunks: the reference counts after this commit, checked before anything is written
-local x_set, x_del, x_gone = {}, {}, {}
-local delta, x_changed = {}, {}
-local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
-  local b1, b2, b3, b4 = string.byte(blob, 6, 9)
-  local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
-  if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
-  for i = 0, n - 1 do
-    local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
-    if not seen[a] then
-      seen[a] = true
-      local v = (delta[a] or 0) + d
-      if not delta[a] then x_changed[#x_changed + 1] = a end
-      delta[a] = v
-    end
-  end
-end
-if mode == 'dedup' then addresses(ARGV[2], 1) end
-if drop_count > 0 and present % 2 == 1 then  -- no x:refs: no kept generation is shared
-  for i = 1, drop_count do
-    local blob = redis.call('GET', offered[entry_key(kept[i])][1])
-    if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
-  end
-end
-local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
-for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
-x_changed = nonzero
-if #x_changed > 0 then
-  local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
-  for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
-  for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
-  for first = 1, #x_changed, 4000 do
-    local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
-    local counts = redis.call('HMGET', x_refs, unpack(batch))
-    for j, a in ipairs(batch) do
-      local d = delta[a]
-      local was = tonumber(counts[j] or '0') or 0
-      if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
-      if was + d > 0 then
-        x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
-      else
-        x_del[#x_del + 1] = a
-        if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+-- (only a "dedup" commit, or a rotation on a run holding x:refs, can change them)
+local none = {}
+local x_set, x_del, x_gone = none, none, none
+if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
+  x_set, x_del, x_gone = {}, {}, {}
+  local delta, x_changed = {}, {}
+  local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
+    local b1, b2, b3, b4 = string.byte(blob, 6, 9)
+    local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
+    if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
+    for i = 0, n - 1 do
+      local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
+      if not seen[a] then
+        seen[a] = true
+        local v = (delta[a] or 0) + d
+        if not delta[a] then x_changed[#x_changed + 1] = a end
+        delta[a] = v
       end
     end
   end
-  if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
-  if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+  if mode == 'dedup' then addresses(ARGV[2], 1) end
+  if drop_count > 0 and present % 2 == 1 then  -- no x:refs: no kept generation is shared
+    for i = 1, drop_count do
+      local blob = redis.call('GET', offered[entry_key(kept[i])][1])
+      if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
+    end
+  end
+  local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
+  for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
+  x_changed = nonzero
+  if #x_changed > 0 then
+    local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
+    for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
+    for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+    for first = 1, #x_changed, 4000 do
+      local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
+      local counts = redis.call('HMGET', x_refs, unpack(batch))
+      for j, a in ipairs(batch) do
+        local d = delta[a]
+        local was = tonumber(counts[j] or '0') or 0
+        if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
+        if was + d > 0 then
+          x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
+        else
+          x_del[#x_del + 1] = a
+          if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+        end
+      end
+    end
+    if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
+    if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+  end
 end
 
 -- 4. apply
@@ -380,14 +390,9 @@ end
 local t = redis.call('TIME')
 local now = int(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 times[#times + 1] = now
-local still, still_ids, still_ms, gone = {}, {}, {}, {}
-for i = 1, #kept do
-  if i <= drop_count then
-    for _, key in ipairs(offered[entry_key(kept[i])]) do gone[#gone + 1] = key end
-  else
-    local n = #still + 1
-    still[n], still_ids[n], still_ms[n] = kept[i], ids[i], times[i]
-  end
+local from, gone = math.max(drop_count, 0) + 1, {}  -- kept[from ..] stay (kept, ids, times aligned)
+for i = 1, drop_count do
+  for _, key in ipairs(offered[entry_key(kept[i])]) do gone[#gone + 1] = key end
 end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
 for i = 1, #x_set, 6000 do redis.call('HSET', x_refs, unpack(x_set, i, math.min(i + 5999, #x_set))) end
@@ -400,8 +405,8 @@ end
 -- the head: what every commit changes, then what rarely does only when it did (fewer fields
 -- to write and to log)
 local fields = {'generation', new_w, 'commit_id', commit_id, 'checksum', checksum, 'created_ms', now,
-  'kept', table.concat(still, ','), 'kept_ids', table.concat(still_ids, ','),
-  'kept_ms', table.concat(still_ms, ',')}
+  'kept', table.concat(kept, ',', from), 'kept_ids', table.concat(ids, ',', from),
+  'kept_ms', table.concat(times, ',', from)}
 local function changed(name, old, value)
   if old ~= value then fields[#fields + 1] = name; fields[#fields + 1] = value end
 end
