@@ -52,7 +52,8 @@
 --
 -- Numbers: every token, generation, fence, size and time is an integer below
 -- MAX_INT = 2^50 (redis_ckpt.core.config.MAX_INT), where Lua's doubles are exact; they are written
--- with string.format('%d') or as redis.call arguments (exact on both servers), never with
+-- with string.format('%d'), as redis.call arguments (exact on both servers) or as the digits
+-- they came as (a canonical ARGV number, TIME's seconds and microseconds), never with
 -- tostring/.. (which prints >= 1e14 as "1e+14"). Past the bound: OUT_OF_RANGE, nothing written.
 --
 -- Returns generation              applied (an integer)
@@ -197,34 +198,38 @@ if found then
 end
 
 -- 2. fence and generation
-local function provably_not_applied()
-  if not resend then return true end  -- no earlier attempt: nothing else could have applied it
-  if not h_gen then return false end
-  local epoch = tonumber(h_epoch or '')
-  if not epoch or epoch > token then return false end
-  if current < new then return true end
-  kept_lists()
-  for i = 1, #kept do
-    if gen_of(kept[i]) == new then return ids[i] ~= '-' end
-  end
-  return false
-end
-local function reject(code, a, b, kind, ...)
-  unstage()
-  if not provably_not_applied() then
-    event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s,
-      'expected', expected_s, 'actual', current_s)
-    return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
-      expected_s .. ' ' .. current_s)
-  end
-  if kind then
-    event(kind, ...)
-    if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
-      local left = redis.call('PTTL', KEYS[1])
-      if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+-- the refusal's helpers, made only when a refusal is coming (a closure costs a few us here)
+local reject
+if (importing and current >= new) or (not importing and (token ~= fence or current ~= expected)) then
+  local function provably_not_applied()
+    if not resend then return true end  -- no earlier attempt: nothing else could have applied it
+    if not h_gen then return false end
+    local epoch = tonumber(h_epoch or '')
+    if not epoch or epoch > token then return false end
+    if current < new then return true end
+    kept_lists()
+    for i = 1, #kept do
+      if gen_of(kept[i]) == new then return ids[i] ~= '-' end
     end
+    return false
   end
-  return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
+  reject = function(code, a, b, kind, ...)
+    unstage()
+    if not provably_not_applied() then
+      event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s,
+        'expected', expected_s, 'actual', current_s)
+      return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
+        expected_s .. ' ' .. current_s)
+    end
+    if kind then
+      event(kind, ...)
+      if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+        local left = redis.call('PTTL', KEYS[1])
+        if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+      end
+    end
+    return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
+  end
 end
 
 if not importing then
@@ -266,7 +271,9 @@ for i = 0, staged - 1 do
 end
 
 -- 3. rotation plan and dead staged commits, checked before anything is written
-local new_w, chunks_w = int(new), chunks == 0 and '0' or int(chunks)  -- as written
+-- as written: ARGV's own digits when already canonical (string.format costs a few us here)
+local new_w = string.find(new_s, '^[1-9]%d*$') and new_s or int(new)
+local chunks_w = chunks == 0 and '0' or int(chunks)
 kept_lists()
 kept[#kept + 1] = chunks > 0 and (new_w .. ':' .. chunks_w) or new_w
 ids[#ids + 1] = commit_id
@@ -388,7 +395,7 @@ for cid, where in pairs(passed) do
   redis.call('HDEL', KEYS[5], cid)
 end
 local t = redis.call('TIME')
-local now = int(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = t[1] .. (#t[2] > 3 and string.sub('00' .. string.sub(t[2], 1, -4), -3) or '000')  -- ms, exact digits
 times[#times + 1] = now
 local from, gone = math.max(drop_count, 0) + 1, {}  -- kept[from ..] stay (kept, ids, times aligned)
 for i = 1, drop_count do
@@ -419,29 +426,31 @@ changed('owner', h_owner, owner)
 if not h_gen or not h_epoch then changed('epoch', nil, int(fence)) end
 if retention > 0 then changed('retention_ms', h_retention, int(retention)) end
 redis.call('HSET', KEYS[2], unpack(fields))
-local function expire()  -- under a retention: every key of the run, from now (see the header)
-  if retention <= 0 then return end
-  local r = int(retention)
-  for i = math.max(1, drop_count + 1), #kept - 1 do
-    for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+local expire  -- under a retention: every key of the run, from now (see the header)
+if retention > 0 then
+  expire = function()
+    local r = int(retention)
+    for i = math.max(1, drop_count + 1), #kept - 1 do
+      for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+    end
+    redis.call('PEXPIRE', KEYS[6], r)
+    for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
+    redis.call('PEXPIRE', KEYS[2], r)
+    redis.call('PEXPIRE', KEYS[3], r)
+    if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
+    redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
   end
-  redis.call('PEXPIRE', KEYS[6], r)
-  for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
-  redis.call('PEXPIRE', KEYS[2], r)
-  redis.call('PEXPIRE', KEYS[3], r)
-  if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
-  redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
 end
 
 if importing then
   redis.call('SET', KEYS[1], int(fence))
   redis.call('DEL', KEYS[4])
   event('import', 'generation', new_w, 'fence', int(fence), 'by', by)
-  expire()
+  if expire then expire() end
   return {new, fence}
 end
 if not h_gen then  -- the commit that creates the head; later ones are recorded by the head itself
   event('commit', 'generation', new_w, 'size', size, 'chunks', chunks_w)
 end
-expire()
+if expire then expire() end
 return new
