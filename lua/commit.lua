@@ -185,7 +185,7 @@ end
 local found = nil
 if h_commit == commit_id then
   found = current
-elseif h_ids and string.find(',' .. h_ids .. ',', ',' .. commit_id .. ',', 1, true) then
+elseif h_ids and string.find(h_ids, commit_id, 1, true) then  -- a cheap filter (no copies); the loop decides
   kept_lists()
   for i = #kept, 1, -1 do
     if ids[i] == commit_id then found = gen_of(kept[i]); break end
@@ -290,15 +290,19 @@ local function entry_key(entry)
   return string.find(entry, ':') and entry or (entry .. ':0')
 end
 local drop_count = #kept - keep
-local missing = {}
+local none = {}  -- the empty table every list that stays empty shares (fewer tables for the GC)
+local missing = none
 for i = 1, retention > 0 and #kept - 1 or drop_count do  -- the new generation is kept[#kept]
-  if not offered[entry_key(kept[i])] then table.insert(missing, entry_key(kept[i])) end
+  if not offered[entry_key(kept[i])] then
+    if missing == none then missing = {} end
+    table.insert(missing, entry_key(kept[i]))
+  end
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 
-local passed = {}  -- dead staged commits whose keys were passed: cid -> {first key, count}
+local passed = #ARGV > 2 + nd and {} or none  -- dead staged commits whose keys were passed: cid -> {first key, count}
 for i = 3 + nd, #ARGV do
   local cid, c = string.match(ARGV[i], '^(.+):(%d+)$')
   passed[cid] = {k, tonumber(c)}
@@ -308,7 +312,7 @@ end
 -- named, so naming staging twice answers 2 * staging + x:refs
 local x_refs, present = KEYS[k], 0
 if strict or drop_count > 0 then present = redis.call('EXISTS', KEYS[5], KEYS[5], x_refs) end
-local registry = (strict and present >= 2) and redis.call('HGETALL', KEYS[5]) or {}
+local registry = (strict and present >= 2) and redis.call('HGETALL', KEYS[5]) or none
 if #registry > 0 then
   local others, bytes = {}, 0
   for i = 1, #registry, 2 do
@@ -330,7 +334,6 @@ end
 
 -- 3b. shared chunks: the reference counts after this commit, checked before anything is written
 -- (only a "dedup" commit, or a rotation on a run holding x:refs, can change them)
-local none = {}
 local x_set, x_del, x_gone = none, none, none
 if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
   x_set, x_del, x_gone = {}, {}, {}
