@@ -52,7 +52,8 @@
 --
 -- Numbers: every token, generation, fence, size and time is an integer below
 -- MAX_INT = 2^50 (redis_ckpt.core.config.MAX_INT), where Lua's doubles are exact; they are written
--- with string.format('%d') or as redis.call arguments (exact on both servers), never with
+-- with string.format('%d'), as redis.call arguments (exact on both servers) or as the digits
+-- they came as (a canonical ARGV number, TIME's seconds and microseconds), never with
 -- tostring/.. (which prints >= 1e14 as "1e+14"). Past the bound: OUT_OF_RANGE, nothing written.
 --
 -- Returns generation              applied (an integer)
@@ -130,9 +131,14 @@ end
 
 local function int(x) return string.format('%d', x) end
 local function split(s)  -- "a,b,,c" -> {"a", "b", "", "c"}; nil or "" -> {}
-  local out = {}
-  if s and s ~= '' then
-    for v in string.gmatch(s .. ',', '([^,]*),') do out[#out + 1] = v end
+  local out, i = {}, 1
+  if s and s ~= '' then  -- string.find: no iterator, no copy of s to build (cheaper than gmatch)
+    while true do
+      local j = string.find(s, ',', i, true)
+      if not j then out[#out + 1] = string.sub(s, i); return out end
+      out[#out + 1] = string.sub(s, i, j - 1)
+      i = j + 1
+    end
   end
   return out
 end
@@ -179,7 +185,7 @@ end
 local found = nil
 if h_commit == commit_id then
   found = current
-elseif h_ids and string.find(',' .. h_ids .. ',', ',' .. commit_id .. ',', 1, true) then
+elseif h_ids and string.find(h_ids, commit_id, 1, true) then  -- a cheap filter (no copies); the loop decides
   kept_lists()
   for i = #kept, 1, -1 do
     if ids[i] == commit_id then found = gen_of(kept[i]); break end
@@ -192,34 +198,38 @@ if found then
 end
 
 -- 2. fence and generation
-local function provably_not_applied()
-  if not resend then return true end  -- no earlier attempt: nothing else could have applied it
-  if not h_gen then return false end
-  local epoch = tonumber(h_epoch or '')
-  if not epoch or epoch > token then return false end
-  if current < new then return true end
-  kept_lists()
-  for i = 1, #kept do
-    if gen_of(kept[i]) == new then return ids[i] ~= '-' end
-  end
-  return false
-end
-local function reject(code, a, b, kind, ...)
-  unstage()
-  if not provably_not_applied() then
-    event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s,
-      'expected', expected_s, 'actual', current_s)
-    return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
-      expected_s .. ' ' .. current_s)
-  end
-  if kind then
-    event(kind, ...)
-    if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
-      local left = redis.call('PTTL', KEYS[1])
-      if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+-- the refusal's helpers, made only when a refusal is coming (a closure costs a few us here)
+local reject
+if (importing and current >= new) or (not importing and (token ~= fence or current ~= expected)) then
+  local function provably_not_applied()
+    if not resend then return true end  -- no earlier attempt: nothing else could have applied it
+    if not h_gen then return false end
+    local epoch = tonumber(h_epoch or '')
+    if not epoch or epoch > token then return false end
+    if current < new then return true end
+    kept_lists()
+    for i = 1, #kept do
+      if gen_of(kept[i]) == new then return ids[i] ~= '-' end
     end
+    return false
   end
-  return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
+  reject = function(code, a, b, kind, ...)
+    unstage()
+    if not provably_not_applied() then
+      event((importing and 'import' or 'commit') .. '_unknown', 'refused', code, 'fence', fence_s,
+        'expected', expected_s, 'actual', current_s)
+      return redis.error_reply('OUTCOME_UNKNOWN ' .. code .. ' ' .. token_s .. ' ' .. fence_s .. ' ' ..
+        expected_s .. ' ' .. current_s)
+    end
+    if kind then
+      event(kind, ...)
+      if redis.call('PTTL', KEYS[3]) == -1 then  -- recreated on a run under a retention: expire with its fence
+        local left = redis.call('PTTL', KEYS[1])
+        if left > 0 then redis.call('PEXPIRE', KEYS[3], left) end
+      end
+    end
+    return redis.error_reply(code .. ' ' .. a .. ' ' .. b)
+  end
 end
 
 if not importing then
@@ -261,38 +271,48 @@ for i = 0, staged - 1 do
 end
 
 -- 3. rotation plan and dead staged commits, checked before anything is written
-local new_w, chunks_w = int(new), int(chunks)  -- as written
+-- as written: ARGV's own digits when already canonical (string.format costs a few us here)
+local new_w = string.find(new_s, '^[1-9]%d*$') and new_s or int(new)
+local chunks_w = chunks == 0 and '0' or int(chunks)
 kept_lists()
 kept[#kept + 1] = chunks > 0 and (new_w .. ':' .. chunks_w) or new_w
 ids[#ids + 1] = commit_id
 local offered = {}
 local k = 7 + 2 * staged
 for i = 3, 2 + nd do
-  local g, c = string.match(ARGV[i], '^(%d+):(%d+)$')
+  local c = tonumber(string.match(ARGV[i], '^%d+:(%d+)$'))  -- the whole entry matched: it is the key
   local list = {}
-  for j = 0, tonumber(c) do list[j + 1] = KEYS[k + j] end
-  offered[g .. ':' .. c] = list
-  k = k + tonumber(c) + 1
+  for j = 0, c do list[j + 1] = KEYS[k + j] end
+  offered[ARGV[i]] = list
+  k = k + c + 1
 end
 local function entry_key(entry)
   return string.find(entry, ':') and entry or (entry .. ':0')
 end
 local drop_count = #kept - keep
-local missing = {}
+local none = {}  -- the empty table every list that stays empty shares (fewer tables for the GC)
+local missing = none
 for i = 1, retention > 0 and #kept - 1 or drop_count do  -- the new generation is kept[#kept]
-  if not offered[entry_key(kept[i])] then table.insert(missing, entry_key(kept[i])) end
+  if not offered[entry_key(kept[i])] then
+    if missing == none then missing = {} end
+    table.insert(missing, entry_key(kept[i]))
+  end
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
 
-local passed = {}  -- dead staged commits whose keys were passed: cid -> {first key, count}
+local passed = #ARGV > 2 + nd and {} or none  -- dead staged commits whose keys were passed: cid -> {first key, count}
 for i = 3 + nd, #ARGV do
   local cid, c = string.match(ARGV[i], '^(.+):(%d+)$')
   passed[cid] = {k, tonumber(c)}
   k = k + tonumber(c)
 end
-local registry = strict and redis.call('HGETALL', KEYS[5]) or {}
+-- which of staging and x:refs exist, in one call: EXISTS counts a key once per time it is
+-- named, so naming staging twice answers 2 * staging + x:refs
+local x_refs, present = KEYS[k], 0
+if strict or drop_count > 0 then present = redis.call('EXISTS', KEYS[5], KEYS[5], x_refs) end
+local registry = (strict and present >= 2) and redis.call('HGETALL', KEYS[5]) or none
 if #registry > 0 then
   local others, bytes = {}, 0
   for i = 1, #registry, 2 do
@@ -313,53 +333,57 @@ if #registry > 0 then
 end
 
 -- 3b. shared chunks: the reference counts after this commit, checked before anything is written
-local x_refs, x_set, x_del, x_gone = KEYS[k], {}, {}, {}
-local delta, x_changed = {}, {}
-local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
-  local b1, b2, b3, b4 = string.byte(blob, 6, 9)
-  local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
-  if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
-  for i = 0, n - 1 do
-    local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
-    if not seen[a] then
-      seen[a] = true
-      local v = (delta[a] or 0) + d
-      if not delta[a] then x_changed[#x_changed + 1] = a end
-      delta[a] = v
-    end
-  end
-end
-if mode == 'dedup' then addresses(ARGV[2], 1) end
-if drop_count > 0 and redis.call('EXISTS', x_refs) == 1 then  -- no x:refs: no kept generation is shared
-  for i = 1, drop_count do
-    local blob = redis.call('GET', offered[entry_key(kept[i])][1])
-    if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
-  end
-end
-local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
-for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
-x_changed = nonzero
-if #x_changed > 0 then
-  local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
-  for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
-  for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
-  for first = 1, #x_changed, 4000 do
-    local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
-    local counts = redis.call('HMGET', x_refs, unpack(batch))
-    for j, a in ipairs(batch) do
-      local d = delta[a]
-      local was = tonumber(counts[j] or '0') or 0
-      if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
-      if was + d > 0 then
-        x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
-      else
-        x_del[#x_del + 1] = a
-        if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+-- (only a "dedup" commit, or a rotation on a run holding x:refs, can change them)
+local x_set, x_del, x_gone = none, none, none
+if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
+  x_set, x_del, x_gone = {}, {}, {}
+  local delta, x_changed = {}, {}
+  local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
+    local b1, b2, b3, b4 = string.byte(blob, 6, 9)
+    local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
+    if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
+    for i = 0, n - 1 do
+      local a = string.sub(blob, 10 + 32 * i, 41 + 32 * i)
+      if not seen[a] then
+        seen[a] = true
+        local v = (delta[a] or 0) + d
+        if not delta[a] then x_changed[#x_changed + 1] = a end
+        delta[a] = v
       end
     end
   end
-  if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
-  if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+  if mode == 'dedup' then addresses(ARGV[2], 1) end
+  if drop_count > 0 and present % 2 == 1 then  -- no x:refs: no kept generation is shared
+    for i = 1, drop_count do
+      local blob = redis.call('GET', offered[entry_key(kept[i])][1])
+      if blob and string.sub(blob, 1, 4) == 'RCKX' then addresses(blob, -1) end
+    end
+  end
+  local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
+  for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
+  x_changed = nonzero
+  if #x_changed > 0 then
+    local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
+    for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
+    for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+    for first = 1, #x_changed, 4000 do
+      local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
+      local counts = redis.call('HMGET', x_refs, unpack(batch))
+      for j, a in ipairs(batch) do
+        local d = delta[a]
+        local was = tonumber(counts[j] or '0') or 0
+        if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
+        if was + d > 0 then
+          x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
+        else
+          x_del[#x_del + 1] = a
+          if offered_x[a] then x_gone[#x_gone + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+        end
+      end
+    end
+    if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
+    if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+  end
 end
 
 -- 4. apply
@@ -374,16 +398,11 @@ for cid, where in pairs(passed) do
   redis.call('HDEL', KEYS[5], cid)
 end
 local t = redis.call('TIME')
-local now = int(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = t[1] .. (#t[2] > 3 and string.sub('00' .. string.sub(t[2], 1, -4), -3) or '000')  -- ms, exact digits
 times[#times + 1] = now
-local still, still_ids, still_ms, gone = {}, {}, {}, {}
-for i = 1, #kept do
-  if i <= drop_count then
-    for _, key in ipairs(offered[entry_key(kept[i])]) do gone[#gone + 1] = key end
-  else
-    local n = #still + 1
-    still[n], still_ids[n], still_ms[n] = kept[i], ids[i], times[i]
-  end
+local from, gone = math.max(drop_count, 0) + 1, {}  -- kept[from ..] stay (kept, ids, times aligned)
+for i = 1, drop_count do
+  for _, key in ipairs(offered[entry_key(kept[i])]) do gone[#gone + 1] = key end
 end
 if #gone > 0 then redis.call('DEL', unpack(gone)) end
 for i = 1, #x_set, 6000 do redis.call('HSET', x_refs, unpack(x_set, i, math.min(i + 5999, #x_set))) end
@@ -396,8 +415,8 @@ end
 -- the head: what every commit changes, then what rarely does only when it did (fewer fields
 -- to write and to log)
 local fields = {'generation', new_w, 'commit_id', commit_id, 'checksum', checksum, 'created_ms', now,
-  'kept', table.concat(still, ','), 'kept_ids', table.concat(still_ids, ','),
-  'kept_ms', table.concat(still_ms, ',')}
+  'kept', table.concat(kept, ',', from), 'kept_ids', table.concat(ids, ',', from),
+  'kept_ms', table.concat(times, ',', from)}
 local function changed(name, old, value)
   if old ~= value then fields[#fields + 1] = name; fields[#fields + 1] = value end
 end
@@ -410,29 +429,31 @@ changed('owner', h_owner, owner)
 if not h_gen or not h_epoch then changed('epoch', nil, int(fence)) end
 if retention > 0 then changed('retention_ms', h_retention, int(retention)) end
 redis.call('HSET', KEYS[2], unpack(fields))
-local function expire()  -- under a retention: every key of the run, from now (see the header)
-  if retention <= 0 then return end
-  local r = int(retention)
-  for i = math.max(1, drop_count + 1), #kept - 1 do
-    for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+local expire  -- under a retention: every key of the run, from now (see the header)
+if retention > 0 then
+  expire = function()
+    local r = int(retention)
+    for i = math.max(1, drop_count + 1), #kept - 1 do
+      for _, key in ipairs(offered[entry_key(kept[i])]) do redis.call('PEXPIRE', key, r) end
+    end
+    redis.call('PEXPIRE', KEYS[6], r)
+    for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
+    redis.call('PEXPIRE', KEYS[2], r)
+    redis.call('PEXPIRE', KEYS[3], r)
+    if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
+    redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
   end
-  redis.call('PEXPIRE', KEYS[6], r)
-  for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
-  redis.call('PEXPIRE', KEYS[2], r)
-  redis.call('PEXPIRE', KEYS[3], r)
-  if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl
-  redis.call('PEXPIREAT', KEYS[1], int(math.max(tonumber(now), fence) + retention + margin))
 end
 
 if importing then
   redis.call('SET', KEYS[1], int(fence))
   redis.call('DEL', KEYS[4])
   event('import', 'generation', new_w, 'fence', int(fence), 'by', by)
-  expire()
+  if expire then expire() end
   return {new, fence}
 end
 if not h_gen then  -- the commit that creates the head; later ones are recorded by the head itself
   event('commit', 'generation', new_w, 'size', size, 'chunks', chunks_w)
 end
-expire()
+if expire then expire() end
 return new
