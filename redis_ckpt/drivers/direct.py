@@ -68,11 +68,11 @@ def reader_of(conn: Any) -> Any:
     if _HiredisParser is None or type(conn) not in _PLAIN:
         return None
     parser = conn._parser
-    if type(parser) is not _HiredisParser or conn._sock is None:
+    if type(parser) is not _HiredisParser or conn._sock is None or getattr(parser, "_buffer", None) is None:
         return None
     if getattr(parser, "_hiredis_PushNotificationType", None) is None and conn.protocol in (3, "3"):
         return None
-    return parser._reader
+    return getattr(parser, "_reader", None)
 
 
 def read_replies(conn: Any, reader: Any, n: int) -> list[Any]:
@@ -111,8 +111,23 @@ def read_replies(conn: Any, reader: Any, n: int) -> list[Any]:
     return out
 
 
+def _has(pool_class: type, names: tuple[str, ...]) -> bool:
+    """Whether a fresh ``pool_class()`` has ``names`` (redis-py 5 to 8 do): a redis-py that
+    keeps its pools some other way gets the ordinary path only."""
+    try:
+        pool = pool_class()
+    except Exception:  # pragma: no cover - a redis-py whose pools need more to be made
+        return False
+    return all(hasattr(pool, name) for name in names)
+
+
+_SYNC_PARTS = _has(redis.ConnectionPool, ("_available_connections", "_in_use_connections", "_lock", "_checkpid",
+                                          "_created_connections", "owns_connection", "pid"))
+_ASYNC_PARTS = _has(redis.asyncio.ConnectionPool, ("_available_connections", "_in_use_connections"))
+
+
 def _plain_pool(pool: Any) -> bool:
-    if type(pool) is not redis.ConnectionPool or getattr(pool, "cache", None) is not None:
+    if not _SYNC_PARTS or type(pool) is not redis.ConnectionPool or getattr(pool, "cache", None) is not None:
         return False
     return pool.connection_kwargs.get("credential_provider") is None
 
@@ -174,7 +189,7 @@ def give_back(pool: Any, conn: Any) -> None:
 
 
 def _plain_async_pool(pool: Any) -> bool:
-    return type(pool) is redis.asyncio.ConnectionPool and \
+    return _ASYNC_PARTS and type(pool) is redis.asyncio.ConnectionPool and \
         pool.connection_kwargs.get("credential_provider") is None
 
 
