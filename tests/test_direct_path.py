@@ -10,13 +10,14 @@ import pytest
 import redis
 
 from redis_ckpt.drivers import direct
+from redis_ckpt.drivers.deadlines import GET_CONN_ARGS
 from redis_ckpt.drivers.resp import read_all, send_sync
 
 
 def _ordinary(client: redis.Redis, commands: list[tuple]) -> list:
     """The replies as redis-py's connection reads them (no response callbacks)."""
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = pool.get_connection(*GET_CONN_ARGS)
     try:
         conn.send_packed_command(conn.pack_commands(commands))
         return read_all(conn, len(commands))
@@ -44,7 +45,7 @@ def test_replies_are_the_ones_redis_py_reads(durable_server, namespace, protocol
     ]
     try:
         _ordinary(client, commands)  # the same keys before each of the two runs compared
-        conn = client.connection_pool.get_connection()
+        conn = client.connection_pool.get_connection(*GET_CONN_ARGS)
         client.connection_pool.release(conn)
         assert direct.reader_of(conn) is not None  # the short path is the one under test
         ours = send_sync(client, commands, until=time.monotonic() + 10)
@@ -59,7 +60,8 @@ def test_replies_are_the_ones_redis_py_reads(durable_server, namespace, protocol
 
 def test_a_push_message_between_replies_is_not_taken_for_one(durable_server, namespace):
     """RESP3: the server sends an invalidation in the middle of the replies (the connection
-    tracks the key it then changes); the replies still line up."""
+    tracks the key it then changes); the replies still line up (redis-py 5's own read would
+    hand the push back as a reply)."""
     client = redis.Redis.from_url(durable_server.url, protocol=3)
     k = f"{namespace}:tracked"
     try:

@@ -19,7 +19,8 @@ and nothing else:
   hiredis parser (its reader, buffer and reply classes are the ones used, so an error reply
   is the same exception object). Under RESP3 a push message (a maintenance notification, an
   invalidation) that arrives between replies goes to the parser's own push handler, as
-  ``read_response`` does, and is not counted as a reply. A timeout or a broken socket raises redis-py's
+  ``read_response`` does, and is not counted as a reply (redis-py 5's hiredis parser has no
+  push handler and would hand it back as the next reply: here it is dropped). A timeout or a broken socket raises redis-py's
   ``TimeoutError`` / ``ConnectionError``, as ``read_response`` does; the caller disconnects.
 * **give back** (:func:`give_back`): what ``release`` does, without the counters (neither
   side of this path records them, so redis-py's pool metrics never drift).
@@ -47,6 +48,11 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+try:  # hiredis >= 3.2 returns a RESP3 push message as this type
+    from hiredis import PushNotification as _PUSH
+except ImportError:  # pragma: no cover - an older hiredis: RESP3 connections go the ordinary way
+    _PUSH = None
+
 try:
     from redis._parsers.hiredis import NOT_ENOUGH_DATA as _MORE
     from redis._parsers.hiredis import _HiredisParser
@@ -70,7 +76,7 @@ def reader_of(conn: Any) -> Any:
     parser = conn._parser
     if type(parser) is not _HiredisParser or conn._sock is None or getattr(parser, "_buffer", None) is None:
         return None
-    if getattr(parser, "_hiredis_PushNotificationType", None) is None and conn.protocol in (3, "3"):
+    if _PUSH is None and conn.protocol in (3, "3"):
         return None
     return getattr(parser, "_reader", None)
 
@@ -80,7 +86,7 @@ def read_replies(conn: Any, reader: Any, n: int) -> list[Any]:
     its socket under the socket's timeout."""
     parser = conn._parser
     sock, buf = conn._sock, parser._buffer
-    push = getattr(parser, "_hiredis_PushNotificationType", None)
+    handle_push = getattr(parser, "handle_push_response", None)
     out: list[Any] = []
     try:
         while len(out) < n:
@@ -91,8 +97,9 @@ def read_replies(conn: Any, reader: Any, n: int) -> list[Any]:
                     raise RedisConnectionError(_CLOSED)
                 reader.feed(buf, 0, got)
                 reply = reader.gets()
-            if push is not None and isinstance(reply, push):
-                parser.handle_push_response(reply)
+            if _PUSH is not None and type(reply) is _PUSH:  # not a reply: the parser's, if it wants it
+                if handle_push is not None:
+                    handle_push(reply)
                 continue
             # what the parser raises rather than returns (LOADING is a ConnectionError)
             if isinstance(reply, RedisConnectionError):
