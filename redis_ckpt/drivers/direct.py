@@ -20,8 +20,9 @@ and nothing else:
   is the same exception object). Under RESP3 a push message (a maintenance notification, an
   invalidation) that arrives between replies goes to the parser's own push handler, as
   ``read_response`` does, and is not counted as a reply (redis-py 5's hiredis parser has no
-  push handler and would hand it back as the next reply: here it is dropped). A timeout or a broken socket raises redis-py's
-  ``TimeoutError`` / ``ConnectionError``, as ``read_response`` does; the caller disconnects.
+  push handler and would hand it back as the next reply: here it is dropped). A timeout or a
+  broken socket raises redis-py's ``TimeoutError`` / ``ConnectionError``, as
+  ``read_response`` does; the caller disconnects.
 * **give back** (:func:`give_back`): what ``release`` does, without the counters (neither
   side of this path records them, so redis-py's pool metrics never drift).
 * **asyncio** (:func:`take_idle_async`, :func:`give_back_async`): the same take and give
@@ -118,25 +119,26 @@ def read_replies(conn: Any, reader: Any, n: int) -> list[Any]:
     return out
 
 
-def _has(pool_class: type, names: tuple[str, ...]) -> bool:
-    """Whether a fresh ``pool_class()`` has ``names`` (redis-py 5 to 8 do): a redis-py that
-    keeps its pools some other way gets the ordinary path only."""
-    try:
-        pool = pool_class()
-    except Exception:  # pragma: no cover - a redis-py whose pools need more to be made
-        return False
-    return all(hasattr(pool, name) for name in names)
+#: what the short take uses of a pool besides its public methods (redis-py 5 to 8 have them);
+#: a redis-py that keeps its pools some other way gets the ordinary path only
+_SYNC_PARTS = ("_available_connections", "_in_use_connections", "_lock", "_checkpid", "_created_connections",
+               "owns_connection", "pid")
+_ASYNC_PARTS = ("_available_connections", "_in_use_connections")
+#: {pool class: whether its pools have those parts}, learnt from the first pool of the class seen
+_HAS_PARTS: dict[type, bool] = {}
 
 
-_SYNC_PARTS = _has(redis.ConnectionPool, ("_available_connections", "_in_use_connections", "_lock", "_checkpid",
-                                          "_created_connections", "owns_connection", "pid"))
-_ASYNC_PARTS = _has(redis.asyncio.ConnectionPool, ("_available_connections", "_in_use_connections"))
+def _has_parts(pool: Any, names: tuple[str, ...]) -> bool:
+    has = _HAS_PARTS.get(type(pool))
+    if has is None:
+        has = _HAS_PARTS[type(pool)] = all(hasattr(pool, name) for name in names)
+    return has
 
 
 def _plain_pool(pool: Any) -> bool:
-    if not _SYNC_PARTS or type(pool) is not redis.ConnectionPool or getattr(pool, "cache", None) is not None:
+    if type(pool) is not redis.ConnectionPool or getattr(pool, "cache", None) is not None:
         return False
-    return pool.connection_kwargs.get("credential_provider") is None
+    return pool.connection_kwargs.get("credential_provider") is None and _has_parts(pool, _SYNC_PARTS)
 
 
 def _ready(conn: Any) -> bool:
@@ -196,8 +198,8 @@ def give_back(pool: Any, conn: Any) -> None:
 
 
 def _plain_async_pool(pool: Any) -> bool:
-    return _ASYNC_PARTS and type(pool) is redis.asyncio.ConnectionPool and \
-        pool.connection_kwargs.get("credential_provider") is None
+    return type(pool) is redis.asyncio.ConnectionPool and \
+        pool.connection_kwargs.get("credential_provider") is None and _has_parts(pool, _ASYNC_PARTS)
 
 
 def _ready_async(conn: Any) -> bool:
