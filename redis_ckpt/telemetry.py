@@ -44,6 +44,9 @@ __all__ = ["Telemetry", "telemetry_for", "available"]
 _AVAILABLE: bool | None = None
 _CODECS = {"1": "msgpack"}
 #: the API's stand-ins until an SDK sets a global provider (names: the proxies are private)
+_NOOP_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"})
+
+
 def _globals_unset() -> Any:
     """A check that neither global provider of the OpenTelemetry API has been set (nor is
     named by its environment variable, which the API would load), or None when this API
@@ -59,9 +62,6 @@ def _globals_unset() -> Any:
     if OTEL_PYTHON_TRACER_PROVIDER in os.environ or OTEL_PYTHON_METER_PROVIDER in os.environ:
         return None
     return lambda: trace._TRACER_PROVIDER is None and metrics_globals._METER_PROVIDER is None
-
-
-_NOOP_PROVIDERS = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"})
 
 
 def available() -> bool:
