@@ -77,7 +77,8 @@ from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
 
 __all__ = [
-    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "NEAR_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class", "cut", "chunker_name",
+    "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "NEAR_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class",
+    "cut", "chunker_name",
     "address", "split_parts", "encode_manifest", "is_manifest", "read_manifest", "assemble",
 ]
 
@@ -159,7 +160,8 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
     starts a chunk of this payload - at its own offset, moved by what the payload or the last
     match moved, or one of the :data:`NEAR_TRIES` nearest within a maximum chunk (4 x ``avg``)
     of it - and its address matches the bytes there, it is taken without cutting; elsewhere
-    one chunk is cut, and the same is tried where it ends (:data:`RESYNC_TRIES` misses in a row: the rest is cut). Every chunk
+    one chunk is cut, and the same is tried where it ends (:data:`RESYNC_TRIES` misses in a
+    row: the rest is cut). Every chunk
     but the previous payload's last may be taken: FastCDC ends a chunk at the first position
     past the minimum whose rolling hash of the bytes since the chunk's start fits the mask for
     that position, or at the maximum, or at the end of the data (only the last chunk, which

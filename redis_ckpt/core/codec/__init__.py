@@ -26,7 +26,8 @@ packs exactly in C (plain.py: one breadth-first scan, then ormsgpack or msgpack)
 one for every other (careful.py: one pass that checks and prepares, then msgpack with the
 leaf encoders of tags.py); only when it fails does a slow walk (problems.py) name the value
 and its path. A value encoded once (spliced.py; ``encoded``, ``EncodedMap``, ``EncodedList``)
-is joined verbatim into a top-level dict's encoding. Decoding (decode.py) is msgpack's C unpacker with the leaf decoders of tags.py.
+is joined verbatim into a top-level dict's encoding. Decoding (decode.py) is msgpack's C
+unpacker with the leaf decoders of tags.py.
 """
 
 from __future__ import annotations
