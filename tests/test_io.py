@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from redis.connection import Connection
@@ -32,6 +35,57 @@ def test_pack_matches_redis_py(commands):
 def test_pack_refuses_what_redis_py_would_not_send(bad):
     with pytest.raises(TypeError):
         _pack([("SET", "k", bad)])
+
+
+def _in_a_child(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+def test_an_int_that_cannot_become_text_is_an_error_not_a_crash():
+    # hiredis's C packer turns an int into text with PyObject_Repr and does not check for
+    # failure: an int past Python's str() digit limit made it dereference NULL (SIGSEGV)
+    child = _in_a_child("""
+        from redis_ckpt.drivers.resp import pack
+        try:
+            pack([("SET", "k", 10 ** 5000)])
+        except ValueError as exc:
+            print("refused:", type(exc).__name__)
+    """)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert "refused: ValueError" in child.stdout
+
+
+def test_a_signal_handler_that_raises_while_packing_never_crashes_the_process():
+    # the crash a chaos worker hit: SIGTERM's handler (sys.exit) - or Ctrl-C's KeyboardInterrupt -
+    # runs inside int -> text conversion, which checks for signals; PyObject_Repr then fails and
+    # hiredis's packer dereferenced its NULL result. Here a timer raises every 20 us while
+    # commit-shaped commands (many multi-digit ints) are packed, for at most 2 s.
+    child = _in_a_child("""
+        import signal, time
+        from redis_ckpt.drivers.resp import pack
+
+        class Interrupted(Exception):
+            pass
+
+        def interrupt(signum, frame):  # only inside the packer: the loop itself is never hit
+            if frame is not None and frame.f_globals.get("__name__") == "redis_ckpt.drivers.resp":
+                raise Interrupted
+
+        cmd = ("EVALSHA", "a" * 40, 2, "ns:{r}:a", "ns:{r}:b", *(10 ** 60 + i for i in range(40)))
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.00002, 0.00002)
+        interrupted = 0
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                pack([cmd, ("WAITAOF", 1, 0, 5000)])
+            except Interrupted:
+                interrupted += 1
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print("interrupted", interrupted)
+    """)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert int(child.stdout.split()[-1]) > 0  # the handler did run during packing
 
 
 @pytest.mark.parametrize("big", [memoryview(os.urandom(100_000)), os.urandom(100_000)])

@@ -96,7 +96,7 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     bytearray) sends them through the Python packer, which decides."""
     if _pack_command is not None and not any(map(_large, commands)):
         try:
-            return [b"".join(map(_pack_command, commands))]
+            return [b"".join([_pack_command(_numbers_as_text(c)) for c in commands])]
         except TypeError:
             pass
     out: list[Any] = []
@@ -126,6 +126,17 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
                 add(b"\r\n")
     out.append(b"".join(small))
     return out
+
+
+def _numbers_as_text(cmd: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``cmd`` with its ints and floats already as the text the server gets, for hiredis's
+    packer. It converts them itself with ``PyObject_Repr`` and does not check the result:
+    when that fails it dereferences NULL and the process dies of SIGSEGV. Converting an int
+    checks for signals, so a signal handler that raises (``sys.exit`` on SIGTERM, Ctrl-C's
+    KeyboardInterrupt) at that moment crashed a worker instead of ending it; so did an int
+    too long for ``str()``. Here those raise, as Python code."""
+    return tuple([a if type(a) is str or type(a) is bytes else b"%d" % a if type(a) is int
+                  else repr(a).encode() if type(a) is float else a for a in cmd])
 
 
 def _large(cmd: tuple[Any, ...]) -> bool:
