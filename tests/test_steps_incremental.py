@@ -119,3 +119,19 @@ def test_a_result_is_stored_as_its_step_returned_it(store):
     runner.add("b", lambda ctx: ctx.results["a"]["items"].append(3) or "changed a's list in place")
     runner.run()
     assert store.load("mut").state["results"] == {"a": {"items": [1, 2]}, "b": "changed a's list in place"}
+
+
+def test_a_state_that_disagrees_with_its_encoding_is_refused_not_committed() -> None:
+    # the runner's own invariant (the state it holds is what it encoded) is checked always,
+    # also under python -O, which would drop an assert
+    from redis_ckpt import StateError
+    from redis_ckpt.steps.state import StoredState
+
+    state = {"kind": STATE_KIND, "format": 1, "incarnation": "i", "steps": ["a", "b"], "completed": ["a"],
+             "results": {"a": 1}, "inputs": None, "finished": False, "created_at": None, "history": {"a": {}}}
+    stored = StoredState(state)
+    stored.wire(state)  # the state it encoded: accepted
+    with pytest.raises(StateError, match="disagree"):
+        stored.wire({**state, "completed": ["a", "b"]})
+    with pytest.raises(StateError, match="disagree"):
+        stored.wire({**state, "steps": ["a", "b"]})  # equal, but not the plan it encoded

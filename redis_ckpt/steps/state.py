@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from ..core.codec import EncodedList, EncodedMap, encoded
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StateError
 
 __all__ = ["STATE_KIND", "STATE_FORMAT", "StepPlanError", "StepStatus", "StoredState", "describe", "is_step_state"]
 
@@ -65,7 +65,11 @@ class StoredState:
 
     def wire(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` as a commit sends it (what grows last, and as encoded)."""
-        assert state["steps"] is self.plan and len(state["completed"]) == len(self.completed)
+        if state["steps"] is not self.plan or len(state["completed"]) != len(self.completed):
+            # a bug of the runner: what it would commit is not the state it holds (checked
+            # always, not with an assert that ``python -O`` drops)
+            raise StateError(f"the runner's state ({len(state['completed'])} completed steps) and what it "
+                             f"encoded of it ({len(self.completed)}) disagree; nothing was committed")
         out = {key: state[key] for key in _ORDER if key in state}
         out.update((key, value) for key, value in state.items() if key not in out)
         for key, (value, done) in self.fixed.items():
