@@ -11,8 +11,8 @@
 --                     while the thread's keys have an expiry
 --   KEYS[4]  index    zset, all scores 0: "<ns>\0<checkpoint id>"
 --   KEYS[5]  records  hash "<ns>\0<checkpoint id>" -> "<n>:<shape>" .. record frame; shape =
---                     items (see below): the parent id, then (channel, version) of every
---                     channel whose value is stored
+--                     the parent id, then (channel, version) of every channel whose value is
+--                     stored, as netstrings (see "Shape" below)
 --   KEYS[6]  values   hash "<ns>\0<channel>\0<version>" -> value frame (first write wins)
 --   KEYS[7]  windex   zset, all scores 0: "<ns>\0<checkpoint id>\0<task id>\0<idx>\0<channel>"
 --   KEYS[8]  writes   hash, the windex members -> write frame
@@ -32,9 +32,10 @@
 --   "W", ns, checkpoint id, n, then n quads (task id, idx, channel, write frame): a write
 --        with idx >= 0 is kept if its (task id, idx) is new (the first one wins), one with
 --        idx < 0 (a special channel: error, interrupt, ...) replaces the earlier one
--- Items: a list of strings encoded as "<length>:<bytes>" one after another (netstrings
--- without the comma). Names (ns, ids, channels, versions) never contain "\0" (the saver
--- refuses them before sending).
+-- Shape: its strings as "<length>:<bytes>" one after another (netstrings without the
+-- comma); the whole shape is one more such string in front of the record frame.
+-- Names (ns, ids, channels, versions) never contain "\0" (the saver refuses them before
+-- sending).
 --
 -- Claim (token 0): the write is accepted when the thread's version is the expected one (the
 -- invocation read the newest state: it takes the thread over at once, whoever wrote before),
