@@ -170,3 +170,53 @@ def test_async_connections_reused_and_never_used_dirty_or_closed(durable_server,
             await admin.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_interrupted_commit_never_leaves_its_reply_to_the_next_operation(make_server, namespace):
+    # Ctrl-C (a signal handler raising) while a commit waits on a frozen server: the commit was
+    # sent and its reply is still to come. The connection must be closed, not handed back with
+    # that reply waiting: the next operation on the pool would read it as its own.
+    import os
+    import signal
+
+    from redis_ckpt import CheckpointStore
+    from redis_ckpt.core.keys import RunKeys
+
+    server = make_server("valkey", appendonly="yes", appendfsync="always")
+    client = redis.Redis.from_url(server.url)
+    store = CheckpointStore(client, namespace=namespace)
+    try:
+        lease = store.acquire("r", owner="w", ttl=60)
+        first = lease.commit({"n": 1})
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGALRM, interrupt)
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(KeyboardInterrupt):
+                lease.commit({"n": 2})  # sent; its reply waits on the frozen server
+            pool = client.connection_pool
+            assert not pool._in_use_connections
+            # closed: the ordinary take reconnects it (an open one would be used as it is
+            # whenever the late reply had not arrived yet)
+            assert all(conn._sock is None for conn in pool._available_connections)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            os.kill(server.pid, signal.SIGCONT)
+        # the interrupted commit may have applied (it reached the server): each read below gets
+        # its own reply, and they agree with each other and with the server
+        info = store.info("r")
+        assert info.generation in (first, first + 1)
+        ck = store.load("r")
+        assert ck is not None and ck.generation == info.generation
+        assert ck.state == {"n": 1 if info.generation == first else 2}
+        raw = server.client()
+        assert int(raw.hget(RunKeys(namespace, "r").head, "generation") or 0) == info.generation
+        raw.close()
+    finally:
+        store.close()
+        client.close()
