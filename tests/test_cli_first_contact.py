@@ -200,13 +200,27 @@ def read_line_with(proc: subprocess.Popen[str], needle: str, limit_s: float = 60
     return stdout_lines(proc).wait_for(needle, limit_s)
 
 
+@pytest.fixture
+def ctrl_c_reaches_children() -> Any:
+    """The commands a test starts get Ctrl-C's SIGINT, as from a terminal. A process started
+    in the background of a shell without job control (``cmd &`` in a script, as some CI
+    runners start their jobs) ignores SIGINT, and its children inherit that; a signal a
+    process handles is reset to its default action in a child it execs."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 @pytest.mark.server
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_server_runs_a_durable_valkey_until_a_signal_and_leaves_nothing_behind(tmp_path: Path, sig: int) -> None:
+def test_server_runs_a_durable_valkey_until_a_signal_and_leaves_nothing_behind(tmp_path: Path, sig: int,
+                                                                                ctrl_c_reaches_children: None) -> None:
     if not SCRIPT.exists():
         pytest.skip("console script not installed")
     port = free_port()
@@ -437,7 +451,8 @@ def test_with_json_every_error_is_one_json_object_on_stderr(durable_server: Any,
 
 
 @pytest.mark.server
-def test_fence_follow_waits_for_a_run_that_does_not_exist_yet(durable_server: Any, namespace: str) -> None:
+def test_fence_follow_waits_for_a_run_that_does_not_exist_yet(durable_server: Any, namespace: str,
+                                                              ctrl_c_reaches_children: None) -> None:
     if not SCRIPT.exists():
         pytest.skip("console script not installed")
     args = [str(SCRIPT), "fence", "later", "--follow", "--json", "-u", durable_server.url, "-n", namespace]
@@ -526,7 +541,8 @@ def _processes_with(marker: str) -> list[int]:
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.parametrize("after", ["acquired the run", "frozen after step 6"])
-def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path: Path, after: str) -> None:
+def test_ctrl_c_during_the_demo_stops_every_worker_without_a_traceback(tmp_path: Path, after: str,
+                                                                       ctrl_c_reaches_children: None) -> None:
     run = "ctrl-c-" + os.urandom(4).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_CKPT_")}
     # its own session, so that a SIGINT to its process group is what a terminal's Ctrl-C sends
