@@ -168,3 +168,26 @@ def test_scripts_under_a_retention_not_given_every_shared_chunk_write_nothing(cl
                                             maxlen=100, entries=entries, shared=chunks))
     assert not isinstance(reply, ReplyError)
     assert all(0 < ms <= 60_000 for ms in expiry_of(client, [k.refs, *map(k.shared, chunks)]))
+
+
+def test_the_async_store_finishes_a_shared_run_without_leaving_its_chunks(client, namespace, durable_server):
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    async def main() -> None:
+        store = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace, keep=2, dedup=True,
+                                                    fence_margin=0.2)
+        try:
+            lease = await store.acquire("aio", owner="w", ttl=30)
+            for n in (400, 410, 420):
+                await lease.commit(history(n))
+            await lease.finish(keep_for=5)
+            lease = await store.acquire("aio", owner="w", ttl=30)  # NEED_KEYS, NEED_SHARED: passed
+            assert await lease.commit(history(430)) == 4
+            await lease.finish(keep_for=0.3)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    wait_gone(client, RunKeys(namespace, "aio"))
