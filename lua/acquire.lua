@@ -8,7 +8,9 @@
 -- KEYS[4] events  stream, capped at ~ARGV[3] entries
 -- KEYS[5] staging hash {commit id: "<token>:<expected>:<count>:<bytes>"} of staged commits
 -- KEYS[6..]       for each generation entry of ARGV[8..7+d], g:<g> then its chunk keys; then
---                 the staged keys of the dead entries, <count> keys each
+--                 the staged keys of the dead entries, <count> keys each; then x:refs (the
+--                 run's shared-chunk reference counts, see core/dedup.py) and the shared chunks
+--                 x:<address> passed (under a retention every one x:refs names is needed)
 -- ARGV[1] owner
 -- ARGV[2] ttl in ms, an integer in [1, MAX_INT]
 -- ARGV[3] events stream max length
@@ -23,10 +25,14 @@
 -- Numbers: tokens and ttls stay below MAX_INT = 2^50 (redis_ckpt.core.config.MAX_INT), where Lua's
 -- doubles are exact; the acquire that would pass it is refused before anything is written.
 --
--- Retention: when one applies, every key of the run (head, kept generations, events) expires
--- that long from now, the fence ARGV[6] ms after max(now, token) + retention, and the token is
--- at least the server time in ms (TIME): a fence recreated after it expired starts above
--- every token the run held. Without one, nothing here expires and the token is fence + 1.
+-- Retention: when one applies, every key of the run (head, kept generations, events, x:refs
+-- and the shared chunks it names) expires that long from now, the fence ARGV[6] ms after
+-- max(now, token) + retention, and the token is at least the server time in ms (TIME): a
+-- fence recreated after it expired starts above every token the run held. A run holding
+-- shared chunks also records the retention in its head (retention_ms, when ARGV[5] set it),
+-- so that every later commit and acquire moves their expiry on too (and a "dedup" commit is
+-- answered RETAINED, see commit.lua): a chunk never expires before a generation listing it.
+-- Without one, nothing here expires and the token is fence + 1.
 --
 -- Returns {token, head_generation, kind, previous_token}
 --   kind: "acquire"   first lease, or the previous holder released
@@ -39,6 +45,7 @@
 --   "NEED_STAGE <cid>:<count> ..." staged commits (all dead once the fence moves: their
 --                                  scripts will meet FENCED) whose keys were not passed
 --   "NEED_KEYS <g>:<c> ..."        under a retention: kept generations whose keys were not passed
+--   "NEED_SHARED <n>"              under a retention: x:refs names n shared chunks, not all passed
 --
 -- The token is the safety mechanism; the lease is only liveness.
 local LIMIT = 1125899906842624  -- 2^50
@@ -97,6 +104,15 @@ for i = 8 + nd, #ARGV do
   passed[cid] = {k, tonumber(c)}
   k = k + tonumber(c)
 end
+local x_refs, shared = KEYS[k], {}  -- under a retention: the keys of the chunks x:refs names
+if retention > 0 then
+  local counts, passed_x = redis.call('HGETALL', x_refs), {}  -- {address, count, ...}
+  for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+  for i = 1, #counts, 2 do
+    if not passed_x[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end
+    shared[#shared + 1] = passed_x[counts[i]]
+  end
+end
 if ARGV[4] == '1' then
   local registry = redis.call('HGETALL', KEYS[5])
   local need = {}
@@ -146,6 +162,11 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', unpack(fields))
 if retention > 0 then
   local r = int(retention)
   for _, key in ipairs(gen_keys) do redis.call('PEXPIRE', key, r) end
+  if #shared > 0 then
+    redis.call('PEXPIRE', x_refs, r)
+    for _, key in ipairs(shared) do redis.call('PEXPIRE', key, r) end
+    if h[1] and h[2] ~= r then redis.call('HSET', KEYS[3], 'retention_ms', r) end
+  end
   redis.call('PEXPIRE', KEYS[3], r)
   redis.call('PEXPIRE', KEYS[4], r)
   redis.call('PEXPIREAT', KEYS[1], int(math.max(now_n, token) + retention + margin))

@@ -31,7 +31,8 @@
 --                      <count> staged keys
 -- then                 x:refs, the run's shared-chunk reference counts {address: kept
 --                      generations listing it}, then shared chunks x:<address> offered for
---                      freeing (see "Shared chunks" below)
+--                      freeing (see "Shared chunks" below; under a retention every one x:refs
+--                      names is needed: those still listed get the new expiry)
 -- ARGV[1]  the scalar fields F, joined by "\n" (none of them can hold a newline), in order:
 --          1 mode ("commit" | "import" | "dedup": a commit whose ARGV[2] is a shared-chunk
 --          manifest and whose staged keys are chunks becoming x:<address>), 2 token,
@@ -79,6 +80,7 @@
 --   "NEED_CHUNKS <address> ..."    the manifest lists shared chunks the run does not hold and
 --                                  this commit did not stage: stage them and resend
 --   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed
+--   "NEED_SHARED <n>"              under a retention: x:refs names n shared chunks, not all passed
 --   "RETAINED <ms>"                a "dedup" commit on a run under a retention (shared chunks
 --                                  would expire with the generation that staged them): the
 --                                  caller's staged keys are removed; commit it not shared
@@ -103,10 +105,11 @@
 -- whose count changes; a count reaching 0 deletes the field and the chunk.
 --
 -- Retention (field 20, or the head's retention_ms): when one applies, a commit that applies
--- sets every key of the run (head, kept generations, events, a released lease) to expire
--- that long from now and the fence ARGV 21 ms after max(now, fence) + retention; an import
--- raises the fence to at least the server time in ms (see acquire.lua). A refusal's audit
--- event on a run whose events expired gets the fence's expiry. Without one: nothing expires.
+-- sets every key of the run (head, kept generations, events, a released lease, x:refs and
+-- the shared chunks it still names) to expire that long from now and the fence ARGV 21 ms
+-- after max(now, fence) + retention; an import raises the fence to at least the server time
+-- in ms (see acquire.lua). A refusal's audit event on a run whose events expired gets the
+-- fence's expiry. Without one: nothing expires.
 --
 -- Staging: a staged commit is dead once it can no longer apply; the commit that makes it so,
 -- or the next one, removes it. Dead here: import (it bumps the fence): every other staged
@@ -335,6 +338,19 @@ end
 -- 3b. shared chunks: the reference counts after this commit, checked before anything is written
 -- (only a "dedup" commit, or a rotation on a run holding x:refs, can change them)
 local x_set, x_del, x_gone = none, none, none
+local x_kept = none  -- under a retention: the keys of the chunks x:refs names (they get the new expiry)
+if retention > 0 then  -- (a "dedup" commit was answered RETAINED above)
+  local counts = redis.call('HGETALL', x_refs)  -- {address, count, ...}
+  if #counts > 0 then
+    local passed_x = {}
+    for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+    x_kept = {}
+    for i = 1, #counts, 2 do
+      if not passed_x[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end
+      x_kept[#x_kept + 1] = passed_x[counts[i]]
+    end
+  end
+end
 if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
   x_set, x_del, x_gone = {}, {}, {}
   local delta, x_changed = {}, {}
@@ -438,6 +454,10 @@ if retention > 0 then
     end
     redis.call('PEXPIRE', KEYS[6], r)
     for i = 7 + staged, 6 + 2 * staged do redis.call('PEXPIRE', KEYS[i], r) end
+    if #x_kept > 0 then  -- those freed above are gone (PEXPIRE of a missing key does nothing)
+      redis.call('PEXPIRE', x_refs, r)
+      for _, key in ipairs(x_kept) do redis.call('PEXPIRE', key, r) end
+    end
     redis.call('PEXPIRE', KEYS[2], r)
     redis.call('PEXPIRE', KEYS[3], r)
     if redis.call('PTTL', KEYS[4]) == -1 then redis.call('PEXPIRE', KEYS[4], r) end  -- a held lease keeps its ttl

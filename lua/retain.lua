@@ -10,7 +10,10 @@
 -- KEYS[3]  head     hash: records retention_ms and finished_ms (when the run has a head)
 -- KEYS[4]  events   stream, capped at ~ARGV[5]
 -- KEYS[5]  staging  hash of staged commits (expires on its own, see commit.lua)
--- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys
+-- KEYS[6..]  for each generation entry "<g>:<chunks>", the key g:<g> then its chunk keys;
+--            then x:refs (the run's shared-chunk reference counts, see core/dedup.py) and
+--            the shared chunks x:<address> it names: they get the same expiry as the
+--            generations that list them (a run finished with shared generations leaves none)
 -- ARGV[1]  token of the caller: it must be the run's fence (0: none, an admin's call)
 -- ARGV[2]  owner of the caller (for the audit event)
 -- ARGV[3]  retention in ms, an integer in [1, MAX_INT]
@@ -26,6 +29,7 @@
 -- Errors (nothing written):
 --   "FENCED <token> <fence>"       the caller's token is not the run's fence (a newer holder)
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
+--   "NEED_SHARED <n>"              x:refs names n shared chunks, not all of them passed
 --   "OUT_OF_RANGE <what> <value>"  a retention, margin or fence past MAX_INT
 local LIMIT = 1125899906842624  -- 2^50
 local function int(x) return string.format('%d', x) end
@@ -53,6 +57,14 @@ for entry in string.gmatch(h_kept or '', '[^,]+') do
   if not offered[entry] then table.insert(missing, entry) end
 end
 if #missing > 0 then return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' ')) end
+local k = 6  -- past the generations' keys: x:refs, then the shared chunks passed
+for i = 7, 6 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
+local counts, passed, shared = redis.call('HGETALL', KEYS[k]), {}, {}  -- {address, count, ...}
+for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = KEYS[i] end
+for i = 1, #counts, 2 do
+  if not passed[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end
+  shared[#shared + 1] = passed[counts[i]]
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -67,8 +79,11 @@ end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'finish', 'owner', owner,
   'token', token_s, 'keep_ms', int(retention), 'ms', int(now))
 if l_state ~= 'held' then redis.call('PEXPIRE', KEYS[2], int(retention)) end  -- a live lease keeps its ttl
-for i = 3, #KEYS do
-  if i ~= 5 then redis.call('PEXPIRE', KEYS[i], int(retention)) end
+local r = int(retention)
+for i = 3, k - 1 do  -- head, events, the generations' keys
+  if i ~= 5 then redis.call('PEXPIRE', KEYS[i], r) end
 end
+redis.call('PEXPIRE', KEYS[k], r)  -- x:refs and its chunks: they expire with the generations listing them
+for _, key in ipairs(shared) do redis.call('PEXPIRE', key, r) end
 redis.call('PEXPIREAT', KEYS[1], int(math.max(now, fence) + retention + margin))
 return now + retention

@@ -32,3 +32,21 @@ def test_shared_chunks_stay_in_the_runs_slot(cluster, namespace):
         assert [g.ok for g in store.generations("clustered")] == [True, True]
         store.delete("clustered")
         assert [key for key in node.scan_iter(f"{k.base}:x:*", count=1000)] == []
+
+
+def test_a_finished_run_takes_its_shared_chunks_with_it(cluster, namespace):
+    with CheckpointStore.from_url(cluster.url(), namespace=namespace, keep=2, dedup=True,
+                                  fence_margin=0.2) as store:
+        k = RunKeys(namespace, "finished")
+        lease = store.acquire("finished", owner="w", ttl=30)
+        for n in (300, 310, 320):
+            lease.commit(history(n))
+        lease.finish(keep_for=5)
+        node = cluster.owner(key_slot(k.head.encode())).client()
+        chunks = [key for key in node.scan_iter(f"{k.base}:x:*", count=1000)]
+        assert len(chunks) > 3 and all(0 < node.pttl(key) <= 5000 for key in chunks)
+        lease = store.acquire("finished", owner="w", ttl=30)  # under the run's retention: asked for them
+        assert lease.commit(history(330)) == 4  # sent plain; frees what generation 2 alone listed
+        assert [g.ok for g in store.generations("finished")] == [True, True]
+        lease.finish(keep_for=0.3)
+        assert all(0 < node.pttl(key) <= 300 for key in node.scan_iter(f"{k.base}:x:*", count=1000))

@@ -103,7 +103,8 @@ def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence
     ``moved`` the staged keys followed by the keys they become (``fields.staged`` each),
     ``drop`` the generations offered for rotation and ``dead`` the dead staged commits whose
     keys are passed for removal (``fields.drops`` is ``len(drop)``); ``free`` the addresses
-    of shared chunks offered for freeing (their keys follow the run's x:refs)."""
+    of shared chunks offered for freeing (their keys follow the run's x:refs; under a
+    retention every one x:refs names: they get the new expiry)."""
     return Script(
         "commit",
         [k.fence, k.head, k.events, k.lease, k.staging, k.generation(fields.generation), *moved,
@@ -113,11 +114,13 @@ def commit_script(k: RunKeys, fields: CommitFields, stored: Any, moved: Sequence
 
 
 def acquire_script(k: RunKeys, *, owner: str, ttl_ms: int, maxlen: int, strict: bool, dead: Sequence[str],
-                   retention_ms: int = 0, margin_ms: int = 0, entries: Sequence[str] = ()) -> Script:
+                   retention_ms: int = 0, margin_ms: int = 0, entries: Sequence[str] = (),
+                   shared: Sequence[str] = ()) -> Script:
     """acquire.lua; ``retention_ms`` 0: the run's own retention, if any (then ``entries``, the
-    kept generations, are needed: the script answers NEED_KEYS for those missing)."""
+    kept generations, and ``shared``, the addresses of the run's shared chunks (its x:refs
+    fields), are needed: the script answers NEED_KEYS / NEED_SHARED for those missing)."""
     return Script("acquire", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
-                              *stage_keys(k, dead)],
+                              *stage_keys(k, dead), k.refs, *(k.shared(a) for a in shared)],
                   [owner, ttl_ms, maxlen, int(strict), retention_ms, margin_ms, len(entries), *entries, *dead])
 
 
@@ -151,8 +154,11 @@ def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], s
 
 
 def retain_script(k: RunKeys, *, token: int, owner: str, retention_ms: int, margin_ms: int, maxlen: int,
-                  entries: Sequence[str]) -> Script:
-    return Script("retain", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries)],
+                  entries: Sequence[str], shared: Sequence[str] = ()) -> Script:
+    """retain.lua; ``shared``: the addresses of the run's shared chunks (its x:refs fields),
+    which expire with the generations listing them (NEED_SHARED when not all are passed)."""
+    return Script("retain", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
+                             k.refs, *(k.shared(a) for a in shared)],
                   [token, owner, retention_ms, margin_ms, maxlen, len(entries), *entries])
 
 

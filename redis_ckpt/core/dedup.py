@@ -43,8 +43,14 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
 * Retention: a chunk outlives the generation that staged it, so it cannot expire with it.
   ``dedup`` refuses a store retention, and the script answers a ``dedup`` commit to a run
   whose head records one with RETAINED (nothing written): it is sent again as a plain
-  generation. A run finished while it keeps shared generations leaves their chunks when it
-  expires (a leak, never a chunk freed that a kept generation lists).
+  generation. The shared generations a run keeps when it comes under a retention expire
+  with it: ``retain.lua`` (``finish``), and ``acquire.lua`` and ``commit.lua`` under a
+  retention, give x:refs and every chunk it names the expiry they give the generations
+  (those scripts need every such chunk's key: NEED_SHARED, nothing written, and the flow
+  reads x:refs and sends again); an acquire under a retention the head does not record yet
+  records it when the run holds shared chunks, so every later commit (RETAINED) and acquire
+  moves their expiry on. A finished run leaves no chunk behind, and a chunk never expires
+  before a kept generation that lists it.
 * No command beyond the documented ACL line: ``EXISTS`` x:refs before reading a dropped
   generation, ``HGETALL`` for x:refs, ``GET`` for chunks.
 

@@ -21,7 +21,7 @@ def test_acquire_hands_out_a_token_once_confirmed():
     (pipe,) = s.ops
     script = pipe.ops[0]
     assert (script.name, pipe.route) == ("acquire", K.fence)
-    assert script.keys == [K.fence, K.lease, K.head, K.events, K.staging]
+    assert script.keys == [K.fence, K.lease, K.head, K.events, K.staging, K.refs]
     assert script.args == ["w", 30_000, 1000, 1, 0, 86_400_000, 0]  # no retention: no generation keys
 
 
@@ -45,7 +45,7 @@ def test_acquire_passes_dead_staged_commits_then_gives_up_being_strict():
     s.run(core().acquire_flow("r", "w", 30_000))
     scripts = s.scripts("acquire")
     assert [x.args[3] for x in scripts] == [1, 1, 1, 1, 1, 0]
-    assert scripts[1].args[7:] == ["c0:2"] and scripts[1].keys[5:] == [K.stage("c0", 0), K.stage("c0", 1)]
+    assert scripts[1].args[7:] == ["c0:2"] and scripts[1].keys[5:] == [K.stage("c0", 0), K.stage("c0", 1), K.refs]
 
 
 def test_acquire_unconfirmed_is_a_durability_error():
@@ -107,6 +107,17 @@ def test_acquire_under_a_retention_passes_the_kept_generations_it_is_asked_for()
     first, second = s.scripts("acquire")
     assert first.args[4:7] == [60_000, 86_400_000, 0]
     assert second.args[6:] == [2, "3:0", "4:2"]
-    assert second.keys[5:] == [K.generation(3), K.generation(4), K.chunk(4, 0), K.chunk(4, 1)]
+    assert second.keys[5:] == [K.generation(3), K.generation(4), K.chunk(4, 0), K.chunk(4, 1), K.refs]
     with pytest.raises(OutOfRangeError):
         core().acquire_flow("r", "w", 30_000, retention_ms=0)
+
+
+def test_acquire_under_a_retention_passes_every_shared_chunk_it_is_asked_for():
+    s = Scripted([ReplyError("NEED_SHARED 2"), OK_FSYNC], [[b"b" * 32, b"1", b"a" * 32, b"2"]],
+                 [[1_700_000_000_000, 4, b"acquire", 9], OK_FSYNC])
+    grant = s.run(core(retention_ms=60_000).acquire_flow("r", "w", 30_000))
+    assert grant.token == 1_700_000_000_000
+    first, second = s.scripts("acquire")
+    assert first.keys[5:] == [K.refs]
+    assert s.ops[1].ops[0].args == ("HGETALL", K.refs)  # read only when the script asks
+    assert second.keys[5:] == [K.refs, K.shared("a" * 32), K.shared("b" * 32)] and second.args == first.args

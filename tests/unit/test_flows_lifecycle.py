@@ -10,7 +10,7 @@ from scripted import Scripted, core, replies_for
 from redis_ckpt.core.contract import CommitFields
 from redis_ckpt.core.frame import decode_frame, frame_checksum
 from redis_ckpt.core.keys import RunKeys
-from redis_ckpt.core.ops import Pipe, ReplyError
+from redis_ckpt.core.ops import Cmd, Pipe, ReplyError
 from redis_ckpt.errors import ConflictError, FencedError, FrameError, NotFoundError
 
 K = RunKeys("ns", "r")
@@ -74,11 +74,16 @@ def test_fork_checks_the_target_first_then_copies_the_frame_under_the_new_run():
 
 def test_finish_names_a_newer_holder_and_resends_with_every_kept_generation():
     c = core()
-    s = Scripted(b"1,2", lambda pipe: replies_for(pipe, ReplyError("NEED_KEYS 3:0")),
+    s = Scripted([b"1,2", [b"a" * 32, b"2"]], lambda pipe: replies_for(pipe, ReplyError("NEED_KEYS 3:0")),
+                 lambda pipe: replies_for(pipe, ReplyError("NEED_SHARED 2")), [[b"a" * 32, b"1", b"b" * 32, b"1"]],
                  lambda pipe: replies_for(pipe, 1_700_000_000_000))
     assert s.run(c.finish_flow("r", token=4, owner="w", keep_for_ms=1000)) == 1_700_000_000_000
-    assert s.scripts("retain")[-1].args[5:] == [3, "1:0", "2:0", "3:0"]
-    s = Scripted(b"", lambda pipe: replies_for(pipe, ReplyError("FENCED 4 5")))
+    assert s.ops[0].ops == [Cmd("HGET", K.head, "kept"), Cmd("HGETALL", K.refs)]  # one round trip
+    first, _, last = s.scripts("retain")
+    assert first.keys[5:] == [K.generation(1), K.generation(2), K.refs, K.shared("a" * 32)]
+    assert last.args[5:] == [3, "1:0", "2:0", "3:0"]  # a commit rotated and shared meanwhile: passed
+    assert last.keys[8:] == [K.refs, K.shared("a" * 32), K.shared("b" * 32)]
+    s = Scripted([b"", []], lambda pipe: replies_for(pipe, ReplyError("FENCED 4 5")))
     with pytest.raises(FencedError) as e:
         s.run(c.finish_flow("r", token=4, owner="w", keep_for_ms=1000))
     assert (e.value.token, e.value.fence) == (4, 5)

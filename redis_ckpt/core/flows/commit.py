@@ -142,7 +142,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             nonlocal form, stored, chunks, staging, moved
             sent[0] += 1
             replies = yield from self.shared_sends(
-                lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), form, free)
+                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                form, free)
             reply = replies[0]
             if isinstance(reply, ReplyError) and reply.code == "RETAINED" and form is not None:
                 # the run is under a retention (its head says so): shared chunks would expire
@@ -153,7 +154,8 @@ class CommitFlows(SharedFlows, FlowsBase):
                 stored, chunks, staging, moved = self.stored_form(k, new, whole, cid, token=token,
                                                                   expected=expected_generation)
                 replies = yield from self.shared_sends(
-                    lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), None, free)
+                    k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                    None, free)
                 reply = replies[0]
             if not isinstance(reply, ReplyError):
                 generation = commit_generation(reply)
@@ -217,7 +219,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             entries = [entry(g, n) for g, n in kept(head)]
             drop = entries if c.retention_ms or head.get("retention_ms") else entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.shared_sends(
-                lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1), None, free)
+                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                None, free)
             if isinstance(replies[0], ReplyError):
                 drift_unread(replies, self.config)
                 raise self.refused(k.run_id, replies[0], "import")

@@ -13,6 +13,7 @@ from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, confirmed_reply, drift_unread
+from .shared import shared_addresses
 
 __all__ = ["LeaseFlows"]
 
@@ -36,13 +37,14 @@ class LeaseFlows(FlowsBase):
             c = self.config
             dead: list[str] = []
             entries = self.kept_guess(k.run_id) if retention or k.run_id in self.retained else []
+            shared: list[str] = []  # under a retention: the run's shared chunks (they get its expiry)
             strict = 0
             for _ in range(STRICT_ACQUIRES + MAX_SENDS):
                 # staged commits are all dead once the fence moves; the script names those it
                 # was not given (NEED_STAGE, nothing written) and removes the ones it was
                 script = acquire_script(k, owner=owner, ttl_ms=ttl_ms, maxlen=c.events_maxlen,
                                         strict=strict < STRICT_ACQUIRES, dead=dead, retention_ms=retention or 0,
-                                        margin_ms=c.fence_margin_ms, entries=entries)
+                                        margin_ms=c.fence_margin_ms, entries=entries, shared=shared)
                 replies = yield confirmed([script], c, route=k.fence)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
@@ -54,6 +56,9 @@ class LeaseFlows(FlowsBase):
                     if reply.code == "NEED_KEYS":  # under a retention: the kept generations' keys
                         entries = sorted(set(entries) | set(reply.fields))
                         self.retained.add(k.run_id)  # its commits pass them at once
+                        continue
+                    if reply.code == "NEED_SHARED":  # under a retention: every chunk x:refs names
+                        shared = sorted(set(shared) | set((yield from shared_addresses(k))))
                         continue
                     if reply.code == "LEASE_HELD":
                         r = refusal(reply)

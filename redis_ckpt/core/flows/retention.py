@@ -18,6 +18,7 @@ from .admin import AdminFlows
 from .base import out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
+from .shared import shared_addresses
 
 __all__ = ["RetentionFlows"]
 
@@ -27,7 +28,8 @@ class RetentionFlows(AdminFlows):
         """Mark the run done: release the lease of ``token`` and let every key of the run
         expire ``keep_for_ms`` from now unless it is acquired or committed to again (the fence
         ``fence_margin_ms`` later). Returns the server time (ms) the data expires at.
-        :class:`FencedError` (nothing written) when ``token`` is no longer the run's fence."""
+        :class:`FencedError` (nothing written) when ``token`` is no longer the run's fence.
+        A run's shared chunks (x:refs, read with the head) get the same expiry."""
         k = self.keys(run_id)
         owner = validate_owner(owner)
         check_int("token", token, 0, MAX_INT, run_id=k.run_id)
@@ -35,16 +37,23 @@ class RetentionFlows(AdminFlows):
         c = self.config
 
         def body() -> Flow[int]:
-            entries = [entry(g, n) for g, n in kept({"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")})]
+            replies = yield Pipe([Cmd("HGET", k.head, "kept"), Cmd("HGETALL", k.refs)], route=k.head)
+            raise_failures(replies)
+            entries = [entry(g, n) for g, n in kept({"kept": text(replies[0] or b"")})]
+            shared = sorted(hash_of(replies[1]))
             for _ in range(MAX_SENDS):
                 script = retain_script(k, token=token, owner=owner, retention_ms=keep_for_ms,
-                                       margin_ms=c.fence_margin_ms, maxlen=c.events_maxlen, entries=entries)
+                                       margin_ms=c.fence_margin_ms, maxlen=c.events_maxlen, entries=entries,
+                                       shared=shared)
                 replies = yield confirmed([script], c, route=k.head)
                 reply = replies[0]
                 if isinstance(reply, ReplyError):
                     drift_unread(replies, c)
                     if reply.code == "NEED_KEYS":  # a commit rotated generations meanwhile
                         entries = sorted(set(entries) | set(reply.fields))
+                        continue
+                    if reply.code == "NEED_SHARED":  # a commit shared new chunks meanwhile
+                        shared = sorted(set(shared) | set((yield from shared_addresses(k))))
                         continue
                     if reply.code == "FENCED":
                         r = refusal(reply)

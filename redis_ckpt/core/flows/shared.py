@@ -1,6 +1,7 @@
 """The flows' side of shared chunks (the design is in :mod:`redis_ckpt.core.dedup`): how a
 commit stages only what its run does not hold, the loop over the script's NEED_CHUNKS /
-NEED_FREE answers, and the read of a generation stored as shared chunks (one pipeline)."""
+NEED_FREE / NEED_SHARED answers, and the read of a generation stored as shared chunks (one
+pipeline)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,23 @@ from ..dedup import DEDUP_MIN_BYTES, Held, assemble, chunk_class, encode_manifes
 from ..frame import FrameParts
 from ..keys import RunKeys
 from ..ops import Cmd, Flow, Pipe, ReplyError
+from ..replies import hash_of, raise_failures
 from .base import REMEMBERED, FlowsBase
 from .confirm import drift_unread
 
-__all__ = ["SharedFlows", "SharedForm"]
+__all__ = ["SharedFlows", "SharedForm", "shared_addresses"]
 
-#: NEED_CHUNKS / NEED_FREE answers a commit follows at most (each: nothing was written)
+#: NEED_CHUNKS / NEED_FREE / NEED_SHARED answers a commit follows at most (each: nothing was written)
 SHARED_SENDS = 6
+
+
+def shared_addresses(k: RunKeys) -> Flow[list[str]]:
+    """The addresses of the run's shared chunks (its x:refs fields), sorted: what a script
+    under a retention answering NEED_SHARED needs (every chunk gets the run's expiry). A rare
+    path (finish, an acquire or commit under a retention of a run holding shared chunks)."""
+    replies = yield Pipe([Cmd("HGETALL", k.refs)], route=k.head)
+    raise_failures(replies)
+    return sorted(hash_of(replies[0]))
 
 
 class SharedForm:
@@ -90,16 +101,19 @@ class SharedFlows(FlowsBase):
         if held is None or held.generation <= generation:
             self.held[run_id] = Held(generation, addresses, avg, order)
 
-    def shared_sends(self, send: Callable[[], Flow[list[Any]]], form: SharedForm | None,
+    def shared_sends(self, k: RunKeys, send: Callable[[], Flow[list[Any]]], form: SharedForm | None,
                      free: list[str]) -> Flow[list[Any]]:
-        """``send()`` again while the script answers NEED_CHUNKS (stage them: ``form``) or
-        NEED_FREE (pass their keys: ``free``, changed in place); then its replies."""
+        """``send()`` again while the script answers NEED_CHUNKS (stage them: ``form``),
+        NEED_FREE (pass their keys: ``free``, changed in place) or NEED_SHARED (under a
+        retention: pass every chunk of the run's x:refs, read here, likewise); then its replies."""
         for _ in range(SHARED_SENDS):
             replies = yield from send()
             reply = replies[0]
             code = reply.code if isinstance(reply, ReplyError) else None
             if code == "NEED_FREE":
                 free[:] = sorted(set(free) | set(reply.fields))
+            elif code == "NEED_SHARED":
+                free[:] = sorted(set(free) | set((yield from shared_addresses(k))))
             elif code == "NEED_CHUNKS" and form is not None:
                 form.stage(reply.fields)
             else:
