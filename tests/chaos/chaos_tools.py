@@ -331,6 +331,57 @@ def incr_aof(data_dir: Path) -> Path:
     return adir / incr[-1]
 
 
+def complete_prefix(data: bytes) -> int:
+    """How many leading bytes of AOF ``data`` hold whole commands and whole MULTI ... EXEC
+    blocks: what ``valkey-check-aof --fix`` keeps of a torn tail."""
+    pos = good = 0
+    in_multi = False
+    while pos < len(data):
+        line_end = data.find(b"\r\n", pos)
+        if data[pos:pos + 1] != b"*" or line_end < 0:
+            break
+        at, name = line_end + 2, None
+        for _ in range(int(data[pos + 1:line_end])):
+            head_end = data.find(b"\r\n", at)
+            if data[at:at + 1] != b"$" or head_end < 0:
+                return good
+            n = int(data[at + 1:head_end])
+            if head_end + 2 + n + 2 > len(data):
+                return good  # torn inside this argument
+            if name is None:
+                name = data[head_end + 2:head_end + 2 + n].upper()
+            at = head_end + 2 + n + 2
+        pos = at
+        if name == b"MULTI":
+            in_multi = True
+        elif name == b"EXEC":
+            in_multi = False
+        if not in_multi:
+            good = pos
+    return good
+
+
+def restart_repairing_a_torn_tail(server: Any) -> int:
+    """``server.restart()`` after a kill -9; when the server refuses its AOF because the tail
+    is torn (a write the kill cut short: with appendfsync always, never an acknowledged one),
+    the operator's repair first, as ``valkey-check-aof --fix`` does it: drop the incomplete
+    command or transaction. The number of bytes dropped (0: none was needed)."""
+    from redis_ckpt.testing.processes import ServerStartError
+
+    try:
+        server.restart()
+        return 0
+    except ServerStartError as refused:
+        if "Unexpected end of file" not in str(refused):
+            raise
+    aof = incr_aof(server.data_dir)
+    data = aof.read_bytes()
+    keep = complete_prefix(data)
+    aof.write_bytes(data[:keep])
+    server.restart()
+    return len(data) - keep
+
+
 MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import checker
-from chaos_tools import Worker, spawn
+from chaos_tools import Worker, restart_repairing_a_torn_tail, spawn
 
 from redis_ckpt import CheckpointError, CheckpointStore
 from redis_ckpt.core.dedup import is_manifest, read_manifest
@@ -137,8 +137,8 @@ class Nemesis:
             self.fault(kind)
             s.kill()
             time.sleep(rng.uniform(0.0, 0.3))
-            s.restart()
-            self.fault_end(kind)
+            torn = restart_repairing_a_torn_tail(s)  # a torn tail is never an acknowledged write
+            self.fault_end(kind, **({"torn_tail_bytes_dropped": torn} if torn else {}))
         elif kind == "server SIGSTOP":
             pause = rng.uniform(0.2, 2.5) * self.cfg.socket_timeout
             self.fault(kind, seconds=round(pause, 3))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos_tools import Tally, finish, read_lines, spawn, stopped
+from chaos_tools import Tally, finish, read_lines, restart_repairing_a_torn_tail, spawn, stopped
 
 from redis_ckpt import CheckpointStore
 from redis_ckpt.core.frame import decode_frame, decode_payload
@@ -56,7 +56,8 @@ def server_crash(server: Any, *, rounds: int, workdir: Path, seed: int) -> Tally
             time.sleep(rng.uniform(0.05, 0.6))  # land the kill at a random point of the storm
             server.kill()
             time.sleep(rng.uniform(0.0, 0.3))
-            server.restart()
+            if restart_repairing_a_torn_tail(server):  # never an acknowledged write: checked below
+                tally.count("torn AOF tails repaired (check-aof --fix)")
             tally.rounds += 1
             if not wait_for(lambda: acked() >= before + 15, "15 more commits", timeout=30, every=0.02, check=False):
                 tally.violation(f"round {tally.rounds}: the workers made no progress after the restart")
