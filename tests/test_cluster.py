@@ -155,14 +155,18 @@ OK = [[1, b"x"], [1, 0]]
 
 
 def evalsha(scripts: Any = SCRIPTS) -> tuple[Any, ...]:
-    return ("EVALSHA", scripts.sha("commit"), 2, "ns:{r}:fence", "ns:{r}:head", 1)
+    """The commit script's EVALSHA as the driver hands it to redis-py (numbers as text)."""
+    return ("EVALSHA", scripts.sha("commit"), b"2", "ns:{r}:fence", "ns:{r}:head", b"1")
+
+
+WAITAOF = ("WAITAOF", b"1", b"0", b"100")
 
 
 def test_pipe_goes_to_the_slot_owner_on_one_connection():
     fc = FakeCluster()
     fc.a.replies = [OK]
     assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
-    assert fc.a.sent == [[evalsha(), ("WAITAOF", 1, 0, 100)]] and fc.b.sent == []
+    assert fc.a.sent == [[evalsha(), WAITAOF]] and fc.b.sent == []
 
 
 def test_moved_refreshes_the_slot_map_and_resends_to_the_new_owner():
@@ -178,7 +182,7 @@ def test_ask_sends_asking_before_every_op_to_the_target():
     fc.a.replies = [[AskError("1234 10.0.0.2:7002"), [1, 0]]]
     fc.b.replies = [[b"OK", [1, b"x"], b"OK", [1, 0]]]
     assert ClusterTarget(fc, SCRIPTS).pipe(COMMIT) == OK
-    assert fc.b.sent == [[("ASKING",), evalsha(), ("ASKING",), ("WAITAOF", 1, 0, 100)]]
+    assert fc.b.sent == [[("ASKING",), evalsha(), ("ASKING",), WAITAOF]]
     assert fc.nodes_manager.moved == []  # ASK does not change the slot map
 
 
@@ -471,3 +475,50 @@ def test_fork_and_load_of_a_generation_across_nodes(cluster, namespace):
         assert [e.fields["to"] for e in store.events("src") if e.kind == "forked"] == [target]
         with pytest.raises(ConflictError):
             store.fork("src", target)
+
+
+#: what redis-py sends on its own when it connects or follows the cluster (not our commands)
+_REDIS_PY_OWN = {b"HELLO", b"AUTH", b"SELECT", b"CLIENT", b"READONLY", b"PING", b"ASKING", b"CLUSTER", b"COMMAND"}
+
+
+@pytest.mark.server
+def test_no_command_of_ours_reaches_redis_pys_packer_with_a_number(cluster, namespace, monkeypatch):
+    # redis-py before 8.2 hands ints to hiredis's C packer, which crashes the interpreter when
+    # a signal handler raises (Ctrl-C) while it converts one: the drivers send every number
+    # as its text, on the cluster paths (sync and asyncio), where redis-py packs the command
+    import redis.connection
+
+    seen: list[tuple[Any, ...]] = []
+    for serializer in (redis.connection.HiredisRespSerializer, redis.connection.PythonRespSerializer):
+        original = serializer.pack
+
+        def spy(self, *args, _original=original):
+            seen.append(args)
+            return _original(self, *args)
+
+        monkeypatch.setattr(serializer, "pack", spy)
+
+    def ours() -> list[tuple[Any, ...]]:
+        return [a for a in seen if (a[0].encode() if isinstance(a[0], str) else a[0]).split()[0].upper()
+                not in _REDIS_PY_OWN]
+
+    with CheckpointStore.from_url(cluster.url(2), namespace=namespace) as store:
+        lease = store.acquire("numbers", owner="w", ttl=10)
+        lease.commit({"n": 1})
+        assert store.load("numbers").state == {"n": 1}
+        assert store.info("numbers").generation == 1 and store.runs() == ["numbers"]
+        lease.release()
+
+    async def scenario() -> None:
+        store = await AsyncCheckpointStore.from_url(cluster.url(2), namespace=namespace)
+        lease = await store.acquire("numbers", owner="w", ttl=10)
+        assert await lease.commit({"n": 2}) == 2
+        assert (await store.load("numbers")).state == {"n": 2}
+        assert await store.runs() == ["numbers"]
+        await lease.release()
+        await store.close()
+
+    asyncio.run(scenario())
+    assert ours(), "nothing of ours went through redis-py's packer: the spy sees nothing"
+    with_numbers = [a for a in ours() if any(type(x) in (int, float) for x in a)]
+    assert not with_numbers, with_numbers[:5]

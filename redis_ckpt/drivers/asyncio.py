@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
 from .errors import failure, in_place
-from .resp import pipe_async, time_left
+from .resp import numbers_as_text, pipe_async, time_left
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _async_timeout
@@ -84,7 +84,7 @@ class AsyncNodeTarget:
         if isinstance(op, Pipe):
             return in_place(await pipe_async(self.client, op, self.scripts, until))
         if isinstance(op, Cmd):
-            return await self.client.execute_command(*op.args)
+            return await self.client.execute_command(*numbers_as_text(op.args))
         raise TypeError(f"a flow yielded {op!r}, not an op")
 
 

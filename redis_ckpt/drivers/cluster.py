@@ -56,7 +56,7 @@ from .cluster_plan import (
     shards_of,
 )
 from .errors import failure, in_place
-from .resp import command_sync, lean_sync, load_script_sync, send_sync, time_left
+from .resp import command_sync, lean_sync, load_script_sync, numbers_as_text, send_sync, time_left
 from .sync import PlanTarget, drive
 
 __all__ = [
@@ -102,7 +102,7 @@ class ClusterTarget(View):
             callback = callbacks.get(args[0])
             return callback(reply) if callback is not None else reply
         time_left(until)
-        return self.cluster.execute_command(*args)
+        return self.cluster.execute_command(*numbers_as_text(args))
 
     def act(self, action: Action, until: float | None) -> Any:
         """Carry out one action of a plan."""
@@ -114,11 +114,13 @@ class ClusterTarget(View):
             time_left(until)
             p = r.pipeline(transaction=False)
             for c in action.commands:
-                p.execute_command(*c)
+                p.execute_command(*numbers_as_text(c))
             return p.execute(raise_on_error=False)
         if isinstance(action, Command):
             r = self.cluster.get_redis_connection(action.node)
-            return command_sync(r, action.args, until) if lean_sync(r) else r.execute_command(*action.args)
+            if lean_sync(r):
+                return command_sync(r, action.args, until)
+            return r.execute_command(*numbers_as_text(action.args))
         if isinstance(action, Move):
             nm.move_slot(action.error)
         elif isinstance(action, Refresh):
@@ -200,7 +202,7 @@ class AsyncClusterTarget(View):
             if name_of(op.args) == "SCAN":
                 await self.cluster.initialize()
                 return await adrive(scan_plan(op.args, self.cluster), self._plan)
-            return await self.cluster.execute_command(*op.args)
+            return await self.cluster.execute_command(*numbers_as_text(op.args))
         raise TypeError(f"a flow yielded {op!r}, not an op")
 
     async def act(self, action: Action, until: float | None) -> Any:
@@ -209,10 +211,10 @@ class AsyncClusterTarget(View):
         if isinstance(action, Send):
             p = _AsyncNodePipeline(action.node)
             for c in action.commands:
-                p.execute_command(*c)
+                p.execute_command(*numbers_as_text(c))
             return await p.execute(raise_on_error=False)
         if isinstance(action, Command):
-            return await action.node.execute_command(*action.args)
+            return await action.node.execute_command(*numbers_as_text(action.args))
         if isinstance(action, Move):
             moved = nm.move_slot(action.error)
             if inspect.isawaitable(moved):  # async since redis-py 6

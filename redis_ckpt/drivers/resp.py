@@ -41,7 +41,7 @@ else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
     from async_timeout import timeout as _async_timeout
 
 __all__ = [
-    "wire", "needs_load", "pack", "time_left", "lean_sync", "lean_async", "send_sync", "command_sync",
+    "wire", "needs_load", "pack", "numbers_as_text", "time_left", "lean_sync", "lean_async", "send_sync", "command_sync",
     "send_async", "pipe_sync", "pipe_async", "load_script_sync",
 ]
 
@@ -96,7 +96,7 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     bytearray) sends them through the Python packer, which decides."""
     if _pack_command is not None and not any(map(_large, commands)):
         try:
-            return [b"".join([_pack_command(_numbers_as_text(c)) for c in commands])]
+            return [b"".join([_pack_command(numbers_as_text(c)) for c in commands])]
         except TypeError:
             pass
     out: list[Any] = []
@@ -128,13 +128,14 @@ def pack(commands: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-def _numbers_as_text(cmd: tuple[Any, ...]) -> tuple[Any, ...]:
+def numbers_as_text(cmd: tuple[Any, ...]) -> tuple[Any, ...]:
     """``cmd`` with its ints and floats already as the text the server gets, for hiredis's
     packer. It converts them itself with ``PyObject_Repr`` and does not check the result:
     when that fails it dereferences NULL and the process dies of SIGSEGV. Converting an int
     checks for signals, so a signal handler that raises (``sys.exit`` on SIGTERM, Ctrl-C's
     KeyboardInterrupt) at that moment crashed a worker instead of ending it; so did an int
-    too long for ``str()``. Here those raise, as Python code."""
+    too long for ``str()``. Here those raise, as Python code. Every command the drivers hand
+    to redis-py goes through it too: redis-py before 8.2 gives hiredis the numbers as they are."""
     return tuple([a if type(a) is str or type(a) is bytes else b"%d" % a if type(a) is int
                   else repr(a).encode() if type(a) is float else a for a in cmd])
 
@@ -181,12 +182,12 @@ def send_sync(client: Any, commands: list[tuple[Any, ...]], until: float | None 
     if not lean_sync(client):
         if name is not None:
             try:
-                return [client.execute_command(*commands[0])]
+                return [client.execute_command(*numbers_as_text(commands[0]))]
             except ResponseError as exc:
                 return [exc]
         p = client.pipeline(transaction=False)
         for c in commands:
-            p.execute_command(*c)
+            p.execute_command(*numbers_as_text(c))
         return p.execute(raise_on_error=False)  # type: ignore[no-any-return]
     conn, give_back = take(client, until)
     bounded, own = False, None
@@ -229,7 +230,7 @@ async def send_async(client: Any, commands: list[tuple[Any, ...]], until: float 
     if not lean_async(client):
         p = client.pipeline(transaction=False)
         for c in commands:
-            p.execute_command(*c)
+            p.execute_command(*numbers_as_text(c))
         return await p.execute(raise_on_error=False)  # type: ignore[no-any-return]
     pool = client.connection_pool
     conn = take_idle_async(pool)  # the short path (direct.py): an idle connection, ready to send

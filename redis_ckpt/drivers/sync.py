@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
 from .errors import failure, in_place
-from .resp import command_sync, lean_sync, pipe_sync, time_left
+from .resp import command_sync, lean_sync, numbers_as_text, pipe_sync, time_left
 
 __all__ = ["drive", "SyncTarget", "NodeTarget", "PlanTarget"]
 
@@ -96,7 +96,7 @@ class NodeTarget:
             if self.lean:
                 return command_sync(self.client, op.args, until)
             time_left(until)
-            return self.client.execute_command(*op.args)
+            return self.client.execute_command(*numbers_as_text(op.args))
         raise TypeError(f"a flow yielded {op!r}, not an op")
 
 
