@@ -123,7 +123,7 @@ class TestFlowWithoutServer:
         assert level_of(report.findings, "appendfsync") == "unverifiable"
         assert level_of(report.findings, "live-waitaof") == "ok"
         assert ("SET", "ns:probe:{probe}") == c.sent[-2][:2]
-        assert c.sent[-1] == ("WAITAOF", 1, 0, 5000)
+        assert c.sent[-1] == ("WAITAOF", b"1", b"0", b"5000")  # numbers as text: see resp.numbers_as_text
 
     def test_pre_redis7_config_get_one_key_at_a_time(self) -> None:
         replies: dict[Any, Any] = {
