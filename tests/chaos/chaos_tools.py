@@ -374,11 +374,18 @@ def restart_repairing_a_torn_tail(server: Any) -> int:
     except ServerStartError as refused:
         if "Unexpected end of file" not in str(refused):
             raise
-    aof = incr_aof(server.data_dir)
+    dropped = repair_torn_tail(server.data_dir)
+    server.restart()
+    return dropped
+
+
+def repair_torn_tail(data_dir: Path) -> int:
+    """The operator's repair of a torn AOF (``valkey-check-aof --fix``): cut the incremental
+    file to :func:`complete_prefix`; the number of bytes dropped."""
+    aof = incr_aof(data_dir)
     data = aof.read_bytes()
     keep = complete_prefix(data)
     aof.write_bytes(data[:keep])
-    server.restart()
     return len(data) - keep
 
 

@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from chaos_tools import MULTI, Tally, incr_aof, last_transaction
+from chaos_tools import MULTI, Tally, incr_aof, last_transaction, repair_torn_tail
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, StoreUnavailableError
 from redis_ckpt.testing import ServerStartError
@@ -90,8 +90,7 @@ def torn_tail_refused(server: Any, *, rounds: int, seed: int) -> Tally:
                 store = CheckpointStore(server.client(), namespace="torn", keep=3)
                 continue
             # the operator's repair: drop the incomplete transaction (redis-check-aof --fix)
-            start, _ = last_transaction(data)
-            aof.write_bytes(data[:start])
+            repair_torn_tail(server.data_dir)
             server.restart()
             store = CheckpointStore(server.client(), namespace="torn", keep=3)
             ck = store.load(run)
