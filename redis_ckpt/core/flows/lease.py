@@ -58,7 +58,7 @@ class LeaseFlows(FlowsBase):
                         self.retained.add(k.run_id)  # its commits pass them at once
                         continue
                     if reply.code == "NEED_SHARED":  # under a retention: every chunk x:refs names
-                        shared = sorted(set(shared) | set((yield from shared_addresses(k))))
+                        shared = yield from shared_addresses(k)  # what x:refs names now
                         continue
                     if reply.code == "LEASE_HELD":
                         r = refusal(reply)

@@ -53,7 +53,7 @@ class RetentionFlows(AdminFlows):
                         entries = sorted(set(entries) | set(reply.fields))
                         continue
                     if reply.code == "NEED_SHARED":  # a commit shared new chunks meanwhile
-                        shared = sorted(set(shared) | set((yield from shared_addresses(k))))
+                        shared = yield from shared_addresses(k)  # what x:refs names now
                         continue
                     if reply.code == "FENCED":
                         r = refusal(reply)
