@@ -13,6 +13,7 @@ The async twin is :class:`redis_ckpt.aio.AsyncCheckpointStore`.
 """
 
 from .core.retry import RetryPolicy
+from .core.codec import Encoded, EncodedList, EncodedMap, encoded
 from .core.durability import Durability
 from . import errors
 from .errors import *  # noqa: F403 - every error errors.py defines, as its __all__ lists them
@@ -30,6 +31,11 @@ __all__ = [
     "RetryPolicy",
     "check_server",
     "DEFAULT_NAMESPACE",
+    # values encoded once, joined into every later commit's encoding (a history that only grows)
+    "EncodedList",
+    "EncodedMap",
+    "encoded",
+    "Encoded",
     # what it returns
     "Checkpoint",
     "SkippedGeneration",
