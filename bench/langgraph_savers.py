@@ -33,10 +33,13 @@ from costs import counting_round_trips
 from langgraph_graphs import DELTA_UPDATES, FANOUT, ROUNDS_OF_AGENT, build_graph, delta_graph, run_graph
 from states import message_history
 
+from peers import WAITAOF_MS
+
 from redis_ckpt import CheckpointStore
 
 SAVERS = ("RedisCkptSaver", "PostgresSaver", "SqliteSaver")
 OURS, PG, LITE = SAVERS
+FLOOR = "floor"  # not a saver: what one durable write costs the server at the least (Floor)
 SQLITE_GRAPH = 1.5  # issue 13: the whole graph within 1.5x of SqliteSaver FULL
 LIST_PAGE = 10
 
@@ -114,13 +117,46 @@ class Driver:
         assert len(page) == min(LIST_PAGE, self.step)
 
 
+class Floor:
+    """What one durable write costs this server at the least: redis-py ``SET`` + ``WAITAOF 1 0``
+    of the value's bytes in one pipeline (put and put_writes), a ``GET`` of them (get_tuple)."""
+
+    def __init__(self, url: str, value: Any) -> None:
+        from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+        self.client = redis.Redis.from_url(url)
+        self.key = f"bench-lg-floor-{uuid.uuid4().hex[:8]}"
+        self.blob = JsonPlusSerializer().dumps_typed(value)[1]  # the bytes a saver stores for it
+
+    def put(self) -> None:
+        p = self.client.pipeline(transaction=False)
+        p.set(self.key, self.blob)
+        p.execute_command("WAITAOF", 1, 0, WAITAOF_MS)
+        _, (local, _replicas) = p.execute()
+        assert local == 1
+
+    put_writes = put
+
+    def get_tuple(self) -> None:
+        assert self.client.get(self.key) is not None
+
+    def list_page(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.client.delete(self.key)
+        self.client.close()
+
+
 OPS = ("put", "put_writes", "get_tuple")
 
 
 def op_rounds(savers: dict[str, Any], value: Any, rounds: int, per_round: int,
-              with_list: bool) -> dict[str, dict[str, list[float]]]:
-    """{op: {saver: [p50 ms of each round]}}; savers interleaved, order reversed every other round."""
-    drivers = {name: Driver(s, value) for name, s in savers.items()}
+              with_list: bool, url: str) -> dict[str, dict[str, list[float]]]:
+    """{op: {saver: [p50 ms of each round]}}; savers and the floor interleaved, order reversed
+    every other round."""
+    drivers: dict[str, Any] = {name: Driver(s, value) for name, s in savers.items()}
+    drivers[FLOOR] = Floor(url, value)
     for d in drivers.values():  # warm up: the first write takes the lease, connections open
         for _ in range(3):
             d.put()
@@ -138,8 +174,9 @@ def op_rounds(savers: dict[str, Any], value: Any, rounds: int, per_round: int,
                 if with_list:
                     lat["list"].append(timed(d.list_page))
             for op, xs in lat.items():
-                if xs:
+                if xs and not (op == "list" and name == FLOOR):
                     out[op][name].append(statistics.median(xs) * 1000)
+    drivers[FLOOR].close()
     return out
 
 
@@ -242,12 +279,18 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
         try:
             names = list(savers)
             lines += [*(f"{s}." for s in skipped), *([""] if skipped else []),
+                      "floor: not a saver, what one durable write costs this Valkey at the least - redis-py "
+                      "`SET` + `WAITAOF 1 0` of the bytes a saver stores for the value, in one pipeline (a `GET` "
+                      "for get_tuple), interleaved with the savers; floor / Postgres below 1 leaves room to "
+                      "meet PostgresSaver, above 1 says its fsync is cheaper than this server's.", "",
                       "| operation | state | " + " | ".join(f"{n} p50 ms" for n in names)
-                      + " | ours / Postgres (rounds' range) | ours / SQLite | <= PostgresSaver |",
-                      "|---|---|" + "---|" * len(names) + "---|---|---|"]
+                      + " | floor p50 ms | ours / Postgres (rounds' range) | ours / SQLite | <= PostgresSaver "
+                      "| floor / Postgres |",
+                      "|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
             worst_pg: list[float] = []
             for label, value in values.items():
-                res = op_rounds(savers, value, rounds, 4 if label.startswith("500") else 8, with_list=label == "1 KiB")
+                res = op_rounds(savers, value, rounds, 4 if label.startswith("500") else 8, with_list=label == "1 KiB",
+                                url=url)
                 for op, per in res.items():
                     if not per[OURS]:
                         continue
@@ -256,9 +299,11 @@ def section(url: str, pg: Postgres, rounds: int, quick: bool = False,
                     if vs_pg:
                         worst_pg.append(vs_pg.median)
                     name = f"list (page of {LIST_PAGE})" if op == "list" else op
+                    floor = f"{statistics.median(per[FLOOR]):.2f}" if per[FLOOR] else ""
+                    floor_pg = ratio(per[FLOOR], per[PG]).spread if per[FLOOR] and PG in per else ""
                     lines.append(f"| {name} | {label} | " + " | ".join(f"{statistics.median(per[n]):.2f}" for n in names)
-                                 + f" | {vs_pg.spread if vs_pg else ''} | {vs_lite} | "
-                                 f"{_verdict(vs_pg.median, 1.0) if vs_pg else ''} |")
+                                 + f" | {floor} | {vs_pg.spread if vs_pg else ''} | {vs_lite} | "
+                                 f"{_verdict(vs_pg.median, 1.0) if vs_pg else ''} | {floor_pg} |")
             if worst_pg:
                 targets.append(Target("13. every saver op's p50 <= PostgresSaver's (put, put_writes, get_tuple, list)",
                                       max(worst_pg), 1.0, higher_is_better=False,
