@@ -191,3 +191,27 @@ def test_the_async_store_finishes_a_shared_run_without_leaving_its_chunks(client
 
     asyncio.run(main())
     wait_gone(client, RunKeys(namespace, "aio"))
+
+
+def test_a_dedup_store_commits_a_run_under_a_retention_in_one_script_call_sending_its_state_once(
+        client, namespace):
+    """A dedup commit to a run under a retention is refused (RETAINED) and sent again as a
+    plain generation. A run under a retention of its own, or a commit with one, goes plain at
+    once: one script call, and its state's bytes sent once, not staged as chunks first."""
+    store = CheckpointStore(client, namespace=namespace, keep=3, dedup=True)
+    state = history(600)  # well over the 64 KiB a shared generation needs
+    for run, retention in (("held", 600), ("given", None)):
+        lease = store.acquire(run, owner="w", ttl=30, retention=retention)
+        for i in range(4):
+            client.config_resetstat()
+            if retention is None:
+                lease.commit({**state, "i": i}, retention=600)
+            else:
+                lease.commit({**state, "i": i})
+            stats = client.info("commandstats")
+            calls = {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "multi")}
+            if i >= 1:  # the first commit of a run may learn it is under a retention
+                assert calls == {"evalsha": 1, "multi": 0}, (run, i, calls)  # no chunk staged, no resend
+        k = RunKeys(namespace, run)
+        assert not refs(client, k) and client.pttl(k.head) > 0
+        assert store.load(run).state == {**state, "i": 3}

@@ -43,7 +43,8 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
 * Retention: a chunk outlives the generation that staged it, so it cannot expire with it.
   ``dedup`` refuses a store retention, and the script answers a ``dedup`` commit to a run
   whose head records one with RETAINED (nothing written): it is sent again as a plain
-  generation. The shared generations a run keeps when it comes under a retention expire
+  generation, and the process sends the run's later commits (and any commit with a
+  retention) as plain ones at once. The shared generations a run keeps when it comes under a retention expire
   with it: ``retain.lua`` (``finish``), and ``acquire.lua`` and ``commit.lua`` under a
   retention, give x:refs and every chunk it names the expiry they give the generations
   (those scripts need every such chunk's key: NEED_SHARED, nothing written, and the flow

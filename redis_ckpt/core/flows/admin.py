@@ -103,7 +103,9 @@ class AdminFlows(CommitFlows, FlowsBase):
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)
-            return deleted_of(confirmed_reply(replies, self.config, what="delete", run_id=k.run_id))
+            deleted = deleted_of(confirmed_reply(replies, self.config, what="delete", run_id=k.run_id))
+            self.retained.discard(k.run_id)  # a run made again under this id has no retention of its own
+            return deleted
 
         return self.retrying(body, run_id=k.run_id, what="delete", writes=True)
 

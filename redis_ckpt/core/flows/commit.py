@@ -106,8 +106,12 @@ class CommitFlows(SharedFlows, FlowsBase):
         new = expected_generation + 1
         frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
         cid = commit_id or os.urandom(16).hex()  # a uuid4's 32 hex digits, without the UUID object
-        form = self.shared_form(k, new, frame, cid, token=token, expected=expected_generation) \
-            if self.shares(frame) else None
+        shares = self.shares(frame)
+        if shares and (retention or k.run_id in self.retained):
+            # under a retention the script refuses shared chunks (RETAINED): plain at once
+            shares = False
+            frame = frame if len(frame) > c.chunk_bytes else bytes(frame)
+        form = self.shared_form(k, new, frame, cid, token=token, expected=expected_generation) if shares else None
         stored, chunks, staging, moved = (form.stored, 0, form.staging, form.moved) if form else \
             self.stored_form(k, new, frame, cid, token=token, expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
@@ -147,8 +151,10 @@ class CommitFlows(SharedFlows, FlowsBase):
             reply = replies[0]
             if isinstance(reply, ReplyError) and reply.code == "RETAINED" and form is not None:
                 # the run is under a retention (its head says so): shared chunks would expire
-                # with the generation that staged them; this commit goes as a plain one
+                # with the generation that staged them; this commit goes as a plain one, and
+                # so do the run's next ones from this process
                 drift_unread(replies, self.config)
+                self.retained.add(k.run_id)
                 form = None
                 whole = parts if len(parts) > c.chunk_bytes else bytes(parts)
                 stored, chunks, staging, moved = self.stored_form(k, new, whole, cid, token=token,
