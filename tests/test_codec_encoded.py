@@ -125,3 +125,39 @@ def test_a_key_that_is_no_valid_utf8_is_refused_naming_it():
     with pytest.raises(UnsupportedTypeError) as err:
         encode_state({"ok": encoded(1), "bad\udc80": 2})
     assert "bad" in err.value.path
+
+
+@pytest.mark.parametrize("kind", ["list", "map"])
+def test_an_encoding_taken_while_another_thread_adds_is_never_torn(kind):
+    """Its header counts exactly the items it holds: a commit racing an append stores the
+    history with or without the new item, never bytes that decode to something else."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    torn = taken = 0
+    try:
+        for _ in range(40):
+            grown = EncodedList() if kind == "list" else EncodedMap()
+
+            def add(grown=grown) -> None:
+                for i in range(2000):
+                    grown.add(i) if kind == "list" else grown.add(f"k{i}", i)
+
+            writer = threading.Thread(target=add)
+            writer.start()
+            while writer.is_alive():
+                taken += 1
+                try:
+                    back = decode_state(encode_state({"h": grown.encoded(), "z": 1}))
+                except Exception:  # noqa: BLE001 - a torn encoding may not decode at all
+                    torn += 1
+                    continue
+                n = len(back.get("h", ()))
+                expected = list(range(n)) if kind == "list" else {f"k{i}": i for i in range(n)}
+                torn += back != {"h": expected, "z": 1}
+            writer.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert taken > 40 and torn == 0

@@ -4,6 +4,7 @@ top-level dict holding values encoded before (spliced.py) is joined around them.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ...errors import UnsupportedTypeError
@@ -57,14 +58,17 @@ def encoded(value: Any, *, root: str = "state") -> Encoded:
 class EncodedMap:
     """A dict with str keys, encoded one entry at a time and only ever appended to: each
     :meth:`add` encodes its key and value once; :meth:`encoded` is the whole dict's encoding
-    (its entries in the order added), at the cost of joining their bytes, not of encoding them."""
+    (its entries in the order added), at the cost of joining their bytes, not of encoding them.
+    Threads may add and take :meth:`encoded` at once: an encoding holds the entries added
+    before it, its header counting exactly those."""
 
-    __slots__ = ("_pieces", "_keys", "_size")
+    __slots__ = ("_pieces", "_keys", "_size", "_lock")
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
         self._keys: set[str] = set()
         self._size = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._pieces)
@@ -80,23 +84,29 @@ class EncodedMap:
         if key in self._keys:
             raise ValueError(f"{root}: key {key!r} is already in the map")
         piece = _value(key, root, None) + _value(value, f"{root}[{key!r}]", None)
-        self._keys.add(key)
-        self._pieces.append(piece)
-        self._size += len(piece)
+        with self._lock:
+            if key in self._keys:  # added by another thread meanwhile
+                raise ValueError(f"{root}: key {key!r} is already in the map")
+            self._keys.add(key)
+            self._pieces.append(piece)
+            self._size += len(piece)
 
     def encoded(self) -> Encoded:
-        header = map_header(len(self._pieces))
-        return mint((header, *self._pieces), len(header) + self._size)
+        with self._lock:
+            pieces, size = tuple(self._pieces), self._size
+        header = map_header(len(pieces))
+        return mint((header, *pieces), len(header) + size)
 
 
 class EncodedList:
     """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
 
-    __slots__ = ("_pieces", "_size")
+    __slots__ = ("_pieces", "_size", "_lock")
 
     def __init__(self, items: Any = (), *, root: str = "state") -> None:
         self._pieces: list[bytes] = []
         self._size = 0
+        self._lock = threading.Lock()
         for item in items:
             self.add(item, root=root)
 
@@ -105,9 +115,12 @@ class EncodedList:
 
     def add(self, item: Any, *, root: str = "state") -> None:
         piece = _value(item, f"{root}[{len(self._pieces)}]", None)
-        self._pieces.append(piece)
-        self._size += len(piece)
+        with self._lock:
+            self._pieces.append(piece)
+            self._size += len(piece)
 
     def encoded(self) -> Encoded:
-        header = array_header(len(self._pieces))
-        return mint((header, *self._pieces), len(header) + self._size)
+        with self._lock:
+            pieces, size = tuple(self._pieces), self._size
+        header = array_header(len(pieces))
+        return mint((header, *pieces), len(header) + size)
