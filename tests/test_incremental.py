@@ -281,3 +281,47 @@ def test_shared_chunks_of_a_compressed_frame_round_trip(client, namespace):
     assert client.get(k.generation(3))[:4] == MAGIC
     assert store.load("z").state == states[-1]
     assert [g.ok for g in store.generations("z")] == [True, True]
+
+
+@pytest.fixture
+def one_chunk_per_pipeline(monkeypatch):
+    """A load asks for its chunks one pipeline per chunk (as a generation far over
+    READ_BATCH_BYTES is read), so that every chunk comes in a batch of its own."""
+    from redis_ckpt.core import dedup
+
+    monkeypatch.setattr(dedup, "READ_BATCH_BYTES", 1)
+
+
+def test_a_load_in_many_pipelines_reads_the_state_and_names_a_bad_chunk(store, client, namespace,
+                                                                       one_chunk_per_pipeline):
+    k, _, ms = committed(store, client, "batched", 500, 520)
+    sent = client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+    assert store.load("batched").state == history(520)
+    assert client.info("commandstats")["cmdstat_get"]["calls"] - sent >= len(ms[2])  # each chunk once at least
+    last = ms[2][-1]  # a chunk of the last pipeline
+    assert last not in ms[1]
+    client.setrange(k.shared(last), 10, b"\x00\xff")
+    ck = store.load("batched")
+    assert ck.generation == 1 and ck.state == history(500)
+    assert ck.skipped[0].generation == 2 and ck.skipped[0].reason == "checksum" and last in ck.skipped[0].detail
+
+
+def test_a_generation_rotated_away_between_its_pipelines_is_read_again_from_the_new_head(
+        store, client, namespace, one_chunk_per_pipeline, monkeypatch):
+    from redis_ckpt.core.flows import shared
+
+    lease = store.acquire("moving", owner="w", ttl=30)
+    lease.commit(history(500))
+    real, done = shared.read_batches, []
+
+    def commits_after_the_first(lengths, limit=None):
+        for i, batch in enumerate(real(lengths, limit)):
+            yield batch
+            if i == 0 and not done:  # while the load is between its pipelines: keep=3 rotates generation 1 out
+                done.append(True)
+                for n in (600, 700, 800):
+                    lease.commit(history(n))
+
+    monkeypatch.setattr(shared, "read_batches", commits_after_the_first)
+    ck = store.load("moving")
+    assert done and ck.generation == 4 and ck.state == history(800) and not ck.skipped

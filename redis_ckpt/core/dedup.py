@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,18 +301,57 @@ def read_manifest(blob: bytes, *, run_id: str, generation: int) -> SharedManifes
     return m
 
 
-def assemble(m: SharedManifest, chunks: Iterable[Any]) -> Any:
-    """The frame of ``m`` from its chunks' values (in manifest order), each checked against
-    its address: FrameError (MISSING or CHECKSUM, naming the chunk) at the first bad one."""
-    assembler = FrameAssembler(m.size)
-    assembler.write(m.head)
-    for i, (addr, n, data) in enumerate(zip(m.addresses, m.lengths, chunks)):
+#: chunk bytes a load asks for in one pipeline: a batch's values are copied into the frame and
+#: freed before the next batch comes, so a large generation's chunks pass through the same
+#: memory instead of all being held at once in fresh pages
+READ_BATCH_BYTES = 8 << 20
+
+
+def read_batches(lengths: Sequence[int], limit: int | None = None) -> Iterator[range]:
+    """Consecutive index ranges of chunks of ``lengths``, each at most ``limit`` bytes
+    (:data:`READ_BATCH_BYTES`), or one chunk."""
+    limit = READ_BATCH_BYTES if limit is None else limit
+    start, size = 0, 0
+    for i, n in enumerate(lengths):
+        if size and size + n > limit:
+            yield range(start, i)
+            start, size = i, 0
+        size += n
+    if start < len(lengths):
+        yield range(start, len(lengths))
+
+
+class SharedAssembler:
+    """The frame of ``m`` from its chunks' values, added in manifest order (in as many pieces
+    as the reader fetches them), each checked against its address: FrameError (MISSING or
+    CHECKSUM, naming the chunk) at the first bad one."""
+
+    def __init__(self, m: SharedManifest) -> None:
+        self.m = m
+        self.added = 0
+        self._frame = FrameAssembler(m.size)
+        self._frame.write(m.head)
+
+    def add(self, data: Any) -> None:
+        m, i = self.m, self.added
+        addr = m.addresses[i]
         if data is None:
             raise FrameError(FrameDamage.MISSING, f"shared chunk {addr} ({i + 1} of {len(m.addresses)}) does not exist",
                              run_id=m.run_id, generation=m.generation)
-        if len(data) != n or address(data) != addr:
+        if len(data) != m.lengths[i] or address(data) != addr:
             raise FrameError(FrameDamage.CHECKSUM, f"shared chunk {addr} ({i + 1} of {len(m.addresses)}) "
                              "does not match its address", run_id=m.run_id, generation=m.generation)
-        assembler.write(data)
-    assembler.write(m.digest)
+        self._frame.write(data)
+        self.added += 1
+
+    def finish(self) -> Any:
+        self._frame.write(self.m.digest)
+        return self._frame.finish()
+
+
+def assemble(m: SharedManifest, chunks: Iterable[Any]) -> Any:
+    """The frame of ``m`` from all its chunks' values (see :class:`SharedAssembler`)."""
+    assembler = SharedAssembler(m)
+    for data in chunks:
+        assembler.add(data)
     return assembler.finish()

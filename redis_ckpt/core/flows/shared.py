@@ -10,7 +10,8 @@ from typing import Any
 
 from ...errors import FrameError
 from ..config import StoreConfig
-from ..dedup import DEDUP_MIN_BYTES, Held, assemble, chunk_class, encode_manifest, read_manifest, split_parts
+from ..dedup import (DEDUP_MIN_BYTES, Held, SharedAssembler, chunk_class, encode_manifest, read_batches, read_manifest,
+                     split_parts)
 from ..frame import FrameParts
 from ..keys import RunKeys
 from ..ops import Cmd, Flow, Pipe, ReplyError
@@ -125,19 +126,21 @@ class SharedFlows(FlowsBase):
         """The frame of a generation stored as shared chunks: every chunk in one pipeline,
         each checked against its address (FrameError naming the first bad one)."""
         m = read_manifest(blob, run_id=k.run_id, generation=generation)
-        values: list[Any] = []
-        if m.addresses:  # GETs in one pipeline (no MGET: the documented ACL line stays as it is)
-            values = yield Pipe([Cmd("GET", k.shared(a)) for a in m.addresses], route=k.head)
-            for v in values:
-                if isinstance(v, Exception):
-                    raise v
+        assembler = SharedAssembler(m)
         try:
-            frame = assemble(m, values)
+            for batch in read_batches(m.lengths):  # GETs in pipelines (no MGET: the documented ACL line)
+                values = yield Pipe([Cmd("GET", k.shared(m.addresses[i])) for i in batch], route=k.head)
+                for v in values:
+                    if isinstance(v, Exception):
+                        raise v
+                for v in values:
+                    assembler.add(v)
+                del values  # their memory is reused by the next batch's
+            frame = assembler.finish()
         except FrameError:
             # the run holds a damaged chunk: the next commit stages every chunk again (the
             # copy it renames into place repairs the damaged one, if the state still lists it)
             self.held.pop(k.run_id, None)
             raise
-        del values
         self.remember_shared(k.run_id, generation, m.distinct, m.avg, tuple(zip(m.addresses, m.lengths)))
         return frame
