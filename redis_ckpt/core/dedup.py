@@ -33,7 +33,7 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
   ...`` when rotation frees chunks whose keys were not passed; the flow stages / passes them
   and sends again. Staged chunks are renamed into ``x:<address>`` only if the script applies;
   a killed writer's staging is removed by the run's next commit or acquire, or expires.
-* **Reading.** A load fetches every chunk of a generation in one pipeline, checks each
+* **Reading.** A load fetches a generation's chunks in pipelines of READ_BATCH_BYTES, checks each
   against its address and the whole frame against its digest; a damaged or missing chunk
   fails every generation that lists it (``verify``/``show`` name each, with the address),
   and the load falls back to the newest generation that does not list it.

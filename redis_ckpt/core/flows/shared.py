@@ -123,7 +123,8 @@ class SharedFlows(FlowsBase):
         raise AssertionError("the shared chunks a commit needs did not converge")
 
     def read_shared(self, k: RunKeys, generation: int, blob: bytes) -> Flow[Any]:
-        """The frame of a generation stored as shared chunks: every chunk in one pipeline,
+        """The frame of a generation stored as shared chunks: its chunks in pipelines of
+        READ_BATCH_BYTES (a batch copied into the frame and freed before the next comes),
         each checked against its address (FrameError naming the first bad one)."""
         m = read_manifest(blob, run_id=k.run_id, generation=generation)
         assembler = SharedAssembler(m)
