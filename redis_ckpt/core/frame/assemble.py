@@ -120,10 +120,19 @@ class FrameAssembler:
             return
         view = memoryview(data)
         if self._head is None:
-            self._pending += view
-            if not self._read_head():
-                return
-            view, self._pending = memoryview(bytes(self._pending)), bytearray()  # the payload so far
+            # only the head's bytes are kept aside; the payload that follows it in this piece
+            # is routed as it is (a piece of a chunked frame is megabytes: never copied whole)
+            while self._head is None:
+                want = self._head_wanted()
+                self._pending += view[:want]
+                view = view[want:]
+                if self._read_head():
+                    break
+                if self._whole is not None:  # not worth splitting: the rest goes in whole
+                    self._whole.write(view)
+                    return
+                if not view:
+                    return
             at = len(self._head)  # type: ignore[arg-type]
         else:
             at = self.written - len(data)  # frame offset of view[0]
@@ -133,6 +142,14 @@ class FrameAssembler:
             view = view[:cut]
         self._hash.update(view)
         self._route(view)
+
+    def _head_wanted(self) -> int:
+        """Bytes the head still needs: the prefix's first, then the rest of the head."""
+        pending = self._pending
+        if len(pending) < PREFIX.size:
+            return PREFIX.size - len(pending)
+        header_len = PREFIX.unpack_from(pending)[-1]
+        return max(PREFIX.size + header_len + PAYLOAD_LEN.size - len(pending), 0)
 
     def _read_head(self) -> bool:
         """True once the head is complete and the frame worth splitting; else keep waiting, or
@@ -179,49 +196,47 @@ class FrameAssembler:
                 self._copy_left -= min(n, self._copy_left)
                 view = view[n:]
             else:
-                self._pending += view
-                view = self._walk()
+                if self._pending:  # a header split across pieces (a few bytes): joined to this one
+                    view = memoryview(bytes(self._pending) + bytes(view))
+                    self._pending = bytearray()
+                view = self._walk(view)
 
-    def _walk(self) -> memoryview:
-        """Parse object headers from the pending bytes; return what the routing goes on with."""
-        pending = self._pending
-        at = 0
-        while self._budget and at < len(pending):
-            lead = pending[at]
+    def _walk(self, buf: memoryview) -> memoryview:
+        """Parse object headers from ``buf``; return what the routing goes on with (a header
+        cut off at its end waits in the pending bytes for the next piece)."""
+        at, end = 0, len(buf)
+        while self._budget and at < end:
+            lead = buf[at]
             size, width = _OBJECT_SIZES[lead]
             if size == 0:  # 0xc1: never valid; keep everything as it comes
                 self._budget = 0
                 break
-            if at + size > len(pending):
+            if at + size > end:
                 break  # the header is not all here yet
             self._budget -= 1
             if width:
-                data_len = int.from_bytes(pending[at + 1:at + 1 + width], "big")
+                data_len = int.from_bytes(buf[at + 1:at + 1 + width], "big")
             else:
                 data_len = lead & 0x1F if 0xA0 <= lead <= 0xBF else 0
             if lead == 0xC6 and data_len >= LEAF_MIN_BYTES:
-                self._rest.write(pending[:at])
-                self._cuts.append((self._rest.tell(), bytes(pending[at:at + size])))
+                self._rest.write(buf[:at])
+                self._cuts.append((self._rest.tell(), bytes(buf[at:at + size])))
                 self._rest.write(_PLACEHOLDER.pack(0xD6, LEAF_EXT, len(self._leaves)))
                 self._leaves.append(io.BytesIO())  # grown as the bin's bytes arrive (see _go_whole)
                 self._leaf_left = data_len
-                rest = memoryview(bytes(pending[at + size:]))
-                self._pending = bytearray()
-                return rest
+                return buf[at + size:]
             at += size
             if data_len:
-                if at + data_len > len(pending):  # the data runs on into later pieces
-                    self._copy_left = at + data_len - len(pending)
-                    at = len(pending)
+                if at + data_len > end:  # the data runs on into later pieces
+                    self._copy_left = at + data_len - end
+                    at = end
                     break
                 at += data_len
-        self._rest.write(pending[:at])
+        self._rest.write(buf[:at])
         if self._budget:
-            del pending[:at]
+            self._pending += buf[at:]
             return memoryview(b"")
-        rest = memoryview(bytes(pending[at:]))  # walked enough: the rest as it comes
-        self._pending = bytearray()
-        return rest
+        return buf[at:]  # walked enough: the rest as it comes
 
     def finish(self) -> bytes | AssembledFrame:
         if self._whole is not None:
