@@ -161,3 +161,17 @@ def test_an_encoding_taken_while_another_thread_adds_is_never_torn(kind):
     finally:
         sys.setswitchinterval(interval)
     assert taken > 40 and torn == 0
+
+
+def test_a_growing_list_and_map_copy_and_pickle_as_plain_data():
+    import copy
+    import pickle
+
+    grown, m = EncodedList([1, (2, 3)]), EncodedMap()
+    m.add("a", {"b": 1})
+    for make in (copy.deepcopy, lambda x: pickle.loads(pickle.dumps(x))):
+        g2, m2 = make(grown), make(m)
+        g2.add(4)
+        assert decode_state(encode_state({"g": g2.encoded(), "m": m2.encoded()})) == {"g": [1, (2, 3), 4],
+                                                                                      "m": {"a": {"b": 1}}}
+        assert len(grown) == 2  # the copy grew, not the original

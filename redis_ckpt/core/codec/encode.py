@@ -55,6 +55,11 @@ def encoded(value: Any, *, root: str = "state") -> Encoded:
     return mint((data,), len(data))
 
 
+#: held while an EncodedMap / EncodedList grows or is snapshot (a few microseconds): one lock
+#: for all of them, so that they stay plain data (copied and pickled like before)
+_GROWING = threading.Lock()
+
+
 class EncodedMap:
     """A dict with str keys, encoded one entry at a time and only ever appended to: each
     :meth:`add` encodes its key and value once; :meth:`encoded` is the whole dict's encoding
@@ -62,13 +67,12 @@ class EncodedMap:
     Threads may add and take :meth:`encoded` at once: an encoding holds the entries added
     before it, its header counting exactly those."""
 
-    __slots__ = ("_pieces", "_keys", "_size", "_lock")
+    __slots__ = ("_pieces", "_keys", "_size")
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
         self._keys: set[str] = set()
         self._size = 0
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._pieces)
@@ -84,7 +88,7 @@ class EncodedMap:
         if key in self._keys:
             raise ValueError(f"{root}: key {key!r} is already in the map")
         piece = _value(key, root, None) + _value(value, f"{root}[{key!r}]", None)
-        with self._lock:
+        with _GROWING:
             if key in self._keys:  # added by another thread meanwhile
                 raise ValueError(f"{root}: key {key!r} is already in the map")
             self._keys.add(key)
@@ -92,7 +96,7 @@ class EncodedMap:
             self._size += len(piece)
 
     def encoded(self) -> Encoded:
-        with self._lock:
+        with _GROWING:
             pieces, size = tuple(self._pieces), self._size
         header = map_header(len(pieces))
         return mint((header, *pieces), len(header) + size)
@@ -101,12 +105,11 @@ class EncodedMap:
 class EncodedList:
     """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
 
-    __slots__ = ("_pieces", "_size", "_lock")
+    __slots__ = ("_pieces", "_size")
 
     def __init__(self, items: Any = (), *, root: str = "state") -> None:
         self._pieces: list[bytes] = []
         self._size = 0
-        self._lock = threading.Lock()
         for item in items:
             self.add(item, root=root)
 
@@ -115,12 +118,12 @@ class EncodedList:
 
     def add(self, item: Any, *, root: str = "state") -> None:
         piece = _value(item, f"{root}[{len(self._pieces)}]", None)
-        with self._lock:
+        with _GROWING:
             self._pieces.append(piece)
             self._size += len(piece)
 
     def encoded(self) -> Encoded:
-        with self._lock:
+        with _GROWING:
             pieces, size = tuple(self._pieces), self._size
         header = array_header(len(pieces))
         return mint((header, *pieces), len(header) + size)
