@@ -574,11 +574,13 @@ def test_a_thread_expires_whole_after_its_ttl_and_its_tokens_are_never_reused(st
 
 
 def test_refresh_on_read_keeps_a_thread_alive_and_reads_without_it_do_not(store, client):
-    reader = RedisCkptSaver(store, thread_ttl={"default_ttl": 1 / 60, "refresh_on_read": True})  # 1 s
-    writer = RedisCkptSaver(store, thread_ttl={"default_ttl": 1 / 60})
+    # a TTL of 2 s read every 0.25 s: a stall of up to 1.75 s between two reads (a slow fsync of
+    # the refresh on a shared machine) still finds the thread alive
+    reader = RedisCkptSaver(store, thread_ttl={"default_ttl": 2 / 60, "refresh_on_read": True})
+    writer = RedisCkptSaver(store, thread_ttl={"default_ttl": 2 / 60})
     put(writer, "kept")
     put(writer, "dropped")
-    for _ in range(8):  # 2 s, twice the TTL
+    for _ in range(16):  # 4 s, twice the TTL
         time.sleep(0.25)
         assert reader.get_tuple(cfg("kept")) is not None
         writer.get_tuple(cfg("dropped"))
