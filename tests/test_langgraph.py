@@ -548,7 +548,7 @@ def test_a_bad_thread_ttl_is_refused(store, spec):
 
 
 def test_a_thread_expires_whole_after_its_ttl_and_its_tokens_are_never_reused(store, client):
-    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": 0.8 / 60})  # 800 ms
+    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": 2 / 60})  # 2 s: room for a slow fsync between writes
     run = Run()
     saver.get_tuple(run.cfg("t"))
     first = put(saver, "t", run=run)
