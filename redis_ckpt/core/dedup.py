@@ -200,14 +200,10 @@ def split_parts(parts: FrameParts, avg: int = AVG_CHUNK,
 
     while at < size:
         if taken and misses < RESYNC_TRIES:
-            hit = taken.get(at - shift)  # the common case, first: the previous chunk where the last one led
-            if hit is not None and at + hit[1] <= size:
-                piece = payload[at:at + hit[1]]
-                if address(piece) == hit[0]:
-                    out.append((hit[0], piece))
-                    at += hit[1]
-                    misses = 0
-                    continue
+            if match(at, at - shift):  # the common case, first: the previous chunk where the last one led
+                at += len(out[-1][1])
+                misses = 0
+                continue
             tried = dict.fromkeys((at - shift, at, at - moved))
             start = next((b for b in tried if match(at, b)), None)
             if start is None:

@@ -1,7 +1,7 @@
 """The flows' side of shared chunks (the design is in :mod:`redis_ckpt.core.dedup`): how a
 commit stages only what its run does not hold, the loop over the script's NEED_CHUNKS /
-NEED_FREE / NEED_SHARED answers, and the read of a generation stored as shared chunks (one
-pipeline)."""
+NEED_FREE / NEED_SHARED answers, and the read of a generation stored as shared chunks (in
+pipelines of READ_BATCH_BYTES)."""
 
 from __future__ import annotations
 
@@ -131,9 +131,7 @@ class SharedFlows(FlowsBase):
         try:
             for batch in read_batches(m.lengths):  # GETs in pipelines (no MGET: the documented ACL line)
                 values = yield Pipe([Cmd("GET", k.shared(m.addresses[i])) for i in batch], route=k.head)
-                for v in values:
-                    if isinstance(v, Exception):
-                        raise v
+                raise_failures(values)
                 for v in values:
                     assembler.add(v)
                 del values  # their memory is reused by the next batch's
