@@ -62,11 +62,12 @@ Build = Callable[[list[str], list[str], bool], Script]
 
 class CommitFlows(SharedFlows, FlowsBase):
     def encode(self, run_id: str, state: Any, *, generation: int, token: int, owner: str,
-               metadata: Mapping[Any, Any] | None) -> bytes | FrameParts:
+               metadata: Mapping[Any, Any] | None, plain: bool = False) -> bytes | FrameParts:
         """The framed generation for ``state``; raises StateError subclasses, writes nothing.
 
         A state over max_state_bytes is refused as soon as that is known (see encode_state).
-        A frame that will be chunked stays in its parts (the payload is never copied).
+        A frame that will be chunked, or shared (unless ``plain``), stays in its parts (the
+        payload is never copied).
         """
         c = self.config
         try:
@@ -81,7 +82,7 @@ class CommitFlows(SharedFlows, FlowsBase):
                 created_ms=now_ms(), schema_version=c.schema_version,
                 metadata=dict(metadata or {}), codec=CODEC_MSGPACK, compression=c.compression,
             )
-            return frame if len(frame) > c.chunk_bytes or self.shares(frame) else bytes(frame)
+            return frame if len(frame) > c.chunk_bytes or (not plain and self.shares(frame)) else bytes(frame)
         except (StateError, CodecUnavailableError) as exc:
             exc.run_id = run_id
             raise
@@ -104,14 +105,13 @@ class CommitFlows(SharedFlows, FlowsBase):
             raise ValueError("commit_id must be 1-128 characters of A-Z a-z 0-9 _ . -")
         c = self.config
         new = expected_generation + 1
-        frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata)
+        # under a retention the script refuses shared chunks (RETAINED): plain at once
+        plain = bool(retention) or k.run_id in self.retained
+        frame = self.encode(k.run_id, state, generation=new, token=token, owner=owner, metadata=metadata,
+                            plain=plain)
         cid = commit_id or os.urandom(16).hex()  # a uuid4's 32 hex digits, without the UUID object
-        shares = self.shares(frame)
-        if shares and (retention or k.run_id in self.retained):
-            # under a retention the script refuses shared chunks (RETAINED): plain at once
-            shares = False
-            frame = frame if len(frame) > c.chunk_bytes else bytes(frame)
-        form = self.shared_form(k, new, frame, cid, token=token, expected=expected_generation) if shares else None
+        form = self.shared_form(k, new, frame, cid, token=token, expected=expected_generation) \
+            if not plain and self.shares(frame) else None
         stored, chunks, staging, moved = (form.stored, 0, form.staging, form.moved) if form else \
             self.stored_form(k, new, frame, cid, token=token, expected=expected_generation)
         checksum, size = frame_checksum(frame), len(frame)
