@@ -47,6 +47,11 @@ def _object_sizes() -> list[tuple[int, int]]:
 _OBJECT_SIZES = _object_sizes()
 
 
+def _head_size(header_len: int) -> int:
+    """The bytes of a frame's head: its prefix, its header (``header_len``), the payload's length."""
+    return PREFIX.size + header_len + PAYLOAD_LEN.size
+
+
 class SplitPayload:
     """A payload read in pieces: ``rest`` with each long bin replaced by a placeholder
     extension naming its index in ``leaves`` (the bins' contents)."""
@@ -148,8 +153,7 @@ class FrameAssembler:
         pending = self._pending
         if len(pending) < PREFIX.size:
             return PREFIX.size - len(pending)
-        header_len = PREFIX.unpack_from(pending)[-1]
-        return max(PREFIX.size + header_len + PAYLOAD_LEN.size - len(pending), 0)
+        return max(_head_size(PREFIX.unpack_from(pending)[-1]) - len(pending), 0)
 
     def _read_head(self) -> bool:
         """True once the head is complete and the frame worth splitting; else keep waiting, or
@@ -158,7 +162,7 @@ class FrameAssembler:
         if len(pending) < PREFIX.size:
             return False
         magic, version, codec, compression, _, _, header_len = PREFIX.unpack_from(pending)
-        head_len = PREFIX.size + header_len + PAYLOAD_LEN.size
+        head_len = _head_size(header_len)
         if (magic != MAGIC or version != FORMAT_VERSION or codec != CODEC_MSGPACK or compression != 0
                 or header_len > _HEAD_MAX or self.size < head_len + LEAF_MIN_BYTES + DIGEST_SIZE):
             self._go_whole()
