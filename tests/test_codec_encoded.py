@@ -66,9 +66,20 @@ def test_an_encoded_value_is_refused_anywhere_but_a_top_level_value():
     for state, path in (([e], "state[0]"), ({"a": {"b": e}}, "state['a']['b']"), (e, "state")):
         with pytest.raises(UnsupportedTypeError) as err:
             encode_state(state)
-        assert err.value.path == path and err.value.type_name.endswith("Encoded")
+        assert err.value.path == path and err.value.type_name == "redis_ckpt.Encoded"
+        assert "directly under a key of the top-level dict" in str(err.value)  # says where it may go
     with pytest.raises(UnsupportedTypeError):
         encode_state({1: e})  # keys of a state holding Encoded values are str only
+
+
+@pytest.mark.parametrize("kind", [EncodedList, EncodedMap])
+def test_a_growing_list_or_map_put_in_a_state_whole_says_to_take_its_encoding(kind):
+    grown = kind()
+    for state, path in (({"history": grown}, "state['history']"), ({"a": [grown]}, "state['a'][0]")):
+        with pytest.raises(UnsupportedTypeError) as err:
+            encode_state(state)
+        assert err.value.path == path and err.value.type_name == f"redis_ckpt.{kind.__name__}"
+        assert "put its .encoded() in the state" in str(err.value)
 
 
 def test_only_the_codec_makes_an_encoded_value():

@@ -68,6 +68,9 @@ class EncodedMap:
     before it, its header counting exactly those."""
 
     __slots__ = ("_pieces", "_keys", "_size")
+    #: the refusal of an EncodedMap put in a state itself (see problems.py)
+    REFUSED = ("an EncodedMap is stored through its encoding: put its .encoded() in the state, directly under "
+               "a key of the top-level dict")
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
@@ -106,6 +109,8 @@ class EncodedList:
     """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
 
     __slots__ = ("_pieces", "_size")
+    REFUSED = ("an EncodedList is stored through its encoding: put its .encoded() in the state, directly under "
+               "a key of the top-level dict")
 
     def __init__(self, items: Any = (), *, root: str = "state") -> None:
         self._pieces: list[bytes] = []

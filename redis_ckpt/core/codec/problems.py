@@ -44,9 +44,17 @@ def _render(path: _Path) -> str:
     return path + "".join(reversed(parts))
 
 
-def _refuse(path: _Path, kind: type, why: str) -> UnsupportedTypeError:
+def _refuse(path: _Path, kind: type, why: str, type_name: str | None = None) -> UnsupportedTypeError:
     where = _render(path)
-    return UnsupportedTypeError(f"{where}: {why}", path=where, type_name=_qualname(kind))
+    return UnsupportedTypeError(f"{where}: {why}", path=where, type_name=type_name or _qualname(kind))
+
+
+def _misplaced(path: _Path, kind: type) -> UnsupportedTypeError | None:
+    """A value of the codec's own types (Encoded, EncodedList, EncodedMap) where it cannot
+    go, refused with the type's own words on where it may (its ``REFUSED`` class attribute:
+    read from the class's namespace, so no user type's hooks run) and its public name."""
+    why = kind.__dict__.get("REFUSED") if kind.__module__.startswith("redis_ckpt.core.codec.") else None
+    return _refuse(path, kind, why, f"redis_ckpt.{kind.__name__}") if type(why) is str else None
 
 
 def find_problem(
@@ -78,8 +86,9 @@ def find_problem(
         return _refuse(path, type(tz), f"{kind.__name__} with {what} cannot be stored exactly; "
                                        "use datetime.timezone or zoneinfo.ZoneInfo(key)")
     if kind not in CONTAINERS:
-        return _refuse(path, kind, f"type {_qualname(kind)} cannot be stored exactly{_subclass_hint(kind)}; "
-                                   f"supported: {_SUPPORTED_NAMES}")
+        return _misplaced(path, kind) or _refuse(
+            path, kind, f"type {_qualname(kind)} cannot be stored exactly{_subclass_hint(kind)}; "
+                        f"supported: {_SUPPORTED_NAMES}")
     if id(value) in enclosing:
         return _refuse(path, kind, f"cycle: this {kind.__name__} is the one at {_render(enclosing[id(value)])}, "
                                    "which contains it")

@@ -35,6 +35,9 @@ class Encoded:
     """One value's encoding, as this codec produced it (immutable; ``parts`` joined)."""
 
     __slots__ = ("parts", "size")
+    #: the refusal of an Encoded anywhere but a top-level value (see problems.py)
+    REFUSED = ("an Encoded value can sit only directly under a key of the top-level dict of a state (or of "
+               "metadata), not inside another container")
 
     def __init__(self, parts: tuple[bytes, ...], size: int, *, _key: object = None) -> None:
         if _key is not _MINT:
