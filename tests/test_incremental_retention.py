@@ -215,3 +215,27 @@ def test_a_dedup_store_commits_a_run_under_a_retention_in_one_script_call_sendin
         k = RunKeys(namespace, run)
         assert not refs(client, k) and client.pttl(k.head) > 0
         assert store.load(run).state == {**state, "i": 3}
+
+
+def test_a_run_that_expired_and_is_made_again_without_a_retention_is_shared_again(client, namespace):
+    """A process remembers a run it found under a retention of its own (its commits go plain
+    at once). Once that run has expired, an acquire finds no head: the run made again under
+    the same id has no retention, and this process shares its commits again."""
+    k = RunKeys(namespace, "again")
+    first = CheckpointStore(client, namespace=namespace, keep=3, dedup=True)
+    lease = first.acquire("again", owner="w1", ttl=30, retention=0.4)
+    lease.commit(history(500))
+    lease.release()
+    assert client.hget(k.head, "retention_ms") == b"400"
+    store = CheckpointStore(client, namespace=namespace, keep=3, dedup=True)
+    lease = store.acquire("again", owner="w2", ttl=30)  # learns the run's own retention
+    lease.commit(history(510))
+    assert client.get(k.generation(2))[:4] != MAGIC  # plain: the run is under a retention
+    lease.release()
+    wait_gone(client, k, but={k.fence})  # expired: only the fence is left (it outlives the data)
+    lease = store.acquire("again", owner="w2", ttl=30)
+    assert lease.generation == 0
+    lease.commit(history(520))
+    assert lease.commit(history(530)) == 2
+    assert client.get(k.generation(2))[:4] == MAGIC and refs(client, k)  # shared again
+    assert client.pttl(k.head) == -1 and store.load("again").state == history(530)

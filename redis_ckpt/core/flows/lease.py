@@ -70,6 +70,8 @@ class LeaseFlows(FlowsBase):
                     raise reply
                 grant = grant_of(reply)
                 check_confirmed(replies, c, what="acquire", run_id=k.run_id, generation=None)
+                if grant.generation == 0 and not retention:  # no head: the run has no retention of its own
+                    self.retained.discard(k.run_id)  # (it expired, or was deleted elsewhere)
                 return grant
             raise AssertionError("the staged and generation key sets did not converge")
 
