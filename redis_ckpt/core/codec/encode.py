@@ -60,6 +60,12 @@ def encoded(value: Any, *, root: str = "state") -> Encoded:
 _GROWING = threading.Lock()
 
 
+def _refused_whole(name: str) -> str:
+    """The refusal of a growing map or list put in a state itself (see problems.py)."""
+    return (f"an {name} is stored through its encoding: put its .encoded() in the state, directly under a key "
+            "of the top-level dict")
+
+
 class EncodedMap:
     """A dict with str keys, encoded one entry at a time and only ever appended to: each
     :meth:`add` encodes its key and value once; :meth:`encoded` is the whole dict's encoding
@@ -68,9 +74,7 @@ class EncodedMap:
     before it, its header counting exactly those."""
 
     __slots__ = ("_pieces", "_keys", "_size")
-    #: the refusal of an EncodedMap put in a state itself (see problems.py)
-    REFUSED = ("an EncodedMap is stored through its encoding: put its .encoded() in the state, directly under "
-               "a key of the top-level dict")
+    REFUSED = _refused_whole("EncodedMap")
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
@@ -109,8 +113,7 @@ class EncodedList:
     """A list encoded one item at a time and only ever appended to (as :class:`EncodedMap`)."""
 
     __slots__ = ("_pieces", "_size")
-    REFUSED = ("an EncodedList is stored through its encoding: put its .encoded() in the state, directly under "
-               "a key of the top-level dict")
+    REFUSED = _refused_whole("EncodedList")
 
     def __init__(self, items: Any = (), *, root: str = "state") -> None:
         self._pieces: list[bytes] = []

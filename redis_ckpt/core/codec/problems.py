@@ -49,11 +49,15 @@ def _refuse(path: _Path, kind: type, why: str, type_name: str | None = None) -> 
     return UnsupportedTypeError(f"{where}: {why}", path=where, type_name=type_name or _qualname(kind))
 
 
+#: where the codec's own value types are defined (a user type's REFUSED means nothing here)
+_OWN_MODULES = ("redis_ckpt.core.codec.encode", "redis_ckpt.core.codec.spliced")
+
+
 def _misplaced(path: _Path, kind: type) -> UnsupportedTypeError | None:
     """A value of the codec's own types (Encoded, EncodedList, EncodedMap) where it cannot
     go, refused with the type's own words on where it may (its ``REFUSED`` class attribute:
     read from the class's namespace, so no user type's hooks run) and its public name."""
-    why = kind.__dict__.get("REFUSED") if kind.__module__.startswith("redis_ckpt.core.codec.") else None
+    why = kind.__dict__.get("REFUSED") if kind.__module__ in _OWN_MODULES else None
     return _refuse(path, kind, why, f"redis_ckpt.{kind.__name__}") if type(why) is str else None
 
 
