@@ -167,7 +167,11 @@ else
 end
 
 local ttl = tonumber(ARGV[2]) or 0
-if ttl > 0 and version > 0 then
-  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], string.format('%d', ttl)) end
+if ttl > 0 and version > 0 then  -- as saver_write.lua's "Expiry": moved only once behind (or past a lower TTL)
+  local slack = math.floor(ttl / 16)
+  local left = redis.call('PTTL', KEYS[3])
+  if left < ttl or left > ttl + slack then
+    for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], string.format('%d', ttl + slack)) end
+  end
 end
 return out

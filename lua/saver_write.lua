@@ -22,7 +22,7 @@
 -- ARGV[2]  invocation id (random, per LangGraph invocation); "" for a standalone call
 -- ARGV[3]  expected thread version (what the invocation read); "" to claim unconditionally
 -- ARGV[4]  owner (audit)
--- ARGV[5]  thread TTL in ms; 0: the thread's keys never expire
+-- ARGV[5]  thread TTL in ms; 0: the thread's keys never expire (see "Expiry" below)
 -- ARGV[6]  events stream max length
 -- ARGV[7]  the LangGraph thread id (kept in meta)
 -- ARGV[8 ..] items, one after another:
@@ -46,6 +46,14 @@
 -- every token handed out before, unless the thread was claimed more than 100 times per ms on
 -- average since it was created). A thread's version starts at now_ms * 100 the same way, so
 -- a version read before an expiry never matches again.
+--
+-- Expiry (a TTL given): all of the thread's keys share one expiry, so data and indexes expire
+-- together and never in the middle of a write. A write sets it to TTL + TTL/16 from now
+-- (every key) only when it has fallen behind TTL from now, or lies past TTL + TTL/16 (a lower
+-- TTL than before); otherwise it stays, and only the keys this write may have made get it too
+-- (PEXPIREAT ... NX: a no-op on a key that has it). So the thread lives at least TTL after its
+-- last write and at most TTL/16 longer, and most writes spend one PTTL instead of an expiry
+-- on every key. A write refused after an audit event gives a new events stream the TTL.
 --
 -- Numbers: tokens and versions are integers below MAX_INT = 2^50 (redis_ckpt.core MAX_INT),
 -- exact in Lua's doubles, written with string.format('%d').
@@ -88,8 +96,14 @@ while i <= #ARGV do
   end
 end
 
+local touched = {}  -- KEYS indexes this write may create (they get the thread's expiry)
 local function event(kind, ...)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'kind', kind, 'owner', owner, ...)
+  touched[2] = true
+end
+local function refused(reply)  -- after an audit event: the events stream a refusal made expires
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[5], 'NX') end
+  return redis.error_reply(reply)
 end
 
 -- 2. fence and claim
@@ -105,7 +119,7 @@ end
 if token > 0 then
   if token ~= fence then
     event('fenced', 'token', ARGV[1], 'fence', fence_s or '0')
-    return redis.error_reply('THREAD_FENCED ' .. ARGV[1] .. ' ' .. (fence_s or '0') .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
+    return refused('THREAD_FENCED ' .. ARGV[1] .. ' ' .. (fence_s or '0') .. ' ' .. (m[2] or '0') .. ' ' .. (m[4] or '-'))
   end
 elseif m[2] and m[2] == fence_s and (m[3] == inv and (inv ~= '' or m[1])) then
   -- a concurrent write of this invocation claimed the thread first; or a standalone write
@@ -114,11 +128,12 @@ elseif m[2] and m[2] == fence_s and (m[3] == inv and (inv ~= '' or m[1])) then
 else
   if expected ~= '' and expected ~= (m[1] or '0') then
     event('conflict', 'expected', expected, 'actual', m[1] or '0')
-    return redis.error_reply('CONFLICT ' .. expected .. ' ' .. (m[1] or '0'))
+    return refused('CONFLICT ' .. expected .. ' ' .. (m[1] or '0'))
   end
   token = fence_s and (fence + 1) or math.max(fence + 1, floor())
   if token > LIMIT then return redis.error_reply('OUT_OF_RANGE fence ' .. int(token)) end
   redis.call('SET', KEYS[1], int(token), 'KEEPTTL')
+  touched[1] = true
   meta = {'token', int(token), 'inv', inv, 'owner', owner}
   if inv ~= '' or (m[3] or '') ~= '' then
     if (m[3] or '') ~= '' then
@@ -156,7 +171,11 @@ while i <= #ARGV do
     redis.call('HSET', KEYS[5], ns .. '\0' .. cid, item(table.concat(shape)) .. ARGV[i + 4])
     redis.call('ZADD', KEYS[4], 0, ns .. '\0' .. cid)
     redis.call('ZADD', KEYS[9], 0, ns)
-    if ARGV[i + 5] ~= '' then redis.call('ZADD', KEYS[10], 0, ARGV[i + 5] .. '\0' .. ns .. '\0' .. cid) end
+    touched[4], touched[5], touched[6], touched[9] = true, true, true, true
+    if ARGV[i + 5] ~= '' then
+      redis.call('ZADD', KEYS[10], 0, ARGV[i + 5] .. '\0' .. ns .. '\0' .. cid)
+      touched[10] = true
+    end
     i = i + 7 + 3 * n
   else
     local n = tonumber(ARGV[i + 3])
@@ -174,20 +193,28 @@ while i <= #ARGV do
         local member = p .. '\0' .. ARGV[j + 2]
         redis.call('ZADD', KEYS[7], 0, member)
         redis.call('HSET', KEYS[8], member, ARGV[j + 3])
+        touched[7], touched[8] = true, true
       end
     end
     i = i + 4 + 4 * n
   end
 end
 
--- 4. the new version, and one expiry for all of the thread's keys (meta included: last)
+-- 4. the new version, and the thread's one expiry (see "Expiry")
 table.insert(meta, 'ver'); table.insert(meta, int(version))
 if not m[1] then table.insert(meta, 'thread'); table.insert(meta, ARGV[7]) end
 if ttl > 0 and m[5] ~= '1' then table.insert(meta, 'ttl'); table.insert(meta, '1') end
 if ttl == 0 and m[5] == '1' then table.insert(meta, 'ttl'); table.insert(meta, '0') end
 redis.call('HSET', KEYS[3], unpack(meta))
 if ttl > 0 then
-  for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], ARGV[5]) end
+  local slack = math.floor(ttl / 16)
+  local left = redis.call('PTTL', KEYS[3])  -- -1: meta has no expiry yet (a new thread, or a TTL just given)
+  if left < ttl or left > ttl + slack then
+    for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], int(ttl + slack)) end
+  else
+    local at = redis.call('PEXPIRETIME', KEYS[3])
+    for k in pairs(touched) do redis.call('PEXPIREAT', KEYS[k], at, 'NX') end
+  end
 elseif m[5] == '1' then
   for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
 end

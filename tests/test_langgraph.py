@@ -567,6 +567,9 @@ def test_a_thread_expires_whole_after_its_ttl_and_its_tokens_are_never_reused(st
     with pytest.raises(FencedError) as expired:  # the invocation that ran before the expiry stays out
         saver.put_writes(run.cfg("t", cid=first), [("x", 2)], "task")
     assert "expired" in str(expired.value)
+    # the refusal's audit event made a new events stream: it expires too, never left behind
+    assert [k.decode().rpartition(":")[2] for k in thread_keys(client, store, "t")] == ["events"]
+    assert 0 < client.pttl(thread_keys(client, store, "t")[0]) <= 2000 * 17 / 16
     run2 = Run()
     saver.get_tuple(run2.cfg("t"))
     put(saver, "t", run=run2)
@@ -586,6 +589,50 @@ def test_refresh_on_read_keeps_a_thread_alive_and_reads_without_it_do_not(store,
         writer.get_tuple(cfg("dropped"))
     assert reader.get_tuple(cfg("kept")) is not None
     assert writer.get_tuple(cfg("dropped")) is None and thread_keys(client, store, "dropped") == []
+
+
+def one_expiry(client, store, thread: str) -> int:
+    """The thread's one expiry (ms since the epoch), every key of it checked to share it."""
+    expiry = {client.pexpiretime(k) for k in thread_keys(client, store, thread)}
+    assert len(expiry) == 1, expiry
+    return expiry.pop()
+
+
+def test_writes_and_reads_soon_after_a_refresh_leave_the_expiry_alone_and_keys_they_make_share_it(store, client):
+    """A thread's expiry moves only once it has fallen 1/16 of the TTL behind: a read then
+    writes nothing (no fsync for the reply to wait on), a write does not expire every key
+    again, and keys a write creates get the thread's expiry as it stands."""
+    ttl_ms = 16 * 60_000  # 16 min: the expiry may fall 1 min behind
+    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": ttl_ms / 60_000, "refresh_on_read": True})
+    run = Run()
+    saver.get_tuple(run.cfg("t"))
+    start = time.time() * 1000
+    first = put(saver, "t", run=run)
+    set_at = one_expiry(client, store, "t")
+    assert start + ttl_ms <= set_at <= time.time() * 1000 + ttl_ms * 17 / 16  # at least the TTL from the write
+    client.config_resetstat()
+    assert saver.get_tuple(cfg("t")) is not None
+    saver.put_writes(run.cfg("t", cid=first), [("x", 1)], "task")  # makes the writes' keys
+    put(saver, "t", first, run=run)
+    assert one_expiry(client, store, "t") == set_at  # not moved, and the new keys share it
+    assert {k.decode().rpartition(":")[2] for k in thread_keys(client, store, "t")} >= {"wi", "w"}
+    assert "cmdstat_pexpire" not in client.info("commandstats")  # only the new keys got one (PEXPIREAT)
+
+
+def test_a_thread_expiry_moves_once_it_falls_behind_and_follows_a_lower_ttl(store, client):
+    ttl_ms = 1600  # 1.6 s: the expiry may fall 100 ms behind
+    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": ttl_ms / 60_000, "refresh_on_read": True})
+    put(saver, "t")
+    first = one_expiry(client, store, "t")
+    time.sleep(0.3)
+    read_at = time.time() * 1000
+    assert saver.get_tuple(cfg("t")) is not None
+    assert one_expiry(client, store, "t") >= read_at + ttl_ms > first  # a read past the slack moves it
+    lower = RedisCkptSaver(store, thread_ttl={"default_ttl": 1})  # 1 min, far below the expiry of 16 min
+    put(RedisCkptSaver(store, thread_ttl={"default_ttl": 16}), "u")
+    before = time.time() * 1000
+    put(lower, "u")
+    assert before + 60_000 <= one_expiry(client, store, "u") <= time.time() * 1000 + 60_000 * 17 / 16
 
 
 def test_a_saver_without_a_ttl_makes_an_expiring_thread_permanent_as_a_whole(store, client):

@@ -48,9 +48,12 @@ thread also files the thread in that run's cross-thread index: one more round tr
 Retention
 ---------
 ``RedisCkptSaver(store, thread_ttl={"default_ttl": 60 * 24, "refresh_on_read": True})``: a
-thread's keys expire ``default_ttl`` minutes after its last write (or read). Every write
-sets one expiry on all of the thread's keys in the same script, so data and indexes expire
-together and never in the middle of a write. The fence expires with them; tokens still never
+thread's keys expire ``default_ttl`` minutes after its last write (or read), and at most
+1/16 of that later. All of the thread's keys share one expiry, set in the write's own
+script, so data and indexes expire together and never in the middle of a write. The expiry
+moves only once it has fallen 1/16 of the TTL behind: most writes then set none but on the
+keys they create, and most reads with ``refresh_on_read`` write nothing (a read that writes
+waits for an fsync, as a write does). The fence expires with them; tokens still never
 repeat: a claim hands out ``max(fence + 1, server time in ms * 100)``, above every token
 issued before the expiry.
 

@@ -135,7 +135,8 @@ def split_record(stored: bytes) -> tuple[list[bytes], bytes]:
 @dataclass(frozen=True)
 class ThreadTTL:
     """``thread_ttl={"default_ttl": minutes, "refresh_on_read": bool}``: how long a thread's
-    data lives after its last write (and, with refresh_on_read, its last read)."""
+    data lives after its last write (and, with refresh_on_read, its last read); at most 1/16
+    of that longer (see saver_write.lua, "Expiry")."""
 
     ms: int = 0
     refresh_on_read: bool = False

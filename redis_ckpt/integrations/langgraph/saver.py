@@ -66,8 +66,8 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         methods run in a worker thread; with only an async one the sync methods refuse.
     :param owner: this saver's name in the threads' audit events (default ``host:pid:random``).
     :param thread_ttl: ``{"default_ttl": minutes, "refresh_on_read": bool}``: a thread's data
-        expires that long after its last write (or read, with ``refresh_on_read``); None
-        (default): threads never expire.
+        expires that long after its last write (or read, with ``refresh_on_read``), and at
+        most 1/16 of that later; None (default): threads never expire.
     :param serde: LangGraph serializer (default ``JsonPlusSerializer()``, no pickle).
 
     Errors a write may raise (all :class:`~redis_ckpt.CheckpointError`):
