@@ -635,6 +635,46 @@ def test_a_thread_expiry_moves_once_it_falls_behind_and_follows_a_lower_ttl(stor
     assert before + 60_000 <= one_expiry(client, store, "u") <= time.time() * 1000 + 60_000 * 17 / 16
 
 
+def test_delete_for_runs_finds_the_run_in_a_copy_of_its_thread(store, client):
+    saver = RedisCkptSaver(store)
+    cp = checkpoint(values={"x": 1}, versions={"x": 1})
+    saver.put(cfg("t"), cp, {"step": 1, "run_id": "run-c"}, {"x": 1})
+    saver.copy_thread("t", "t-copy")
+    assert visible_ids(saver, "t-copy") == [cp["id"]]
+    saver.delete_for_runs(["run-c"])
+    assert visible_ids(saver, "t") == [] and visible_ids(saver, "t-copy") == []
+
+
+def test_delete_for_runs_finds_a_run_that_kept_its_thread_alive_past_the_ttl(store, client):
+    """The cross-thread index of a LangGraph run (what delete_for_runs looks in) is kept as
+    long as the run writes, and outlives the thread the run's last write kept alive."""
+    ttl_ms = 1600
+    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": ttl_ms / 60_000})
+    parent, step = None, 0
+    end = time.monotonic() + 2 * ttl_ms / 1000  # the run writes for twice the TTL
+    while time.monotonic() < end:
+        step += 1
+        cp = checkpoint(values={"x": step}, versions={"x": step})
+        saver.put(cfg("t", cid=parent), cp, {"step": step, "run_id": "long-run"}, {"x": step})
+        parent = cp["id"]
+        time.sleep(0.2)
+    index = f"{store.namespace}:lgrun:{{long-run}}"
+    assert client.smembers(index) == {b"t"}
+    assert client.pexpiretime(index) > one_expiry(client, store, "t")  # the index outlives the thread
+    saver.delete_for_runs(["long-run"])
+    assert visible_ids(saver, "t") == []
+
+
+def test_a_saver_without_a_ttl_keeps_the_run_index_of_a_thread_it_makes_permanent(store, client):
+    cp = checkpoint(values={"x": 1}, versions={"x": 1})
+    RedisCkptSaver(store, thread_ttl={"default_ttl": 5}).put(cfg("t"), cp, {"step": 1, "run_id": "run-p"}, {"x": 1})
+    assert client.pttl(f"{store.namespace}:lgrun:{{run-p}}") > 0
+    RedisCkptSaver(store).put(cfg("t", cid=cp["id"]), checkpoint(values={"x": 2}, versions={"x": 2}),
+                              {"step": 2, "run_id": "run-p"}, {"x": 2})
+    assert all(client.pttl(k) == -1 for k in thread_keys(client, store, "t"))
+    assert client.pttl(f"{store.namespace}:lgrun:{{run-p}}") == -1  # as long as thread t: for good
+
+
 def test_a_saver_without_a_ttl_makes_an_expiring_thread_permanent_as_a_whole(store, client):
     put(RedisCkptSaver(store, thread_ttl={"default_ttl": 5}), "t")
     assert all(client.pttl(k) > 0 for k in thread_keys(client, store, "t"))

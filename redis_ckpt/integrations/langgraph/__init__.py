@@ -43,7 +43,9 @@ confirms it (the store's :class:`~redis_ckpt.Durability` policy) on the same con
 ``get_tuple`` is one script, a page of ``list`` one, ``get_delta_channel_history`` one (the
 server walks the parent chain). A put sends only the channels in ``new_versions``; the
 others refer to values stored earlier. (The first checkpoint of a LangGraph ``run_id`` in a
-thread also files the thread in that run's cross-thread index: one more round trip, once.)
+thread also files the thread in that run's cross-thread index: one more round trip, once;
+under a TTL, again every 1/16 of it. ``copy_thread`` files the copy in the index of every run
+it holds checkpoints of.)
 
 Retention
 ---------
@@ -55,7 +57,12 @@ moves only once it has fallen 1/16 of the TTL behind: most writes then set none 
 keys they create, and most reads with ``refresh_on_read`` write nothing (a read that writes
 waits for an fsync, as a write does). The fence expires with them; tokens still never
 repeat: a claim hands out ``max(fence + 1, server time in ms * 100)``, above every token
-issued before the expiry.
+issued before the expiry. The cross-thread index of a LangGraph run (where ``delete_for_runs``
+looks) is filed again every 1/16 of the TTL while the run writes, each time to expire twice
+the TTL (and its 1/16) later: it outlives every thread the run's writes kept alive. A thread
+that other runs' writes, or reads, keep alive longer than that after a run's last write is no
+longer found by ``delete_for_runs`` of that run. A saver without a TTL makes a thread it
+writes permanent, and the index of the run it writes for too.
 
 Data model
 ----------

@@ -141,6 +141,19 @@ class ThreadTTL:
     ms: int = 0
     refresh_on_read: bool = False
 
+    @property
+    def slack_ms(self) -> int:
+        """How far a thread's expiry may fall behind the TTL before a write or read moves it
+        (saver_write.lua, "Expiry": the same TTL / 16)."""
+        return self.ms // 16
+
+    @property
+    def index_ms(self) -> int:
+        """The expiry a LangGraph run's cross-thread index gets at each refresh (every
+        ``slack_ms`` while the run writes): twice the longest a thread lives past a write, so
+        it outlives every thread the run's writes kept alive, even when one refresh is lost."""
+        return 2 * (self.ms + self.slack_ms)
+
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None) -> ThreadTTL:
         if spec is None:

@@ -99,7 +99,8 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
                               self.thread_ttl)
         self._invocations = Invocations()
         self._outbox = Outbox()
-        self._indexed: set[tuple[str, str]] = set()  # (LangGraph run id, thread) filed in the cross index
+        # (LangGraph run id, thread) filed in the cross index -> when to file it again (monotonic s)
+        self._indexed: dict[tuple[str, str], float] = {}
 
     # -- running flows -------------------------------------------------------------------
 

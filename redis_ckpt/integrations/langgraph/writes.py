@@ -4,6 +4,8 @@ delete_for_runs, copy) as ``saver_admin``/``saver_read``/``saver_write`` calls."
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,28 +53,36 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
             len(versions), *triples], ns, cid, lg_run
 
 
-def put_flow(e: Engine, inv: Invocation | None, indexed: set[tuple[str, str]], config: dict[str, Any],
+def put_flow(e: Engine, inv: Invocation | None, indexed: dict[tuple[str, str], float], config: dict[str, Any],
              parts: tuple[list[Any], str, str, str | None], company: list[Any]) -> Flow[dict[str, Any]]:
     """A put (its ``put_item`` ``parts``), with ``company``: the items of the invocation's
     writes that wait for it (outbox.py), stored in the same script call, before it."""
     thread_id = str(config["configurable"]["thread_id"])
     k = e.keys(thread_id)
     item, ns, cid, lg_run = parts
-    if lg_run is not None and (lg_run, thread_id) not in indexed:
-        # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per thread)
+    now = time.monotonic()
+    if lg_run is not None and indexed.get((lg_run, thread_id), now) <= now:
+        # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per
+        # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
         yield from index_run(e, k, lg_run, thread_id)
         if len(indexed) > 100_000:
             indexed.clear()
-        indexed.add((lg_run, thread_id))
+        indexed[(lg_run, thread_id)] = now + e.ttl.slack_ms / 1000 if e.ttl.ms else math.inf
     yield from e.write(k, thread_id, inv, [*company, *item], "put")
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
 
 def index_run(e: Engine, k: ThreadKeys, lg_run: str, thread_id: str) -> Flow[None]:
+    """File the thread in the run's cross-thread index. Under a TTL the index gets
+    ``index_ms`` (NX: a new key; GT: only ever later): refreshed every ``slack_ms`` while the
+    run writes, it outlives the threads the run kept alive (delete_for_runs finds them). A
+    saver without a TTL makes the thread permanent, and the index with it."""
     key = cross_key(e.backend.namespace, lg_run)
     ops = [Cmd("SADD", key, thread_id)]
     if e.ttl.ms:
-        ops.append(Cmd("PEXPIRE", key, e.ttl.ms))
+        ops += [Cmd("PEXPIRE", key, e.ttl.index_ms, "NX"), Cmd("PEXPIRE", key, e.ttl.index_ms, "GT")]
+    else:
+        ops.append(Cmd("PERSIST", key))
     yield from e.confirmed(ops, key, k.run_id, "put")
 
 
@@ -153,7 +163,9 @@ def runs_delete_flow(e: Engine, lg_runs: Sequence[str]) -> Flow[None]:
 
 def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     """Every checkpoint and write of ``source`` into ``target`` (frames sealed again for it);
-    sent in calls of at most COPY_BATCH_BYTES, the first one claiming the target."""
+    sent in calls of at most COPY_BATCH_BYTES, the first one claiming the target. The target
+    is filed in the cross-thread index of every LangGraph run it now holds checkpoints of
+    (delete_for_runs finds the copy too)."""
     ks, kt = e.keys(source), e.keys(target)
     _version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
     stored_records = dict(pairs(records))
@@ -166,6 +178,8 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     for field, blob in pairs(writes):
         ns_b, _, rest = field.partition(b"\x00")
         writes_of.setdefault(ns_b + b"\x00" + rest.partition(b"\x00")[0], []).append((field, blob))
+    for rid in sorted(set(lg_run_of.values())):  # the runs' indexes first, as a put does
+        yield from index_run(e, kt, rid, target)
     sent: set[bytes] = set()
     batch: list[Any] = []
     size = 0
