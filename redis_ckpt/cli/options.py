@@ -14,6 +14,7 @@ They are parsed into a :class:`CliConfig`; nothing connects until a command asks
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -137,7 +138,20 @@ _JSON_HELP = ("Print one JSON object on stdout instead of tables (see the README
               "an error is one JSON object on stderr.")
 _TIMEOUT_HELP = (f"Wait at most this long for the server to connect and to answer each request; past it, "
                  f"exit 2 [default: ${TIMEOUT_ENV}, else {DEFAULT_TIMEOUT_S:g}].")
-_SECONDS = click.FloatRange(min=0, min_open=True)
+MAX_TIMEOUT_S = 86400.0  # a day: every wait past it is a mistake (and inf or 1e300 overflowed a deadline)
+
+
+class _Seconds(click.FloatRange):
+    """A timeout: finite, > 0 and at most MAX_TIMEOUT_S (FloatRange lets NaN through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
+
+
+_SECONDS = _Seconds(min=0, min_open=True, max=MAX_TIMEOUT_S)
 
 
 def _options(f: F, *, group: bool) -> F:

@@ -129,10 +129,12 @@ class StoreConfig:
     fence_margin_ms: int = DEFAULT_FENCE_MARGIN_MS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.schema_version, int) or self.schema_version < 1:
-            raise ValueError("schema_version must be an int >= 1")
-        if not isinstance(self.keep, int) or self.keep < 1:
-            raise ValueError("keep must be an int >= 1")
+        # every number a script or the frame gets is checked here, once: a bad one used to
+        # pass and fail later (events_maxlen past an acquire's first writes, fencing the holder)
+        check_int("schema_version", self.schema_version, 1, 2**32 - 1)  # the frame's 32 bits
+        check_int("keep", self.keep, 1, MAX_INT)
+        check_int("max_state_bytes", self.max_state_bytes, 1, MAX_INT)
+        check_int("events_maxlen", self.events_maxlen, 0, MAX_INT)
         if self.compression not in ("none", "zstd"):
             raise ValueError("compression must be 'none' or 'zstd'")
         object.__setattr__(self, "namespace", validate_namespace(self.namespace))

@@ -3,12 +3,14 @@ delete (the run's data goes, its fence stays as a tombstone)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from ...models import Event, RunInfo, ms_to_datetime
 from ..contract import delete_script, deleted_of, entry, kept, stage_keys, staged
-from ..keys import RunKeys
+from ..config import MAX_INT, check_int
+from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
@@ -17,6 +19,8 @@ from .confirm import confirmed_reply, drift_unread
 from .shared import SHARED_SENDS
 
 __all__ = ["AdminFlows", "event_of"]
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # an audit event's id (Event.id)
 
 #: keys a SCAN call looks at when listing runs
 RUNS_SCAN_COUNT = 1000
@@ -71,6 +75,9 @@ class AdminFlows(CommitFlows, FlowsBase):
     def events_flow(self, run_id: str, *, count: int = 100, after: str | None = None) -> Flow[list[Event]]:
         """Audit events, oldest first: the newest ``count``, or those after id ``after``."""
         k = self.keys(run_id)
+        check_int("count", count, 1, MAX_INT, run_id=k.run_id)
+        if after is not None and not (isinstance(after, str) and _STREAM_ID.fullmatch(after)):
+            raise ValueError(f"after must be an event id such as '1700000000000-0', got {after!r}")
 
         def body() -> Flow[list[Event]]:
             if after is None:
@@ -83,6 +90,7 @@ class AdminFlows(CommitFlows, FlowsBase):
 
     def delete_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
+        by = validate_owner(by)
         registered: list[str] = []
         shared: list[str] = []  # the run's shared chunks (x:refs), all deleted with it
 
@@ -111,6 +119,8 @@ class AdminFlows(CommitFlows, FlowsBase):
 
     def runs_flow(self, *, limit: int | None = None) -> Flow[list[str]]:
         """Run ids in this namespace (SCAN over fence keys: every run that ever had a lease or commit)."""
+        if limit is not None:
+            check_int("limit", limit, 1, MAX_INT)
         namespace = self.config.namespace
         pattern = RunKeys.scan_pattern(namespace)
 

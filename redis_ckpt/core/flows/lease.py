@@ -111,6 +111,7 @@ class LeaseFlows(FlowsBase):
 
     def revoke_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
+        by = validate_owner(by)
 
         def body() -> Flow[int]:
             replies = yield confirmed([revoke_script(k, by=by, maxlen=self.config.events_maxlen)], self.config,
