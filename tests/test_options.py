@@ -76,3 +76,17 @@ def test_a_bad_cli_timeout_is_a_usage_error(durable_server, timeout):
                         "--timeout", timeout], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "timeout" in r.stderr and "a bug in redis-ckpt" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [["prune", "--idle", "99999999999d", "--dry-run"],
+                                  ["show", "r", "--state", "--generation", str(10**20)],
+                                  ["fence", "r", "--count", str(2**70)],
+                                  ["fork", "r", "r2", "--generation", str(2**60)]])
+def test_a_cli_number_past_what_the_store_handles_is_a_usage_error(durable_server, args):
+    """Exit 2 (bad usage, as the CLI's exit policy says), with the bound named; not 1, the
+    exit of a definite answer from the store."""
+    CheckpointStore.from_url(durable_server.url, namespace="default").acquire("r", owner="a", ttl=30).commit({})
+    r = subprocess.run([sys.executable, "-m", "redis_ckpt.cli", "-u", durable_server.url, *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "must be" in r.stderr and "a bug in redis-ckpt" not in r.stderr

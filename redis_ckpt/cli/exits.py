@@ -7,7 +7,8 @@ headline, maybe indented detail lines; with ``--json`` one JSON object ``{"error
 * 0 — success (``check``: the server is durable, possibly with warnings)
 * 1 — a definite "no": the server is refused, a generation is damaged, no such run,
   a conflict / fence / corruption error from the store, a confirmation was declined
-* 2 — no answer could be had: bad usage or URL, invalid run id or namespace, the server
+* 2 — no answer could be had: bad usage or URL, invalid run id or namespace, a number past
+  what the store handles (OutOfRangeError), the server
   cannot be reached (connection refused, authentication) or does not answer within
   ``--timeout``, or a check is unverifiable
 * 3 — an unexpected error inside redis-ckpt (a bug): still one ``error:`` line naming it
@@ -29,6 +30,7 @@ from ..errors import (
     InvalidRunIdError,
     NonDurableServerError,
     NotFoundError,
+    OutOfRangeError,
     StoreUnavailableError,
 )
 from ..drivers.errors import timed_out, unavailable_message
@@ -140,7 +142,7 @@ def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[s
     worked on ``server`` (the redacted URL) becomes. The store maps redis-py's exceptions to
     CheckpointErrors (drivers/errors.py, the one seam), so anything else is a bug: exit 3."""
     s = secrets
-    if isinstance(exc, InvalidRunIdError):
+    if isinstance(exc, (InvalidRunIdError, OutOfRangeError)):  # bad usage: a run id, a number past the bounds
         return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s)
     if isinstance(exc, StoreUnavailableError):  # unreachable, silent, or authentication required / failed
         return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s)
