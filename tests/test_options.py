@@ -90,3 +90,20 @@ def test_a_cli_number_past_what_the_store_handles_is_a_usage_error(durable_serve
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "must be" in r.stderr and "a bug in redis-ckpt" not in r.stderr
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5", True])
+def test_a_bad_step_runner_acquire_timeout_is_refused(store, timeout):
+    from redis_ckpt.steps import StepRunner
+
+    with pytest.raises(OutOfRangeError, match="acquire_timeout"):
+        StepRunner(store, "job", owner="w", acquire_timeout=timeout)
+
+
+def test_a_step_runner_acquire_timeout_may_be_a_timedelta_or_zero(store):
+    from datetime import timedelta
+
+    from redis_ckpt.steps import StepRunner
+
+    assert StepRunner(store, "job", owner="w", acquire_timeout=timedelta(seconds=2)).acquire_timeout == 2.0
+    assert StepRunner(store, "job", owner="w", acquire_timeout=0).acquire_timeout == 0.0

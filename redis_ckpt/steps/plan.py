@@ -20,9 +20,10 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar, Union
 
 from .._shell import ttl_ms
+from ..core.config import MAX_TTL_MS
 from ..core.keys import validate_run_id
 from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
-from ..errors import CheckpointError, LeaseHeldError
+from ..errors import CheckpointError, LeaseHeldError, OutOfRangeError
 from ..models import Checkpoint
 from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, StoredState, describe, is_step_state
 
@@ -30,6 +31,17 @@ __all__ = ["StepContext", "RunnerBase", "Plan", "Driving", "Request", "Acquire",
            "Renew", "Call"]
 
 log = logging.getLogger("redis_ckpt.steps")
+
+
+def _seconds(value: object) -> float:
+    """``acquire_timeout``: a finite number of seconds >= 0 (or a timedelta), up to the lease
+    bound; NaN, a str or a bool used to pass and break the wait later."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_TTL_MS / 1000:
+        raise OutOfRangeError(f"acquire_timeout must be a number of seconds in [0, {MAX_TTL_MS // 1000}] "
+                              f"(or a timedelta), got {value!r}", argument="acquire_timeout", value=value,
+                              minimum=0, maximum=MAX_TTL_MS / 1000)
+    return float(seconds)
 
 StepFn = Callable[["StepContext"], Any]
 T = TypeVar("T")
@@ -146,7 +158,7 @@ class RunnerBase:
         self.owner = owner or store.owner
         self.ttl_ms = ttl_ms(ttl)
         self.commit_every = commit_every
-        self.acquire_timeout = self.ttl_ms / 1000 if acquire_timeout is None else float(acquire_timeout)
+        self.acquire_timeout = self.ttl_ms / 1000 if acquire_timeout is None else _seconds(acquire_timeout)
         self.heartbeat = heartbeat
         self._steps: dict[str, StepFn] = {}
         self._lease: Any = None
