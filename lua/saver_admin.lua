@@ -13,7 +13,8 @@
 --           namespace's newest checkpoint rebuilds from its ancestors. keep_latest keeps the
 --           newest checkpoint of each namespace and, for each such channel, every ancestor up
 --           to the nearest one that stores the channel's value (the delta chain), with their
---           writes and the values they refer to; "delete" keeps nothing
+--           writes and the values they refer to (a chain that comes back to a checkpoint ends
+--           there); "delete" keeps nothing
 -- "runs"    ARGV[4] LangGraph run id: its checkpoints go, with their writes
 -- Values no kept checkpoint refers to go too (prune, runs).
 --
@@ -87,8 +88,9 @@ if mode == 'prune' then
           if not need[ch] then left = left + 1 end
           need[ch] = true
         end
-        local cur = top
-        while left > 0 do
+        local cur, walked = top, {}
+        while left > 0 and not walked[cur] do  -- walked: a parent chain that loops (damage) ends
+          walked[cur] = true
           local record = redis.call('HGET', KEYS[5], cur)
           if not record then break end
           keep[cur] = true

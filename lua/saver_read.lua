@@ -13,7 +13,8 @@
 --           ARGV[6] before: list ids below it in every later namespace ("": from the newest)
 --           ARGV[7] limit: the most checkpoints returned (>= 1)
 --           ARGV[8] exact checkpoint id ("": any): only that checkpoint, in each namespace
--- "history" ARGV[3] namespace, ARGV[4] checkpoint id (the walk starts at its parent),
+-- "history" ARGV[3] namespace, ARGV[4] checkpoint id (the walk starts at its parent, and
+--           ends where the chain comes back to a checkpoint it visited),
 --           ARGV[5] the most checkpoints visited, ARGV[6 ..] channel names
 -- "heads"   (no more arguments)
 -- "dump"    (no more arguments)
@@ -120,10 +121,11 @@ elseif mode == 'history' then
   local writes, seeds = {}, {}
   local record = redis.call('HGET', KEYS[5], ns .. '\0' .. cid)
   local cur = record and shape_of(record)[1] or ''
-  local seen = 0
+  local seen, walked = 0, {[cid] = true}  -- walked: a parent chain that loops (damage) ends
   while cur ~= '' and left > 0 and seen < visits do
-    record = redis.call('HGET', KEYS[5], ns .. '\0' .. cur)
+    record = not walked[cur] and redis.call('HGET', KEYS[5], ns .. '\0' .. cur)
     if not record then cur = ''; break end
+    walked[cur] = true
     seen = seen + 1
     local p = ns .. '\0' .. cur .. '\0'
     for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[7], '[' .. p, '(' .. ns .. '\0' .. cur .. '\1')) do

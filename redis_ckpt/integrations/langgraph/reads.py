@@ -166,16 +166,17 @@ def history_flow(e: Engine, config: dict[str, Any], channels: Sequence[str]) -> 
     wanted = [check_name("channel", c) for c in dict.fromkeys(channels)]
     groups: dict[str, list[bytes | Any]] = {}  # checkpoint id -> flat (member, frame), newest checkpoint first
     seeds: dict[str, Any] = {}
+    cursors = {start}  # where each round trip started: a parent chain that loops (damage) comes back to one
     while start and wanted:
         reply = yield from e.read(k, ["history", e.read_ttl, ns, start, VISITS, *wanted], "get_state")
         _version, nxt, flat, found = reply
-        for cid, member, blob in zip(flat[::3], flat[1::3], flat[2::3]):
-            groups.setdefault(text(cid), []).extend((member, blob))
+        looped = _collect_writes(groups, flat)
         for ch, blob in pairs(found):
             ch = text(ch)
             seeds[ch] = blob
         wanted = [c for c in wanted if c not in seeds]
-        start = text(nxt)
+        start = "" if looped or text(nxt) in cursors else text(nxt)
+        cursors.add(start)
     collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
     for cid in reversed(list(groups)):  # oldest checkpoint first
         for task_id, ch, value, _key in decode_writes(e, k.run_id, cid, groups[cid]):
@@ -192,6 +193,21 @@ def history_flow(e: Engine, config: dict[str, Any], channels: Sequence[str]) -> 
             entry["seed"] = _seed(e, k, c, raw)
         out[c] = entry
     return out
+
+
+def _collect_writes(groups: dict[str, list[Any]], flat: Sequence[Any]) -> bool:
+    """Add a history reply's writes (checkpoint id, member, frame, ...) to ``groups``;
+    whether the walk came back to a checkpoint an earlier round trip visited (a parent chain
+    that loops: the walk ends there, and what follows is left out)."""
+    fresh: dict[str, list[Any]] = {}
+    for cid, member, blob in zip(flat[::3], flat[1::3], flat[2::3]):
+        cid = text(cid)
+        if cid in groups:
+            groups.update(fresh)
+            return True
+        fresh.setdefault(cid, []).extend((member, blob))
+    groups.update(fresh)
+    return False
 
 
 def _seed(e: Engine, k: ThreadKeys, ch: str, blob: bytes) -> Any:

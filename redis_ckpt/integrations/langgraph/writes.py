@@ -31,6 +31,9 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
     ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
     cid = check_name("checkpoint id", checkpoint["id"])
     parent = conf.get("checkpoint_id") or ""
+    if parent == cid:  # re-saving a tuple under its own config: a parent chain that loops
+        raise ValueError(f"checkpoint {cid!r} cannot be its own parent: put a checkpoint with a new id "
+                         "(config's checkpoint_id is the parent of the checkpoint put)")
     c: dict[str, Any] = dict(checkpoint)
     values: dict[str, Any] = c.pop("channel_values", None) or {}
     md = get_serializable_checkpoint_metadata(config, metadata)

@@ -1,0 +1,124 @@
+"""redis_ckpt.langgraph at its edges: checkpoints whose parent chain loops, history walks
+longer than one round trip, expiry of every key a whole-thread operation makes, the
+cross-thread run index after a thread left it, bad arguments, and prune racing a put."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import redis
+
+from test_langgraph import checkpoint, cfg, visible_ids  # skips this module without langgraph
+
+from redis_ckpt import CheckpointStore
+from redis_ckpt.integrations.langgraph import reads
+from redis_ckpt.integrations.langgraph.model import items, split_record
+from redis_ckpt.langgraph import RedisCkptSaver, thread_run_id
+
+pytestmark = pytest.mark.server
+
+
+def key_of(store: CheckpointStore, thread: str, name: str) -> str:
+    return f"{store.namespace}:{{{thread_run_id(thread)}}}:{name}"
+
+
+def set_parent(client: redis.Redis, store: CheckpointStore, thread: str, cid: str, parent: str, ns: str = "") -> None:
+    """Make the stored checkpoint ``cid`` a child of ``parent`` (damage no put can make: put
+    refuses a checkpoint that is its own parent)."""
+    records = key_of(store, thread, "lg:cp")
+    field = f"{ns}\x00{cid}"
+    shape, frame = split_record(client.hget(records, field))
+    inner = items([parent.encode(), *shape[1:]])
+    client.hset(records, field, b"%d:%s%s" % (len(inner), inner, frame))
+
+
+def finishes(call: Any, seconds: float = 10) -> list[Any]:
+    """[call()] when it returns within ``seconds`` (its exception re-raised); [] when not."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(seconds)
+    if result and isinstance(result[0], BaseException):
+        raise result[0]
+    return result
+
+
+# --------------------------------------------------------------------------- a parent chain that loops
+
+
+def test_a_checkpoint_put_as_its_own_parent_is_refused_and_nothing_changes(store, client):
+    """put(tup.config, tup.checkpoint, ...) (re-saving a checkpoint to amend its metadata)
+    would make the checkpoint its own parent: refused before anything is sent."""
+    saver = RedisCkptSaver(store)
+    cp = checkpoint(values={"x": 1}, versions={"x": 1})
+    saver.put(cfg("t"), cp, {"step": 0}, {"x": 1})
+    tup = saver.get_tuple(cfg("t"))
+    version = client.hget(key_of(store, "t", "lg:meta"), "ver")
+    with pytest.raises(ValueError, match="its own parent"):
+        saver.put(tup.config, tup.checkpoint, {**tup.metadata, "note": "amended"}, {})
+    assert client.hget(key_of(store, "t", "lg:meta"), "ver") == version
+    again = saver.get_tuple(cfg("t"))
+    assert again.parent_config is None and "note" not in again.metadata
+
+
+@pytest.mark.parametrize("visits", [1, 2, reads.VISITS])
+def test_a_history_walk_over_a_parent_chain_that_loops_ends(store, client, monkeypatch, visits):
+    """A stored chain a -> b -> c -> b (damage): the walk ends, in one round trip or many."""
+    saver = RedisCkptSaver(store)
+    parent = None
+    chain = []
+    for i in range(3):
+        cp = checkpoint(values={"log": [i]} if i == 0 else {}, versions={"log": i + 1})
+        saver.put(cfg("t", cid=parent), cp, {"step": i}, {"log": i + 1})
+        saver.put_writes(cfg("t", cid=cp["id"]), [("log", f"w{i}")], f"task{i}")
+        parent = cp["id"]
+        chain.append(parent)
+    set_parent(client, store, "t", chain[0], chain[1])
+    monkeypatch.setattr(reads, "VISITS", visits)
+    done = finishes(lambda: saver.get_delta_channel_history(config=cfg("t"), channels=["nothing-seeds-it"]))
+    if not done:
+        client.delete(key_of(store, "t", "lg:cp"))  # a missing record ends the walk
+        pytest.fail("get_delta_channel_history did not return")
+    assert list(done[0]) == ["nothing-seeds-it"]
+
+
+def test_a_history_walk_from_a_checkpoint_that_is_its_own_parent_ends(store, client):
+    saver = RedisCkptSaver(store)
+    cp = checkpoint(values={}, versions={"log": 1})  # no value of "log": no seed ends the walk
+    saver.put(cfg("t"), cp, {"step": 0}, {"log": 1})
+    saver.put_writes(cfg("t", cid=cp["id"]), [("log", "b")], "task")
+    set_parent(client, store, "t", cp["id"], cp["id"])
+    done = finishes(lambda: saver.get_delta_channel_history(config=cfg("t"), channels=["log"]))
+    if not done:
+        client.delete(key_of(store, "t", "lg:cp"))
+        pytest.fail("get_delta_channel_history did not return")
+    assert done[0] == {"log": {"writes": []}}  # the checkpoint is no ancestor of its own
+
+
+def test_prune_of_a_checkpoint_that_is_its_own_parent_ends_and_keeps_it(make_server):
+    """keep_latest walks the delta chain of the newest checkpoint: on a chain that loops it
+    ends (a dedicated server: a script that spun would block every client of it)."""
+    server = make_server("valkey", busy_reply_threshold="1000")
+    store = CheckpointStore(redis.Redis.from_url(server.url, socket_timeout=30), namespace="loop")
+    client = redis.Redis.from_url(server.url, socket_timeout=5)
+    saver = RedisCkptSaver(store)
+    old = checkpoint(values={"log": ["a"]}, versions={"log": 1})
+    saver.put(cfg("t"), old, {"step": 0}, {"log": 1})
+    cp = checkpoint(values={}, versions={"log": 2})
+    saver.put(cfg("t", cid=old["id"]), cp, {"step": 1, "counters_since_delta_snapshot": {"log": (1, 1)}},
+              {"log": 2})
+    set_parent(client, store, "t", cp["id"], cp["id"])
+    done = finishes(lambda: saver.prune(["t"]))
+    if not done:
+        client.script_kill()
+        pytest.fail("prune's script spun: the server was blocked")
+    assert visible_ids(saver, "t") == [cp["id"]]
