@@ -16,7 +16,8 @@
 --           writes and the values they refer to (a chain that comes back to a checkpoint ends
 --           there); "delete" keeps nothing
 -- "runs"    ARGV[4] LangGraph run id: its checkpoints go, with their writes
--- Values no kept checkpoint refers to go too (prune, runs).
+-- Values no kept checkpoint refers to go too (prune, runs). The audit event of an operation
+-- that changed something goes to the events stream, which then expires with the thread.
 --
 -- Returns "delete": {token, {run id, ...}}  the new fence (0: nothing to delete), and the run
 --                  ids the thread had
@@ -47,6 +48,10 @@ local t = redis.call('TIME')
 local floor = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) * 100
 local function event(kind, ...)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', kind, 'owner', owner, ...)
+  -- the stream expires with the thread (the fence's expiry is the thread's: saver_write.lua,
+  -- "Expiry"), also when this event made it (a thread written only by standalone calls)
+  local at = redis.call('PEXPIRETIME', KEYS[1])
+  if at > 0 then redis.call('PEXPIREAT', KEYS[2], at, 'NX') end
 end
 local function run_ids()
   local seen, out = {}, {}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from test_langgraph import checkpoint, cfg, visible_ids  # skips this module without langgraph
+from test_langgraph import checkpoint, cfg, one_expiry, visible_ids  # skips this module without langgraph
 
 from redis_ckpt import CheckpointStore
 from redis_ckpt.integrations.langgraph import reads
@@ -122,3 +122,29 @@ def test_prune_of_a_checkpoint_that_is_its_own_parent_ends_and_keeps_it(make_ser
         client.script_kill()
         pytest.fail("prune's script spun: the server was blocked")
     assert visible_ids(saver, "t") == [cp["id"]]
+
+
+# --------------------------------------------------------------------------- expiry of what delete, prune and runs make
+
+
+def standalone_thread(saver: RedisCkptSaver, thread: str) -> None:
+    """Two checkpoints of runs "R" then "S" put by standalone calls (no invocation: no audit
+    event, so no events stream yet)."""
+    first = checkpoint(values={"x": 1}, versions={"x": 1})
+    saver.put(cfg(thread), first, {"step": 0, "run_id": "R"}, {"x": 1})
+    saver.put(cfg(thread, cid=first["id"]), checkpoint(values={"x": 2}, versions={"x": 2}),
+              {"step": 1, "run_id": "S"}, {"x": 2})
+
+
+@pytest.mark.parametrize("operation", ["prune", "delete_for_runs", "delete_thread"])
+def test_the_audit_event_of_a_whole_thread_operation_expires_with_the_thread(store, client, operation):
+    """Under a thread_ttl every key of a thread expires, the events stream an operation's
+    audit event creates too, at the thread's one expiry."""
+    saver = RedisCkptSaver(store, thread_ttl={"default_ttl": 5})
+    standalone_thread(saver, "t")
+    assert not client.exists(key_of(store, "t", "events"))
+    expiry = one_expiry(client, store, "t")
+    {"prune": lambda: saver.prune(["t"]), "delete_for_runs": lambda: saver.delete_for_runs(["R"]),
+     "delete_thread": lambda: saver.delete_thread("t")}[operation]()
+    assert client.exists(key_of(store, "t", "events"))
+    assert one_expiry(client, store, "t") == expiry
