@@ -174,6 +174,8 @@ if ttl > 0 and version > 0 then  -- as saver_write.lua's "Expiry": moved only on
   local left = redis.call('PTTL', KEYS[3])
   if left < ttl or left > ttl + slack then
     for k = 1, #KEYS do redis.call('PEXPIRE', KEYS[k], string.format('%d', ttl + slack)) end
+    -- meta's flag says the keys expire: the next write of a saver without a TTL persists them all
+    redis.call('HSET', KEYS[3], 'ttl', '1')
   end
 end
 return out

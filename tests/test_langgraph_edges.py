@@ -148,3 +148,18 @@ def test_the_audit_event_of_a_whole_thread_operation_expires_with_the_thread(sto
      "delete_thread": lambda: saver.delete_thread("t")}[operation]()
     assert client.exists(key_of(store, "t", "events"))
     assert one_expiry(client, store, "t") == expiry
+
+
+def test_a_saver_without_a_ttl_makes_a_thread_permanent_after_a_refreshing_read(store, client):
+    """A read with refresh_on_read gives a permanent thread an expiry; the next write of a
+    saver without a TTL makes it permanent again, as a whole (no key that write makes is
+    left without an expiry while the others expire)."""
+    permanent = RedisCkptSaver(store)
+    reader = RedisCkptSaver(store, thread_ttl={"default_ttl": 5, "refresh_on_read": True})
+    cp = checkpoint(values={"x": 1}, versions={"x": 1})
+    permanent.put(cfg("t"), cp, {"step": 0}, {"x": 1})
+    assert reader.get_tuple(cfg("t")) is not None
+    assert one_expiry(client, store, "t") > 0
+    permanent.put_writes(cfg("t", cid=cp["id"]), [("x", 2)], "task")
+    permanent.put(cfg("t", cid=cp["id"]), checkpoint(values={"x": 2}, versions={"x": 2}), {"step": 1}, {"x": 2})
+    assert one_expiry(client, store, "t") == -1
