@@ -163,3 +163,25 @@ def test_a_saver_without_a_ttl_makes_a_thread_permanent_after_a_refreshing_read(
     permanent.put_writes(cfg("t", cid=cp["id"]), [("x", 2)], "task")
     permanent.put(cfg("t", cid=cp["id"]), checkpoint(values={"x": 2}, versions={"x": 2}), {"step": 1}, {"x": 2})
     assert one_expiry(client, store, "t") == -1
+
+
+# --------------------------------------------------------------------------- bad arguments change nothing
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda s: s.delete_for_runs("run-9"), TypeError),  # its characters are no run ids
+    (lambda s: s.delete_for_runs(["run-9", "bad\x00id"]), ValueError),  # run-9 is not deleted first
+    (lambda s: s.prune("t"), TypeError),
+    (lambda s: s.prune([], strategy="bogus"), ValueError),
+    (lambda s: s.prune(["t"], strategy="bogus"), ValueError),
+    (lambda s: s.prune(["t", ""]), ValueError),  # t is not pruned first
+], ids=["runs-str", "runs-bad-name", "prune-str", "no-threads-bad-strategy", "bad-strategy", "prune-empty-thread"])
+def test_bad_arguments_of_delete_for_runs_and_prune_are_refused_and_change_nothing(store, call, error):
+    saver = RedisCkptSaver(store)
+    first = checkpoint(values={"x": 1}, versions={"x": 1})
+    saver.put(cfg("t"), first, {"step": 0, "run_id": "run-9"}, {"x": 1})
+    second = checkpoint(values={"x": 2}, versions={"x": 2})
+    saver.put(cfg("t", cid=first["id"]), second, {"step": 1, "run_id": "run-9"}, {"x": 2})
+    with pytest.raises(error):
+        call(saver)
+    assert visible_ids(saver, "t") == [second["id"], first["id"]]

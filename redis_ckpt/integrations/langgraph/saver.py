@@ -29,7 +29,7 @@ from . import reads, writes
 from .backend import Backend
 from .engine import Engine
 from .invocations import Invocation, Invocations
-from .model import ThreadTTL
+from .model import ThreadTTL, thread_run_id
 from .outbox import Outbox
 
 __all__ = ["RedisCkptSaver"]
@@ -46,6 +46,13 @@ def _thread(config: RunnableConfig) -> str:
         return str(config["configurable"]["thread_id"])
     except KeyError:
         raise ValueError("the config has no configurable.thread_id") from None
+
+
+def _ids(name: str, ids: Sequence[Any]) -> list[str]:
+    """A sequence of ids as str; a single str is refused (its characters are no ids)."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of ids, not a {type(ids).__name__}")
+    return [str(i) for i in ids]
 
 
 #: channels of writes after which LangGraph ends the superstep without a checkpoint
@@ -154,10 +161,13 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         return [reads.ListCursor.of(t, config, before, filter, limit) for t in threads]
 
     def _prune(self, thread_ids: Sequence[str], strategy: str) -> Flow[None]:
-        if isinstance(thread_ids, str):
-            raise TypeError("thread_ids must be a sequence of thread ids, not a str")
-        for thread_id in thread_ids:
-            yield from writes.prune_flow(self._engine, str(thread_id), strategy)
+        """Every argument is checked before the first thread is pruned."""
+        threads = _ids("thread_ids", thread_ids)
+        writes.check_strategy(strategy)
+        for thread_id in threads:
+            thread_run_id(thread_id)  # refuses a bad thread id
+        for thread_id in threads:
+            yield from writes.prune_flow(self._engine, thread_id, strategy)
 
     # -- BaseCheckpointSaver ---------------------------------------------------------------
 
@@ -225,10 +235,10 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Remove the checkpoints (and their writes) of LangGraph runs, in every thread."""
-        self._run(writes.runs_delete_flow(self._engine, run_ids))
+        self._run(writes.runs_delete_flow(self._engine, _ids("run_ids", run_ids)))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self._arun(writes.runs_delete_flow(self._engine, run_ids))
+        await self._arun(writes.runs_delete_flow(self._engine, _ids("run_ids", run_ids)))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._run(writes.copy_flow(self._engine, str(source_thread_id), str(target_thread_id)))

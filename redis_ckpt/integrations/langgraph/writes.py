@@ -128,11 +128,17 @@ def delete_flow(e: Engine, thread_id: str) -> Flow[None]:
     yield from _unindex(e, k, thread_id, lg_runs, "delete_thread")
 
 
+def check_strategy(strategy: Any) -> str:
+    """A prune strategy: "keep_latest" or "delete"."""
+    if strategy not in ("keep_latest", "delete"):
+        raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+    return str(strategy)
+
+
 def prune_flow(e: Engine, thread_id: str, strategy: str) -> Flow[None]:
     """keep_latest: the newest checkpoint of each namespace and the delta chain its
     DeltaChannels rebuild from (the channels its metadata counts since their last snapshot)."""
-    if strategy not in ("keep_latest", "delete"):
-        raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+    check_strategy(strategy)
     k = e.keys(thread_id)
     chains: list[Any] = []
     if strategy == "keep_latest":
@@ -148,9 +154,9 @@ def prune_flow(e: Engine, thread_id: str, strategy: str) -> Flow[None]:
 
 def runs_delete_flow(e: Engine, lg_runs: Sequence[str]) -> Flow[None]:
     """Remove the checkpoints of LangGraph runs in every thread (found through the
-    cross-thread index of each run), then the index."""
-    for rid in lg_runs:
-        rid = check_name("run id", str(rid))
+    cross-thread index of each run), then the index. Every run id is checked before the
+    first one is deleted."""
+    for rid in [check_name("run id", str(r)) for r in lg_runs]:
         key = cross_key(e.backend.namespace, rid)
 
         def members(key: str = key) -> Flow[Any]:
