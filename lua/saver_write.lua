@@ -58,7 +58,10 @@
 -- Numbers: tokens and versions are integers below MAX_INT = 2^50 (redis_ckpt.core MAX_INT),
 -- exact in Lua's doubles, written with string.format('%d').
 --
--- Returns {token, version}: the invocation's token and the thread's new version.
+-- Returns {token, version, {run id, ...}}: the invocation's token, the thread's new version,
+-- and the run ids of "P" items that were new to the thread (no checkpoint of theirs in
+-- KEYS[10] before): the thread may have left that run's cross-thread index (a delete or
+-- prune, in any process), so the caller files it there again.
 -- Errors (nothing written but the audit event):
 --   "THREAD_FENCED <token> <fence> <claimed> <owner>"  the token is not the thread's fence: another
 --        invocation claimed the thread (claimed = the token of the last claim, owner its
@@ -147,6 +150,7 @@ local version = m[1] and (tonumber(m[1]) + 1) or floor()
 if version > LIMIT then return redis.error_reply('OUT_OF_RANGE version ' .. int(version)) end
 
 -- 3. apply
+local new_runs = {}  -- run ids of "P" items the thread held no checkpoint of
 i = 8
 while i <= #ARGV do
   local ns = ARGV[i + 1]
@@ -172,8 +176,12 @@ while i <= #ARGV do
     redis.call('ZADD', KEYS[4], 0, ns .. '\0' .. cid)
     redis.call('ZADD', KEYS[9], 0, ns)
     touched[4], touched[5], touched[6], touched[9] = true, true, true, true
-    if ARGV[i + 5] ~= '' then
-      redis.call('ZADD', KEYS[10], 0, ARGV[i + 5] .. '\0' .. ns .. '\0' .. cid)
+    local lg_run = ARGV[i + 5]
+    if lg_run ~= '' then
+      if #redis.call('ZRANGEBYLEX', KEYS[10], '[' .. lg_run .. '\0', '(' .. lg_run .. '\1', 'LIMIT', 0, 1) == 0 then
+        new_runs[#new_runs + 1] = lg_run
+      end
+      redis.call('ZADD', KEYS[10], 0, lg_run .. '\0' .. ns .. '\0' .. cid)
       touched[10] = true
     end
     i = i + 7 + 3 * n
@@ -218,4 +226,4 @@ if ttl > 0 then
 elseif m[5] == '1' then
   for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
 end
-return {token, version}
+return {token, version, new_runs}

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from test_langgraph import checkpoint, cfg, one_expiry, visible_ids  # skips this module without langgraph
+from test_langgraph import checkpoint, cfg, one_expiry, round_trips, visible_ids  # skips this module without langgraph
 
-from redis_ckpt import CheckpointStore
-from redis_ckpt.integrations.langgraph import reads
+from redis_ckpt import CheckpointStore, StoreUnavailableError
+from redis_ckpt.integrations.langgraph import reads, writes
 from redis_ckpt.integrations.langgraph.model import items, split_record
 from redis_ckpt.langgraph import RedisCkptSaver, thread_run_id
 
@@ -185,3 +185,76 @@ def test_bad_arguments_of_delete_for_runs_and_prune_are_refused_and_change_nothi
     with pytest.raises(error):
         call(saver)
     assert visible_ids(saver, "t") == [second["id"], first["id"]]
+
+
+# --------------------------------------------------------------------------- the run index after a thread left it
+
+
+def put_of_run(saver: RedisCkptSaver, thread: str, lg_run: str, parent: str | None = None) -> str:
+    cp = checkpoint(values={"x": lg_run}, versions={"x": saver.get_next_version(None, None)})
+    saver.put(cfg(thread, cid=parent), cp, {"step": 0, "run_id": lg_run}, cp["channel_versions"])
+    return cp["id"]
+
+
+REMOVALS = {  # what takes thread t out of run R's cross-thread index
+    "delete_thread": lambda saver: saver.delete_thread("t"),
+    "delete_for_runs": lambda saver: saver.delete_for_runs(["R"]),  # e.g. a cancelled run that still writes
+    "prune": lambda saver: saver.prune(["t"], strategy="delete"),
+}
+
+
+@pytest.mark.parametrize("removal", REMOVALS)
+@pytest.mark.parametrize("where", ["same saver", "another process"])
+def test_delete_for_runs_finds_a_run_written_again_after_its_thread_left_the_index(store, removal, where):
+    """R writes t; t leaves R's index (here, or in another process, whose saver's cache of
+    filed runs is not this one's); R writes t again: delete_for_runs(R) finds that too."""
+    saver = RedisCkptSaver(store)
+    other = saver if where == "same saver" else RedisCkptSaver(store)
+    put_of_run(saver, "t", "R")
+    REMOVALS[removal](other)
+    kept = put_of_run(saver, "u", "S")
+    again = put_of_run(saver, "t", "R")
+    assert visible_ids(saver, "t") == [again]
+    other.delete_for_runs(["R"])
+    assert visible_ids(saver, "t") == [] and visible_ids(saver, "u") == [kept]
+
+
+def test_delete_for_runs_finds_a_run_that_a_prune_took_out_of_a_thread(store):
+    saver = RedisCkptSaver(store)
+    put_of_run(saver, "t", "R")
+    newest = put_of_run(saver, "t", "S", put_of_run(saver, "t", "R"))
+    saver.prune(["t"])  # keeps S's checkpoint: t leaves R's index
+    again = put_of_run(saver, "t", "R", newest)
+    assert visible_ids(saver, "t") == [again, newest]
+    saver.delete_for_runs(["R"])
+    assert visible_ids(saver, "t") == [newest]
+
+
+def test_a_put_of_a_run_filed_before_is_one_round_trip(store):
+    saver = RedisCkptSaver(store)
+    parent = put_of_run(saver, "t", "R")
+    with round_trips() as sent:
+        put_of_run(saver, "t", "R", parent)
+    assert sent[0] == 1
+
+
+def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(store, monkeypatch, caplog):
+    """Filing the thread again in the run's index comes after the put is stored: when that
+    fails the put still returns (it is stored), and the run's next put files the thread first."""
+    saver = RedisCkptSaver(store)
+    other = RedisCkptSaver(store)
+    put_of_run(saver, "t", "R")
+    other.delete_thread("t")
+    original = writes.index_run
+
+    def unavailable(*args: Any) -> Any:
+        raise StoreUnavailableError("the server went away")
+        yield  # a flow
+
+    monkeypatch.setattr(writes, "index_run", unavailable)
+    stored = put_of_run(saver, "t", "R")
+    assert visible_ids(saver, "t") == [stored] and "could not be filed again" in caplog.text
+    monkeypatch.setattr(writes, "index_run", original)
+    put_of_run(saver, "t", "R", stored)
+    other.delete_for_runs(["R"])
+    assert visible_ids(saver, "t") == []

@@ -44,8 +44,10 @@ confirms it (the store's :class:`~redis_ckpt.Durability` policy) on the same con
 server walks the parent chain). A put sends only the channels in ``new_versions``; the
 others refer to values stored earlier. (The first checkpoint of a LangGraph ``run_id`` in a
 thread also files the thread in that run's cross-thread index: one more round trip, once;
-under a TTL, again every 1/16 of it. ``copy_thread`` files the copy in the index of every run
-it holds checkpoints of.)
+under a TTL, again every 1/16 of it; and after the write, when the write found no checkpoint
+of the run left in the thread: a delete or prune, in any process, may have taken the thread
+out of the index. ``copy_thread`` files the copy in the index of every run it holds
+checkpoints of.)
 
 Retention
 ---------

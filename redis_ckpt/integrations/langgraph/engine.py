@@ -5,7 +5,7 @@ refusals become errors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
@@ -15,11 +15,19 @@ from .backend import Backend
 from .invocations import Invocation
 from .model import Framer, ThreadKeys, ThreadTTL, thread_run_id
 
-__all__ = ["Engine", "text"]
+__all__ = ["Engine", "Written", "text"]
 
 
 def text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+class Written(NamedTuple):
+    """What a confirmed ``saver_write`` call reports."""
+
+    token: int  #: the writer's token
+    version: int  #: the thread's new version
+    new_runs: list[str]  #: LangGraph run ids the thread held no checkpoint of before the call
 
 
 class Engine:
@@ -75,8 +83,8 @@ class Engine:
         return (yield from self.backend.retrying(body, run_id=run_id, what=what, writes=True))
 
     def write(self, k: ThreadKeys, thread_id: str, inv: Invocation | None, body_args: list[Any],
-              what: str, token: int | None = None) -> Flow[tuple[int, int]]:
-        """One ``saver_write`` call, confirmed: (token, thread version). ``inv``: the
+              what: str, token: int | None = None) -> Flow[Written]:
+        """One ``saver_write`` call, confirmed. ``inv``: the
         invocation it belongs to (its claim is used and recorded); ``token``: a standalone
         call's own token (copy, in several calls), else a standalone call claims."""
         if inv is not None:
@@ -87,7 +95,7 @@ class Engine:
                 *body_args]
         attempts = 0
 
-        def body() -> Flow[tuple[int, int]]:
+        def body() -> Flow[Written]:
             nonlocal attempts
             attempts += 1
             script = Script("saver_write", k.all, args)
@@ -96,12 +104,12 @@ class Engine:
             if isinstance(reply, Exception):
                 raise self.refused(reply, k, what, args, resent=attempts > 1, inv=inv)
             self.backend.check_confirmed(replies, what=what, run_id=k.run_id)
-            return int(reply[0]), int(reply[1])
+            return Written(int(reply[0]), int(reply[1]), [text(r) for r in reply[2]])
 
-        token_, version = yield from self.backend.retrying(body, run_id=k.run_id, what=what, writes=True)
+        written = yield from self.backend.retrying(body, run_id=k.run_id, what=what, writes=True)
         if inv is not None and inv.token == 0:
-            inv.token = token_
-        return token_, version
+            inv.token = written.token
+        return written
 
     def refused(self, reply: Exception, k: ThreadKeys, what: str, args: list[Any], *, resent: bool,
                 inv: Invocation | None) -> Exception:

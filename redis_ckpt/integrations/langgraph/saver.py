@@ -106,8 +106,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
                               self.thread_ttl)
         self._invocations = Invocations()
         self._outbox = Outbox()
-        # (LangGraph run id, thread) filed in the cross index -> when to file it again (monotonic s)
-        self._indexed: dict[tuple[str, str], float] = {}
+        self._filed = writes.FiledRuns()  # (LangGraph run id, thread) filed in the runs' cross-thread indexes
 
     # -- running flows -------------------------------------------------------------------
 
@@ -139,7 +138,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
                                 dict(new_versions))
         company = self._outbox.take(inv)  # the invocation's writes waiting for this put go with it
         try:
-            out = yield from writes.put_flow(self._engine, inv, self._indexed, config, parts,
+            out = yield from writes.put_flow(self._engine, inv, self._filed, config, parts,
                                              company.items if company else [])
         except BaseException as exc:
             self._outbox.settle(company, exc)
@@ -167,7 +166,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
         for thread_id in threads:
             thread_run_id(thread_id)  # refuses a bad thread id
         for thread_id in threads:
-            yield from writes.prune_flow(self._engine, thread_id, strategy)
+            yield from writes.prune_flow(self._engine, self._filed, thread_id, strategy)
 
     # -- BaseCheckpointSaver ---------------------------------------------------------------
 
@@ -228,17 +227,17 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
                                            final=_ends_superstep(writes))
 
     def delete_thread(self, thread_id: str) -> None:
-        self._run(writes.delete_flow(self._engine, str(thread_id)))
+        self._run(writes.delete_flow(self._engine, self._filed, str(thread_id)))
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._arun(writes.delete_flow(self._engine, str(thread_id)))
+        await self._arun(writes.delete_flow(self._engine, self._filed, str(thread_id)))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Remove the checkpoints (and their writes) of LangGraph runs, in every thread."""
-        self._run(writes.runs_delete_flow(self._engine, _ids("run_ids", run_ids)))
+        self._run(writes.runs_delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self._arun(writes.runs_delete_flow(self._engine, _ids("run_ids", run_ids)))
+        await self._arun(writes.runs_delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._run(writes.copy_flow(self._engine, str(source_thread_id), str(target_thread_id)))

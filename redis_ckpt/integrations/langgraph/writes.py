@@ -4,6 +4,7 @@ delete_for_runs, copy) as ``saver_admin``/``saver_read``/``saver_write`` calls."
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -12,15 +13,55 @@ from typing import Any
 from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
 
 from ...core.ops import Cmd, Flow, Script
+from ...errors import CheckpointError
 from .engine import Engine, text
 from .invocations import Invocation
 from .model import ThreadKeys, check_name, cross_key, items, pairs, version_text
 from .reads import decode_record
 
-__all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
+__all__ = ["FiledRuns", "put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
+
+log = logging.getLogger("redis_ckpt")
 
 #: bytes of items a copy sends per script call
 COPY_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class FiledRuns:
+    """The (LangGraph run id, thread) pairs this process filed in the runs' cross-thread
+    indexes, and when each is due to be filed again (monotonic seconds; never without a
+    TTL). A delete or prune that takes a thread out of a run's index forgets the pair; one in
+    another process is seen by the next put of the run (saver_write.lua's new run ids)."""
+
+    LIMIT = 100_000  #: pairs remembered at most (beyond: all forgotten, filed again once each)
+
+    def __init__(self) -> None:
+        self._due: dict[str, dict[str, float]] = {}  # run id -> thread -> when to file again
+        self._size = 0
+
+    def due(self, lg_run: str, thread_id: str, now: float) -> bool:
+        return self._due.get(lg_run, {}).get(thread_id, now) <= now
+
+    def filed(self, lg_run: str, thread_id: str, again_at: float) -> None:
+        if self._size >= self.LIMIT:
+            self._due.clear()
+            self._size = 0
+        threads = self._due.setdefault(lg_run, {})
+        self._size += thread_id not in threads
+        threads[thread_id] = again_at
+
+    def forget(self, lg_run: str, thread_id: str | None = None) -> None:
+        """The pair (lg_run, thread_id); every pair of ``lg_run`` when thread_id is None."""
+        threads = self._due.get(lg_run)
+        if threads is None:
+            return
+        if thread_id is None:
+            self._size -= len(threads)
+            threads.clear()
+        elif threads.pop(thread_id, None) is not None:
+            self._size -= 1
+        if not threads:
+            self._due.pop(lg_run, None)
 
 
 def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpoint,
@@ -56,7 +97,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
             len(versions), *triples], ns, cid, lg_run
 
 
-def put_flow(e: Engine, inv: Invocation | None, indexed: dict[tuple[str, str], float], config: dict[str, Any],
+def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[str, Any],
              parts: tuple[list[Any], str, str, str | None], company: list[Any]) -> Flow[dict[str, Any]]:
     """A put (its ``put_item`` ``parts``), with ``company``: the items of the invocation's
     writes that wait for it (outbox.py), stored in the same script call, before it."""
@@ -64,15 +105,34 @@ def put_flow(e: Engine, inv: Invocation | None, indexed: dict[tuple[str, str], f
     k = e.keys(thread_id)
     item, ns, cid, lg_run = parts
     now = time.monotonic()
-    if lg_run is not None and indexed.get((lg_run, thread_id), now) <= now:
+    due = lg_run is not None and filed.due(lg_run, thread_id, now)
+    if lg_run is not None and due:
         # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per
         # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
-        yield from index_run(e, k, lg_run, thread_id)
-        if len(indexed) > 100_000:
-            indexed.clear()
-        indexed[(lg_run, thread_id)] = now + e.ttl.slack_ms / 1000 if e.ttl.ms else math.inf
-    yield from e.write(k, thread_id, inv, [*company, *item], "put")
+        yield from file_run(e, k, filed, lg_run, thread_id, now)
+    written = yield from e.write(k, thread_id, inv, [*company, *item], "put")
+    if lg_run is not None and not due and lg_run in written.new_runs:
+        # the run had left the thread since this process filed it (a delete or prune, maybe in another
+        # process): the thread may have left the run's index too
+        yield from refile_run(e, k, filed, lg_run, thread_id, now)
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+
+def file_run(e: Engine, k: ThreadKeys, filed: FiledRuns, lg_run: str, thread_id: str, now: float) -> Flow[None]:
+    """``index_run``, remembered in ``filed`` (under a TTL: until slack_ms from ``now``)."""
+    yield from index_run(e, k, lg_run, thread_id)
+    filed.filed(lg_run, thread_id, now + e.ttl.slack_ms / 1000 if e.ttl.ms else math.inf)
+
+
+def refile_run(e: Engine, k: ThreadKeys, filed: FiledRuns, lg_run: str, thread_id: str, now: float) -> Flow[None]:
+    """``file_run`` after a put that is stored: a failure is logged, not raised (the put is
+    done), and the run's next put in the thread files it first."""
+    filed.forget(lg_run, thread_id)
+    try:
+        yield from file_run(e, k, filed, lg_run, thread_id, now)
+    except CheckpointError as exc:
+        log.warning("LangGraph thread %r could not be filed again in the index of run %r (delete_for_runs "
+                    "of the run misses it until the run's next put in it): %s", thread_id, lg_run, exc)
 
 
 def index_run(e: Engine, k: ThreadKeys, lg_run: str, thread_id: str) -> Flow[None]:
@@ -115,17 +175,20 @@ def _admin(e: Engine, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
     return reply
 
 
-def _unindex(e: Engine, k: ThreadKeys, thread_id: str, lg_runs: Sequence[Any], what: str) -> Flow[None]:
+def _unindex(e: Engine, k: ThreadKeys, filed: FiledRuns, thread_id: str, lg_runs: Sequence[Any],
+             what: str) -> Flow[None]:
+    """Take the thread out of the runs' indexes (it keeps no checkpoint of them)."""
     for rid in map(text, lg_runs):
+        filed.forget(rid, thread_id)
         key = cross_key(e.backend.namespace, rid)
         yield from e.confirmed([Cmd("SREM", key, thread_id)], key, k.run_id, what)
 
 
-def delete_flow(e: Engine, thread_id: str) -> Flow[None]:
+def delete_flow(e: Engine, filed: FiledRuns, thread_id: str) -> Flow[None]:
     """Remove the thread (the fence stays, past every token handed out)."""
     k = e.keys(thread_id)
     _token, lg_runs = yield from _admin(e, k, ["delete"], "delete_thread")
-    yield from _unindex(e, k, thread_id, lg_runs, "delete_thread")
+    yield from _unindex(e, k, filed, thread_id, lg_runs, "delete_thread")
 
 
 def check_strategy(strategy: Any) -> str:
@@ -135,7 +198,7 @@ def check_strategy(strategy: Any) -> str:
     return str(strategy)
 
 
-def prune_flow(e: Engine, thread_id: str, strategy: str) -> Flow[None]:
+def prune_flow(e: Engine, filed: FiledRuns, thread_id: str, strategy: str) -> Flow[None]:
     """keep_latest: the newest checkpoint of each namespace and the delta chain its
     DeltaChannels rebuild from (the channels its metadata counts since their last snapshot)."""
     check_strategy(strategy)
@@ -149,10 +212,10 @@ def prune_flow(e: Engine, thread_id: str, strategy: str) -> Flow[None]:
             if counters:
                 chains += [ns, items(str(ch) for ch in counters)]
     _removed, dropped = yield from _admin(e, k, ["prune", strategy, *chains], "prune")
-    yield from _unindex(e, k, thread_id, dropped, "prune")
+    yield from _unindex(e, k, filed, thread_id, dropped, "prune")
 
 
-def runs_delete_flow(e: Engine, lg_runs: Sequence[str]) -> Flow[None]:
+def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flow[None]:
     """Remove the checkpoints of LangGraph runs in every thread (found through the
     cross-thread index of each run), then the index. Every run id is checked before the
     first one is deleted."""
@@ -166,8 +229,9 @@ def runs_delete_flow(e: Engine, lg_runs: Sequence[str]) -> Flow[None]:
         for thread_id in sorted(map(text, threads or [])):
             k = e.keys(thread_id)
             _removed, dropped = yield from _admin(e, k, ["runs", rid], "delete_for_runs")
-            yield from _unindex(e, k, thread_id, [d for d in dropped if text(d) != rid], "delete_for_runs")
+            yield from _unindex(e, k, filed, thread_id, [d for d in dropped if text(d) != rid], "delete_for_runs")
         yield from e.confirmed([Cmd("UNLINK", key)], key, key, "delete_for_runs")
+        filed.forget(rid)
 
 
 def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
@@ -197,7 +261,7 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     def flush() -> Flow[None]:
         nonlocal batch, size, token
         if batch:
-            token, _ = yield from e.write(kt, target, None, batch, "copy_thread", token=token)
+            token = (yield from e.write(kt, target, None, batch, "copy_thread", token=token)).token
         batch, size = [], 0
 
     for member in index:
