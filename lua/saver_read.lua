@@ -28,8 +28,8 @@
 --              member and frame
 --   "history": {version, next, {checkpoint id, write member, write frame, ...} (newest
 --              checkpoint first, per checkpoint in member order), {channel, value frame, ...}
---              (the seeds)}; next = the checkpoint id where the walk stopped at ARGV[5]
---              visits ("" when it ended)
+--              (the seeds)}; next = the last checkpoint visited when the walk stopped at
+--              ARGV[5] visits (a walk from it goes on at its parent), "" when it ended
 --   "heads":   {version, ns, checkpoint id, record, ns, checkpoint id, record, ...}
 --   "dump":    {version, {index members}, {records field, value, ...}, {values field, value,
 --              ...}, {writes field, value, ...}, {runs members}}
@@ -122,6 +122,7 @@ elseif mode == 'history' then
   local record = redis.call('HGET', KEYS[5], ns .. '\0' .. cid)
   local cur = record and shape_of(record)[1] or ''
   local seen, walked = 0, {[cid] = true}  -- walked: a parent chain that loops (damage) ends
+  local last = ''  -- the last checkpoint visited
   while cur ~= '' and left > 0 and seen < visits do
     record = not walked[cur] and redis.call('HGET', KEYS[5], ns .. '\0' .. cur)
     if not record then cur = ''; break end
@@ -147,10 +148,10 @@ elseif mode == 'history' then
         seeds[#seeds + 1] = redis.call('HGET', KEYS[6], ns .. '\0' .. shape[j] .. '\0' .. shape[j + 1]) or false
       end
     end
-    cur = shape[1]
+    last, cur = cur, shape[1]
   end
-  if left == 0 then cur = '' end
-  out = {version, cur, writes, seeds}
+  -- stopped at the visit bound: the next walk goes on from the last checkpoint visited (at its parent)
+  out = {version, (cur ~= '' and left > 0) and last or '', writes, seeds}
 elseif mode == 'heads' then
   out = {version}
   for _, ns in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do

@@ -72,23 +72,24 @@ def test_a_checkpoint_put_as_its_own_parent_is_refused_and_nothing_changes(store
 
 @pytest.mark.parametrize("visits", [1, 2, reads.VISITS])
 def test_a_history_walk_over_a_parent_chain_that_loops_ends(store, client, monkeypatch, visits):
-    """A stored chain a -> b -> c -> b (damage): the walk ends, in one round trip or many."""
+    """A stored chain c2 -> c1 -> c0 -> c1 (damage): the walk ends, in one round trip or
+    many, with the writes of each checkpoint once."""
     saver = RedisCkptSaver(store)
     parent = None
     chain = []
     for i in range(3):
-        cp = checkpoint(values={"log": [i]} if i == 0 else {}, versions={"log": i + 1})
+        cp = checkpoint(values={}, versions={"log": i + 1})  # no value of "log": no seed ends the walk
         saver.put(cfg("t", cid=parent), cp, {"step": i}, {"log": i + 1})
         saver.put_writes(cfg("t", cid=cp["id"]), [("log", f"w{i}")], f"task{i}")
         parent = cp["id"]
         chain.append(parent)
     set_parent(client, store, "t", chain[0], chain[1])
     monkeypatch.setattr(reads, "VISITS", visits)
-    done = finishes(lambda: saver.get_delta_channel_history(config=cfg("t"), channels=["nothing-seeds-it"]))
+    done = finishes(lambda: saver.get_delta_channel_history(config=cfg("t"), channels=["log"]))
     if not done:
         client.delete(key_of(store, "t", "lg:cp"))  # a missing record ends the walk
         pytest.fail("get_delta_channel_history did not return")
-    assert list(done[0]) == ["nothing-seeds-it"]
+    assert done[0] == {"log": {"writes": [("task0", "log", "w0"), ("task1", "log", "w1")]}}
 
 
 def test_a_history_walk_from_a_checkpoint_that_is_its_own_parent_ends(store, client):
@@ -258,3 +259,25 @@ def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(stor
     put_of_run(saver, "t", "R", stored)
     other.delete_for_runs(["R"])
     assert visible_ids(saver, "t") == []
+
+
+# --------------------------------------------------------------------------- a history walk of many round trips
+
+
+@pytest.mark.parametrize("visits", [1, 2, 3])
+def test_a_history_walk_of_several_round_trips_neither_skips_nor_repeats_a_checkpoint(store, monkeypatch, visits):
+    """A walk longer than VISITS goes on in another round trip from where it stopped: the
+    same history as in one (VISITS lowered so that the walk takes several)."""
+    saver = RedisCkptSaver(store)
+    first = checkpoint(values={"d": ["seed"]}, versions={"d": 1})
+    saver.put(cfg("h"), first, {"step": 0}, {"d": 1})
+    parent = first["id"]
+    for i in range(1, 7):
+        saver.put_writes(cfg("h", cid=parent), [("d", f"w{i}")], f"task{i}")
+        nxt = checkpoint(values={}, versions={"d": i + 1})
+        saver.put(cfg("h", cid=parent), nxt, {"step": i}, {"d": i + 1})
+        parent = nxt["id"]
+    whole = saver.get_delta_channel_history(config=cfg("h"), channels=["d"])
+    assert whole["d"] == {"writes": [(f"task{i}", "d", f"w{i}") for i in range(1, 7)], "seed": ["seed"]}
+    monkeypatch.setattr(reads, "VISITS", visits)
+    assert saver.get_delta_channel_history(config=cfg("h"), channels=["d"]) == whole
