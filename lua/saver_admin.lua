@@ -8,9 +8,12 @@
 -- "delete"  (no more arguments): every key but the fence and the events is removed; the fence
 --           moves past every token handed out (every running invocation is fenced off). A
 --           thread with neither fence nor meta (never written, or expired) is left as it is
--- "prune"   ARGV[4] strategy: "keep_latest" | "delete"; ARGV[5 ..] pairs (namespace,
---           channels) where channels = items "<length>:<bytes>" naming the DeltaChannels the
---           namespace's newest checkpoint rebuilds from its ancestors. keep_latest keeps the
+-- "prune"   ARGV[4] strategy: "keep_latest" | "delete"; ARGV[5 ..] triples (namespace,
+--           checkpoint id, channels) for keep_latest: the newest checkpoint of every namespace
+--           as the caller read it, and channels = items "<length>:<bytes>" naming the
+--           DeltaChannels it rebuilds from its ancestors. keep_latest refuses when the newest
+--           checkpoint of a namespace is not the one given (a put since the caller read them:
+--           its chain is not known), else it keeps the
 --           newest checkpoint of each namespace and, for each such channel, every ancestor up
 --           to the nearest one that stores the channel's value (the delta chain), with their
 --           writes and the values they refer to (a chain that comes back to a checkpoint ends
@@ -23,6 +26,8 @@
 --                  ids the thread had
 --         "prune", "runs": {removed, {run id, ...}}  checkpoints removed, and the run ids of
 --                  which the thread keeps no checkpoint now (for the cross-thread index)
+--         "prune" refused: {-1, version}  nothing written (version: the thread's now); read
+--                  the newest checkpoints again and retry
 -- Errors: "BAD_ARGS <mode>"; "OUT_OF_RANGE fence <value>".
 -- Numbers: as saver_write.lua (tokens and versions below 2^50, max(x + 1, now_ms * 100)).
 local LIMIT = 1125899906842624  -- 2^50
@@ -80,12 +85,16 @@ local all = redis.call('ZRANGE', KEYS[4], 0, -1)
 if mode == 'prune' then
   local strategy = ARGV[4]
   if strategy ~= 'keep_latest' and strategy ~= 'delete' then return redis.error_reply('BAD_ARGS prune') end
-  local chains = {}
-  for j = 5, #ARGV - 1, 2 do chains[ARGV[j]] = items(ARGV[j + 1]) end
+  local heads, chains = {}, {}
+  for j = 5, #ARGV - 2, 3 do
+    heads[ARGV[j]] = ARGV[j] .. '\0' .. ARGV[j + 1]
+    chains[ARGV[j]] = items(ARGV[j + 2])
+  end
   local keep = {}
   if strategy == 'keep_latest' then
     for _, ns in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
       local top = redis.call('ZREVRANGEBYLEX', KEYS[4], '(' .. ns .. '\1', '(' .. ns .. '\0', 'LIMIT', 0, 1)[1]
+      if top and top ~= heads[ns] then return {-1, redis.call('HGET', KEYS[3], 'ver') or '0'} end
       if top then
         keep[top] = true
         local need, left = {}, 0

@@ -12,7 +12,7 @@ import redis
 
 from test_langgraph import checkpoint, cfg, one_expiry, round_trips, visible_ids  # skips this module without langgraph
 
-from redis_ckpt import CheckpointStore, StoreUnavailableError
+from redis_ckpt import CheckpointStore, ConflictError, StoreUnavailableError
 from redis_ckpt.integrations.langgraph import reads, writes
 from redis_ckpt.integrations.langgraph.model import items, split_record
 from redis_ckpt.langgraph import RedisCkptSaver, thread_run_id
@@ -281,3 +281,47 @@ def test_a_history_walk_of_several_round_trips_neither_skips_nor_repeats_a_check
     assert whole["d"] == {"writes": [(f"task{i}", "d", f"w{i}") for i in range(1, 7)], "seed": ["seed"]}
     monkeypatch.setattr(reads, "VISITS", visits)
     assert saver.get_delta_channel_history(config=cfg("h"), channels=["d"]) == whole
+
+
+# --------------------------------------------------------------------------- prune racing a put
+
+
+def puts_before_prune(monkeypatch: pytest.MonkeyPatch, put_next: Any, times: int) -> None:
+    """Each of the first ``times`` prune calls of saver_admin comes after ``put_next()``: a run
+    still writing the thread puts between prune's read of the heads and its prune."""
+    original = writes._admin
+    left = [times]
+
+    def admin(e: Any, k: Any, args: list[Any], what: str) -> Any:
+        if args[0] == "prune" and left[0] > 0:
+            left[0] -= 1
+            put_next()
+        return (yield from original(e, k, args, what))
+
+    monkeypatch.setattr(writes, "_admin", admin)
+
+
+def test_prune_keep_latest_racing_a_put_keeps_the_new_heads_delta_chain(store, monkeypatch):
+    """The head a put makes between prune's two round trips is kept with the delta chain it
+    rebuilds from, not the chain computed for the head before it."""
+    saver = RedisCkptSaver(store)
+    cp1 = checkpoint(values={"log": ["a"]}, versions={"log": 1})  # a snapshot of log
+    saver.put(cfg("t"), cp1, {"step": 0}, {"log": 1})
+    saver.put_writes(cfg("t", cid=cp1["id"]), [("log", "b")], "task")
+    cp2 = checkpoint(values={}, versions={"log": 2})  # log rebuilt from cp1's snapshot and cp1's writes
+    puts_before_prune(monkeypatch, lambda: saver.put(
+        cfg("t", cid=cp1["id"]), cp2, {"step": 1, "counters_since_delta_snapshot": {"log": (1, 1)}}, {"log": 2}), 1)
+    saver.prune(["t"], strategy="keep_latest")
+    assert visible_ids(saver, "t") == [cp2["id"], cp1["id"]]
+    history = saver.get_delta_channel_history(config=cfg("t"), channels=["log"])
+    assert history["log"] == {"writes": [("task", "log", "b")], "seed": ["a"]}
+
+
+def test_prune_keep_latest_that_new_heads_keep_overtaking_gives_up_and_prunes_nothing(store, monkeypatch):
+    saver = RedisCkptSaver(store)
+    heads = [put_of_run(saver, "t", "R")]
+    heads.append(put_of_run(saver, "t", "R", heads[-1]))
+    puts_before_prune(monkeypatch, lambda: heads.append(put_of_run(saver, "t", "R", heads[-1])), 1000)
+    with pytest.raises(ConflictError, match="prune"):
+        saver.prune(["t"], strategy="keep_latest")
+    assert visible_ids(saver, "t") == heads[::-1]

@@ -247,7 +247,9 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: the newest checkpoint of each namespace, with the delta chain its
-        DeltaChannels are rebuilt from; ``delete``: every checkpoint."""
+        DeltaChannels are rebuilt from; ``delete``: every checkpoint. A put meanwhile is kept
+        with its chain; :class:`~redis_ckpt.ConflictError` (that thread not pruned) when puts
+        keep coming (writes.PRUNE_READS times)."""
         self._run(self._prune(thread_ids, strategy))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:

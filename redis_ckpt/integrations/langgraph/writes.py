@@ -13,7 +13,7 @@ from typing import Any
 from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
 
 from ...core.ops import Cmd, Flow, Script
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
 from .model import ThreadKeys, check_name, cross_key, items, pairs, version_text
@@ -25,6 +25,8 @@ log = logging.getLogger("redis_ckpt")
 
 #: bytes of items a copy sends per script call
 COPY_BATCH_BYTES = 4 * 1024 * 1024
+#: times prune keep_latest reads a thread's newest checkpoints when puts keep replacing them
+PRUNE_READS = 8
 
 
 class FiledRuns:
@@ -200,19 +202,36 @@ def check_strategy(strategy: Any) -> str:
 
 def prune_flow(e: Engine, filed: FiledRuns, thread_id: str, strategy: str) -> Flow[None]:
     """keep_latest: the newest checkpoint of each namespace and the delta chain its
-    DeltaChannels rebuild from (the channels its metadata counts since their last snapshot)."""
+    DeltaChannels rebuild from (the channels its metadata counts since their last snapshot).
+    A put between the read of the newest checkpoints and the prune makes the script refuse
+    (nothing written): read again, up to PRUNE_READS times."""
     check_strategy(strategy)
     k = e.keys(thread_id)
-    chains: list[Any] = []
-    if strategy == "keep_latest":
-        heads = yield from e.read(k, ["heads", 0], "prune")
-        for ns, cid, stored in zip(heads[1::3], heads[2::3], heads[3::3]):
-            _shape, rec = decode_record(e, k.run_id, text(ns), text(cid), stored)
-            counters = e.serde.loads_typed(tuple(rec["metadata"])).get("counters_since_delta_snapshot") or {}
-            if counters:
-                chains += [ns, items(str(ch) for ch in counters)]
-    _removed, dropped = yield from _admin(e, k, ["prune", strategy, *chains], "prune")
-    yield from _unindex(e, k, filed, thread_id, dropped, "prune")
+    version, now = 0, 0
+    for _ in range(PRUNE_READS):  # "delete" is never refused
+        version, heads = (yield from _heads_and_chains(e, k)) if strategy == "keep_latest" else (0, [])
+        removed, rest = yield from _admin(e, k, ["prune", strategy, *heads], "prune")
+        if removed >= 0:
+            yield from _unindex(e, k, filed, thread_id, rest, "prune")
+            return
+        now = int(rest)  # refused: the thread's version now
+    err = ConflictError(k.run_id, expected=version, actual=now)
+    err.args = (f"prune of LangGraph thread {thread_id!r} refused: new checkpoints arrived each of the "
+                f"{PRUNE_READS} times it read the newest ones (a run is still writing the thread; version "
+                f"{version}, now {now}). Nothing of it was pruned; prune again later",)
+    raise err
+
+
+def _heads_and_chains(e: Engine, k: ThreadKeys) -> Flow[tuple[int, list[Any]]]:
+    """(the thread's version, the triples keep_latest takes: each namespace's newest
+    checkpoint id and the DeltaChannels whose chain it rebuilds from)."""
+    heads = yield from e.read(k, ["heads", 0], "prune")
+    out: list[Any] = []
+    for ns, cid, stored in zip(heads[1::3], heads[2::3], heads[3::3]):
+        _shape, rec = decode_record(e, k.run_id, text(ns), text(cid), stored)
+        counters = e.serde.loads_typed(tuple(rec["metadata"])).get("counters_since_delta_snapshot") or {}
+        out += [ns, cid, items(str(ch) for ch in counters)]
+    return int(heads[0]), out
 
 
 def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flow[None]:
