@@ -325,3 +325,50 @@ def test_prune_keep_latest_that_new_heads_keep_overtaking_gives_up_and_prunes_no
     with pytest.raises(ConflictError, match="prune"):
         saver.prune(["t"], strategy="keep_latest")
     assert visible_ids(saver, "t") == heads[::-1]
+
+
+# --------------------------------------------------------------------------- copy_thread onto a thread in use
+
+
+def test_copy_thread_onto_a_thread_that_holds_checkpoints_is_refused_and_changes_nothing(store):
+    """Values are stored once per (namespace, channel, version): a copy merged into a thread in
+    use would read the target's value where both hold one under the same version."""
+    saver = RedisCkptSaver(store)
+    src = checkpoint(values={"x": "source"}, versions={"x": 1})
+    saver.put(cfg("src"), src, {"step": 0}, {"x": 1})
+    dst = checkpoint(values={"x": "target"}, versions={"x": 1})
+    saver.put(cfg("dst"), dst, {"step": 0}, {"x": 1})
+    with pytest.raises(ConflictError, match="already holds checkpoints"):
+        saver.copy_thread("src", "dst")
+    assert visible_ids(saver, "dst") == [dst["id"]]
+    assert saver.get_tuple(cfg("dst")).checkpoint["channel_values"] == {"x": "target"}
+    saver.delete_thread("dst")  # a deleted thread takes a copy
+    saver.copy_thread("src", "dst")
+    assert saver.get_tuple(cfg("dst", cid=src["id"])).checkpoint["channel_values"] == {"x": "source"}
+
+
+def test_copy_thread_onto_itself_is_refused(store):
+    saver = RedisCkptSaver(store)
+    saver.put(cfg("t"), checkpoint(values={"x": 1}, versions={"x": 1}), {"step": 0}, {"x": 1})
+    with pytest.raises(ValueError, match="itself"):
+        saver.copy_thread("t", "t")
+
+
+def test_a_copy_racing_a_first_write_to_its_target_is_refused_whole(store, monkeypatch):
+    """The target was empty when the copy looked, and a put lands before the copy's first
+    call: that call is refused (its claim asks for version 0), nothing of the source lands."""
+    saver = RedisCkptSaver(store)
+    src = checkpoint(values={"x": "source"}, versions={"x": 1})
+    saver.put(cfg("src"), src, {"step": 0}, {"x": 1})
+    dst = checkpoint(values={"x": "target"}, versions={"x": 1})
+    read = saver._engine.read
+
+    def read_then_put(k, args, what):
+        if args[0] == "dump":
+            saver.put(cfg("dst"), dst, {"step": 0}, {"x": 1})
+        return (yield from read(k, args, what))
+
+    monkeypatch.setattr(saver._engine, "read", read_then_put)
+    with pytest.raises(ConflictError, match="already holds checkpoints"):
+        saver.copy_thread("src", "dst")
+    assert visible_ids(saver, "dst") == [dst["id"]]

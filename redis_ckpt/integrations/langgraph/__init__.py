@@ -47,7 +47,8 @@ thread also files the thread in that run's cross-thread index: one more round tr
 under a TTL, again every 1/16 of it; and after the write, when the write found no checkpoint
 of the run left in the thread: a delete or prune, in any process, may have taken the thread
 out of the index. ``copy_thread`` files the copy in the index of every run it holds
-checkpoints of.)
+checkpoints of; it copies into a new (or deleted) thread only: onto one that holds checkpoints
+or writes it raises ``ConflictError`` and copies nothing.)
 
 Retention
 ---------

@@ -16,7 +16,7 @@ from ...core.ops import Cmd, Flow, Script
 from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_name, cross_key, items, pairs, version_text
+from .model import ThreadKeys, check_name, cross_key, items, pairs, thread_run_id, version_text
 from .reads import decode_record
 
 __all__ = ["FiledRuns", "put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
@@ -253,12 +253,26 @@ def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flo
         filed.forget(rid)
 
 
+def _not_empty(target: str, version: int) -> ConflictError:
+    err = ConflictError(thread_run_id(target), expected=0, actual=version)
+    err.args = (f"copy_thread refused: thread {target!r} already holds checkpoints or writes (version "
+                f"{version}); copy into a new thread, or delete this one first. Nothing was copied",)
+    return err
+
+
 def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     """Every checkpoint and write of ``source`` into ``target`` (frames sealed again for it);
     sent in calls of at most COPY_BATCH_BYTES, the first one claiming the target. The target
     is filed in the cross-thread index of every LangGraph run it now holds checkpoints of
     (delete_for_runs finds the copy too)."""
     ks, kt = e.keys(source), e.keys(target)
+    if ks.run_id == kt.run_id:
+        raise ValueError(f"copy_thread copies a thread into another one, not into itself ({source!r})")
+    # values are stored once per (namespace, channel, version): merged into a thread in use, a
+    # copied checkpoint would read the target's value where both hold one under the same version
+    target_version = (yield from e.read(kt, ["heads", 0], "copy_thread"))[0]
+    if int(target_version):
+        raise _not_empty(target, int(target_version))
     _version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
     stored_records = dict(pairs(records))
     stored_values = dict(pairs(values))
@@ -280,7 +294,11 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     def flush() -> Flow[None]:
         nonlocal batch, size, token
         if batch:
-            token = (yield from e.write(kt, target, None, batch, "copy_thread", token=token)).token
+            try:  # the first call claims the target only while it holds nothing: a write meanwhile refuses it
+                token = (yield from e.write(kt, target, None, batch, "copy_thread", token=token,
+                                            new_thread=not token)).token
+            except ConflictError as exc:
+                raise _not_empty(target, exc.actual) if not token else exc from None
         batch, size = [], 0
 
     for member in index:
