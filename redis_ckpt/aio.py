@@ -6,6 +6,7 @@ twin of the one in ``store.py`` (a test checks that the two surfaces match).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -103,12 +104,20 @@ class AsyncAcquire:
 class AsyncCheckpointStore(StoreBase):
     """The asyncio twin of :class:`redis_ckpt.CheckpointStore`.
 
-    Construction cannot await, so create it with ``await AsyncCheckpointStore.create(client, ...)``
-    or ``await AsyncCheckpointStore.from_url(url, ...)``: both run the startup probe.
+    Create it with ``await AsyncCheckpointStore.create(client, ...)`` or ``await
+    AsyncCheckpointStore.from_url(url, ...)``: both run the startup probe. Construction cannot
+    await, so a store constructed directly (``AsyncCheckpointStore(client, namespace=...)``) runs
+    it before its first operation: nothing is sent to a server the probe refuses.
     """
 
     _target_for = staticmethod(async_target)
     _sentinel: Any = None  # a Sentinel this store created (from_url) and closes
+
+    def __init__(self, client: Any, *, namespace: str, **options: Any) -> None:
+        super().__init__(client, namespace=namespace, **options)
+        #: the startup probe is still to run (and be passed) before anything else is sent
+        self._unprobed = self.core.config.confirm
+        self._probing = asyncio.Lock()  # concurrent first operations: one probe
 
     @classmethod
     async def create(cls, client: Any, *, namespace: str, **options: Any) -> AsyncCheckpointStore:
@@ -119,8 +128,7 @@ class AsyncCheckpointStore(StoreBase):
         store = cls(client, namespace=namespace, **ha_defaults(client, options))
         if label is not None:
             store.server = label
-        if store.core.config.confirm:
-            store._accept(await store._probe())
+        await store._ready()
         return store
 
     @classmethod
@@ -166,12 +174,22 @@ class AsyncCheckpointStore(StoreBase):
         """Drive ``flow`` (any flow of ``store.core``) on this store's client, by this store's
         deadline; what escapes it becomes a CheckpointError (StoreUnavailableError, ServerError).
         Also ``arun``: the name code holding a sync and an async store (the saver) calls."""
+        if self._unprobed:
+            await self._ready()
         try:
             return await adrive(flow, self._target, deadline_s=self.core.config.retry.deadline_s)
         except Exception as exc:
             reraise(exc, self.server)
 
     arun = run
+
+    async def _ready(self) -> None:
+        """Run the startup probe unless it passed already: NonDurableServerError (and nothing
+        sent) while the server fails it, as the sync constructor refuses."""
+        async with self._probing:
+            if self._unprobed:
+                self._accept(await self._probe())
+                self._unprobed = False
 
     async def _probe(self) -> ProbeReport:
         try:  # one server, or every primary (and the replicas the policy counts on) on its own connection
