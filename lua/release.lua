@@ -10,10 +10,15 @@
 --
 -- Tokens are compared as the strings the caller and acquire wrote (exact at any size).
 --
--- Returns 1 when released, 0 when the caller's token did not hold the lease (nothing changed).
+-- Returns 1 when released, 2 when the lease is already released by the caller's token (a
+-- resend whose first attempt applied, or a second release), 0 when the caller's token did not
+-- hold the lease (nothing changed either way).
 local l_state, l_token = unpack(redis.call('HMGET', KEYS[1], 'state', 'token'))
-if l_state ~= 'held' or l_token ~= ARGV[1] then
+if l_token ~= ARGV[1] then
   return 0
+end
+if l_state ~= 'held' then
+  return l_state == 'released' and 2 or 0
 end
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))

@@ -95,19 +95,25 @@ class LeaseFlows(FlowsBase):
                 raise reply
             return int(reply)
 
-        return self.retrying(body, run_id=k.run_id, what="renew", writes=False)
+        # a renew whose reply is lost may have applied: a resend renews again, a timeout is
+        # outcome_unknown
+        return self.retrying(body, run_id=k.run_id, what="renew", writes=True)
 
     def release_flow(self, run_id: str, owner: str, token: int) -> Flow[bool]:
+        """True when this call released the lease; False when ``token`` no longer held it."""
         k = self.keys(run_id)
+        sent = [0]  # attempts that went out: from the second on, a resend after a lost reply
 
         def body() -> Flow[bool]:
+            sent[0] += 1
             script = release_script(k, token=token, owner=owner, maxlen=self.config.events_maxlen)
             reply = (yield Pipe([script], route=k.lease))[0]
             if isinstance(reply, Exception):
                 raise reply
-            return bool(int(reply))
+            # 2: already released by this token; on a resend, by this call's earlier attempt
+            return int(reply) == 1 or (int(reply) == 2 and sent[0] > 1)
 
-        return self.retrying(body, run_id=k.run_id, what="release", writes=False)
+        return self.retrying(body, run_id=k.run_id, what="release", writes=True)
 
     def revoke_flow(self, run_id: str, by: str) -> Flow[int]:
         k = self.keys(run_id)
