@@ -41,6 +41,9 @@
 -- Errors (nothing written):
 --   "OUT_OF_RANGE ttl <ttl>"       ttl not an integer in [1, MAX_INT] (likewise retention, margin)
 --   "OUT_OF_RANGE fence <fence>"   the fence is at (or past) MAX_INT: no token can be handed out
+--   "DAMAGED <where> <value>"      the fence, or the head's generation, retention_ms or kept
+--                                  (<where>: "fence", "head.generation", ...), holds what no
+--                                  script writes (control characters in <value> shown as "?")
 --   "LEASE_HELD <ms_left> <owner>" another owner holds a live lease
 --   "NEED_STAGE <cid>:<count> ..." staged commits (all dead once the fence moves: their
 --                                  scripts will meet FENCED) whose keys were not passed
@@ -57,9 +60,13 @@ local function int(x) return string.format('%d', x) end
 if not (ttl and ttl >= 1 and ttl <= LIMIT and ttl == math.floor(ttl)) then
   return redis.error_reply('OUT_OF_RANGE ttl ' .. ARGV[2])
 end
+local function damaged(where, value)
+  return redis.error_reply('DAMAGED ' .. where .. ' ' .. string.gsub(value, '%c', '?'))
+end
 local previous_s = redis.call('GET', KEYS[1]) or '0'
+if not string.match(previous_s, '^%d+$') then return damaged('fence', previous_s) end
 local previous = tonumber(previous_s)
-if not previous or previous >= LIMIT then
+if previous >= LIMIT then
   return redis.error_reply('OUT_OF_RANGE fence ' .. previous_s)
 end
 
@@ -72,6 +79,12 @@ if l_state == 'held' and l_owner ~= owner then
 end
 
 local h = redis.call('HMGET', KEYS[3], 'generation', 'retention_ms', 'kept')
+for i, name in ipairs({'generation', 'retention_ms'}) do
+  if h[i] and not string.match(h[i], '^%d+$') then return damaged('head.' .. name, h[i]) end
+end
+for e in string.gmatch(h[3] or '', '[^,]+') do
+  if not (string.match(e, '^%d+$') or string.match(e, '^%d+:%d+$')) then return damaged('head.kept', h[3]) end
+end
 local retention, margin = tonumber(ARGV[5]), tonumber(ARGV[6])
 if not (retention and retention >= 0 and retention <= LIMIT and margin and margin >= 0 and margin <= LIMIT) then
   return redis.error_reply('OUT_OF_RANGE retention ' .. ARGV[5])

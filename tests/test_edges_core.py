@@ -10,8 +10,11 @@ import time
 
 import pytest
 import redis.asyncio as aredis
+from click.testing import CliRunner
 
-from redis_ckpt import CheckpointStore, NonDurableServerError, RetryPolicy, StoreUnavailableError
+from redis_ckpt import CheckpointStore, CorruptCheckpointError, NonDurableServerError, RetryPolicy, \
+    StoreUnavailableError
+from redis_ckpt.cli import cli
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server
@@ -117,3 +120,104 @@ def test_release_of_a_lease_someone_else_holds_is_false(store):
     store.acquire("r", owner="b", ttl=30)
     assert old.release() is False
     assert store.info("r").lease_owner == "b" and store.info("r").lease_state == "held"
+
+
+# --------------------------------------------------------------------------- a damaged head, fence or lease
+
+
+def _committed(store, run_id: str = "r") -> None:
+    lease = store.acquire(run_id, owner="a", ttl=30)
+    lease.commit({"n": 1})
+    lease.release()
+
+
+READS = {
+    "load": lambda s: s.load("r"),
+    "load generation": lambda s: s.load("r", generation=1),
+    "info": lambda s: s.info("r"),
+    "generations": lambda s: s.generations("r"),
+    "export": lambda s: s.export_frame("r"),
+    "fork": lambda s: s.fork("r", "copy"),
+    "usage": lambda s: s.usage("r"),
+}
+
+
+@pytest.mark.parametrize("field,value", [("generation", "abc"), ("generation", "-1"), ("kept", "x,y"),
+                                         ("kept", "1:z")])
+@pytest.mark.parametrize("op", sorted(READS))
+def test_a_damaged_head_is_a_corrupt_checkpoint_error_naming_run_and_field(store, client, namespace, field,
+                                                                           value, op):
+    _committed(store)
+    client.hset(f"{namespace}:{{r}}:head", field, value)
+    before = {k: client.type(k) for k in client.keys(f"{namespace}:*")}
+    with pytest.raises(CorruptCheckpointError) as e:
+        READS[op](store)
+    assert e.value.run_id == "r" and field in str(e.value) and repr(value) in str(e.value)
+    assert {k: client.type(k) for k in client.keys(f"{namespace}:*")} == before  # nothing removed or made
+
+
+def test_delete_of_a_damaged_head(store, client, namespace):
+    _committed(store)
+    head = f"{namespace}:{{r}}:head"
+    client.hset(head, "kept", "x,y")
+    with pytest.raises(CorruptCheckpointError) as e:  # which generations to delete: unknown
+        store.delete("r")
+    assert "kept" in str(e.value) and client.exists(head, f"{namespace}:{{r}}:g:1") == 2  # nothing deleted
+    client.hset(head, mapping={"kept": "1", "generation": "abc"})
+    assert store.delete("r") == 1  # a head damaged elsewhere can still be deleted: the remedy
+    assert client.exists(head, f"{namespace}:{{r}}:g:1") == 0
+
+
+@pytest.mark.parametrize("key,field,value", [("fence", None, "abc"), ("lease", "token", "x1")])
+def test_a_damaged_fence_or_lease_token_is_a_corrupt_checkpoint_error(store, client, namespace, key, field, value):
+    _committed(store)
+    name = f"{namespace}:{{r}}:{key}"
+    client.hset(name, field, value) if field else client.set(name, value)
+    with pytest.raises(CorruptCheckpointError) as e:
+        store.info("r")
+    assert e.value.run_id == "r" and key in str(e.value) and repr(value) in str(e.value)
+
+
+@pytest.mark.parametrize("field,value", [("generation", "abc"), ("kept", "x,y"), ("retention_ms", "soon")])
+def test_acquire_on_a_damaged_head_writes_nothing(store, client, namespace, field, value):
+    _committed(store)
+    client.hset(f"{namespace}:{{r}}:head", field, value)
+    fence, lease = client.get(f"{namespace}:{{r}}:fence"), client.hgetall(f"{namespace}:{{r}}:lease")
+    events = client.xlen(f"{namespace}:{{r}}:events")
+    with pytest.raises(CorruptCheckpointError) as e:
+        store.acquire("r", owner="b", ttl=30)
+    assert e.value.run_id == "r" and field in str(e.value)
+    assert client.get(f"{namespace}:{{r}}:fence") == fence  # no token handed out
+    assert client.hgetall(f"{namespace}:{{r}}:lease") == lease  # no lease installed
+    assert client.xlen(f"{namespace}:{{r}}:events") == events
+
+
+def test_acquire_on_a_damaged_fence_writes_nothing(store, client, namespace):
+    _committed(store)
+    client.set(f"{namespace}:{{r}}:fence", "abc")
+    lease = client.hgetall(f"{namespace}:{{r}}:lease")
+    with pytest.raises(CorruptCheckpointError) as e:
+        store.acquire("r", owner="b", ttl=30)
+    assert e.value.run_id == "r" and "fence" in str(e.value)
+    assert client.get(f"{namespace}:{{r}}:fence") == b"abc"
+    assert client.hgetall(f"{namespace}:{{r}}:lease") == lease
+
+
+def _cli(args: list[str], server, namespace: str):
+    result = CliRunner().invoke(cli, [*args, "--url", server.url, "--namespace", namespace])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, durable_server, namespace, dry_run):
+    _committed(store, "bad")
+    _committed(store, "good")
+    client.hset(f"{namespace}:{{bad}}:head", "kept", "x,y")
+    time.sleep(0.01)
+    out = _cli(["prune", "--idle", "1ms", "--yes", *(["--dry-run"] if dry_run else [])], durable_server, namespace)
+    assert out.exit_code == 1, out.output
+    assert "'bad'" in out.stderr and "kept" in out.stderr and "a bug" not in out.stderr
+    assert "good" in out.stdout and "1 run(s)" in out.stdout
+    assert client.exists(f"{namespace}:{{good}}:head") == int(dry_run)  # the healthy run is pruned
+    assert client.exists(f"{namespace}:{{bad}}:head") == 1  # the damaged one is left as it is

@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import re
 import socket
+from functools import partial
 from typing import Any
 
 import click
 
 from ..core.frame.damage import frame_report
 from ..errors import FrameError
+from ..models import PrunedRun
 from . import render as r
 from .exits import EXIT_NO, CliFailure
 from .options import CliConfig, connection_options
+from .reads import try_read
 from .state import tagged
 from .views import base
 
@@ -147,7 +150,25 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
     if not dry_run and not yes and not cfg.as_json:
         click.confirm(f"Remove every run of namespace {cfg.namespace!r} idle for {r.duration(idle)} or more?",
                       abort=True, err=True)
-    found = cfg.store.prune(idle=idle / 1000, dry_run=dry_run, by=_by(by))
+    store = cfg.store
+    prune_flow = partial(store.core.prune_flow, idle_ms=idle, by=_by(by), dry_run=dry_run)
+    prune_flow(runs=[])  # --idle and --by are checked before anything is read
+    found: list[PrunedRun] = []
+    unreadable: list[tuple[str, str]] = []  # runs whose data cannot be read: left, named, exit 1
+    for run in store.runs():  # one run at a time: a damaged run does not stop the others' prune
+        got = try_read(cfg, run, store.run, prune_flow(runs=[run]))
+        if isinstance(got, str):
+            unreadable.append((run, got))
+        else:
+            found += got
+    _pruned(cfg, found, idle, dry_run)
+    if unreadable:
+        raise CliFailure(f"{len(unreadable)} run(s) could not be read, left as they are: "
+                         + "; ".join(f"{i!r}: {e}" for i, e in unreadable), EXIT_NO, secrets=cfg.secrets)
+
+
+def _pruned(cfg: CliConfig, found: list[PrunedRun], idle: int, dry_run: bool) -> None:
+    """What ``prune`` printed: the runs it removed (would remove), as a table or JSON."""
     if cfg.as_json:
         r.emit_json({**base(cfg), "idle_ms": idle, "dry_run": dry_run,
                      "count": len(found),

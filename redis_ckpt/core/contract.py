@@ -3,14 +3,19 @@ and ARGV, built by one function per script from named values) and what it answer
 name). ``tests/test_contract.py`` pins every name and position here to the scripts' headers.
 
 Also the layouts the scripts and the flows share: the head's ``kept`` list of
-``"<g>:<chunks>"`` entries, and the staging hash's ``"<token>:<expected>:<count>:<bytes>"``.
+``"<g>:<chunks>"`` entries, the staging hash's ``"<token>:<expected>:<count>:<bytes>"``, and
+the one check of what a run's fence, head and lease hold (:func:`head_of`, :func:`lease_of`,
+:func:`stored_int`): data redis-ckpt never wrote is a CorruptCheckpointError naming the run and
+the field, never a raw ValueError.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..errors import CorruptCheckpointError
 from ..models import Grant
 from .keys import RunKeys
 from .ops import ReplyError, Script
@@ -22,6 +27,7 @@ __all__ = [
     "retain_script", "prune_script", "load_script", "LOAD_FIELDS",
     "refusal", "commit_generation", "grant_of", "deleted_of",
     "entry", "kept", "kept_times", "staged", "stage_keys", "drop_keys",
+    "HEAD_NUMBERS", "LEASE_NUMBERS", "damaged", "damaged_refusal", "stored_int", "head_of", "lease_of",
 ]
 
 
@@ -184,6 +190,7 @@ ERROR_FIELDS = {
     "LEASE_LOST": ("fence", "holder_token", "holder_owner*"),
     "STAGE_MISSING": ("i",),
     "ACTIVE": ("idle_ms",),
+    "DAMAGED": ("where", "value*"),
 }
 
 
@@ -225,7 +232,8 @@ def entry(g: int, chunks: int) -> str:
 
 
 def kept(head: Mapping[str, str]) -> list[tuple[int, int]]:
-    """The head's kept generations as (generation, chunks), oldest first."""
+    """The head's kept generations as (generation, chunks), oldest first (of a head checked
+    by :func:`head_of`)."""
     out = []
     for e in head.get("kept", "").split(","):
         if e:
@@ -273,3 +281,64 @@ def drop_keys(k: RunKeys, entries: Iterable[str]) -> list[str]:
         if c != "0":
             out += [k.chunk(int(g), i) for i in range(int(c))]
     return out
+
+
+# --------------------------------------------------------------------------- what a run's keys hold
+
+#: the fields of a run's head the scripts write as a non-negative integer (see commit.lua)
+HEAD_NUMBERS = ("generation", "token", "size", "chunks", "schema_version", "created_ms", "epoch", "retention_ms",
+                "finished_ms")
+#: likewise of its lease (see acquire.lua)
+LEASE_NUMBERS = ("token", "ttl_ms", "acquired_ms", "renewed_ms", "released_ms")
+#: the head's comma-separated lists: each entry's form, and how a message describes the list
+HEAD_LISTS = {
+    "kept": (re.compile(r"[0-9]+(:[0-9]+)?"), 'a comma-separated list of generations "<g>" or "<g>:<chunks>"'),
+    "kept_ms": (re.compile(r"[0-9]+|-"), 'a comma-separated list of times in ms (or "-")'),
+}
+
+
+def damaged(run_id: str, where: str, value: str, expected: str) -> CorruptCheckpointError:
+    """The error for a value redis-ckpt never writes in one of the run's keys (``where``: "fence",
+    "head's 'generation'", "lease's 'token'", ...): changed by hand, or a partial restore.
+    Raised before anything is written."""
+    return CorruptCheckpointError(
+        run_id, {}, message=f"run {run_id!r} is damaged: its {where} is {value!r}, not {expected} as redis-ckpt "
+                            "writes it (changed by hand, or a partial restore); restore the run from an "
+                            "exported frame, or delete it")
+
+
+def damaged_refusal(run_id: str, refused: Mapping[str, str]) -> CorruptCheckpointError:
+    """The error for a script's "DAMAGED <where> <value>" answer (<where>: "fence", "head.kept", ...)."""
+    key, _, field = refused["where"].partition(".")
+    expected = HEAD_LISTS[field][1] if field in HEAD_LISTS else "a non-negative integer"
+    return damaged(run_id, f"{key}'s {field!r}" if field else key, refused["value"], expected)
+
+
+def stored_int(run_id: str, where: str, value: Any) -> int:
+    """A non-negative integer redis-ckpt stored (the fence, a number of the head or lease)."""
+    s = text(value)
+    if not (s.isascii() and s.isdigit()):
+        raise damaged(run_id, where, s, "a non-negative integer")
+    return int(s)
+
+
+def head_of(run_id: str, fields: Mapping[str, str]) -> dict[str, str]:
+    """The run's head hash (or the fields of it that were read), checked: its numbers are
+    numbers and its kept lists well formed; else :class:`CorruptCheckpointError` naming the
+    field. Every flow reads a head through this before it parses one."""
+    for name in HEAD_NUMBERS:
+        if name in fields:
+            stored_int(run_id, f"head's {name!r}", fields[name])
+    for name, (form, expected) in HEAD_LISTS.items():
+        value = fields.get(name, "")
+        if any(e and not form.fullmatch(e) for e in value.split(",")):
+            raise damaged(run_id, f"head's {name!r}", value, expected)
+    return dict(fields)
+
+
+def lease_of(run_id: str, fields: Mapping[str, str]) -> dict[str, str]:
+    """The run's lease hash, its numbers checked as :func:`head_of` checks the head's."""
+    for name in LEASE_NUMBERS:
+        if name in fields:
+            stored_int(run_id, f"lease's {name!r}", fields[name])
+    return dict(fields)

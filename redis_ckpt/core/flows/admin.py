@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...models import Event, RunInfo, ms_to_datetime
-from ..contract import delete_script, deleted_of, entry, kept, stage_keys, staged
 from ..config import MAX_INT, check_int
+from ..contract import delete_script, deleted_of, entry, head_of, kept, lease_of, stage_keys, staged, stored_int
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
@@ -39,12 +39,13 @@ class AdminFlows(CommitFlows, FlowsBase):
             )
             raise_failures(replies)
             fence, head, lease, pttl, registry, head_ttl, fence_ttl, newest = replies
-            head, lease = hash_of(head), hash_of(lease)
+            fence = stored_int(k.run_id, "fence", fence or 0)
+            head, lease = head_of(k.run_id, hash_of(head)), lease_of(k.run_id, hash_of(lease))
             staged_commits, staged_bytes = yield from self.staged_size(k, hash_of(registry))
             held = lease.get("state") == "held"
             last = event_of(*newest[0]) if newest else None
             return RunInfo(
-                run_id=k.run_id, fence=int(fence or 0), generation=int(head.get("generation", 0)),
+                run_id=k.run_id, fence=fence, generation=int(head.get("generation", 0)),
                 kept=tuple(g for g, _ in kept(head)), head=head,
                 lease_owner=lease.get("owner"), lease_token=int(lease["token"]) if "token" in lease else None,
                 lease_ms_left=int(pttl) if held and int(pttl) > 0 else None,
@@ -106,8 +107,9 @@ class AdminFlows(CommitFlows, FlowsBase):
                 head, registry, refs = replies
                 registered[:] = staged(hash_of(registry))
                 shared[:] = sorted(hash_of(refs))
-                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(hash_of(head))],
-                                                    route=k.fence)
+                # only the kept list is read: a head damaged elsewhere can still be deleted
+                head = head_of(k.run_id, {"kept": hash_of(head).get("kept", "")})
+                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)

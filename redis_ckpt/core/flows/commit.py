@@ -29,7 +29,7 @@ from ...models import Event, now_ms
 from ..chunks import encode_manifest, split
 from ..codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
 from ..config import MAX_INT, check_int
-from ..contract import CommitFields, commit_generation, commit_script, entry, kept, refusal
+from ..contract import CommitFields, commit_generation, commit_script, entry, head_of, kept, refusal
 from ..frame import FrameParts, decode_frame, decode_payload, encode_frame_parts, frame_checksum
 from ..replies import hash_of
 from ..keys import RunKeys, validate_owner
@@ -221,7 +221,7 @@ class CommitFlows(SharedFlows, FlowsBase):
 
         def body() -> Flow[int]:
             sent[0] += 1
-            head = hash_of((yield Cmd("HGETALL", k.head)))
+            head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
             entries = [entry(g, n) for g, n in kept(head)]
             drop = entries if c.retention_ms or head.get("retention_ms") else entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.shared_sends(

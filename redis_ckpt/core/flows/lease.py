@@ -7,7 +7,8 @@ from __future__ import annotations
 from ...errors import LeaseHeldError, LeaseLostError
 from ...models import Grant
 from ..config import MAX_INT, check_int, check_ttl_ms
-from ..contract import acquire_script, grant_of, refusal, release_script, renew_script, revoke_script
+from ..contract import acquire_script, damaged_refusal, grant_of, refusal, release_script, renew_script, \
+    revoke_script
 from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
 from .base import FlowsBase, out_of_range
@@ -65,6 +66,8 @@ class LeaseFlows(FlowsBase):
                         raise LeaseHeldError(k.run_id, owner=r["owner"], ms_left=int(r["ms_left"]))
                     if reply.code == "OUT_OF_RANGE":
                         raise out_of_range(k.run_id, refusal(reply), "acquire")
+                    if reply.code == "DAMAGED":
+                        raise damaged_refusal(k.run_id, refusal(reply))
                     raise reply
                 if isinstance(reply, Exception):
                     raise reply

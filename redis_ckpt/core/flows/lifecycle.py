@@ -14,7 +14,7 @@ from ...errors import CheckpointError, ConflictError, CorruptCheckpointError, Fr
     NotFoundError
 from ...models import Checkpoint, RunUsage, now_ms
 from ..config import MAX_INT, check_int
-from ..contract import drop_keys, entry, kept, kept_times, stage_keys, staged
+from ..contract import drop_keys, entry, head_of, kept, kept_times, stage_keys, staged, stored_int
 from ..frame import decode_frame, decode_payload, encode_frame, frame_checksum
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe
@@ -75,7 +75,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                 replies = yield Pipe([Cmd("MULTI"), Cmd("HMGET", k.head, *LOAD_FIELDS),
                                       Cmd("GET", k.generation(generation)), Cmd("EXEC")], route=k.head)
                 raw, blob = exec_replies(replies, 2)
-                head = {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None}
+                head = head_of(k.run_id, {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None})
                 if not head and (yield from self.committed_before(k)):
                     raise CorruptCheckpointError(
                         k.run_id, {}, message=f"run {k.run_id!r} has committed generations but its head is "
@@ -110,7 +110,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
         check_int("generation", generation, 1, MAX_INT, run_id=k.run_id)
 
         def body() -> Flow[bytes]:
-            gens = [g for g, _ in kept({"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")})]
+            gens = [g for g, _ in kept(head_of(k.run_id, {"kept": text((yield Cmd("HGET", k.head, "kept")) or b"")}))]
             if generation not in gens:
                 raise not_kept(k.run_id, generation, gens)
             return (yield from self.read(k, generation))
@@ -142,7 +142,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
         c = self.config
 
         def taken() -> Flow[int]:
-            return int((yield Cmd("HGET", dst.head, "generation")) or 0)
+            return stored_int(dst.run_id, "head's 'generation'", (yield Cmd("HGET", dst.head, "generation")) or 0)
 
         def fork() -> Flow[int]:
             head = yield from self.retrying(taken, run_id=dst.run_id, what="fork", writes=False)
@@ -197,6 +197,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                                  route=k.head)
             raise_failures(replies)
             head, registry, refs = (hash_of(r) for r in replies)
+            head = head_of(k.run_id, head)
             shared = [k.refs, *map(k.shared, refs)] if refs else []  # dedup=True: its chunks
             groups = {
                 "control": [k.fence, k.lease, k.head], "events": [k.events],

@@ -17,7 +17,7 @@ from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage
     NotFoundError, SchemaVersionError
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
-from ..contract import LOAD_FIELDS, kept, kept_times, load_script
+from ..contract import LOAD_FIELDS, head_of, kept, kept_times, load_script
 from ..dedup import is_manifest as is_shared_manifest
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
@@ -81,7 +81,7 @@ class ReadFlows(SharedFlows, FlowsBase):
                     raw, *blobs = exec_replies(replies, 1 + len(wanted))
                 else:
                     raw, blobs = (yield Cmd("HMGET", k.head, *LOAD_FIELDS)), []
-                head = {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None}
+                head = head_of(k.run_id, {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None})
                 if not head:
                     if (yield from self.committed_before(k)):
                         raise CorruptCheckpointError(
@@ -287,7 +287,7 @@ class ReadFlows(SharedFlows, FlowsBase):
         k = self.keys(run_id)
 
         def body() -> Flow[list[GenerationInfo]]:
-            head = hash_of((yield Cmd("HGETALL", k.head)))
+            head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
             times = kept_times(head)  # the server's commit times (the frame's own is the writer's clock)
             out: list[GenerationInfo] = []
             for g, _chunks in sorted(kept(head), reverse=True):
@@ -317,7 +317,7 @@ class ReadFlows(SharedFlows, FlowsBase):
         k = self.keys(run_id)
 
         def body() -> Flow[bytes]:
-            head = hash_of((yield Cmd("HGETALL", k.head)))
+            head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
             gens = sorted((g for g, _ in kept(head)), reverse=True)
             if not head:
                 raise NotFoundError(f"run {k.run_id!r} has no committed generation", run_id=k.run_id)

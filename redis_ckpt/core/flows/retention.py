@@ -10,7 +10,7 @@ from typing import Any
 from ...errors import FencedError
 from ...models import PrunedRun
 from ..config import MAX_INT, check_int
-from ..contract import entry, kept, prune_script, refusal, retain_script, staged
+from ..contract import entry, head_of, kept, prune_script, refusal, retain_script, staged
 from ..keys import validate_owner
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
@@ -39,7 +39,7 @@ class RetentionFlows(AdminFlows):
         def body() -> Flow[int]:
             replies = yield Pipe([Cmd("HGET", k.head, "kept"), Cmd("HGETALL", k.refs)], route=k.head)
             raise_failures(replies)
-            entries = [entry(g, n) for g, n in kept({"kept": text(replies[0] or b"")})]
+            entries = [entry(g, n) for g, n in kept(head_of(k.run_id, {"kept": text(replies[0] or b"")}))]
             shared = sorted(hash_of(replies[1]))
             for _ in range(MAX_SENDS):
                 script = retain_script(k, token=token, owner=owner, retention_ms=keep_for_ms,
@@ -101,6 +101,7 @@ class RetentionFlows(AdminFlows):
                                  route=k.head)
             raise_failures(replies)
             head, registry, refs = (hash_of(r) for r in replies)
+            head = head_of(k.run_id, head)
             registered[:] = staged(registry)
             shared[:] = sorted(refs)
             replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
