@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 import redis.asyncio as aredis
@@ -15,6 +17,8 @@ from click.testing import CliRunner
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, NonDurableServerError, RetryPolicy, \
     StoreUnavailableError
 from redis_ckpt.cli import cli
+from redis_ckpt.steps import StepRunner
+from redis_ckpt.steps.state import StepPlanError
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server
@@ -221,3 +225,53 @@ def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, dura
     assert "good" in out.stdout and "1 run(s)" in out.stdout
     assert client.exists(f"{namespace}:{{good}}:head") == int(dry_run)  # the healthy run is pruned
     assert client.exists(f"{namespace}:{{bad}}:head") == 1  # the damaged one is left as it is
+
+
+# --------------------------------------------------------------------------- StepRunner: resumed inputs
+
+
+def _interrupted(store, run_id: str, inputs) -> StepRunner:
+    """A runner of steps a, b whose first run() failed in b; returns a fresh runner to resume it."""
+    def make(fail: bool) -> StepRunner:
+        runner = StepRunner(store, run_id, owner="a", ttl=5)
+        runner.add("a", lambda ctx: 1)
+
+        def b(ctx):
+            if fail:
+                raise RuntimeError("first attempt fails")
+            return 2
+        runner.add("b", b)
+        return runner
+
+    with pytest.raises(RuntimeError):
+        make(True).run(inputs)
+    return make(False)
+
+
+@pytest.mark.parametrize("started,resumed", [
+    ({"x": float("nan")}, {"x": float("nan")}),
+    ({"tags": {f"t{i}" for i in range(50)}}, {"tags": set(sorted(f"t{i}" for i in range(50)))}),
+    ({"a": 1, "b": [2.5, None]}, {"b": [2.5, None], "a": 1}),
+    ({"when": Decimal("NaN")}, {"when": Decimal("NaN")}),
+])
+def test_step_runner_resumes_with_the_same_inputs(store, started, resumed):
+    assert _interrupted(store, "job", started).run(resumed) == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("started,resumed", [
+    ({"n": 1}, {"n": True}),
+    ({"n": 1}, {"n": 1.0}),
+    ({"x": 0.0}, {"x": -0.0}),
+    ({"d": Decimal("1.0")}, {"d": Decimal("1.00")}),
+    ({"p": (1, 2)}, {"p": [1, 2]}),
+    ({"k": {1: "a"}}, {"k": {True: "a"}}),
+    ({"s": frozenset({1})}, {"s": {1}}),
+    ({"t": datetime(2026, 1, 1, 12, tzinfo=timezone.utc)},
+     {"t": datetime(2026, 1, 1, 13, tzinfo=timezone(timedelta(hours=1)))}),
+])
+def test_step_runner_refuses_inputs_of_other_types_or_values(store, started, resumed):
+    runner = _interrupted(store, "job", started)
+    generation = store.info("job").generation
+    with pytest.raises(StepPlanError):
+        runner.run(resumed)  # not the inputs the run started with (exact types)
+    assert store.info("job").generation == generation  # nothing committed

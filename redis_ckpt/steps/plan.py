@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar, Union
 
 from .._shell import ttl_ms
+from ..core.codec import exactly_equal
 from ..core.config import MAX_TTL_MS
 from ..core.keys import validate_run_id
 from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
@@ -239,7 +240,8 @@ class RunnerBase:
             raise StepPlanError(
                 f"run {self.run_id!r} completed steps {completed} but this runner's steps are {plan}: "
                 "completed steps must stay first, in the same order", run_id=self.run_id)
-        if initial_inputs is not None and initial_inputs != state["inputs"]:
+        # the same inputs as the codec stores them: == would refuse a NaN and take True for 1
+        if initial_inputs is not None and not exactly_equal(initial_inputs, state["inputs"], root="inputs"):
             raise StepPlanError(f"run {self.run_id!r} was started with other inputs; resume it with "
                                 "initial_inputs=None (or the same inputs)", run_id=self.run_id)
         state = {**state, "steps": plan}

@@ -33,10 +33,10 @@ unpacker with the leaf decoders of tags.py.
 from __future__ import annotations
 
 from .decode import UNPACK_MAX_DEPTH, decode_state
-from .encode import EncodedList, EncodedMap, encode_state, encode_state_buffer, encoded
+from .encode import EncodedList, EncodedMap, encode_state, encode_state_buffer, encoded, exactly_equal
 from .spliced import Encoded
 from .tags import CODEC_MSGPACK, MAX_DEPTH
 
 __all__ = [
     "CODEC_MSGPACK", "MAX_DEPTH", "UNPACK_MAX_DEPTH", "encode_state", "encode_state_buffer", "decode_state",
-    "Encoded", "EncodedList", "EncodedMap", "encoded"]
+    "Encoded", "EncodedList", "EncodedMap", "encoded", "exactly_equal"]

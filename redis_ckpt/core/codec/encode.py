@@ -48,6 +48,27 @@ def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top
     return encode_carefully(state, root, pack_buffer if as_buffer else pack, limit)
 
 
+def exactly_equal(a: object, b: object, *, root: str = "state") -> bool:
+    """Whether ``a`` and ``b`` are the same state as this codec stores it: the same types and
+    exact values (NaN is NaN; 1, True and 1.0 differ, so do 0.0 and -0.0, Decimal 1.0 and 1.00,
+    datetimes of one instant in two zones), dict entries and set members in any order.
+    :class:`UnsupportedTypeError` (naming ``root``) when either cannot be stored."""
+    return encode_state(a, root=root) == encode_state(b, root=root) or _ordered(a) == _ordered(b)
+
+
+def _ordered(value: Any) -> bytes:
+    """The exact encoding of ``value`` with its dicts' entries and its sets' members sorted by
+    their own (a value already encoded once, so well formed)."""
+    kind = type(value)
+    if kind is dict:
+        return encode_state(["dict", sorted([_ordered(k), _ordered(v)] for k, v in value.items())])
+    if kind is set or kind is frozenset:
+        return encode_state([kind.__name__, sorted(_ordered(m) for m in value)])
+    if kind is list or kind is tuple:
+        return encode_state([kind.__name__, [_ordered(v) for v in value]])
+    return encode_state(value)
+
+
 def encoded(value: Any, *, root: str = "state") -> Encoded:
     """``value`` encoded now, to sit in a state's top-level dict (see spliced.py); refused,
     naming ``root``, when the codec cannot store it exactly."""
