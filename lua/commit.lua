@@ -81,6 +81,8 @@
 --                                  this commit did not stage: stage them and resend
 --   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed
 --   "NEED_SHARED <n>"              under a retention: x:refs names n shared chunks, not all passed
+--   "DAMAGED <where> <value>"      the fence, or the head's generation, retention_ms, epoch or
+--                                  kept, holds what no script writes (as in acquire.lua)
 --   "RETAINED <ms>"                a "dedup" commit on a run under a retention (shared chunks
 --                                  would expire with the generation that staged them): the
 --                                  caller's staged keys are removed; commit it not shared
@@ -169,6 +171,18 @@ local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch, h_token, h_size, h_chunks, 
       h_retention =
   unpack(redis.call('HMGET', KEYS[2], 'generation', 'commit_id', 'kept', 'kept_ids', 'kept_ms', 'epoch',
                     'token', 'size', 'chunks', 'schema_version', 'codec', 'owner', 'retention_ms'))
+-- what no script writes (changed by hand, a partial restore) is refused before anything is
+-- written, as acquire.lua does: arithmetic on it would fail partway, after earlier writes
+local function damaged(where, value)
+  return redis.error_reply('DAMAGED ' .. where .. ' ' .. string.gsub(value, '%c', '?'))
+end
+if not string.match(fence_s, '^%d+$') then return damaged('fence', fence_s) end
+for where, v in pairs({['head.generation'] = h_gen, ['head.retention_ms'] = h_retention, ['head.epoch'] = h_epoch}) do
+  if v and not string.match(v, '^%d+$') then return damaged(where, v) end  -- false: no such field
+end
+for e in string.gmatch(h_kept or '', '[^,]+') do
+  if not (string.match(e, '^%d+$') or string.match(e, '^%d+:%d+$')) then return damaged('head.kept', h_kept) end
+end
 if retention == 0 and h_retention then retention = tonumber(h_retention) or 0 end
 local current = tonumber(h_gen or '0')
 local current_s = h_gen or '0'

@@ -207,6 +207,22 @@ def test_acquire_on_a_damaged_fence_writes_nothing(store, client, namespace):
     assert client.hgetall(f"{namespace}:{{r}}:lease") == lease
 
 
+@pytest.mark.parametrize("field,value", [("generation", "abc"), ("kept", "x,y"), ("kept", "1,2:x")])
+def test_a_commit_onto_a_damaged_head_writes_nothing(store, client, namespace, field, value):
+    """A holder whose run's head was damaged after it acquired: its commit is refused, typed,
+    and changes nothing (a Lua error partway through would leave what ran before it)."""
+    lease = store.acquire("r", owner="a", ttl=30)
+    lease.commit({"n": 1})
+    head = f"{namespace}:{{r}}:head"
+    client.hset(head, field, value)
+    before = client.hgetall(head), client.get(f"{namespace}:{{r}}:fence"), client.xlen(f"{namespace}:{{r}}:events")
+    with pytest.raises(CorruptCheckpointError) as e:
+        lease.commit({"n": 2})
+    assert e.value.run_id == "r" and field in str(e.value)
+    assert (client.hgetall(head), client.get(f"{namespace}:{{r}}:fence"),
+            client.xlen(f"{namespace}:{{r}}:events")) == before
+
+
 def _cli(args: list[str], server, namespace: str):
     result = CliRunner().invoke(cli, [*args, "--url", server.url, "--namespace", namespace])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info

@@ -29,7 +29,7 @@ from ...models import Event, now_ms
 from ..chunks import encode_manifest, split
 from ..codec import CODEC_MSGPACK, MAX_DEPTH, encode_state_buffer
 from ..config import MAX_INT, check_int
-from ..contract import CommitFields, commit_generation, commit_script, entry, head_of, kept, refusal
+from ..contract import CommitFields, commit_generation, commit_script, damaged_refusal, entry, head_of, kept, refusal
 from ..frame import FrameParts, decode_frame, decode_payload, encode_frame_parts, frame_checksum
 from ..replies import hash_of
 from ..keys import RunKeys, validate_owner
@@ -246,6 +246,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             return outcome_unknown(run_id, refusal(reply), what)
         if reply.code == "OUT_OF_RANGE":
             return out_of_range(run_id, refusal(reply), what)
+        if reply.code == "DAMAGED":
+            return damaged_refusal(run_id, refusal(reply))
         return reply
 
     def with_keys(self, build: Build, entries: list[str], route: str, before: Sequence[Cmd] = (), *,
