@@ -12,20 +12,36 @@
 --            and the shared chunks x:<address> it names (all deleted)
 -- ARGV[1]  who deleted (free text for the audit event)
 -- ARGV[2]  events stream max length
--- ARGV[3]  number of generation entries d
--- ARGV[4 .. 3+d]  generation entries "<g>:<chunks>"
--- ARGV[4+d ..]    staged commits "<cid>:<count>" (as the caller read them from the staging hash)
+-- ARGV[3]  delete id (random, one per call; "" none): kept in the audit event
+-- ARGV[4]  number of generation entries d
+-- ARGV[5 .. 4+d]  generation entries "<g>:<chunks>"
+-- ARGV[5+d ..]    staged commits "<cid>:<count>" (as the caller read them from the staging hash)
 --
--- Returns {new_fence, generations_deleted}; the fence as the exact string INCR stored.
+-- Returns {new_fence, generations_deleted}; the fence as the exact string INCR stored. A
+-- resend of a delete that applied (its reply lost) finds its id in one of the last RECENT
+-- audit events and answers what that attempt did: the fence now, the generations it deleted
+-- (nothing written).
 -- Errors (nothing written):
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed
 -- Staged keys registered after the caller read the staging hash are not passed: they expire
 -- with their TTL (their commits are fenced by the bumped fence).
-local nd = tonumber(ARGV[3])
+local RECENT = 16
+local delete_id = ARGV[3]
+if delete_id ~= '' then
+  for _, e in ipairs(redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', RECENT)) do
+    local f, seen = e[2], {}
+    for i = 1, #f - 1, 2 do seen[f[i]] = f[i + 1] end
+    if seen.kind == 'delete' and seen.id == delete_id then
+      return {redis.call('GET', KEYS[1]) or '0', tonumber(seen.generations) or 0}
+    end
+  end
+end
+
+local nd = tonumber(ARGV[4])
 local h_kept = redis.call('HGET', KEYS[3], 'kept')
 local offered = {}
-for i = 4, 3 + nd do offered[ARGV[i]] = true end
+for i = 5, 4 + nd do offered[ARGV[i]] = true end
 local missing = {}
 if h_kept and h_kept ~= '' then
   for entry in string.gmatch(h_kept, '[^,]+') do
@@ -38,8 +54,8 @@ if #missing > 0 then
 end
 
 local k = 6
-for i = 4, 3 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
-for i = 4 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
+for i = 5, 4 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
+for i = 5 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
 if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
   local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
   for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = true end
@@ -50,7 +66,7 @@ end
 
 local deleted = 0
 k = 6
-for i = 4, 3 + nd do
+for i = 5, 4 + nd do
   local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
   deleted = deleted + redis.call('DEL', KEYS[k])
   for j = 1, c do redis.call('DEL', KEYS[k + j]) end
@@ -63,7 +79,7 @@ local fence = redis.call('GET', KEYS[1])
 local t = redis.call('TIME')
 local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'delete', 'by', ARGV[1],
-  'fence', fence, 'generations', deleted, 'ms', now)
+  'fence', fence, 'generations', deleted, 'ms', now, 'id', delete_id)
 if redis.call('PTTL', KEYS[4]) == -1 then  -- recreated on a run under a retention: expire with its fence
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then redis.call('PEXPIRE', KEYS[4], left) end

@@ -265,3 +265,23 @@ def test_the_async_store_recognises_its_resend_too(proxy, worker_b, namespace):
             await a.close()
 
     asyncio.run(scenario())
+
+
+def test_a_delete_resent_after_its_reply_was_lost_reports_what_it_deleted(proxy, worker_a, worker_b):
+    """The first attempt applies and its reply is lost; the resend finds its own audit event
+    and answers as the first attempt did: the generations this call deleted, the fence bumped
+    once, one delete event (it used to delete nothing more and say 0, bump the fence again and
+    write a second event)."""
+    lease = first_commit(worker_a, "job", ttl=30)
+    lease.commit({"step": 2})
+    lease.commit({"step": 3})
+    worker_a.delete("warm", by="ops")  # delete.lua cached on the server
+    fence = worker_b.info("job").fence
+    proxy.arm("lose-reply", SCRIPTS.sha("delete").encode())
+    bg = Background(lambda: worker_a.delete("job", by="ops"))
+    assert proxy.answered.wait(20), "the delete never reached the server"
+    proxy.cut()
+    assert bg.result() == 3
+    assert worker_b.info("job").fence == fence + 1
+    assert [e.kind for e in worker_b.events("job")].count("delete") == 1
+    assert worker_b.delete("job", by="ops") == 0  # another call: nothing more to delete

@@ -94,7 +94,7 @@ SCRIPT_ARGV = {
     "renew": (("token", "token"), ("ttl_ms", "new ttl"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "release": (("token", "token"), ("owner", "owner"), ("maxlen", "events stream max length")),
     "revoke": (("by", "who revoked"), ("maxlen", "events stream max length")),
-    "delete": (("by", "who deleted"), ("maxlen", "events stream max length"),
+    "delete": (("by", "who deleted"), ("maxlen", "events stream max length"), ("delete_id", "delete id"),
                ("entries", "number of generation entries")),
     "retain": (("token", "token"), ("owner", "owner"), ("retention_ms", "retention"), ("margin_ms", "fence margin"),
                ("maxlen", "events stream max length"), ("entries", "number of generation entries")),
@@ -151,12 +151,14 @@ def load_script(k: RunKeys, guesses: Sequence[int]) -> Script:
     return Script("load", [k.head, *(k.generation(g) for g in guesses)], list(guesses))
 
 
-def delete_script(k: RunKeys, *, by: str, maxlen: int, entries: Sequence[str], staged: Sequence[str],
-                  shared: Sequence[str] = ()) -> Script:
-    """delete.lua; ``shared``: the addresses of the run's shared chunks (its x:refs fields)."""
+def delete_script(k: RunKeys, *, by: str, maxlen: int, delete_id: str, entries: Sequence[str],
+                  staged: Sequence[str], shared: Sequence[str] = ()) -> Script:
+    """delete.lua; ``delete_id``: one per call, the same in every attempt (a resend of an
+    applied one answers what it did); ``shared``: the addresses of the run's shared chunks
+    (its x:refs fields)."""
     return Script("delete", [k.fence, k.lease, k.head, k.events, k.staging, *drop_keys(k, entries),
                              *stage_keys(k, staged), k.refs, *(k.shared(a) for a in shared)],
-                  [by, maxlen, len(entries), *entries, *staged])
+                  [by, maxlen, delete_id, len(entries), *entries, *staged])
 
 
 def retain_script(k: RunKeys, *, token: int, owner: str, retention_ms: int, margin_ms: int, maxlen: int,

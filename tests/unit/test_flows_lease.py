@@ -94,10 +94,12 @@ def test_delete_passes_every_kept_generation_and_the_staged_commits():
                  [[b"8", 3], OK_FSYNC])
     assert s.run(core().delete_flow("r", "admin")) == 3
     first, second = s.scripts("delete")
-    assert first.args == ["admin", 1000, 2, "2:0", "3:2", "c1:1"]
+    delete_id = first.args[2]  # one per call, the same in every attempt (a resend of an applied one is known)
+    assert isinstance(delete_id, str) and len(delete_id) == 16
+    assert first.args == ["admin", 1000, delete_id, 2, "2:0", "3:2", "c1:1"]
     assert first.keys[5:] == [K.generation(2), K.generation(3), K.chunk(3, 0), K.chunk(3, 1), K.stage("c1", 0),
                               K.refs]
-    assert second.args[2:6] == [3, "2:0", "3:2", "4:0"]
+    assert second.args[2:7] == [delete_id, 3, "2:0", "3:2", "4:0"]
 
 
 def test_acquire_under_a_retention_passes_the_kept_generations_it_is_asked_for():

@@ -3,6 +3,7 @@ delete (the run's data goes, its fence stays as a tombstone)."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -95,9 +96,11 @@ class AdminFlows(CommitFlows, FlowsBase):
         registered: list[str] = []
         shared: list[str] = []  # the run's shared chunks (x:refs), all deleted with it
 
+        delete_id = os.urandom(8).hex()  # the same in every attempt: a resend of an applied one is known
+
         def build(entries: list[str], _dead: list[str], _strict: bool) -> Any:
-            return delete_script(k, by=by, maxlen=self.config.events_maxlen, entries=entries, staged=registered,
-                                 shared=shared)
+            return delete_script(k, by=by, maxlen=self.config.events_maxlen, delete_id=delete_id, entries=entries,
+                                 staged=registered, shared=shared)
 
         def body() -> Flow[int]:
             for _ in range(SHARED_SENDS):  # NEED_SHARED: the shared chunks changed meanwhile
