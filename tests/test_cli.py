@@ -590,6 +590,39 @@ def test_export_to_stdout(store: CheckpointStore, durable_server: Any, namespace
     assert "exported run 'job' generation 1" in result.stderr
 
 
+def test_export_into_a_fifo_or_through_a_symlink_writes_into_it_and_keeps_it(
+        store: CheckpointStore, durable_server: Any, namespace: str, tmp_path: Path) -> None:
+    """The export used to write a temporary file and rename it over the path: run as root,
+    'export ... -o /dev/null' replaced the device with a regular file, and a symlink became a
+    file of its own. A path that is not a regular file is written in place, a symlink's target
+    is the file replaced."""
+    import os
+    import stat
+    import threading
+
+    with store.acquire("job", owner="w", ttl=30) as lease:
+        lease.commit({"i": 1})
+    frame = store.export_frame("job")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = invoke(["export", "job", "-o", str(fifo)], url=durable_server.url, namespace=namespace)
+    reader.join(30)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got == [frame]
+    target = tmp_path / "frames" / "job.rckp"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "latest.rckp"
+    link.symlink_to(target)
+    result = invoke(["export", "job", "-o", str(link)], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and target.read_bytes() == frame
+    assert sorted(p.name for p in target.parent.iterdir()) == ["job.rckp"]  # no temporary file left
+
+
 # --------------------------------------------------------------------------- passwords
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 from typing import IO, Any
 
@@ -82,14 +83,25 @@ def delete(cfg: CliConfig, run: str, yes: bool, by: str | None) -> None:
 
 
 def _write_atomically(path: str, blob: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".redis-ckpt-export-", dir=directory)
+    """A regular file (or a new one) is replaced whole by a rename, never left half written; a
+    symlink's target is the file replaced. Anything else (/dev/null, a FIFO, a terminal) is
+    written in place: a rename over it would replace the device node with a file."""
+    real = os.path.realpath(path)
+    try:
+        special = not stat.S_ISREG(os.stat(real).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(real, "wb") as fh:
+            fh.write(blob)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".redis-ckpt-export-", dir=os.path.dirname(real))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, real)
     except BaseException:
         try:
             os.unlink(tmp)
