@@ -51,6 +51,13 @@ LOOK_AT_VALUE = frozenset((*CONTAINERS, bytearray, *FOREIGN))
 LOOK_AT_KEY = LOOK_AT_VALUE | {float, decimal.Decimal}
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 _ONE_US = dt.timedelta(microseconds=1)
+#: a Decimal's stored text is written and read under this context, never the thread's own: str()
+#: follows the thread context's ``capitals`` ("1e+5" under capitals=0), so the text, and whether
+#: it read back, depended on which thread wrote and which one loaded (only ``capitals`` and the
+#: traps matter: the text and the constructor ignore the precision and rounding)
+_DECIMAL_TEXT = decimal.Context(capitals=1, traps=[decimal.InvalidOperation])
+#: what the encoder wrote before, in a thread whose context had capitals=0 ("1e+5"): read as well
+_DECIMAL_TEXT_LOWER = decimal.Context(capitals=0, traps=[decimal.InvalidOperation])
 
 
 # ---------------------------------------------------------------- encoding (the C packer's default)
@@ -101,7 +108,7 @@ _LEAF_ENCODERS: dict[type, Callable[[Any], tuple[int, bytes]]] = {
     dt.date: lambda v: (_DATE, msgpack.packb([v.year, v.month, v.day])),
     dt.time: _encode_time,
     dt.timedelta: lambda v: (_TIMEDELTA, msgpack.packb([v.days, v.seconds, v.microseconds])),
-    decimal.Decimal: lambda v: (_DECIMAL, str(v).encode("ascii")),
+    decimal.Decimal: lambda v: (_DECIMAL, _DECIMAL_TEXT.to_sci_string(v).encode("ascii")),
     uuid.UUID: lambda v: (_UUID, v.bytes),
 }
 
@@ -149,9 +156,9 @@ def _decode_timedelta(data: bytes) -> dt.timedelta:
 
 def _decode_decimal(data: bytes) -> decimal.Decimal:
     text = data.decode("ascii")
-    value = decimal.Decimal(text)
-    if str(value) != text:  # not what str() wrote (also catches a context that does not trap errors)
-        raise ValueError(f"malformed decimal {text!r}")
+    value = decimal.Decimal(text, _DECIMAL_TEXT)  # InvalidOperation on a malformed text, in any thread
+    if _DECIMAL_TEXT.to_sci_string(value) != text and _DECIMAL_TEXT_LOWER.to_sci_string(value) != text:
+        raise ValueError(f"malformed decimal {text!r}")  # not a text the encoder writes (or wrote)
     return value
 
 
