@@ -61,3 +61,96 @@ def test_decimal_written_normally_loads_under_lowercase_context(store: Checkpoin
         ctx.capitals = 0
         ckpt = store.load("dec2")
     assert ckpt.state == {"price": decimal.Decimal("1E+5")} and not ckpt.skipped
+
+
+# ---------------------------------------------------------------- forged manifests (checksum is unkeyed)
+
+
+def _forged_shared_manifest(run_: object, gen_: object, head_: object, **over: object) -> bytes:
+    import struct
+
+    import msgpack
+    import xxhash
+
+    fields = {"run": run_, "gen": gen_, "size": 1, "head": head_, "digest": b"", "lengths": [], "avg": 1, **over}
+    body = msgpack.packb(fields, use_bin_type=True)
+    blob = struct.pack(">4sBI", b"RCKX", 1, 0) + struct.pack(">I", len(body)) + body
+    return blob + xxhash.xxh3_128_digest(blob)
+
+
+def _forged_plain_manifest(body: object) -> bytes:
+    import struct
+
+    import msgpack
+    import xxhash
+
+    packed = msgpack.packb(body, use_bin_type=True)
+    head = struct.pack(">4sBI", b"RCKM", 1, len(packed)) + packed
+    return head + xxhash.xxh3_128_digest(head)
+
+
+def test_shared_manifest_int_head_is_bad_header_and_allocates_nothing_big() -> None:
+    import tracemalloc
+
+    from redis_ckpt.core import dedup
+    from redis_ckpt.errors import FrameDamage, FrameError
+
+    for head in (2**62, 64_000_000):  # bytes(n) of an int allocates n bytes
+        blob = _forged_shared_manifest("r", 1, head)
+        tracemalloc.start()
+        try:
+            with pytest.raises(FrameError) as info:
+                dedup.read_manifest(blob, run_id="r", generation=1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert info.value.reason is FrameDamage.BAD_HEADER
+        assert peak < 1_000_000, f"an {len(blob)}-byte manifest made the reader allocate {peak} bytes"
+
+
+@pytest.mark.parametrize("over", [
+    {"digest": 2**40}, {"run": 7}, {"run": b"r"}, {"gen": "1"}, {"gen": True}, {"gen": 1.0}, {"size": "1"},
+    {"lengths": 5}, {"lengths": [1.0]}, {"lengths": [True]}, {"lengths": "1"}, {"avg": "1"}, {"avg": None},
+])
+def test_shared_manifest_fields_of_the_wrong_type_are_bad_header(over: dict) -> None:
+    from redis_ckpt.core import dedup
+    from redis_ckpt.errors import FrameDamage, FrameError
+
+    blob = _forged_shared_manifest("r", 1, b"x", **over)
+    with pytest.raises(FrameError) as info:
+        dedup.read_manifest(blob, run_id="r", generation=1)
+    assert info.value.reason is FrameDamage.BAD_HEADER
+
+
+@pytest.mark.parametrize("body", [
+    [1, 2], "run", {"run": "r", "gen": "1", "size": 1, "chunks": []}, {"run": b"r", "gen": 1, "size": 1, "chunks": []},
+    {"run": "r", "gen": 1, "size": 1.0, "chunks": []}, {"run": "r", "gen": 1, "size": 1, "chunks": [True]},
+    {"run": "r", "gen": 1, "size": 1, "chunks": (1).to_bytes(1, "big")}, {"run": "r", "gen": 1, "size": 1, "chunks": {1: 2}},
+])
+def test_plain_manifest_fields_of_the_wrong_type_are_bad_header(body: object) -> None:
+    from redis_ckpt.core import chunks
+    from redis_ckpt.errors import FrameDamage, FrameError
+
+    with pytest.raises(FrameError) as info:
+        chunks.read_manifest(_forged_plain_manifest(body), run_id="r", generation=1)
+    assert info.value.reason is FrameDamage.BAD_HEADER
+
+
+def test_well_formed_manifests_still_read() -> None:
+    from redis_ckpt.core import chunks, dedup
+
+    m = chunks.read_manifest(_forged_plain_manifest({"run": "r", "gen": 1, "size": 3, "chunks": [5, 2**64 - 1]}),
+                             run_id="r", generation=1)
+    assert m.chunk_sums == (5, 2**64 - 1) and m.size == 3
+    s = dedup.read_manifest(_forged_shared_manifest("r", 1, b"hh", size=3, digest=b"d"), run_id="r", generation=1)
+    assert s.head == b"hh" and s.digest == b"d" and s.lengths == () and s.avg == 1
+
+
+def test_load_falls_back_past_forged_shared_manifest(store: CheckpointStore, client) -> None:
+    with store.acquire("fm", owner="w", ttl=30) as lease:
+        lease.commit({"n": 1})
+        lease.commit({"n": 2})
+    key = [k for k in client.keys("*{fm}:g:2")][0]
+    client.set(key, _forged_shared_manifest("fm", 2, 2**62))
+    ckpt = store.load("fm")
+    assert ckpt.generation == 1 and ckpt.skipped and ckpt.state == {"n": 1}

@@ -87,7 +87,13 @@ def read_manifest(blob: bytes, *, run_id: str, generation: int) -> Manifest:
         raise bad(FrameDamage.CHECKSUM, "xxh3-128 mismatch")
     try:
         body = msgpack.unpackb(memoryview(blob)[_PREFIX.size:end], raw=False)
-        m = Manifest(str(body["run"]), int(body["gen"]), int(body["size"]), tuple(int(s) for s in body["chunks"]))
+        if type(body) is not dict:
+            raise ValueError(f"the body is a {type(body).__name__}, not a map")
+        fields = (body["run"], body["gen"], body["size"], body["chunks"])
+        # exact types, checked before anything is converted: the checksum is unkeyed (forgeable)
+        if [type(f) for f in fields] != [str, int, int, list] or not set(map(type, fields[3])) <= {int}:
+            raise ValueError("a field of the wrong type")
+        m = Manifest(fields[0], fields[1], fields[2], tuple(fields[3]))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise bad(FrameDamage.BAD_HEADER, f"unreadable body ({exc})") from None
     if m.run_id != run_id:

@@ -266,6 +266,23 @@ def is_manifest(blob: Any) -> bool:
     return blob is not None and bytes(blob[:4]) == MAGIC
 
 
+def _exact_fields(body: Any) -> tuple[str, int, int, bytes, bytes, tuple[int, ...], int]:
+    """(run, gen, size, head, digest, lengths, avg) of a manifest's decoded body, each of its
+    exact type, else ValueError. Nothing is converted before it is checked: the checksum is
+    unkeyed, so a forged body is well checksummed, and ``bytes(n)`` of an int "head" would
+    allocate n bytes (a MemoryError out of load instead of a fallback)."""
+    if type(body) is not dict:
+        raise ValueError(f"the body is a {type(body).__name__}, not a map")
+    fields = (body["run"], body["gen"], body["size"], body["head"], body["digest"], body["lengths"],
+              body.get("avg", AVG_CHUNK))
+    if [type(f) for f in fields] != [str, int, int, bytes, bytes, list, int]:
+        raise ValueError("a field of the wrong type")
+    lengths = fields[5]
+    if not set(map(type, lengths)) <= {int} or (lengths and min(lengths) < 0):
+        raise ValueError("chunk lengths that are not sizes")
+    return (*fields[:5], tuple(lengths), fields[6])  # type: ignore[return-value]
+
+
 def read_manifest(blob: bytes, *, run_id: str, generation: int) -> SharedManifest:
     """The verified manifest of generation ``generation``, else FrameError naming why."""
     def bad(reason: FrameDamage, detail: str) -> FrameError:
@@ -291,9 +308,8 @@ def read_manifest(blob: bytes, *, run_id: str, generation: int) -> SharedManifes
         text = bytes(view[_PREFIX.size:at]).decode("ascii")
         addresses = tuple(text[i:i + _HEX] for i in range(0, len(text), _HEX))
         body = msgpack.unpackb(view[at + _U32.size:end], raw=False)
-        m = SharedManifest(str(body["run"]), int(body["gen"]), int(body["size"]), bytes(body["head"]),
-                           bytes(body["digest"]), addresses, tuple(int(n) for n in body["lengths"]),
-                           int(body.get("avg", AVG_CHUNK)))
+        run, gen, size, head, digest, lengths, avg = _exact_fields(body)
+        m = SharedManifest(run, gen, size, head, digest, addresses, lengths, avg)
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise bad(FrameDamage.BAD_HEADER, f"unreadable body ({exc})") from None
     if len(m.lengths) != count or len(m.head) + sum(m.lengths) + len(m.digest) != m.size:
