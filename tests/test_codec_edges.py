@@ -154,3 +154,83 @@ def test_load_falls_back_past_forged_shared_manifest(store: CheckpointStore, cli
     client.set(key, _forged_shared_manifest("fm", 2, 2**62))
     ckpt = store.load("fm")
     assert ckpt.generation == 1 and ckpt.skipped and ckpt.state == {"n": 1}
+
+
+# ---------------------------------------------------------------- depth of spliced values: where they are stored
+
+
+def _nest(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _nest_dicts(levels: int) -> object:  # through the careful path (a tuple at the bottom)
+    value: object = (1,)
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("nest", [_nest, _nest_dicts])
+def test_encoded_value_is_bounded_where_it_sits(nest) -> None:
+    from redis_ckpt import encoded
+    from redis_ckpt.core.codec import MAX_DEPTH
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    # spliced under a key of the top-level dict, it sits one level down: as deep as a plain value there
+    encode_state({"a": nest(MAX_DEPTH - 1)})
+    data = encode_state({"a": encoded(nest(MAX_DEPTH - 1))})
+    assert decode_state(data, max_depth=MAX_DEPTH) == {"a": nest(MAX_DEPTH - 1)}
+    with pytest.raises(UnsupportedTypeError):
+        encode_state({"a": nest(MAX_DEPTH)})
+    with pytest.raises(UnsupportedTypeError):
+        encoded(nest(MAX_DEPTH))  # was accepted: its state then failed import's depth check
+
+
+@pytest.mark.parametrize("nest", [_nest, _nest_dicts])
+def test_plain_value_beside_an_encoded_one_is_bounded_where_it_sits(nest) -> None:
+    from redis_ckpt import encoded
+    from redis_ckpt.core.codec import MAX_DEPTH
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    data = encode_state({"e": encoded(1), "v": nest(MAX_DEPTH - 1)})
+    assert decode_state(data, max_depth=MAX_DEPTH) == {"e": 1, "v": nest(MAX_DEPTH - 1)}
+    with pytest.raises(UnsupportedTypeError) as info:
+        encode_state({"e": encoded(1), "v": nest(MAX_DEPTH)})
+    assert info.value.path.startswith("state['v']")
+
+
+@pytest.mark.parametrize("nest", [_nest, _nest_dicts])
+def test_encoded_map_and_list_items_are_bounded_where_they_sit(nest) -> None:
+    from redis_ckpt import EncodedList, EncodedMap
+    from redis_ckpt.core.codec import MAX_DEPTH
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    m, items = EncodedMap(), EncodedList()
+    m.add("k", nest(MAX_DEPTH - 2))  # the map sits at depth 1, its values at depth 2
+    items.add(nest(MAX_DEPTH - 2))
+    data = encode_state({"m": m.encoded(), "l": items.encoded()})
+    assert decode_state(data, max_depth=MAX_DEPTH) == {"m": {"k": nest(MAX_DEPTH - 2)}, "l": [nest(MAX_DEPTH - 2)]}
+    with pytest.raises(UnsupportedTypeError):
+        m.add("deeper", nest(MAX_DEPTH - 1))
+    with pytest.raises(UnsupportedTypeError):
+        items.add(nest(MAX_DEPTH - 1))
+    assert len(m) == 1 and len(items) == 1
+
+
+def test_spliced_state_at_depth_limit_can_be_forked(store: CheckpointStore) -> None:
+    from redis_ckpt import encoded
+    from redis_ckpt.core.codec import MAX_DEPTH
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    with store.acquire("deep", owner="w", ttl=30) as lease:
+        lease.commit({"a": encoded(_nest(MAX_DEPTH - 1))}, metadata={"m": encoded(_nest(MAX_DEPTH - 1))})
+        with pytest.raises(UnsupportedTypeError):
+            lease.commit({"a": encoded(1), "b": _nest(MAX_DEPTH)})
+        with pytest.raises(UnsupportedTypeError):
+            lease.commit({"x": 1}, metadata={"e": encoded(1), "m": _nest(MAX_DEPTH)})
+    store.fork("deep", "deep-copy")  # was refused: "containers nested more than 128 levels deep"
+    ckpt = store.load("deep-copy")
+    assert ckpt.state == {"a": _nest(MAX_DEPTH - 1)} and ckpt.metadata["m"] == _nest(MAX_DEPTH - 1)

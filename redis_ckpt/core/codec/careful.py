@@ -65,10 +65,11 @@ def too_large(root: str, spent: int, limit: int) -> StateTooLargeError:
     )
 
 
-def encode_carefully(state: object, root: str, pack: Any, limit: int | None) -> bytes | memoryview:
+def encode_carefully(state: object, root: str, pack: Any, limit: int | None, depth: int = 0) -> bytes | memoryview:
+    """``state`` packed, checked as stored ``depth`` levels down (see plain.scan)."""
     budget = _Budget(limit)
     try:
-        out = pack(_prepare_root(state, budget))
+        out = pack(_prepare_root(state, budget, depth))
     except _TooLarge:
         raise too_large(root, budget.spent, limit) from None  # type: ignore[arg-type]
     except (_Refused, TypeError, ValueError, OverflowError, RecursionError) as exc:
@@ -79,7 +80,7 @@ def encode_carefully(state: object, root: str, pack: Any, limit: int | None) -> 
     else:
         return checked_size(out, root, limit)  # type: ignore[no-any-return]
     try:
-        problem = find_problem(state, root, 0, {}, in_key=False)
+        problem = find_problem(state, root, depth, {}, in_key=False)
     except RecursionError:
         problem = None
     except RuntimeError as exc:
@@ -96,13 +97,13 @@ def _changed(root: str, exc: BaseException) -> StateError:
                       "it; commit a copy, or hold one lock around the changes and the commit")
 
 
-def _prepare_root(state: Any, budget: _Budget) -> Any:
+def _prepare_root(state: Any, budget: _Budget, depth: int) -> Any:
     """``state`` ready for the packer; a top-level str/bytes over the limit is refused before any copy."""
     kind = type(state)
     budget.spent = 1 + len(state) if kind in SIZED else 1
     if budget.spent > budget.limit:
         raise _TooLarge
-    return _prepare(state, 0, budget) if kind in LOOK_AT_VALUE else state
+    return _prepare(state, depth, budget) if kind in LOOK_AT_VALUE else state
 
 
 def _spend(budget: _Budget, items: Any, types: set, extra: int = 0) -> None:

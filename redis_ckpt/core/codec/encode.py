@@ -29,13 +29,24 @@ def encode_state_buffer(state: object, *, root: str = "state", limit: int | None
     return _encode(state, root, limit, as_buffer=True, top=True)  # type: ignore[return-value]
 
 
-def _value(value: object, root: str, limit: int | None) -> bytes:
-    return _encode(value, root, limit, as_buffer=False, top=False)  # type: ignore[return-value]
+def _value(value: object, root: str, limit: int | None, depth: int) -> bytes:
+    """The encoding of ``value``, to be stored ``depth`` container levels down in a state (so
+    bounded to MAX_DEPTH - depth levels of its own: what decoding the whole state with
+    max_depth=MAX_DEPTH, as fork and import do, accepts)."""
+    return _encode(value, root, limit, as_buffer=False, top=False, depth=depth)  # type: ignore[return-value]
 
 
-def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top: bool) -> bytes | memoryview:
+#: how deep a value spliced into a top-level dict is stored: encoded() and the plain values
+#: beside it sit under a key of the top-level dict; an EncodedMap's values and an
+#: EncodedList's items one level further down
+_SPLICED_DEPTH = 1
+_GROWN_DEPTH = 2
+
+
+def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top: bool,
+            depth: int = 0) -> bytes | memoryview:
     try:
-        keys = scan(state, limit)  # an Encoded is no type it knows: None at the first level
+        keys = scan(state, limit, depth)  # an Encoded is no type it knows: None at the first level
     except OverLimit as over:
         raise too_large(root, over.spent, limit) from None  # type: ignore[arg-type]
     if keys is not None:
@@ -43,9 +54,9 @@ def _encode(state: object, root: str, limit: int | None, *, as_buffer: bool, top
         if out is not None:
             return checked_size(out, root, limit)  # type: ignore[no-any-return]
     if top and holds_encoded(state):
-        out = encode_spliced(state, root, limit, _value)  # type: ignore[arg-type]
+        out = encode_spliced(state, root, limit, lambda v, path, left: _value(v, path, left, _SPLICED_DEPTH))
         return memoryview(out) if as_buffer else out
-    return encode_carefully(state, root, pack_buffer if as_buffer else pack, limit)
+    return encode_carefully(state, root, pack_buffer if as_buffer else pack, limit, depth)
 
 
 def exactly_equal(a: object, b: object, *, root: str = "state") -> bool:
@@ -71,8 +82,9 @@ def _ordered(value: Any) -> bytes:
 
 def encoded(value: Any, *, root: str = "state") -> Encoded:
     """``value`` encoded now, to sit in a state's top-level dict (see spliced.py); refused,
-    naming ``root``, when the codec cannot store it exactly."""
-    data = _value(value, root, None)
+    naming ``root``, when the codec cannot store it exactly there (also: containers nesting
+    more than MAX_DEPTH - 1 levels, as for a plain value under a top-level key)."""
+    data = _value(value, root, None, _SPLICED_DEPTH)
     return mint((data,), len(data))
 
 
@@ -115,7 +127,7 @@ class EncodedMap:
                                        path=root, type_name=type(key).__name__)
         if key in self._keys:
             raise ValueError(f"{root}: key {key!r} is already in the map")
-        piece = _value(key, root, None) + _value(value, f"{root}[{key!r}]", None)
+        piece = _value(key, root, None, _GROWN_DEPTH) + _value(value, f"{root}[{key!r}]", None, _GROWN_DEPTH)
         with _GROWING:
             if key in self._keys:  # added by another thread meanwhile
                 raise ValueError(f"{root}: key {key!r} is already in the map")
@@ -146,7 +158,7 @@ class EncodedList:
         return len(self._pieces)
 
     def add(self, item: Any, *, root: str = "state") -> None:
-        piece = _value(item, f"{root}[{len(self._pieces)}]", None)
+        piece = _value(item, f"{root}[{len(self._pieces)}]", None, _GROWN_DEPTH)
         with _GROWING:
             self._pieces.append(piece)
             self._size += len(piece)

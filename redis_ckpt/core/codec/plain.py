@@ -68,7 +68,7 @@ class OverLimit(Exception):
         self.spent = spent
 
 
-def scan(state: object, limit: int | None) -> int | None:
+def scan(state: object, limit: int | None, depth: int = 0) -> int | None:
     """Whether ``state`` can take the fast path: what is known of its dict keys (0,
     FLOAT_KEYS, OTHER_KEYS or'ed) when every value in it is of an IN_C type and containers
     nest at most MAX_DEPTH levels; None when the careful path must look; :class:`OverLimit`
@@ -80,13 +80,14 @@ def scan(state: object, limit: int | None) -> int | None:
     item takes at least one byte plus, for a str or bytes, its length; a container's len()
     counts one byte for each of its items (and 1 for the root's own header). Keys: on a
     level of containers alone, the next level holds keys exactly when it holds more items
-    than the containers' lengths add up to.
+    than the containers' lengths add up to. ``depth``: the level ``state`` itself is stored
+    at (a value spliced into a state's top-level dict: 1, or 2 inside an EncodedMap/EncodedList).
     """
     level: list[Any] = [state]
     spent = 1
     keys = False  # whether this level may hold dict keys
     found = 0
-    for depth in range(MAX_DEPTH + 1):
+    for depth in range(depth, MAX_DEPTH + 1):
         kinds = set(map(type, level))
         if not kinds <= IN_C:
             return None

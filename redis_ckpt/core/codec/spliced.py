@@ -13,7 +13,9 @@ decodes as it always did.
 Where one may sit: a value of the state's top-level dict, whose keys must then be str (no
 NaN or other key to check). Anywhere else it is a type the codec does not know, refused
 with :class:`UnsupportedTypeError` naming its path. The top-level dict's other values are
-encoded as usual, each under what is left of the size limit.
+encoded as usual, each under what is left of the size limit. Every piece is checked at the
+depth it is stored at (a value under a top-level key at depth 1, an EncodedMap's values and an
+EncodedList's items at 2): a state accepted here is one fork and import accept.
 """
 
 from __future__ import annotations
