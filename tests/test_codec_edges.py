@@ -234,3 +234,70 @@ def test_spliced_state_at_depth_limit_can_be_forked(store: CheckpointStore) -> N
     store.fork("deep", "deep-copy")  # was refused: "containers nested more than 128 levels deep"
     ckpt = store.load("deep-copy")
     assert ckpt.state == {"a": _nest(MAX_DEPTH - 1)} and ckpt.metadata["m"] == _nest(MAX_DEPTH - 1)
+
+
+# ---------------------------------------------------------------- an object's own dict (Python 3.13+: values inline)
+
+
+class _Job:
+    pass
+
+
+_ALIVE: list[_Job] = []  # an instance dict keeps its values inline only while its object lives
+
+
+def _job_dict(**attrs: object) -> dict:
+    job = _Job()
+    for name, value in attrs.items():
+        setattr(job, name, value)
+    _ALIVE.append(job)
+    return vars(job)  # on 3.13+ its values live in the object: gc.get_referents(it) == []
+
+
+@pytest.fixture(params=["native", "simulated"])
+def hidden_values(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'native': this Python's own get_referents (hides an instance dict's values from 3.13 on);
+    'simulated': on any Python, a get_referents that hides them as 3.13's does."""
+    import gc
+    import types
+
+    from redis_ckpt.core.codec import plain
+
+    if request.param == "native":
+        return
+    real = gc.get_referents
+
+    def get_referents(*objs: object) -> list:
+        return real(*(o for o in objs if not (type(o) is dict and "_hidden" in o)))
+
+    monkeypatch.setattr(plain, "gc", types.SimpleNamespace(get_referents=get_referents))
+    monkeypatch.setattr(plain, "_INLINE_VALUES", True, raising=False)
+
+
+def _hide(d: dict) -> dict:
+    d["_hidden"] = 1  # what the simulated get_referents hides (harmless for the native one)
+    return d
+
+
+@pytest.mark.usefixtures("hidden_values")
+@pytest.mark.parametrize("where", ["root", "in list", "in dict", "beside scalars"])
+def test_instance_dict_keeps_bytearray(where: str) -> None:
+    d = _hide(_job_dict(buf=bytearray(b"abc")))
+    state = {"root": d, "in list": [d, d], "in dict": {"job": d}, "beside scalars": [1, "x", d, {1: 2}]}[where]
+    out = decode_state(encode_state(state))
+    assert out == state
+    found = out if where == "root" else out[0] if where == "in list" else out["job"] if where == "in dict" else out[2]
+    assert type(found["buf"]) is bytearray
+
+
+@pytest.mark.usefixtures("hidden_values")
+def test_instance_dict_depth_is_bounded() -> None:
+    from redis_ckpt.core.codec import MAX_DEPTH
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    with pytest.raises(UnsupportedTypeError):
+        encode_state(_hide(_job_dict(deep=_nest(MAX_DEPTH + 50))))
+    with pytest.raises(UnsupportedTypeError):
+        encode_state([_hide(_job_dict(deep=_nest(MAX_DEPTH - 1)))])
+    state = _hide(_job_dict(deep=_nest(MAX_DEPTH - 1)))
+    assert decode_state(encode_state(state)) == state

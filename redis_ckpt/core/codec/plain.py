@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import gc
 import re
-from operator import length_hint
+import sys
+from itertools import compress
+from operator import gt, length_hint
 from typing import Any
 
 import msgpack
@@ -51,6 +53,11 @@ _SCAN_CAP = 1 << 21
 #: encode (never in valid UTF-8, where 0xcb needs 0x80-0xbf after it)
 _HUGE_FLOAT = re.compile(rb"\xcb[\x7f\xff]")
 _CONTAINERS_PLAIN = frozenset((list, dict))
+_IS_DICT = frozenset((dict,)).__contains__
+#: from Python 3.13 an object's own dict (``vars(obj)``) may keep its values inline in the
+#: object, and gc.get_referents of that dict leaves them out (the object visits them): a
+#: level holding one would hide what is below it (a bytearray packed as bin, any depth)
+_INLINE_VALUES = sys.version_info >= (3, 13)
 # What scan finds about the dict keys of a state that can take the fast path (0: every key
 # may be a str: ormsgpack packs the state, or refuses a key that is not), or'ed:
 FLOAT_KEYS = 1  # a float may be one: where msgpack packs the state, a NaN in it must be looked for
@@ -116,11 +123,21 @@ def scan(state: object, limit: int | None, depth: int = 0) -> int | None:
                     return None
         if len(below) > _SCAN_CAP:
             return None
+        if _INLINE_VALUES and dict in kinds and _hides_values(level, kinds):
+            return None  # the careful path reads such a dict's values itself
         keys = dict in kinds and len(below) != items  # always, on a level that holds more than containers
         if keys and items >= 0:
             found |= OTHER_KEYS  # only a dict whose keys are not all str lets them be seen
         level = below
     return None
+
+
+def _hides_values(level: list, kinds: set) -> bool:
+    """Whether a dict on ``level`` has values gc.get_referents does not give (one whose values
+    are inline in an object, from 3.13): it gives every other dict's values, and more. A
+    get_referents call per dict, in C; only where Python has such dicts."""
+    dicts = level if len(kinds) == 1 else list(compress(level, map(_IS_DICT, map(type, level))))
+    return any(map(gt, map(len, dicts), map(len, map(gc.get_referents, dicts))))
 
 
 def _may_hold_nan(packed: bytes | memoryview) -> bool:
