@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 
 import pytest
@@ -301,3 +302,23 @@ def test_instance_dict_depth_is_bounded() -> None:
         encode_state([_hide(_job_dict(deep=_nest(MAX_DEPTH - 1)))])
     state = _hide(_job_dict(deep=_nest(MAX_DEPTH - 1)))
     assert decode_state(encode_state(state)) == state
+
+
+# ---------------------------------------------------------------- a timezone name that is not valid UTF-8
+
+
+@pytest.mark.parametrize("make", [
+    lambda tz: dt.datetime(2020, 1, 1, tzinfo=tz), lambda tz: dt.time(1, 2, tzinfo=tz),
+])
+def test_timezone_name_with_lone_surrogate_is_refused_at_its_path(make) -> None:
+    from redis_ckpt.errors import UnsupportedTypeError
+
+    tz = dt.timezone(dt.timedelta(hours=1), "ok\ud800")
+    for state, path in (({"a": [1, make(tz)]}, "state['a'][1]"), (make(tz), "state"),
+                        ({"k": {(1, make(tz)): 2}}, "state['k'][<key (1, ")):
+        with pytest.raises(UnsupportedTypeError) as info:
+            encode_state(state)
+        assert info.value.path.startswith(path)
+        assert "timezone name" in str(info.value) and "UTF-8" in str(info.value)
+    named = dt.timezone(dt.timedelta(hours=1), "ok")
+    assert decode_state(encode_state({"a": [make(named)]})) == {"a": [make(named)]}

@@ -84,7 +84,15 @@ def find_problem(
         return None
     if kind is dt.datetime or kind is dt.time:
         tz = value.tzinfo
-        if tz is None or type(tz) is dt.timezone or (type(tz) is zoneinfo.ZoneInfo and tz.key is not None):
+        if tz is None:
+            return None
+        if type(tz) is dt.timezone or (type(tz) is zoneinfo.ZoneInfo and tz.key is not None):
+            name = tz.key if type(tz) is zoneinfo.ZoneInfo else (tz.__getinitargs__()[1:] or ("",))[0]
+            try:
+                name.encode("utf-8")  # stored as a str, as the encoder writes it
+            except UnicodeEncodeError as exc:
+                return _refuse(path, type(tz), f"{kind.__name__} with a timezone name that is not valid UTF-8 "
+                                               f"(lone surrogate at index {exc.start})")
             return None
         what = "a zoneinfo.ZoneInfo without a key" if type(tz) is zoneinfo.ZoneInfo else f"tzinfo {_qualname(type(tz))}"
         return _refuse(path, type(tz), f"{kind.__name__} with {what} cannot be stored exactly; "
