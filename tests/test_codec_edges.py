@@ -322,3 +322,20 @@ def test_timezone_name_with_lone_surrogate_is_refused_at_its_path(make) -> None:
         assert "timezone name" in str(info.value) and "UTF-8" in str(info.value)
     named = dt.timezone(dt.timedelta(hours=1), "ok")
     assert decode_state(encode_state({"a": [make(named)]})) == {"a": [make(named)]}
+
+
+# ---------------------------------------------------------------- too large, with Encoded values
+
+
+@pytest.mark.parametrize("b", ["y" * 30, ["y" * 30], {"t": ("y" * 30,)}])
+def test_spliced_state_too_large_names_the_real_limit(b: object) -> None:
+    from redis_ckpt import encoded
+    from redis_ckpt.errors import StateTooLargeError
+
+    a = encoded(b"x" * 80)
+    with pytest.raises(StateTooLargeError) as info:
+        encode_state({"a": a, "b": b}, limit=100)
+    assert info.value.limit == 100, str(info.value)  # was 13: what was left for state['b']
+    assert info.value.size > 100 and info.value.size >= len(a) + 30
+    assert "limit of 100" in str(info.value) and str(info.value).startswith("state ")
+    assert len(encode_state({"a": a, "b": b})) <= 150  # the size reported is a lower bound

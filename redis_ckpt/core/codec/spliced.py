@@ -25,7 +25,7 @@ from typing import Any
 
 from msgpack import packb
 
-from ...errors import UnsupportedTypeError
+from ...errors import StateTooLargeError, UnsupportedTypeError
 from .careful import checked_size, too_large
 
 __all__ = ["Encoded", "map_header", "array_header", "mint", "holds_encoded", "encode_spliced"]
@@ -103,7 +103,10 @@ def encode_spliced(state: dict, root: str, limit: int | None, encode: Any) -> by
             parts.extend(value.parts)
             spent += value.size
         else:
-            data = encode(value, path, None if limit is None else max(limit - spent, 0))
+            try:
+                data = encode(value, path, None if limit is None else max(limit - spent, 0))
+            except StateTooLargeError as exc:  # over what was left: say so of the whole state, its limit
+                raise too_large(root, spent + exc.size, limit) from None  # type: ignore[arg-type]
             parts.append(data)
             spent += len(data)
         if limit is not None and spent > limit:
