@@ -21,9 +21,10 @@ options are the data nodes'; the Sentinels' own credentials are the options
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.connection import parse_url
@@ -43,6 +44,8 @@ __all__ = [
     "check_single_url",
     "redact_url",
     "url_secrets",
+    "password_needs_encoding",
+    "PERCENT_ENCODE_PASSWORD",
     "hostport",
 ]
 
@@ -53,6 +56,12 @@ SENTINEL_DEFAULT_PORT = 26379
 
 #: query parameters whose values are secrets (redis-py takes ?password=; Sentinel URLs ?sentinel_password=)
 SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token", "sentinel_password"})
+
+#: the error for a URL that does not parse because its password holds an unencoded '#', '?' or '/'
+PERCENT_ENCODE_PASSWORD = ("cannot parse the URL: percent-encode a '#', '?', '/' or '@' in the password "
+                           "(%23, %3F, %2F, %40)")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 # --------------------------------------------------------------------------- which form
@@ -87,6 +96,22 @@ def hostport(host: str, port: Any) -> str:
 # --------------------------------------------------------------------------- parse
 
 
+def _unquotable(parse: F) -> F:
+    """``parse(url)``, whose ``ValueError`` never quotes a piece of the password: when the
+    password holds an unencoded ``#``, ``?`` or ``/`` the parsers take its pieces for a port,
+    a path or a query and say so; then the error only says what to do."""
+    @functools.wraps(parse)
+    def wrapper(url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return parse(url, *args, **kwargs)
+        except ValueError:
+            if password_needs_encoding(url):
+                raise ValueError(PERCENT_ENCODE_PASSWORD) from None
+            raise
+    return wrapper  # type: ignore[return-value]
+
+
+@_unquotable
 def check_single_url(url: str) -> None:
     """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
     silently meant database 0 (or 12); a database is a number or nothing."""
@@ -153,6 +178,7 @@ def _scheme(url: str, schemes: tuple[str, ...], what: str) -> tuple[Any, str]:
     return parts, scheme
 
 
+@_unquotable
 def parse_cluster_url(url: str) -> ClusterURL:
     """``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?options]``."""
     parts, scheme = _scheme(url, CLUSTER_SCHEMES, "cluster")
@@ -165,6 +191,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(hosts, kw)
 
 
+@_unquotable
 def parse_sentinel_url(url: str) -> SentinelURL:
     """``redis+sentinel://[[user]:password@]host[:port][,...]/service_name[/db][?options]``."""
     parts, scheme = _scheme(url, SENTINEL_SCHEMES, "Sentinel")
@@ -193,49 +220,92 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 # --------------------------------------------------------------------------- secrets
 
 
-def redact_url(url: str) -> str:
-    """``url`` (any form above) with any password (userinfo, ``?password=``,
-    ``?sentinel_password=``...) replaced by ``***``: the only form in which a URL is shown."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        if ":" in userinfo:  # user:password (a lone user name is not a secret)
-            user = userinfo.split(":", 1)[0]
-            userinfo = f"{user}:***"
-        netloc = f"{userinfo}@{hosts}"
+#: what ends the host part of a URL: a password holding one of these unencoded makes
+#: ``urlsplit`` (and redis-py) cut the password there and take the rest for a port, path,
+#: query or fragment, so the secret is looked for in the raw text instead
+_URL_DELIMITERS = "#?/"
+
+
+def _raw_userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest)``: the raw text between ``://`` and the *last* ``@``, or
+    None when there is none. Not what ``urlsplit`` calls the userinfo (that stops at the
+    first ``#``, ``?`` or ``/``): a password holding those unencoded is still all here."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    userinfo, _, tail = rest.rpartition("@")
+    return scheme, userinfo, tail
+
+
+def raw_password(url: str) -> str | None:
+    """Everything after the first ``:`` of the raw userinfo (see :func:`_raw_userinfo`), or None."""
+    raw = _raw_userinfo(url)
+    if raw is None or ":" not in raw[1]:
+        return None
+    return raw[1].split(":", 1)[1]
+
+
+def password_needs_encoding(url: str) -> bool:
+    """Whether the URL's password holds a ``#``, ``?`` or ``/`` that is not percent-encoded:
+    a parser then takes part of it for the port, path or query, and its message quotes it."""
+    pw = raw_password(url)
+    return pw is not None and any(c in pw for c in _URL_DELIMITERS)
+
+
+def _redact_query(url: str) -> str:
+    """``url`` (no userinfo) with secret query values (``?password=``...) and any fragment as ``***``."""
+    parts = urlsplit(url)
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
             query = urlencode([(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    fragment = "***" if parts.fragment else ""  # no URL form has one: the tail of a password with '#'
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, fragment))
+
+
+def redact_url(url: str) -> str:
+    """``url`` (any form above) with any password (userinfo, ``?password=``,
+    ``?sentinel_password=``...) replaced by ``***``: the only form in which a URL is shown.
+
+    The userinfo is the raw text up to the last ``@``, so a password holding an unencoded
+    ``#``, ``?`` or ``/`` is hidden whole (``redis://u:a/b@h`` shows as ``redis://u:***@h``)."""
+    try:
+        raw = _raw_userinfo(url)
+        if raw is None:
+            return _redact_query(url)
+        scheme, userinfo, tail = raw
+        if ":" in userinfo:  # user:password (a lone user name is not a secret)
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        rest = _redact_query(f"{scheme}://{tail}")[len(scheme) + 1:]  # urlunsplit may drop the '//'
+        return f"{scheme}://{userinfo}@{rest.removeprefix('//')}"
+    except ValueError:
+        return "<unparseable url>"
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
     """The secrets a URL carries (userinfo password, ``?password=``...), raw and unquoted,
-    longest first: what must be scrubbed from any text that might quote the URL."""
+    longest first: what must be scrubbed from any text that might quote the URL.
+
+    The password is everything after the first ``:`` of the raw userinfo (up to the last
+    ``@``); when it holds an unencoded ``#``, ``?`` or ``/`` its pieces between those are
+    secrets too (a parser quotes such a piece as a port, a path or a query)."""
     if not url:
         return ()
     found: set[str] = set()
+    pw = raw_password(url)
+    if pw is not None:
+        found.update({pw, unquote(pw)})
+        for piece in re.split(f"[{re.escape(_URL_DELIMITERS)}]", pw):
+            found.update({piece, unquote(piece)})
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo = netloc.rpartition("@")[0]
-            if ":" in userinfo:
-                pw = userinfo.split(":", 1)[1]
-                found.update({pw, unquote(pw)})
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
             if k.lower() in SECRET_PARAMS:
                 found.update({v, unquote(v)})
     except ValueError:
         # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
-        rest = url.split("://", 1)[-1]
-        if "@" in rest:
-            userinfo = rest.rpartition("@")[0]
-            found.update({userinfo, userinfo.split(":", 1)[-1]})
+        raw = _raw_userinfo(url)
+        if raw is not None:
+            found.update({raw[1], raw[1].split(":", 1)[-1]})
     return tuple(sorted((s for s in found if s), key=len, reverse=True))

@@ -98,4 +98,5 @@ def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | 
                 nodes=[(n, verdict(n.findings)) for n in nodes])
     if code != EXIT_OK:
         bad = [f"{f.check} ({f.level})" for n in nodes for f in n.findings if f.level in ("refuse", "unverifiable")]
-        raise CliFailure(f"{cfg.server} is {overall}: {', '.join(bad)}", code, secrets=cfg.secrets)
+        raise CliFailure(f"{cfg.server} is {overall}: {', '.join(bad)}", code, secrets=cfg.secrets,
+                         server=cfg.server)

@@ -78,7 +78,11 @@ def remember_secrets(secrets: tuple[str, ...]) -> None:
     _secrets.update(secrets)
 
 
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
+def scrub(text: str, secrets: tuple[str, ...], keep: str = "") -> str:
+    """``text`` with every secret replaced by ``***``; ``keep`` (the redacted URL, which holds
+    none) is left as it is, so a short secret cannot mangle it."""
+    if keep and keep in text:
+        return keep.join(scrub(part, secrets) for part in text.split(keep))
     for s in secrets:
         text = text.replace(s, "***")
     return text
@@ -110,8 +114,9 @@ def unexpected(exc: BaseException) -> str:
 class CliFailure(click.ClickException):
     """One ``error: ...`` line (or a headline with indented detail lines) and an exit code."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_NO, *, secrets: tuple[str, ...] = ()) -> None:
-        super().__init__(scrub(message, secrets))
+    def __init__(self, message: str, exit_code: int = EXIT_NO, *, secrets: tuple[str, ...] = (),
+                 server: str = "") -> None:
+        super().__init__(scrub(message, secrets, keep=server))
         self.exit_code = exit_code
 
     def show(self, file: IO[Any] | None = None) -> None:
@@ -143,9 +148,9 @@ def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[s
     CheckpointErrors (drivers/errors.py, the one seam), so anything else is a bug: exit 3."""
     s = secrets
     if isinstance(exc, (InvalidRunIdError, OutOfRangeError)):  # bad usage: a run id, a number past the bounds
-        return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s)
+        return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s, server=server)
     if isinstance(exc, StoreUnavailableError):  # unreachable, silent, or authentication required / failed
-        return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s)
+        return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s, server=server)
     if isinstance(exc, NonDurableServerError):
         problems = list(exc.problems)
         levels = {getattr(p, "level", "refuse") for p in problems}
@@ -153,10 +158,10 @@ def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[s
         lines = [f"refusing to use {server}: it cannot keep a commit durable "
                  f"(run `redis-ckpt check` for the full report)"]
         lines += [f"  - {getattr(p, 'check', '?')}: {p}" for p in problems]
-        return CliFailure("\n".join(lines), code, secrets=s)
+        return CliFailure("\n".join(lines), code, secrets=s, server=server)
     if isinstance(exc, CheckpointError):
-        return CliFailure(str(exc), EXIT_NO, secrets=s)
-    return CliFailure(unexpected(exc), EXIT_UNEXPECTED, secrets=s)  # never a traceback: one line, exit 3
+        return CliFailure(str(exc), EXIT_NO, secrets=s, server=server)
+    return CliFailure(unexpected(exc), EXIT_UNEXPECTED, secrets=s, server=server)  # never a traceback: one line, exit 3
 
 
 def report(exc: Exception) -> int:

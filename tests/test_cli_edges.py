@@ -1,0 +1,69 @@
+"""Edges of the ``redis-ckpt`` CLI found in review: a password holding an unencoded '#', '?'
+or '/', strict JSON, malformed host entries, a silent cluster primary, prune's confirmation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner, Result
+
+from redis_ckpt.cli import cli
+from redis_ckpt.urls import redact_url, url_secrets, validate_url
+
+
+def run(args: list[str], input: str | None = None) -> Result:
+    result = CliRunner().invoke(cli, args, input=input, catch_exceptions=True)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
+# --------------------------------------------------------------------------- 1. passwords with '#?/'
+
+PIECES = ("s3cr", "xq9z")  # the password is s3cr<delimiter>xq9z: neither half may ever be shown
+FORMS = [  # (url with {auth} before '@', what it shows as)
+    ("redis://{auth}@127.0.0.1:1/0", "redis://{user}:***@127.0.0.1:1/0"),
+    ("rediss://{auth}@127.0.0.1:1/0", "rediss://{user}:***@127.0.0.1:1/0"),
+    ("redis+cluster://{auth}@127.0.0.1:1", "redis+cluster://{user}:***@127.0.0.1:1"),
+    ("rediss+cluster://{auth}@127.0.0.1:1,127.0.0.1:2", "rediss+cluster://{user}:***@127.0.0.1:1,127.0.0.1:2"),
+    ("redis+sentinel://{auth}@127.0.0.1:1/svc", "redis+sentinel://{user}:***@127.0.0.1:1/svc"),
+    ("rediss+sentinel://{auth}@127.0.0.1:1/svc/0", "rediss+sentinel://{user}:***@127.0.0.1:1/svc/0"),
+]
+CASES = [(form.format(auth=f"{user}:s3cr{d}xq9z"), shown.format(user=user))
+         for form, shown in FORMS for user in ("", "app") for d in "#?/"]
+
+
+@pytest.mark.parametrize(("url", "shown"), CASES)
+def test_a_password_with_a_url_delimiter_is_redacted_whole(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    secrets = url_secrets(url)
+    assert all(p in secrets for p in PIECES) and url.split("@")[0].split(":", 2)[-1] in secrets
+    with pytest.raises(ValueError) as bad:
+        validate_url(url)
+    assert not any(p in str(bad.value) for p in PIECES) and "percent-encode" in str(bad.value)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize(("url", "shown"), CASES)
+def test_a_bad_url_never_prints_any_part_of_its_password(url: str, shown: str, as_json: bool) -> None:
+    result = run(["runs", "--url", url, "--timeout", "1", *(["--json"] if as_json else [])])
+    assert result.exit_code == 2
+    assert not any(p in result.output for p in PIECES), result.output
+    [line] = result.stderr.splitlines()
+    message = json.loads(line)["error"] if as_json else line.removeprefix("error: ")
+    assert message.startswith(f"bad --url {shown}: ") and "percent-encode" in message, message
+
+
+def test_a_password_with_a_delimiter_that_still_parses_is_never_shown() -> None:
+    # redis-py reads ':4242' as the port and the rest as a query: nothing listens there
+    result = run(["runs", "--url", "redis://:4242?xq9z@127.0.0.1/0", "--timeout", "1"])
+    assert result.exit_code == 2
+    assert "4242" not in result.output and "xq9z" not in result.output, result.output
+    assert "redis://:***@127.0.0.1/0" in result.stderr  # the redacted URL is not scrubbed into '***7.0.0.1'
+
+
+def test_the_raw_userinfo_rules() -> None:
+    assert redact_url("redis://h:1/0?password=s3cr#xq9z") == "redis://h:1/0?password=***#***"
+    assert redact_url("redis://u:a@b/c@h:1/0") == "redis://u:***@h:1/0"
+    assert url_secrets("redis://u:a@b/c@h:1/0")[0] == "a@b/c"
+    assert url_secrets("redis://user@h:1/0") == () and redact_url("redis://user@h:1/0") == "redis://user@h:1/0"
