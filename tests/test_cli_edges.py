@@ -67,3 +67,30 @@ def test_the_raw_userinfo_rules() -> None:
     assert redact_url("redis://u:a@b/c@h:1/0") == "redis://u:***@h:1/0"
     assert url_secrets("redis://u:a@b/c@h:1/0")[0] == "a@b/c"
     assert url_secrets("redis://user@h:1/0") == () and redact_url("redis://user@h:1/0") == "redis://user@h:1/0"
+
+
+# --------------------------------------------------------------------------- 2. strict JSON
+
+
+def _strict(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
+
+
+def test_show_json_tags_nan_and_infinite_metadata(store, durable_server, namespace) -> None:
+    lease = store.acquire("m", ttl=60)
+    store.commit("m", {"x": 1}, token=lease.token, expected_generation=0,
+                 metadata={"loss": float("nan"), "best": float("inf"), "worst": [float("-inf"), 1.5]})
+    for extra in ([], ["--state"]):
+        result = run(["show", "m", *extra, "--json", "--url", durable_server.url, "--namespace", namespace])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout, parse_constant=_strict)
+        meta = data["metadata"] if extra else data["generations"][0]["metadata"]
+        assert meta == {"loss": {"$float": "nan"}, "best": {"$float": "inf"},
+                        "worst": [{"$float": "-inf"}, 1.5]}, data
+
+
+def test_json_output_refuses_a_non_finite_number_loudly() -> None:
+    from redis_ckpt.cli import render
+
+    with pytest.raises(ValueError):
+        render.emit_json({"x": float("nan")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -148,7 +149,10 @@ def keyvalues(pairs: Iterable[tuple[str, Any]]) -> str:
 def jsonable(value: Any) -> Any:
     """User metadata as JSON: datetimes as ISO strings, bytes as ``{"base64": ...}``,
     sets/tuples as lists, Decimal as its string, mapping keys as strings; anything else
-    that JSON cannot hold as its ``repr``."""
+    that JSON cannot hold as its ``repr``; NaN and the infinities tagged as ``show --state``
+    tags them (``{"$float": "nan" | "inf" | "-inf"}``: JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(float(value))}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, datetime):
@@ -173,11 +177,12 @@ def jsonable(value: Any) -> Any:
 
 
 def emit_json(obj: Mapping[str, Any], *, compact: bool = False) -> None:
-    """One JSON object on stdout (pretty unless ``compact``: one line, for JSON Lines)."""
+    """One JSON object on stdout (pretty unless ``compact``: one line, for JSON Lines). Strict
+    JSON: a NaN or an infinity that reaches here is a bug (ValueError), never ``NaN`` printed."""
     if compact:
-        click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        click.echo(json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
     else:
-        click.echo(json.dumps(obj, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=2))
 
 
 def _at(ms: int | None) -> datetime | None:
