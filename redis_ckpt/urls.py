@@ -130,17 +130,20 @@ def _split_hosts(netloc: str, default_port: int, url_kind: str) -> tuple[str, li
         item = item.strip()
         if not item:
             raise ValueError(f"a {url_kind} URL needs host[:port] entries separated by commas")
-        if item.startswith("["):  # [IPv6]:port
-            host, _, rest = item[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ""
+        if item.startswith("["):  # [IPv6] or [IPv6]:port, nothing else after the ']'
+            host, closed, rest = item[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
+                raise ValueError(f"a {url_kind} URL has a bad host entry {item!r} "
+                                 "(an IPv6 address is [address] or [address]:port)")
+            colon, port = rest[:1], rest[1:]
         else:
-            host, _, port = item.partition(":")
+            host, colon, port = item.partition(":")
         if not host:
             raise ValueError(f"a {url_kind} URL has an empty host in {item!r}")
-        try:
-            hosts.append((unquote(host), int(port) if port else default_port))
-        except ValueError:
-            raise ValueError(f"a {url_kind} URL has a bad port in {item!r}") from None
+        # ASCII digits only: int() would also take ' 12', '1_000' or other scripts' digits
+        if colon and not re.fullmatch(r"[0-9]+", port):
+            raise ValueError(f"a {url_kind} URL has a bad port in {item!r}")
+        hosts.append((unquote(host), int(port) if colon else default_port))
     return (userinfo if at else ""), hosts
 
 

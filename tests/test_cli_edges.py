@@ -94,3 +94,28 @@ def test_json_output_refuses_a_non_finite_number_loudly() -> None:
 
     with pytest.raises(ValueError):
         render.emit_json({"x": float("nan")})
+
+
+# --------------------------------------------------------------------------- 3. host entries
+
+
+@pytest.mark.parametrize("url", [
+    "redis+cluster://[::1]x:7000", "redis+cluster://[::1]7000", "redis+cluster://[::1", "redis+cluster://[::1]:",
+    "redis+cluster://[::1]:70x", "redis+cluster://h1: 12", "redis+cluster://h1:1_000", "redis+cluster://h1:",
+    "redis+cluster://h1:\\u0661\\u0662".encode().decode("unicode_escape"), "redis+cluster://h1:+12",
+    "redis+sentinel://[::1]26379/svc", "redis+sentinel://[::1]x:26379/svc", "redis+sentinel://s1:2_6379/svc",
+    "redis+sentinel://s1,[::1]:\\u0661/svc".encode().decode("unicode_escape"),
+])
+def test_a_malformed_host_entry_is_a_value_error(url: str) -> None:
+    with pytest.raises(ValueError, match="URL has a bad|URL has an empty|Invalid IPv6"):
+        validate_url(url)
+    result = run(["runs", "--url", url, "--timeout", "1"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: bad --url"), result.output
+
+
+def test_well_formed_host_entries_still_parse() -> None:
+    from redis_ckpt.urls import parse_cluster_url, parse_sentinel_url
+
+    assert parse_cluster_url("redis+cluster://[::1]:7000,[::1],h1,h2:7002").nodes == [
+        ("::1", 7000), ("::1", 6379), ("h1", 6379), ("h2", 7002)]
+    assert parse_sentinel_url("redis+sentinel://[::1]:26380,s1/svc").sentinels == [("::1", 26380), ("s1", 26379)]
