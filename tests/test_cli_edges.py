@@ -119,3 +119,53 @@ def test_well_formed_host_entries_still_parse() -> None:
     assert parse_cluster_url("redis+cluster://[::1]:7000,[::1],h1,h2:7002").nodes == [
         ("::1", 7000), ("::1", 6379), ("h1", 6379), ("h2", 7002)]
     assert parse_sentinel_url("redis+sentinel://[::1]:26380,s1/svc").sentinels == [("::1", 26380), ("s1", 26379)]
+
+
+# --------------------------------------------------------------------------- 4. a silent cluster primary
+
+
+def test_an_unreachable_cluster_primary_is_unverifiable_not_refused() -> None:
+    from redis_ckpt import Durability
+    from redis_ckpt.cli.check import _VERDICT_EXIT, verdict
+    from redis_ckpt.core.ops import ConnectionLost
+    from redis_ckpt.probe.topology import NodeSpec, Topology, probe_plan
+
+    for lost in (ConnectionLost("Timeout reading from 127.0.0.1:7000", timed_out=True, kind="TimeoutError"),
+                 ConnectionLost("Connection refused")):
+        plan = probe_plan("redis+cluster://127.0.0.1:7000", Topology([NodeSpec("h", "127.0.0.1:7000")]),
+                          namespace="ns", durability=Durability(), declared=None)
+        next(plan)
+        with pytest.raises(StopIteration) as done:
+            plan.throw(lost)
+        report = done.value.value
+        [f] = report.refused
+        assert f.check == "reachable" and f.level == "unverifiable" and not report.ok
+        assert _VERDICT_EXIT[verdict(report.findings)] == 2
+
+
+@pytest.mark.server
+def test_a_silent_cluster_primary_is_exit_2_for_check_and_for_a_store_command(cluster, namespace) -> None:
+    import os
+    import signal
+
+    url = cluster.url(2)
+    seeds = {s.port for s in cluster.servers[:2]}
+
+    def while_silent(args: list[str]) -> Result:
+        # a short window: its replica takes over ~2 s after it stops (NODE_TIMEOUT_MS 1000)
+        silent = next(p for p in cluster.primaries() if p.port not in seeds)
+        os.kill(silent.pid, signal.SIGSTOP)
+        try:
+            result = run([*args, "--url", url, "--timeout", "0.5"])
+        finally:
+            os.kill(silent.pid, signal.SIGCONT)
+        cluster.wait_healthy(60)
+        assert f"127.0.0.1:{silent.port}" in result.output, result.output
+        return result
+
+    checked = while_silent(["check", "--json"])
+    assert checked.exit_code == 2, checked.output
+    assert json.loads(checked.stdout)["verdict"] == "unverifiable", checked.stdout
+    listed = while_silent(["runs", "--namespace", namespace])  # the store's own startup probe
+    assert listed.exit_code == 2, listed.output
+    assert "cannot reach this primary" in listed.stderr, listed.stderr

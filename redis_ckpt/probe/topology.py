@@ -9,7 +9,8 @@ the plan and each node's flow on the one trampoline.
 
 One server: the one report, as the flow made it; a connection error ends the probe.
 Cluster / Sentinel: one report named by the topology's label, each finding prefixed with
-its node's address; a node that cannot be reached is a finding, not the end of the probe.
+its node's address; a node that cannot be reached is a finding (an unreachable primary is
+``unverifiable``, a replica a warning), not the end of the probe.
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def _topology_plan(label: str, topology: Topology, *, namespace: str, durability
             got = yield NodeProbe(p.handle, probe_flow(server=p.name, namespace=namespace, durability=durability,
                                                        declared=declared, probe_key=p.probe_key))
         except ConnectionLost as exc:
-            findings.append(Finding("reachable", "refuse", f"{p.name}: cannot reach this primary: {error_text(exc)}",
+            # no answer from it (refused, or silent past the timeout) says nothing of its
+            # durability: unverifiable, as one server that cannot be reached (exit 2, not 1)
+            findings.append(Finding("reachable", "unverifiable",
+                                    f"{p.name}: cannot reach this primary: {error_text(exc)}",
                                     "bring the node back (or let it fail over) and make sure this client reaches it"))
             continue
         reports.append(got)
