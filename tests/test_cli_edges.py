@@ -169,3 +169,21 @@ def test_a_silent_cluster_primary_is_exit_2_for_check_and_for_a_store_command(cl
     listed = while_silent(["runs", "--namespace", namespace])  # the store's own startup probe
     assert listed.exit_code == 2, listed.output
     assert "cannot reach this primary" in listed.stderr, listed.stderr
+
+
+# --------------------------------------------------------------------------- 5. prune asks, --json too
+
+
+def test_prune_with_json_still_asks_before_removing(store, durable_server, namespace) -> None:
+    import time
+
+    lease = store.acquire("job", ttl=0.05)
+    store.commit("job", {"a": 1}, token=lease.token, expected_generation=0)
+    time.sleep(0.4)
+    args = ["prune", "--idle", "250ms", "--json", "--url", durable_server.url, "--namespace", namespace]
+    declined = run(args, input="n\n")
+    assert declined.exit_code == 1 and store.load("job") is not None, declined.output
+    assert json.loads(declined.stderr.splitlines()[-1]) == {"error": "aborted", "exit_code": 1}
+    assert declined.stdout == ""
+    done = run([*args, "--yes"])
+    assert done.exit_code == 0 and json.loads(done.stdout)["count"] == 1 and store.load("job") is None

@@ -100,7 +100,7 @@ def test_prune_from_the_cli(store, durable_server, namespace):
     assert store.load("job") is not None
     declined = run(["prune", "--idle", "250ms"], durable_server, namespace, input="n\n")
     assert declined.exit_code == 1 and store.load("job") is not None
-    done = json.loads(run(["prune", "--idle", "250ms", "--json"], durable_server, namespace).stdout)
+    done = json.loads(run(["prune", "--idle", "250ms", "--json", "--yes"], durable_server, namespace).stdout)
     assert done["count"] == 1 and done["runs"][0]["pruned"] and store.load("job") is None
     assert run(["prune", "--idle", "0"], durable_server, namespace).exit_code == 2
     assert run(["prune", "--idle", "7 days"], durable_server, namespace).exit_code == 2

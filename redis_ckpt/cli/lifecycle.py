@@ -147,7 +147,7 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
 
     Example: redis-ckpt prune --idle 7d --dry-run
     """
-    if not dry_run and not yes and not cfg.as_json:
+    if not dry_run and not yes:  # with --json too, as revoke and delete
         click.confirm(f"Remove every run of namespace {cfg.namespace!r} idle for {r.duration(idle)} or more?",
                       abort=True, err=True)
     store = cfg.store
