@@ -200,8 +200,8 @@ def test_check_accepts_a_durable_server(durable_server: Any, namespace: str) -> 
     assert "verdict" in result.stdout and "durable" in result.stdout
     assert "live-waitaof" in result.stdout
     data = as_json(invoke(["check", "--json"], url=durable_server.url, namespace=namespace))
-    assert set(data) == {"server", "namespace", "policy", "declared", "verdict", "exit_code", "nodes"}
-    assert data["verdict"] == "durable" and data["exit_code"] == 0
+    assert set(data) == {"server", "namespace", "policy", "declared", "verdict", "exit_code", "topology", "nodes"}
+    assert data["verdict"] == "durable" and data["exit_code"] == 0 and data["topology"] == []  # one server
     assert data["policy"] == {"label": "local-fsync", "replicas": 0, "replica_fsync": False, "timeout_ms": 4000}
     [node] = data["nodes"]
     assert set(node) == {"server", "engine", "version", "verdict", "findings"}

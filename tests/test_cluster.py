@@ -451,8 +451,9 @@ def test_the_cli_checks_every_primary_and_lists_runs_across_shards(cluster, name
     assert check.exit_code == 0, check.output
     report = json.loads(check.stdout)
     primaries = {f"127.0.0.1:{s.port}" for s in cluster.servers if s.client().info("replication")["role"] == "master"}
-    messages = " ".join(f["message"] for node in report["nodes"] for f in node["findings"])
-    assert all(p in messages for p in primaries) and report["verdict"] == "durable"
+    assert sorted(n["server"] for n in report["nodes"]) == sorted(primaries)  # one node per primary
+    assert all(n["verdict"] == "durable" and n["findings"] for n in report["nodes"])
+    assert report["verdict"] == "durable" and {f["check"] for f in report["topology"]} >= {"cluster-topology"}
     runs = runner.invoke(cli, ["runs", "--url", cluster.url(1), "--namespace", namespace, "--json"])
     assert runs.exit_code == 0, runs.output
     assert sorted(r["run"] for r in json.loads(runs.stdout)["runs"]) == sorted(f"cli-{i}" for i in range(12))

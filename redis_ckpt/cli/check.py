@@ -28,10 +28,8 @@ def verdict(findings: Sequence[Finding]) -> str:
 
 
 def _node_reports(report: ProbeReport) -> list[ProbeReport]:
-    """One report per probed primary. A single server is a list of one; a Cluster driver
-    that returns per-primary reports plugs in here without changing the output format."""
-    nodes = getattr(report, "nodes", None)
-    return list(nodes) if nodes else [report]
+    """One report per probed primary (a Cluster's or Sentinel's); a single server's is one."""
+    return list(report.nodes) or [report]
 
 
 def _parse_declared(values: Sequence[str]) -> dict[str, str] | None:
@@ -92,11 +90,11 @@ def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | 
     report = check_server(cfg.url, namespace=cfg.namespace, durability=policy, declared_config=decl,
                           timeout=cfg.timeout)
     nodes = _node_reports(report)
-    overall = verdict([f for n in nodes for f in n.findings])
+    overall = verdict(report.findings)  # every node's, and the topology's as a whole
     code = _VERDICT_EXIT[overall]
     views.check(cfg, policy=policy, declared=decl or {}, verdict=overall, exit_code=code,
-                nodes=[(n, verdict(n.findings)) for n in nodes])
+                nodes=[(n, verdict(n.findings)) for n in nodes], topology=report.notes)
     if code != EXIT_OK:
-        bad = [f"{f.check} ({f.level})" for n in nodes for f in n.findings if f.level in ("refuse", "unverifiable")]
+        bad = [f"{f.check} ({f.level})" for f in report.findings if f.level in ("refuse", "unverifiable")]
         raise CliFailure(f"{cfg.server} is {overall}: {', '.join(bad)}", code, secrets=cfg.secrets,
                          server=cfg.server)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import Durability, Event, GenerationInfo, ProbeReport, RunInfo, RunUsage
+from .. import Durability, Event, Finding, GenerationInfo, ProbeReport, RunInfo, RunUsage
 from . import render as r
 
 if TYPE_CHECKING:
@@ -28,9 +28,23 @@ def base(cfg: CliConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- check
 
 
+def _finding_rows(findings: Sequence[Finding]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for f in findings:
+        rows.append([f.level, f.check, f.message])
+        if f.remedy and f.level != "ok":
+            rows.append(["", "", f"remedy: {f.remedy}"])
+    return rows
+
+
+def _findings_json(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    return [{"check": f.check, "level": f.level, "message": f.message, "remedy": f.remedy} for f in findings]
+
+
 def check(cfg: CliConfig, *, policy: Durability, declared: Mapping[str, str], verdict: str, exit_code: int,
-          nodes: Sequence[tuple[ProbeReport, str]]) -> None:
-    """The probe's findings, per probed primary (``nodes``: each report with its verdict)."""
+          nodes: Sequence[tuple[ProbeReport, str]], topology: Sequence[Finding] = ()) -> None:
+    """The probe's findings, per probed primary (``nodes``: each report with its verdict), and
+    those on a Cluster's or Sentinel's topology as a whole."""
     if cfg.as_json:
         r.emit_json({
             **base(cfg),
@@ -39,15 +53,15 @@ def check(cfg: CliConfig, *, policy: Durability, declared: Mapping[str, str], ve
             "declared": dict(declared),
             "verdict": verdict,
             "exit_code": exit_code,
+            "topology": _findings_json(topology),
             "nodes": [{
                 "server": n.server, "engine": n.engine, "version": n.version,
                 "verdict": v,
-                "findings": [{"check": f.check, "level": f.level, "message": f.message, "remedy": f.remedy}
-                             for f in n.findings],
+                "findings": _findings_json(n.findings),
             } for n, v in nodes],
         })
         return
-    warnings = sum(1 for n, _ in nodes for f in n.findings if f.level == "warn")
+    warnings = sum(1 for f in (*topology, *(f for n, _ in nodes for f in n.findings)) if f.level == "warn")
     summary = verdict.upper() if verdict != "durable" else "durable"
     if warnings:
         summary += f" ({warnings} warning{'s' if warnings != 1 else ''})"
@@ -57,16 +71,15 @@ def check(cfg: CliConfig, *, policy: Durability, declared: Mapping[str, str], ve
         head.append(("engine", f"{only.engine} {only.version or '?'}"))
     head.append(("verdict", summary))
     click.echo(r.keyvalues(head))
+    if topology:
+        click.echo()
+        click.echo("topology")
+        click.echo(r.table(["LEVEL", "CHECK", "FINDING"], _finding_rows(topology)))
     for n, v in nodes:
         click.echo()
         if len(nodes) > 1:
             click.echo(f"node {n.server} ({n.engine} {n.version or '?'}): {v}")
-        rows: list[list[Any]] = []
-        for f in n.findings:
-            rows.append([f.level, f.check, f.message])
-            if f.remedy and f.level != "ok":
-                rows.append(["", "", f"remedy: {f.remedy}"])
-        click.echo(r.table(["LEVEL", "CHECK", "FINDING"], rows))
+        click.echo(r.table(["LEVEL", "CHECK", "FINDING"], _finding_rows(n.findings)))
 
 
 # --------------------------------------------------------------------------- runs, namespaces

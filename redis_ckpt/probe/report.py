@@ -39,6 +39,11 @@ class ProbeReport:
     version: str
     findings: list[Finding]
     facts: ServerFacts | None = field(default=None, repr=False, compare=False)
+    #: a Cluster's or Sentinel's probe: one report per primary (its own findings and its
+    #: replicas'); ``findings`` holds all of them, each prefixed with its node, and ``notes``
+    nodes: tuple[ProbeReport, ...] = field(default=(), repr=False, compare=False)
+    #: findings on the topology as a whole (slot coverage, the Sentinels' view), also in ``findings``
+    notes: tuple[Finding, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def refused(self) -> list[Finding]:

@@ -81,9 +81,10 @@ def _topology_plan(label: str, topology: Topology, *, namespace: str, durability
                    declared: Mapping[str, str] | None) -> Plan:
     """Probe every primary (its own probe key, the policy's replica count) and, when the
     policy counts on replicas, every replica's own settings; one report, each finding
-    prefixed with its node's address."""
+    prefixed with its node's address, holding one report per primary too (``nodes``)."""
     findings = list(topology.notes)
     reports: list[ProbeReport] = []
+    nodes: list[ProbeReport] = []  # one per primary, reached or not
     replica_policy = Durability(timeout_ms=durability.timeout_ms)
     for p in topology.primaries:
         try:
@@ -92,24 +93,28 @@ def _topology_plan(label: str, topology: Topology, *, namespace: str, durability
         except ConnectionLost as exc:
             # no answer from it (refused, or silent past the timeout) says nothing of its
             # durability: unverifiable, as one server that cannot be reached (exit 2, not 1)
-            findings.append(Finding("reachable", "unverifiable",
-                                    f"{p.name}: cannot reach this primary: {error_text(exc)}",
-                                    "bring the node back (or let it fail over) and make sure this client reaches it"))
+            lost = Finding("reachable", "unverifiable", f"cannot reach this primary: {error_text(exc)}",
+                           "bring the node back (or let it fail over) and make sure this client reaches it")
+            findings.append(_at(p.name, lost))
+            nodes.append(ProbeReport(server=p.name, engine="unknown", version="", findings=[lost]))
             continue
         reports.append(got)
         findings.extend(_at(p.name, f) for f in got.findings)
-        if not durability.replicas:
-            continue
-        for r in p.replicas:
+        own = list(got.findings)  # the node's report: its own findings, then its replicas'
+        for r in p.replicas if durability.replicas else ():
             where = f"{r.name} (replica of {p.name})"
             try:
                 got_r = yield NodeProbe(r.handle, probe_flow(server=r.name, namespace=namespace,
                                                              durability=replica_policy, declared=declared))
             except ConnectionLost as exc:
-                findings.append(Finding("replica", "warn", f"{where}: cannot reach it: {error_text(exc)}",
-                                        "check the replica; the primary's replica count decides"))
-                continue
-            findings.extend(_replica_findings(where, got_r))
+                replica = [Finding("replica", "warn", f"{where}: cannot reach it: {error_text(exc)}",
+                                   "check the replica; the primary's replica count decides")]
+            else:
+                replica = _replica_findings(where, got_r)
+            findings.extend(replica)
+            own.extend(replica)
+        nodes.append(ProbeReport(server=p.name, engine=got.engine, version=got.version, findings=own,
+                                 facts=got.facts))
     engines = sorted({r.engine for r in reports}) or ["unknown"]
     versions = sorted({r.version for r in reports if r.version})
     return ProbeReport(
@@ -118,6 +123,8 @@ def _topology_plan(label: str, topology: Topology, *, namespace: str, durability
         version=",".join(versions),
         findings=findings,
         facts=reports[0].facts if len(topology.primaries) == 1 and reports else None,
+        nodes=tuple(nodes),
+        notes=tuple(topology.notes),
     )
 
 
