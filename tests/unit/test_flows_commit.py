@@ -219,3 +219,18 @@ def test_import_runs_the_commit_script_in_import_mode():
     f = fields(s.scripts("commit")[0])
     assert (f["mode"], f["token"], f["generation"], f["by"]) == ("import", "9", "5", "admin")
     assert f["commit_id"].startswith("import-")
+
+
+def test_a_commit_whose_key_set_never_settles_is_a_typed_error_saying_nothing_was_applied():
+    """Concurrent writers rotating the run at each of its tries: every answer says nothing was
+    written, and after MAX_SENDS of them the commit ends with a StoreUnavailableError (the
+    library's error root, definite), not a bare AssertionError."""
+    from redis_ckpt.core.flows.commit import MAX_SENDS
+
+    c = core(keep=2)
+    s = Scripted(*(lambda pipe, i=i: replies_for(pipe, ReplyError(f"NEED_KEYS {i + 1}:0"))
+                   for i in range(MAX_SENDS)))
+    with pytest.raises(StoreUnavailableError) as failed:
+        s.run(commit(c, {"n": 1}, expected=2, commit_id="c-3"))
+    assert not failed.value.outcome_unknown and "Nothing of it was applied" in str(failed.value)
+    assert len(s.scripts("commit")) == MAX_SENDS

@@ -112,7 +112,8 @@ class AdminFlows(CommitFlows, FlowsBase):
                 shared[:] = sorted(hash_of(refs))
                 # only the kept list is read: a head damaged elsewhere can still be deleted
                 head = head_of(k.run_id, {"kept": hash_of(head).get("kept", "")})
-                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
+                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
+                                                    run_id=k.run_id, what="delete")
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ...errors import OutcomeUnknownError, OutOfRangeError
+from ...errors import OutcomeUnknownError, OutOfRangeError, StoreUnavailableError
 from ..config import MAX_INT, StoreConfig
 from ..keys import RunKeys, validate_run_id
 from ..ops import ConnectionLost, Flow
@@ -89,6 +89,18 @@ class FlowsBase:
                     raise
 
         return retrying(body, policy=self.config.retry, run_id=run_id, what=what, writes=writes)
+
+
+def not_converged(run_id: str, what: str, tries: int, *, outcome_unknown: bool = False) -> StoreUnavailableError:
+    """The error for a write whose script answered "pass more keys" (NEED_KEYS, NEED_STAGE,
+    NEED_SHARED ...: nothing written) at each of ``tries`` sends, other writers changing the run
+    in between; ``outcome_unknown``: an earlier attempt went out before and its fate is open."""
+    unknown = (" An earlier attempt's outcome is unknown (the write may or may not have been applied)."
+               if outcome_unknown else " Nothing of it was applied.")
+    return StoreUnavailableError(
+        f"{what} of run {run_id!r} did not complete: other writers changed the run's generations or "
+        f"staged data at each of its {tries} tries.{unknown} Try again.",
+        run_id=run_id, outcome_unknown=outcome_unknown)
 
 
 def out_of_range(run_id: str, refused: dict[str, str], what: str) -> OutOfRangeError:

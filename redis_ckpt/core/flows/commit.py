@@ -34,7 +34,7 @@ from ..frame import FrameParts, decode_frame, decode_payload, encode_frame_parts
 from ..replies import hash_of
 from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, ReplyError, Script
-from .base import FlowsBase, out_of_range, outcome_unknown
+from .base import FlowsBase, not_converged, out_of_range, outcome_unknown
 from .confirm import check_confirmed, confirmed, drift_unread
 from .shared import SharedFlows
 
@@ -146,7 +146,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             nonlocal form, stored, chunks, staging, moved
             sent[0] += 1
             replies = yield from self.shared_sends(
-                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, run_id=k.run_id,
+                                          what="commit", resend=sent[0] > 1),
                 form, free)
             reply = replies[0]
             if isinstance(reply, ReplyError) and reply.code == "RETAINED" and form is not None:
@@ -160,7 +161,8 @@ class CommitFlows(SharedFlows, FlowsBase):
                 stored, chunks, staging, moved = self.stored_form(k, new, whole, cid, token=token,
                                                                   expected=expected_generation)
                 replies = yield from self.shared_sends(
-                    k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                    k, lambda: self.with_keys(build, drop, route=k.head, before=staging, run_id=k.run_id,
+                                          what="commit", resend=sent[0] > 1),
                     None, free)
                 reply = replies[0]
             if not isinstance(reply, ReplyError):
@@ -225,7 +227,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             entries = [entry(g, n) for g, n in kept(head)]
             drop = entries if c.retention_ms or head.get("retention_ms") else entries[: max(0, len(entries) + 1 - c.keep)]
             replies = yield from self.shared_sends(
-                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, resend=sent[0] > 1),
+                k, lambda: self.with_keys(build, drop, route=k.head, before=staging, run_id=k.run_id,
+                                          what="import", resend=sent[0] > 1),
                 None, free)
             if isinstance(replies[0], ReplyError):
                 drift_unread(replies, self.config)
@@ -251,7 +254,7 @@ class CommitFlows(SharedFlows, FlowsBase):
         return reply
 
     def with_keys(self, build: Build, entries: list[str], route: str, before: Sequence[Cmd] = (), *,
-                  resend: bool = False) -> Flow[list[Any]]:
+                  run_id: str, what: str, resend: bool = False) -> Flow[list[Any]]:
         """Send ``before`` then ``build(entries, dead, strict)`` and the confirmations on one connection.
 
         ``entries`` name the generations ("<g>:<chunks>") whose keys the script is given,
@@ -293,7 +296,7 @@ class CommitFlows(SharedFlows, FlowsBase):
                 send = before
             else:
                 return replies
-        raise AssertionError("the generation key set did not converge")
+        raise not_converged(run_id, what, MAX_SENDS, outcome_unknown=resend)
 
     def stored_form(self, k: RunKeys, generation: int, frame: bytes, cid: str, *, token: int,
                     expected: int) -> tuple[Any, int, list[Cmd], list[str]]:

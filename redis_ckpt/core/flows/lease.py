@@ -11,7 +11,7 @@ from ..contract import acquire_script, damaged_refusal, grant_of, refusal, relea
     revoke_script
 from ..keys import validate_owner
 from ..ops import Flow, Pipe, ReplyError
-from .base import FlowsBase, out_of_range
+from .base import FlowsBase, not_converged, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, confirmed_reply, drift_unread
 from .shared import shared_addresses
@@ -76,7 +76,7 @@ class LeaseFlows(FlowsBase):
                 if grant.generation == 0 and not retention:  # no head: the run has no retention of its own
                     self.retained.discard(k.run_id)  # (it expired, or was deleted elsewhere)
                 return grant
-            raise AssertionError("the staged and generation key sets did not converge")
+            raise not_converged(k.run_id, "acquire", STRICT_ACQUIRES + MAX_SENDS)
 
         return self.retrying(body, run_id=k.run_id, what="acquire", writes=True)
 

@@ -15,7 +15,7 @@ from ..keys import validate_owner
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
 from .admin import AdminFlows
-from .base import out_of_range
+from .base import not_converged, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
 from .shared import shared_addresses
@@ -63,7 +63,7 @@ class RetentionFlows(AdminFlows):
                     raise reply
                 check_confirmed(replies, c, what="finish", run_id=k.run_id, generation=None)
                 return int(reply)
-            raise AssertionError("the generation key set did not converge")
+            raise not_converged(k.run_id, "finish", MAX_SENDS)
 
         return self.retrying(body, run_id=k.run_id, what="finish", writes=True)
 
@@ -104,7 +104,8 @@ class RetentionFlows(AdminFlows):
             head = head_of(k.run_id, head)
             registered[:] = staged(registry)
             shared[:] = sorted(refs)
-            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence)
+            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
+                                                run_id=k.run_id, what="prune")
             reply = replies[0]
             if isinstance(reply, Exception) or dry_run:
                 drift_unread(replies, self.config)  # a drift check it carried goes unread

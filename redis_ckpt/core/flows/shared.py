@@ -16,7 +16,7 @@ from ..frame import FrameParts
 from ..keys import RunKeys
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures
-from .base import REMEMBERED, FlowsBase
+from .base import REMEMBERED, FlowsBase, not_converged
 from .confirm import drift_unread
 
 __all__ = ["SharedFlows", "SharedForm", "shared_addresses"]
@@ -120,7 +120,7 @@ class SharedFlows(FlowsBase):
             else:
                 return replies
             drift_unread(replies, self.config)
-        raise AssertionError("the shared chunks a commit needs did not converge")
+        raise not_converged(k.run_id, "commit", SHARED_SENDS)
 
     def read_shared(self, k: RunKeys, generation: int, blob: bytes) -> Flow[Any]:
         """The frame of a generation stored as shared chunks: its chunks in pipelines of
