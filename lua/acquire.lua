@@ -159,6 +159,10 @@ if retention > 0 then
   redis.call('SET', KEYS[1], int(token))
 else
   token = redis.call('INCR', KEYS[1])
+  -- no retention: the run is kept until deleted, and so are its fence and audit events (INCR
+  -- keeps the TTL a retained run's tombstone had: a run made again under its id lost its fence)
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[4])
 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'owner', owner, 'token', int(token), 'state', 'held',

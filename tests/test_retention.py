@@ -11,6 +11,7 @@ import pytest
 
 from redis_ckpt import CheckpointStore, ConflictError, FencedError, NotFoundError, OutOfRangeError
 from redis_ckpt.core.keys import RunKeys
+from redis_ckpt.testing.wait import wait_for
 
 pytestmark = pytest.mark.server
 
@@ -254,3 +255,22 @@ def test_fork_and_import_under_a_retention(client, namespace):
     k = RunKeys(namespace, "copy")
     assert 0 < client.pttl(k.head) <= 60_000 and store.info("copy").fence > 1_600_000_000_000
     assert store.load("copy").state == {"i": 1}
+
+
+def test_a_run_id_made_again_without_a_retention_after_its_data_expired_keeps_a_permanent_fence(client, namespace):
+    """finish(keep_for=...) leaves the fence (and the audit events) to expire a margin after
+    the data; a run made again under that id without a retention is permanent, and so must
+    its fence be: it used to keep the old expiry (INCR keeps a key's TTL), so the live
+    holder's commits failed once it expired ('the run's fence is 0') and tokens started over."""
+    store = CheckpointStore(client, namespace=namespace, fence_margin=0.5)
+    lease = store.acquire("q", owner="a", ttl=5)
+    lease.commit({"v": 1})
+    lease.finish(keep_for=0.2)
+    wait_for(lambda: not client.exists(f"{namespace}:{{q}}:head"), "the finished run's data to expire", timeout=10)
+    assert client.pttl(f"{namespace}:{{q}}:fence") > 0  # the old run's tombstone, expiring
+    lease = store.acquire("q", owner="b", ttl=5)  # a new run under the same id, no retention
+    lease.commit({"v": "new"})
+    assert client.pttl(f"{namespace}:{{q}}:fence") == -1
+    assert client.pttl(f"{namespace}:{{q}}:events") == -1
+    time.sleep(0.8)  # past the old fence's expiry
+    assert lease.commit({"v": 2}) == 2
