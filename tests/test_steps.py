@@ -380,3 +380,27 @@ def test_a_bad_run_id_is_refused_when_the_runner_is_made(store):
         with pytest.raises(InvalidRunIdError):
             AsyncStepRunner(store, bad)
     assert store.runs() == []  # nothing was written
+
+
+def test_without_a_heartbeat_the_lease_is_renewed_between_steps_that_do_not_commit(store):
+    """heartbeat=False renews between steps; with commit_every > 1 it renewed only after a
+    commit, so steps each well under the ttl let the lease lapse between two commits: another
+    worker took the run over and the first one's next commit was fenced."""
+    runner = StepRunner(store, "slow-steps", owner="w", ttl=0.6, commit_every=3, heartbeat=False)
+    taken: list[bool] = []
+
+    def slow(ctx):
+        time.sleep(0.35)  # each step well under the ttl, two of them past it
+        return ctx.step
+
+    def try_to_take_over(ctx):
+        try:
+            store.acquire("slow-steps", owner="other", ttl=5)
+            taken.append(True)
+        except LeaseHeldError:
+            pass
+        return "done"
+
+    runner.add("a", slow).add("b", slow).add("c", try_to_take_over)
+    assert runner.run() == {"a": "a", "b": "b", "c": "done"}
+    assert not taken

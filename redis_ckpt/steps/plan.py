@@ -251,6 +251,11 @@ class RunnerBase:
         completed = state["completed"]
         yield Commit(stored.wire(state), {"runner": STATE_KIND, "completed": len(completed),
                               "last": completed[-1] if completed else ""})
+        yield from self._renew_plan()
+
+    def _renew_plan(self) -> Plan[None]:
+        """Without a heartbeat, the lease is renewed between steps once a third of its ttl has
+        passed: after every step, committed or not (commit_every > 1 leaves steps between)."""
         if not self.heartbeat and time.monotonic() - self._renewed_at >= self.ttl_ms / 3000:
             yield Renew()
 
@@ -298,6 +303,8 @@ class RunnerBase:
             if uncommitted >= self.commit_every or state["finished"]:
                 yield from self._commit_plan(state, stored)
                 uncommitted = 0
+            else:
+                yield from self._renew_plan()
         return dict(state["results"])
 
     # -- carrying a request out ----------------------------------------------------------------
