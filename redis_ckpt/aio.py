@@ -114,7 +114,7 @@ class AsyncCheckpointStore(StoreBase):
     _sentinel: Any = None  # a Sentinel this store created (from_url) and closes
 
     def __init__(self, client: Any, *, namespace: str, **options: Any) -> None:
-        super().__init__(client, namespace=namespace, **options)
+        super().__init__(client, namespace=namespace, **ha_defaults(client, options))
         #: the startup probe is still to run (and be passed) before anything else is sent
         self._unprobed = self.core.config.confirm
         self._probing = asyncio.Lock()  # concurrent first operations: one probe
@@ -125,7 +125,7 @@ class AsyncCheckpointStore(StoreBase):
         or a Sentinel-managed client (``redis.asyncio.sentinel.Sentinel.master_for(...)``);
         runs the startup probe. On Cluster or Sentinel the default ``retry`` is ``HA_RETRY``."""
         label = options.pop("_label", None)  # from_url: the URL, redacted, names the store from the start
-        store = cls(client, namespace=namespace, **ha_defaults(client, options))
+        store = cls(client, namespace=namespace, **options)
         if label is not None:
             store.server = label
         await store._ready()

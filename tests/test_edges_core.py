@@ -291,3 +291,15 @@ def test_step_runner_refuses_inputs_of_other_types_or_values(store, started, res
     with pytest.raises(StepPlanError):
         runner.run(resumed)  # not the inputs the run started with (exact types)
     assert store.info("job").generation == generation  # nothing committed
+
+
+def test_an_async_store_constructed_directly_on_a_cluster_client_rides_out_a_failover():
+    """On Cluster or Sentinel the default retry is HA_RETRY: the sync constructor and create()
+    gave it, a directly constructed async store did not (nothing is sent: the client is not
+    connected)."""
+    import redis.asyncio.cluster
+
+    from redis_ckpt._shell import HA_RETRY
+
+    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)
+    assert AsyncCheckpointStore(client, namespace="n").core.config.retry == HA_RETRY
