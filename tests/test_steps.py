@@ -404,3 +404,37 @@ def test_without_a_heartbeat_the_lease_is_renewed_between_steps_that_do_not_comm
     runner.add("a", slow).add("b", slow).add("c", try_to_take_over)
     assert runner.run() == {"a": "a", "b": "b", "c": "done"}
     assert not taken
+
+
+def test_an_async_run_cancelled_while_its_heartbeat_stops_ends_cancelled(durable_server, namespace):
+    """run() stops its heartbeat task and awaits it; a cancellation of run() itself arriving
+    then was taken for the heartbeat's own and swallowed: run() returned as if never
+    cancelled."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        runner = AsyncStepRunner(astore, "cancelled-job", ttl=5)
+        runner.add("a", lambda ctx: 1)
+        stopping = asyncio.Event()
+
+        async def slow_to_stop():  # a heartbeat that takes a while to stop
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                stopping.set()
+                await asyncio.sleep(0.5)
+                raise
+
+        runner._keep_alive = slow_to_stop
+        task = asyncio.create_task(runner.run())
+        await stopping.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await astore.close()
+
+    asyncio.run(scenario())

@@ -49,10 +49,11 @@ class AsyncStepRunner(RunnerBase):
         finally:
             if keeper is not None:
                 keeper.cancel()
-                try:
-                    await keeper
-                except asyncio.CancelledError:
-                    pass  # the keeper was stopped, as asked
+                # wait for it without awaiting it: a CancelledError out of `await keeper` could be
+                # a cancellation of run() itself, which must not be swallowed (wait() lets it out)
+                await asyncio.wait([keeper])
+                if not keeper.cancelled():
+                    keeper.result()  # it ended on its own: its error, if any, as before
             self._lease = None
             try:
                 await lease.release()
