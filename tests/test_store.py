@@ -22,6 +22,7 @@ from redis_ckpt import (
     SchemaVersionError,
     UnsupportedTypeError,
 )
+from redis_ckpt.core.frame import read_header
 from redis_ckpt.core.keys import RunKeys
 from redis_ckpt.drivers.scripts import SCRIPTS
 from redis_ckpt.store import Lease
@@ -141,6 +142,28 @@ def test_a_retried_commit_with_the_same_commit_id_applies_once(store):
     kinds = [e.kind for e in store.events("idem")]
     assert kinds.count("commit") == 1 and kinds.count("commit_retry") == 1
     assert store.load("idem").generation == 1
+
+
+@pytest.mark.parametrize("op", ["export", "fork"])
+def test_export_or_fork_past_a_damaged_newest_generation_says_so_as_load_does(store, client, caplog, op):
+    """Both take the newest generation that verifies, as documented; they used to move past a
+    damaged one without a word, where a load logs an ERROR and records a fallback event."""
+    lease = store.acquire("dmg", owner="w", ttl=30)
+    for i in range(3):
+        lease.commit({"i": i})
+    k = keys(store, "dmg")
+    client.setrange(k.generation(3), 30, b"\xff\xff\xff\xff")
+    with caplog.at_level(logging.ERROR, logger="redis_ckpt"):
+        if op == "export":
+            assert read_header(store.export_frame("dmg")).generation == 2
+        else:
+            store.fork("dmg", "dmg-copy", by="ops")
+            assert store.load("dmg-copy").state == {"i": 1}
+    assert any(op in r.message and "generation 2" in r.message and r.levelno == logging.ERROR
+               for r in caplog.records)
+    fallback = [e for e in store.events("dmg") if e.kind == "fallback"]
+    assert fallback and fallback[-1].get_int("loaded") == 2 and "g3: checksum" in fallback[-1].fields["skipped"]
+    assert fallback[-1].fields["op"] == op
 
 
 def test_damaged_newest_generation_loads_the_previous_one_loudly(store, client, caplog):

@@ -174,7 +174,10 @@ def test_a_lost_connection_during_a_load_is_retried_then_unavailable_without_out
 
 def test_export_skips_a_damaged_generation_and_returns_the_newest_good_frame():
     good = frame(1, {"i": 1})
-    s = Scripted([b"generation", b"2", b"kept", b"1,2"], b"junk", good)
+    s = Scripted([b"generation", b"2", b"kept", b"1,2"], b"junk", good, b"1-0")
     assert s.run(core().export_flow("r")) == good
-    assert [op.args for op in s.ops[1:]] == [("GET", K.generation(2)), ("GET", K.generation(1))]
+    assert [op.args for op in s.ops[1:3]] == [("GET", K.generation(2)), ("GET", K.generation(1))]
+    fallback = s.ops[3].args  # said loudly, as a load does: an audit event naming the export
+    assert fallback[:2] == ("XADD", K.events) and fallback[6:14] == ("kind", "fallback", "loaded", 1, "skipped",
+                                                                     "g2: bad-magic", "op", "export")
     assert all(isinstance(op, Cmd) for op in s.ops)

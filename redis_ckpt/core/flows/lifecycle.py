@@ -148,7 +148,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
             head = yield from self.retrying(taken, run_id=dst.run_id, what="fork", writes=False)
             if head:  # checked first so that a large source is not read for nothing
                 raise fork_target_exists(dst.run_id, head, src.run_id)
-            frame = yield from self.export_flow(src.run_id, generation)
+            frame = yield from self.export_flow(src.run_id, generation, op="fork")
             header, payload = decode_frame(frame, run_id=src.run_id, max_payload_bytes=c.max_state_bytes)
             meta = {**header.metadata, FORKED_FROM: {"run": src.run_id, "generation": header.generation,
                                                      "checksum": frame_checksum(frame)}}

@@ -158,12 +158,15 @@ class ReadFlows(SharedFlows, FlowsBase):
             size=len(blob), skipped=skipped,  # type: ignore[arg-type]
         )
 
-    def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration]) -> Flow[None]:
+    def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration],
+                        op: str = "load") -> Flow[None]:
+        """Say loudly that ``op`` (load, export, fork) took generation ``loaded`` past newer
+        ones that failed verification: an ERROR log and a ``fallback`` audit event."""
         summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
-        log.error("run %r: loaded generation %d because newer ones failed verification (%s)",
-                  k.run_id, loaded, summary)
+        log.error("run %r: %s used generation %d because newer ones failed verification (%s)",
+                  k.run_id, op, loaded, summary)
         yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", "kind", "fallback",
-                  "loaded", loaded, "skipped", summary, "ms", now_ms())
+                  "loaded", loaded, "skipped", summary, "op", op, "ms", now_ms())
 
     def read(self, k: RunKeys, generation: int, prefetched: Any = None) -> Flow[bytes]:
         """The whole stored frame of a generation, reassembled from its chunks if it has any.
@@ -312,8 +315,10 @@ class ReadFlows(SharedFlows, FlowsBase):
 
         return self.retrying(body, run_id=k.run_id, what="generations", writes=False)
 
-    def export_flow(self, run_id: str, generation: int | None = None) -> Flow[bytes]:
-        """The stored frame of ``generation`` (default: the newest that verifies), verified."""
+    def export_flow(self, run_id: str, generation: int | None = None, *, op: str = "export") -> Flow[bytes]:
+        """The stored frame of ``generation`` (default: the newest that verifies, past newer
+        damaged ones loudly, as a load: see :meth:`report_fallback`), verified. ``op``: what
+        the frame is for (export, fork), as the fallback names it."""
         k = self.keys(run_id)
 
         def body() -> Flow[bytes]:
@@ -324,7 +329,7 @@ class ReadFlows(SharedFlows, FlowsBase):
             if generation is not None and generation not in gens:
                 raise NotFoundError(f"run {k.run_id!r} does not keep generation {generation} "
                                     f"(kept: {', '.join(map(str, gens))})", run_id=k.run_id)
-            reasons: dict[int, str] = {}
+            skipped: list[SkippedGeneration] = []
             for g in gens if generation is None else [generation]:
                 try:
                     frame = yield from self.read(k, g)
@@ -332,10 +337,12 @@ class ReadFlows(SharedFlows, FlowsBase):
                 except FrameError as bad:
                     if generation is not None:
                         raise
-                    reasons[g] = f"{bad.reason.value}: {bad.detail}"
+                    skipped.append(SkippedGeneration(g, bad.reason.value, bad.detail))
                     continue
+                if skipped:
+                    yield from self.report_fallback(k, g, skipped, op)
                 return bytes(frame)  # a frame read in pieces (FrameAssembler) is joined again
-            raise CorruptCheckpointError(k.run_id, reasons)
+            raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
 
         return self.retrying(body, run_id=k.run_id, what="export", writes=False)
 
