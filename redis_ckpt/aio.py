@@ -163,7 +163,8 @@ class AsyncCheckpointStore(StoreBase):
 
     @classmethod
     async def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> AsyncCheckpointStore:
-        """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF.
+        """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF, and no
+        ``usage()`` (fakeredis has no ``MEMORY USAGE``: :class:`ServerError`).
         Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`)."""
         fakeredis = import_fakeredis("AsyncCheckpointStore.in_memory()")
         store = cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)

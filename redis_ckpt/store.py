@@ -142,7 +142,8 @@ class CheckpointStore(StoreBase):
     def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> CheckpointStore:
         """An in-memory store on fakeredis, for your own unit tests. NOT durable.
 
-        It skips the startup probe and the WAITAOF confirmation (fakeredis has neither):
+        It skips the startup probe and the WAITAOF confirmation (fakeredis has neither), and
+        :meth:`usage` raises :class:`ServerError` (fakeredis has no ``MEMORY USAGE``):
         everything else (fencing, CAS, rotation, frames, types, migrations) behaves as on a
         real server. Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`).
         """
