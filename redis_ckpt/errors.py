@@ -163,10 +163,11 @@ class FencedError(CheckpointError):
     """
 
     def __init__(self, run_id: str, *, token: int, fence: int, cause: str | None = None,
-                 by: str | None = None) -> None:
+                 by: str | None = None, what: str = "commit") -> None:
         super().__init__("", run_id=run_id)
         self.token = token
         self.fence = fence
+        self.what = what  # the write refused: "commit", "finish"
         self.explain(cause, by)
 
     @property
@@ -184,7 +185,7 @@ class FencedError(CheckpointError):
             "takeover": f"{by!r} acquired the run with token {self.fence}",
         }.get(cause or "", f"the run's fence is {self.fence}: a newer token was handed out since "
                            "(a takeover, revoke, delete or import)")
-        self.args = (f"commit to run {self.run_id!r} with token {self.token} rejected: {why}",)
+        self.args = (f"{self.what} of run {self.run_id!r} with token {self.token} rejected: {why}",)
 
 
 class ConflictError(CheckpointError):

@@ -65,6 +65,7 @@ def test_finish_by_a_fenced_holder_changes_nothing(client, namespace):
     with pytest.raises(FencedError) as e:
         old.finish(keep_for=timedelta(seconds=1))
     assert (e.value.token, e.value.fence) == (1, 2) and not old.released
+    assert str(e.value).startswith("finish of run 'r' with token 1 rejected")  # not "commit"
     k = RunKeys(namespace, "r")
     assert [client.pttl(key) for key in (k.fence, k.head, k.events)] == [-1, -1, -1]
     assert len(store.events("r")) == events

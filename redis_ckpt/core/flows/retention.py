@@ -57,7 +57,7 @@ class RetentionFlows(AdminFlows):
                         continue
                     if reply.code == "FENCED":
                         r = refusal(reply)
-                        raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]))
+                        raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]), what="finish")
                     if reply.code == "OUT_OF_RANGE":
                         raise out_of_range(k.run_id, refusal(reply), "finish")
                     raise reply
