@@ -623,6 +623,27 @@ def test_export_into_a_fifo_or_through_a_symlink_writes_into_it_and_keeps_it(
     assert sorted(p.name for p in target.parent.iterdir()) == ["job.rckp"]  # no temporary file left
 
 
+def test_ctrl_c_right_after_fence_follow_printed_its_first_line_ends_it_with_exit_0(
+        store: CheckpointStore, durable_server: Any, namespace: str, monkeypatch: Any) -> None:
+    """Ctrl-C between the fence's first line and the follow loop ended as 'aborted' (exit 1);
+    a follow ends with exit 0 whenever Ctrl-C comes (CI met this window once)."""
+    from redis_ckpt.cli import views
+
+    store.acquire("job", owner="w", ttl=30).commit({"i": 1})
+    shown = views.fence
+
+    def then_ctrl_c(*args: Any, **kwargs: Any) -> None:
+        shown(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(views, "fence", then_ctrl_c)
+    result = invoke(["fence", "job", "--follow"], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 0, result.output
+    assert "job" in result.stdout
+    result = invoke(["fence", "job"], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 1  # without --follow, Ctrl-C is still an abort
+
+
 # --------------------------------------------------------------------------- passwords
 
 

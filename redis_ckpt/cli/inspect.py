@@ -234,6 +234,16 @@ def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float
     """
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     try:
+        _fence(cfg, run, count, follow, deadline)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Ctrl-C ends a follow with exit 0 whenever it comes: also between the first line and
+        # the loop (it used to end as 'aborted', exit 1, there)
+
+
+def _fence(cfg: CliConfig, run: str, count: int, follow: bool, deadline: float | None) -> None:
+    try:
         info = run_info(cfg, run)
     except NoSuchRun:
         if not follow:
