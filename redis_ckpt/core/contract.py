@@ -297,6 +297,12 @@ HEAD_LISTS = {
     "kept": (re.compile(r"[0-9]+(:[0-9]+)?"), 'a comma-separated list of generations "<g>" or "<g>:<chunks>"'),
     "kept_ms": (re.compile(r"[0-9]+|-"), 'a comma-separated list of times in ms (or "-")'),
 }
+#: each list whole, in one match: entries of its form (or empty), comma-separated
+_WHOLE_LISTS = {name: re.compile(f"(?:{form.pattern})?(?:,(?:{form.pattern})?)*")
+                for name, (form, _) in HEAD_LISTS.items()}
+#: how an error names each field (made once: head_of runs at every load)
+_HEAD_WHERE = {name: f"head's {name!r}" for name in (*HEAD_NUMBERS, *HEAD_LISTS)}
+_LEASE_WHERE = {name: f"lease's {name!r}" for name in LEASE_NUMBERS}
 
 
 def damaged(run_id: str, where: str, value: str, expected: str) -> CorruptCheckpointError:
@@ -330,11 +336,11 @@ def head_of(run_id: str, fields: Mapping[str, str]) -> dict[str, str]:
     field. Every flow reads a head through this before it parses one."""
     for name in HEAD_NUMBERS:
         if name in fields:
-            stored_int(run_id, f"head's {name!r}", fields[name])
-    for name, (form, expected) in HEAD_LISTS.items():
+            stored_int(run_id, _HEAD_WHERE[name], fields[name])
+    for name, whole in _WHOLE_LISTS.items():
         value = fields.get(name, "")
-        if any(e and not form.fullmatch(e) for e in value.split(",")):
-            raise damaged(run_id, f"head's {name!r}", value, expected)
+        if not whole.fullmatch(value):
+            raise damaged(run_id, _HEAD_WHERE[name], value, HEAD_LISTS[name][1])
     return dict(fields)
 
 
@@ -342,5 +348,5 @@ def lease_of(run_id: str, fields: Mapping[str, str]) -> dict[str, str]:
     """The run's lease hash, its numbers checked as :func:`head_of` checks the head's."""
     for name in LEASE_NUMBERS:
         if name in fields:
-            stored_int(run_id, f"lease's {name!r}", fields[name])
+            stored_int(run_id, _LEASE_WHERE[name], fields[name])
     return dict(fields)
