@@ -108,7 +108,7 @@ def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[s
     item, ns, cid, lg_run = parts
     now = time.monotonic()
     due = lg_run is not None and filed.due(lg_run, thread_id, now)
-    if lg_run is not None and due:
+    if due:
         # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per
         # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
         yield from file_run(e, k, filed, lg_run, thread_id, now)
@@ -193,19 +193,19 @@ def delete_flow(e: Engine, filed: FiledRuns, thread_id: str) -> Flow[None]:
     yield from _unindex(e, k, filed, thread_id, lg_runs, "delete_thread")
 
 
-def check_strategy(strategy: Any) -> str:
-    """A prune strategy: "keep_latest" or "delete"."""
+def check_strategy(strategy: Any) -> None:
+    """A prune strategy: "keep_latest" or "delete" (the saver checks it before the first
+    thread is pruned)."""
     if strategy not in ("keep_latest", "delete"):
         raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
-    return str(strategy)
 
 
 def prune_flow(e: Engine, filed: FiledRuns, thread_id: str, strategy: str) -> Flow[None]:
     """keep_latest: the newest checkpoint of each namespace and the delta chain its
     DeltaChannels rebuild from (the channels its metadata counts since their last snapshot).
     A put between the read of the newest checkpoints and the prune makes the script refuse
-    (nothing written): read again, up to PRUNE_READS times."""
-    check_strategy(strategy)
+    (nothing written): read again, up to PRUNE_READS times. ``strategy`` is checked by the
+    caller (check_strategy), with every other argument, before the first thread."""
     k = e.keys(thread_id)
     version, now = 0, 0
     for _ in range(PRUNE_READS):  # "delete" is never refused
