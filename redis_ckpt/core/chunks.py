@@ -26,6 +26,7 @@ import xxhash
 
 from ..errors import FrameDamage, FrameError
 from .frame import FrameParts
+from .frame.layout import exact_fields
 
 __all__ = ["MANIFEST_MAGIC", "Manifest", "is_manifest", "split", "encode_manifest", "read_manifest", "check_chunk"]
 
@@ -33,6 +34,8 @@ MANIFEST_MAGIC = b"RCKM"
 _VERSION = 1
 _PREFIX = struct.Struct(">4sBI")
 _DIGEST = 16
+#: the manifest body's fields and their exact types
+_BODY_FIELDS = {"run": str, "gen": int, "size": int, "chunks": list}
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,13 @@ def read_manifest(blob: bytes, *, run_id: str, generation: int) -> Manifest:
         raise bad(FrameDamage.CHECKSUM, "xxh3-128 mismatch")
     try:
         body = msgpack.unpackb(memoryview(blob)[_PREFIX.size:end], raw=False)
-        if type(body) is not dict:
-            raise ValueError(f"the body is a {type(body).__name__}, not a map")
-        fields = (body["run"], body["gen"], body["size"], body["chunks"])
-        # exact types, checked before anything is converted: the checksum is unkeyed (forgeable)
-        if [type(f) for f in fields] != [str, int, int, list] or not set(map(type, fields[3])) <= {int}:
-            raise ValueError("a field of the wrong type")
-        m = Manifest(fields[0], fields[1], fields[2], tuple(fields[3]))
+        try:
+            run, gen, size, sizes = exact_fields(body, _BODY_FIELDS)
+        except ValueError as exc:
+            raise ValueError(f"the body {exc}") from None
+        if not set(map(type, sizes)) <= {int}:
+            raise ValueError("chunk sizes that are not ints")
+        m = Manifest(run, gen, size, tuple(sizes))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise bad(FrameDamage.BAD_HEADER, f"unreadable body ({exc})") from None
     if m.run_id != run_id:

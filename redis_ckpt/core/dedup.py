@@ -82,6 +82,7 @@ import xxhash
 
 from ..errors import FrameDamage, FrameError
 from .frame import FrameAssembler, FrameParts
+from .frame.layout import exact_fields
 
 __all__ = [
     "DEDUP_MIN_BYTES", "CLASSES", "RESYNC_TRIES", "NEAR_TRIES", "MAGIC", "Held", "SharedManifest", "chunk_class",
@@ -266,21 +267,22 @@ def is_manifest(blob: Any) -> bool:
     return blob is not None and bytes(blob[:4]) == MAGIC
 
 
+#: the manifest body's fields and their exact types (``avg``: AVG_CHUNK when missing)
+_BODY_FIELDS = {"run": str, "gen": int, "size": int, "head": bytes, "digest": bytes, "lengths": list, "avg": int}
+
+
 def _exact_fields(body: Any) -> tuple[str, int, int, bytes, bytes, tuple[int, ...], int]:
     """(run, gen, size, head, digest, lengths, avg) of a manifest's decoded body, each of its
-    exact type, else ValueError. Nothing is converted before it is checked: the checksum is
-    unkeyed, so a forged body is well checksummed, and ``bytes(n)`` of an int "head" would
-    allocate n bytes (a MemoryError out of load instead of a fallback)."""
-    if type(body) is not dict:
-        raise ValueError(f"the body is a {type(body).__name__}, not a map")
-    fields = (body["run"], body["gen"], body["size"], body["head"], body["digest"], body["lengths"],
-              body.get("avg", AVG_CHUNK))
-    if [type(f) for f in fields] != [str, int, int, bytes, bytes, list, int]:
-        raise ValueError("a field of the wrong type")
-    lengths = fields[5]
+    exact type, else ValueError. Nothing is converted before it is checked (exact_fields):
+    ``bytes(n)`` of an int "head" would allocate n bytes (a MemoryError out of load instead
+    of a fallback)."""
+    try:
+        run, gen, size, head, digest, lengths, avg = exact_fields(body, _BODY_FIELDS, {"avg": AVG_CHUNK})
+    except ValueError as exc:
+        raise ValueError(f"the body {exc}") from None
     if not set(map(type, lengths)) <= {int} or (lengths and min(lengths) < 0):
         raise ValueError("chunk lengths that are not sizes")
-    return (*fields[:5], tuple(lengths), fields[6])  # type: ignore[return-value]
+    return run, gen, size, head, digest, tuple(lengths), avg
 
 
 def read_manifest(blob: bytes, *, run_id: str, generation: int) -> SharedManifest:

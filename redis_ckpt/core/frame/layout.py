@@ -5,8 +5,10 @@ compression ids, the header's fields and ranges, and what a verified header says
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 from ...errors import CodecUnavailableError
 from ...models import MAX_MS, MIN_MS
@@ -28,6 +30,23 @@ MAX_ZSTD_RATIO = 1000
 #: the inclusive range of each int header field: what encode_frame accepts, and what a
 #: reader can turn into a Python object (created_ms: a datetime) without failing
 HEADER_RANGES = {"gen": (0, I64 - 1), "token": (0, I64 - 1), "created_ms": (MIN_MS, MAX_MS)}
+
+
+def exact_fields(body: Any, kinds: Mapping[str, type], defaults: Mapping[str, Any] | None = None) -> list[Any]:
+    """The values of ``kinds``' fields in ``body``, a decoded msgpack map (a field of
+    ``defaults`` may be missing: its default then), each of its exact type; else ValueError
+    saying which is not ("is not a map holding ...", "field 'x' is int, not str": the caller
+    names what ``body`` is in front). Nothing is converted before it is checked: a frame's or
+    a manifest's checksum is unkeyed, so a forged body can be well checksummed."""
+    defaults = defaults or {}
+    if type(body) is not dict or not all(name in body or name in defaults for name in kinds):
+        *first, last = kinds
+        raise ValueError(f"is not a map holding {', '.join(first)} and {last}")
+    values = [body[name] if name in body else defaults[name] for name in kinds]
+    for (name, kind), value in zip(kinds.items(), values):
+        if type(value) is not kind:
+            raise ValueError(f"field {name!r} is {type(value).__name__}, not {kind.__name__}")
+    return values
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from .assemble import AssembledFrame, SplitPayload
 from .build import FrameParts
 from .layout import (
     CODECS, COMPRESSIONS, DIGEST_SIZE, FORMAT_VERSION, HEADER_FIELDS, HEADER_RANGES, MAGIC, MAX_ZSTD_RATIO, MIN_SIZE,
-    PAYLOAD_LEN, PREFIX, FrameHeader, zstd_module,
+    PAYLOAD_LEN, PREFIX, FrameHeader, exact_fields, zstd_module,
 )
 
 
@@ -158,12 +158,10 @@ def _parse_header(raw: memoryview) -> dict[str, Any] | str:
                                  max_array_len=n, max_map_len=n // 2, max_ext_len=n)
     except (ValueError, TypeError, msgpack.UnpackException):
         return "header is not msgpack"
-    if type(fields) is not dict or not HEADER_FIELDS.keys() <= fields.keys():
-        return "header is not a map holding run, gen, token, owner, created_ms and meta"
-    # keys beyond these are allowed: a later writer of format 1 may add fields
-    for name, kind in HEADER_FIELDS.items():
-        if type(fields[name]) is not kind:
-            return f"header field {name!r} is {type(fields[name]).__name__}, not {kind.__name__}"
+    try:  # keys beyond these are allowed: a later writer of format 1 may add fields
+        exact_fields(fields, HEADER_FIELDS)
+    except ValueError as exc:
+        return f"header {exc}"
     for name, (low, high) in HEADER_RANGES.items():
         if not low <= fields[name] <= high:
             return f"header field {name!r} is {fields[name]}, outside [{low}, {high}]"
