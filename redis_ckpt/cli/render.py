@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 from ..models import Event, GenerationInfo, RunInfo, RunUsage, ms_to_datetime
+from .state import tagged
 
 __all__ = [
     "iso",
@@ -151,8 +151,8 @@ def jsonable(value: Any) -> Any:
     sets/tuples as lists, Decimal as its string, mapping keys as strings; anything else
     that JSON cannot hold as its ``repr``; NaN and the infinities tagged as ``show --state``
     tags them (``{"$float": "nan" | "inf" | "-inf"}``: JSON has no such numbers)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": repr(float(value))}
+    if isinstance(value, float):
+        return tagged(float(value))  # the one rule for floats JSON cannot hold (state.py)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, datetime):
