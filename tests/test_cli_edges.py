@@ -4,18 +4,12 @@ or '/', strict JSON, malformed host entries, a silent cluster primary, prune's c
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from test_cli import invoke  # one way to run the CLI in the tests: never a traceback
 
-from redis_ckpt.cli import cli
 from redis_ckpt.urls import redact_url, url_secrets, validate_url
-
-
-def run(args: list[str], input: str | None = None) -> Result:
-    result = CliRunner().invoke(cli, args, input=input, catch_exceptions=True)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
-    return result
 
 
 # --------------------------------------------------------------------------- 1. passwords with '#?/'
@@ -46,7 +40,7 @@ def test_a_password_with_a_url_delimiter_is_redacted_whole(url: str, shown: str)
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize(("url", "shown"), CASES)
 def test_a_bad_url_never_prints_any_part_of_its_password(url: str, shown: str, as_json: bool) -> None:
-    result = run(["runs", "--url", url, "--timeout", "1", *(["--json"] if as_json else [])])
+    result = invoke(["runs", "--url", url, "--timeout", "1", *(["--json"] if as_json else [])])
     assert result.exit_code == 2
     assert not any(p in result.output for p in PIECES), result.output
     [line] = result.stderr.splitlines()
@@ -56,7 +50,7 @@ def test_a_bad_url_never_prints_any_part_of_its_password(url: str, shown: str, a
 
 def test_a_password_with_a_delimiter_that_still_parses_is_never_shown() -> None:
     # redis-py reads ':4242' as the port and the rest as a query: nothing listens there
-    result = run(["runs", "--url", "redis://:4242?xq9z@127.0.0.1/0", "--timeout", "1"])
+    result = invoke(["runs", "--url", "redis://:4242?xq9z@127.0.0.1/0", "--timeout", "1"])
     assert result.exit_code == 2
     assert "4242" not in result.output and "xq9z" not in result.output, result.output
     assert "redis://:***@127.0.0.1/0" in result.stderr  # the redacted URL is not scrubbed into '***7.0.0.1'
@@ -81,7 +75,7 @@ def test_show_json_tags_nan_and_infinite_metadata(store, durable_server, namespa
     store.commit("m", {"x": 1}, token=lease.token, expected_generation=0,
                  metadata={"loss": float("nan"), "best": float("inf"), "worst": [float("-inf"), 1.5]})
     for extra in ([], ["--state"]):
-        result = run(["show", "m", *extra, "--json", "--url", durable_server.url, "--namespace", namespace])
+        result = invoke(["show", "m", *extra, "--json", "--url", durable_server.url, "--namespace", namespace])
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout, parse_constant=_strict)
         meta = data["metadata"] if extra else data["generations"][0]["metadata"]
@@ -109,7 +103,7 @@ def test_json_output_refuses_a_non_finite_number_loudly() -> None:
 def test_a_malformed_host_entry_is_a_value_error(url: str) -> None:
     with pytest.raises(ValueError, match="URL has a bad|URL has an empty|Invalid IPv6"):
         validate_url(url)
-    result = run(["runs", "--url", url, "--timeout", "1"])
+    result = invoke(["runs", "--url", url, "--timeout", "1"])
     assert result.exit_code == 2 and result.stderr.startswith("error: bad --url"), result.output
 
 
@@ -151,12 +145,12 @@ def test_a_silent_cluster_primary_is_exit_2_for_check_and_for_a_store_command(cl
     url = cluster.url(2)
     seeds = {s.port for s in cluster.servers[:2]}
 
-    def while_silent(args: list[str]) -> Result:
+    def while_silent(args: list[str]) -> Any:
         # a short window: its replica takes over ~2 s after it stops (NODE_TIMEOUT_MS 1000)
         silent = next(p for p in cluster.primaries() if p.port not in seeds)
         os.kill(silent.pid, signal.SIGSTOP)
         try:
-            result = run([*args, "--url", url, "--timeout", "0.5"])
+            result = invoke([*args, "--url", url, "--timeout", "0.5"])
         finally:
             os.kill(silent.pid, signal.SIGCONT)
         cluster.wait_healthy(60)
@@ -181,9 +175,9 @@ def test_prune_with_json_still_asks_before_removing(store, durable_server, names
     store.commit("job", {"a": 1}, token=lease.token, expected_generation=0)
     time.sleep(0.4)
     args = ["prune", "--idle", "250ms", "--json", "--url", durable_server.url, "--namespace", namespace]
-    declined = run(args, input="n\n")
+    declined = invoke(args, input="n\n")
     assert declined.exit_code == 1 and store.load("job") is not None, declined.output
     assert json.loads(declined.stderr.splitlines()[-1]) == {"error": "aborted", "exit_code": 1}
     assert declined.stdout == ""
-    done = run([*args, "--yes"])
+    done = invoke([*args, "--yes"])
     assert done.exit_code == 0 and json.loads(done.stdout)["count"] == 1 and store.load("job") is None

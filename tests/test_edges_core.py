@@ -12,11 +12,10 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aredis
-from click.testing import CliRunner
+from test_cli import invoke  # one way to run the CLI in the tests: never a traceback
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, NonDurableServerError, RetryPolicy, \
     StoreUnavailableError
-from redis_ckpt.cli import cli
 from redis_ckpt.steps import StepRunner
 from redis_ckpt.steps.state import StepPlanError
 from redis_ckpt.aio import AsyncCheckpointStore
@@ -223,19 +222,14 @@ def test_a_commit_onto_a_damaged_head_writes_nothing(store, client, namespace, f
             client.xlen(f"{namespace}:{{r}}:events")) == before
 
 
-def _cli(args: list[str], server, namespace: str):
-    result = CliRunner().invoke(cli, [*args, "--url", server.url, "--namespace", namespace])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
-    return result
-
-
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, durable_server, namespace, dry_run):
     _committed(store, "bad")
     _committed(store, "good")
     client.hset(f"{namespace}:{{bad}}:head", "kept", "x,y")
     time.sleep(0.01)
-    out = _cli(["prune", "--idle", "1ms", "--yes", *(["--dry-run"] if dry_run else [])], durable_server, namespace)
+    out = invoke(["prune", "--idle", "1ms", "--yes", *(["--dry-run"] if dry_run else [])], url=durable_server.url,
+                 namespace=namespace)
     assert out.exit_code == 1, out.output
     assert "'bad'" in out.stderr and "kept" in out.stderr and "a bug" not in out.stderr
     assert "good" in out.stdout and "1 run(s)" in out.stdout
