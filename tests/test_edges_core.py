@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aredis
 from test_cli import invoke  # one way to run the CLI in the tests: never a traceback
+from test_deadlines import stopped
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, NonDurableServerError, RetryPolicy, \
     StoreUnavailableError
@@ -67,15 +68,13 @@ def test_async_store_constructed_directly_probes_before_its_first_operation(dura
 # --------------------------------------------------------------------------- release / renew whose reply is lost
 
 
-def _frozen(server, seconds: float | None = None):
-    """SIGSTOP ``server`` (it accepts connections and never answers); with ``seconds``, a timer
-    that SIGCONTs it then (else the caller does)."""
+def _frozen_for(server, seconds: float) -> threading.Timer:
+    """SIGSTOP ``server`` (it accepts connections and never answers) for ``seconds``: the
+    timer that SIGCONTs it then (as test_deadlines.stopped, without the caller's block)."""
     os.kill(server.pid, signal.SIGSTOP)
-    if seconds is not None:
-        timer = threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT))
-        timer.start()
-        return timer
-    return None
+    timer = threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT))
+    timer.start()
+    return timer
 
 
 @pytest.mark.parametrize("op", ["release", "renew"])
@@ -86,12 +85,8 @@ def test_release_and_renew_that_time_out_say_their_outcome_is_unknown(make_serve
     warm.renew()
     warm.release()
     lease = store.acquire("r", owner="a", ttl=30)
-    _frozen(server)
-    try:
-        with pytest.raises(StoreUnavailableError) as failed:
-            lease.renew(ttl=60) if op == "renew" else lease.release()
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
+    with stopped(server), pytest.raises(StoreUnavailableError) as failed:
+        lease.renew(ttl=60) if op == "renew" else lease.release()
     time.sleep(0.3)
     info = store.info("r")
     applied = info.lease_state == "released" if op == "release" else info.lease_ms_left > 31_000
@@ -106,7 +101,7 @@ def test_release_resent_after_its_reply_was_lost_reports_true(make_server):
                                      retry=RetryPolicy(deadline_s=10.0))
     store.acquire("w", owner="a", ttl=30).release()  # release.lua cached on the server
     lease = store.acquire("r", owner="a", ttl=30)
-    timer = _frozen(server, 1.0)
+    timer = _frozen_for(server, 1.0)
     try:
         released = lease.release()  # times out at 0.5 s, applies at 1.0 s, and is resent
     finally:
