@@ -24,7 +24,8 @@
     ├── ServerError                       the server refused a command (NOPERM, OOM, ...); .server_message
     ├── NonDurableServerError             the startup probe refused the server; .problems
     ├── CorruptCheckpointError            no kept generation verifies; .reasons {generation: reason}
-    │   └── FrameError                    one frame failed verification; .reason (a FrameDamage value)
+    │   ├── FrameError                    one frame failed verification; .reason (a FrameDamage value)
+    │   └── DamagedRunsError              prune went past damaged runs: .damaged {run_id: error}, .pruned
     ├── SchemaVersionError                stored schema newer than the code, or a gap in the migration chain
     ├── CodecUnavailableError             a codec/compression library is missing; .extra names what to install
     └── ExtraNotInstalledError (ImportError)  a feature's optional dependency is missing; .extra names it
@@ -59,6 +60,7 @@ __all__ = [
     "NonDurableServerError",
     "CorruptCheckpointError",
     "FrameError",
+    "DamagedRunsError",
     "FrameDamage",
     "SchemaVersionError",
     "CodecUnavailableError",
@@ -348,6 +350,19 @@ class FrameError(CorruptCheckpointError):
         self.reason = reason
         self.detail = detail
         self.generation = generation
+
+
+class DamagedRunsError(CorruptCheckpointError):
+    """A prune went on past runs whose stored data is damaged (each left as it is) and did
+    the rest: ``damaged`` maps each such run to its error, ``pruned`` lists the PrunedRuns
+    of the others (what a prune without damaged runs returns)."""
+
+    def __init__(self, damaged: Mapping[str, CheckpointError], pruned: Sequence[Any]) -> None:
+        detail = "; ".join(f"{run!r}: {exc}" for run, exc in damaged.items())
+        super().__init__(None, {}, message=f"{len(damaged)} damaged run(s) left as they are, the others done "
+                                           f"({len(pruned)} run(s)): {detail}")
+        self.damaged = dict(damaged)
+        self.pruned = list(pruned)
 
 
 class SchemaVersionError(CheckpointError):

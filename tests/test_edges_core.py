@@ -15,8 +15,8 @@ import redis.asyncio as aredis
 from test_cli import invoke  # one way to run the CLI in the tests: never a traceback
 from test_deadlines import stopped
 
-from redis_ckpt import CheckpointStore, CorruptCheckpointError, NonDurableServerError, RetryPolicy, \
-    StoreUnavailableError
+from redis_ckpt import CheckpointStore, CorruptCheckpointError, DamagedRunsError, NonDurableServerError, \
+    RetryPolicy, StoreUnavailableError
 from redis_ckpt.steps import StepRunner
 from redis_ckpt.steps.state import StepPlanError
 from redis_ckpt.aio import AsyncCheckpointStore
@@ -229,6 +229,25 @@ def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, dura
     assert "'bad'" in out.stderr and "kept" in out.stderr and "a bug" not in out.stderr
     assert "good" in out.stdout and "1 run(s)" in out.stdout
     assert client.exists(f"{namespace}:{{good}}:head") == int(dry_run)  # the healthy run is pruned
+    assert client.exists(f"{namespace}:{{bad}}:head") == 1  # the damaged one is left as it is
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_library_prune_goes_past_a_damaged_run_and_names_it(store, client, namespace, dry_run):
+    """store.prune() used to stop at the first damaged run (runs are visited in order): the
+    runs after it were never pruned. It prunes every other run, then raises naming the damaged."""
+    for run in ("a", "bad", "z"):
+        _committed(store, run)
+    client.hset(f"{namespace}:{{bad}}:head", "kept", "x,y")
+    time.sleep(0.01)
+    with pytest.raises(DamagedRunsError) as e:
+        store.prune(idle=0.001, dry_run=dry_run)
+    assert isinstance(e.value, CorruptCheckpointError) and list(e.value.damaged) == ["bad"]
+    assert "'bad'" in str(e.value) and "kept" in str(e.value)
+    assert sorted(p.run_id for p in e.value.pruned) == ["a", "z"]
+    assert all(p.pruned is not dry_run for p in e.value.pruned)
+    for run in ("a", "z"):  # the healthy runs on both sides of it are pruned
+        assert client.exists(f"{namespace}:{{{run}}}:head") == int(dry_run)
     assert client.exists(f"{namespace}:{{bad}}:head") == 1  # the damaged one is left as it is
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-from functools import partial
 from typing import Any
 
 import click
@@ -151,16 +150,16 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
         click.confirm(f"Remove every run of namespace {cfg.namespace!r} idle for {r.duration(idle)} or more?",
                       abort=True, err=True)
     store = cfg.store
-    prune_flow = partial(store.core.prune_flow, idle_ms=idle, by=_by(by), dry_run=dry_run)
-    prune_flow(runs=[])  # --idle and --by are checked before anything is read
+    by = _by(by)
+    store.core.prune_flow(idle_ms=idle, by=by, dry_run=dry_run, runs=[])  # --idle, --by checked before any read
     found: list[PrunedRun] = []
     unreadable: list[tuple[str, str]] = []  # runs whose data cannot be read: left, named, exit 1
-    for run in store.runs():  # one run at a time: a damaged run does not stop the others' prune
-        got = try_read(cfg, run, store.run, prune_flow(runs=[run]))
+    for run in store.runs():  # one run at a time: a run whose data is not even parsed does not stop the others
+        got = try_read(cfg, run, store.run, store.core.prune_run_flow(run, idle_ms=idle, by=by, dry_run=dry_run))
         if isinstance(got, str):
             unreadable.append((run, got))
-        else:
-            found += got
+        elif got is not None:
+            found.append(got)
     _pruned(cfg, found, idle, dry_run)
     if unreadable:
         raise CliFailure(f"{len(unreadable)} run(s) could not be read, left as they are: "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import FencedError
+from ...errors import CorruptCheckpointError, DamagedRunsError, FencedError
 from ...models import PrunedRun
 from ..config import MAX_INT, check_int
 from ..contract import entry, head_of, kept, prune_script, refusal, retain_script, staged
@@ -72,16 +72,25 @@ class RetentionFlows(AdminFlows):
         """Remove every run of the namespace (or of ``runs``) nobody committed to or acquired
         for ``idle_ms``: generations, head, lease, events, staging; the fence stays, bumped, as
         a tombstone. A run with a live lease, or touched meanwhile, is left (the script checks
-        again as it removes). ``dry_run``: say which, remove nothing."""
+        again as it removes). ``dry_run``: say which, remove nothing. A run whose stored data
+        is damaged is left as it is and the others are pruned; then :class:`DamagedRunsError`
+        names the damaged ones and carries the PrunedRuns."""
         check_int("idle", idle_ms, 1, MAX_INT)
         by = validate_owner(by)
 
         def body() -> Flow[list[PrunedRun]]:
             out: list[PrunedRun] = []
+            damaged: dict[str, CorruptCheckpointError] = {}
             for run_id in (runs if runs is not None else (yield from self.runs_flow())):
-                found = yield from self.prune_run_flow(run_id, idle_ms=idle_ms, by=by, dry_run=dry_run)
+                try:
+                    found = yield from self.prune_run_flow(run_id, idle_ms=idle_ms, by=by, dry_run=dry_run)
+                except CorruptCheckpointError as exc:  # one damaged run does not keep the others
+                    damaged[run_id] = exc
+                    continue
                 if found is not None:
                     out.append(found)
+            if damaged:
+                raise DamagedRunsError(damaged, out)
             return out
 
         return body()
