@@ -26,6 +26,8 @@
 --   "EMPTY"                        nothing to remove: no head, lease, events or staging (the
 --                                  fence alone is left: a deleted or expired run)
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
+--   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed (a
+--                                  commit shared chunks since the caller read x:refs)
 local idle, dry, nd = tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 local function int(x) return string.format('%d', x) end
 local t = redis.call('TIME')
@@ -64,9 +66,19 @@ end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
+local k = 6
+for i = 5, 4 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
+for i = 5 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
+if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
+  local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
+  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = true end
+  local ok = #counts / 2 == #KEYS - k
+  for i = 1, #counts, 2 do ok = ok and passed[counts[i]] end
+  if not ok then return redis.error_reply('NEED_SHARED ' .. #counts / 2) end
+end
 
 local deleted = 0
-local k = 6
+k = 6
 for i = 5, 4 + nd do
   local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
   deleted = deleted + redis.call('DEL', KEYS[k])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import pytest
 
@@ -229,6 +230,41 @@ def test_prune_and_usage_count_and_remove_the_shared_chunks(store, client, names
     (pruned,) = store.prune(idle=0.001)
     assert pruned.run_id == "idle" and pruned.pruned
     assert shared_keys(client, k) == set() and not client.exists(k.refs)
+
+
+def before_script(flow, name: str, hook):
+    """``flow``, with ``hook()`` run once just before the first pipe carrying script ``name``
+    goes out (another writer landing between what the flow read and its script)."""
+    reply, error = None, None
+    while True:
+        try:
+            op = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value
+        if hook is not None and any(getattr(o, "name", None) == name for o in getattr(op, "ops", ())):
+            hook()
+            hook = None
+        try:
+            reply, error = (yield op), None
+        except Exception as exc:  # noqa: BLE001 - handed back to the flow, as the driver does
+            reply, error = None, exc
+
+
+def test_a_commit_between_prunes_read_and_its_script_leaves_no_shared_chunk_behind(store, client, namespace):
+    """prune.lua took the x:refs addresses read before it: chunks a commit shared meanwhile
+    were never deleted (keys with no run and no expiry). It answers NEED_SHARED, as delete does."""
+    k, lease, _ = committed(store, client, "late", 500)
+    lease.release()  # a commit is fenced by its token, not by the lease: it can still land
+
+    def late_commit() -> None:
+        lease.commit(history(900, seed=9))  # new content: new shared chunks
+        time.sleep(0.01)  # idle for more than the prune's 1 ms when its script runs
+
+    pruned = store.run(before_script(store.core.prune_run_flow("late", idle_ms=1, by="admin", dry_run=False),
+                                     "prune", late_commit))
+    assert pruned.pruned and pruned.generations == 2
+    assert shared_keys(client, k) == set() and not client.exists(k.refs)
+    assert {key.decode() for key in client.scan_iter(f"{k.base}:*")} == {k.fence}
 
 
 def test_dedup_refuses_a_retention_and_a_run_under_one_gets_plain_commits(store, client, namespace):

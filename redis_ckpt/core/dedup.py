@@ -37,8 +37,8 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
   against its address and the whole frame against its digest; a damaged or missing chunk
   fails every generation that lists it (``verify``/``show`` name each, with the address),
   and the load falls back to the newest generation that does not list it.
-* ``delete`` and ``prune`` remove the refs hash and every chunk it names (``delete.lua``
-  answers NEED_SHARED unless it got exactly those); export, import and fork carry whole,
+* ``delete`` and ``prune`` remove the refs hash and every chunk it names (``delete.lua`` and
+  ``prune.lua`` answer NEED_SHARED unless they got exactly those); export, import and fork carry whole,
   self-contained frames (stored as plain or chunked generations).
 * Retention: a chunk outlives the generation that staged it, so it cannot expire with it.
   ``dedup`` refuses a store retention, and the script answers a ``dedup`` commit to a run

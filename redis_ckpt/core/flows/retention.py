@@ -18,7 +18,7 @@ from .admin import AdminFlows
 from .base import not_converged, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
-from .shared import shared_addresses
+from .shared import SHARED_SENDS, shared_addresses
 
 __all__ = ["RetentionFlows"]
 
@@ -99,22 +99,26 @@ class RetentionFlows(AdminFlows):
         """One run of :meth:`prune_flow`: None when it is active or holds nothing to remove."""
         k = self.keys(run_id)
         registered: list[str] = []
-        shared: list[str] = []  # the run's shared chunks (x:refs): an idle run's cannot change
+        shared: list[str] = []  # the run's shared chunks (x:refs), all deleted with it
 
         def build(entries: list[str], _dead: list[str], _strict: bool) -> Any:
             return prune_script(k, by=by, idle_ms=idle_ms, dry=dry_run, entries=entries, staged=registered,
                                 shared=shared)
 
         def body() -> Flow[PrunedRun | None]:
-            replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HGETALL", k.refs)],
-                                 route=k.head)
-            raise_failures(replies)
-            head, registry, refs = (hash_of(r) for r in replies)
-            head = head_of(k.run_id, head)
-            registered[:] = staged(registry)
-            shared[:] = sorted(refs)
-            replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
-                                                run_id=k.run_id, what="prune")
+            for _ in range(SHARED_SENDS):  # NEED_SHARED: a commit shared chunks since they were read
+                replies = yield Pipe([Cmd("HGETALL", k.head), Cmd("HGETALL", k.staging), Cmd("HGETALL", k.refs)],
+                                     route=k.head)
+                raise_failures(replies)
+                head, registry, refs = (hash_of(r) for r in replies)
+                head = head_of(k.run_id, head)
+                registered[:] = staged(registry)
+                shared[:] = sorted(refs)
+                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
+                                                    run_id=k.run_id, what="prune")
+                if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
+                    break
+                drift_unread(replies, self.config)
             reply = replies[0]
             if isinstance(reply, Exception) or dry_run:
                 drift_unread(replies, self.config)  # a drift check it carried goes unread
