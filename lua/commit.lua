@@ -77,9 +77,12 @@
 --   "NEED_STAGE <cid>:<count> ..." dead staged commits whose keys were not passed (strict)
 --   "BAD_GENERATION <expected+1> <arg>"
 --   "STAGE_MISSING <i>"            a staged key is gone (expired): stage again and resend
---   "NEED_CHUNKS <address> ..."    the manifest lists shared chunks the run does not hold and
---                                  this commit did not stage: stage them and resend
---   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed
+--   "NEED_CHUNKS <address> ..."    the manifest lists shared chunks the run does not hold (or
+--                                  whose key is gone) and this commit did not stage: stage them
+--                                  and resend
+--   "NEED_FREE <address> ..."      rotation frees shared chunks whose keys were not passed, or
+--                                  the manifest reuses (does not stage) chunks whose keys were not
+--                                  passed (their existence is checked)
 --   "NEED_SHARED <n>"              under a retention: x:refs names n shared chunks, not all passed
 --   "DAMAGED <where> <value>"      the fence, or the head's generation, retention_ms, epoch or
 --                                  kept, holds what no script writes (as in acquire.lua)
@@ -367,8 +370,8 @@ if retention > 0 then  -- (a "dedup" commit was answered RETAINED above)
 end
 if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
   x_set, x_del, x_gone = {}, {}, {}
-  local delta, x_changed = {}, {}
-  local function addresses(blob, d)  -- each distinct address of a manifest: delta += d
+  local delta, x_changed, mine = {}, {}, {}
+  local function addresses(blob, d, out)  -- each distinct address of a manifest: delta += d (and into out)
     local b1, b2, b3, b4 = string.byte(blob, 6, 9)
     local n, seen = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, {}
     if #blob < 9 + 32 * n then return end  -- a damaged manifest: its chunks are left (never freed wrongly)
@@ -379,10 +382,11 @@ if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
         local v = (delta[a] or 0) + d
         if not delta[a] then x_changed[#x_changed + 1] = a end
         delta[a] = v
+        if out then out[#out + 1] = a end
       end
     end
   end
-  if mode == 'dedup' then addresses(ARGV[2], 1) end
+  if mode == 'dedup' then addresses(ARGV[2], 1, mine) end
   if drop_count > 0 and present % 2 == 1 then  -- no x:refs: no kept generation is shared
     for i = 1, drop_count do
       local blob = redis.call('GET', offered[entry_key(kept[i])][1])
@@ -392,17 +396,39 @@ if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
   local nonzero = {}  -- most addresses of a manifest are in the dropped one too: left as they are
   for _, a in ipairs(x_changed) do if delta[a] ~= 0 then nonzero[#nonzero + 1] = a end end
   x_changed = nonzero
+  local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
+  for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
+  for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+  -- a chunk the manifest reuses (not staged) must still exist: x:refs may count one whose key
+  -- is gone (deleted by hand, a partial restore); its key is passed with those offered for
+  -- freeing (NEED_FREE when not), one EXISTS per 4000, and a gone one is asked for (NEED_CHUNKS)
+  local reused, gone_x = {}, {}
+  for _, a in ipairs(mine) do
+    if not staged_x[a] then
+      if offered_x[a] then reused[#reused + 1] = offered_x[a] else unfreed[#unfreed + 1] = a end
+    end
+  end
+  if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
+  for first = 1, #reused, 4000 do
+    local batch = {unpack(reused, first, math.min(first + 3999, #reused))}
+    if redis.call('EXISTS', unpack(batch)) < #batch then
+      for _, key in ipairs(batch) do
+        if redis.call('EXISTS', key) == 0 then
+          local a = string.sub(key, -32)
+          gone_x[a] = true
+          lacking[#lacking + 1] = a
+        end
+      end
+    end
+  end
   if #x_changed > 0 then
-    local staged_x, offered_x, lacking, unfreed = {}, {}, {}, {}
-    for i = 7 + staged, 6 + 2 * staged do staged_x[string.sub(KEYS[i], -32)] = true end
-    for i = k + 1, #KEYS do offered_x[string.sub(KEYS[i], -32)] = KEYS[i] end
     for first = 1, #x_changed, 4000 do
       local batch = {unpack(x_changed, first, math.min(first + 3999, #x_changed))}
       local counts = redis.call('HMGET', x_refs, unpack(batch))
       for j, a in ipairs(batch) do
         local d = delta[a]
         local was = tonumber(counts[j] or '0') or 0
-        if d > 0 and was == 0 and not staged_x[a] then lacking[#lacking + 1] = a end
+        if d > 0 and was == 0 and not staged_x[a] and not gone_x[a] then lacking[#lacking + 1] = a end
         if was + d > 0 then
           x_set[#x_set + 1] = a; x_set[#x_set + 1] = int(was + d)
         else
@@ -411,9 +437,9 @@ if mode == 'dedup' or (drop_count > 0 and present % 2 == 1) then
         end
       end
     end
-    if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
-    if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
   end
+  if #lacking > 0 then return redis.error_reply('NEED_CHUNKS ' .. table.concat(lacking, ' ')) end
+  if #unfreed > 0 then return redis.error_reply('NEED_FREE ' .. table.concat(unfreed, ' ')) end
 end
 
 -- 4. apply

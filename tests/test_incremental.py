@@ -112,6 +112,20 @@ def test_a_store_that_thinks_the_run_holds_chunks_it_does_not_is_asked_for_them(
         {a: n for a, n in refs(client, k).items() if a not in manifests(client, k, store)[2]}
 
 
+def test_a_commit_reusing_a_chunk_whose_key_is_gone_stages_it_again(store, client, namespace):
+    """The run's x:refs still counts a chunk whose key was deleted (by hand, a partial
+    restore): the holder reused it without staging and the script acknowledged a generation
+    no load could read. The script checks that each reused chunk's key exists (NEED_CHUNKS)."""
+    k, lease, ms = committed(store, client, "gone", 500, 501)
+    lost = sorted(set(ms[1]) & set(ms[2]))[0]  # a chunk an append leaves as it is
+    client.delete(k.shared(lost))
+    assert lease.commit(history(502)) == 3
+    assert lost in manifests(client, k, store)[3] and client.exists(k.shared(lost))
+    ck = store.load("gone")
+    assert (ck.generation, ck.state, ck.skipped) == (3, history(502), ())
+    assert refs(client, k) == expected_refs(manifests(client, k, store))
+
+
 def test_a_plain_store_committing_over_shared_generations_frees_them(store, client, namespace):
     k = RunKeys(namespace, "mixed")
     lease = store.acquire("mixed", owner="w", ttl=30)

@@ -29,9 +29,11 @@ Design (issue 16; opt-in, ``CheckpointStore(..., dedup=True)``, see the README f
   cut, with the boundaries a whole cut would give; every chunk is still hashed, and the
   frame's xxh3-128 still covers the whole state.
   The script answers ``NEED_CHUNKS <address> ...`` when the manifest lists a chunk the run
-  does not hold and the commit did not stage (nothing written), and ``NEED_FREE <address>
-  ...`` when rotation frees chunks whose keys were not passed; the flow stages / passes them
-  and sends again. Staged chunks are renamed into ``x:<address>`` only if the script applies;
+  does not hold, or one whose key is gone (the commit passes the key of every chunk of its
+  manifest: one EXISTS per 4000 it reuses), and the commit did not stage it (nothing
+  written), and ``NEED_FREE <address> ...`` when rotation frees chunks whose keys were not
+  passed; the flow stages / passes them and sends again. A chunk's bytes are not read by a
+  commit: a damaged one is found by a load, after which the process stages every chunk again. Staged chunks are renamed into ``x:<address>`` only if the script applies;
   a killed writer's staging is removed by the run's next commit or acquire, or expires.
 * **Reading.** A load fetches a generation's chunks in pipelines of READ_BATCH_BYTES, checks each
   against its address and the whole frame against its digest; a damaged or missing chunk

@@ -125,7 +125,11 @@ def test_need_chunks_stages_them_and_need_free_passes_their_keys():
                  lambda pipe: replies_for(pipe, 2))
     assert s.run(c.commit_flow("r", grown(301), token=4, expected_generation=1, owner="w", commit_id="c-2")) == 2
     first, second, third = s.scripts("commit")
-    assert K.shared(held[0]) not in first.keys and K.shared(held[0]) in second.keys  # staged now
+    def moved(script):  # the staged keys, then the keys they become
+        return script.keys[6:6 + 2 * int(fields(script)["staged"])]
+
+    assert K.shared(held[0]) not in moved(first) and K.shared(held[0]) in moved(second)  # staged now
+    assert K.shared(held[0]) in first.keys  # passed after x:refs: the script checks a reused chunk exists
     assert int(fields(second)["staged"]) == int(fields(first)["staged"]) + 1
     assert [o.args[0] for o in s.ops[1].ops if isinstance(o, Cmd)].count("SET") == int(fields(second)["staged"])
     assert K.shared(gone) in third.keys and K.shared(gone) not in second.keys

@@ -85,11 +85,13 @@ class SharedFlows(FlowsBase):
                           held=self.held.get(k.run_id), ttl_ms=self.config.stage_ttl_ms)
 
     def free_guess(self, run_id: str, drop: Iterable[str], form: SharedForm | None) -> list[str]:
-        """Addresses the generations ``drop`` ("<g>:<c>") free, as far as this process knows."""
-        out: set[str] = set()
+        """The addresses whose keys a commit passes after x:refs: those the generations ``drop``
+        ("<g>:<c>") free, as far as this process knows, and every one of ``form`` (the script
+        checks that those it does not stage still exist: NEED_CHUNKS for a key gone)."""
+        out: set[str] = set(form.distinct) if form else set()
         for e in drop:
             out |= self.manifests.get((run_id, int(e.partition(":")[0])), frozenset())
-        return sorted(out - (form.distinct if form else frozenset()))
+        return sorted(out)
 
     def remember_shared(self, run_id: str, generation: int, addresses: frozenset[str], avg: int,
                         order: tuple[tuple[str, int], ...] = ()) -> None:
