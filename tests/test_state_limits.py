@@ -98,6 +98,22 @@ def test_metadata_over_a_bad_value_names_its_path(store: CheckpointStore) -> Non
     assert caught.value.path == "metadata['bad']" and caught.value.run_id == "job"
 
 
+@pytest.mark.parametrize("metadata", [{"blob": b"x" * 5000}, {"notes": ["y" * 100] * 50}, {"k" * 5000: 1}])
+def test_metadata_over_max_state_bytes_is_refused_before_anything_is_sent(client: Any, namespace: str,
+                                                                          metadata: Any) -> None:
+    """Metadata was encoded with no limit: a huge dict was committed whatever max_state_bytes
+    said (and every load decoded it). It is held to max_state_bytes too: a typed error, nothing written."""
+    store = CheckpointStore(client, namespace=namespace, max_state_bytes=4096)
+    lease = store.acquire("job", owner="w", ttl=10)
+    lease.commit({"i": 1}, metadata={"fits": "x" * 4000})
+    before = keyspace(client, namespace)
+    with pytest.raises(StateTooLargeError) as caught:
+        lease.commit({"i": 2}, metadata=metadata)
+    assert caught.value.limit == 4096 and caught.value.size > 4096 and caught.value.run_id == "job"
+    assert "metadata" in str(caught.value)
+    assert keyspace(client, namespace) == before
+
+
 def test_a_state_changed_during_commit_is_refused_or_stored_whole(store: CheckpointStore) -> None:
     """Every commit either raises StateError (nothing written) or stores a generation that loads."""
     state: dict[str, Any] = {"rows": [(i, Decimal(i)) for i in range(3000)], "seen": {}}

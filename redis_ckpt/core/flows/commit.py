@@ -65,7 +65,8 @@ class CommitFlows(SharedFlows, FlowsBase):
                metadata: Mapping[Any, Any] | None, plain: bool = False) -> bytes | FrameParts:
         """The framed generation for ``state``; raises StateError subclasses, writes nothing.
 
-        A state over max_state_bytes is refused as soon as that is known (see encode_state).
+        A state over max_state_bytes is refused as soon as that is known (see encode_state);
+        so is metadata over it (it is in every generation's header, decoded by every load).
         A frame that will be chunked, or shared (unless ``plain``), stays in its parts (the
         payload is never copied).
         """
@@ -81,6 +82,7 @@ class CommitFlows(SharedFlows, FlowsBase):
                 payload, run_id=run_id, generation=generation, token=token, owner=owner,
                 created_ms=now_ms(), schema_version=c.schema_version,
                 metadata=dict(metadata or {}), codec=CODEC_MSGPACK, compression=c.compression,
+                metadata_limit=c.max_state_bytes,
             )
             return frame if len(frame) > c.chunk_bytes or (not plain and self.shares(frame)) else bytes(frame)
         except (StateError, CodecUnavailableError) as exc:

@@ -67,10 +67,11 @@ def encode_frame(
 def encode_frame_parts(
     payload: bytes | memoryview, *, run_id: str, generation: int, token: int, owner: str, created_ms: int,
     schema_version: int, metadata: dict | None = None, codec: int = CODEC_MSGPACK,
-    compression: str = "none", level: int = 3,
+    compression: str = "none", level: int = 3, metadata_limit: int | None = None,
 ) -> FrameParts:
     """:func:`encode_frame` without joining the pieces: the payload is not copied (unless
-    compressed), so a large commit holds its state and its encoding, nothing more."""
+    compressed), so a large commit holds its state and its encoding, nothing more.
+    ``metadata_limit``: metadata encoding to more bytes is :class:`StateTooLargeError`."""
     _require(isinstance(payload, (bytes, bytearray, memoryview)), "payload must be bytes")
     _require(type(run_id) is str and type(owner) is str, "run_id and owner must be str")
     for name, value, low, high in (("generation", generation, *HEADER_RANGES["gen"]),
@@ -83,7 +84,7 @@ def encode_frame_parts(
     _require(metadata is None or type(metadata) is dict, "metadata must be a dict")
     fields = {
         "run": run_id, "gen": generation, "token": token, "owner": owner, "created_ms": created_ms,
-        "meta": encode_state({} if metadata is None else metadata, root="metadata"),
+        "meta": encode_state({} if metadata is None else metadata, root="metadata", limit=metadata_limit),
     }
     header = msgpack.packb(fields, use_bin_type=True)
     if compression == "zstd":
