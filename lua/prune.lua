@@ -25,6 +25,9 @@
 --   "ACTIVE <idle_ms>"             the run was touched less than ARGV[2] ms ago (or its lease is live)
 --   "EMPTY"                        nothing to remove: no head, lease, events or staging (the
 --                                  fence alone is left: a deleted or expired run)
+--   "DAMAGED <where> <value>"      the fence, the head's created_ms or a lease time (<where>:
+--                                  "fence", "head.created_ms", "lease.renewed_ms", ...) holds
+--                                  what no script writes: the run's last touch is unknown
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed (a
 --                                  commit shared chunks since the caller read x:refs)
@@ -36,12 +39,23 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[4], KEYS[5]) == 0 then
   return redis.error_reply('EMPTY')
 end
-local last = tonumber(redis.call('HGET', KEYS[3], 'created_ms') or '0') or 0
+local function damaged(where, value)
+  return redis.error_reply('DAMAGED ' .. where .. ' ' .. string.gsub(value, '%c', '?'))
+end
+local fence = redis.call('GET', KEYS[1])
+if fence and not string.match(fence, '^%d+$') then return damaged('fence', fence) end
+local created = redis.call('HGET', KEYS[3], 'created_ms')
+if created and not string.match(created, '^%d+$') then return damaged('head.created_ms', created) end
+local last = tonumber(created or '0')
 local l = redis.call('HMGET', KEYS[2], 'state', 'acquired_ms', 'renewed_ms', 'released_ms')
+for i, name in ipairs({'acquired_ms', 'renewed_ms', 'released_ms'}) do
+  local v = l[i + 1]
+  if v and not string.match(v, '^%d+$') then return damaged('lease.' .. name, v) end
+  last = math.max(last, tonumber(v or '0'))
+end
 if l[1] == 'held' and redis.call('PTTL', KEYS[2]) > 0 then
   return redis.error_reply('ACTIVE 0')
 end
-for i = 2, 4 do last = math.max(last, tonumber(l[i] or '0') or 0) end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local newest = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
   if newest[1] then last = math.max(last, tonumber(string.match(newest[1][1], '^(%d+)')) or 0) end
@@ -61,7 +75,7 @@ for entry in string.gmatch(h_kept or '', '[^,]+') do
   if not offered[entry] then table.insert(missing, entry) end
 end
 if dry then
-  return {redis.call('GET', KEYS[1]) or '0', kept, int(since)}
+  return {fence or '0', kept, int(since)}
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))

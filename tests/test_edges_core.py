@@ -251,6 +251,23 @@ def test_library_prune_goes_past_a_damaged_run_and_names_it(store, client, names
     assert client.exists(f"{namespace}:{{bad}}:head") == 1  # the damaged one is left as it is
 
 
+@pytest.mark.parametrize("key,field,value", [("lease", "renewed_ms", "soon"), ("lease", "released_ms", "-1"),
+                                              ("lease", "acquired_ms", "1e3"), ("fence", None, "abc")])
+def test_prune_answers_damaged_for_a_lease_time_or_fence_it_cannot_read(store, client, namespace, key, field, value):
+    """prune.lua read a lease time it could not parse as 0 (idle since 1970: pruned) and a
+    fence it could not INCR only after deleting the run's data (a script error, half done).
+    It answers DAMAGED first: the run is left as it is and named."""
+    _committed(store, "bad")
+    target = f"{namespace}:{{bad}}:{key}"
+    client.hset(target, field, value) if field else client.set(target, value)
+    before = {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:{{bad}}:*"))}
+    time.sleep(0.01)
+    with pytest.raises(DamagedRunsError) as e:
+        store.prune(idle=0.001)
+    assert list(e.value.damaged) == ["bad"] and (field or key) in str(e.value) and repr(value) in str(e.value)
+    assert {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:{{bad}}:*"))} == before
+
+
 # --------------------------------------------------------------------------- StepRunner: resumed inputs
 
 

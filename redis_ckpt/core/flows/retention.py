@@ -10,7 +10,7 @@ from typing import Any
 from ...errors import CorruptCheckpointError, DamagedRunsError, FencedError
 from ...models import PrunedRun
 from ..config import MAX_INT, check_int
-from ..contract import entry, head_of, kept, prune_script, refusal, retain_script, staged
+from ..contract import damaged_refusal, entry, head_of, kept, prune_script, refusal, retain_script, staged
 from ..keys import validate_owner
 from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import hash_of, raise_failures, text
@@ -124,6 +124,8 @@ class RetentionFlows(AdminFlows):
                 drift_unread(replies, self.config)  # a drift check it carried goes unread
             if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY"):
                 return None
+            if isinstance(reply, ReplyError) and reply.code == "DAMAGED":
+                raise damaged_refusal(k.run_id, refusal(reply))
             if isinstance(reply, Exception):
                 raise reply
             if not dry_run:
