@@ -241,13 +241,14 @@ class MyZone(zoneinfo.ZoneInfo):
     pass
 
 
-def keyless_zone() -> zoneinfo.ZoneInfo:
-    """A ZoneInfo made from a file: it has no key, so it cannot be stored by name."""
+def keyless_zone(key: str | None = None) -> zoneinfo.ZoneInfo:
+    """A ZoneInfo made from a file: it has no key (or the one given, which names no file it
+    was read from), so it cannot be stored by name."""
     for directory in zoneinfo.TZPATH:
         path = os.path.join(directory, "UTC")
         if os.path.isfile(path):
             with open(path, "rb") as file:
-                return zoneinfo.ZoneInfo.from_file(file)
+                return zoneinfo.ZoneInfo.from_file(file, key=key)
     pytest.skip("no system time zone database")
 
 
@@ -306,6 +307,18 @@ def test_zone_without_a_key_is_refused() -> None:
     with pytest.raises(UnsupportedTypeError, match="ZoneInfo without a key") as caught:
         encode_state({"when": dt.datetime(2024, 1, 1, tzinfo=keyless_zone())})
     assert caught.value.path == "state['when']"
+
+
+@pytest.mark.parametrize("key", ["Europe/Paris", "Custom/Zone"])
+def test_zone_read_from_a_file_is_refused_even_with_a_key(key: str) -> None:
+    """from_file(f, key=...) came back as the system's zone of that key (other rules: UTC's
+    file under Europe/Paris's name came back as Paris), or failed every load (a key the
+    system does not have). It is refused when encoded, naming where."""
+    for state, path in (({"when": dt.datetime(2024, 7, 1, tzinfo=keyless_zone(key))}, "state['when']"),
+                        ([dt.time(12, tzinfo=keyless_zone(key))], "state[0]")):
+        with pytest.raises(UnsupportedTypeError, match="from_file") as caught:
+            encode_state(state)
+        assert caught.value.path == path and caught.value.type_name.endswith("ZoneInfo")
 
 
 def test_subclass_refusal_says_what_to_convert_to() -> None:

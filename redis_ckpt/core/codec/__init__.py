@@ -8,7 +8,8 @@ where it sits. Supported, exact types only (subclasses are refused):
   (valid UTF-8), ``bytes``, ``bytearray``;
 * ``list``, ``tuple``, ``dict`` (any supported hashable key), ``set``, ``frozenset``;
 * ``datetime.datetime`` / ``datetime.time`` (naive, or with ``datetime.timezone``
-  or a keyed ``zoneinfo.ZoneInfo``; ``fold`` kept), ``datetime.date``,
+  or a keyed ``zoneinfo.ZoneInfo``, not one read by ``ZoneInfo.from_file`` even with a
+  key; ``fold`` kept), ``datetime.date``,
   ``datetime.timedelta``, ``decimal.Decimal`` (NaN, sNaN, -0, exponents), ``uuid.UUID``.
 
 Containers may nest at most :data:`MAX_DEPTH` levels; cycles are refused. A NaN

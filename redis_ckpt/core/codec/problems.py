@@ -14,7 +14,7 @@ import zoneinfo
 from typing import Any
 
 from ...errors import UnsupportedTypeError
-from .tags import CONTAINERS, FOREIGN, MAX_DEPTH
+from .tags import CONTAINERS, FOREIGN, MAX_DEPTH, from_file
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -86,6 +86,11 @@ def find_problem(
         tz = value.tzinfo
         if tz is None:
             return None
+        if type(tz) is zoneinfo.ZoneInfo and tz.key is not None and from_file(tz):
+            return _refuse(path, type(tz), f"{kind.__name__} with a zoneinfo.ZoneInfo read from a file "
+                                           "(ZoneInfo.from_file) cannot be stored exactly: a key names the "
+                                           "system's zone, not the file's rules; use zoneinfo.ZoneInfo(key) "
+                                           "or datetime.timezone")
         if type(tz) is dt.timezone or (type(tz) is zoneinfo.ZoneInfo and tz.key is not None):
             name = tz.key if type(tz) is zoneinfo.ZoneInfo else (tz.__getinitargs__()[1:] or ("",))[0]
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import pickle
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -82,13 +83,24 @@ def _encode_int(value: int) -> tuple[int, bytes]:
     return _BIGINT, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
 
 
+def from_file(tz: zoneinfo.ZoneInfo) -> bool:
+    """Whether ``tz`` was read from a file (``ZoneInfo.from_file``): its key, if any, names
+    the system's zone, not the rules it holds, so it cannot be rebuilt from its key (pickle
+    refuses it for the same reason: that refusal is how it is told)."""
+    try:
+        tz.__reduce__()
+    except pickle.PicklingError:
+        return True
+    return False
+
+
 def _encode_tz(tz: dt.tzinfo | None) -> object:
     if tz is None:
         return None
     if type(tz) is dt.timezone:
         offset, *name = tz.__getinitargs__()  # the name only when one was given explicitly
         return [offset // _ONE_US, *name]
-    if type(tz) is zoneinfo.ZoneInfo and tz.key is not None:
+    if type(tz) is zoneinfo.ZoneInfo and tz.key is not None and not from_file(tz):
         return tz.key
     raise TypeError(type(tz).__name__)
 
