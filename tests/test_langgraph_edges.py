@@ -261,6 +261,88 @@ def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(stor
     assert visible_ids(saver, "t") == []
 
 
+def test_delete_for_runs_finds_a_thread_that_a_put_filed_again_while_it_ran(store, monkeypatch):
+    """The run writes t again right after delete_for_runs took R's checkpoints out of t (the
+    put files t in R's index again): t stays in the index, the next delete_for_runs finds it."""
+    writer, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
+    put_of_run(writer, "t", "R")
+    original = writes._admin
+    again: list[str] = []
+
+    def admin_then_put(e: Any, k: Any, args: list[Any], what: str) -> Any:
+        reply = yield from original(e, k, args, what)
+        if args[0] == "runs" and not again:
+            again.append(put_of_run(writer, "t", "R"))
+        return reply
+
+    monkeypatch.setattr(writes, "_admin", admin_then_put)
+    deleter.delete_for_runs(["R"])
+    assert visible_ids(writer, "t") == again
+    monkeypatch.undo()
+    deleter.delete_for_runs(["R"])
+    assert visible_ids(writer, "t") == []
+
+
+def test_delete_for_runs_finds_a_thread_filed_just_before_it_ran(store, monkeypatch):
+    """A put files t in R's index, a whole delete_for_runs(R) runs, then the put's checkpoint
+    lands in t: t is in R's index again, the next delete_for_runs finds it."""
+    writer, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
+    original = writes.index_run
+    ran: list[None] = []
+
+    def index_then_delete(*args: Any) -> Any:
+        yield from original(*args)
+        if not ran:
+            ran.append(deleter.delete_for_runs(["R"]))
+
+    monkeypatch.setattr(writes, "index_run", index_then_delete)
+    first = put_of_run(writer, "t", "R")
+    assert ran and visible_ids(writer, "t") == [first]
+    monkeypatch.undo()
+    deleter.delete_for_runs(["R"])
+    assert visible_ids(writer, "t") == []
+
+
+def test_a_delete_for_runs_that_stopped_half_way_leaves_the_rest_to_the_next_one(store, client, monkeypatch):
+    """delete_for_runs takes each thread out of the run's index before it removes the run's
+    checkpoints from it: stopped in between, the next delete_for_runs still finds it."""
+    saver = RedisCkptSaver(store)
+    put_of_run(saver, "t", "R")
+
+    def unavailable(*args: Any) -> Any:
+        raise StoreUnavailableError("the server went away")
+        yield  # a flow
+
+    monkeypatch.setattr(writes, "_admin", unavailable)
+    with pytest.raises(StoreUnavailableError):
+        saver.delete_for_runs(["R"])
+    assert not client.exists(f"{store.namespace}:lgrun:{{R}}")  # t left the index, its checkpoint did not
+    monkeypatch.undo()
+    saver.delete_for_runs(["R"])
+    assert visible_ids(saver, "t") == [] and not client.keys(f"{store.namespace}:lgrun*")
+
+
+def test_delete_for_runs_finds_a_copy_filed_just_before_it_ran(store, monkeypatch):
+    """copy_thread files the target in R's index, a whole delete_for_runs(R) runs, then the
+    copy lands: the target is in R's index again."""
+    saver, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
+    copied = put_of_run(saver, "s", "R")
+    original = writes.index_run
+    ran: list[None] = []
+
+    def index_then_delete(e: Any, k: Any, lg_run: str, thread_id: str) -> Any:
+        yield from original(e, k, lg_run, thread_id)
+        if thread_id == "c" and not ran:
+            ran.append(deleter.delete_for_runs(["R"]))
+
+    monkeypatch.setattr(writes, "index_run", index_then_delete)
+    saver.copy_thread("s", "c")
+    assert ran and visible_ids(saver, "c") == [copied]
+    monkeypatch.undo()
+    deleter.delete_for_runs(["R"])
+    assert visible_ids(saver, "c") == []
+
+
 # --------------------------------------------------------------------------- a history walk of many round trips
 
 

@@ -43,12 +43,15 @@ confirms it (the store's :class:`~redis_ckpt.Durability` policy) on the same con
 ``get_tuple`` is one script, a page of ``list`` one, ``get_delta_channel_history`` one (the
 server walks the parent chain). A put sends only the channels in ``new_versions``; the
 others refer to values stored earlier. (The first checkpoint of a LangGraph ``run_id`` in a
-thread also files the thread in that run's cross-thread index: one more round trip, once;
-under a TTL, again every 1/16 of it; and after the write, when the write found no checkpoint
-of the run left in the thread: a delete or prune, in any process, may have taken the thread
-out of the index. ``copy_thread`` files the copy in the index of every run it holds
-checkpoints of; it copies into a new (or deleted) thread only: onto one that holds checkpoints
-or writes it raises ``ConflictError`` and copies nothing.)
+thread also files the thread in that run's cross-thread index: one more round trip before
+the write, once; under a TTL, again every 1/16 of it; and one after the write, whenever the
+write found no checkpoint of the run in the thread (its first, or the first after a delete,
+prune or ``delete_for_runs``, in any process, which may have taken the thread out of the index
+since it was filed: ``delete_for_runs`` takes a thread out before it removes the run's
+checkpoints from it, so a filing after the write stays). ``copy_thread`` files the copy in the
+index of every run it holds checkpoints of, before and after; it copies into a new (or
+deleted) thread only: onto one that holds checkpoints or writes it raises ``ConflictError``
+and copies nothing.)
 
 Retention
 ---------

@@ -86,10 +86,12 @@ class ThreadKeys:
         return f"{glob_escape(namespace)}:{{lg[.#]*}}:lg:meta"
 
 
-def cross_key(namespace: str, lg_run_id: str) -> str:
+def cross_key(namespace: str, lg_run_id: str, *, pending: bool = False) -> str:
     """The cross-thread index of a LangGraph run id (the threads holding its checkpoints):
-    outside every thread's slot, rebuildable from the threads' ``runs`` keys."""
-    return f"{namespace}:lgrun:{{{quote(lg_run_id, safe='-_.')}}}"
+    outside every thread's slot, rebuildable from the threads' ``runs`` keys. ``pending``:
+    the threads a delete_for_runs of the run took out of the index and has not finished
+    (same slot as the index)."""
+    return f"{namespace}:{'lgrundel' if pending else 'lgrun'}:{{{quote(lg_run_id, safe='-_.')}}}"
 
 
 def check_name(kind: str, value: Any) -> str:

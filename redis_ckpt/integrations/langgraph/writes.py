@@ -33,7 +33,9 @@ class FiledRuns:
     """The (LangGraph run id, thread) pairs this process filed in the runs' cross-thread
     indexes, and when each is due to be filed again (monotonic seconds; never without a
     TTL). A delete or prune that takes a thread out of a run's index forgets the pair; one in
-    another process is seen by the next put of the run (saver_write.lua's new run ids)."""
+    another process is seen by the put of the run that comes after it (saver_write.lua's new
+    run ids), which files the thread again: a delete_for_runs takes a thread out of the index
+    before it removes the run's checkpoints from it, so that filing comes after its own."""
 
     LIMIT = 100_000  #: pairs remembered at most (beyond: all forgotten, filed again once each)
 
@@ -107,15 +109,15 @@ def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[s
     k = e.keys(thread_id)
     item, ns, cid, lg_run = parts
     now = time.monotonic()
-    due = lg_run is not None and filed.due(lg_run, thread_id, now)
-    if due:
+    if lg_run is not None and filed.due(lg_run, thread_id, now):
         # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per
         # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
         yield from file_run(e, k, filed, lg_run, thread_id, now)
     written = yield from e.write(k, thread_id, inv, [*company, *item], "put")
-    if lg_run is not None and not due and lg_run in written.new_runs:
-        # the run had left the thread since this process filed it (a delete or prune, maybe in another
-        # process): the thread may have left the run's index too
+    if lg_run is not None and lg_run in written.new_runs:
+        # the thread held no checkpoint of the run before this one: a delete_for_runs (or a delete,
+        # a prune, maybe in another process) may have taken the thread out of the run's index since it
+        # was filed, even just now, between the filing above and the write
         yield from refile_run(e, k, filed, lg_run, thread_id, now)
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
@@ -143,12 +145,14 @@ def index_run(e: Engine, k: ThreadKeys, lg_run: str, thread_id: str) -> Flow[Non
     run writes, it outlives the threads the run kept alive (delete_for_runs finds them). A
     saver without a TTL makes the thread permanent, and the index with it."""
     key = cross_key(e.backend.namespace, lg_run)
-    ops = [Cmd("SADD", key, thread_id)]
+    yield from e.confirmed([Cmd("SADD", key, thread_id), *_expiry(e, key)], key, k.run_id, "put")
+
+
+def _expiry(e: Engine, key: str) -> list[Cmd]:
+    """The expiry of a run's index (or pending set) after a thread went in (see index_run)."""
     if e.ttl.ms:
-        ops += [Cmd("PEXPIRE", key, e.ttl.index_ms, "NX"), Cmd("PEXPIRE", key, e.ttl.index_ms, "GT")]
-    else:
-        ops.append(Cmd("PERSIST", key))
-    yield from e.confirmed(ops, key, k.run_id, "put")
+        return [Cmd("PEXPIRE", key, e.ttl.index_ms, "NX"), Cmd("PEXPIRE", key, e.ttl.index_ms, "GT")]
+    return [Cmd("PERSIST", key)]
 
 
 def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str,
@@ -236,20 +240,26 @@ def _heads_and_chains(e: Engine, k: ThreadKeys) -> Flow[tuple[int, list[Any]]]:
 
 def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flow[None]:
     """Remove the checkpoints of LangGraph runs in every thread (found through the
-    cross-thread index of each run), then the index. Every run id is checked before the
+    cross-thread index of each run, and the threads an unfinished delete_for_runs of the run
+    left pending). Each thread moves from the index to the pending set before the run's
+    checkpoints leave it, and out of that set after: a put of the run in the thread after
+    that files it in the index again (put_flow), which stays; a delete_for_runs that stops
+    half way leaves the rest pending for the next one. Every run id is checked before the
     first one is deleted."""
     for rid in [check_name("run id", str(r)) for r in lg_runs]:
-        key = cross_key(e.backend.namespace, rid)
+        key, pending = cross_key(e.backend.namespace, rid), cross_key(e.backend.namespace, rid, pending=True)
 
-        def members(key: str = key) -> Flow[Any]:
-            return (yield Cmd("SMEMBERS", key))
+        def members(key: str = key, pending: str = pending) -> Flow[Any]:
+            return (yield Cmd("SUNION", key, pending))
 
         threads = yield from e.backend.retrying(members, run_id=None, what="delete_for_runs", writes=False)
         for thread_id in sorted(map(text, threads or [])):
             k = e.keys(thread_id)
+            yield from e.confirmed([Cmd("SMOVE", key, pending, thread_id), *_expiry(e, pending)], key, k.run_id,
+                                   "delete_for_runs")
             _removed, dropped = yield from _admin(e, k, ["runs", rid], "delete_for_runs")
             yield from _unindex(e, k, filed, thread_id, [d for d in dropped if text(d) != rid], "delete_for_runs")
-        yield from e.confirmed([Cmd("UNLINK", key)], key, key, "delete_for_runs")
+            yield from e.confirmed([Cmd("SREM", pending, thread_id)], key, k.run_id, "delete_for_runs")
         filed.forget(rid)
 
 
@@ -290,15 +300,17 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     batch: list[Any] = []
     size = 0
     token = 0
+    new_runs: set[str] = set()
 
     def flush() -> Flow[None]:
         nonlocal batch, size, token
         if batch:
             try:  # the first call claims the target only while it holds nothing: a write meanwhile refuses it
-                token = (yield from e.write(kt, target, None, batch, "copy_thread", token=token,
-                                            new_thread=not token)).token
+                written = yield from e.write(kt, target, None, batch, "copy_thread", token=token, new_thread=not token)
             except ConflictError as exc:
                 raise _not_empty(target, exc.actual) if not token else exc from None
+            token = written.token
+            new_runs.update(written.new_runs)
         batch, size = [], 0
 
     for member in index:
@@ -328,3 +340,5 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
         if size >= COPY_BATCH_BYTES:
             yield from flush()
     yield from flush()
+    for rid in sorted(new_runs):  # again, as a put does: a delete_for_runs may have run since (put_flow)
+        yield from index_run(e, kt, rid, target)
