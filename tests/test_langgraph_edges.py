@@ -343,6 +343,32 @@ def test_delete_for_runs_finds_a_copy_filed_just_before_it_ran(store, monkeypatc
     assert visible_ids(saver, "c") == []
 
 
+def test_a_put_resent_after_its_reply_was_lost_files_its_thread_again(durable_server, store, namespace):
+    """t left R's index (a delete in another process); R's put lands, its reply is lost and
+    it is sent again: the resend finds R's checkpoint already in t, yet t is filed again."""
+    from test_resend import Background
+    from tcp_proxy import CutProxy
+
+    from redis_ckpt.drivers.scripts import SCRIPTS
+
+    with CutProxy(durable_server.port) as proxy:
+        via = CheckpointStore(redis.Redis(port=proxy.port, socket_timeout=30), namespace=namespace)
+        try:
+            writer, other = RedisCkptSaver(via), RedisCkptSaver(store)
+            put_of_run(writer, "t", "R")  # files t, and loads the script
+            other.delete_thread("t")
+            proxy.arm("lose-reply", SCRIPTS.sha("saver_write").encode())
+            bg = Background(lambda: put_of_run(writer, "t", "R"))
+            assert proxy.answered.wait(20), "the put never reached the proxy"
+            proxy.cut()
+            again = bg.result()
+        finally:
+            via.close()
+    assert visible_ids(other, "t") == [again]
+    other.delete_for_runs(["R"])
+    assert visible_ids(other, "t") == []
+
+
 # --------------------------------------------------------------------------- a history walk of many round trips
 
 

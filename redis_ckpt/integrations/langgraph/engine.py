@@ -29,6 +29,7 @@ class Written(NamedTuple):
     token: int  #: the writer's token
     version: int  #: the thread's new version
     new_runs: list[str]  #: LangGraph run ids the thread held no checkpoint of before the call
+    resent: bool  #: sent again (a lost reply): an earlier attempt may have landed, then new_runs misses its runs
 
 
 class Engine:
@@ -109,7 +110,7 @@ class Engine:
             if isinstance(reply, Exception):
                 raise self.refused(reply, k, what, args, resent=attempts > 1, inv=inv)
             self.backend.check_confirmed(replies, what=what, run_id=k.run_id)
-            return Written(int(reply[0]), int(reply[1]), [text(r) for r in reply[2]])
+            return Written(int(reply[0]), int(reply[1]), [text(r) for r in reply[2]], attempts > 1)
 
         written = yield from self.backend.retrying(body, run_id=k.run_id, what=what, writes=True)
         if inv is not None and inv.token == 0:

@@ -114,10 +114,11 @@ def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[s
         # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
         yield from file_run(e, k, filed, lg_run, thread_id, now)
     written = yield from e.write(k, thread_id, inv, [*company, *item], "put")
-    if lg_run is not None and lg_run in written.new_runs:
-        # the thread held no checkpoint of the run before this one: a delete_for_runs (or a delete,
-        # a prune, maybe in another process) may have taken the thread out of the run's index since it
-        # was filed, even just now, between the filing above and the write
+    if lg_run is not None and (lg_run in written.new_runs or written.resent):
+        # the thread held no checkpoint of the run before this one (or a resend cannot tell: the first
+        # attempt may have landed): a delete_for_runs (or a delete, a prune, maybe in another process)
+        # may have taken the thread out of the run's index since it was filed, even just now, between
+        # the filing above and the write
         yield from refile_run(e, k, filed, lg_run, thread_id, now)
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
 
@@ -300,7 +301,6 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     batch: list[Any] = []
     size = 0
     token = 0
-    new_runs: set[str] = set()
 
     def flush() -> Flow[None]:
         nonlocal batch, size, token
@@ -310,7 +310,6 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
             except ConflictError as exc:
                 raise _not_empty(target, exc.actual) if not token else exc from None
             token = written.token
-            new_runs.update(written.new_runs)
         batch, size = [], 0
 
     for member in index:
@@ -340,5 +339,5 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
         if size >= COPY_BATCH_BYTES:
             yield from flush()
     yield from flush()
-    for rid in sorted(new_runs):  # again, as a put does: a delete_for_runs may have run since (put_flow)
+    for rid in sorted(set(lg_run_of.values())):  # again, as a put does: a delete_for_runs may have run since
         yield from index_run(e, kt, rid, target)
