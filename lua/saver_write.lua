@@ -70,7 +70,8 @@
 --   "CONFLICT <expected> <actual>"  the thread changed since the invocation read it (actual: its
 --        version now)
 --   "OUT_OF_RANGE <what> <value>"    a token, version or ttl past MAX_INT
---   "BAD_ITEMS <position>"           malformed items (a bug of the caller)
+--   "BAD_ITEMS <position>"           malformed items, or a "P" item whose parent is its own
+--                                    checkpoint id (a parent chain that loops; a bug of the caller)
 local LIMIT = 1125899906842624  -- 2^50
 local function int(x) return string.format('%d', x) end
 local function item(s) return string.format('%d', #s) .. ':' .. s end
@@ -89,6 +90,7 @@ while i <= #ARGV do
   if kind == 'P' then
     n = tonumber(ARGV[i + 6])
     if not n or n < 0 or i + 6 + 3 * n > #ARGV then return redis.error_reply('BAD_ITEMS ' .. int(i)) end
+    if ARGV[i + 3] == ARGV[i + 2] then return redis.error_reply('BAD_ITEMS ' .. int(i)) end  -- its own parent
     i = i + 7 + 3 * n
   elseif kind == 'W' then
     n = tonumber(ARGV[i + 3])

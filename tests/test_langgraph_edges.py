@@ -70,6 +70,19 @@ def test_a_checkpoint_put_as_its_own_parent_is_refused_and_nothing_changes(store
     assert again.parent_config is None and "note" not in again.metadata
 
 
+def test_saver_write_itself_refuses_a_checkpoint_that_is_its_own_parent(store, client):
+    """The script refuses it too (a caller other than put, or a put that skipped its check):
+    BAD_ITEMS, and nothing of the call is written."""
+    from redis_ckpt.drivers.scripts import lua_text
+    from redis_ckpt.integrations.langgraph.model import ThreadKeys
+
+    keys = ThreadKeys(store.namespace, thread_run_id("t")).all
+    args = [0, "", "", "owner", 0, 100, "t", "P", "", "c1", "c1", b"frame", "R", 0]
+    with pytest.raises(redis.ResponseError, match="BAD_ITEMS 8"):
+        client.eval(lua_text("saver_write"), len(keys), *keys, *args)
+    assert client.exists(*keys) == 0
+
+
 @pytest.mark.parametrize("visits", [1, 2, reads.VISITS])
 def test_a_history_walk_over_a_parent_chain_that_loops_ends(store, client, monkeypatch, visits):
     """A stored chain c2 -> c1 -> c0 -> c1 (damage): the walk ends, in one round trip or
