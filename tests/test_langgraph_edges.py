@@ -316,6 +316,29 @@ def test_delete_for_runs_finds_a_thread_filed_just_before_it_ran(store, monkeypa
     assert visible_ids(writer, "t") == []
 
 
+@pytest.mark.parametrize("removal", ["delete_thread", "prune"])
+def test_delete_for_runs_finds_a_thread_a_put_wrote_again_right_after_it_left_the_index(store, monkeypatch, removal):
+    """A delete or prune takes R's checkpoints out of t, a put of R writes t again (and files
+    it), then the delete or prune takes t out of R's index: t is filed again all the same."""
+    writer, remover = RedisCkptSaver(store), RedisCkptSaver(store)
+    put_of_run(writer, "t", "R")
+    original = writes._admin
+    again: list[str] = []
+
+    def admin_then_put(e: Any, k: Any, args: list[Any], what: str) -> Any:
+        reply = yield from original(e, k, args, what)
+        if args[0] in ("delete", "prune") and not again:
+            again.append(put_of_run(writer, "t", "R"))
+        return reply
+
+    monkeypatch.setattr(writes, "_admin", admin_then_put)
+    REMOVALS[removal](remover)
+    assert visible_ids(writer, "t") == again
+    monkeypatch.undo()
+    remover.delete_for_runs(["R"])
+    assert visible_ids(writer, "t") == []
+
+
 def test_a_delete_for_runs_that_stopped_half_way_leaves_the_rest_to_the_next_one(store, client, monkeypatch):
     """delete_for_runs takes each thread out of the run's index before it removes the run's
     checkpoints from it: stopped in between, the next delete_for_runs still finds it."""

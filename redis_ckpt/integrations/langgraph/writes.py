@@ -12,7 +12,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
 
-from ...core.ops import Cmd, Flow, Script
+from ...core.ops import Cmd, Flow, Pipe, Script
 from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
@@ -184,11 +184,30 @@ def _admin(e: Engine, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
 
 def _unindex(e: Engine, k: ThreadKeys, filed: FiledRuns, thread_id: str, lg_runs: Sequence[Any],
              what: str) -> Flow[None]:
-    """Take the thread out of the runs' indexes (it keeps no checkpoint of them)."""
-    for rid in map(text, lg_runs):
+    """Take the thread out of the runs' indexes (it kept no checkpoint of them), then file it
+    again in those it holds a checkpoint of by now: a put of the run since (which filed the
+    thread before it was taken out here; a put after this read files it itself, put_flow)."""
+    rids = [text(r) for r in lg_runs]
+    for rid in rids:
         filed.forget(rid, thread_id)
         key = cross_key(e.backend.namespace, rid)
         yield from e.confirmed([Cmd("SREM", key, thread_id)], key, k.run_id, what)
+    if not rids:
+        return
+    runs = k.all[9]
+
+    def held() -> Flow[list[Any]]:
+        replies = yield Pipe([Cmd("ZRANGEBYLEX", runs, f"[{rid}\x00", f"({rid}\x01", "LIMIT", 0, 1) for rid in rids],
+                             route=k.route)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies  # type: ignore[no-any-return]
+
+    found = yield from e.backend.retrying(held, run_id=k.run_id, what=what, writes=False)
+    for rid, members in zip(rids, found):
+        if members:
+            yield from index_run(e, k, rid, thread_id)
 
 
 def delete_flow(e: Engine, filed: FiledRuns, thread_id: str) -> Flow[None]:
