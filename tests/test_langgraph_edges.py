@@ -83,6 +83,19 @@ def test_saver_write_itself_refuses_a_checkpoint_that_is_its_own_parent(store, c
     assert client.exists(*keys) == 0
 
 
+def test_an_empty_checkpoint_id_is_refused_as_such_and_nothing_is_written(store, client):
+    """A checkpoint stored under "" could never be read (get_tuple and list take "" for "the
+    newest"): put and put_writes refuse it, saying so, before anything is sent."""
+    saver = RedisCkptSaver(store)
+    cp = checkpoint(values={"x": 1}, versions={"x": 1})
+    cp["id"] = ""
+    with pytest.raises(ValueError, match="checkpoint id must not be empty"):
+        saver.put(cfg("t"), cp, {}, {"x": 1})
+    with pytest.raises(ValueError, match="checkpoint id must not be empty"):
+        saver.put_writes(cfg("t", cid=""), [("x", 1)], "task")
+    assert not list(client.scan_iter(f"{store.namespace}:{{lg*"))
+
+
 @pytest.mark.parametrize("visits", [1, 2, reads.VISITS])
 def test_a_history_walk_over_a_parent_chain_that_loops_ends(store, client, monkeypatch, visits):
     """A stored chain c2 -> c1 -> c0 -> c1 (damage): the walk ends, in one round trip or

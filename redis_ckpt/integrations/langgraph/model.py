@@ -32,7 +32,7 @@ from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeErr
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
-    "Framer", "items", "parse_items", "split_record", "check_name", "version_text",
+    "Framer", "items", "parse_items", "split_record", "check_name", "check_checkpoint_id", "version_text",
 ]
 
 RUN_PREFIX = "lg."
@@ -99,6 +99,14 @@ def check_name(kind: str, value: Any) -> str:
     if not isinstance(value, str) or "\x00" in value:
         raise ValueError(f"{kind} must be a str without NUL, got {value!r}")
     return value
+
+
+def check_checkpoint_id(value: Any) -> str:
+    """A checkpoint id a put or put_writes stores under: a name, not empty (a read takes ""
+    for "the newest": a checkpoint stored under it could never be read)."""
+    if check_name("checkpoint id", value) == "":
+        raise ValueError("checkpoint id must not be empty")
+    return value  # type: ignore[no-any-return]
 
 
 def version_text(version: Any) -> str:

@@ -16,7 +16,7 @@ from ...core.ops import Cmd, Flow, Pipe, Script
 from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_name, cross_key, items, pairs, thread_run_id, version_text
+from .model import ThreadKeys, check_checkpoint_id, check_name, cross_key, items, pairs, thread_run_id, version_text
 from .reads import decode_record
 
 __all__ = ["FiledRuns", "put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
@@ -74,7 +74,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
     Only channels in ``new_versions`` send their value; the others refer to stored ones."""
     conf = config["configurable"]
     ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
-    cid = check_name("checkpoint id", checkpoint["id"])
+    cid = check_checkpoint_id(checkpoint["id"])
     parent = conf.get("checkpoint_id") or ""
     if parent == cid:  # re-saving a tuple under its own config: a parent chain that loops
         raise ValueError(f"checkpoint {cid!r} cannot be its own parent: put a checkpoint with a new id "
@@ -160,7 +160,7 @@ def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence
                 task_path: str) -> list[Any]:
     conf = config["configurable"]
     ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
-    cid = check_name("checkpoint id", conf["checkpoint_id"])
+    cid = check_checkpoint_id(conf["checkpoint_id"])
     check_name("task id", task_id)
     quads: list[Any] = []
     for idx, (ch, value) in enumerate(writes):
