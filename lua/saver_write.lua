@@ -54,6 +54,8 @@
 -- (PEXPIREAT ... NX: a no-op on a key that has it). So the thread lives at least TTL after its
 -- last write and at most TTL/16 longer, and most writes spend one PTTL instead of an expiry
 -- on every key. A write refused after an audit event gives a new events stream the TTL.
+-- Without a TTL (0) a write makes every key permanent when meta says they expire, and the
+-- fence and events when the thread is new (a delete leaves those two with their expiry).
 --
 -- Numbers: tokens and versions are integers below MAX_INT = 2^50 (redis_ckpt.core MAX_INT),
 -- exact in Lua's doubles, written with string.format('%d').
@@ -227,5 +229,8 @@ if ttl > 0 then
   end
 elseif m[5] == '1' then
   for k = 1, #KEYS do redis.call('PERSIST', KEYS[k]) end
+elseif not m[1] then  -- a new thread: the fence and events a delete left keep the expiry a TTL gave them
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
 end
 return {token, version, new_runs}

@@ -192,6 +192,17 @@ def test_a_saver_without_a_ttl_makes_a_thread_permanent_after_a_refreshing_read(
     assert one_expiry(client, store, "t") == -1
 
 
+def test_a_thread_deleted_under_a_ttl_and_written_again_without_one_is_permanent_whole(store, client):
+    """delete_thread leaves the fence and the events, with the expiry a TTL gave them; a saver
+    without a TTL that writes the thread again makes those permanent too: the fence of a
+    permanent thread never expires under an invocation that holds it."""
+    expiring, permanent = RedisCkptSaver(store, thread_ttl={"default_ttl": 5}), RedisCkptSaver(store)
+    put_of_run(expiring, "t", "R")
+    expiring.delete_thread("t")
+    put_of_run(permanent, "t", "R")
+    assert one_expiry(client, store, "t") == -1
+
+
 # --------------------------------------------------------------------------- bad arguments change nothing
 
 
