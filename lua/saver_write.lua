@@ -29,8 +29,8 @@
 --   "P", ns, checkpoint id, parent id ("" none), record frame, run id ("" none), k,
 --        then k triples (channel, version, value frame or "" when the value is not new: a
 --        value stored under that channel and version earlier is then referred to)
---   "W", ns, checkpoint id, n, then n quads (task id, idx, channel, write frame): a write
---        with idx >= 0 is kept if its (task id, idx) is new (the first one wins), one with
+--   "W", ns, checkpoint id, n, then n quads (task id, idx: an integer, channel, write frame):
+--        a write with idx >= 0 is kept if its (task id, idx) is new (the first one wins), one with
 --        idx < 0 (a special channel: error, interrupt, ...) replaces the earlier one
 -- Shape: its strings as "<length>:<bytes>" one after another (netstrings without the
 -- comma); the whole shape is one more such string in front of the record frame.
@@ -97,6 +97,10 @@ while i <= #ARGV do
   elseif kind == 'W' then
     n = tonumber(ARGV[i + 3])
     if not n or n < 0 or i + 3 + 4 * n > #ARGV then return redis.error_reply('BAD_ITEMS ' .. int(i)) end
+    for j = i + 5, i + 4 * n + 1, 4 do  -- each write's index: an integer (compared in step 3)
+      local idx = tonumber(ARGV[j])
+      if not idx or idx ~= math.floor(idx) then return redis.error_reply('BAD_ITEMS ' .. int(i)) end
+    end
     i = i + 4 + 4 * n
   else
     return redis.error_reply('BAD_ITEMS ' .. int(i))

@@ -96,6 +96,21 @@ def test_an_empty_checkpoint_id_is_refused_as_such_and_nothing_is_written(store,
     assert not list(client.scan_iter(f"{store.namespace}:{{lg*"))
 
 
+def test_saver_write_refuses_a_write_index_that_is_no_number_before_writing_anything(store, client):
+    """A script error half way would leave what came before it written (Lua does not roll
+    back): a "W" item whose index is no integer is refused in the check, as BAD_ITEMS."""
+    from redis_ckpt.drivers.scripts import lua_text
+    from redis_ckpt.integrations.langgraph.model import ThreadKeys
+
+    keys = ThreadKeys(store.namespace, thread_run_id("t")).all
+    for idx in ("x", "1.5", ""):
+        args = [0, "", "", "owner", 0, 100, "t", "P", "", "c1", "", b"frame", "R", 0,
+                "W", "", "c1", 1, "task", idx, "ch", b"frame"]
+        with pytest.raises(redis.ResponseError, match="BAD_ITEMS 15"):
+            client.eval(lua_text("saver_write"), len(keys), *keys, *args)
+        assert client.exists(*keys) == 0
+
+
 @pytest.mark.parametrize("visits", [1, 2, reads.VISITS])
 def test_a_history_walk_over_a_parent_chain_that_loops_ends(store, client, monkeypatch, visits):
     """A stored chain c2 -> c1 -> c0 -> c1 (damage): the walk ends, in one round trip or
