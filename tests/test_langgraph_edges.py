@@ -283,6 +283,19 @@ def test_delete_for_runs_finds_a_run_that_a_prune_took_out_of_a_thread(store):
     assert visible_ids(saver, "t") == [newest]
 
 
+def test_an_empty_run_id_is_no_run(store, client):
+    """A put whose metadata run_id is "" files its thread in no run's index (the script keeps
+    no run for it either), and delete_for_runs refuses "" before deleting anything (its
+    index key would have an empty hash tag: no one slot with its pending set on a Cluster)."""
+    saver = RedisCkptSaver(store)
+    kept = put_of_run(saver, "t", "R")
+    kept = [put_of_run(saver, "t", "", kept), kept]
+    assert client.keys(f"{store.namespace}:lgrun*") == [f"{store.namespace}:lgrun:{{R}}".encode()]
+    with pytest.raises(ValueError, match="run id must not be empty"):
+        saver.delete_for_runs(["R", ""])
+    assert visible_ids(saver, "t") == kept
+
+
 def test_a_put_of_a_run_filed_before_is_one_round_trip(store):
     saver = RedisCkptSaver(store)
     parent = put_of_run(saver, "t", "R")

@@ -84,6 +84,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
     md = get_serializable_checkpoint_metadata(config, metadata)
     lg_run = md.get("run_id")
     lg_run = check_name("metadata run_id", str(lg_run)) if lg_run is not None else None
+    lg_run = lg_run or None  # "": no run (no index: delete_for_runs refuses "")
     versions = {**(c.get("channel_versions") or {}), **new_versions}
     triples: list[Any] = []
     for ch, ver in versions.items():
@@ -258,6 +259,14 @@ def _heads_and_chains(e: Engine, k: ThreadKeys) -> Flow[tuple[int, list[Any]]]:
     return int(heads[0]), out
 
 
+def _run_id(value: Any) -> str:
+    rid = check_name("run id", str(value))
+    if not rid:
+        raise ValueError("run id must not be empty (a put whose metadata run_id is \"\" files its checkpoint "
+                         "under no run)")
+    return rid
+
+
 def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flow[None]:
     """Remove the checkpoints of LangGraph runs in every thread (found through the
     cross-thread index of each run, and the threads an unfinished delete_for_runs of the run
@@ -266,7 +275,7 @@ def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flo
     that files it in the index again (put_flow), which stays; a delete_for_runs that stops
     half way leaves the rest pending for the next one. Every run id is checked before the
     first one is deleted."""
-    for rid in [check_name("run id", str(r)) for r in lg_runs]:
+    for rid in [_run_id(r) for r in lg_runs]:
         key, pending = cross_key(e.backend.namespace, rid), cross_key(e.backend.namespace, rid, pending=True)
 
         def members(key: str = key, pending: str = pending) -> Flow[Any]:
