@@ -228,7 +228,11 @@ def test_a_thread_deleted_under_a_ttl_and_written_again_without_one_is_permanent
     (lambda s: s.prune([], strategy="bogus"), ValueError),
     (lambda s: s.prune(["t"], strategy="bogus"), ValueError),
     (lambda s: s.prune(["t", ""]), ValueError),  # t is not pruned first
-], ids=["runs-str", "runs-bad-name", "prune-str", "no-threads-bad-strategy", "bad-strategy", "prune-empty-thread"])
+    (lambda s: list(s.list(cfg("t"), limit=2.5)), TypeError),  # was a server error
+    (lambda s: list(s.list(cfg("t"), limit="1")), TypeError),
+    (lambda s: s.get_delta_channel_history(config=cfg("t"), channels="x"), TypeError),  # was walked as "x"
+], ids=["runs-str", "runs-bad-name", "prune-str", "no-threads-bad-strategy", "bad-strategy", "prune-empty-thread",
+        "limit-float", "limit-str", "channels-str"])
 def test_bad_arguments_of_delete_for_runs_and_prune_are_refused_and_change_nothing(store, call, error):
     saver = RedisCkptSaver(store)
     first = checkpoint(values={"x": 1}, versions={"x": 1})

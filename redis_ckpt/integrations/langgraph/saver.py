@@ -55,6 +55,13 @@ def _ids(name: str, ids: Sequence[Any]) -> list[str]:
     return [str(i) for i in ids]
 
 
+def _limit(limit: Any) -> int | None:
+    """list's ``limit``: None or an int (a float or a str is refused before anything is read)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise TypeError(f"limit must be an int or None, not a {type(limit).__name__}")
+    return limit
+
+
 #: channels of writes after which LangGraph ends the superstep without a checkpoint
 _FINAL_CHANNELS = frozenset((ERROR, INTERRUPT))
 
@@ -156,6 +163,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def _cursors(self, config: RunnableConfig | None, before: RunnableConfig | None,
                  filter: dict[str, Any] | None, limit: int | None) -> Flow[list[reads.ListCursor]]:
+        limit = _limit(limit)
         threads = [_thread(config)] if config else (yield from reads.threads_flow(self._engine))
         return [reads.ListCursor.of(t, config, before, filter, limit) for t in threads]
 
@@ -258,12 +266,14 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
     def get_delta_channel_history(self, *, config: RunnableConfig,
                                   channels: Sequence[str]) -> Mapping[str, DeltaChannelHistory]:
         """The delta-channel history walk in one round trip (the server walks the parents)."""
+        channels = _ids("channels", channels)
         if not channels:
             return {}
         return self._run(reads.history_flow(self._engine, config, channels))
 
     async def aget_delta_channel_history(self, *, config: RunnableConfig,
                                          channels: Sequence[str]) -> Mapping[str, DeltaChannelHistory]:
+        channels = _ids("channels", channels)
         if not channels:
             return {}
         return await self._arun(reads.history_flow(self._engine, config, channels))
