@@ -22,6 +22,7 @@
 -- audit events and answers what that attempt did: the fence now, the generations it deleted
 -- (nothing written).
 -- Errors (nothing written):
+--   "DAMAGED fence <value>"        the fence is not an integer (its INCR would fail with the data gone)
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed
 -- Staged keys registered after the caller read the staging hash are not passed: they expire
@@ -36,6 +37,11 @@ if delete_id ~= '' then
       return {redis.call('GET', KEYS[1]) or '0', tonumber(seen.generations) or 0}
     end
   end
+end
+
+local fence_s = redis.call('GET', KEYS[1])
+if fence_s and not string.match(fence_s, '^%d+$') then
+  return redis.error_reply('DAMAGED fence ' .. string.gsub(fence_s, '%c', '?'))
 end
 
 local nd = tonumber(ARGV[4])

@@ -9,6 +9,12 @@
 -- Returns the new fence, as the exact string INCR stored (a Lua number would round a fence
 -- past 2^53, e.g. one imported before MAX_INT was enforced; revoke never refuses: it must
 -- always fence every holder off).
+-- Errors (nothing written):
+--   "DAMAGED fence <value>"  the fence is not an integer: no token above it can be made
+local fence_s = redis.call('GET', KEYS[1])
+if fence_s and not string.match(fence_s, '^%d+$') then
+  return redis.error_reply('DAMAGED fence ' .. string.gsub(fence_s, '%c', '?'))
+end
 local l_owner, l_state, l_token = unpack(redis.call('HMGET', KEYS[2], 'owner', 'state', 'token'))
 redis.call('INCR', KEYS[1])
 local fence = redis.call('GET', KEYS[1])

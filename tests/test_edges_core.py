@@ -166,6 +166,28 @@ def test_delete_of_a_damaged_head(store, client, namespace):
     assert client.exists(head, f"{namespace}:{{r}}:g:1") == 0
 
 
+@pytest.mark.parametrize("op", ["delete", "revoke"])
+def test_delete_or_revoke_of_a_run_whose_fence_is_damaged_writes_nothing(store, client, durable_server, namespace,
+                                                                         op):
+    """delete.lua deleted the run's generations and head, then failed at INCR of a fence that
+    is not a number (an untyped server error, the data gone); revoke failed the same way,
+    untyped. Both refuse up front, typed, nothing written; once the fence is set by hand to an
+    integer above the run's tokens (the remedy the error names), the run can be deleted."""
+    _committed(store)
+    client.set(f"{namespace}:{{r}}:fence", "abc")
+    before = {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:{{r}}:*"))}
+    with pytest.raises(CorruptCheckpointError) as e:
+        getattr(store, op)("r")
+    assert e.value.run_id == "r" and "fence" in str(e.value) and "'abc'" in str(e.value)
+    assert "set it by hand" in str(e.value)
+    assert {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:{{r}}:*"))} == before
+    out = invoke([op, "r", "--yes"], url=durable_server.url, namespace=namespace)
+    assert out.exit_code == 1 and "fence" in out.stderr and "a bug" not in out.stderr, out.output
+    assert {k: client.dump(k) for k in sorted(client.scan_iter(match=f"{namespace}:{{r}}:*"))} == before
+    client.set(f"{namespace}:{{r}}:fence", "5")
+    assert store.delete("r") == 1 and store.info("r").fence == 6
+
+
 @pytest.mark.parametrize("key,field,value", [("fence", None, "abc"), ("lease", "token", "x1")])
 def test_a_damaged_fence_or_lease_token_is_a_corrupt_checkpoint_error(store, client, namespace, key, field, value):
     _committed(store)

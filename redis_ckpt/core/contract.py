@@ -309,10 +309,12 @@ def damaged(run_id: str, where: str, value: str, expected: str) -> CorruptCheckp
     """The error for a value redis-ckpt never writes in one of the run's keys (``where``: "fence",
     "head's 'generation'", "lease's 'token'", ...): changed by hand, or a partial restore.
     Raised before anything is written."""
+    remedy = ("set it by hand to an integer above every token the run handed out (its head's and lease's "
+              "'token', the tokens of its audit events), then try again" if where == "fence" else
+              "restore the run from an exported frame, or delete it")
     return CorruptCheckpointError(
         run_id, {}, message=f"run {run_id!r} is damaged: its {where} is {value!r}, not {expected} as redis-ckpt "
-                            "writes it (changed by hand, or a partial restore); restore the run from an "
-                            "exported frame, or delete it")
+                            f"writes it (changed by hand, or a partial restore); {remedy}")
 
 
 def damaged_refusal(run_id: str, refused: Mapping[str, str]) -> CorruptCheckpointError:

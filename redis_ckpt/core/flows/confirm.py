@@ -17,6 +17,7 @@ from typing import Any
 
 from ...errors import DurabilityError
 from ..config import StoreConfig
+from ..contract import damaged_refusal, refusal
 from ..ops import Cmd, Pipe, ReplyError, Script
 from ..replies import hash_of
 
@@ -103,10 +104,12 @@ def check_confirmed(replies: Sequence[Any], config: StoreConfig, *, what: str, r
 
 def confirmed_reply(replies: Sequence[Any], config: StoreConfig, *, what: str, run_id: str) -> Any:
     """The first reply of a :func:`confirmed` pipe that is not a commit (delete, revoke): its
-    error raised as it is (the drift check it carried marked unread), else its confirmations
+    error raised as it is (a DAMAGED answer as CorruptCheckpointError; the drift check it carried marked unread), else its confirmations
     checked and the reply returned."""
     if isinstance(replies[0], Exception):
         drift_unread(replies, config)
+        if isinstance(replies[0], ReplyError) and replies[0].code == "DAMAGED":  # nothing written
+            raise damaged_refusal(run_id, refusal(replies[0]))
         raise replies[0]
     check_confirmed(replies, config, what=what, run_id=run_id, generation=None)
     return replies[0]
