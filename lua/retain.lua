@@ -31,6 +31,7 @@
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not all of them passed
 --   "OUT_OF_RANGE <what> <value>"  a retention, margin or fence past MAX_INT
+--   "DAMAGED fence <value>"        the fence is not an integer (changed by hand)
 local LIMIT = 1125899906842624  -- 2^50
 local function int(x) return string.format('%d', x) end
 local token_s, owner = ARGV[1], ARGV[2]
@@ -42,6 +43,9 @@ if not (margin and margin >= 0 and margin <= LIMIT) then
   return redis.error_reply('OUT_OF_RANGE margin ' .. ARGV[4])
 end
 local fence_s = redis.call('GET', KEYS[1]) or '0'
+if not string.match(fence_s, '^%d+$') then
+  return redis.error_reply('DAMAGED fence ' .. string.gsub(fence_s, '%c', '?'))
+end
 local fence = tonumber(fence_s)
 if fence >= LIMIT then return redis.error_reply('OUT_OF_RANGE fence ' .. fence_s) end
 if token_s ~= '0' and token_s ~= fence_s then

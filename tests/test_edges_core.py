@@ -166,6 +166,20 @@ def test_delete_of_a_damaged_head(store, client, namespace):
     assert client.exists(head, f"{namespace}:{{r}}:g:1") == 0
 
 
+def test_finish_on_a_run_whose_fence_is_damaged_is_typed_and_writes_nothing(store, client, namespace):
+    """retain.lua compared a fence it could not read as a number: a Lua error, so finish()
+    raised an untyped ServerError saying its outcome was unknown. It is CorruptCheckpointError,
+    nothing written (no expiry set, the lease still held)."""
+    lease = store.acquire("r", owner="a", ttl=30)
+    lease.commit({"n": 1})
+    client.set(f"{namespace}:{{r}}:fence", "abc")
+    before = {k: (client.dump(k), client.pttl(k) > 0) for k in client.scan_iter(match=f"{namespace}:{{r}}:*")}
+    with pytest.raises(CorruptCheckpointError) as e:
+        lease.finish(keep_for=60)
+    assert e.value.run_id == "r" and "fence" in str(e.value) and "'abc'" in str(e.value)
+    assert {k: (client.dump(k), client.pttl(k) > 0) for k in client.scan_iter(match=f"{namespace}:{{r}}:*")} == before
+
+
 @pytest.mark.parametrize("op", ["delete", "revoke"])
 def test_delete_or_revoke_of_a_run_whose_fence_is_damaged_writes_nothing(store, client, durable_server, namespace,
                                                                          op):

@@ -60,6 +60,8 @@ class RetentionFlows(AdminFlows):
                         raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]), what="finish")
                     if reply.code == "OUT_OF_RANGE":
                         raise out_of_range(k.run_id, refusal(reply), "finish")
+                    if reply.code == "DAMAGED":
+                        raise damaged_refusal(k.run_id, refusal(reply))
                     raise reply
                 check_confirmed(replies, c, what="finish", run_id=k.run_id, generation=None)
                 return int(reply)
