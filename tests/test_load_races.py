@@ -211,3 +211,25 @@ def test_the_search_for_headless_generations_escapes_glob_characters(client, nam
         assert store.load(run) is None, run
     with pytest.raises(CorruptCheckpointError):
         store.load("ab")
+
+
+def test_verify_and_generations_report_a_missing_head_as_damage(client, durable_server, namespace):
+    """store.generations() answered [] for a run whose head was lost while its generations are
+    there, so `redis-ckpt verify` (a health check) printed "no generations" and exited 0 on a
+    run whose load raises CorruptCheckpointError. Both now say it is damaged (exit 1)."""
+    from test_cli import invoke
+
+    store = CheckpointStore(client, namespace=namespace, keep=2)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+        lease.commit({"n": 2})
+    store.acquire("idle", owner="a", ttl=10).release()  # acquired, never committed: nothing to report
+    client.delete(RunKeys(namespace, "r").head)
+    with pytest.raises(CorruptCheckpointError) as e:
+        store.generations("r")
+    assert e.value.run_id == "r" and "head is missing" in str(e.value)
+    assert store.generations("idle") == []
+    for args in (["verify", "r"], ["verify", "--all"]):
+        out = invoke(args, url=durable_server.url, namespace=namespace)
+        assert out.exit_code == 1 and "'r'" in out.stderr and "a bug" not in out.stderr, out.output
+    assert invoke(["verify", "idle"], url=durable_server.url, namespace=namespace).exit_code == 0

@@ -45,6 +45,13 @@ SCAN_COUNT = 1000
 LOAD_SCRIPT_BYTES = 16 * 1024
 
 
+def head_missing(run_id: str) -> CorruptCheckpointError:
+    """The error for a run whose head is gone while its generations are there."""
+    return CorruptCheckpointError(
+        run_id, {}, message=f"run {run_id!r} has committed generations but its head is missing (deleted by "
+                            "hand, or a partial restore); restore the head or import an exported frame")
+
+
 class ReadFlows(SharedFlows, FlowsBase):
     def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.
@@ -84,12 +91,7 @@ class ReadFlows(SharedFlows, FlowsBase):
                 head = head_of(k.run_id, {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None})
                 if not head:
                     if (yield from self.committed_before(k)):
-                        raise CorruptCheckpointError(
-                            k.run_id, {},
-                            message=f"run {k.run_id!r} has committed generations but its head is missing "
-                                    "(deleted by hand, or a partial restore); restore the head or "
-                                    "import an exported frame",
-                        )
+                        raise head_missing(k.run_id)
                     return None
                 generation = int(head.get("generation") or 0)
                 if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
@@ -291,6 +293,8 @@ class ReadFlows(SharedFlows, FlowsBase):
 
         def body() -> Flow[list[GenerationInfo]]:
             head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
+            if not head and (yield from self.committed_before(k)):  # never "no generations"
+                raise head_missing(k.run_id)
             times = kept_times(head)  # the server's commit times (the frame's own is the writer's clock)
             out: list[GenerationInfo] = []
             for g, _chunks in sorted(kept(head), reverse=True):
