@@ -233,3 +233,24 @@ def test_verify_and_generations_report_a_missing_head_as_damage(client, durable_
         out = invoke(args, url=durable_server.url, namespace=namespace)
         assert out.exit_code == 1 and "'r'" in out.stderr and "a bug" not in out.stderr, out.output
     assert invoke(["verify", "idle"], url=durable_server.url, namespace=namespace).exit_code == 0
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1024])
+def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, namespace, chunk_bytes):
+    """delete read which generations to remove from the head only: for a run whose head was
+    lost it removed nothing but the lease and answered 0, leaving every g:* key (and chunk)
+    without an expiry; once the delete event was trimmed from the audit stream, load found them
+    again and the run was corrupt once more. delete now finds them (the same SCAN as load) and
+    removes them."""
+    options = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+    store = CheckpointStore(client, namespace=namespace, keep=2, events_maxlen=100, **options)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"pad": b"y" * 5000, "n": 1})
+        lease.commit({"pad": b"z" * 5000, "n": 2})
+    k = RunKeys(namespace, "r")
+    client.delete(k.head)
+    assert store.delete("r") == 2
+    assert sorted(client.scan_iter(match=f"{namespace}:{{r}}:g:*")) == []
+    assert store.load("r") is None
+    idle_events(store, "r", 300)  # the delete event is trimmed away
+    assert store.load("r") is None

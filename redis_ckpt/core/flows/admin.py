@@ -17,6 +17,7 @@ from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
 from .commit import CommitFlows
 from .confirm import confirmed_reply, drift_unread
+from .read import committed_before, lost_entries
 from .shared import SHARED_SENDS
 
 __all__ = ["AdminFlows", "event_of"]
@@ -111,9 +112,10 @@ class AdminFlows(CommitFlows, FlowsBase):
                 registered[:] = staged(hash_of(registry))
                 shared[:] = sorted(hash_of(refs))
                 # only the kept list is read: a head damaged elsewhere can still be deleted
-                head = head_of(k.run_id, {"kept": hash_of(head).get("kept", "")})
-                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
-                                                    run_id=k.run_id, what="delete")
+                entries = [entry(g, c) for g, c in kept(head_of(k.run_id, {"kept": hash_of(head).get("kept", "")}))]
+                if not hash_of(head) and (yield from committed_before(k)):  # its head was lost
+                    entries = yield from lost_entries(k)  # what no head names: found by SCAN
+                replies = yield from self.with_keys(build, entries, route=k.fence, run_id=k.run_id, what="delete")
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)
