@@ -177,6 +177,7 @@ local h_gen, h_commit, h_kept, h_ids, h_ms, h_epoch, h_token, h_size, h_chunks, 
 -- what no script writes (changed by hand, a partial restore) is refused before anything is
 -- written, as acquire.lua does: arithmetic on it would fail partway, after earlier writes
 local function damaged(where, value)
+  unstage()  -- the caller's staged keys go, as with every refusal
   return redis.error_reply('DAMAGED ' .. where .. ' ' .. string.gsub(value, '%c', '?'))
 end
 if not string.match(fence_s, '^%d+$') then return damaged('fence', fence_s) end

@@ -253,6 +253,24 @@ def test_a_commit_onto_a_damaged_head_writes_nothing(store, client, namespace, f
             client.xlen(f"{namespace}:{{r}}:events")) == before
 
 
+@pytest.mark.parametrize("op", ["commit", "fork"])
+def test_a_write_refused_as_damaged_leaves_no_staged_data(client, namespace, op):
+    """commit.lua answered DAMAGED (a fence or head it cannot read) without removing the
+    caller's staged keys, unlike every other refusal: a large commit or a fork/import into a
+    damaged run left its bytes staged until their TTL, and each retry staged them again."""
+    store = CheckpointStore(client, namespace=namespace, chunk_bytes=1024)
+    lease = store.acquire("r", owner="a", ttl=30)
+    lease.commit({"n": 1})
+    with store.acquire("src", owner="a", ttl=30) as src:
+        src.commit({"pad": b"s" * 5000})
+    target = "r" if op == "commit" else "t"  # a fork goes to a run with no head
+    client.set(f"{namespace}:{{{target}}}:fence", "abc")
+    with pytest.raises(CorruptCheckpointError):
+        lease.commit({"pad": b"x" * 5000}) if op == "commit" else store.fork("src", "t")
+    assert sorted(client.scan_iter(match=f"{namespace}:{{{target}}}:stage:*")) == []
+    assert client.hlen(f"{namespace}:{{{target}}}:staging") == 0
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, durable_server, namespace, dry_run):
     _committed(store, "bad")
