@@ -93,6 +93,25 @@ def test_fork_from_the_cli(store, durable_server, namespace):
     assert again.exit_code == 1 and "already has a head" in again.stderr
 
 
+def test_fork_from_the_cli_of_a_run_with_a_newer_schema(client, durable_server, namespace):
+    """The CLI (schema 1, no migrations) loaded the new run after forking it to print the
+    source generation: for an application's run at schema 3 that load raised
+    SchemaVersionError, so `fork` exited 1 with nothing on stdout - a definite "no" - although
+    the fork was written (and a retry then said it already has a head)."""
+    app = CheckpointStore(client, namespace=namespace, schema_version=3)
+    with app.acquire("job", owner="w", ttl=30) as lease:
+        lease.commit({"i": 1})
+        lease.commit({"i": 2})
+    out = run(["fork", "job", "job-2", "--json"], durable_server, namespace)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert (data["new_run"], data["generation"], data["source_generation"]) == ("job-2", 1, 2)
+    assert data["checksum"] == app.generations("job")[0].checksum and data["fence"] == app.info("job-2").fence
+    assert app.load("job-2").state == {"i": 2}
+    text = run(["fork", "job", "job-3"], durable_server, namespace)
+    assert text.exit_code == 0 and "generation 2 into 'job-3'" in text.stdout, text.output
+
+
 def test_prune_from_the_cli(store, durable_server, namespace):
     time.sleep(0.3)
     dry = json.loads(run(["prune", "--idle", "250ms", "--dry-run", "--json"], durable_server, namespace).stdout)

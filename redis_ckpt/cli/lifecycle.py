@@ -118,8 +118,10 @@ def fork(cfg: CliConfig, run: str, new: str, generation: int | None, by: str | N
     """
     by = _by(by)
     made = cfg.store.fork(run, new, generation=generation, by=by)
-    ck = cfg.store.load(new)
-    source = ck.metadata.get("forked_from", {}) if ck is not None else {}
+    # what the fork made, read without decoding the state: a load would run the migrations
+    # of an application's schema this CLI does not have, and fail after the fork was written
+    made_gen = next((g for g in cfg.store.generations(new) if g.generation == made), None)
+    source = (made_gen.metadata or {}).get("forked_from", {}) if made_gen is not None else {}
     info = cfg.store.info(new)
     if cfg.as_json:
         r.emit_json({**base(cfg), "run": run, "new_run": new,
