@@ -64,7 +64,8 @@ for i = 5, 4 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
 for i = 5 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
 if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
   local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
-  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = true end
+  local from = #KEYS[k] - 3  -- a chunk's key is x:refs's with its address in place of "refs"
+  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], from)] = true end
   local ok = #counts / 2 == #KEYS - k
   for i = 1, #counts, 2 do ok = ok and passed[counts[i]] end
   if not ok then return redis.error_reply('NEED_SHARED ' .. #counts / 2) end

@@ -271,6 +271,26 @@ def test_a_write_refused_as_damaged_leaves_no_staged_data(client, namespace, op)
     assert client.hlen(f"{namespace}:{{{target}}}:staging") == 0
 
 
+@pytest.mark.parametrize("op", ["delete", "prune"])
+def test_a_run_whose_shared_chunk_counts_name_a_bad_address_can_still_be_removed(client, namespace, op):
+    """delete.lua and prune.lua matched the shared chunks passed to them by the last 32
+    characters of their keys: a field of x:refs that is not a 32-hex address (changed by hand,
+    a partial restore) never matched, every send answered NEED_SHARED, and the run could be
+    neither deleted nor pruned (an untyped ServerError). They match the whole address now."""
+    store = CheckpointStore(client, namespace=namespace, dedup=True)
+    with store.acquire("r", owner="a", ttl=30) as lease:
+        lease.commit({"m": [f"message {i} " * 8 for i in range(3000)]})
+    client.hset(f"{namespace}:{{r}}:x:refs", "zz", "1")
+    client.set(f"{namespace}:{{r}}:x:zz", b"stray")
+    time.sleep(0.01)
+    if op == "delete":
+        assert store.delete("r") == 1
+    else:
+        assert [p.run_id for p in store.prune(idle=0.001)] == ["r"]
+    assert sorted(k.decode() for k in client.scan_iter(match=f"{namespace}:{{r}}:*")) == \
+        sorted(f"{namespace}:{{r}}:{name}" for name in ("fence", "events")[: 2 if op == "delete" else 1])
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_cli_prune_names_a_damaged_run_and_prunes_the_others(store, client, durable_server, namespace, dry_run):
     _committed(store, "bad")
