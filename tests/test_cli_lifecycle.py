@@ -112,6 +112,26 @@ def test_fork_from_the_cli_of_a_run_with_a_newer_schema(client, durable_server, 
     assert text.exit_code == 0 and "generation 2 into 'job-3'" in text.stdout, text.output
 
 
+@pytest.mark.parametrize("args", [["export", "job", "-o", "{dir}/job.rckp"], ["show", "job", "--state"],
+                                  ["fork", "job", "job-2"]])
+def test_a_fallback_past_a_damaged_generation_is_a_warning_not_an_error(store, client, durable_server, namespace,
+                                                                        tmp_path, args):
+    """A command that succeeded past a damaged newest generation (exit 0, its output on
+    stdout) printed the library's ERROR log of the fallback as "error: ..." - with --json as
+    {"error": ...} without an exit_code - the CLI's form of a failed command. It is a warning."""
+    key = RunKeys(namespace, "job").generation(3)
+    client.setrange(key, client.strlen(key) - 24, b"\xff\xff")
+    args = [a.format(dir=tmp_path) for a in args]
+    text = run(args, durable_server, namespace)
+    assert text.exit_code == 0 and text.stdout, text.output
+    assert "error" not in text.stderr and "warning: run 'job'" in text.stderr and "g3: checksum" in text.stderr
+    client.delete(RunKeys(namespace, "job-2").head, RunKeys(namespace, "job-2").generation(1))
+    data = run([*args, "--json"], durable_server, namespace)
+    assert data.exit_code == 0 and json.loads(data.stdout), data.output
+    objects = [json.loads(line) for line in data.stderr.splitlines()]
+    assert objects and all(set(o) == {"warning"} for o in objects), data.stderr
+
+
 def test_prune_from_the_cli(store, durable_server, namespace):
     time.sleep(0.3)
     dry = json.loads(run(["prune", "--idle", "250ms", "--dry-run", "--json"], durable_server, namespace).stdout)

@@ -48,11 +48,13 @@ class CliGroup(click.Group):
 
 class _StderrHandler(logging.Handler):
     """The library's log records (probe warnings, fallbacks on load) as ``warning: ...`` lines
-    on whatever stderr is current (so click's test runner captures them too)."""
+    on whatever stderr is current (so click's test runner captures them too). An ERROR record
+    (a load that fell back past a damaged generation) is a warning here too: "error" is the
+    CLI's word for the one line of a command that failed, with its exit code."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = record.levelname.lower()
+            level = "warning"
             if json_mode():  # with --json, stderr is JSON too: one object per line
                 click.echo(json.dumps({level: self.format(record)}, ensure_ascii=False), err=True)
             else:
