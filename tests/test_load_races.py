@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -235,13 +236,14 @@ def test_verify_and_generations_report_a_missing_head_as_damage(client, durable_
     assert invoke(["verify", "idle"], url=durable_server.url, namespace=namespace).exit_code == 0
 
 
+@pytest.mark.parametrize("op", ["delete", "prune"])
 @pytest.mark.parametrize("chunk_bytes", [None, 1024])
-def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, namespace, chunk_bytes):
+def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, namespace, chunk_bytes, op):
     """delete read which generations to remove from the head only: for a run whose head was
     lost it removed nothing but the lease and answered 0, leaving every g:* key (and chunk)
     without an expiry; once the delete event was trimmed from the audit stream, load found them
     again and the run was corrupt once more. delete now finds them (the same SCAN as load) and
-    removes them."""
+    removes them; so does prune."""
     options = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
     store = CheckpointStore(client, namespace=namespace, keep=2, events_maxlen=100, **options)
     with store.acquire("r", owner="a", ttl=10) as lease:
@@ -249,7 +251,11 @@ def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, n
         lease.commit({"pad": b"z" * 5000, "n": 2})
     k = RunKeys(namespace, "r")
     client.delete(k.head)
-    assert store.delete("r") == 2
+    if op == "delete":
+        assert store.delete("r") == 2
+    else:  # prune removed the lease and events and left the generations: load found them again
+        time.sleep(0.01)
+        assert [(p.run_id, p.generations) for p in store.prune(idle=0.001)] == [("r", 2)]
     assert sorted(client.scan_iter(match=f"{namespace}:{{r}}:g:*")) == []
     assert store.load("r") is None
     idle_events(store, "r", 300)  # the delete event is trimmed away

@@ -91,9 +91,10 @@ def test_finish_names_a_newer_holder_and_resends_with_every_kept_generation():
 
 def test_prune_skips_active_and_empty_runs():
     c = core()
+    no_stream = [1, ReplyError("ERR no such key"), [], -1]  # a headless run: was it committed? (no)
     s = Scripted([0, [b"ns:{a}:fence", b"ns:{b}:fence", b"ns:{c}:fence"]],
-                 [[], [], []], lambda pipe: replies_for(pipe, ReplyError("ACTIVE 10")),
-                 [[], [], []], lambda pipe: replies_for(pipe, ReplyError("EMPTY")),
+                 [[], [], []], no_stream, lambda pipe: replies_for(pipe, ReplyError("ACTIVE 10")),
+                 [[], [], []], no_stream, lambda pipe: replies_for(pipe, ReplyError("EMPTY")),
                  [[b"kept", b"1"], [], []], lambda pipe: replies_for(pipe, [b"4", 1, b"90000"]))
     (pruned,) = s.run(c.prune_flow(idle_ms=60_000, by="ops"))
     assert (pruned.run_id, pruned.generations, pruned.fence, pruned.idle_ms, pruned.pruned) == ("c", 1, 4, 90000, True)

@@ -47,9 +47,11 @@ MAX_LOST_CHUNKS = 1 << 16
 LOAD_SCRIPT_BYTES = 16 * 1024
 
 
-def committed_before(k: RunKeys) -> Flow[bool]:
+def committed_before(k: RunKeys, *, scan: bool = True) -> Flow[bool]:
     """Whether the run has (or had, and lost) generations although its head is missing:
-    True is corruption, False "never committed" (or deleted with ``delete``).
+    True is corruption, False "never committed" (or deleted with ``delete``). ``scan=False``:
+    where the audit stream cannot tell, answer False rather than SCAN (for the commands that
+    visit every run: a pruned run's tombstone has no stream).
 
     * no fence: every commit needs a token the fence handed out, an import raises it and
       ``delete`` keeps it (a tombstone), so the run was never committed. A fence with an
@@ -88,7 +90,7 @@ def committed_before(k: RunKeys) -> Flow[bool]:
             break
         page = yield Cmd("XREVRANGE", k.events, f"({text(entry_id)}", "-", "COUNT", EVENTS_PAGE)
     whole = isinstance(length, int) and length == added == seen
-    if whole and oldest is not None and _first_fence(oldest):
+    if (whole and oldest is not None and _first_fence(oldest)) or not scan:
         return False
     return bool((yield from generation_keys(k, first=True)))
 
@@ -320,7 +322,7 @@ class ReadFlows(SharedFlows, FlowsBase):
 
         def body() -> Flow[list[GenerationInfo]]:
             head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
-            if not head and (yield from self.committed_before(k)):  # never "no generations"
+            if not head and (yield from committed_before(k, scan=False)):  # never "no generations"
                 raise head_missing(k.run_id)
             times = kept_times(head)  # the server's commit times (the frame's own is the writer's clock)
             out: list[GenerationInfo] = []

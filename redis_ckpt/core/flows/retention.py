@@ -18,6 +18,7 @@ from .admin import AdminFlows
 from .base import not_converged, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
+from .read import committed_before, lost_entries
 from .shared import SHARED_SENDS, shared_addresses
 
 __all__ = ["RetentionFlows"]
@@ -116,8 +117,10 @@ class RetentionFlows(AdminFlows):
                 head = head_of(k.run_id, head)
                 registered[:] = staged(registry)
                 shared[:] = sorted(refs)
-                replies = yield from self.with_keys(build, [entry(g, c) for g, c in kept(head)], route=k.fence,
-                                                    run_id=k.run_id, what="prune")
+                entries = [entry(g, c) for g, c in kept(head)]
+                if not head and (yield from committed_before(k, scan=False)):  # its head was lost: as delete
+                    entries = yield from lost_entries(k)
+                replies = yield from self.with_keys(build, entries, route=k.fence, run_id=k.run_id, what="prune")
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)
