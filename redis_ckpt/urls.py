@@ -57,6 +57,14 @@ SENTINEL_DEFAULT_PORT = 26379
 #: query parameters whose values are secrets (redis-py takes ?password=; Sentinel URLs ?sentinel_password=)
 SECRET_PARAMS = frozenset({"password", "pass", "pwd", "auth", "secret", "token", "sentinel_password"})
 
+
+def _secret_param(name: str) -> bool:
+    """Whether a query parameter's value is a secret: one of SECRET_PARAMS, or any other
+    ``*password`` (redis-py hands every query option to the connection: ``?ssl_password=``
+    unlocks the TLS private key)."""
+    name = name.lower()
+    return name in SECRET_PARAMS or name.endswith("password")
+
 #: the error for a URL that does not parse because its password holds an unencoded '#', '?' or '/'
 PERCENT_ENCODE_PASSWORD = ("cannot parse the URL: percent-encode a '#', '?', '/' or '@' in the password "
                            "(%23, %3F, %2F, %40)")
@@ -261,8 +269,8 @@ def _redact_query(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*")
+        if any(_secret_param(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
     fragment = "***" if parts.fragment else ""  # no URL form has one: the tail of a password with '#'
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, fragment))
 
@@ -304,7 +312,7 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
     try:
         parts = urlsplit(url)
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if k.lower() in SECRET_PARAMS:
+            if _secret_param(k):
                 found.update({v, unquote(v)})
     except ValueError:
         # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret

@@ -77,6 +77,9 @@ def test_topology_by_scheme() -> None:
     ("redis://app:p%40ss@h:1/0", ("p%40ss", "p@ss")),
     ("redis+sentinel://:pw@s1/m?sentinel_password=spw&socket_timeout=2", ("spw", "pw")),
     ("redis://h:1/0?password=qs", ("qs",)),
+    # redis-py hands any query option to the connection: ?ssl_password= unlocks the TLS key
+    ("rediss://h:1/0?ssl_password=kp&ssl_keyfile=/k.pem", ("kp",)),
+    ("rediss+cluster://h1:7001?ssl_password=kp", ("kp",)),
     ("redis://user@h:1/0", ()),
     ("redis://[::1:bad@h/0", ("[::1:bad", ":1:bad")),  # unparseable: all of the userinfo is secret
 ])
