@@ -135,6 +135,7 @@ def test_a_pipe_of_megabytes_is_sent_without_copying_its_large_arguments(client,
 # --------------------------------------------------------------------------- deadlines in the sync driver
 
 import contextlib  # noqa: E402
+import redis  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 
@@ -207,4 +208,23 @@ def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, pa
                 lease.commit(2)
             assert time.monotonic() - started < 1.0 + 1.5
     assert store.load("r").generation in (1, 2)
+    client.close()
+
+
+@pytest.mark.server
+def test_a_blocking_pool_with_every_connection_in_use_ends_by_the_deadline(durable_server, namespace):
+    """A BlockingConnectionPool waits up to its own timeout (redis-py's default: 20 s) for a
+    free connection: an attempt waits no longer than the operation has left."""
+    pool = redis.BlockingConnectionPool(host="127.0.0.1", port=durable_server.port, max_connections=1, timeout=30)
+    client = redis.Redis(connection_pool=pool)
+    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=1.0))
+    held = pool.get_connection()  # another thread's long command
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.load("r")
+        assert time.monotonic() - started < 1.0 + 1.5
+    finally:
+        pool.release(held)
+    assert store.load("r") is None and pool.timeout == 30  # the pool itself is untouched
     client.close()

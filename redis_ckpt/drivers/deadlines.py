@@ -7,7 +7,8 @@ connected with the attempt's timeouts too: redis-py >= 8 connects in
 ``ConnectionPool.ensure_connection``, which is wrapped once per pool (the wrapper changes
 nothing outside an attempt of this driver); older versions connect inside ``get_connection``,
 so there the idle connection is taken here (the first half of ``get_connection``, unchanged
-since redis-py 3) and connected. An op with no time left fails with ``redis.TimeoutError``
+since redis-py 3) and connected. A ``BlockingConnectionPool`` with every connection in use
+waits for a free one no longer than the attempt has left. An op with no time left fails with ``redis.TimeoutError``
 before anything is sent. (Asyncio: the driver bounds each op with ``asyncio.timeout``.)
 """
 
@@ -18,6 +19,7 @@ import contextvars
 import inspect
 import threading
 import time
+from queue import Queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -111,7 +113,7 @@ def armed(conn: Any, until: float | None) -> tuple[bool, Any]:
 
 
 #: the time an attempt has left while this driver takes a connection from a pool (read by the
-#: pool's wrapped ensure_connection); None everywhere else
+#: pool's wrapped ensure_connection, and a blocking pool's wrapped queue); None everywhere else
 _CONNECT_LEFT: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_left", default=None)
 _HOOK_LOCK = threading.Lock()
 
@@ -147,6 +149,31 @@ def _hook(pool: Any) -> bool:
             ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
             pool.ensure_connection = ensure_connection
     return True
+
+
+def _cap_wait(pool: Any) -> None:
+    """Wrap the free-connection queue of a ``BlockingConnectionPool`` (its ``get_connection``
+    waits on it up to the pool's ``timeout``, redis-py's default 20 s, when every connection
+    is in use) so that within an attempt of this driver the wait ends with the time left.
+    Outside such an attempt the wrapper waits as the pool says. The queue is checked at every
+    take: a pool reset after a fork has a new one."""
+    queue = getattr(pool, "pool", None)
+    if not isinstance(pool, redis.BlockingConnectionPool) or not isinstance(queue, Queue) \
+            or getattr(queue.get, "_redis_ckpt", False):
+        return
+    with _HOOK_LOCK:
+        current = queue.get
+        if getattr(current, "_redis_ckpt", False):
+            return
+
+        def get(block: bool = True, timeout: float | None = None, _original: Callable[..., Any] = current) -> Any:
+            left = _CONNECT_LEFT.get()
+            if left is not None and block:
+                timeout = left if timeout is None else min(timeout, left)
+            return _original(block, timeout)
+
+        get._redis_ckpt = True  # type: ignore[attr-defined]
+        queue.get = get  # type: ignore[method-assign]
 
 
 def _take_idle(pool: Any, left: float) -> Any:
@@ -202,12 +229,11 @@ def take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
         return conn, lambda c: give_back(pool, c)
     if left is None:
         return pool.get_connection(*GET_CONN_ARGS), pool.release
-    if _hook(pool):
-        token = _CONNECT_LEFT.set(left)
-        try:
-            return pool.get_connection(*GET_CONN_ARGS), pool.release
-        finally:
-            _CONNECT_LEFT.reset(token)
-    if type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
+    _cap_wait(pool)
+    if not _hook(pool) and type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
         return _take_idle(pool, left), pool.release
-    return pool.get_connection(*GET_CONN_ARGS), pool.release  # connects with its own timeouts
+    token = _CONNECT_LEFT.set(left)  # read by the wrapped ensure_connection and queue wait
+    try:  # without the hook (redis-py < 8, another pool class) it connects with its own timeouts
+        return pool.get_connection(*GET_CONN_ARGS), pool.release
+    finally:
+        _CONNECT_LEFT.reset(token)
