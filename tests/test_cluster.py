@@ -405,6 +405,32 @@ def test_async_store_on_a_cluster(cluster, namespace):
     asyncio.run(scenario())
 
 
+@pytest.mark.server
+def test_an_async_commit_whose_connection_breaks_is_sent_again(cluster, namespace):
+    """redis-py's async cluster node keeps a connection error of a pipeline's read as that
+    command's result: the driver raises it (a lost connection), never hands it to the flow as
+    a reply (the commit raised TypeError reading it as its generation)."""
+    async def scenario() -> None:
+        store = await AsyncCheckpointStore.from_url(cluster.url(2), namespace=namespace)
+        lease = await store.acquire("cut", owner="w", ttl=30)
+        assert await lease.commit({"n": 1}) == 1
+        owner = cluster.owner(slot_of(namespace, "cut")).client()
+        owner.client_pause(10_000, all=False)  # writes (the commit's script) wait
+        try:
+            commit = asyncio.ensure_future(lease.commit({"n": 2}))
+            await asyncio.sleep(0.3)
+            assert not commit.done()
+            owner.client_kill_filter(_type="normal", skipme=True)  # the commit's connection breaks
+        finally:
+            owner.client_unpause()
+        assert await commit == 2  # it never ran (the server held it), so the resend applies it
+        assert (await store.load("cut")).state == {"n": 2}
+        await store.close()
+        owner.close()
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- failover
 
 

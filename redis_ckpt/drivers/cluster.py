@@ -32,6 +32,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from ..core.ops import Cmd, Pipe, ScriptSource
 from ..core.replies import text
 from .asyncio import AsyncPlanTarget, adrive
@@ -156,12 +159,14 @@ class _AsyncNodePipeline:
         return self
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """The replies, a server error in place; a broken or timed-out connection (or a
+        LOADING server, as the sync send) raised: redis-py keeps what a read raised as that
+        command's result, which is no reply (and the later ones were never read)."""
         await self._node.execute_pipeline(self._commands)
         results = [c.result for c in self._commands]
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
+        for r in results:
+            if isinstance(r, (RedisConnectionError, RedisTimeoutError)) or (raise_on_error and isinstance(r, Exception)):
+                raise r
         return results
 
 
