@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
-from redis_ckpt.testing import LocalServer
+from redis_ckpt.testing import LocalServer, wait_for
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server
@@ -235,6 +235,57 @@ def test_a_server_answering_loading_is_retried_until_it_has_loaded(make_server, 
     restarting.join()
     assert store.load("r").state == {"n": 2}
     store.close()
+
+
+#: a script that keeps the server busy for ARGV[1] ms (past busy-reply-threshold, the server
+#: answers every other client BUSY until it ends)
+SPIN = """local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+while true do
+  t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 - start > tonumber(ARGV[1]) then return 1 end
+end"""
+
+
+@pytest.mark.parametrize("engine", ["valkey", "redis"])
+@pytest.mark.parametrize("refusal", ["BUSY", "NOREPLICAS"])
+def test_a_server_that_cannot_serve_yet_is_retried_until_it_can(make_server, engine, refusal):
+    """BUSY (another client's script past busy-reply-threshold) and NOREPLICAS (fewer good
+    replicas than min-replicas-to-write) say the command did not run and the server cannot
+    run it yet: like LOADING, a retry within the deadline, not a ServerError at once."""
+    server = make_server(engine)
+    admin, busy_client = server.client(), server.client()
+    store = CheckpointStore(server.client(), namespace="d", retry=RetryPolicy(deadline_s=30.0))
+    lease = store.acquire("r", owner="a", ttl=60)
+    assert lease.commit({"n": 1}) == 1
+    if refusal == "BUSY":
+        admin.config_set("busy-reply-threshold", 50)
+        blocker = threading.Thread(target=busy_client.eval, args=(SPIN, 0, 1500))
+        blocker.start()
+        seen = 0  # BUSY answers to the pings below (the server counts them too)
+
+        def busy() -> bool:
+            nonlocal seen
+            try:
+                admin.ping()
+            except redis.ResponseError:
+                seen += 1
+                return True
+            return False
+
+        wait_for(busy, "the server answering BUSY", timeout=10)
+    else:
+        admin.config_set("min-replicas-to-write", 1)  # no replica: every write is refused
+        seen = 0
+        blocker = threading.Thread(target=lambda: (time.sleep(1.0), admin.config_set("min-replicas-to-write", 0)))
+        blocker.start()
+    assert lease.commit({"n": 2}) == 2  # sent while the server refuses it
+    blocker.join()
+    assert store.load("r").state == {"n": 2}
+    assert admin.info("errorstats")[f"errorstat_{refusal}"]["count"] > seen  # the commit met it
+    store.close()
+    admin.close()
+    busy_client.close()
 
 
 # --------------------------------------------------------------------------- the policy

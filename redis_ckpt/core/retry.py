@@ -17,12 +17,16 @@ from typing import TypeVar
 from ..errors import ServerError, StoreUnavailableError
 from .ops import ConnectionLost, Deadline, Failure, Flow, ReplyError, Sleep
 
-__all__ = ["RetryPolicy", "retrying", "ask_deadline", "MIN_ATTEMPT_S"]
+__all__ = ["RetryPolicy", "retrying", "ask_deadline", "MIN_ATTEMPT_S", "NOT_YET"]
 
 T = TypeVar("T")
 
 #: the least time an attempt gets: with less left before the deadline, the operation gives up
 MIN_ATTEMPT_S = 0.01
+#: error replies of a server that did not run the command and cannot run it yet: another
+#: client's script past busy-reply-threshold (BUSY), fewer good replicas than
+#: min-replicas-to-write (NOREPLICAS). Retried like LOADING.
+NOT_YET = frozenset({"BUSY", "NOREPLICAS"})
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,9 @@ class RetryPolicy:
     each attempt's socket timeout is capped by the time left, the back-off never sleeps past
     it, and at the deadline the operation raises :class:`StoreUnavailableError`
     (``outcome_unknown=True`` when it writes). A broken or timed-out connection, and a server
-    answering LOADING (restarted, replaying its AOF), are retried with an exponential back-off
-    (``initial_backoff_s`` doubling up to ``max_backoff_s``, plus up to ``initial_backoff_s``
-    of jitter) until the deadline, so a restart within it is ridden out. ``attempts`` caps the
+    answering LOADING (restarted, replaying its AOF), BUSY or NOREPLICAS, are retried with an
+    exponential back-off (``initial_backoff_s`` doubling up to ``max_backoff_s``, plus up to
+    ``initial_backoff_s`` of jitter) until the deadline, so a restart within it is ridden out. ``attempts`` caps the
     number of attempts in all, the first included (1 = never retry); None: as many as the
     deadline allows.
 
@@ -81,8 +85,9 @@ def retrying(body: Callable[[], Flow[T]], *, policy: RetryPolicy, run_id: str | 
     """Run ``body()`` until it returns, fails for a reason other than the connection, or the
     operation's deadline passes (see :class:`RetryPolicy`).
 
-    A :class:`ConnectionLost` (a broken or timed-out connection, a server answering LOADING)
-    is retried with a bounded exponential back-off; the driver caps every attempt by the time
+    A :class:`ConnectionLost` (a broken or timed-out connection, a server answering LOADING),
+    and a server answering BUSY or NOREPLICAS (:data:`NOT_YET`), is retried with a bounded
+    exponential back-off; the driver caps every attempt by the time
     left (the deadline is the driver's: it starts with the operation, and the flow asks for
     it only after a first failure, so the first attempt runs bare). At the deadline:
     :class:`StoreUnavailableError` (``outcome_unknown`` when the operation ``writes``). A
@@ -92,6 +97,7 @@ def retrying(body: Callable[[], Flow[T]], *, policy: RetryPolicy, run_id: str | 
     until = 0.0  # the operation's deadline, asked of the driver after a first failure
     subject = f"{what} of run {run_id!r}" if run_id is not None else what
     attempts = 0
+    last: Failure
     while True:
         attempts += 1
         try:
@@ -99,18 +105,22 @@ def retrying(body: Callable[[], Flow[T]], *, policy: RetryPolicy, run_id: str | 
         except ConnectionLost as exc:
             last = exc
         except ReplyError as refused:
-            raise ServerError(
-                f"{subject} failed: the server answered {_described(refused)}",
-                run_id=run_id, server_message=str(refused), outcome_unknown=writes,
-            ) from refused
+            if refused.code in NOT_YET:
+                last = refused
+            else:
+                raise ServerError(
+                    f"{subject} failed: the server answered {_described(refused)}",
+                    run_id=run_id, server_message=str(refused), outcome_unknown=writes,
+                ) from refused
         if attempts == 1:  # the first attempt runs bare: no op but its own on the hot path
             until = yield from ask_deadline(policy.deadline_s)
         left = until - time.monotonic()
         if (policy.attempts is not None and attempts >= policy.attempts) or left <= MIN_ATTEMPT_S:
             unknown = " (the write may or may not have been applied)" if writes else ""
             spent = policy.deadline_s - max(0.0, left)
+            state = "could not serve it" if isinstance(last, ReplyError) else "is unreachable"
             raise StoreUnavailableError(
-                f"{subject} failed: the server is unreachable after {attempts} attempt(s) in "
+                f"{subject} failed: the server {state} after {attempts} attempt(s) in "
                 f"{spent:.1f} s (deadline {policy.deadline_s:g} s): {_described(last)}{unknown}",
                 run_id=run_id, outcome_unknown=writes,
             ) from last
