@@ -20,7 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redis_ckpt import CheckpointStore, ConflictError, Durability, NonDurableServerError, check_server
+from redis_ckpt import CheckpointStore, ConflictError, Durability, NonDurableServerError, RetryPolicy, check_server
 from redis_ckpt.drivers.cluster import ClusterTarget, ClusterUnavailableError, probe_key_for
 from redis_ckpt.drivers.cluster_plan import _scan_reply
 from redis_ckpt.core.ops import Cmd, Pipe, Script
@@ -456,6 +456,49 @@ def test_fencing_and_acknowledged_commits_survive_failover(engine, namespace, ma
         storm_through_failovers(store, runs, choose=choose, heal=heal,
                                 promoted=lambda heir: heir.client().info("replication")["role"] == "master")
         store.close()
+    finally:
+        cl.cleanup()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+def test_runs_after_a_failover_scans_the_promoted_primary(namespace, make_server, aio):
+    """SCAN walks the primaries of the client's slot map: a primary that no longer answers
+    has its connections dropped and the map read again before the next attempt (as a Pipe's
+    send does), so runs() finds the promoted replica instead of retrying the dead node until
+    its deadline."""
+    cl = LocalCluster("valkey", make_server).start()
+    try:
+        with CheckpointStore(cl.client(), namespace=namespace) as store:
+            with store.acquire("r", owner="w", ttl=10) as lease:
+                lease.commit(1)
+        victim = cl.owner(slot_of(namespace, "r"))
+        heir = cl.replica_of(victim)
+        assert victim.client().wait(1, 5000) == 1  # the replica has the run
+
+        def failover() -> None:
+            victim.kill()
+            wait_for(lambda: heir.client().info("replication")["role"] == "master", "the replica promoted",
+                     timeout=30)
+
+        retry = RetryPolicy(deadline_s=10.0)
+        if aio:
+            async def scenario() -> list[str]:
+                store = await AsyncCheckpointStore.from_url(cl.url(6), namespace=namespace, retry=retry)
+                assert await store.runs() == ["r"]
+                failover()
+                try:
+                    return await store.runs()
+                finally:
+                    await store.close()
+
+            assert asyncio.run(scenario()) == ["r"]
+        else:
+            store = CheckpointStore(cl.client(), namespace=namespace, retry=retry)
+            assert store.runs() == ["r"]
+            failover()
+            assert store.runs() == ["r"]
+            store.close()
     finally:
         cl.cleanup()
 

@@ -95,7 +95,7 @@ class ClusterTarget(View):
 
     def command(self, args: tuple[Any, ...], until: float | None) -> Any:
         if name_of(args) == "SCAN":
-            return drive(scan_plan(args, self.cluster), self._plan, until=until)
+            return drive(scan_plan(args, self.cluster, self), self._plan, until=until)
         if len(args) > 1 and name_of(args) in KEYED:
             node, (reply,) = drive(pipe_plan(Pipe([Cmd(*args)], route=text(args[1])), NO_SCRIPTS, self.cluster,
                                              self), self._plan, until=until)
@@ -206,7 +206,7 @@ class AsyncClusterTarget(View):
         if isinstance(op, Cmd):
             if name_of(op.args) == "SCAN":
                 await self.cluster.initialize()
-                return await adrive(scan_plan(op.args, self.cluster), self._plan)
+                return await adrive(scan_plan(op.args, self.cluster, self), self._plan)
             return await self.cluster.execute_command(*numbers_as_text(op.args))
         raise TypeError(f"a flow yielded {op!r}, not an op")
 

@@ -174,6 +174,16 @@ def _node_for(cluster: Any, view: View, route: str, ask: tuple[str, int] | None)
         raise ClusterUnavailableError(f"no node serves the slot of {route!r}: {exc}") from exc
 
 
+def _lost(cluster: Any, view: View, node: Any) -> Generator[Action, Any, None]:
+    """``node``'s connection broke: its idle connections dropped, the slot map read again
+    before the next send (the node asked last while it is read)."""
+    move = getattr(cluster.nodes_manager, "move_node_to_end_of_cached_nodes", None)
+    if move is not None:
+        move(node.name)
+    yield Lost(node)
+    view.refresh_due = True
+
+
 def pipe_plan(pipe: Pipe, scripts: ScriptSource, cluster: Any, view: View) -> Generator[Action, Any, Any]:
     """Decide the sends of one Pipe on a cluster; returns (node, replies)."""
     if pipe.route is None:
@@ -191,11 +201,7 @@ def pipe_plan(pipe: Pipe, scripts: ScriptSource, cluster: Any, view: View) -> Ge
         try:
             replies = yield Send(node, commands)
         except (RedisConnectionError, RedisTimeoutError):
-            move = getattr(cluster.nodes_manager, "move_node_to_end_of_cached_nodes", None)
-            if move is not None:
-                move(node.name)
-            yield Lost(node)
-            view.refresh_due = True
+            yield from _lost(cluster, view, node)
             raise
         if keep is not None:
             replies = [replies[i] for i in keep]  # drop the ASKING replies
@@ -237,14 +243,22 @@ def pipe_plan(pipe: Pipe, scripts: ScriptSource, cluster: Any, view: View) -> Ge
     )
 
 
-def scan_plan(args: Sequence[Any], cluster: Any) -> Generator[Action, Any, list[Any]]:
+def scan_plan(args: Sequence[Any], cluster: Any, view: View) -> Generator[Action, Any, list[Any]]:
     """``SCAN`` over every primary in turn behind one composite cursor (``node index << 64 |
-    node cursor``), primaries ordered by name."""
+    node cursor``), primaries ordered by name. A primary whose connection breaks is lost as
+    in :func:`pipe_plan` (the slot map read again before the next send: after a failover the
+    next attempt scans the promoted replica)."""
+    if view.refresh_due:
+        yield from _refresh(view)
     nodes = [s.primary for s in shards_of(cluster.nodes_manager)]
     index, cursor = divmod(int(args[1]), 1 << SCAN_NODE_SHIFT)
     if index >= len(nodes):
         return [0, []]
-    c, keys = yield Command(nodes[index], ("SCAN", cursor, *args[2:]))
+    try:
+        c, keys = yield Command(nodes[index], ("SCAN", cursor, *args[2:]))
+    except (RedisConnectionError, RedisTimeoutError):
+        yield from _lost(cluster, view, nodes[index])
+        raise
     return _scan_reply(index, c, keys, len(nodes))
 
 
