@@ -186,6 +186,33 @@ def test_damaged_newest_generation_loads_the_previous_one_loudly(store, client, 
     assert ck.generation == 1 and [(s.generation, s.reason) for s in ck.skipped] == [(3, "checksum"), (2, "truncated")]
 
 
+@pytest.mark.parametrize("engine", ["valkey", "redis"])
+def test_a_full_server_still_loads_past_a_damaged_generation(make_server, engine, caplog):
+    """A server at maxmemory (noeviction, as the probe requires) refuses writes but serves
+    reads: the fallback's audit event is refused (OOM), the load still returns the newest
+    good generation (the refusal logged), not a ServerError."""
+    server = make_server(engine)
+    client = server.client()
+    store = CheckpointStore(server.client(), namespace="full")
+    lease = store.acquire("dmg", owner="w", ttl=30)
+    for i in range(3):
+        lease.commit({"i": i})
+    client.setrange(keys(store, "dmg").generation(3), 30, b"\xff\xff\xff\xff")
+    reader = CheckpointStore(server.client(), namespace="full")  # knows nothing of the run yet
+    client.config_set("maxmemory", 1)  # every write refused: OOM
+    try:
+        with caplog.at_level(logging.WARNING, logger="redis_ckpt"):
+            ck = reader.load("dmg")
+    finally:
+        client.config_set("maxmemory", 0)
+    assert ck is not None and ck.generation == 2 and ck.state == {"i": 1}
+    assert [(s.generation, s.reason) for s in ck.skipped] == [(3, "checksum")]
+    assert any("fallback" in r.message and "audit event" in r.message for r in caplog.records)
+    store.close()
+    reader.close()
+    client.close()
+
+
 def test_every_generation_damaged_is_an_error_naming_each(store, client):
     lease = store.acquire("bad", owner="w", ttl=30)
     for i in range(3):

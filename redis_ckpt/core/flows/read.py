@@ -21,7 +21,7 @@ from ..contract import LOAD_FIELDS, head_of, kept, kept_times, load_script
 from ..dedup import is_manifest as is_shared_manifest
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
-from ..ops import Cmd, Flow, Pipe
+from ..ops import Cmd, Flow, Pipe, ReplyError
 from ..replies import exec_replies, hash_of, pairs_of, raise_failures, text
 from ..retry import MIN_ATTEMPT_S, ask_deadline
 from .base import FlowsBase
@@ -243,12 +243,18 @@ class ReadFlows(SharedFlows, FlowsBase):
     def report_fallback(self, k: RunKeys, loaded: int, skipped: list[SkippedGeneration],
                         op: str = "load") -> Flow[None]:
         """Say loudly that ``op`` (load, export, fork) took generation ``loaded`` past newer
-        ones that failed verification: an ERROR log and a ``fallback`` audit event."""
+        ones that failed verification: an ERROR log and a ``fallback`` audit event. A server
+        that refuses the event (full: OOM; a read-only ACL user) still serves the read: the
+        refusal is logged, the read stands."""
         summary = ", ".join(f"g{s.generation}: {s.reason}" for s in skipped)
         log.error("run %r: %s used generation %d because newer ones failed verification (%s)",
                   k.run_id, op, loaded, summary)
-        yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", "kind", "fallback",
-                  "loaded", loaded, "skipped", summary, "op", op, "ms", now_ms())
+        try:
+            yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", "kind", "fallback",
+                      "loaded", loaded, "skipped", summary, "op", op, "ms", now_ms())
+        except ReplyError as refused:
+            log.warning("run %r: the fallback's audit event could not be written: %s: %s",
+                        k.run_id, refused.kind, refused)
 
     def read(self, k: RunKeys, generation: int, prefetched: Any = None) -> Flow[bytes]:
         """The whole stored frame of a generation, reassembled from its chunks if it has any.
