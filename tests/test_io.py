@@ -188,6 +188,31 @@ def test_an_attempt_leaves_the_clients_own_timeouts_and_retries_in_place(durable
 
 
 @pytest.mark.server
+def test_a_client_side_caching_client_keeps_its_own_socket_timeout(make_server, namespace):
+    """redis-py's client-side caching wraps each connection in a proxy (CacheProxyConnection):
+    an attempt bounds, then restores, the socket the proxy wraps too. The deadline of the
+    attempt that connected it stuck to the user's connection (a 30 s client read with a 2 s
+    timeout ever after: the user's own BLPOP was cut short and sent again)."""
+    from redis.cache import CacheConfig
+
+    server = make_server("redis")  # client-side caching needs Redis >= 7.4
+    client = redis.Redis(host="127.0.0.1", port=server.port, protocol=3, cache_config=CacheConfig(),
+                         socket_timeout=30.0)
+    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
+    with store.acquire("r", owner="a", ttl=5) as lease:
+        lease.commit({"n": 1})
+    assert store.load("r").state == {"n": 1}
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        assert type(conn).__name__ == "CacheProxyConnection"
+        assert conn._conn._sock.gettimeout() == 30.0  # not the store's 2 s deadline
+    finally:
+        pool.release(conn)
+    client.close()
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("path", ["single-connection", "pool-without-ensure-connection"])
 def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, path):
     """A single-connection client, and a pool connected the pre-redis-py-8 way (the driver takes

@@ -61,8 +61,19 @@ def _cap(value: float | None, left: float) -> float:
 _NO_RETRY = Retry(NoBackoff(), 0)
 
 
+def _owner(conn: Any) -> Any:
+    """The connection holding the socket: ``conn``, or the one a proxy wraps (redis-py's
+    client-side caching hands out a CacheProxyConnection around each connection)."""
+    if getattr(conn, "_sock", None) is None:
+        inner = getattr(conn, "_conn", None)
+        if inner is not None and getattr(inner, "_sock", None) is not None:
+            return inner
+    return conn
+
+
 def arm(conn: Any, seconds: float | None) -> None:
     """The timeout of ``conn``'s socket, and the one its parser puts back after a poll."""
+    conn = _owner(conn)
     sock = getattr(conn, "_sock", None)
     if sock is None:
         return
