@@ -25,7 +25,7 @@ import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from redis.connection import parse_url
 
@@ -123,6 +123,7 @@ def _unquotable(parse: F) -> F:
 def check_single_url(url: str) -> None:
     """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
     silently meant database 0 (or 12); a database is a number or nothing."""
+    _refuse_split_secret(url)
     parse_url(url)
     parts = urlsplit(url)
     if parts.scheme.lower() in ("redis", "rediss") and parts.path not in ("", "/"):
@@ -193,6 +194,7 @@ def _scheme(url: str, schemes: tuple[str, ...], what: str) -> tuple[Any, str]:
 def parse_cluster_url(url: str) -> ClusterURL:
     """``redis+cluster://[[user]:password@]host[:port][,host[:port]...][?options]``."""
     parts, scheme = _scheme(url, CLUSTER_SCHEMES, "cluster")
+    _refuse_split_secret(url)
     userinfo, hosts = _split_hosts(parts.netloc, CLUSTER_DEFAULT_PORT, "cluster")
     if parts.path not in ("", "/", "/0"):
         raise ValueError("a Redis Cluster has only database 0: drop the path from the cluster URL")
@@ -206,6 +208,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
 def parse_sentinel_url(url: str) -> SentinelURL:
     """``redis+sentinel://[[user]:password@]host[:port][,...]/service_name[/db][?options]``."""
     parts, scheme = _scheme(url, SENTINEL_SCHEMES, "Sentinel")
+    _refuse_split_secret(url)
     userinfo, hosts = _split_hosts(parts.netloc, SENTINEL_DEFAULT_PORT, "Sentinel")
     segments = [s for s in parts.path.split("/") if s]
     if not segments or len(segments) > 2:
@@ -237,15 +240,28 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 _URL_DELIMITERS = "#?/"
 
 
+#: what may follow the userinfo's '@': host list (no '@'), path, query (an '@' only in a
+#: value: ``?client_name=a@b``), fragment; a unix socket URL has no host, only the path
+_PIECE = r"[^=@&#]*(?:=[^&#]*)?"
+_QUERY = rf"(?:\?{_PIECE}(?:&{_PIECE})*)?(?:#.*)?"
+_TAIL = re.compile(rf"[^/?#@]*(?:/[^?#@]*)?{_QUERY}", re.DOTALL)
+_UNIX_TAIL = re.compile(rf"/[^?#]*{_QUERY}", re.DOTALL)
+
+
 def _raw_userinfo(url: str) -> tuple[str, str, str] | None:
-    """``(scheme, userinfo, rest)``: the raw text between ``://`` and the *last* ``@``, or
-    None when there is none. Not what ``urlsplit`` calls the userinfo (that stops at the
-    first ``#``, ``?`` or ``/``): a password holding those unencoded is still all here."""
+    """``(scheme, userinfo, rest)``: the raw text between ``://`` and the ``@`` that ends the
+    userinfo, or None when there is none. Not what ``urlsplit`` calls the userinfo (that stops
+    at the first ``#``, ``?`` or ``/``): a password holding those (or ``@``) unencoded is still
+    all here. The userinfo ends at the first ``@`` after which the rest reads as a URL's
+    host, path and query (no ``@`` in a host, a path or a query key), else at the last one:
+    so an ``@`` in the query (``?client_name=a@b``) is not taken for the end of a password."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return None
-    userinfo, _, tail = rest.rpartition("@")
-    return scheme, userinfo, tail
+    tail_form = _UNIX_TAIL if scheme.lower() == "unix" else _TAIL
+    ats = [i for i, c in enumerate(rest) if c == "@"]
+    end = next((i for i in ats if tail_form.fullmatch(rest, i + 1)), ats[-1])
+    return scheme, rest[:end], rest[end + 1:]
 
 
 def raw_password(url: str) -> str | None:
@@ -263,14 +279,50 @@ def password_needs_encoding(url: str) -> bool:
     return pw is not None and any(c in pw for c in _URL_DELIMITERS)
 
 
+def _is_secret(key: str) -> bool:
+    return _secret_param(unquote_plus(key))
+
+
+def _query_pieces(query: str) -> list[str]:
+    """The ``key=value`` pieces of a raw query; a piece without ``=`` right after a secret's
+    is the rest of that secret (``?password=a&b``: an unencoded ``&`` in the password), so it
+    stays with it: redis-py would drop it, redaction must not show it."""
+    pieces: list[str] = []
+    for piece in query.split("&"):
+        if pieces and "=" not in piece and _is_secret(pieces[-1].partition("=")[0]):
+            pieces[-1] += "&" + piece
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+def _raw_query(url: str) -> str:
+    """The raw query of ``url`` (after the userinfo, see :func:`_raw_userinfo`)."""
+    raw = _raw_userinfo(url)
+    tail = raw[2] if raw is not None else url.partition("://")[2]
+    return tail.partition("#")[0].partition("?")[2]
+
+
+def _secret_values(url: str) -> list[tuple[str, str]]:
+    """``(key, raw value)`` of every secret query parameter (``?password=``...)."""
+    pairs = (piece.partition("=") for piece in _query_pieces(_raw_query(url)))
+    return [(k, v) for k, _, v in pairs if _is_secret(k)]
+
+
+def _refuse_split_secret(url: str) -> None:
+    """A ``?password=`` value holding an unencoded ``&`` means a wrong password (redis-py
+    keeps only what comes before it): refuse the URL, without quoting the value."""
+    for key, value in _secret_values(url):
+        if "&" in value:
+            raise ValueError(f"cannot parse the URL: percent-encode a '&' in the ?{key}= value (%26)")
+
+
 def _redact_query(url: str) -> str:
-    """``url`` (no userinfo) with secret query values (``?password=``...) and any fragment as ``***``."""
+    """``url`` (no userinfo) with secret query values (``?password=``...) and any fragment as
+    ``***``; the rest of the query is shown as it is."""
     parts = urlsplit(url)
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_secret_param(k) for k, _ in pairs):
-            query = urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
+    query = "&".join(f"{piece.partition('=')[0]}=***" if _is_secret(piece.partition("=")[0]) else piece
+                     for piece in _query_pieces(parts.query)) if parts.query else ""
     fragment = "***" if parts.fragment else ""  # no URL form has one: the tail of a password with '#'
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, fragment))
 
@@ -310,10 +362,10 @@ def url_secrets(url: str | None) -> tuple[str, ...]:
         for piece in re.split(f"[{re.escape(_URL_DELIMITERS)}]", pw):
             found.update({piece, unquote(piece)})
     try:
-        parts = urlsplit(url)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if _secret_param(k):
-                found.update({v, unquote(v)})
+        urlsplit(url)
+        for _, v in _secret_values(url):
+            for piece in (v, *v.split("&")):
+                found.update({piece, unquote(piece), unquote_plus(piece)})
     except ValueError:
         # unparseable (redact_url shows it as "<unparseable url>"): treat all userinfo as secret
         raw = _raw_userinfo(url)

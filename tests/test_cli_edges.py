@@ -181,3 +181,42 @@ def test_prune_with_json_still_asks_before_removing(store, durable_server, names
     assert declined.stdout == ""
     done = invoke([*args, "--yes"])
     assert done.exit_code == 0 and json.loads(done.stdout)["count"] == 1 and store.load("job") is None
+
+
+# --------------------------------------------------------------------------- 5. '@' and '&' in the query
+
+AT_IN_QUERY = "redis://:xq9zpw@127.0.0.1:1/0?client_name=a@b"
+AMP_IN_PASSWORD = "redis://127.0.0.1:1/0?password=s3cr&xq9z"
+
+
+def test_an_at_sign_in_the_query_hides_only_the_password() -> None:
+    assert redact_url(AT_IN_QUERY) == "redis://:***@127.0.0.1:1/0?client_name=a@b"
+    assert url_secrets(AT_IN_QUERY) == ("xq9zpw",)
+    assert redact_url("unix://:xq9zpw@/run/redis.sock?db=0&client_name=a@b") == \
+        "unix://:***@/run/redis.sock?db=0&client_name=a@b"
+    # a password holding '@' and '/' is still hidden whole, before a query with an '@' too
+    assert redact_url("redis://u:a@b/c@h:1/0?client_name=x@y") == "redis://u:***@h:1/0?client_name=x@y"
+    validate_url(AT_IN_QUERY)
+
+
+def test_an_ampersand_in_a_query_password_is_hidden_and_refused() -> None:
+    assert redact_url(AMP_IN_PASSWORD) == "redis://127.0.0.1:1/0?password=***"
+    assert redact_url(AMP_IN_PASSWORD + "&db=0") == "redis://127.0.0.1:1/0?password=***&db=0"
+    assert all(p in url_secrets(AMP_IN_PASSWORD) for p in PIECES)
+    # redis-py would take the password for 's3cr' and drop the rest: a clear error instead
+    with pytest.raises(ValueError, match="percent-encode") as bad:
+        validate_url(AMP_IN_PASSWORD)
+    assert not any(p in str(bad.value) for p in PIECES)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_the_cli_never_prints_a_password_next_to_an_at_or_ampersand_in_the_query(as_json: bool) -> None:
+    flags = ["--timeout", "1", *(["--json"] if as_json else [])]
+    result = invoke(["runs", "--url", AT_IN_QUERY, *flags])
+    assert result.exit_code == 2, result.output
+    assert "xq9zpw" not in result.output and "redis://:***@127.0.0.1:1/0?client_name=a@b" in result.stderr, \
+        result.output
+    result = invoke(["runs", "--url", AMP_IN_PASSWORD, *flags])
+    assert result.exit_code == 2, result.output
+    assert not any(p in result.output for p in PIECES), result.output
+    assert "redis://127.0.0.1:1/0?password=***" in result.stderr and "percent-encode" in result.stderr
