@@ -79,6 +79,19 @@ class CheckpointError(Exception):
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle (multiprocessing, concurrent.futures) would call type(self)(*self.args): the
+        # subclasses take other arguments (keyword-only ones too), so rebuild from the state
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[CheckpointError], args: tuple[Any, ...], state: dict[str, Any]) -> CheckpointError:
+    """An error unpickled: its message (``args``) and attributes as they were, no ``__init__``."""
+    exc = cls.__new__(cls)
+    super(CheckpointError, exc).__init__(*args)  # the built-in base's own (ImportError's .msg)
+    exc.__dict__.update(state)
+    return exc
+
 
 class InvalidRunIdError(CheckpointError, ValueError):
     """A run id (or owner name) that cannot safely become part of a key."""
