@@ -268,23 +268,27 @@ def check_server(
     """Run the startup probe against a URL (any form :meth:`CheckpointStore.from_url` takes)
     or a client and return the report; never raises on refusal.
 
-    ``timeout`` (a URL only): seconds to wait for any one answer or a connection; default:
-    longer than the live write's confirmation wait. A server that does not answer (stopped,
-    overloaded) ends the check with :class:`StoreUnavailableError`, never a hang.
+    ``timeout``: seconds; default: longer than the live write's confirmation wait. For a URL
+    it bounds the wait for any one answer or a connection (the client's socket timeout); for
+    a client passed in, which may have no socket timeout, it bounds the whole check. A server
+    that does not answer (stopped, overloaded) ends the check with
+    :class:`StoreUnavailableError`, never a hang.
 
     :class:`StoreUnavailableError` when the server cannot be reached.
     """
     namespace = validate_namespace(namespace)
     durability = durability or Durability()
     sentinel = None
+    wait = timeout if timeout is not None else default_socket_timeout({"durability": durability})
+    deadline_s: float | None = None
     if isinstance(target, str):
-        wait = timeout if timeout is not None else default_socket_timeout({"durability": durability})
         client, sentinel = client_from_url(target, socket_timeout=wait)
         label = redact_url(target)
-    else:
-        client, label = target, client_label(target)
+    else:  # the caller's client: its socket timeouts (if any) are its own, the check ends by `wait`
+        client, label, deadline_s = target, client_label(target), wait
     try:
-        return probe_sync(client, label=label, namespace=namespace, durability=durability, declared=declared_config)
+        return probe_sync(client, label=label, namespace=namespace, durability=durability,
+                          declared=declared_config, deadline_s=deadline_s)
     except Exception as exc:
         reraise(exc, label)
     finally:

@@ -24,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
+from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError, check_server
 from redis_ckpt.testing import LocalServer, wait_for
 from redis_ckpt.aio import AsyncCheckpointStore
 
@@ -124,6 +124,31 @@ def test_the_probe_at_construction_ends_by_the_deadline(make_server):
         with Timed() as t, pytest.raises(StoreUnavailableError):
             CheckpointStore.from_url(server.url, namespace="d", retry=SHORT)
         assert t.elapsed < DEADLINE_S + SLACK_S, f"construction ended after {t.elapsed:.1f} s"
+
+
+def test_check_server_on_a_client_without_timeouts_ends_by_its_timeout(make_server):
+    # the client has no socket timeout: only check_server's own deadline can end the check
+    server = make_server("valkey")
+    client = server.client(socket_timeout=None, socket_connect_timeout=None)
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            check_server(client, namespace="d", timeout=DEADLINE_S)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    with stopped(server):
+        worker = threading.Thread(target=check, daemon=True)
+        with Timed() as t:
+            worker.start()
+            worker.join(DEADLINE_S + SLACK_S)
+        finished = not worker.is_alive()
+    worker.join(30)  # the server answers again: a check without a deadline ends now
+    assert finished, "check_server still waiting on a stopped server"
+    assert isinstance(outcome[0], StoreUnavailableError), outcome
+    assert t.elapsed < DEADLINE_S + SLACK_S, f"check_server ended after {t.elapsed:.1f} s"
 
 
 def test_async_commit_and_load_against_a_stopped_server_end_by_the_deadline(make_server):
