@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_ckpt import FencedError, LeaseHeldError, UnsupportedTypeError
+from redis_ckpt import FencedError, LeaseHeldError, LeaseLostError, UnsupportedTypeError
 from redis_ckpt.steps import StepPlanError, StepRunner, describe, is_step_state
 
 pytestmark = pytest.mark.server
@@ -435,6 +435,42 @@ def test_an_async_run_cancelled_while_its_heartbeat_stops_ends_cancelled(durable
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await astore.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_async_heartbeat_whose_renewal_loses_the_cancellation_still_stops(durable_server, namespace):
+    """run() stops its heartbeat by cancelling it; a cancellation arriving during a renewal
+    came out of it as a renewal error (seen with a step that had blocked the loop), the
+    heartbeat logged it and went on, and run() waited for it forever."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        runner = AsyncStepRunner(astore, "lost-cancel", ttl=0.3)
+        renewing = asyncio.Event()
+
+        async def renewal_that_loses_the_cancel():
+            first = not renewing.is_set()
+            renewing.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if first:  # once: the heartbeat left running must still end when the test does
+                    raise LeaseLostError("lost-cancel", token=1, holder=None, holder_token=None) from None
+                raise
+
+        async def step(ctx):
+            await renewing.wait()
+            return 1
+
+        runner._renew = renewal_that_loses_the_cancel
+        runner.add("a", step)
+        assert await asyncio.wait_for(runner.run(), 10) == {"a": 1}  # the guard: a hang fails, not blocks
         await astore.close()
 
     asyncio.run(scenario())

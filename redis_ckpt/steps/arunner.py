@@ -33,6 +33,7 @@ class AsyncStepRunner(RunnerBase):
     store: AsyncCheckpointStore
     _lease: AsyncLease | None
     _sleep = staticmethod(asyncio.sleep)
+    _stopping = False  # the heartbeat task's stop signal (set with its cancellation)
 
     async def status(self) -> StepStatus | None:
         """Completed and pending steps and their results; None if the run was never committed."""
@@ -42,12 +43,14 @@ class AsyncStepRunner(RunnerBase):
         """Run the pending steps (all of them on a new run) and return every step's result."""
         self._check_runnable()
         lease: AsyncLease = await self._drive(self._acquire_plan())
+        self._stopping = False
         keeper = asyncio.create_task(self._keep_alive(), name=f"redis-ckpt-steps-{self.run_id}") \
             if self.heartbeat else None
         try:
             return await self._drive(self._run_plan(lease.token, initial_inputs))
         finally:
             if keeper is not None:
+                self._stopping = True  # a cancellation lost inside a renew still stops it at its next turn
                 keeper.cancel()
                 # wait for it without awaiting it: a CancelledError out of `await keeper` could be
                 # a cancellation of run() itself, which must not be swallowed (wait() lets it out)
@@ -77,8 +80,10 @@ class AsyncStepRunner(RunnerBase):
             self._renewed_at = time.monotonic()
 
     async def _keep_alive(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.ttl_ms / 3000)
+            if self._stopping:
+                return
             try:
                 await self._renew()
             except CheckpointError as exc:
