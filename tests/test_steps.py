@@ -440,6 +440,73 @@ def test_an_async_run_cancelled_while_its_heartbeat_stops_ends_cancelled(durable
     asyncio.run(scenario())
 
 
+def test_a_blocking_plain_step_in_the_async_runner_keeps_its_lease(durable_server, namespace, store):
+    """A plain (non-async) step ran on the event loop: blocking past the ttl it stalled the
+    heartbeat task too, another worker took the run over mid-step and the step's commit was
+    fenced. A plain step runs in a worker thread; ctx.heartbeat() works from there too."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    taken: list[str] = []
+
+    def blocking(ctx):
+        time.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+        try:
+            store.acquire("aplain", owner="other", ttl=5)
+            taken.append("other")
+        except LeaseHeldError:
+            pass
+        ctx.heartbeat()  # renews now, from the step's thread
+        return ctx.step
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        runner = AsyncStepRunner(astore, "aplain", ttl=0.3)
+        runner.add("a", blocking).add("b", blocking)
+        assert await runner.run() == {"a": "a", "b": "b"}
+        await astore.close()
+
+    asyncio.run(scenario())
+    assert not taken
+
+
+def test_a_cancelled_async_run_lets_its_plain_step_finish_before_it_releases(durable_server, namespace, store):
+    """A worker thread cannot be stopped: a cancelled run() waits for its plain step to end
+    before it releases the lease (else another worker could run the step alongside it)."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    events: list[str] = []
+    started = threading.Event()
+
+    def blocking(ctx):
+        started.set()
+        time.sleep(0.5)
+        events.append("step ended")
+        return 1
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+        runner = AsyncStepRunner(astore, "aplain-cancel", ttl=5)
+        runner.add("a", blocking)
+        task = asyncio.create_task(runner.run())
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events.append("run ended")
+        assert (await astore.info("aplain-cancel")).lease_state == "released"
+        assert (await runner.status()).pending == ("a",)  # the step's result is dropped
+        await astore.close()
+
+    asyncio.run(scenario())
+    assert events == ["step ended", "run ended"]
+
+
 def test_an_async_heartbeat_whose_renewal_loses_the_cancellation_still_stops(durable_server, namespace):
     """run() stops its heartbeat by cancelling it; a cancellation arriving during a renewal
     came out of it as a renewal error (seen with a step that had blocked the loop), the

@@ -62,7 +62,8 @@ keys in this order, what grows last (runs stored before kept another order: read
 Commit metadata: ``{"runner": "step-runner", "completed": <count>, "last": <step name>}``.
 
 :class:`AsyncStepRunner` is the same runner on an :class:`~redis_ckpt.aio.AsyncCheckpointStore`,
-with ``async def`` steps. Both run one plan (a generator that makes every decision and yields
+with ``async def`` steps (a plain step runs in a worker thread, so it cannot stall the
+heartbeat task). Both run one plan (a generator that makes every decision and yields
 what to do: acquire, load, call a step, commit, renew, sleep); each only carries those out.
 
     state.py    the state layout, StoredState (what a commit sends), describe(), StepStatus, StepPlanError

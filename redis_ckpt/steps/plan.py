@@ -69,8 +69,8 @@ class StepContext:
 
     def heartbeat(self) -> Any:
         """Renew the run's lease now (the runner also renews it in the background).
-        In an :class:`AsyncStepRunner` step: ``await ctx.heartbeat()``."""
-        return self._runner._renew()
+        In an :class:`AsyncStepRunner` ``async def`` step: ``await ctx.heartbeat()``."""
+        return self._runner._step_heartbeat()
 
 
 def _now() -> datetime:
@@ -330,6 +330,10 @@ class RunnerBase:
 
     def _renew(self) -> Any:
         raise NotImplementedError
+
+    def _step_heartbeat(self) -> Any:
+        """What ``ctx.heartbeat()`` does: renew now."""
+        return self._renew()
 
     def _sleep(self, seconds: float) -> Any:
         raise NotImplementedError
