@@ -439,10 +439,11 @@ class TestTopologyPlan:
         got, _ = run_plan(self.plan(SHARDS), {"a": node_report("h:1"), "b": node_report("h:2", config_appendfsync="no")})
         assert [str(f).split(": ", 1)[0] for f in got.refused] == ["h:2"]
 
-    def test_an_unreachable_primary_refuses_and_the_others_are_still_probed(self) -> None:
+    def test_an_unreachable_primary_is_unverifiable_and_the_others_are_still_probed(self) -> None:
         got, asked = run_plan(self.plan(SHARDS), {"a": ConnectionLost("Connection refused"), "b": node_report("h:2")})
         assert [r.handle for r in asked] == ["a", "b"]
         f = [f for f in got.refused if f.check == "reachable"][0]
+        assert f.level == "unverifiable"  # says nothing of its durability: exit 2, not a refusal's 1
         assert f.message == "h:1: cannot reach this primary: Connection refused"
 
     def test_replicas_are_probed_when_the_policy_counts_on_them(self) -> None:
