@@ -199,7 +199,17 @@ class AsyncCheckpointStore(StoreBase):
             reraise(exc, self.server)
 
     async def probe(self) -> ProbeReport:
-        return await self._probe()
+        """Run the startup probe and return its report (does not raise). On a store that has
+        not passed it yet (constructed directly), a report that passes is its startup probe:
+        the first operation does not probe again; one that refuses leaves the probe to run
+        again before the first operation (which then raises NonDurableServerError)."""
+        report = await self._probe()
+        if self._unprobed and report.ok:
+            async with self._probing:
+                if self._unprobed:
+                    self._accept(report)
+                    self._unprobed = False
+        return report
 
     def acquire(self, run_id: str, *, owner: str | None = None, ttl: float | timedelta = 30.0,
                 retention: float | timedelta | None = None) -> AsyncAcquire:

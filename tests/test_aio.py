@@ -167,3 +167,41 @@ def test_async_with_acquire_on_a_real_server(durable_server, client, namespace):
             assert (await store.load("job")).state == {"n": 1}
 
     run(scenario())
+
+
+@pytest.mark.server
+def test_an_explicit_probe_that_passes_is_the_startup_probe(durable_server, namespace):
+    """A store constructed directly probes before its first operation; a probe() the user
+    awaited first was not counted, and the first operation probed the server again."""
+    def probes() -> int:  # COMMAND INFO WAITAOF: sent by the probe only
+        stats = durable_server.client().info("commandstats")
+        return int(stats.get("cmdstat_command|info", {}).get("calls", 0))
+
+    async def scenario():
+        store = AsyncCheckpointStore(aioredis.Redis(host=durable_server.host, port=durable_server.port),
+                                     namespace=namespace)
+        before = probes()
+        report = await store.probe()
+        assert report.ok and probes() == before + 1
+        assert await store.load("nothing-yet") is None
+        assert probes() == before + 1  # the first operation did not probe again
+        assert store.probe_report is report
+        await store.close()
+
+    run(scenario())
+
+
+@pytest.mark.server
+def test_an_explicit_probe_that_refuses_still_guards_the_first_operation(make_server, namespace):
+    from redis_ckpt import NonDurableServerError
+
+    server = make_server("valkey", appendonly="no")
+
+    async def scenario():
+        store = AsyncCheckpointStore(aioredis.Redis(host=server.host, port=server.port), namespace=namespace)
+        assert not (await store.probe()).ok  # does not raise
+        with pytest.raises(NonDurableServerError):
+            await store.load("anything")
+        await store.close()
+
+    run(scenario())
