@@ -276,6 +276,18 @@ class TestFactsFromInfo:
         plain = facts_from_info({"redis_version": "7.2.4", "role": "master"})
         assert plain["engine"] == "redis" and plain["version"] == "7.2.4"
 
+    def test_an_engine_is_taken_for_redis_only_when_nothing_says_otherwise(self) -> None:
+        # an engine that names itself, or reports its own version, is not Redis: its rules
+        # (everysec only warned) were measured on Redis alone; unidentified gets the strict ones
+        for info in ({"server_name": "keydb", "redis_version": "6.3.4"},
+                     {"redis_version": "7.4.0", "dragonfly_version": "df-v1.30.0"},
+                     {"role": "master"}):
+            assert facts_from_info(info)["engine"] == "unknown", info
+        valkey = facts_from_info({"redis_version": "7.2.4", "valkey_version": "8.0.1"})
+        assert valkey["engine"] == "valkey" and valkey["version"] == "8.0.1"
+        redis = facts_from_info({"redis_version": "8.2.3", "gcc_version": "14.2.0", "role": "master"})
+        assert redis["engine"] == "redis" and redis["version"] == "8.2.3"
+
     def test_only_online_replicas_count(self) -> None:
         facts = facts_from_info({
             "role": "master", "connected_slaves": 2,

@@ -99,9 +99,24 @@ def as_int(v: Any) -> int | None:
         return None
 
 
+#: the ``*_version`` fields of Redis's own INFO (any other names another engine)
+_REDIS_VERSION_FIELDS = frozenset({"redis_version", "gcc_version"})
+
+
+def _engine(info: Mapping[str, Any]) -> str:
+    """``valkey`` (``server_name:valkey`` or a ``valkey_version``); ``redis`` only when INFO
+    has a ``redis_version`` and nothing names another engine (no ``server_name``, no other
+    ``*_version``): Redis's leniencies were measured on Redis alone; else ``unknown``."""
+    name = text(info.get("server_name", "")).lower()
+    if name == "valkey" or "valkey_version" in info:
+        return "valkey"
+    foreign = any(str(k).endswith("_version") and k not in _REDIS_VERSION_FIELDS for k in info)
+    return "redis" if not name and "redis_version" in info and not foreign else "unknown"
+
+
 def facts_from_info(info: Mapping[str, Any]) -> dict[str, Any]:
     """The :class:`ServerFacts` fields INFO (as parsed by redis-py) gives."""
-    engine = "valkey" if text(info.get("server_name", "")).lower() == "valkey" else "redis"
+    engine = _engine(info)
     version_key = "valkey_version" if engine == "valkey" and "valkey_version" in info else "redis_version"
     role = text(info["role"]).lower() if "role" in info else None
     online: int | None = None
