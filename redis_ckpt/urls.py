@@ -46,6 +46,7 @@ __all__ = [
     "url_secrets",
     "password_needs_encoding",
     "PERCENT_ENCODE_PASSWORD",
+    "PERCENT_ENCODE_QUERY_PASSWORD",
     "hostport",
 ]
 
@@ -68,6 +69,9 @@ def _secret_param(name: str) -> bool:
 #: the error for a URL that does not parse because its password holds an unencoded '#', '?' or '/'
 PERCENT_ENCODE_PASSWORD = ("cannot parse the URL: percent-encode a '#', '?', '/' or '@' in the password "
                            "(%23, %3F, %2F, %40)")
+
+#: the error for a URL whose ``?password=`` (or other secret) value holds an unencoded '&'
+PERCENT_ENCODE_QUERY_PASSWORD = "cannot parse the URL: percent-encode a '&' in a password in the query (%26)"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -312,9 +316,8 @@ def _secret_values(url: str) -> list[tuple[str, str]]:
 def _refuse_split_secret(url: str) -> None:
     """A ``?password=`` value holding an unencoded ``&`` means a wrong password (redis-py
     keeps only what comes before it): refuse the URL, without quoting the value."""
-    for key, value in _secret_values(url):
-        if "&" in value:
-            raise ValueError(f"cannot parse the URL: percent-encode a '&' in the ?{key}= value (%26)")
+    if any("&" in value for _, value in _secret_values(url)):
+        raise ValueError(PERCENT_ENCODE_QUERY_PASSWORD)
 
 
 def _redact_query(url: str) -> str:

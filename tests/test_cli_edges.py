@@ -220,3 +220,7 @@ def test_the_cli_never_prints_a_password_next_to_an_at_or_ampersand_in_the_query
     assert result.exit_code == 2, result.output
     assert not any(p in result.output for p in PIECES), result.output
     assert "redis://127.0.0.1:1/0?password=***" in result.stderr and "percent-encode" in result.stderr
+    # a short password is not scrubbed out of the message's own words
+    result = invoke(["runs", "--url", "redis://127.0.0.1:1/0?password=a&e", *flags])
+    assert "bad --url redis://127.0.0.1:1/0?password=***: cannot parse the URL: percent-encode a '&'" \
+        in result.stderr, result.stderr

@@ -26,7 +26,7 @@ import click
 from .. import DEFAULT_NAMESPACE, CheckpointStore, Durability, RetryPolicy
 from ..core.keys import validate_namespace
 from ..probe.flow import REPLICA_ACK_MS
-from ..urls import PERCENT_ENCODE_PASSWORD, redact_url, url_secrets, validate_url
+from ..urls import PERCENT_ENCODE_PASSWORD, PERCENT_ENCODE_QUERY_PASSWORD, redact_url, url_secrets, validate_url
 from .exits import EXIT_UNAVAILABLE, CliFailure, failure_for, json_errors, remember_secrets
 
 __all__ = [
@@ -68,9 +68,10 @@ def check_url(url: str) -> None:
         validate_url(url)
     except ValueError as exc:
         # the label is redacted already; only the parser's text may quote a secret (when the
-        # password holds an unencoded '#', '?' or '/' urls.py says only what to do; else scrub)
+        # password holds an unencoded '#', '?' or '/', or a query password an '&', urls.py
+        # says only what to do: a short secret must not mangle that; else scrub)
         why = str(exc)
-        secrets = () if why == PERCENT_ENCODE_PASSWORD else url_secrets(url)
+        secrets = () if why in (PERCENT_ENCODE_PASSWORD, PERCENT_ENCODE_QUERY_PASSWORD) else url_secrets(url)
         raise CliFailure(f"bad --url {label}: {why}", EXIT_UNAVAILABLE, secrets=secrets, server=label) from None
 
 
