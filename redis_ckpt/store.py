@@ -279,7 +279,8 @@ def check_server(
     namespace = validate_namespace(namespace)
     durability = durability or Durability()
     sentinel = None
-    wait = timeout if timeout is not None else default_socket_timeout({"durability": durability})
+    # a positive, finite number of seconds (OutOfRangeError before anything is sent)
+    wait = ttl_ms(timeout, "timeout") / 1000 if timeout is not None else default_socket_timeout({"durability": durability})
     deadline_s: float | None = None
     if isinstance(target, str):
         client, sentinel = client_from_url(target, socket_timeout=wait)

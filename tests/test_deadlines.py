@@ -151,6 +151,16 @@ def test_check_server_on_a_client_without_timeouts_ends_by_its_timeout(make_serv
     assert t.elapsed < DEADLINE_S + SLACK_S, f"check_server ended after {t.elapsed:.1f} s"
 
 
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf"), "5", True])
+def test_check_server_refuses_a_timeout_that_cannot_bound_it(bad: Any) -> None:
+    # before anything is sent: nothing listens on port 1, which would be StoreUnavailableError
+    from redis_ckpt import OutOfRangeError
+
+    for target in ("redis://127.0.0.1:1/0", redis.Redis(host="127.0.0.1", port=1)):
+        with pytest.raises(OutOfRangeError, match="timeout"):
+            check_server(target, timeout=bad)
+
+
 def test_async_commit_and_load_against_a_stopped_server_end_by_the_deadline(make_server):
     server = make_server("valkey")
 
