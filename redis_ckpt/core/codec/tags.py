@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import pickle
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -86,10 +85,11 @@ def _encode_int(value: int) -> tuple[int, bytes]:
 def from_file(tz: zoneinfo.ZoneInfo) -> bool:
     """Whether ``tz`` was read from a file (``ZoneInfo.from_file``): its key, if any, names
     the system's zone, not the rules it holds, so it cannot be rebuilt from its key (pickle
-    refuses it for the same reason: that refusal is how it is told)."""
+    refuses it for the same reason: that refusal, a ``pickle.PicklingError``, is how it is
+    told; the codec never imports pickle, so any error of ``__reduce__`` counts)."""
     try:
         tz.__reduce__()
-    except pickle.PicklingError:
+    except Exception:  # noqa: BLE001 - pickle.PicklingError, without importing pickle
         return True
     return False
 
