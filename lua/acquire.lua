@@ -120,7 +120,8 @@ end
 local x_refs, shared = KEYS[k], {}  -- under a retention: the keys of the chunks x:refs names
 if retention > 0 then
   local counts, passed_x = redis.call('HGETALL', x_refs), {}  -- {address, count, ...}
-  for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+  local from = #x_refs - 3  -- a chunk's key is x:refs's with its address in place of "refs"
+  for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], from)] = KEYS[i] end
   for i = 1, #counts, 2 do
     if not passed_x[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end
     shared[#shared + 1] = passed_x[counts[i]]

@@ -360,8 +360,8 @@ local x_kept = none  -- under a retention: the keys of the chunks x:refs names (
 if retention > 0 then  -- (a "dedup" commit was answered RETAINED above)
   local counts = redis.call('HGETALL', x_refs)  -- {address, count, ...}
   if #counts > 0 then
-    local passed_x = {}
-    for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], -32)] = KEYS[i] end
+    local passed_x, from = {}, #x_refs - 3  -- a chunk's key is x:refs's with its address in place of "refs"
+    for i = k + 1, #KEYS do passed_x[string.sub(KEYS[i], from)] = KEYS[i] end
     x_kept = {}
     for i = 1, #counts, 2 do
       if not passed_x[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end

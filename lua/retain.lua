@@ -64,7 +64,8 @@ if #missing > 0 then return redis.error_reply('NEED_KEYS ' .. table.concat(missi
 local k = 6  -- past the generations' keys: x:refs, then the shared chunks passed
 for i = 7, 6 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
 local counts, passed, shared = redis.call('HGETALL', KEYS[k]), {}, {}  -- {address, count, ...}
-for i = k + 1, #KEYS do passed[string.sub(KEYS[i], -32)] = KEYS[i] end
+local from = #KEYS[k] - 3  -- a chunk's key is x:refs's with its address in place of "refs"
+for i = k + 1, #KEYS do passed[string.sub(KEYS[i], from)] = KEYS[i] end
 for i = 1, #counts, 2 do
   if not passed[counts[i]] then return redis.error_reply('NEED_SHARED ' .. int(#counts / 2)) end
   shared[#shared + 1] = passed[counts[i]]

@@ -170,6 +170,27 @@ def test_scripts_under_a_retention_not_given_every_shared_chunk_write_nothing(cl
     assert all(0 < ms <= 60_000 for ms in expiry_of(client, [k.refs, *map(k.shared, chunks)]))
 
 
+@pytest.mark.parametrize("op", ["finish", "acquire", "commit"])
+def test_a_run_under_a_retention_whose_shared_chunk_counts_name_a_bad_address_is_served(client, namespace, op):
+    """acquire.lua, commit.lua and retain.lua (finish) matched the shared chunks passed to them
+    under a retention by the last 32 characters of their keys: a field of x:refs that is not a
+    32-hex address (changed by hand, a partial restore) never matched, every send answered
+    NEED_SHARED and the operation failed untyped after its retries. They match the whole
+    address now, as delete.lua and prune.lua do; the odd chunk gets the run's expiry too."""
+    store, lease, k = shared_run(client, namespace, "odd")
+    client.hset(k.refs, "zz", "1")
+    client.set(k.shared("zz"), b"stray")
+    if op == "finish":
+        lease.finish(keep_for=60)
+    elif op == "acquire":
+        lease.release()
+        store.acquire("odd", owner="w2", ttl=30, retention=60)
+    else:
+        assert lease.commit(history(440), retention=60) == 5
+    assert all(0 < ms <= 60_000 for ms in expiry_of(client, [k.refs, k.shared("zz"), *shared_keys(client, k)]))
+    assert store.load("odd").state == history(440 if op == "commit" else 430)
+
+
 def test_the_async_store_finishes_a_shared_run_without_leaving_its_chunks(client, namespace, durable_server):
     import asyncio
 
