@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError, check_server
-from redis_ckpt.testing import LocalServer, wait_for
+from redis_ckpt.testing import LocalServer, free_port, wait_for
 from redis_ckpt.aio import AsyncCheckpointStore
 
 pytestmark = pytest.mark.server
@@ -321,6 +321,72 @@ def test_a_server_that_cannot_serve_yet_is_retried_until_it_can(make_server, eng
     store.close()
     admin.close()
     busy_client.close()
+
+
+def _demoted(server: LocalServer) -> redis.Redis:
+    """``server`` made a replica of a primary that is not there: it keeps its data and answers
+    every write READONLY, as a primary a managed service demoted (moving its DNS name to the
+    new primary) does to the clients still connected to it. Returns the admin client."""
+    admin = server.client()
+    admin.replicaof("127.0.0.1", free_port())
+    wait_for(lambda: admin.info("replication")["role"] == "slave", "the server a replica")
+    return admin
+
+
+def _connections(admin: redis.Redis) -> int:
+    return int(admin.info("stats")["total_connections_received"])
+
+
+@pytest.mark.parametrize("engine", ["valkey", "redis"])
+def test_a_primary_demoted_under_a_plain_client_is_retried_on_new_connections_until_it_serves(make_server, engine):
+    """A primary demoted to a replica answers READONLY: the write was not run. A plain client
+    (no Sentinel to ask) answered ServerError at once; a managed service's failover moves the
+    DNS name, so the commit is retried within the deadline, each time on a new connection
+    (the pool's, which point at the demoted node, are dropped and the name resolved again)."""
+    server = make_server(engine)
+    store = CheckpointStore.from_url(server.url, namespace="d", retry=RetryPolicy(deadline_s=30.0))
+    lease = store.acquire("r", owner="a", ttl=60)
+    assert lease.commit({"n": 1}) == 1
+    admin = _demoted(server)
+    connected = _connections(admin)
+    promoter = threading.Thread(target=lambda: (time.sleep(1.0), admin.replicaof("NO", "ONE")))
+    promoter.start()
+    assert lease.commit({"n": 2}) == 2  # sent while the server refuses every write
+    promoter.join()
+    assert admin.info("errorstats")["errorstat_READONLY"]["count"] >= 1  # the commit met it
+    assert _connections(admin) > connected  # and connected again
+    assert store.load("r").state == {"n": 2}
+    store.close()
+    admin.close()
+
+
+@pytest.mark.parametrize("via", ["sync", "async"])
+def test_a_primary_that_stays_demoted_is_unavailable_at_the_deadline(make_server, via):
+    server = make_server("valkey")
+    if via == "sync":
+        store = CheckpointStore.from_url(server.url, namespace="d", retry=SHORT)
+        lease = store.acquire("r", owner="a", ttl=60)
+        assert lease.commit({"n": 1}) == 1
+        admin = _demoted(server)
+        with pytest.raises(StoreUnavailableError, match="READONLY") as got:
+            lease.commit({"n": 2})
+        store.close()
+    else:
+        async def scenario() -> pytest.ExceptionInfo[StoreUnavailableError]:
+            store = await AsyncCheckpointStore.from_url(server.url, namespace="d", retry=SHORT)
+            lease = await store.acquire("r", owner="a", ttl=60)
+            assert await lease.commit({"n": 1}) == 1
+            _demoted(server).close()
+            with pytest.raises(StoreUnavailableError, match="READONLY") as got:
+                await lease.commit({"n": 2})
+            await store.close()
+            return got
+
+        got = asyncio.run(scenario())
+        admin = server.client()
+    assert got.value.outcome_unknown
+    assert admin.info("errorstats")["errorstat_READONLY"]["count"] > 1  # sent again, refused again
+    admin.close()
 
 
 # --------------------------------------------------------------------------- the policy

@@ -25,8 +25,11 @@ T = TypeVar("T")
 MIN_ATTEMPT_S = 0.01
 #: error replies of a server that did not run the command and cannot run it yet: another
 #: client's script past busy-reply-threshold (BUSY), fewer good replicas than
-#: min-replicas-to-write (NOREPLICAS). Retried like LOADING.
-NOT_YET = frozenset({"BUSY", "NOREPLICAS"})
+#: min-replicas-to-write (NOREPLICAS), a primary demoted to a replica (READONLY: a failover,
+#: which a managed service makes by moving the DNS name to the new primary; the driver drops
+#: the connections to the demoted node, so the retry connects to whatever the name now names).
+#: Retried like LOADING.
+NOT_YET = frozenset({"BUSY", "NOREPLICAS", "READONLY"})
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class RetryPolicy:
     each attempt's socket timeout is capped by the time left, the back-off never sleeps past
     it, and at the deadline the operation raises :class:`StoreUnavailableError`
     (``outcome_unknown=True`` when it writes). A broken or timed-out connection, and a server
-    answering LOADING (restarted, replaying its AOF), BUSY or NOREPLICAS, are retried with an
+    answering LOADING (restarted, replaying its AOF), BUSY, NOREPLICAS or READONLY (demoted by
+    a failover), are retried with an
     exponential back-off (``initial_backoff_s`` doubling up to ``max_backoff_s``, plus up to
     ``initial_backoff_s`` of jitter) until the deadline, so a restart within it is ridden out. ``attempts`` caps the
     number of attempts in all, the first included (1 = never retry); None: as many as the
@@ -86,7 +90,7 @@ def retrying(body: Callable[[], Flow[T]], *, policy: RetryPolicy, run_id: str | 
     operation's deadline passes (see :class:`RetryPolicy`).
 
     A :class:`ConnectionLost` (a broken or timed-out connection, a server answering LOADING),
-    and a server answering BUSY or NOREPLICAS (:data:`NOT_YET`), is retried with a bounded
+    and a server answering BUSY, NOREPLICAS or READONLY (:data:`NOT_YET`), is retried with a bounded
     exponential back-off; the driver caps every attempt by the time
     left (the deadline is the driver's: it starts with the operation, and the flow asks for
     it only after a first failure, so the first attempt runs bare). At the deadline:

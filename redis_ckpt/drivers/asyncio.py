@@ -11,10 +11,11 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
-from .errors import failure, in_place
+from .errors import demoted, failure, in_place
 from .resp import numbers_as_text, pipe_async, time_left
 
 if sys.version_info >= (3, 11):
@@ -82,10 +83,23 @@ class AsyncNodeTarget:
 
     async def do(self, op: Any, until: float | None) -> Any:
         if isinstance(op, Pipe):
-            return in_place(await pipe_async(self.client, op, self.scripts, until))
+            replies = await pipe_async(self.client, op, self.scripts, until)
+            if demoted(replies):
+                await self.reconnect()
+            return in_place(replies)
         if isinstance(op, Cmd):
-            return await self.client.execute_command(*numbers_as_text(op.args))
+            try:
+                return await self.client.execute_command(*numbers_as_text(op.args))
+            except ReadOnlyError:
+                await self.reconnect()
+                raise
         raise TypeError(f"a flow yielded {op!r}, not an op")
+
+    async def reconnect(self) -> None:
+        """Drop the pool's idle connections (see :meth:`NodeTarget.reconnect`)."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            await pool.disconnect(inuse_connections=False)
 
 
 class AsyncPlanTarget:

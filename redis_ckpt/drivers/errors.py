@@ -15,13 +15,14 @@ from typing import Any, NoReturn
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import ConnectionLost, Failure, ReplyError
 from ..errors import CheckpointError, ServerError, StoreUnavailableError
 
-__all__ = ["failure", "in_place", "checkpoint_error", "reraise", "unavailable_message", "timed_out", "UNREACHABLE"]
+__all__ = ["failure", "in_place", "demoted", "checkpoint_error", "reraise", "unavailable_message", "timed_out",
+           "UNREACHABLE"]
 
 #: what means "the connection broke, timed out, or the server cannot serve yet" (redis-py's
 #: BusyLoadingError, LOADING, and AuthenticationError are ConnectionErrors; the socket's own too)
@@ -36,6 +37,8 @@ def failure(exc: BaseException) -> BaseException:
     if isinstance(exc, UNREACHABLE):
         out: Failure = ConnectionLost(str(exc), timed_out=isinstance(exc, (RedisTimeoutError, TimeoutError)),
                                       kind=type(exc).__name__)
+    elif isinstance(exc, ReadOnlyError):  # redis-py drops the code from the message: put back
+        out = ReplyError(f"READONLY {exc}", kind=type(exc).__name__)
     elif isinstance(exc, RedisError):
         out = ReplyError(str(exc), kind=type(exc).__name__)
     else:
@@ -55,6 +58,18 @@ def in_place(replies: list[Any]) -> list[Any]:
                 if isinstance(inner, RedisError):
                     r[j] = failure(inner)
     return replies
+
+
+def demoted(replies: list[Any]) -> bool:
+    """Whether a Pipe's raw ``replies`` hold a READONLY answer (one inside an EXEC's list
+    included): the server was a primary and is a replica now (a failover, which managed
+    services make by moving the DNS name). The command was not run; the flow retries it (see
+    ``core.retry.NOT_YET``), and the driver drops the pool's idle connections, which point at the
+    demoted node, so that the next one resolves the name again."""
+    for r in replies:
+        if isinstance(r, ReadOnlyError) or (type(r) is list and any(isinstance(x, ReadOnlyError) for x in r)):
+            return True
+    return False
 
 
 def _cause(exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:

@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeVar
 
+from redis.exceptions import ReadOnlyError
+
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
-from .errors import failure, in_place
+from .errors import demoted, failure, in_place
 from .resp import command_sync, lean_sync, numbers_as_text, pipe_sync, time_left
 
 __all__ = ["drive", "SyncTarget", "NodeTarget", "PlanTarget"]
@@ -91,13 +93,27 @@ class NodeTarget:
     def do(self, op: Any, until: float | None) -> Any:
         if isinstance(op, Pipe):
             time_left(until)
-            return in_place(pipe_sync(self.client, op, self.scripts, until))
+            replies = pipe_sync(self.client, op, self.scripts, until)
+            if demoted(replies):
+                self.reconnect()
+            return in_place(replies)
         if isinstance(op, Cmd):
-            if self.lean:
-                return command_sync(self.client, op.args, until)
-            time_left(until)
-            return self.client.execute_command(*numbers_as_text(op.args))
+            try:
+                if self.lean:
+                    return command_sync(self.client, op.args, until)
+                time_left(until)
+                return self.client.execute_command(*numbers_as_text(op.args))
+            except ReadOnlyError:
+                self.reconnect()
+                raise
         raise TypeError(f"a flow yielded {op!r}, not an op")
+
+    def reconnect(self) -> None:
+        """Drop the pool's idle connections: they point at a primary demoted to a replica
+        (see ``errors.demoted``); the next one resolves the server's name again."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect(inuse_connections=False)
 
 
 class PlanTarget:
