@@ -547,6 +547,61 @@ def test_copy_thread_onto_a_thread_that_holds_checkpoints_is_refused_and_changes
     assert saver.get_tuple(cfg("dst", cid=src["id"])).checkpoint["channel_values"] == {"x": "source"}
 
 
+def _interrupted_copy(saver: RedisCkptSaver, monkeypatch: Any, source: str, target: str) -> None:
+    """copy_thread sent one call per checkpoint, the server gone after the first one."""
+    monkeypatch.setattr(writes, "COPY_BATCH_BYTES", 1)
+    write, calls = saver._engine.write, []
+
+    def write_then_fail(*args: Any, **kw: Any) -> Any:
+        calls.append(args)
+        if len(calls) > 1:
+            raise StoreUnavailableError("the server went away")
+        return write(*args, **kw)
+
+    monkeypatch.setattr(saver._engine, "write", write_then_fail)
+    with pytest.raises(StoreUnavailableError):
+        saver.copy_thread(source, target)
+    monkeypatch.setattr(saver._engine, "write", write)
+
+
+def test_a_copy_interrupted_between_its_calls_is_completed_by_copying_again(store):
+    """A large thread is copied in several calls: interrupted between two (the server gone),
+    the copy left part of the source in the target, which looked like a thread of its own
+    and refused the copy_thread sent again ("already holds checkpoints"). The same copy sent
+    again (the source unchanged) now completes it."""
+    saver = RedisCkptSaver(store)
+    ids = [put_of_run(saver, "src", "R")]
+    for _ in range(3):
+        ids.append(put_of_run(saver, "src", "R", parent=ids[-1]))
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupted_copy(saver, mp, "src", "dst")
+        assert 0 < len(visible_ids(saver, "dst")) < len(ids)  # partly copied
+        saver.copy_thread("src", "dst")
+    assert visible_ids(saver, "dst") == visible_ids(saver, "src") == ids[::-1]
+    for cid in ids:
+        assert saver.get_tuple(cfg("dst", cid=cid)).checkpoint == saver.get_tuple(cfg("src", cid=cid)).checkpoint
+    saver.copy_thread("src", "dst")  # sent again once more (its reply lost): the same copy
+    assert visible_ids(saver, "dst") == ids[::-1]
+
+
+def test_a_partial_copy_of_a_source_that_changed_since_is_refused_naming_it(store):
+    """The source changed after the interrupted copy: the copy sent now would merge two states
+    of it, so it is refused, the message saying what left the target so."""
+    saver = RedisCkptSaver(store)
+    ids = [put_of_run(saver, "src", "R")]
+    ids.append(put_of_run(saver, "src", "R", parent=ids[-1]))
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupted_copy(saver, mp, "src", "dst")
+        partial = visible_ids(saver, "dst")
+        put_of_run(saver, "src", "R", parent=ids[-1])
+        with pytest.raises(ConflictError, match="unfinished copy_thread"):
+            saver.copy_thread("src", "dst")
+    assert visible_ids(saver, "dst") == partial
+    saver.delete_thread("dst")
+    saver.copy_thread("src", "dst")
+    assert visible_ids(saver, "dst") == visible_ids(saver, "src")
+
+
 def test_copy_thread_onto_itself_is_refused(store):
     saver = RedisCkptSaver(store)
     saver.put(cfg("t"), checkpoint(values={"x": 1}, versions={"x": 1}), {"step": 0}, {"x": 1})

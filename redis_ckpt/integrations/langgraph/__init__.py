@@ -51,7 +51,11 @@ since it was filed: ``delete_for_runs`` takes a thread out before it removes the
 checkpoints from it, so a filing after the write stays). ``copy_thread`` files the copy in the
 index of every run it holds checkpoints of, before and after; it copies into a new (or
 deleted) thread only: onto one that holds checkpoints or writes it raises ``ConflictError``
-and copies nothing.)
+and copies nothing. A large thread is copied in several calls: a copy interrupted between
+them (the server gone) leaves part of the source in the target, and the same ``copy_thread``
+sent again completes it while neither thread was written since; a target an unfinished copy
+of another source, or of this one before it changed, left is refused (``ConflictError``
+naming the unfinished copy): delete it and copy again.)
 
 Retention
 ---------

@@ -85,16 +85,18 @@ class Engine:
         return (yield from self.backend.retrying(body, run_id=run_id, what=what, writes=True))
 
     def write(self, k: ThreadKeys, thread_id: str, inv: Invocation | None, body_args: list[Any],
-              what: str, token: int | None = None, *, new_thread: bool = False) -> Flow[Written]:
+              what: str, token: int | None = None, *, new_thread: bool = False,
+              claim_as: str | None = None) -> Flow[Written]:
         """One ``saver_write`` call, confirmed. ``inv``: the
         invocation it belongs to (its claim is used and recorded); ``token``: a standalone
         call's own token (copy, in several calls), else a standalone call claims;
         ``new_thread``: the claim is refused (CONFLICT, nothing written) unless the thread
-        holds nothing (version 0), whoever wrote it last."""
+        holds nothing (version 0), whoever wrote it last, or its last claim was made under
+        ``claim_as`` (an invocation id: a copy resumed) and nobody claimed it since."""
         if inv is not None:
             claim = inv.claim()
-        elif new_thread:  # an invocation id of its own: no earlier claim passes for this one
-            claim = (0, f"new-{os.urandom(8).hex()}", "0")
+        elif new_thread:  # an invocation id of its own: no other claim passes for this one
+            claim = (0, claim_as or f"new-{os.urandom(8).hex()}", "0")
         else:
             claim = (token or 0, "", "")
         args = [claim[0], claim[1], claim[2], self.owner, self.ttl.ms, self.backend.events_maxlen, thread_id,

@@ -4,6 +4,7 @@ delete_for_runs, copy) as ``saver_admin``/``saver_read``/``saver_write`` calls."
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -292,27 +293,59 @@ def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flo
         filed.forget(rid)
 
 
-def _not_empty(target: str, version: int) -> ConflictError:
+#: the invocation id a copy claims its target under starts so (an invocation's is hex digits)
+COPY_CLAIM = "copy-"
+
+
+def _not_empty(target: str, version: int, left_by: str = "") -> ConflictError:
     err = ConflictError(thread_run_id(target), expected=0, actual=version)
-    err.args = (f"copy_thread refused: thread {target!r} already holds checkpoints or writes (version "
-                f"{version}); copy into a new thread, or delete this one first. Nothing was copied",)
+    if left_by.startswith(COPY_CLAIM):
+        why = ("holds an unfinished copy_thread (of another thread, or of this source before it changed) "
+               f"(version {version}); delete it (delete_thread) and copy again")
+    else:
+        why = (f"already holds checkpoints or writes (version {version}); copy into a new thread, or "
+               "delete this one first")
+    err.args = (f"copy_thread refused: thread {target!r} {why}. Nothing was copied",)
     return err
+
+
+def _copy_claim(source_run_id: str, source_version: Any) -> str:
+    """The invocation id a copy of the source, in the state of that version, claims its target
+    under: the same for a copy sent again, another once the source was written."""
+    digest = hashlib.sha256(f"{source_run_id}\0{int(source_version)}".encode()).hexdigest()
+    return COPY_CLAIM + digest[:32]
 
 
 def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     """Every checkpoint and write of ``source`` into ``target`` (frames sealed again for it);
     sent in calls of at most COPY_BATCH_BYTES, the first one claiming the target. The target
     is filed in the cross-thread index of every LangGraph run it now holds checkpoints of
-    (delete_for_runs finds the copy too)."""
+    (delete_for_runs finds the copy too).
+
+    The claim is made under an invocation id derived from the source and its version: a copy
+    interrupted between its calls (the server gone) is completed by the same copy_thread sent
+    again while neither thread was written since (every item is sent again: each lands as it
+    did); a target left so by a copy of another source, or of this one before it changed, is
+    refused, its message naming the unfinished copy."""
     ks, kt = e.keys(source), e.keys(target)
     if ks.run_id == kt.run_id:
         raise ValueError(f"copy_thread copies a thread into another one, not into itself ({source!r})")
     # values are stored once per (namespace, channel, version): merged into a thread in use, a
     # copied checkpoint would read the target's value where both hold one under the same version
-    target_version = (yield from e.read(kt, ["heads", 0], "copy_thread"))[0]
-    if int(target_version):
-        raise _not_empty(target, int(target_version))
-    _version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
+    target_version = int((yield from e.read(kt, ["heads", 0], "copy_thread"))[0])
+    left_by = ""
+    if target_version:
+        def claimed_by() -> Flow[Any]:
+            return (yield Cmd("HGET", kt.meta, "inv"))
+
+        left_by = text((yield from e.backend.retrying(claimed_by, run_id=kt.run_id, what="copy_thread",
+                                                      writes=False)) or b"")
+        if not left_by.startswith(COPY_CLAIM):
+            raise _not_empty(target, target_version)
+    version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
+    claim_as = _copy_claim(ks.run_id, version)
+    if target_version and left_by != claim_as:
+        raise _not_empty(target, target_version, left_by)
     stored_records = dict(pairs(records))
     stored_values = dict(pairs(values))
     lg_run_of = {}
@@ -334,7 +367,8 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
         nonlocal batch, size, token
         if batch:
             try:  # the first call claims the target only while it holds nothing: a write meanwhile refuses it
-                written = yield from e.write(kt, target, None, batch, "copy_thread", token=token, new_thread=not token)
+                written = yield from e.write(kt, target, None, batch, "copy_thread", token=token, new_thread=not token,
+                                             claim_as=claim_as)
             except ConflictError as exc:
                 raise _not_empty(target, exc.actual) if not token else exc from None
             token = written.token
