@@ -29,10 +29,11 @@ ACL_COMMANDS = (
     "evalsha", "script|load",
     # large states: the chunks of a frame are staged in one MULTI/EXEC
     "multi", "exec",
-    # reads: load, generations, info, events, runs
-    "get", "hgetall", "pttl", "xrevrange", "xrange", "scan",
-    # what the scripts call
+    # reads: load, generations, info, events, runs; usage
+    "get", "hgetall", "pttl", "xrevrange", "xrange", "scan", "memory|usage",
+    # what the scripts call (PEXPIREAT: under a retention, acquire, commit and finish)
     "hget", "hmget", "hset", "hdel", "incr", "del", "pexpire", "rename", "persist", "exists", "time", "xadd",
+    "pexpireat",
 )
 
 
@@ -46,11 +47,16 @@ def acl_line(namespace: str = "jobs", user: str = "ckpt", password: str = "<pass
 
 def workflow(url: str, namespace: str) -> None:
     """Every store operation once: probe, acquire, commits (one chunked), renew, a fallback
-    load, generations, info, events (both ways), runs, export, release, revoke, delete, import."""
+    load, generations, info, usage, events (both ways), runs, fork, export, release, revoke,
+    delete, import, prune; an acquire and a commit under a retention, and a finish."""
     store = CheckpointStore.from_url(url, namespace=namespace, chunk_bytes=1024)
     try:
         lease = store.acquire("r", owner="acl", ttl=30)
         lease.commit({"x": 1})
+        assert store.fork("r", "f") == 1
+        kept = store.acquire("f", owner="acl", ttl=30, retention=600)
+        assert kept.commit({"x": 2}, retention=600) == 2
+        kept.finish(keep_for=600)
         lease.renew()
         lease.commit({"big": b"x" * 5000})
         lease.commit(3)
@@ -62,12 +68,15 @@ def workflow(url: str, namespace: str) -> None:
         assert store.info("r").generation == 4
         events = store.events("r")
         assert store.events("r", after=events[0].id)
-        assert store.runs() == ["r"]
+        assert store.usage("r").keys > 0
+        assert store.runs() == ["f", "r"]
         frame = store.export_frame("r")
         lease.release()
         store.revoke("r")
         store.delete("r")
         assert store.import_frame(frame) == 3
+        time.sleep(0.01)
+        assert sorted(p.run_id for p in store.prune(idle=0.001)) == ["f", "r"]
     finally:
         store.close()
 
