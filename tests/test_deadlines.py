@@ -360,6 +360,29 @@ def test_a_primary_demoted_under_a_plain_client_is_retried_on_new_connections_un
     admin.close()
 
 
+def test_an_async_commit_to_a_demoted_primary_is_retried_on_new_connections_until_it_serves(make_server):
+    server = make_server("valkey")
+    admin = server.client()
+
+    async def scenario() -> None:
+        store = await AsyncCheckpointStore.from_url(server.url, namespace="d", retry=RetryPolicy(deadline_s=30.0))
+        lease = await store.acquire("r", owner="a", ttl=60)
+        assert await lease.commit({"n": 1}) == 1
+        _demoted(server).close()
+        connected = _connections(admin)
+        promoter = threading.Thread(target=lambda: (time.sleep(1.0), admin.replicaof("NO", "ONE")))
+        promoter.start()
+        assert await lease.commit({"n": 2}) == 2
+        await asyncio.to_thread(promoter.join)
+        assert admin.info("errorstats")["errorstat_READONLY"]["count"] >= 1
+        assert _connections(admin) > connected
+        assert (await store.load("r")).state == {"n": 2}
+        await store.close()
+
+    asyncio.run(scenario())
+    admin.close()
+
+
 @pytest.mark.parametrize("via", ["sync", "async"])
 def test_a_primary_that_stays_demoted_is_unavailable_at_the_deadline(make_server, via):
     server = make_server("valkey")
