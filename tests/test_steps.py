@@ -151,6 +151,19 @@ def test_the_plan_may_grow_but_completed_steps_may_not_move(store):
         recording_runner(store, "plan", calls, names=("a", "b", "c", "d")).run({"v": 2})  # other inputs
 
 
+def test_status_refuses_a_plan_that_does_not_fit_the_run_as_run_does(store):
+    """status() of a runner whose completed steps were renamed or removed said finished=True
+    (or listed a pending step) where run() refuses the plan: both raise StepPlanError."""
+    recording_runner(store, "fit", [], names=("a", "b", "c")).run()
+    for names in (("a", "b"), ("a", "x", "c"), ("b", "a", "c")):  # removed, renamed, moved
+        runner = recording_runner(store, "fit", [], names=names)
+        with pytest.raises(StepPlanError):
+            runner.status()
+        with pytest.raises(StepPlanError):
+            runner.run()
+    assert recording_runner(store, "fit", [], names=("a", "b", "c", "d")).status().pending == ("d",)
+
+
 def test_describe_reads_a_step_state_and_nothing_else(store):
     assert describe({"step": 3}) is None and not is_step_state([1])
     assert StepRunner(store, "never").status() is None

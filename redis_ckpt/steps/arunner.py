@@ -62,7 +62,8 @@ class AsyncStepRunner(RunnerBase):
     _stopping = False  # the heartbeat task's stop signal (set with its cancellation)
 
     async def status(self) -> StepStatus | None:
-        """Completed and pending steps and their results; None if the run was never committed."""
+        """Completed and pending steps and their results; None if the run was never committed.
+        :class:`StepPlanError` for a plan ``run()`` would refuse."""
         return self._status_of(await self.store.load(self.run_id))
 
     async def run(self, initial_inputs: Any = None) -> dict[str, Any]:

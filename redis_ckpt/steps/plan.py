@@ -199,7 +199,17 @@ class RunnerBase:
         st = describe(ck.state, run_id=self.run_id, generation=ck.generation, steps=self.steps or None)
         if st is None:
             raise StepPlanError(f"run {self.run_id!r} was not written by a StepRunner", run_id=self.run_id)
+        if self._steps:  # the plan run() would refuse is refused here too (not "finished")
+            self._check_plan(list(st.completed))
         return st
+
+    def _check_plan(self, completed: list[str]) -> None:
+        """StepPlanError unless this runner's steps start with the run's ``completed`` ones."""
+        plan = list(self._steps)
+        if plan[: len(completed)] != completed:
+            raise StepPlanError(
+                f"run {self.run_id!r} completed steps {completed} but this runner's steps are {plan}: "
+                "completed steps must stay first, in the same order", run_id=self.run_id)
 
     def _check_runnable(self) -> None:
         if not self._steps:
@@ -234,12 +244,8 @@ class RunnerBase:
         if not is_step_state(state):
             raise StepPlanError(f"run {self.run_id!r} holds a checkpoint not written by a StepRunner",
                                 run_id=self.run_id)
-        completed = list(state["completed"])
+        self._check_plan(list(state["completed"]))
         plan = list(self._steps)
-        if plan[: len(completed)] != completed:
-            raise StepPlanError(
-                f"run {self.run_id!r} completed steps {completed} but this runner's steps are {plan}: "
-                "completed steps must stay first, in the same order", run_id=self.run_id)
         # the same inputs as the codec stores them: == would refuse a NaN and take True for 1
         if initial_inputs is not None and not exactly_equal(initial_inputs, state["inputs"], root="inputs"):
             raise StepPlanError(f"run {self.run_id!r} was started with other inputs; resume it with "

@@ -46,7 +46,8 @@ class StepRunner(RunnerBase):
 
     def status(self) -> StepStatus | None:
         """Completed and pending steps (of this runner's plan) and their results; None if
-        the run was never committed."""
+        the run was never committed. :class:`StepPlanError` for a plan ``run()`` would refuse
+        (a completed step removed, renamed or moved)."""
         return self._status_of(self.store.load(self.run_id))
 
     def run(self, initial_inputs: Any = None) -> dict[str, Any]:
