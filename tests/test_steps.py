@@ -554,3 +554,54 @@ def test_an_async_heartbeat_whose_renewal_loses_the_cancellation_still_stops(dur
         await astore.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_heartbeat_that_dies_of_a_bug_neither_fails_the_run_nor_keeps_the_lease(
+        durable_server, namespace, store, caplog, flavour):
+    """A renewal failing with an error that is not a CheckpointError (a bug: a TypeError)
+    replaced an async run's result (its steps committed) and skipped the release; the sync
+    runner's heartbeat thread died with it, unlogged. Both now log it (ERROR, with its
+    traceback), keep renewing, return the run's result and release the lease."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import AsyncStepRunner
+
+    tried = threading.Event()
+
+    def broken_renew():
+        tried.set()
+        raise TypeError("a bug in the renewal")
+
+    async def abroken_renew():
+        broken_renew()
+
+    if flavour == "sync":
+        runner = StepRunner(store, "hb-bug", ttl=3)  # the heartbeat renews every second
+        runner._renew = broken_renew
+        runner.add("a", lambda ctx: tried.wait(30) and 1)
+        with caplog.at_level("ERROR", logger="redis_ckpt.steps"):
+            assert runner.run() == {"a": 1}
+    else:
+        async def scenario():
+            astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
+            arunner = AsyncStepRunner(astore, "hb-bug", ttl=3)
+            arunner._renew = abroken_renew
+
+            async def step(ctx):
+                while not tried.is_set():
+                    await asyncio.sleep(0.01)
+                return 1
+
+            arunner.add("a", step)
+            try:
+                return await asyncio.wait_for(arunner.run(), 30)
+            finally:
+                await astore.close()
+
+        with caplog.at_level("ERROR", logger="redis_ckpt.steps"):
+            assert asyncio.run(scenario()) == {"a": 1}
+    assert store.load("hb-bug").state["finished"]
+    assert store.events("hb-bug")[-1].kind == "release"  # the lease was let go
+    assert any(r.levelname == "ERROR" and r.exc_info and r.exc_info[0] is TypeError for r in caplog.records)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CheckpointError
-from .plan import Call, Driving, Plan, RunnerBase, log
+from .plan import Call, Driving, Plan, RunnerBase, log, renewal_failed
 from .state import StepStatus
 
 if TYPE_CHECKING:
@@ -77,19 +77,21 @@ class AsyncStepRunner(RunnerBase):
         try:
             return await self._drive(self._run_plan(lease.token, initial_inputs))
         finally:
-            if keeper is not None:
-                self._stopping = True  # a cancellation lost inside a renew still stops it at its next turn
-                keeper.cancel()
-                # wait for it without awaiting it: a CancelledError out of `await keeper` could be
-                # a cancellation of run() itself, which must not be swallowed (wait() lets it out)
-                await asyncio.wait([keeper])
-                if not keeper.cancelled():
-                    keeper.result()  # it ended on its own: its error, if any, as before
-            self._lease = None
             try:
-                await lease.release()
-            except CheckpointError as exc:  # the run's outcome stands; a failed release only delays the next worker
-                log.warning("run %r: releasing the lease failed: %s", self.run_id, exc)
+                if keeper is not None:
+                    self._stopping = True  # a cancellation lost inside a renew still stops it at its next turn
+                    keeper.cancel()
+                    # wait for it without awaiting it: a CancelledError out of `await keeper` could be
+                    # a cancellation of run() itself, which must not be swallowed (wait() lets it out)
+                    await asyncio.wait([keeper])
+                    if not keeper.cancelled():
+                        keeper.result()  # it ended on its own (it logs what a renewal raises): as before
+            finally:  # whatever ended the heartbeat, the lease is let go
+                self._lease = None
+                try:
+                    await lease.release()
+                except CheckpointError as exc:  # the run's outcome stands; a failed release only delays the next worker
+                    log.warning("run %r: releasing the lease failed: %s", self.run_id, exc)
 
     async def _drive(self, plan: Plan[T]) -> T:
         driving = Driving(plan)
@@ -127,5 +129,5 @@ class AsyncStepRunner(RunnerBase):
                 return
             try:
                 await self._renew()
-            except CheckpointError as exc:
-                log.warning("run %r: lease renewal failed: %s", self.run_id, exc)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat never ends the run
+                renewal_failed(self.run_id, exc)

@@ -44,6 +44,17 @@ def _seconds(value: object) -> float:
                               minimum=0, maximum=MAX_TTL_MS / 1000)
     return float(seconds)
 
+def renewal_failed(run_id: str, exc: Exception) -> None:
+    """What a heartbeat does with a failed renewal: log it and go on renewing. The token, not
+    the lease, guards the commits (a worker that lost the run finds out at its next commit:
+    FencedError), so the run's outcome is its steps'; a failure that is not a CheckpointError
+    (a bug) is logged at ERROR with its traceback, never in place of the run's result."""
+    if isinstance(exc, CheckpointError):
+        log.warning("run %r: lease renewal failed: %s", run_id, exc)
+    else:
+        log.error("run %r: lease renewal failed with an unexpected error", run_id, exc_info=exc)
+
+
 StepFn = Callable[["StepContext"], Any]
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ..errors import CheckpointError
 from ..store import CheckpointStore, Lease
-from .plan import Driving, Plan, RunnerBase, log
+from .plan import Driving, Plan, RunnerBase, log, renewal_failed
 from .state import StepStatus
 
 __all__ = ["StepRunner"]
@@ -93,7 +93,5 @@ class StepRunner(RunnerBase):
         while not stop.wait(self.ttl_ms / 3000):
             try:
                 self._renew()
-            except CheckpointError as exc:
-                # the token, not the lease, guards the commits: a worker that lost the run
-                # finds out at its next commit (FencedError); keep the process informed
-                log.warning("run %r: lease renewal failed: %s", self.run_id, exc)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat never ends the run
+                renewal_failed(self.run_id, exc)
