@@ -112,6 +112,33 @@ def test_fork_from_the_cli_of_a_run_with_a_newer_schema(client, durable_server, 
     assert text.exit_code == 0 and "generation 2 into 'job-3'" in text.stdout, text.output
 
 
+def test_show_state_of_a_run_with_another_schema_is_shown_as_stored(client, durable_server, namespace):
+    """The CLI's store (schema 1, no migrations) loaded the state to show it: a run an
+    application wrote at schema 3 failed with SchemaVersionError (exit 1), and `show` left out
+    what a step runner's state holds. The CLI shows any run's state as stored, naming its
+    schema; an application's load still migrates or refuses."""
+    from redis_ckpt import SchemaVersionError
+    from redis_ckpt.steps import StepRunner
+
+    app = CheckpointStore(client, namespace=namespace, schema_version=3)
+    with app.acquire("job", owner="w", ttl=30) as lease:
+        lease.commit({"i": 1})
+        lease.commit({"i": 2})
+    out = run(["show", "job", "--state"], durable_server, namespace)
+    assert out.exit_code == 0 and json.loads(out.stdout) == {"i": 2}, out.output
+    data = json.loads(run(["show", "job", "--state", "-g", "1", "--json"], durable_server, namespace).stdout)
+    assert (data["state"], data["schema_version"], data["stored_schema_version"]) == ({"i": 1}, 3, 3)
+    runner = StepRunner(app, "steps")
+    runner.add("a", lambda ctx: 1)
+    runner.run()
+    shown = json.loads(run(["show", "steps", "--json"], durable_server, namespace).stdout)
+    assert shown["content"]["kind"] == "step-runner" and shown["content"]["steps"]["finished"], shown["content"]
+    with pytest.raises(SchemaVersionError):  # the library's own rule is unchanged
+        CheckpointStore(client, namespace=namespace).load("job")
+    with pytest.raises(SchemaVersionError):
+        CheckpointStore(client, namespace=namespace, schema_version=4).load("job", generation=1)
+
+
 @pytest.mark.parametrize("args", [["export", "job", "-o", "{dir}/job.rckp"], ["show", "job", "--state"],
                                   ["fork", "job", "job-2"]])
 def test_a_fallback_past_a_damaged_generation_is_a_warning_not_an_error(store, client, durable_server, namespace,

@@ -18,7 +18,7 @@ from ..drivers.errors import reraise
 from . import render, views
 from .exits import EXIT_NO, CliFailure, NoSuchRun, show_notice
 from .options import CliConfig, connection_options
-from .reads import read, run_info, try_read, usage_or_none
+from .reads import load_as_stored, read, run_info, try_read, usage_or_none
 
 __all__ = ["runs", "namespaces", "show", "fence", "verify"]
 
@@ -123,12 +123,12 @@ def namespaces(cfg: CliConfig) -> None:
 
 def _content(cfg: CliConfig, run: str) -> dict[str, Any] | None:
     """What the newest good generation holds, for runs written by redis_ckpt.steps or the
-    LangGraph saver (None for any other state). Loading runs the registered migrations of
-    no one: a state this CLI cannot read is simply not described."""
+    LangGraph saver (None for any other state), read as stored whatever its schema: a
+    state this CLI cannot read is simply not described."""
     from ..steps import describe  # on demand: the other commands start without the step runner
 
     try:
-        ck = cfg.store.load(run)
+        ck = load_as_stored(cfg, run)
         if ck is None:
             return None
         status = describe(ck.state, run_id=run, generation=ck.generation)

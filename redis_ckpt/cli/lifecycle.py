@@ -17,7 +17,7 @@ from ..models import PrunedRun
 from . import render as r
 from .exits import EXIT_NO, CliFailure
 from .options import CliConfig, connection_options
-from .reads import try_read
+from .reads import load_as_stored, try_read
 from .state import tagged
 from .views import base
 
@@ -55,7 +55,7 @@ def show_state(cfg: CliConfig, run: str, generation: int | None) -> None:
     store = cfg.store
     head = {**base(cfg), "run": run}
     try:
-        ck = store.load(run, generation=generation)
+        ck = load_as_stored(cfg, run, generation)
     except FrameError as bad:
         g = bad.generation if bad.generation is not None else generation
         try:

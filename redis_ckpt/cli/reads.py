@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .. import CheckpointError, RunInfo, RunUsage, ServerError, StoreUnavailableError
+from .. import Checkpoint, CheckpointError, RunInfo, RunUsage, ServerError, StoreUnavailableError
 from ..core.keys import validate_run_id
 from .exits import EXIT_NO, CliFailure, NoSuchRun
 from .options import CliConfig
 
-__all__ = ["Unreadable", "run_info", "read", "try_read", "usage_or_none"]
+__all__ = ["Unreadable", "run_info", "read", "try_read", "usage_or_none", "load_as_stored"]
 
 T = TypeVar("T")
 
@@ -65,3 +65,10 @@ def usage_or_none(cfg: CliConfig, run: str) -> RunUsage | None:
         return cfg.store.usage(run)
     except ServerError:
         return None
+
+
+def load_as_stored(cfg: CliConfig, run: str, generation: int | None = None) -> Checkpoint | None:
+    """The newest good generation (or ``generation``) of ``run`` with its state as stored:
+    the CLI has none of an application's migrations, and shows a run of any schema as it is
+    (``schema_version`` is then the stored one). A load of the library migrates or refuses."""
+    return cfg.store.run(cfg.store.core.load_flow(run, generation, migrate=False))

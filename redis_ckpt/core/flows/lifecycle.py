@@ -51,14 +51,16 @@ def fork_target_exists(run_id: str, generation: int, source: str) -> ConflictErr
 
 
 class LifecycleFlows(ReadFlows, AdminFlows):
-    def load_flow(self, run_id: str, generation: int | None = None) -> Flow[Checkpoint | None]:
+    def load_flow(self, run_id: str, generation: int | None = None, *,
+                  migrate: bool = True) -> Flow[Checkpoint | None]:
         """The newest generation that verifies (None: never committed); with ``generation``,
-        that kept generation (see :meth:`load_generation_flow`)."""
+        that kept generation (see :meth:`load_generation_flow`). ``migrate=False``: the state
+        as stored, no migration run (an admin's read, whatever the application's schema)."""
         if generation is None:
-            return super().load_flow(run_id)
-        return self.load_generation_flow(run_id, generation)
+            return super().load_flow(run_id, migrate=migrate)
+        return self.load_generation_flow(run_id, generation, migrate=migrate)
 
-    def load_generation_flow(self, run_id: str, generation: int) -> Flow[Checkpoint]:
+    def load_generation_flow(self, run_id: str, generation: int, *, migrate: bool = True) -> Flow[Checkpoint]:
         """Kept generation ``generation`` of the run, verified and migrated like a load.
 
         No fallback: a generation that fails verification is a :class:`FrameError` with its
@@ -96,7 +98,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                 state = decode_payload(header, payload)
                 del payload
                 return self.checkpoint(k, generation, int(head.get("generation", 0)), header, state, frame,
-                                       kept_times(head).get(generation, header.created_ms), ())
+                                       kept_times(head).get(generation, header.created_ms), (), migrate=migrate)
             raise FrameError(FrameDamage.MISSING, f"rotated away at each of {GENERATION_READS} reads",
                              run_id=k.run_id, generation=generation)
 

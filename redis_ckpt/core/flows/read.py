@@ -133,8 +133,9 @@ def head_missing(run_id: str) -> CorruptCheckpointError:
 
 
 class ReadFlows(SharedFlows, FlowsBase):
-    def load_flow(self, run_id: str) -> Flow[Checkpoint | None]:
+    def load_flow(self, run_id: str, *, migrate: bool = True) -> Flow[Checkpoint | None]:
         """The newest generation that verifies; None when the run was never committed.
+        ``migrate=False``: the state as stored, whatever its schema (see :meth:`checkpoint`).
 
         The head and the generation it names are read as one snapshot in one round trip when
         this process knows the head's generation (it committed or loaded the run): by
@@ -175,7 +176,7 @@ class ReadFlows(SharedFlows, FlowsBase):
                     return None
                 generation = int(head.get("generation") or 0)
                 if generation < 1 or generation in wanted:  # a snapshot (or a head naming none)
-                    result = yield from self.load_from(k, head, dict(zip(wanted, blobs)))
+                    result = yield from self.load_from(k, head, dict(zip(wanted, blobs)), migrate=migrate)
                     if result is not None:
                         self.remember(k.run_id, result.head_generation, size=result.size)
                         return result  # else a generation it read was rotated away meanwhile
@@ -190,7 +191,8 @@ class ReadFlows(SharedFlows, FlowsBase):
 
         return self.retrying(attempt, run_id=k.run_id, what="load", writes=False)
 
-    def load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any]) -> Flow[Checkpoint | None]:
+    def load_from(self, k: RunKeys, head: dict[str, str], prefetched: dict[int, Any], *,
+                  migrate: bool = True) -> Flow[Checkpoint | None]:
         """The newest of ``head``'s kept generations that verifies; None when one was rotated
         away while it was read (the caller reads the head again)."""
         head_gen = int(head.get("generation", 0))
@@ -207,7 +209,7 @@ class ReadFlows(SharedFlows, FlowsBase):
             else:
                 t = head.get("kept_ms", "").rpartition(",")[2]
                 return self.checkpoint(k, head_gen, head_gen, header, state, newest,
-                                       int(t) if t.isdigit() else header.created_ms, ())
+                                       int(t) if t.isdigit() else header.created_ms, (), migrate=migrate)
         skipped: list[SkippedGeneration] = []
         for g, _chunks in sorted(kept(head), reverse=True):
             try:
@@ -225,17 +227,20 @@ class ReadFlows(SharedFlows, FlowsBase):
             if skipped:
                 yield from self.report_fallback(k, g, skipped)
             return self.checkpoint(k, g, head_gen, header, state, blob,  # the server's commit time, else the writer's
-                                   kept_times(head).get(g, header.created_ms), tuple(skipped))
+                                   kept_times(head).get(g, header.created_ms), tuple(skipped), migrate=migrate)
         raise CorruptCheckpointError(k.run_id, {s.generation: f"{s.reason}: {s.detail}" for s in skipped})
 
     def checkpoint(self, k: RunKeys, g: int, head_gen: int, header: Any, state: Any, blob: Any, created_ms: int,
-                   skipped: tuple[SkippedGeneration, ...]) -> Checkpoint:
-        """The loaded generation ``g`` (its state migrated to this store's schema)."""
+                   skipped: tuple[SkippedGeneration, ...], *, migrate: bool = True) -> Checkpoint:
+        """The loaded generation ``g``: its state migrated to this store's schema, or
+        (``migrate=False``, for an admin's read: the CLI has no application's migrations) as
+        stored, ``schema_version`` then the stored one."""
         return Checkpoint(
-            run_id=k.run_id, state=self.migrate(k.run_id, state, header.schema_version), generation=g,
-            head_generation=head_gen, token=header.token, owner=header.owner,
+            run_id=k.run_id, state=self.migrate(k.run_id, state, header.schema_version) if migrate else state,
+            generation=g, head_generation=head_gen, token=header.token, owner=header.owner,
             created_at=ms_to_datetime(created_ms),  # type: ignore[arg-type]
-            schema_version=self.config.schema_version, stored_schema_version=header.schema_version,
+            schema_version=self.config.schema_version if migrate else header.schema_version,
+            stored_schema_version=header.schema_version,
             metadata=header.metadata, checksum=frame_checksum(blob),  # type: ignore[arg-type]
             size=len(blob), skipped=skipped,  # type: ignore[arg-type]
         )
