@@ -4,6 +4,7 @@ generation, a damaged one), the bytes of runs and show, fork, prune, deleted/exp
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -81,6 +82,30 @@ def test_runs_and_show_count_bytes_and_hide_deleted_runs(store, durable_server, 
     shown = json.loads(run(["show", "job", "--json"], durable_server, namespace).stdout)
     assert shown["bytes"] == {**shown["bytes"], "total": store.usage("job").total} and shown["status"] == "committed"
     assert "bytes" in run(["show", "job"], durable_server, namespace).stdout
+
+
+def test_namespaces_counts_the_runs_that_runs_lists(store, client, durable_server, namespace):
+    """`namespaces` counted every fence key, deleted and expired runs (tombstones) included,
+    while `runs` leaves them out: the counts differed for the same namespace."""
+    from redis_ckpt.testing.wait import wait_for
+
+    store.acquire("gone", owner="w", ttl=30).commit(1)
+    store.delete("gone")
+    lease = store.acquire("done", owner="w", ttl=30)
+    lease.commit(1)
+    lease.finish(keep_for=0.05)
+    wait_for(lambda: store.info("done").status == "expired", "the run 'done' to expire")
+    store.acquire("new", owner="w", ttl=30)  # acquired, never committed: a run
+    only_tombstones = namespace + "-t"
+    other = CheckpointStore(client, namespace=only_tombstones)
+    other.acquire("x", owner="w", ttl=30).commit(1)
+    other.delete("x")
+    listed = json.loads(run(["runs", "--json"], durable_server, namespace).stdout)
+    assert sorted(x["run"] for x in listed["runs"]) == ["job", "new"]
+    counted = {n["namespace"]: n["runs"] for n in
+               json.loads(run(["namespaces", "--json"], durable_server, namespace).stdout)["namespaces"]}
+    assert counted[namespace] == listed["total"] == 2 and only_tombstones not in counted
+    assert re.search(rf"^{namespace} +2$", run(["namespaces"], durable_server, namespace).stdout, re.M)
 
 
 def test_fork_from_the_cli(store, durable_server, namespace):

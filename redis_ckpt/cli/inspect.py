@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import click
 
 from .. import CheckpointError, RunInfo, StoreUnavailableError
 from ..core.keys import RunKeys, validate_namespace
+from ..core.store_core import StoreCore
 from ..drivers.errors import reraise
 from . import render, views
 from .exits import EXIT_NO, CliFailure, NoSuchRun, show_notice
@@ -23,6 +25,9 @@ from .reads import load_as_stored, read, run_info, try_read, usage_or_none
 __all__ = ["runs", "namespaces", "show", "fence", "verify"]
 
 FOLLOW_POLL_S = 0.5
+#: the status of a run whose data is gone, its fence left (``runs`` hides them unless --all;
+#: ``namespaces`` does not count them)
+TOMBSTONES = ("deleted", "expired")
 
 
 # =========================================================================== runs
@@ -52,7 +57,7 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool, show_al
     store = cfg.store
     got = {i: try_read(cfg, i, store.info, i) for i in store.runs()}  # all: the status filters
     if not show_all:
-        got = {i: v for i, v in got.items() if not (isinstance(v, RunInfo) and v.status in ("deleted", "expired"))}
+        got = {i: v for i, v in got.items() if not (isinstance(v, RunInfo) and v.status in TOMBSTONES)}
     total = len(got)
     unreadable = sorted(i for i, v in got.items() if isinstance(v, str))
     if sort_by == "run":
@@ -78,31 +83,45 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool, show_al
 # =========================================================================== namespaces
 
 
-def _namespace_of_fence_key(key: str) -> str | None:
-    """The namespace of a run's fence key (as :class:`RunKeys` builds it); None for any other key."""
+def _run_of_fence_key(key: str) -> tuple[str, str] | None:
+    """(namespace, run) of a run's fence key (as :class:`RunKeys` builds it); None for any other key."""
     ns = key.partition(":{")[0]
     try:
         validate_namespace(ns)
     except CheckpointError:
         return None
     run = RunKeys.run_id_from_key(ns, key)
-    return ns if run is not None and key == RunKeys(ns, run).fence else None
+    return (ns, run) if run is not None and key == RunKeys(ns, run).fence else None
+
+
+def _fence_keys(cfg: CliConfig) -> dict[str, set[str]]:
+    """The runs of every namespace: every run's fence key found by SCAN on the store's client
+    (every primary of a cluster), each request bounded by --timeout. Keys that are not a run's
+    fence in a valid namespace are left out."""
+    found: dict[str, set[str]] = {}  # a set: SCAN may return a key twice
+    try:
+        for raw in cfg.store.client.scan_iter(match="*:{*}:fence", count=1000):
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            got = _run_of_fence_key(key) if "\ufffd" not in key else None
+            if got is not None:
+                found.setdefault(got[0], set()).add(got[1])
+    except Exception as exc:  # noqa: BLE001 - redis-py's errors become CheckpointErrors at the one seam
+        reraise(exc, cfg.server)
+    return found
 
 
 def _namespace_counts(cfg: CliConfig) -> dict[str, int]:
-    """Runs per namespace: every run's fence key found by SCAN on the store's client (every
-    primary of a cluster), each request bounded by --timeout. Keys that are not a run's fence
-    in a valid namespace are left out."""
-    counts: dict[str, int] = {}
+    """Runs per namespace, counted as ``runs`` lists them: deleted and expired runs (only a
+    fence left, a tombstone) are not counted, a run whose data cannot be read is. A namespace
+    holding tombstones only is left out."""
     store = cfg.store
-    try:
-        for raw in store.client.scan_iter(match="*:{*}:fence", count=1000):
-            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            ns = _namespace_of_fence_key(key) if "\ufffd" not in key else None
-            if ns is not None:
-                counts[ns] = counts.get(ns, 0) + 1
-    except Exception as exc:  # noqa: BLE001 - redis-py's errors become CheckpointErrors at the one seam
-        reraise(exc, cfg.server)
+    counts: dict[str, int] = {}
+    for ns, ids in _fence_keys(cfg).items():
+        core = StoreCore(replace(store.core.config, namespace=ns))  # this namespace's keys, same deadline
+        infos = [try_read(cfg, run, store.run, core.info_flow(run)) for run in ids]
+        live = sum(1 for i in infos if not (isinstance(i, RunInfo) and i.status in TOMBSTONES))
+        if live:
+            counts[ns] = live
     return counts
 
 
@@ -111,6 +130,7 @@ def _namespace_counts(cfg: CliConfig) -> dict[str, int]:
 def namespaces(cfg: CliConfig) -> None:
     """List the namespaces that hold runs on the server, with how many runs each (found by SCAN).
 
+    Counted as `runs` lists them: deleted and expired runs (only their fence left) are not.
     The --namespace option is not used: use this to find the namespace your runs are in.
 
     Example: redis-ckpt namespaces
