@@ -285,3 +285,32 @@ def test_a_delete_resent_after_its_reply_was_lost_reports_what_it_deleted(proxy,
     assert worker_b.info("job").fence == fence + 1
     assert [e.kind for e in worker_b.events("job")].count("delete") == 1
     assert worker_b.delete("job", by="ops") == 0  # another call: nothing more to delete
+
+
+def _damage(client: Any, key: str) -> None:
+    client.setrange(key, client.strlen(key) - 24, b"\xff\xff")  # inside the payload: the checksum fails
+
+
+@pytest.mark.parametrize("what", ["load", "fork"])
+def test_an_audit_event_resent_after_its_reply_was_lost_is_written_once(proxy, worker_a, worker_b, client,
+                                                                         namespace, what):
+    """A load that fell back past a damaged generation, and a fork, each write an audit event
+    (``fallback``, ``forked``); when that XADD's reply was lost, the resend wrote it again: two
+    events for one call. The resend finds its event by id and writes nothing."""
+    from redis_ckpt.core.keys import RunKeys
+
+    lease = first_commit(worker_a, "job", ttl=30)
+    lease.commit({"step": 2})
+    lease.release()
+    kind = "fallback" if what == "load" else "forked"
+    if what == "load":
+        _damage(client, RunKeys(namespace, "job").generation(2))
+        call = lambda: worker_a.load("job").generation  # noqa: E731
+    else:
+        call = lambda: worker_a.fork("job", "job-2", by="ops")  # noqa: E731
+    proxy.arm("lose-reply", f"${len(kind)}\r\n{kind}\r\n".encode())
+    bg = Background(call)
+    assert proxy.answered.wait(20), f"the {kind} event never reached the server"
+    proxy.cut()
+    assert bg.result() == 1
+    assert [e.kind for e in worker_b.events("job")].count(kind) == 1

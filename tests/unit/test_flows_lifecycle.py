@@ -60,7 +60,7 @@ def test_fork_checks_the_target_first_then_copies_the_frame_under_the_new_run():
     s = Scripted(None, [b"generation", b"2", b"kept", b"1,2"], source,  # target free; export
                  [],  # import: HGETALL of the target's head
                  lambda pipe: replies_for(pipe, [1, 3]),  # commit.lua in import mode applied, fence 3
-                 lambda pipe: [b"5-0"])  # the source's "forked" event
+                 b"5-0")  # the source's "forked" event
     assert s.run(c.fork_flow("r", "new", by="ops")) == 1
     (script,) = s.scripts("commit")
     fields = dict(zip(CommitFields._fields, script.args[0].split("\n")))
@@ -68,7 +68,7 @@ def test_fork_checks_the_target_first_then_copies_the_frame_under_the_new_run():
     header, _ = decode_frame(script.args[1])
     assert (header.run_id, header.generation, header.token, header.owner) == ("new", 1, 0, "ops")
     assert header.metadata == {"m": 2, "forked_from": {"run": "r", "generation": 2, "checksum": frame_checksum(source)}}
-    xadd = s.ops[-1].ops[0].args
+    xadd = s.ops[-1].args
     assert xadd[:2] == ("XADD", K.events) and ("to", "new") == xadd[8:10]
 
 

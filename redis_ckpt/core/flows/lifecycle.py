@@ -175,15 +175,9 @@ class LifecycleFlows(ReadFlows, AdminFlows):
     def note_fork(self, src: RunKeys, dst: RunKeys, generation: int, by: str) -> Flow[None]:
         """The source run's audit event of a fork (after the fork applied: a failure here is
         logged, the fork stands)."""
-        def body() -> Flow[None]:
-            reply = (yield Pipe([Cmd("XADD", src.events, "MAXLEN", "~", self.config.events_maxlen, "*",
-                                     "kind", "forked", "to", dst.run_id, "generation", generation, "by", by,
-                                     "ms", now_ms())], route=src.head))[0]
-            if isinstance(reply, Exception):
-                raise reply
-
         try:
-            yield from self.retrying(body, run_id=src.run_id, what="fork event", writes=False)
+            yield from self.audit_once(src, "fork event", "kind", "forked", "to", dst.run_id,
+                                       "generation", generation, "by", by, "ms", now_ms())
         except CheckpointError as exc:
             log.warning("run %r was forked into %r but its audit event could not be written: %s",
                         src.run_id, dst.run_id, exc)

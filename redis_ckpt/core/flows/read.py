@@ -9,11 +9,12 @@ kept one; a head that moves meanwhile is read again, never taken for corruption.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError, HeadMovingError, \
+from ...errors import CheckpointError, CodecUnavailableError, CorruptCheckpointError, FrameDamage, FrameError, HeadMovingError, \
     NotFoundError, SchemaVersionError
 from ...models import Checkpoint, GenerationInfo, SkippedGeneration, ms_to_datetime, now_ms
 from ..chunks import check_chunk, is_manifest, read_manifest
@@ -21,7 +22,7 @@ from ..contract import LOAD_FIELDS, head_of, kept, kept_times, load_script
 from ..dedup import is_manifest as is_shared_manifest
 from ..frame import FrameAssembler, decode_frame, decode_payload, frame_checksum, read_header
 from ..keys import RunKeys, glob_escape
-from ..ops import Cmd, Flow, Pipe, ReplyError
+from ..ops import Cmd, Flow, Pipe
 from ..replies import exec_replies, hash_of, pairs_of, raise_failures, text
 from ..retry import MIN_ATTEMPT_S, ask_deadline
 from .base import FlowsBase
@@ -42,6 +43,8 @@ COMMIT_KINDS = frozenset({"commit", "commit_retry", "import", "import_retry"})
 SCAN_COUNT = 1000
 #: a lost chunk key past this index is left alone (its generation's entry would name every index below it)
 MAX_LOST_CHUNKS = 1 << 16
+#: a resent audit event looks for its id among this many of the run's newest events
+RECENT_EVENTS = 16
 #: frames up to this size are read with the head by load.lua (one reply to parse, less server
 #: work than MULTI/HMGET/GET/EXEC); larger ones by MULTI/EXEC (a value through Lua is copied)
 LOAD_SCRIPT_BYTES = 16 * 1024
@@ -255,11 +258,29 @@ class ReadFlows(SharedFlows, FlowsBase):
         log.error("run %r: %s used generation %d because newer ones failed verification (%s)",
                   k.run_id, op, loaded, summary)
         try:
-            yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", "kind", "fallback",
-                      "loaded", loaded, "skipped", summary, "op", op, "ms", now_ms())
-        except ReplyError as refused:
-            log.warning("run %r: the fallback's audit event could not be written: %s: %s",
-                        k.run_id, refused.kind, refused)
+            yield from self.audit_once(k, "fallback event", "kind", "fallback", "loaded", loaded, "skipped", summary,
+                                       "op", op, "ms", now_ms())
+        except CheckpointError as refused:
+            log.warning("run %r: the fallback's audit event could not be written: %s", k.run_id, refused)
+
+    def audit_once(self, k: RunKeys, what: str, *fields: Any) -> Flow[None]:
+        """Add one event (``fields``, plus a random ``id``) to the run's audit stream, once:
+        a resend after a lost reply first looks for that id among the run's newest
+        ``RECENT_EVENTS`` events (as delete.lua does) and writes nothing when it is there.
+        Retried on its own (a lost connection does not repeat the read that wrote it); a
+        refusal or the deadline is a :class:`CheckpointError` (``what`` names the event)."""
+        event_id = os.urandom(8).hex()
+        sends = [0]
+
+        def body() -> Flow[None]:
+            sends[0] += 1
+            if sends[0] > 1:
+                recent = yield Cmd("XREVRANGE", k.events, "+", "-", "COUNT", RECENT_EVENTS)
+                if any(hash_of(f).get("id") == event_id for _, f in recent or ()):
+                    return
+            yield Cmd("XADD", k.events, "MAXLEN", "~", self.config.events_maxlen, "*", *fields, "id", event_id)
+
+        return self.retrying(body, run_id=k.run_id, what=what, writes=False)
 
     def read(self, k: RunKeys, generation: int, prefetched: Any = None) -> Flow[bytes]:
         """The whole stored frame of a generation, reassembled from its chunks if it has any.
