@@ -264,6 +264,18 @@ def test_server_on_a_port_in_use_is_one_line_exit_2(durable_server: Any, tmp_pat
     assert "already in use" in line and "--port" in line
 
 
+@pytest.mark.server
+def test_server_on_a_data_dir_in_use_is_one_line_exit_2(make_server: Any, tmp_path: Path) -> None:
+    """A second `redis-ckpt server` (or the demo) on the data dir of a running one would share
+    its AOF: refused, saying so and what to change, and the running one is untouched."""
+    running = make_server("valkey", data_dir=tmp_path / "d")
+    proc = cli(["server", "--port", str(free_port()), "--data-dir", str(tmp_path / "d")])
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "in use by another server" in line and "--data-dir" in line and "--port" not in line
+    assert running.client().ping()
+
+
 # --------------------------------------------------------------------------- 3. the main job's install
 
 

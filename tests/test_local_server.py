@@ -117,6 +117,27 @@ def test_given_data_dir_is_never_removed(tmp_path: Path) -> None:
     assert (tmp_path / "redis-ckpt-server.conf").exists()
 
 
+def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
+    """Two servers on one data dir would append to one AOF and rewrite it under each other
+    (a commit acknowledged by one is lost when the other rewrites or restarts): the second
+    is refused, nothing of it starts, and the first keeps serving; once the first stops, the
+    directory is free again."""
+    with started(LocalServer("valkey", data_dir=tmp_path)) as first:
+        first.client().set("mine", "1")
+        second = LocalServer("valkey", data_dir=tmp_path)
+        try:
+            with pytest.raises(ServerStartError, match="in use by another server") as refused:
+                second.start(timeout=5)
+            assert str(tmp_path.resolve()) in str(refused.value)
+            assert not second.running
+        finally:
+            second.cleanup()
+        assert first.running and first.client().get("mine") == b"1"
+        first.stop()
+        with started(LocalServer("valkey", data_dir=tmp_path)) as again:
+            assert again.client().get("mine") == b"1"
+
+
 def test_password(tmp_path: Path) -> None:
     with started(LocalServer("valkey", password='p@ss "w"', data_dir=tmp_path)) as s:
         assert s.url == f"redis://:p%40ss%20%22w%22@127.0.0.1:{s.port}/0"

@@ -57,7 +57,8 @@ def server(port: int, data_dir: str | None) -> None:
             raise CliFailure(f"cannot start the server: {exc.hint}", EXIT_UNAVAILABLE) from None
         except (ServerStartError, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            hint = " (pick another --port)" if "in use" in first else ""
+            hint = "" if "in use" not in first else \
+                " (pick another --data-dir)" if first.startswith("data directory") else " (pick another --port)"
             raise CliFailure(f"cannot start the server: {first}{hint}", EXIT_UNAVAILABLE) from None
         click.echo(f"redis-ckpt server: Valkey {local.version} (pid {local.pid}) on {local.url}")
         click.echo("  durable: appendonly yes, appendfsync always, maxmemory-policy noeviction")

@@ -81,8 +81,18 @@ class Process:
     def __init__(self, owned_dir: str | Path | None) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.owned_dir = None if owned_dir is None else str(owned_dir)
+        #: a descriptor holding a lock for as long as the process runs (see LocalServer)
+        self.lock: int | None = None
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+        try:
+            self._stop(sig, grace)
+        finally:
+            lock, self.lock = self.lock, None
+            if lock is not None:
+                os.close(lock)  # only once the process is gone
+
+    def _stop(self, sig: int, grace: float) -> None:
         proc = self.proc
         if proc is None:
             return

@@ -8,6 +8,9 @@ no URL is given"). A :class:`LocalServer` is a child process of this Python proc
 * its data directory is a fresh temporary directory, removed again by :meth:`LocalServer.cleanup`
   (or the context manager, or interpreter exit), unless the caller passes ``data_dir`` —
   then nothing in it is ever deleted;
+* one server at a time per data directory: while one runs, it holds a lock on the directory
+  and another one started on it (in any process) fails with :class:`ServerStartError`
+  (two servers appending to one AOF and rewriting it under each other lose commits);
 * it never outlives this process: it is stopped by ``__exit__``, by garbage collection of the
   object, at interpreter exit, and by the kernel if this process dies (see :mod:`.processes`).
 
@@ -16,6 +19,7 @@ Engines (where their binaries come from): see :mod:`.binaries`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -38,6 +42,7 @@ from .processes import HOST, Process, ServerStartError, free_port, spawn
 __all__ = ["LocalServer"]
 
 CONF_NAME = "redis-ckpt-server.conf"
+LOCK_NAME = "redis-ckpt-server.lock"
 LOG_NAME = "server.log"
 STDIO_NAME = "server.stdio.log"
 
@@ -300,21 +305,33 @@ class LocalServer:
 
     # ----------------------------------------------------------------- internals
 
-    def _spawn(self, binary: str, timeout: float) -> None:
-        self._write_config()
-        self._log_offsets = {}
-        for name in (STDIO_NAME, LOG_NAME):
-            try:
-                self._log_offsets[name] = (self._data_dir / name).stat().st_size
-            except FileNotFoundError:
-                self._log_offsets[name] = 0
-        with open(self._data_dir / STDIO_NAME, "ab") as stdio:
-            proc = spawn([binary, str(self.config_file)], cwd=self._data_dir, output=stdio)
-        self._res.proc = proc
+    def _lock_data_dir(self) -> None:
+        """Hold the data directory's lock until the server stops (Process.stop releases it),
+        or raise ServerStartError when another server holds it."""
+        fd = os.open(self._data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ServerStartError(f"data directory {self._data_dir} is in use by another server") from None
+        self._res.lock = fd
+
+    def _spawn(self, binary: str, timeout: float) -> None:
+        self._lock_data_dir()
+        try:
+            self._write_config()
+            self._log_offsets = {}
+            for name in (STDIO_NAME, LOG_NAME):
+                try:
+                    self._log_offsets[name] = (self._data_dir / name).stat().st_size
+                except FileNotFoundError:
+                    self._log_offsets[name] = 0
+            with open(self._data_dir / STDIO_NAME, "ab") as stdio:
+                proc = spawn([binary, str(self.config_file)], cwd=self._data_dir, output=stdio)
+            self._res.proc = proc
             self._wait_ready(proc, timeout)
         except BaseException:
-            self.kill()
+            self.kill()  # and the lock is released
             raise
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
