@@ -138,6 +138,34 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None
             assert again.client().get("mine") == b"1"
 
 
+def test_a_sentinel_that_does_not_come_up_leaves_no_process_or_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalSentinel.start() that fails (its Sentinel never answers) stops the process it
+    spawned and removes its directory: LocalSentinelSet only cleans up the Sentinels that
+    started, so whatever a failed one left behind would outlive the test."""
+    from redis_ckpt.testing import WaitTimeout
+    from redis_ckpt.testing import sentinel as sentinel_module
+
+    spawned: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = real_spawn(argv, **kw)
+        spawned.append((proc, Path(kw["cwd"])))
+        return proc
+
+    def never_answers(*args: Any, **kw: Any) -> bool:
+        raise WaitTimeout("timed out after 10 s waiting for the sentinel")
+
+    real_spawn = sentinel_module.spawn
+    monkeypatch.setattr(sentinel_module, "spawn", spawn)
+    monkeypatch.setattr(sentinel_module, "wait_for", never_answers)
+    with started(LocalServer("valkey")) as primary:
+        with pytest.raises(WaitTimeout):
+            sentinel_module.LocalSentinel("valkey", primary).start()
+    [(proc, directory)] = spawned
+    assert proc.poll() is not None, "the Sentinel process outlived its failed start"
+    assert not directory.exists()
+
+
 def test_password(tmp_path: Path) -> None:
     with started(LocalServer("valkey", password='p@ss "w"', data_dir=tmp_path)) as s:
         assert s.url == f"redis://:p%40ss%20%22w%22@127.0.0.1:{s.port}/0"

@@ -5,6 +5,7 @@ with ``--sentinel``: both valkey-server 9.1.2 and Redis 8.2.3's redis-server hav
 from __future__ import annotations
 
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,21 +44,29 @@ class LocalSentinel:
             f"sentinel parallel-syncs {SERVICE} 1",
         ]) + "\n")
         self._res = Process(self.dir)
+        # as a LocalServer: stopped and removed at garbage collection and interpreter exit too
+        self._finalizer = weakref.finalize(self, self._res.release)
 
     def start(self) -> LocalSentinel:
-        self._res.proc = spawn([self.binary, str(self.conf), "--sentinel"], cwd=self.dir)
-        c = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5)
+        """Start the Sentinel and wait until it answers; a start that fails leaves nothing
+        behind (no process, no directory)."""
         try:
-            wait_for(lambda: c.ping(), f"sentinel on {self.port}", timeout=10)
-            # refresh each node's INFO every second (default 10 s): the test sees a settled
-            # topology sooner, and Sentinel reconfigures a returning old primary sooner
-            c.execute_command("SENTINEL DEBUG", "info-period", 1000)
-        finally:
-            c.close()
+            self._res.proc = spawn([self.binary, str(self.conf), "--sentinel"], cwd=self.dir)
+            c = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5)
+            try:
+                wait_for(lambda: c.ping(), f"sentinel on {self.port}", timeout=10)
+                # refresh each node's INFO every second (default 10 s): the test sees a settled
+                # topology sooner, and Sentinel reconfigures a returning old primary sooner
+                c.execute_command("SENTINEL DEBUG", "info-period", 1000)
+            finally:
+                c.close()
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def cleanup(self) -> None:
-        self._res.release()
+        self._finalizer()
 
 
 class LocalSentinelSet(ServerSet):
