@@ -98,10 +98,12 @@ class Worker:
     def __init__(self, name: str, url: str, namespace: str, thread_id: str, mode: str) -> None:
         self.name = name
         self.lines: list[str] = []
+        # the URL goes through the environment, not argv: a password in it stays out of `ps`
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", name, "--url", url, "--namespace", namespace,
+            [sys.executable, os.path.abspath(__file__), "--worker", name, "--namespace", namespace,
              "--thread", thread_id, "--mode", mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            env={**os.environ, "REDIS_CKPT_URL": url},
         )
 
     def wait_for(self, text: str, timeout: float = 60.0) -> None:

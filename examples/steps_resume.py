@@ -84,8 +84,10 @@ def worker(url: str, namespace: str, run_id: str, name: str) -> int:
 
 
 def spawn(name: str, url: str, namespace: str, run_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name, "--url", url,
-                             "--namespace", namespace, "--run", run_id], stdout=subprocess.PIPE, text=True, bufsize=1)
+    # the URL goes through the environment, not argv: a password in it stays out of `ps`
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", name,
+                             "--namespace", namespace, "--run", run_id], stdout=subprocess.PIPE, text=True, bufsize=1,
+                            env={**os.environ, "REDIS_CKPT_URL": url})
 
 
 def relay(proc: subprocess.Popen[str], until: str | None = None) -> list[str]:
