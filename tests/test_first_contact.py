@@ -4,6 +4,7 @@ namespace, readable reprs, URLs that mean what they say."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -74,3 +75,26 @@ def test_a_fenced_error_without_events_says_what_may_have_happened() -> None:
     err = FencedError("r", token=1, fence=3)
     assert err.cause is None and err.revoked_by is None
     assert "a newer token was handed out since (a takeover, revoke, delete or import)" in str(err)
+
+
+def test_a_cluster_url_nobody_answers_is_store_unavailable_everywhere() -> None:
+    """A Cluster that is down when a store starts is what StoreUnavailableError is for (as for
+    one server): from_url (sync and asyncio) and check_server raised redis-py's
+    RedisClusterUnreachableError, and the CLI called it a bug in redis-ckpt (exit 3)."""
+    from click.testing import CliRunner
+
+    from redis_ckpt import StoreUnavailableError, check_server
+    from redis_ckpt.cli import cli
+    from redis_ckpt.testing import free_port
+
+    url = f"redis+cluster://:pw-xyz@127.0.0.1:{free_port()}"
+    said = f"cannot reach redis+cluster://:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        CheckpointStore.from_url(url, namespace="default")
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        asyncio.run(AsyncCheckpointStore.from_url(url, namespace="default"))
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        check_server(url)
+    result = CliRunner().invoke(cli, ["runs", "--url", url])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {said}") and "pw-xyz" not in result.output

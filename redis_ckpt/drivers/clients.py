@@ -25,8 +25,10 @@ from ..urls import (
     hostport,
     parse_cluster_url,
     parse_sentinel_url,
+    redact_url,
     url_topology,
 )
+from .errors import reraise
 
 __all__ = [
     "HA_RETRY",
@@ -87,7 +89,11 @@ def client_from_url(url: str, *, socket_timeout: float | None, aio: bool = False
     common = _common(socket_timeout)
     if kind == "cluster":
         c = parse_cluster_url(url)
-        return py.RedisCluster(startup_nodes=[py.ClusterNode(h, p) for h, p in c.nodes], **{**common, **c.kwargs}), None
+        try:  # the sync client reads the slot map here: StoreUnavailableError when no node answers
+            return py.RedisCluster(startup_nodes=[py.ClusterNode(h, p) for h, p in c.nodes],
+                                   **{**common, **c.kwargs}), None
+        except Exception as exc:
+            reraise(exc, redact_url(url))
     if kind == "sentinel":
         s = parse_sentinel_url(url)
         sentinel = py.Sentinel(s.sentinels, sentinel_kwargs={**common, **s.sentinel_kwargs})

@@ -28,6 +28,11 @@ __all__ = ["failure", "in_place", "demoted", "checkpoint_error", "reraise", "una
 #: BusyLoadingError, LOADING, and AuthenticationError are ConnectionErrors; the socket's own too)
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, ConnectionLost)
 
+try:  # what a Cluster client raises (not a RedisError) when no startup node answers
+    from redis.exceptions import RedisClusterUnreachableError as _ClusterUnreachable
+except ImportError:  # pragma: no cover - an older redis-py raised a ConnectionError there
+    _ClusterUnreachable = RedisConnectionError
+
 
 def failure(exc: BaseException) -> BaseException:
     """The neutral failure a flow gets for ``exc``; anything but a redis-py or socket error
@@ -108,7 +113,7 @@ def checkpoint_error(exc: BaseException, label: str) -> BaseException:
     a CheckpointError for a redis-py, socket or neutral failure; anything else as it is."""
     if isinstance(exc, CheckpointError):
         return exc
-    if isinstance(exc, UNREACHABLE):
+    if isinstance(exc, (*UNREACHABLE, _ClusterUnreachable)):
         return StoreUnavailableError(unavailable_message(label, exc))
     if isinstance(exc, (ReplyError, RedisError)):
         kind = exc.kind if isinstance(exc, ReplyError) else type(exc).__name__
