@@ -22,12 +22,13 @@ options are the data nodes'; the Sentinels' own credentials are the options
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from redis.connection import parse_url
+from redis.connection import Connection, ConnectionPool, parse_url
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -123,12 +124,39 @@ def _unquotable(parse: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=None)
+def _options_of(cls: type) -> frozenset[str]:
+    """The keyword arguments ``cls(...)`` takes, through the ``**kwargs`` its ``__init__``
+    hands on to its bases' (redis-py's connections do)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names)
+
+
+def _refuse_unknown_options(options: dict[str, Any]) -> None:
+    """redis-py hands every query option of a one-server URL to its pool and connections,
+    and one neither takes failed as a TypeError at the first command: refused here."""
+    known = _options_of(options.get("connection_class", Connection)) | _options_of(ConnectionPool)
+    for name in options:
+        if name not in known:
+            raise ValueError(f"unknown option {name!r} in the URL's query (not an option of a redis-py "
+                             "connection: a typo?)")
+
+
 @_unquotable
 def check_single_url(url: str) -> None:
     """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
-    silently meant database 0 (or 12); a database is a number or nothing."""
+    silently meant database 0 (or 12); a database is a number or nothing; an option that
+    no redis-py connection takes is refused (it failed at the first command)."""
     _refuse_split_secret(url)
-    parse_url(url)
+    _refuse_unknown_options(parse_url(url))
     parts = urlsplit(url)
     if parts.scheme.lower() in ("redis", "rediss") and parts.path not in ("", "/"):
         if not re.fullmatch(r"/[0-9]+", parts.path):

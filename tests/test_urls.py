@@ -87,3 +87,25 @@ def test_url_secrets(url: str, secrets: tuple[str, ...]) -> None:
     assert url_secrets(url) == secrets
     shown = redact_url(url)
     assert not any(s in shown for s in secrets), shown
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0?sokcet_timeout=5", "rediss://127.0.0.1:1/0?client_nam=x",
+                                  "unix:///tmp/nothing-here.sock?db=0&foo=bar"])
+def test_an_unknown_query_option_is_refused_before_anything_connects(url: str) -> None:
+    """redis-py hands every query option it does not know to the connection, which raised
+    TypeError at the first command (the CLI: 'a bug in redis-ckpt'): a typo is a bad URL."""
+    from redis_ckpt import CheckpointStore
+
+    name = url.rsplit("?", 1)[1].split("&")[-1].split("=")[0]
+    with pytest.raises(ValueError, match=f"unknown option '{name}' in the URL"):
+        validate_url(url)
+    with pytest.raises(ValueError, match=f"unknown option '{name}' in the URL"):
+        CheckpointStore.from_url(url, namespace="default")
+
+
+@pytest.mark.parametrize("url", ["redis://h/0?client_name=a&socket_timeout=3&protocol=3&health_check_interval=2",
+                                  "redis://h/0?max_connections=5&socket_keepalive=true&retry_on_timeout=true",
+                                  "rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=false",
+                                  "unix:///tmp/x.sock?db=1&password=p", "redis://h/0?password=p&username=u"])
+def test_known_query_options_are_accepted(url: str) -> None:
+    validate_url(url)
