@@ -194,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from .testing import LocalServer, ServerBinaryNotFound, ServerStartError
 
+    if a.url and not a.worker:  # a URL redis-py cannot use: one line, as the CLI says it (no password)
+        from .cli.exits import CliFailure
+        from .cli.options import check_url
+
+        try:
+            check_url(a.url)
+        except CliFailure as bad:
+            print(f"error: {bad.message}", file=sys.stderr)
+            return 2
     try:
         if a.worker:
             return worker(a.url, a.run, a.worker, a.pause_after)

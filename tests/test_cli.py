@@ -735,6 +735,27 @@ def test_demo_on_a_local_server_leaves_data_the_cli_can_inspect(tmp_path: Path) 
         assert shown["generation"] == 10 and shown["head"]["owner"] == "worker-3"
 
 
+@pytest.mark.parametrize("bad", ["redis://:pw-xyz@127.0.0.1:{port}/abc", "redis://:pw-xyz@127.0.0.1:{port}/0?foo=1",
+                                 "http://127.0.0.1:{port}"])
+@pytest.mark.parametrize("given", ["--url", "REDIS_CKPT_URL"])
+def test_the_main_job_with_a_bad_url_says_so_in_one_line(bad: str, given: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m redis_ckpt --url BAD` (or a bad $REDIS_CKPT_URL) printed a ValueError traceback."""
+    from redis_ckpt import demo
+
+    url = bad.format(port=free_port())
+    env = {"REDIS_CKPT_URL": url} if given == "REDIS_CKPT_URL" else {}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        code = demo.main(["--url", url] if given == "--url" else [])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == ""
+    [line] = out.err.splitlines()
+    assert line.startswith("error: bad --url redis://:***@127.0.0.1:") or line.startswith("error: bad --url http")
+    assert "pw-xyz" not in out.err
+
+
 def test_demo_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
     import redis_ckpt.demo
 
