@@ -208,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             return worker(a.url, a.run, a.worker, a.pause_after)
         if a.url:
             return orchestrate(a.url, a.run, reset=a.reset)
-        with LocalServer("valkey", data_dir=a.data_dir) as server:
+        try:
+            local = LocalServer("valkey", data_dir=a.data_dir)  # creates the data directory
+        except OSError as exc:
+            print(f"error: cannot use the data directory {a.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        with local as server:
             print(f"started a local durable Valkey {server.version} on {server.url} "
                   f"(appendonly yes, appendfsync always, data in {server.data_dir})")
             label = f"the local server's data in {server.data_dir}"

@@ -756,6 +756,24 @@ def test_the_main_job_with_a_bad_url_says_so_in_one_line(bad: str, given: str,
     assert "pw-xyz" not in out.err
 
 
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_the_main_job_with_a_data_dir_it_cannot_create_says_so_in_one_line(where: str, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m redis_ckpt --data-dir PATH` (and `redis-ckpt demo --data-dir PATH`) where PATH
+    is a file, or under one, printed a FileExistsError / NotADirectoryError traceback (the CLI:
+    'a bug in redis-ckpt', exit 3)."""
+    from redis_ckpt import demo
+
+    (tmp_path / "file").write_text("")
+    data_dir = str(tmp_path / where)
+    assert demo.main(["--data-dir", data_dir]) == 2
+    out = capsys.readouterr()
+    [line] = out.err.splitlines()
+    assert line.startswith(f"error: cannot use the data directory {data_dir}: ") and out.out == ""
+    result = invoke(["demo", "--data-dir", data_dir])  # a file: click's own usage error
+    assert result.exit_code == 2 and "unexpected" not in result.stderr and data_dir in result.stderr
+
+
 def test_demo_passes_its_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
     import redis_ckpt.demo
 
