@@ -31,7 +31,7 @@ log = logging.getLogger("redis_ckpt")
 T = TypeVar("T")
 
 __all__ = [
-    "StoreBase", "LeaseBase", "ttl_ms", "default_owner", "import_fakeredis", "DEFAULT_NAMESPACE",
+    "StoreBase", "LeaseBase", "ttl_ms", "default_owner", "import_fakeredis", "in_memory_client", "DEFAULT_NAMESPACE",
     "IN_MEMORY_LABEL",
 ]
 
@@ -103,6 +103,16 @@ def import_fakeredis(feature: str) -> Any:
     except ImportError as missing:
         raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
     return fakeredis
+
+
+def in_memory_client(feature: str, server: Any, *, aio: bool) -> Any:
+    """A fakeredis client for ``in_memory()``: on ``server`` (a ``fakeredis.FakeServer`` that
+    other in-memory stores share), else on a server of its own."""
+    fakeredis = import_fakeredis(feature)
+    if server is not None and not isinstance(server, fakeredis.FakeServer):
+        raise TypeError(f"server must be a fakeredis.FakeServer, not {type(server).__name__}")
+    cls = fakeredis.FakeAsyncRedis if aio else fakeredis.FakeRedis
+    return cls() if server is None else cls(server=server)
 
 
 def socket_timeout(options: Mapping[str, Any]) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Generator, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, in_memory_client, \
     ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.ops import Flow
@@ -162,12 +162,15 @@ class AsyncCheckpointStore(StoreBase):
             raise
 
     @classmethod
-    async def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> AsyncCheckpointStore:
+    async def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, server: Any = None,
+                        **options: Any) -> AsyncCheckpointStore:
         """In-memory on fakeredis, for your own unit tests. NOT durable: no probe, no WAITAOF, and no
-        ``usage()`` (fakeredis has no ``MEMORY USAGE``: :class:`ServerError`).
+        ``usage()`` (fakeredis has no ``MEMORY USAGE``: :class:`ServerError`). ``server``: a
+        ``fakeredis.FakeServer`` shared with other in-memory stores, sync or asyncio (see
+        :meth:`redis_ckpt.CheckpointStore.in_memory`); default: a server of its own.
         Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`)."""
-        fakeredis = import_fakeredis("AsyncCheckpointStore.in_memory()")
-        store = cls(fakeredis.FakeAsyncRedis(), namespace=namespace, _confirm=False, **options)
+        client = in_memory_client("AsyncCheckpointStore.in_memory()", server, aio=True)
+        store = cls(client, namespace=namespace, _confirm=False, **options)
         store.server = IN_MEMORY_LABEL
         return store
 

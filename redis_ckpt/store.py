@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, import_fakeredis, \
+from ._shell import DEFAULT_NAMESPACE, IN_MEMORY_LABEL, LeaseBase, StoreBase, ha_defaults, in_memory_client, \
     ttl_ms
 from ._shell import socket_timeout as default_socket_timeout
 from .core.durability import Durability
@@ -139,16 +139,19 @@ class CheckpointStore(StoreBase):
             raise
 
     @classmethod
-    def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, **options: Any) -> CheckpointStore:
+    def in_memory(cls, *, namespace: str = DEFAULT_NAMESPACE, server: Any = None, **options: Any) -> CheckpointStore:
         """An in-memory store on fakeredis, for your own unit tests. NOT durable.
 
         It skips the startup probe and the WAITAOF confirmation (fakeredis has neither), and
         :meth:`usage` raises :class:`ServerError` (fakeredis has no ``MEMORY USAGE``):
         everything else (fencing, CAS, rotation, frames, types, migrations) behaves as on a
-        real server. Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`).
+        real server. Each store has a server of its own, unless given ``server``, a
+        ``fakeredis.FakeServer``: the stores given the same one share its data, as stores on
+        one real server do (two workers; the sync and asyncio stores of one LangGraph saver).
+        Needs ``pip install 'redis-ckpt[testing]'`` (else :class:`ExtraNotInstalledError`).
         """
-        fakeredis = import_fakeredis("CheckpointStore.in_memory()")
-        return cls(fakeredis.FakeRedis(), namespace=namespace, _confirm=False, _label=IN_MEMORY_LABEL, **options)
+        client = in_memory_client("CheckpointStore.in_memory()", server, aio=False)
+        return cls(client, namespace=namespace, _confirm=False, _label=IN_MEMORY_LABEL, **options)
 
     def run(self, flow: Flow[T]) -> T:
         """Drive ``flow`` (any flow of ``store.core``) on this store's client, by this store's

@@ -88,6 +88,35 @@ def test_async_in_memory_store_for_users_tests():
     run(scenario())
 
 
+def test_in_memory_stores_share_one_server_when_given_it():
+    """Against a real server, two stores (two workers, or the sync and the asyncio store a
+    LangGraph saver takes together) see the same data; in memory that needs one fakeredis
+    server for both: in_memory(server=...). Without it each store has its own."""
+    import fakeredis
+
+    from redis_ckpt import LeaseHeldError
+
+    server = fakeredis.FakeServer()
+    first = CheckpointStore.in_memory(namespace="unit", server=server)
+    second = CheckpointStore.in_memory(namespace="unit", server=server)
+    lease = first.acquire("r", owner="a", ttl=30)
+    lease.commit({"x": 1})
+    assert second.load("r").state == {"x": 1}
+    with pytest.raises(LeaseHeldError):
+        second.acquire("r", owner="b")
+    assert CheckpointStore.in_memory(namespace="unit").load("r") is None  # a server of its own
+
+    async def scenario():
+        store = await AsyncCheckpointStore.in_memory(namespace="unit", server=server)
+        assert (await store.load("r")).state == {"x": 1}
+        with pytest.raises(TypeError, match="fakeredis.FakeServer"):
+            await AsyncCheckpointStore.in_memory(server="localhost")
+
+    run(scenario())
+    with pytest.raises(TypeError, match="fakeredis.FakeServer"):
+        CheckpointStore.in_memory(server=object())
+
+
 def test_sync_in_memory_store_for_users_tests():
     store = CheckpointStore.in_memory()
     assert store.probe_report is None  # in-memory: no probe, and its docstring says so
