@@ -8,6 +8,7 @@ a flow of ``store.core`` (:class:`~redis_ckpt.core.store_core.StoreCore`) throug
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -102,6 +103,11 @@ def import_fakeredis(feature: str) -> Any:
         import fakeredis
     except ImportError as missing:
         raise ExtraNotInstalledError(feature, extra="testing", missing="fakeredis") from missing
+    try:  # fakeredis without its [lua] extra imports, and answers every script "unknown command"
+        importlib.import_module("lupa")
+    except ImportError as missing:
+        raise ExtraNotInstalledError(feature, extra="testing",
+                                     missing="lupa (fakeredis's Lua scripting, its [lua] extra)") from missing
     return fakeredis
 
 

@@ -538,6 +538,27 @@ def test_in_memory_without_fakeredis_names_the_testing_extra(monkeypatch: pytest
         asyncio.run(AsyncCheckpointStore.in_memory())
 
 
+def test_in_memory_with_fakeredis_but_not_its_lua_names_the_testing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fakeredis installed without its [lua] extra (lupa), as a project that already used
+    plain fakeredis has it: in_memory() was created, and its first operation failed with
+    "ServerError: ... unknown command 'evalsha'". Now refused up front, naming the extra."""
+    import importlib
+
+    importlib.import_module("fakeredis")  # with its Lua support, before lupa is hidden: later tests need it
+
+    from redis_ckpt import ExtraNotInstalledError
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    monkeypatch.setitem(sys.modules, "lupa", None)
+    with pytest.raises(ExtraNotInstalledError, match=r"needs lupa .*pip install 'redis-ckpt\[testing\]'") as missing:
+        CheckpointStore.in_memory()
+    assert missing.value.extra == "testing"
+    import asyncio
+
+    with pytest.raises(ExtraNotInstalledError, match=r"needs lupa"):
+        asyncio.run(AsyncCheckpointStore.in_memory())
+
+
 def _processes_with(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
