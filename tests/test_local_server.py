@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None
         assert first.running and first.client().get("mine") == b"1"
         first.stop()
         with started(LocalServer("valkey", data_dir=tmp_path)) as again:
+            assert again.client().get("mine") == b"1"
+            # a server killed behind the object's back (or crashed) does not hold the directory
+            # against its own restart
+            pid = again.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_dead(pid)
+            again.restart()
             assert again.client().get("mine") == b"1"
 
 

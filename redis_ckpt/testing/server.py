@@ -308,6 +308,8 @@ class LocalServer:
     def _lock_data_dir(self) -> None:
         """Hold the data directory's lock until the server stops (Process.stop releases it),
         or raise ServerStartError when another server holds it."""
+        if self._res.lock is not None:  # ours, its server gone behind our back (killed, crashed)
+            self._res.stop()  # reaps it and releases the lock
         fd = os.open(self._data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
