@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,28 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None
             wait_dead(pid)
             again.restart()
             assert again.client().get("mine") == b"1"
+
+
+def test_a_forked_child_does_not_keep_a_stopped_servers_data_dir_locked(tmp_path: Path) -> None:
+    """A process forked while a server runs (a multiprocessing worker) shares the lock's
+    descriptor: the directory must still be free once the server is stopped."""
+    first = started(LocalServer("valkey", data_dir=tmp_path))
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+: fork() of a process with threads warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # the child waits until the parent is done, then leaves without cleanup
+        os.close(write_end)
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    try:
+        first.cleanup()
+        with LocalServer("valkey", data_dir=tmp_path) as again:  # ServerStartError when still locked
+            assert again.running
+    finally:
+        os.close(write_end)
+        os.waitpid(child, 0)
 
 
 def test_a_sentinel_that_does_not_come_up_leaves_no_process_or_directory(monkeypatch: pytest.MonkeyPatch) -> None:

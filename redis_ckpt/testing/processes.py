@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -74,6 +75,22 @@ def spawn(argv: Sequence[str], *, cwd: str | os.PathLike[str], output: IO[bytes]
     )
 
 
+_holding_locks: weakref.WeakSet[Process] = weakref.WeakSet()
+
+
+def _drop_locks_in_child() -> None:
+    """In a child forked from this process (a multiprocessing worker): close the lock
+    descriptors it inherited, which would hold the locks until it exits; they are the parent's."""
+    for res in list(_holding_locks):
+        lock, res.lock = res.lock, None
+        if lock is not None:
+            os.close(lock)
+    _holding_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class Process:
     """What must be released even if its owner is never closed explicitly: the process and
     the directory the owner created for it."""
@@ -81,8 +98,19 @@ class Process:
     def __init__(self, owned_dir: str | Path | None) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.owned_dir = None if owned_dir is None else str(owned_dir)
-        #: a descriptor holding a lock for as long as the process runs (see LocalServer)
-        self.lock: int | None = None
+        self._lock: int | None = None
+
+    @property
+    def lock(self) -> int | None:
+        """A descriptor holding a lock for as long as the process runs (see LocalServer);
+        this process's own only (a forked child closes its copy)."""
+        return self._lock
+
+    @lock.setter
+    def lock(self, fd: int | None) -> None:
+        self._lock = fd
+        if fd is not None:
+            _holding_locks.add(self)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
         try:
