@@ -43,7 +43,7 @@ from scenario_crash import server_crash  # noqa: E402
 from scenario_damage import damaged_frames, fuzz_frames  # noqa: E402
 from scenario_drift import DRIFTS, applies, config_check_cost, drift  # noqa: E402
 from scenario_input import bad_input  # noqa: E402
-from scenario_security import acl_line, acl_minimal, tls_roundtrip, tls_status  # noqa: E402
+from scenario_security import ACL_COMMANDS, SAVER_COMMANDS, acl_line, acl_minimal, tls_roundtrip, tls_status  # noqa: E402
 from scenario_torn import torn_tail_loaded, torn_tail_refused  # noqa: E402
 from scenario_workers import killed_before_confirmation, network_cut, paused_worker  # noqa: E402
 
@@ -86,6 +86,7 @@ def plan(rounds: int) -> list[tuple[str, Callable[[str, Path, int], list[Tally]]
         ("fuzzed frames", on({}, lambda s, w, seed: fuzz_frames(s, iterations=100 * rounds, seed=seed))),
         ("bad input", on({}, lambda s, w, seed: bad_input(s))),
         ("ACL", on({}, lambda s, w, seed: acl_minimal(s))),
+        ("ACL, LangGraph saver", on({}, lambda s, w, seed: acl_minimal(s, saver=True))),
         ("TLS", on({}, lambda s, w, seed: tls_roundtrip(s, w))),
     ]
 
@@ -212,6 +213,19 @@ def render(tallies: list[Tally], meta: dict[str, Any], tls: dict[str, tuple[bool
         "",
         "(`>PASSWORD` sets the user's password; `jobs` is the store's namespace. `COMMAND INFO` is not "
         "needed: without it the probe learns that WAITAOF exists from its live write.)",
+        "",
+        "The LangGraph saver (`RedisCkptSaver`) needs more: its scripts keep a thread's checkpoints in "
+        "sorted sets and its claims in hashes, and the index of a LangGraph run (for `delete_for_runs`) "
+        "is a set. Its keys, the threads' `jobs:{lg.<thread>}:*` and the run indexes `jobs:lgrun:{<run>}` "
+        "and `jobs:lgrundel:{<run>}`, are all under `jobs:*`. A user that runs the saver (and the store) "
+        "needs this line instead of the one above; the suite shows every saver operation (put, put_writes, "
+        "get_tuple, list, copy_thread, prune, delete_for_runs, delete_thread, a thread under a TTL) works "
+        "with it and that without any one of the commands it adds (" +
+        " ".join(f"`+{c}`" for c in SAVER_COMMANDS) + ") some saver operation fails:",
+        "",
+        "```",
+        acl_line("jobs", "ckpt", "PASSWORD", ACL_COMMANDS + SAVER_COMMANDS),
+        "```",
         "",
         "TLS: the store works over `rediss://` with a self-signed certificate made at test time "
         "(`?ssl_ca_certs=<file>`), and a client that does not trust the certificate is refused. "

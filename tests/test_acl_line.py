@@ -1,47 +1,72 @@
-"""The least-privilege ACL line docs/RELIABILITY.md publishes, taken from the document itself:
-a user made from it passes the startup probe and runs every store operation (those the chaos
-scenario also shows each command of the line is needed for)."""
+"""The least-privilege ACL lines docs/RELIABILITY.md publishes, taken from the document itself:
+a user made from the store's line passes the startup probe and runs every store operation, a
+user made from the saver's line runs every LangGraph saver operation (the chaos scenario also
+shows each command of the lines is needed)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from redis_ckpt import CheckpointStore
+from redis_ckpt import CheckpointStore, ServerError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
-from scenario_security import acl_line, workflow  # noqa: E402
+from scenario_security import ACL_COMMANDS, SAVER_COMMANDS, acl_line, saver_workflow, workflow  # noqa: E402
 
 pytestmark = pytest.mark.server
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
 
 
+def documented_lines() -> list[str]:
+    """The store's line, then the line of a user that runs the LangGraph saver too."""
+    return [ln for ln in DOC.read_text().splitlines() if ln.startswith("ACL SETUSER ")]
+
+
 def documented_line() -> str:
-    (line,) = [ln for ln in DOC.read_text().splitlines() if ln.startswith("ACL SETUSER ")]
-    return line
+    return documented_lines()[0]
 
 
-def test_the_documented_line_is_the_one_the_chaos_scenario_tests():
-    assert documented_line() == acl_line("jobs", "ckpt", "PASSWORD")
+def test_the_documented_lines_are_the_ones_the_chaos_scenario_tests():
+    assert documented_lines() == [acl_line("jobs", "ckpt", "PASSWORD"),
+                                  acl_line("jobs", "ckpt", "PASSWORD", ACL_COMMANDS + SAVER_COMMANDS)]
 
 
-def test_a_user_made_from_the_documented_line_passes_the_probe_and_runs_every_operation(client, namespace,
-                                                                                         durable_server):
+@contextmanager
+def documented_user(line: str, client, namespace, server) -> Iterator[str]:
+    """A user made from a documented line for ``namespace``; its URL."""
     user = f"doc-{namespace}"
-    rules = documented_line().split()[3:]  # after ACL SETUSER ckpt
+    rules = line.split()[3:]  # after ACL SETUSER ckpt
     rules = [">pw" if r == ">PASSWORD" else f"~{namespace}:*" if r == "~jobs:*" else r for r in rules]
     client.script_flush()  # SCRIPT LOAD is needed too
     client.execute_command("ACL", "SETUSER", user, *rules)
     try:
-        url = f"redis://{user}:pw@{durable_server.host}:{durable_server.port}/0"
+        yield f"redis://{user}:pw@{server.host}:{server.port}/0"
+    finally:
+        client.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_user_made_from_the_documented_line_passes_the_probe_and_runs_every_operation(client, namespace,
+                                                                                         durable_server):
+    with documented_user(documented_line(), client, namespace, durable_server) as url:
         with CheckpointStore.from_url(url, namespace=namespace) as store:
             report = store.probe()
             assert report.ok, report.findings
             (waitaof,) = [f for f in report.findings if f.check == "waitaof"]
             assert waitaof.level == "ok", waitaof
         workflow(url, namespace)
-    finally:
-        client.execute_command("ACL", "DELUSER", user)
+
+
+def test_a_user_made_from_the_documented_saver_line_runs_every_saver_operation(client, namespace, durable_server):
+    """put, put_writes, get_tuple, list, copy_thread, prune, delete_for_runs, delete_thread,
+    and a thread under a TTL (saver_workflow); the store's own line is refused a saver write."""
+    store_line, saver_line = documented_lines()
+    with documented_user(saver_line, client, namespace, durable_server) as url:
+        saver_workflow(url, namespace)
+    with documented_user(store_line, client, namespace, durable_server) as url:
+        with pytest.raises(ServerError, match="no permissions"):
+            saver_workflow(url, namespace)

@@ -2,7 +2,8 @@
 
 :data:`ACL_COMMANDS` is the exact command set the store needs (documented in
 docs/RELIABILITY.md as one ``ACL SETUSER`` line): :func:`acl_minimal` shows the whole store
-works with it, and that without any one of them some operation fails.
+works with it, and that without any one of them some operation fails. The LangGraph saver
+needs :data:`SAVER_COMMANDS` on top (a second documented line), shown the same way.
 """
 
 from __future__ import annotations
@@ -37,12 +38,23 @@ ACL_COMMANDS = (
 )
 
 
+#: what the LangGraph saver sends on top of ACL_COMMANDS (its keys, the threads' and the
+#: cross-thread run indexes ``<namespace>:lgrun:{...}``, are all under ``<namespace>:*``)
+SAVER_COMMANDS = (
+    # the scripts: a thread's checkpoint index and its runs (sorted sets), claims, TTL'd threads
+    "zadd", "zrange", "zrangebylex", "zrevrangebylex", "zrem", "hsetnx", "hexists", "hkeys", "pexpiretime",
+    # the cross-thread index of a LangGraph run (a set), kept and emptied by put and delete_for_runs
+    "sadd", "srem", "sunion", "smove",
+)
+
+
 def acl_rules(namespace: str, password: str, commands: tuple[str, ...] = ACL_COMMANDS) -> list[str]:
     return ["on", f">{password}", "resetchannels", f"~{namespace}:*", "-@all", *(f"+{c}" for c in commands)]
 
 
-def acl_line(namespace: str = "jobs", user: str = "ckpt", password: str = "<password>") -> str:
-    return "ACL SETUSER " + " ".join([user, "reset", *acl_rules(namespace, password)])
+def acl_line(namespace: str = "jobs", user: str = "ckpt", password: str = "<password>",
+             commands: tuple[str, ...] = ACL_COMMANDS) -> str:
+    return "ACL SETUSER " + " ".join([user, "reset", *acl_rules(namespace, password, commands)])
 
 
 def workflow(url: str, namespace: str) -> None:
@@ -81,36 +93,92 @@ def workflow(url: str, namespace: str) -> None:
         store.close()
 
 
-def acl_minimal(server: Any) -> Tally:
-    """The store works for a user with exactly ACL_COMMANDS; each one is needed."""
+def saver_workflow(url: str, namespace: str) -> None:
+    """Every LangGraph saver operation once: put (two LangGraph runs, a child namespace),
+    put_writes, get_tuple, list (a thread, every thread), copy_thread, prune, delete_for_runs,
+    delete_thread; then a thread under a TTL: put, a refreshing read, put_writes, delete."""
+    from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
+
+    from redis_ckpt.langgraph import RedisCkptSaver
+
+    def cfg(thread: str, cid: str | None = None, ns: str = "") -> dict[str, Any]:
+        return {"configurable": {"thread_id": thread, "checkpoint_ns": ns,
+                                 **({"checkpoint_id": cid} if cid else {})}}
+
+    def put(saver: Any, thread: str, parent: str | None, step: int, run: str, ns: str = "") -> str:
+        """Channel x changes at each step; channel b keeps the value of step 1 (stored once)."""
+        cp = generate_checkpoint(channel_values={"x": step, "b": "kept"}, channel_versions={"x": step, "b": 1})
+        saver.put(cfg(thread, parent, ns), cp, {"step": step, "run_id": run}, {"x": step, "b": 1}
+                  if step == 1 else {"x": step})
+        return cp["id"]
+
+    store = CheckpointStore.from_url(url, namespace=namespace)
+    try:
+        saver = RedisCkptSaver(store)
+        first = put(saver, "t", None, 1, "run-1")
+        saver.put_writes(cfg("t", first), [("x", "w")], "task")
+        second = put(saver, "t", first, 2, "run-2")
+        put(saver, "t", None, 1, "run-1", ns="child:1")
+        assert saver.get_tuple(cfg("t")).checkpoint["channel_values"] == {"x": 2, "b": "kept"}
+        assert [c.checkpoint["id"] for c in saver.list(cfg("t"))] == [second, first]
+        saver.copy_thread("t", "t-copy")
+        assert {c.config["configurable"]["thread_id"] for c in saver.list(None)} == {"t", "t-copy"}
+        saver.prune(["t"], strategy="keep_latest")
+        assert [c.checkpoint["id"] for c in saver.list(cfg("t"))] == [second]
+        saver.delete_for_runs(["run-1"])
+        assert saver.get_tuple(cfg("t-copy", first)) is None
+        saver.delete_thread("t")
+        saver.delete_thread("t-copy")
+        assert saver.get_tuple(cfg("t")) is None
+        ttl = RedisCkptSaver(store, thread_ttl={"default_ttl": 10, "refresh_on_read": True})
+        cid = put(ttl, "e", None, 1, "run-3")
+        assert ttl.get_tuple(cfg("e")).checkpoint["id"] == cid
+        ttl.put_writes(cfg("e", cid), [("x", "w")], "task")
+        put(ttl, "e", cid, 2, "run-3")
+        assert store.client.pttl(f"{namespace}:lgrun:{{run-3}}") > 0
+        ttl.delete_for_runs(["run-3"])
+        ttl.delete_thread("e")
+    finally:
+        store.close()
+
+
+def acl_minimal(server: Any, *, saver: bool = False) -> Tally:
+    """The store works for a user with exactly ACL_COMMANDS; each one is needed. ``saver``:
+    the LangGraph saver works for a user with ACL_COMMANDS + SAVER_COMMANDS, and each of
+    SAVER_COMMANDS is needed (those of the store's line are shown needed without ``saver``)."""
     t0 = time.monotonic()
-    tally = Tally("least-privilege ACL user", server.engine)
+    if saver:
+        tally = Tally("least-privilege ACL user, LangGraph saver", server.engine)
+        base, extra, run = ACL_COMMANDS, SAVER_COMMANDS, saver_workflow
+    else:
+        tally = Tally("least-privilege ACL user", server.engine)
+        base, extra, run = (), ACL_COMMANDS, workflow
     admin = server.client()
     url = f"redis://ckpt:pw@127.0.0.1:{server.port}/0"
     try:
         admin.script_flush()
-        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw"))
-        workflow(url, "acl")
+        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw", base + extra))
+        run(url, "acl")
         tally.rounds = 1
-        for command in ACL_COMMANDS:
+        for command in extra:
             for key in admin.scan_iter(match="acl:*"):
                 admin.delete(key)
             admin.script_flush()  # so that SCRIPT LOAD is needed again
-            fewer = tuple(c for c in ACL_COMMANDS if c != command)
+            fewer = base + tuple(c for c in extra if c != command)
             admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw", fewer))
             tally.injected += 1
             try:
-                workflow(url, "acl")
+                run(url, "acl")
             except REFUSED as exc:  # expected: some operation is refused without this command
                 tally.detected += 1
                 tally.count(f"without +{command}: {type(exc).__name__}")
             else:
                 tally.violation(f"+{command} is in the ACL line but nothing needs it")
         # and no key outside the namespace
-        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw"))
+        admin.execute_command("ACL", "SETUSER", "ckpt", "reset", *acl_rules("acl", "pw", base + extra))
         tally.injected += 1
         try:
-            workflow(url, "other")
+            run(url, "other")
         except REFUSED as exc:  # the key pattern ~acl:* refuses another namespace
             tally.detected += 1
             tally.count(f"another namespace: {type(exc).__name__}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from chaos_tools import make_self_signed_cert, need_server, server_tls_support
 from click.testing import CliRunner
-from scenario_security import ACL_COMMANDS, acl_line, acl_minimal, acl_rules, tls_roundtrip
+from scenario_security import ACL_COMMANDS, SAVER_COMMANDS, acl_line, acl_minimal, acl_rules, tls_roundtrip
 
 from redis_ckpt import CheckpointStore, CorruptCheckpointError, FrameDamage, StoreUnavailableError, check_server
 from redis_ckpt.core.frame import encode_frame
@@ -34,6 +34,16 @@ def test_the_store_works_with_exactly_the_documented_acl_commands(server):
     print(acl_line())
     assert not tally.violations, tally.violations
     assert tally.detected == tally.injected == len(ACL_COMMANDS) + 1
+
+
+def test_the_langgraph_saver_works_with_exactly_the_documented_saver_acl_commands(server):
+    """Every saver operation works with the store's commands plus SAVER_COMMANDS; without any
+    one of SAVER_COMMANDS some saver operation is refused; another namespace is refused."""
+    tally = acl_minimal(server, saver=True)
+    print(tally.summary())
+    print(acl_line(commands=ACL_COMMANDS + SAVER_COMMANDS))
+    assert not tally.violations, tally.violations
+    assert tally.detected == tally.injected == len(SAVER_COMMANDS) + 1
 
 
 def test_tls_with_a_self_signed_certificate_made_now(server, tmp_path):

@@ -81,6 +81,10 @@ its keys (``<ns>:{<run>}:fence``, ``:events``, ``:lg:meta``, ``:lg:ix``, ``:lg:c
 ``:lg:wi``, ``:lg:w``, ``:lg:ns``, ``:lg:runs``) are described in ``lua/saver_write.lua``.
 Values are stored once per (namespace, channel, version); every value, record and write is a
 checksummed frame bound to the thread, so damage raises :class:`~redis_ckpt.FrameError`.
+The cross-thread index of a LangGraph run is ``<ns>:lgrun:{<run id>}`` (and
+``<ns>:lgrundel:{<run id>}`` while a ``delete_for_runs`` of it runs): every key is under
+``<ns>:*``. An ACL user for the saver needs the store's commands and sorted-set, set and a
+few hash commands more: the exact line is in docs/RELIABILITY.md (Security).
 
 Capabilities (``langgraph-checkpoint-conformance``): all base ones and the extended
 ``delete_for_runs``, ``copy_thread`` and ``prune`` (``keep_latest`` keeps the delta chain of a
