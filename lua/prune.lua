@@ -1,7 +1,9 @@
 -- prune: remove a run nobody committed to or acquired for at least ARGV[2] ms: its
 -- generations, head, lease, events and staged data. The fence stays, bumped, as a tombstone
 -- (as delete.lua), so that no holder of an older token can write into a run created again.
--- For runs created before a retention was set (those under a retention expire by themselves).
+-- For runs created before a retention was set: a run under a retention of its own (its head
+-- records retention_ms: a store or run retention, or finish's keep_for) and whose head expires
+-- is left, however idle: it expires by itself when its user asked (KEPT).
 --
 -- KEYS[1]    fence    string int (kept, incremented)
 -- KEYS[2]    lease    hash (deleted); a live lease (held, unexpired) refuses the prune
@@ -23,11 +25,14 @@
 -- (dry run: {fence, generations the head keeps, idle_ms}).
 -- Errors (nothing written):
 --   "ACTIVE <idle_ms>"             the run was touched less than ARGV[2] ms ago (or its lease is live)
+--   "KEPT <ms_left>"               the run is under its own retention (head retention_ms) and
+--                                  expires by itself in ms_left (its head's PTTL)
 --   "EMPTY"                        nothing to remove: no head, lease, events or staging (the
 --                                  fence alone is left: a deleted or expired run)
---   "DAMAGED <where> <value>"      the fence, the head's created_ms or a lease time (<where>:
---                                  "fence", "head.created_ms", "lease.renewed_ms", ...) holds
---                                  what no script writes: the run's last touch is unknown
+--   "DAMAGED <where> <value>"      the fence, the head's created_ms or retention_ms or a lease
+--                                  time (<where>: "fence", "head.created_ms", "lease.renewed_ms",
+--                                  ...) holds what no script writes: the run's last touch, or
+--                                  whether it expires by itself, is unknown
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed (a
 --                                  commit shared chunks since the caller read x:refs)
@@ -63,6 +68,12 @@ end
 local since = now - last
 if since < idle then
   return redis.error_reply('ACTIVE ' .. int(math.max(0, since)))
+end
+local retention = redis.call('HGET', KEYS[3], 'retention_ms')
+if retention and not string.match(retention, '^%d+$') then return damaged('head.retention_ms', retention) end
+if retention and tonumber(retention) > 0 then
+  local left = redis.call('PTTL', KEYS[3])
+  if left > 0 then return redis.error_reply('KEPT ' .. int(left)) end
 end
 
 local h_kept = redis.call('HGET', KEYS[3], 'kept')

@@ -232,7 +232,8 @@ class CheckpointStore(StoreBase):
         """Remove the runs of this namespace nobody committed to or acquired for ``idle``
         (seconds or a timedelta): data, lease, events, staging; each fence is left as a
         tombstone. For runs written before a retention was set. A run with a live lease is
-        left. ``dry_run``: the runs it would remove, nothing removed. A damaged run is left
+        left, and so is a run under its own retention (a store or run retention, or
+        ``finish(keep_for=...)``): it expires by itself when its user asked. ``dry_run``: the runs it would remove, nothing removed. A damaged run is left
         and the others pruned; then :class:`DamagedRunsError` names it (``.pruned``: the rest)."""
         return self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
 

@@ -195,3 +195,17 @@ def test_prune_from_the_cli(store, durable_server, namespace):
     assert done["count"] == 1 and done["runs"][0]["pruned"] and store.load("job") is None
     assert run(["prune", "--idle", "0"], durable_server, namespace).exit_code == 2
     assert run(["prune", "--idle", "7 days"], durable_server, namespace).exit_code == 2
+
+
+def test_prune_from_the_cli_leaves_a_run_kept_by_keep_for(store, durable_server, namespace):
+    """A run finished with keep_for longer than --idle expires by itself when asked: the CLI's
+    prune and its dry run leave it; the idle run without a retention is pruned."""
+    with store.acquire("kept", owner="w", ttl=30) as lease:
+        lease.commit(1)
+        lease.finish(keep_for=30 * 86400)
+    time.sleep(0.3)
+    dry = json.loads(run(["prune", "--idle", "250ms", "--dry-run", "--json"], durable_server, namespace).stdout)
+    assert [x["run"] for x in dry["runs"]] == ["job"]
+    done = json.loads(run(["prune", "--idle", "250ms", "--json", "--yes"], durable_server, namespace).stdout)
+    assert [x["run"] for x in done["runs"]] == ["job"] and store.load("job") is None
+    assert store.load("kept").state == 1 and store.info("kept").status == "committed"

@@ -144,6 +144,23 @@ def test_prune_removes_idle_runs_and_leaves_their_fence(client, namespace):
     assert store.prune(idle=0.25) == []  # nothing left to remove: fences alone are skipped
 
 
+def test_prune_leaves_a_run_under_its_own_retention_and_removes_one_without(client, namespace):
+    """A run finished with keep_for (a retention longer than idle) expires by itself when its
+    user asked: prune, and a dry run alike, leave it; a run released without one is pruned."""
+    store = CheckpointStore(client, namespace=namespace)
+    with store.acquire("kept", owner="w", ttl=30) as lease:
+        lease.commit(1)
+        lease.finish(keep_for=timedelta(days=30))
+    with store.acquire("plain", owner="w", ttl=30) as lease:
+        lease.commit(1)
+    before = run_keys(client, namespace, "kept")
+    time.sleep(0.3)
+    assert [(p.run_id, p.pruned) for p in store.prune(idle=0.25, dry_run=True)] == [("plain", False)]
+    assert [(p.run_id, p.pruned) for p in store.prune(idle=0.25)] == [("plain", True)]
+    assert run_keys(client, namespace, "kept") == before and store.load("kept").state == 1
+    assert store.info("plain").status == "deleted"
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "7d"])
 def test_a_bad_idle_is_refused(client, namespace, bad):
     with pytest.raises(OutOfRangeError):

@@ -142,8 +142,9 @@ def fork(cfg: CliConfig, run: str, new: str, generation: int | None, by: str | N
 def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -> None:
     """Remove the runs nobody committed to or acquired for --idle: data, lease, events, staging.
 
-    For runs written before a retention was set (runs under a retention expire by themselves).
-    A run with a live lease is left; each run is checked again, atomically, as it is removed.
+    For runs written before a retention was set: a run under its own retention (a store or run
+    retention, or finish(keep_for=...)) is left, however idle: it expires by itself when its
+    user asked. A run with a live lease is left; each run is checked again, atomically, as it is removed.
     The fence stays, bumped, as a tombstone. Asks first unless --yes or --dry-run.
 
     Example: redis-ckpt prune --idle 7d --dry-run

@@ -192,6 +192,7 @@ ERROR_FIELDS = {
     "LEASE_LOST": ("fence", "holder_token", "holder_owner*"),
     "STAGE_MISSING": ("i",),
     "ACTIVE": ("idle_ms",),
+    "KEPT": ("ms_left",),
     "DAMAGED": ("where", "value*"),
 }
 

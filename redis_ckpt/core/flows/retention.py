@@ -75,9 +75,11 @@ class RetentionFlows(AdminFlows):
         """Remove every run of the namespace (or of ``runs``) nobody committed to or acquired
         for ``idle_ms``: generations, head, lease, events, staging; the fence stays, bumped, as
         a tombstone. A run with a live lease, or touched meanwhile, is left (the script checks
-        again as it removes). ``dry_run``: say which, remove nothing. A run whose stored data
-        is damaged is left as it is and the others are pruned; then :class:`DamagedRunsError`
-        names the damaged ones and carries the PrunedRuns."""
+        again as it removes); so is a run under its own retention (a store or run retention,
+        or ``finish(keep_for=...)``): it expires by itself when its user asked. ``dry_run``:
+        say which, remove nothing (a retained run is not named either). A run whose stored
+        data is damaged is left as it is and the others are pruned; then
+        :class:`DamagedRunsError` names the damaged ones and carries the PrunedRuns."""
         check_int("idle", idle_ms, 1, MAX_INT)
         by = validate_owner(by)
 
@@ -99,7 +101,8 @@ class RetentionFlows(AdminFlows):
         return body()
 
     def prune_run_flow(self, run_id: str, *, idle_ms: int, by: str, dry_run: bool) -> Flow[PrunedRun | None]:
-        """One run of :meth:`prune_flow`: None when it is active or holds nothing to remove."""
+        """One run of :meth:`prune_flow`: None when it is active, under its own retention or
+        holds nothing to remove."""
         k = self.keys(run_id)
         registered: list[str] = []
         shared: list[str] = []  # the run's shared chunks (x:refs), all deleted with it
@@ -127,7 +130,7 @@ class RetentionFlows(AdminFlows):
             reply = replies[0]
             if isinstance(reply, Exception) or dry_run:
                 drift_unread(replies, self.config)  # a drift check it carried goes unread
-            if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY"):
+            if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY", "KEPT"):
                 return None
             if isinstance(reply, ReplyError) and reply.code == "DAMAGED":
                 raise damaged_refusal(k.run_id, refusal(reply))
