@@ -5,6 +5,7 @@ shows each command of the lines is needed)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ from scenario_security import ACL_COMMANDS, SAVER_COMMANDS, acl_line, saver_work
 
 pytestmark = pytest.mark.server
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "RELIABILITY.md"
 
 
 def documented_lines() -> list[str]:
@@ -34,6 +36,18 @@ def documented_line() -> str:
 def test_the_documented_lines_are_the_ones_the_chaos_scenario_tests():
     assert documented_lines() == [acl_line("jobs", "ckpt", "PASSWORD"),
                                   acl_line("jobs", "ckpt", "PASSWORD", ACL_COMMANDS + SAVER_COMMANDS)]
+
+
+def test_the_saver_line_grants_every_command_the_saver_code_sends():
+    """Every command the saver's scripts call (a literal redis.call) and its flows send (Cmd)
+    is in the saver's line: a command added to the saver is added to the line too."""
+    scripts = "".join(p.read_text() for p in (ROOT / "redis_ckpt" / "lua").glob("saver_*.lua"))
+    assert not re.findall(r"redis\.p?call\((?!')", scripts)  # every command a literal
+    flows = "".join(p.read_text() for p in (ROOT / "redis_ckpt" / "integrations" / "langgraph").glob("*.py"))
+    sent = {c.lower() for c in re.findall(r"redis\.p?call\('([A-Za-z]+)'", scripts)}
+    sent |= {c.lower() for c in re.findall(r'Cmd\("([A-Z]+)"', flows)}
+    granted = set(ACL_COMMANDS + SAVER_COMMANDS)
+    assert len(sent) > 20 and sent <= granted, sent - granted
 
 
 @contextmanager
