@@ -31,6 +31,7 @@ Metrics (attribute ``redis_ckpt.namespace``; no run id: runs are unbounded):
 from __future__ import annotations
 
 import importlib.util
+import logging
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ from .models import Checkpoint, Grant
 
 __all__ = ["Telemetry", "telemetry_for", "available"]
 
+log = logging.getLogger("redis_ckpt")
 _AVAILABLE: bool | None = None
 _CODECS = {"1": "msgpack"}
 #: the API's stand-ins until an SDK sets a global provider (names: the proxies are private)
@@ -134,12 +136,20 @@ class Telemetry:
                     and type(self._metrics.get_meter_provider()).__name__ in _NOOP_PROVIDERS)
 
     def observe(self, what: str, run_id: str, flow: Flow[Any], *, namespace: str, durability: str) -> Flow[Any]:
-        """``flow`` (an acquire, commit or load of ``run_id``) as a span, its figures recorded."""
+        """``flow`` (an acquire, commit or load of ``run_id``) as a span, its figures recorded.
+
+        Nothing the telemetry pipeline raises (an exporter's bug) changes the operation's
+        outcome: it is logged, and the operation returns or raises what it would without it."""
         attrs = {"redis_ckpt.namespace": namespace}
-        span = self.tracer.start_span(f"redis_ckpt.{what}", kind=self._trace.SpanKind.CLIENT, attributes={
-            "db.system": "redis", "redis_ckpt.namespace": namespace, "redis_ckpt.run_id": run_id if isinstance(run_id, str) else repr(run_id),
-            "redis_ckpt.durability": durability,
-        })
+        try:
+            span = self.tracer.start_span(f"redis_ckpt.{what}", kind=self._trace.SpanKind.CLIENT, attributes={
+                "db.system": "redis", "redis_ckpt.namespace": namespace,
+                "redis_ckpt.run_id": run_id if isinstance(run_id, str) else repr(run_id),
+                "redis_ckpt.durability": durability,
+            })
+        except Exception:  # noqa: BLE001 - the operation runs untraced
+            log.warning("redis_ckpt telemetry: starting the %s span failed", what, exc_info=True)
+            return (yield from flow)
         own = server = 0.0
         sleeps = 0
         sent: dict[str, str] | None = None
@@ -171,26 +181,33 @@ class Telemetry:
                 if not isinstance(op, (Sleep, Deadline)):
                     server += time.perf_counter() - t0
         except GeneratorExit:
-            span.end()
+            _quietly(what, span.end)
             raise
         except BaseException as exc:
-            if isinstance(exc, FencedError):
-                self.fenced.add(1, attrs)
-            elif isinstance(exc, ConflictError):
-                self.conflicts.add(1, attrs)
-            elif isinstance(exc, DurabilityError):
-                self.durability_errors.add(1, attrs)
-            span.record_exception(exc)
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            self._close(span, what, own, server, sleeps, sent, attrs)
+            _quietly(what, self._failed, span, exc, attrs)
+            _quietly(what, self._close, span, what, own, server, sleeps, sent, attrs)
             raise
+        _quietly(what, self._succeeded, span, what, result, sent, attrs)
+        _quietly(what, self._close, span, what, own, server, sleeps, sent, attrs)
+        return result
+
+    def _failed(self, span: Any, exc: BaseException, attrs: dict[str, str]) -> None:
+        if isinstance(exc, FencedError):
+            self.fenced.add(1, attrs)
+        elif isinstance(exc, ConflictError):
+            self.conflicts.add(1, attrs)
+        elif isinstance(exc, DurabilityError):
+            self.durability_errors.add(1, attrs)
+        span.record_exception(exc)
+        span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+    def _succeeded(self, span: Any, what: str, result: Any, sent: dict[str, str] | None,
+                   attrs: dict[str, str]) -> None:
         self.describe(span, result)
         if what == "load" and isinstance(result, Checkpoint) and result.skipped:
             self.fallbacks.add(1, attrs)
         elif what == "commit" and sent is not None:
             self.bytes.add(int(sent.get("size") or 0), attrs)
-        self._close(span, what, own, server, sleeps, sent, attrs)
-        return result
 
     def _close(self, span: Any, what: str, own: float, server: float, sleeps: int, sent: dict[str, str] | None,
                attrs: dict[str, str]) -> None:
@@ -223,6 +240,14 @@ class Telemetry:
             span.set_attribute("redis_ckpt.lease_kind", result.kind)
         elif isinstance(result, int) and not isinstance(result, bool):
             span.set_attribute("redis_ckpt.generation", result)
+
+
+def _quietly(what: str, record: Any, *args: Any) -> None:
+    """``record(*args)`` (spans, metrics); what it raises is logged, never the operation's."""
+    try:
+        record(*args)
+    except Exception:  # noqa: BLE001 - an exporter's bug must not change an operation's outcome
+        log.warning("redis_ckpt telemetry: recording the %s failed (its outcome stands)", what, exc_info=True)
 
 
 def _commit_fields(pipe: Pipe) -> dict[str, str] | None:

@@ -218,3 +218,36 @@ def test_metrics_export_to_prometheus_as_the_readme_shows():
         assert "redis_ckpt_commit_bytes_total" in text
     finally:
         provider.shutdown()  # unregisters its collector
+
+
+class _Broken(sdk_trace.SpanProcessor):
+    """A span processor (an exporter) with a bug: it raises on every span's start or end."""
+
+    def __init__(self, when: str) -> None:
+        self.when = when
+
+    def on_start(self, span, parent_context=None) -> None:
+        if self.when == "start":
+            raise RuntimeError("exporter bug")
+
+    def on_end(self, span) -> None:
+        if self.when == "end":
+            raise RuntimeError("exporter bug")
+
+
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_a_telemetry_failure_never_changes_an_operations_outcome(when, caplog):
+    """A commit that was written returns its generation, and a rejected one raises its own
+    typed error, whatever the tracing pipeline does: an exception from an exporter used to
+    replace them (a written commit reported as failed; FencedError turned into RuntimeError)."""
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(_Broken(when))
+    store = CheckpointStore.in_memory(telemetry=Telemetry(tracer_provider=provider))
+    old = store.acquire("r", owner="old", ttl=30)
+    assert old.commit({"i": 1}) == 1
+    assert store.load("r").generation == 1
+    store.revoke("r")
+    with pytest.raises(FencedError):
+        old.commit({"i": 2})
+    assert store.load("r").state == {"i": 1}
+    assert "exporter bug" in caplog.text  # logged, not swallowed silently
