@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from .testing import LocalServer, ServerBinaryNotFound, ServerStartError
 
+    if a.url and a.data_dir and not a.worker:  # as `redis-ckpt demo` (the URL may come from the environment)
+        print("error: --data-dir is for the local server; it cannot be used with --url or $REDIS_CKPT_URL",
+              file=sys.stderr)
+        return 2
     if a.url and not a.worker:  # a URL redis-py cannot use: one line, as the CLI says it (no password)
         from .cli.exits import CliFailure
         from .cli.options import check_url

@@ -798,6 +798,21 @@ def test_demo_rejects_data_dir_with_url() -> None:
     assert result.exit_code == 2
 
 
+def test_the_main_job_refuses_data_dir_with_a_url_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m redis_ckpt --data-dir D` with $REDIS_CKPT_URL set (as `redis-ckpt server` tells
+    users to export it) ran the job on that server and ignored D without a word; `redis-ckpt
+    demo` refuses the pair. Now the main job does too, before anything runs."""
+    from redis_ckpt import demo
+
+    monkeypatch.setenv("REDIS_CKPT_URL", f"redis://:pw-xyz@127.0.0.1:{free_port()}/0")
+    assert demo.main(["--data-dir", str(tmp_path / "d")]) == 2
+    out = capsys.readouterr()
+    assert out.err.splitlines() == ["error: --data-dir is for the local server; it cannot be used with "
+                                    "--url or $REDIS_CKPT_URL"] and out.out == ""
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_sentinel_password_in_the_url_is_never_printed():
     from redis_ckpt.urls import redact_url
 
