@@ -198,6 +198,8 @@ class Telemetry:
             self.conflicts.add(1, attrs)
         elif isinstance(exc, DurabilityError):
             self.durability_errors.add(1, attrs)
+            if exc.generation is not None:  # applied, only not confirmed as asked: which generation
+                span.set_attribute("redis_ckpt.generation", exc.generation)
         span.record_exception(exc)
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 

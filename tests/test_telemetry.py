@@ -111,9 +111,13 @@ def test_retries_and_durability_errors_are_counted(make_server, namespace, recor
     assert lease.commit({"i": 1}) == 1  # ridden out: resent once the server is back
     assert recorded.total("redis_ckpt.retries") >= 1
     server.client().config_set("appendonly", "no")  # the next commit is applied but not confirmed
-    with pytest.raises(DurabilityError):
+    with pytest.raises(DurabilityError) as unconfirmed:
         lease.commit({"i": 2})
     assert recorded.total("redis_ckpt.durability_errors") == 1
+    # the write was applied: its span says which generation, as a confirmed commit's does
+    failed = recorded.finished("commit")[-1]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes["redis_ckpt.generation"] == unconfirmed.value.generation == 2
     store.close()
 
 
