@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 _how_to_reopen(server.data_dir, server.port, a.run)
             return code
     except (ServerBinaryNotFound, ServerStartError) as exc:
-        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else str(exc).splitlines()[0]
+        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else exc.summary()
         print(f"error: cannot start the local server: {detail}", file=sys.stderr)
         return 2
     except CheckpointError as exc:  # the run exists: 1; the server is refused or unreachable: 2

@@ -276,6 +276,25 @@ def test_server_on_a_data_dir_in_use_is_one_line_exit_2(make_server: Any, tmp_pa
     assert running.client().ping()
 
 
+@pytest.mark.server
+def test_a_server_that_cannot_load_its_data_dir_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A data dir the server refuses (a damaged AOF manifest) said only 'valkey server (...)
+    exited with code 1': the server's own reason, in its log, is shown under the error line."""
+    from redis_ckpt import demo
+
+    data = tmp_path / "d"
+    (data / "appendonlydir").mkdir(parents=True)
+    (data / "appendonlydir" / "appendonly.aof.manifest").write_text("garbage\n")
+    proc = cli(["server", "--port", str(free_port()), "--data-dir", str(data)])
+    assert proc.returncode == 2
+    [line] = error_lines(proc)
+    assert "exited with code 1" in line
+    assert "Invalid AOF manifest file format" in proc.stderr
+    assert demo.main(["--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot start the local server: ") and "Invalid AOF manifest file format" in err
+
+
 # --------------------------------------------------------------------------- 3. the main job's install
 
 

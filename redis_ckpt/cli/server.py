@@ -56,10 +56,12 @@ def server(port: int, data_dir: str | None) -> None:
         except ServerBinaryNotFound as exc:
             raise CliFailure(f"cannot start the server: {exc.hint}", EXIT_UNAVAILABLE) from None
         except (ServerStartError, OSError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            text = exc.summary() if isinstance(exc, ServerStartError) else str(exc) or type(exc).__name__
+            first, _, detail = text.partition("\n")  # detail: the server's own last words, indented
             hint = "" if "in use" not in first else \
                 " (pick another --data-dir)" if first.startswith("data directory") else " (pick another --port)"
-            raise CliFailure(f"cannot start the server: {first}{hint}", EXIT_UNAVAILABLE) from None
+            why = "" if hint else detail and "\n" + detail
+            raise CliFailure(f"cannot start the server: {first}{hint}{why}", EXIT_UNAVAILABLE) from None
         click.echo(f"redis-ckpt server: Valkey {local.version} (pid {local.pid}) on {local.url}")
         click.echo("  durable: appendonly yes, appendfsync always, maxmemory-policy noeviction")
         click.echo(f"  data:    {local.data_dir} (kept; reloaded on the next start)")

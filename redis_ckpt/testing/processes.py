@@ -38,6 +38,13 @@ CLUSTER_MAX_PORT = 65535 - CLUSTER_BUS_OFFSET
 class ServerStartError(RuntimeError):
     """The server process did not come up; the message includes the tail of its log."""
 
+    def summary(self, lines: int = 6) -> str:
+        """The message's first line, then the last ``lines`` lines of the log it quotes,
+        indented: the server's own reason, without the whole tail."""
+        first, _, rest = str(self).partition("\n")
+        tail = [line.strip() for line in rest.splitlines() if line.strip() and not line.startswith("--- ")]
+        return "\n".join([first, *(f"  {line}" for line in tail[-lines:])])
+
 
 _PR_SET_PDEATHSIG = 1
 _libc: Any = None
