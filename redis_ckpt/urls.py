@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from redis.connection import Connection, ConnectionPool, parse_url
+from redis.connection import Connection, ConnectionPool, SSLConnection, parse_url
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -140,10 +140,12 @@ def _options_of(cls: type) -> frozenset[str]:
     return frozenset(names)
 
 
-def _refuse_unknown_options(options: dict[str, Any]) -> None:
-    """redis-py hands every query option of a one-server URL to its pool and connections,
-    and one neither takes failed as a TypeError at the first command: refused here."""
-    known = _options_of(options.get("connection_class", Connection)) | _options_of(ConnectionPool)
+def _refuse_unknown_options(options: dict[str, Any], connection_class: type | None = None) -> None:
+    """redis-py hands every query option of a one-server (or a Sentinel's data node) URL to
+    its pool and connections, and one neither takes failed as a TypeError at the first
+    command: refused here."""
+    cls = connection_class or options.get("connection_class", Connection)
+    known = _options_of(cls) | _options_of(ConnectionPool)
     for name in options:
         if name not in known:
             raise ValueError(f"unknown option {name!r} in the URL's query (not an option of a redis-py "
@@ -258,6 +260,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             rest.append((k, v))
     base = scheme.split("+", 1)[0]
     kw = _node_kwargs(base, userinfo, hosts[0], f"/{db}", urlencode(rest))
+    _refuse_unknown_options({k: v for k, v in kw.items() if k != "ssl"},  # ssl: master_for's own
+                            SSLConnection if kw.get("ssl") else Connection)
     if kw.get("ssl"):
         sentinel_kwargs["ssl"] = True
     return SentinelURL(hosts, service, kw, sentinel_kwargs)

@@ -109,3 +109,11 @@ def test_an_unknown_query_option_is_refused_before_anything_connects(url: str) -
                                   "unix:///tmp/x.sock?db=1&password=p", "redis://h/0?password=p&username=u"])
 def test_known_query_options_are_accepted(url: str) -> None:
     validate_url(url)
+
+
+def test_an_unknown_query_option_in_a_sentinel_url_is_refused() -> None:
+    """The data nodes' options of a Sentinel URL reach redis-py's connections the same way."""
+    with pytest.raises(ValueError, match="unknown option 'sokcet_timeout' in the URL"):
+        validate_url("redis+sentinel://127.0.0.1:1/svc/0?sokcet_timeout=5")
+    validate_url("redis+sentinel://127.0.0.1:1/svc/0?socket_timeout=5&sentinel_password=x&client_name=a")
+    validate_url("rediss+sentinel://127.0.0.1:1/svc?ssl_cert_reqs=none&sentinel_username=u")
