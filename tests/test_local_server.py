@@ -343,6 +343,24 @@ def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch) 
         find_server_binary("valkey")
 
 
+@pytest.mark.parametrize("what", ["missing", "not-executable"])
+def test_a_binary_given_that_cannot_run_is_server_binary_not_found(what: str, tmp_path: Path) -> None:
+    """LocalServer(binary=...) naming no executable raised a bare FileNotFoundError /
+    PermissionError from Popen, which a ServerFactory's 'server unavailable' policy does not
+    catch (and .version said engine '?'): now ServerBinaryNotFound naming the path."""
+    binary = tmp_path / "valkey-server"
+    if what == "not-executable":
+        binary.write_text("#!/bin/sh\n")
+    server = LocalServer("valkey", binary=str(binary))
+    try:
+        with pytest.raises(ServerBinaryNotFound, match=f"engine 'valkey': {binary} is not an executable file"):
+            server.start()
+        assert not server.running
+    finally:
+        server.cleanup()
+    assert not server.data_dir.exists()
+
+
 def test_repr_and_port_before_start(tmp_path: Path) -> None:
     s: Any = LocalServer("valkey", data_dir=tmp_path)
     assert "stopped" in repr(s)

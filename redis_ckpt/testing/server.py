@@ -36,7 +36,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .binaries import ENGINES, find_server_binary, server_version
+from .binaries import ENGINES, ServerBinaryNotFound, find_server_binary, server_version
 from .processes import HOST, Process, ServerStartError, free_port, spawn
 
 __all__ = ["LocalServer"]
@@ -125,8 +125,12 @@ class LocalServer:
 
     @property
     def binary(self) -> str:
+        """The server binary: the one given, else the engine's (:class:`ServerBinaryNotFound`
+        when it is missing or not executable)."""
         if self._binary is None:
             self._binary = find_server_binary(self._engine)
+        elif not (os.path.isfile(self._binary) and os.access(self._binary, os.X_OK)):
+            raise ServerBinaryNotFound(self._engine, f"{self._binary} is not an executable file")
         return self._binary
 
     @property
