@@ -148,6 +148,23 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None
             assert again.client().get("mine") == b"1"
 
 
+def test_a_data_dir_in_use_is_the_tests_error_not_an_unavailable_server(tmp_path: Path) -> None:
+    """A ServerFactory's 'unavailable' policy (skip locally, fail in CI) is for a server that
+    cannot be had here; a second server on a data dir in use is the test's own mistake: it
+    raises, even on a developer's machine, instead of skipping the test."""
+    from redis_ckpt.testing import ServerFactory
+
+    unavailable: list[str] = []
+    factory = ServerFactory(unavailable.append)
+    try:
+        factory("valkey", data_dir=tmp_path)
+        with pytest.raises(ServerStartError, match="in use by another server"):
+            factory("valkey", data_dir=tmp_path)
+        assert unavailable == []
+    finally:
+        factory.close()
+
+
 def test_a_forked_child_does_not_keep_a_stopped_servers_data_dir_locked(tmp_path: Path) -> None:
     """A process forked while a server runs (a multiprocessing worker) shares the lock's
     descriptor: the directory must still be free once the server is stopped."""

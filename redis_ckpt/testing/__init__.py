@@ -18,7 +18,7 @@ from .cluster import LocalCluster
 from .factory import ServerFactory, ServerSet
 from .processes import HOST, ServerStartError, free_port
 from .sentinel import LocalSentinel, LocalSentinelSet
-from .server import LocalServer
+from .server import DataDirInUse, LocalServer
 from .wait import WaitTimeout, wait_for
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "server_version",
     "ServerBinaryNotFound",
     "ServerStartError",
+    "DataDirInUse",
     # helpers
     "HOST",
     "free_port",

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from .binaries import ServerBinaryNotFound
 from .processes import ServerStartError
-from .server import LocalServer
+from .server import DataDirInUse, LocalServer
 
 __all__ = ["ServerFactory", "ServerSet", "config_from_kwargs"]
 
@@ -54,7 +54,7 @@ class ServerFactory:
             return server.start()
         except (ServerBinaryNotFound, ServerStartError) as exc:
             server.cleanup()
-            if self.unavailable is None:
+            if self.unavailable is None or isinstance(exc, DataDirInUse):  # the latter: the caller's mistake
                 raise
             self.unavailable(str(exc))
             raise  # unavailable() did not end the test: the error stands

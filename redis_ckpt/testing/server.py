@@ -39,7 +39,7 @@ from redis.retry import Retry
 from .binaries import ENGINES, ServerBinaryNotFound, find_server_binary, server_version
 from .processes import HOST, Process, ServerStartError, free_port, spawn
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalServer", "DataDirInUse"]
 
 CONF_NAME = "redis-ckpt-server.conf"
 LOCK_NAME = "redis-ckpt-server.lock"
@@ -319,7 +319,7 @@ class LocalServer:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ServerStartError(f"data directory {self._data_dir} is in use by another server") from None
+            raise DataDirInUse(f"data directory {self._data_dir} is in use by another server") from None
         self._res.lock = fd
 
     def _spawn(self, binary: str, timeout: float) -> None:
@@ -394,3 +394,8 @@ class LocalServer:
 
 class _PortInUse(ServerStartError):
     pass
+
+
+class DataDirInUse(ServerStartError):
+    """Another server runs on the data directory (a mistake of the caller, not an
+    unavailable server: ServerFactory raises it whatever its 'unavailable' policy)."""
