@@ -136,12 +136,12 @@ def test_a_pipe_of_megabytes_is_sent_without_copying_its_large_arguments(client,
 
 import contextlib  # noqa: E402
 import redis  # noqa: E402
-import signal  # noqa: E402
 import time  # noqa: E402
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError  # noqa: E402
 from redis_ckpt.drivers.cluster_plan import _asking  # noqa: E402
 from redis_ckpt.core.keys import glob_escape  # noqa: E402
+from test_deadlines import stopped  # noqa: E402
 
 
 def test_asking_covers_a_transaction_from_before_multi():
@@ -159,30 +159,33 @@ def test_scan_patterns_are_escaped(text, escaped):
     assert glob_escape(text) == escaped
 
 
+def commit_and_load(client: redis.Redis, namespace: str) -> None:
+    """A commit and a load through a store with a 2 s deadline on ``client``: the store's
+    attempts take, bound and give back ``client``'s connections."""
+    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
+    with store.acquire("r", owner="a", ttl=5) as lease:
+        lease.commit({"n": 1})
+    assert store.load("r").state == {"n": 1}
+
+
 @contextlib.contextmanager
-def _stopped(server):
-    os.kill(server.pid, signal.SIGSTOP)
+def taken(pool: redis.ConnectionPool):
+    """A connection of ``pool``, given back after."""
+    conn = pool.get_connection()
     try:
-        yield
+        yield conn
     finally:
-        os.kill(server.pid, signal.SIGCONT)
+        pool.release(conn)
 
 
 @pytest.mark.server
 def test_an_attempt_leaves_the_clients_own_timeouts_and_retries_in_place(durable_server, namespace):
     client = durable_server.client(socket_timeout=7.0, socket_connect_timeout=3.0)
-    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
-    with store.acquire("r", owner="a", ttl=5) as lease:
-        lease.commit({"n": 1})
-    assert store.load("r").state == {"n": 1}
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
+    commit_and_load(client, namespace)
+    with taken(client.connection_pool) as conn:
         assert conn.socket_timeout == 7.0 and conn.socket_connect_timeout == 3.0
         assert conn._sock.gettimeout() == 7.0  # not the 2 s deadline of the store's last attempt
         assert conn.retry is not None and conn.retry.get_retries() == client.get_retry().get_retries()
-    finally:
-        pool.release(conn)
     assert client.ping()  # the client itself is untouched
     client.close()
 
@@ -198,17 +201,10 @@ def test_a_client_side_caching_client_keeps_its_own_socket_timeout(make_server, 
     server = make_server("redis")  # client-side caching needs Redis >= 7.4
     client = redis.Redis(host="127.0.0.1", port=server.port, protocol=3, cache_config=CacheConfig(),
                          socket_timeout=30.0)
-    store = CheckpointStore(client, namespace=namespace, retry=RetryPolicy(deadline_s=2.0))
-    with store.acquire("r", owner="a", ttl=5) as lease:
-        lease.commit({"n": 1})
-    assert store.load("r").state == {"n": 1}
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
+    commit_and_load(client, namespace)
+    with taken(client.connection_pool) as conn:
         assert type(conn).__name__ == "CacheProxyConnection"
         assert conn._conn._sock.gettimeout() == 30.0  # not the store's 2 s deadline
-    finally:
-        pool.release(conn)
     client.close()
 
 
@@ -226,7 +222,7 @@ def test_other_connection_paths_end_by_the_deadline(make_server, monkeypatch, pa
     store = CheckpointStore(client, namespace="d", retry=RetryPolicy(deadline_s=1.0))
     lease = store.acquire("r", owner="a", ttl=60)
     assert lease.commit(1) == 1
-    with _stopped(server):
+    with stopped(server):
         for _ in range(2):  # the second starts on a connection that must be made again
             started = time.monotonic()
             with pytest.raises(StoreUnavailableError):

@@ -330,21 +330,28 @@ def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(stor
     assert visible_ids(saver, "t") == []
 
 
-def test_delete_for_runs_finds_a_thread_that_a_put_filed_again_while_it_ran(store, monkeypatch):
-    """The run writes t again right after delete_for_runs took R's checkpoints out of t (the
-    put files t in R's index again): t stays in the index, the next delete_for_runs finds it."""
-    writer, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
-    put_of_run(writer, "t", "R")
+def put_after_admin(monkeypatch: Any, writer: RedisCkptSaver, kinds: tuple[str, ...]) -> list[str]:
+    """Make the first saver_admin.lua call of one of ``kinds`` ("runs", "delete", "prune") be
+    followed at once by a put of run R in t; the list gets that put's checkpoint id."""
     original = writes._admin
     again: list[str] = []
 
     def admin_then_put(e: Any, k: Any, args: list[Any], what: str) -> Any:
         reply = yield from original(e, k, args, what)
-        if args[0] == "runs" and not again:
+        if args[0] in kinds and not again:
             again.append(put_of_run(writer, "t", "R"))
         return reply
 
     monkeypatch.setattr(writes, "_admin", admin_then_put)
+    return again
+
+
+def test_delete_for_runs_finds_a_thread_that_a_put_filed_again_while_it_ran(store, monkeypatch):
+    """The run writes t again right after delete_for_runs took R's checkpoints out of t (the
+    put files t in R's index again): t stays in the index, the next delete_for_runs finds it."""
+    writer, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
+    put_of_run(writer, "t", "R")
+    again = put_after_admin(monkeypatch, writer, ("runs",))
     deleter.delete_for_runs(["R"])
     assert visible_ids(writer, "t") == again
     monkeypatch.undo()
@@ -378,16 +385,7 @@ def test_delete_for_runs_finds_a_thread_a_put_wrote_again_right_after_it_left_th
     it), then the delete or prune takes t out of R's index: t is filed again all the same."""
     writer, remover = RedisCkptSaver(store), RedisCkptSaver(store)
     put_of_run(writer, "t", "R")
-    original = writes._admin
-    again: list[str] = []
-
-    def admin_then_put(e: Any, k: Any, args: list[Any], what: str) -> Any:
-        reply = yield from original(e, k, args, what)
-        if args[0] in ("delete", "prune") and not again:
-            again.append(put_of_run(writer, "t", "R"))
-        return reply
-
-    monkeypatch.setattr(writes, "_admin", admin_then_put)
+    again = put_after_admin(monkeypatch, writer, ("delete", "prune"))
     REMOVALS[removal](remover)
     assert visible_ids(writer, "t") == again
     monkeypatch.undo()
