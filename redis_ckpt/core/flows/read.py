@@ -106,10 +106,9 @@ def generation_keys(k: RunKeys, *, first: bool = False) -> Flow[list[str]]:
     cursor: Any = 0
     out: list[str] = []
     while True:
-        (reply,) = yield Pipe([Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)], route=k.head)
-        if isinstance(reply, Exception):
-            raise reply
-        cursor, found = reply
+        replies = yield Pipe([Cmd("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)], route=k.head)
+        raise_failures(replies)
+        cursor, found = replies[0]
         out += (text(key) for key in found)
         if (first and out) or int(cursor) == 0:
             return out

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ...core.ops import Cmd, Flow, Pipe, Script
+from ...core.replies import raise_failures
 from ...errors import ConflictError, FencedError, OutcomeUnknownError
 from .backend import Backend
 from .invocations import Invocation
@@ -76,9 +77,7 @@ class Engine:
         def body() -> Flow[list[Any]]:
             replies = yield self.backend.confirmed(ops, route)
             mine = replies[:len(ops)]
-            for r in mine:
-                if isinstance(r, Exception):
-                    raise r
+            raise_failures(mine)
             self.backend.check_confirmed(replies, what=what, run_id=run_id)
             return mine
 

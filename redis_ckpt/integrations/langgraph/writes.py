@@ -14,6 +14,7 @@ from typing import Any
 from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
 
 from ...core.ops import Cmd, Flow, Pipe, Script
+from ...core.replies import raise_failures
 from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
@@ -201,9 +202,7 @@ def _unindex(e: Engine, k: ThreadKeys, filed: FiledRuns, thread_id: str, lg_runs
     def held() -> Flow[list[Any]]:
         replies = yield Pipe([Cmd("ZRANGEBYLEX", runs, f"[{rid}\x00", f"({rid}\x01", "LIMIT", 0, 1) for rid in rids],
                              route=k.route)
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
+        raise_failures(replies)
         return replies  # type: ignore[no-any-return]
 
     found = yield from e.backend.retrying(held, run_id=k.run_id, what=what, writes=False)
