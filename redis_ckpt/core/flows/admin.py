@@ -17,7 +17,7 @@ from ..replies import hash_of, raise_failures, text
 from .base import FlowsBase
 from .commit import CommitFlows
 from .confirm import confirmed_reply, drift_unread
-from .read import committed_before, lost_entries
+from .headless import committed_before, lost_entries
 from .shared import SHARED_SENDS
 
 __all__ = ["AdminFlows", "event_of"]

@@ -20,6 +20,7 @@ from ..keys import RunKeys, validate_owner
 from ..ops import Cmd, Flow, Pipe
 from ..replies import exec_replies, hash_of, raise_failures, text
 from .admin import AdminFlows
+from .headless import committed_before
 from .read import LOAD_FIELDS, ReadFlows
 
 __all__ = ["LifecycleFlows", "FORKED_FROM", "not_kept"]
@@ -78,7 +79,7 @@ class LifecycleFlows(ReadFlows, AdminFlows):
                                       Cmd("GET", k.generation(generation)), Cmd("EXEC")], route=k.head)
                 raw, blob = exec_replies(replies, 2)
                 head = head_of(k.run_id, {f: text(v) for f, v in zip(LOAD_FIELDS, raw) if v is not None})
-                if not head and (yield from self.committed_before(k)):
+                if not head and (yield from committed_before(k)):
                     raise CorruptCheckpointError(
                         k.run_id, {}, message=f"run {k.run_id!r} has committed generations but its head is "
                                               "missing (deleted by hand, or a partial restore)")

@@ -18,7 +18,7 @@ from .admin import AdminFlows
 from .base import not_converged, out_of_range
 from .commit import MAX_SENDS
 from .confirm import check_confirmed, confirmed, drift_unread
-from .read import committed_before, lost_entries
+from .headless import committed_before, lost_entries
 from .shared import SHARED_SENDS, shared_addresses
 
 __all__ = ["RetentionFlows"]
