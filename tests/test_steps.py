@@ -184,16 +184,16 @@ def test_a_second_worker_waits_while_the_first_heartbeats_through_a_long_step(st
 
     def slow(ctx):
         started.set()
-        time.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+        time.sleep(2.5)  # > ttl: only the background heartbeat keeps the lease
         return 1
 
-    first = StepRunner(store, "hb", ttl=0.3)
+    first = StepRunner(store, "hb", ttl=1.0)  # renewed every ~0.33 s: slack for a loaded CI box
     first.add("slow", slow)
     t = threading.Thread(target=first.run)
     t.start()
     started.wait(5)
-    time.sleep(0.5)
-    second = StepRunner(store, "hb", owner="second", ttl=0.3, acquire_timeout=0)
+    time.sleep(1.5)  # past the ttl
+    second = StepRunner(store, "hb", owner="second", ttl=1.0, acquire_timeout=0)
     second.add("slow", slow)
     with pytest.raises(LeaseHeldError):
         second.run()
@@ -365,14 +365,14 @@ def test_async_runner_heartbeats_through_a_long_step(durable_server, namespace):
         astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
 
         async def slow(ctx):
-            await asyncio.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+            await asyncio.sleep(2.5)  # > ttl: only the background heartbeat keeps the lease
             return 1
 
-        first = AsyncStepRunner(astore, "ahb", ttl=0.3)
+        first = AsyncStepRunner(astore, "ahb", ttl=1.0)  # renewed every ~0.33 s: slack for a loaded CI box
         first.add("slow", slow)
         task = asyncio.create_task(first.run())
-        await asyncio.sleep(0.6)
-        second = AsyncStepRunner(astore, "ahb", owner="second", ttl=0.3, acquire_timeout=0)
+        await asyncio.sleep(1.5)  # past the ttl
+        second = AsyncStepRunner(astore, "ahb", owner="second", ttl=1.0, acquire_timeout=0)
         second.add("slow", slow)
         with pytest.raises(LeaseHeldError):
             await second.run()
@@ -465,7 +465,7 @@ def test_a_blocking_plain_step_in_the_async_runner_keeps_its_lease(durable_serve
     taken: list[str] = []
 
     def blocking(ctx):
-        time.sleep(1.0)  # > ttl: only the background heartbeat keeps the lease
+        time.sleep(2.5)  # > ttl: only the background heartbeat keeps the lease
         try:
             store.acquire("aplain", owner="other", ttl=5)
             taken.append("other")
@@ -476,7 +476,7 @@ def test_a_blocking_plain_step_in_the_async_runner_keeps_its_lease(durable_serve
 
     async def scenario():
         astore = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace)
-        runner = AsyncStepRunner(astore, "aplain", ttl=0.3)
+        runner = AsyncStepRunner(astore, "aplain", ttl=1.0)  # renewed every ~0.33 s: slack for a loaded CI box
         runner.add("a", blocking).add("b", blocking)
         assert await runner.run() == {"a": "a", "b": "b"}
         await astore.close()
