@@ -27,6 +27,7 @@
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed
 -- Staged keys registered after the caller read the staging hash are not passed: they expire
 -- with their TTL (their commits are fenced by the bumped fence).
+-- include: run_keys
 local RECENT = 16
 local delete_id = ARGV[3]
 if delete_id ~= '' then
@@ -45,41 +46,14 @@ if fence_s and not string.match(fence_s, '^%d+$') then
 end
 
 local nd = tonumber(ARGV[4])
-local h_kept = redis.call('HGET', KEYS[3], 'kept')
-local offered = {}
-for i = 5, 4 + nd do offered[ARGV[i]] = true end
-local missing = {}
-if h_kept and h_kept ~= '' then
-  for entry in string.gmatch(h_kept, '[^,]+') do
-    if not string.find(entry, ':') then entry = entry .. ':0' end
-    if not offered[entry] then table.insert(missing, entry) end
-  end
-end
+local missing = generations_not_passed(redis.call('HGET', KEYS[3], 'kept'), nd)
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
+local refused = shared_not_passed(nd)
+if refused then return refused end
 
-local k = 6
-for i = 5, 4 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
-for i = 5 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
-if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
-  local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
-  local from = #KEYS[k] - 3  -- a chunk's key is x:refs's with its address in place of "refs"
-  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], from)] = true end
-  local ok = #counts / 2 == #KEYS - k
-  for i = 1, #counts, 2 do ok = ok and passed[counts[i]] end
-  if not ok then return redis.error_reply('NEED_SHARED ' .. #counts / 2) end
-end
-
-local deleted = 0
-k = 6
-for i = 5, 4 + nd do
-  local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
-  deleted = deleted + redis.call('DEL', KEYS[k])
-  for j = 1, c do redis.call('DEL', KEYS[k + j]) end
-  k = k + c + 1
-end
-for i = k, #KEYS do redis.call('DEL', KEYS[i]) end
+local deleted = delete_run_keys(nd)
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 redis.call('INCR', KEYS[1])
 local fence = redis.call('GET', KEYS[1])

@@ -36,6 +36,7 @@
 --   "NEED_KEYS <g>:<c> ..."        the head keeps generations whose keys were not passed
 --   "NEED_SHARED <n>"              x:refs names n shared chunks, not exactly those passed (a
 --                                  commit shared chunks since the caller read x:refs)
+-- include: run_keys
 local idle, dry, nd = tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 local function int(x) return string.format('%d', x) end
 local t = redis.call('TIME')
@@ -76,42 +77,17 @@ if retention and tonumber(retention) > 0 then
   if left > 0 then return redis.error_reply('KEPT ' .. int(left)) end
 end
 
-local h_kept = redis.call('HGET', KEYS[3], 'kept')
-local offered = {}
-for i = 5, 4 + nd do offered[ARGV[i]] = true end
-local missing, kept = {}, 0
-for entry in string.gmatch(h_kept or '', '[^,]+') do
-  kept = kept + 1
-  if not string.find(entry, ':') then entry = entry .. ':0' end
-  if not offered[entry] then table.insert(missing, entry) end
-end
+local missing, kept = generations_not_passed(redis.call('HGET', KEYS[3], 'kept'), nd)
 if dry then
   return {fence or '0', kept, int(since)}
 end
 if #missing > 0 then
   return redis.error_reply('NEED_KEYS ' .. table.concat(missing, ' '))
 end
-local k = 6
-for i = 5, 4 + nd do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) + 1 end
-for i = 5 + nd, #ARGV do k = k + tonumber(string.match(ARGV[i], ':(%d+)$')) end
-if KEYS[k] then  -- x:refs, then the shared chunks it names: exactly those, or read them again
-  local counts, passed = redis.call('HGETALL', KEYS[k]), {}  -- {address, count, ...}
-  local from = #KEYS[k] - 3  -- a chunk's key is x:refs's with its address in place of "refs"
-  for i = k + 1, #KEYS do passed[string.sub(KEYS[i], from)] = true end
-  local ok = #counts / 2 == #KEYS - k
-  for i = 1, #counts, 2 do ok = ok and passed[counts[i]] end
-  if not ok then return redis.error_reply('NEED_SHARED ' .. #counts / 2) end
-end
+local refused = shared_not_passed(nd)
+if refused then return refused end
 
-local deleted = 0
-k = 6
-for i = 5, 4 + nd do
-  local c = tonumber(string.match(ARGV[i], ':(%d+)$'))
-  deleted = deleted + redis.call('DEL', KEYS[k])
-  for j = 1, c do redis.call('DEL', KEYS[k + j]) end
-  k = k + c + 1
-end
-for i = k, #KEYS do redis.call('DEL', KEYS[i]) end
+local deleted = delete_run_keys(nd)
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call('INCR', KEYS[1])
 return {redis.call('GET', KEYS[1]), deleted, int(since)}

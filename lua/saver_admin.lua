@@ -32,20 +32,7 @@
 -- Numbers: as saver_write.lua (tokens and versions below 2^50, max(x + 1, now_ms * 100)).
 local LIMIT = 1125899906842624  -- 2^50
 local function int(x) return string.format('%d', x) end
-local function items(s)
-  local out, i = {}, 1
-  while i <= #s do
-    local c = string.find(s, ':', i, true)
-    local n = tonumber(string.sub(s, i, c - 1))
-    out[#out + 1] = string.sub(s, c + 1, c + n)
-    i = c + n + 1
-  end
-  return out
-end
-local function shape_of(record)
-  local c = string.find(record, ':', 1, true)
-  return items(string.sub(record, c + 1, c + tonumber(string.sub(record, 1, c - 1))))
-end
+-- include: shape
 local function before_nul(s) return string.sub(s, 1, (string.find(s, '\0', 1, true) or (#s + 1)) - 1) end
 
 local mode, owner = ARGV[1], ARGV[2]

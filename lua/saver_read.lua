@@ -34,23 +34,7 @@
 --   "dump":    {version, {index members}, {records field, value, ...}, {values field, value,
 --              ...}, {writes field, value, ...}, {runs members}}
 -- Errors: "BAD_ARGS <mode>".
---
--- A record is "<n>:<shape>" followed by the record frame; shape = items "<length>:<bytes>":
--- the parent id ("" none), then channel and version of each stored value.
-local function items(s)
-  local out, i = {}, 1
-  while i <= #s do
-    local c = string.find(s, ':', i, true)
-    local n = tonumber(string.sub(s, i, c - 1))
-    out[#out + 1] = string.sub(s, c + 1, c + n)
-    i = c + n + 1
-  end
-  return out
-end
-local function shape_of(record)
-  local c = string.find(record, ':', 1, true)
-  return items(string.sub(record, c + 1, c + tonumber(string.sub(record, 1, c - 1))))
-end
+-- include: shape
 
 local mode = ARGV[1]
 local version = tonumber(redis.call('HGET', KEYS[3], 'ver') or '0')

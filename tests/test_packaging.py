@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,22 @@ def test_a_checkout_loads_the_scripts_as_the_wheel_does():
     assert Path(str(packaged)).resolve() == (ROOT / "lua").resolve()
     assert (ROOT / "redis_ckpt" / "lua").is_symlink()
     for name in SCRIPT_NAMES:
-        assert lua_text(name) == (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+        text = (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+        for part in re.findall(r"^-- include: (\w+)$", text, re.MULTILINE):
+            text = text.replace(f"-- include: {part}\n", (ROOT / "lua" / "parts" / f"{part}.lua").read_text(encoding="utf-8"))
+        assert lua_text(name) == text
+        assert not re.search(r"^-- include:", lua_text(name), re.MULTILINE)
+
+
+@pytest.mark.parametrize("part, names, defines", [
+    ("run_keys", ("delete", "prune"), "local function delete_run_keys"),
+    ("shape", ("saver_read", "saver_admin"), "local function shape_of"),
+])
+def test_code_two_scripts_share_is_written_once_and_included_whole(part, names, defines):
+    text = (ROOT / "lua" / "parts" / f"{part}.lua").read_text(encoding="utf-8")
+    for name in names:
+        assert text in lua_text(name)
+        assert defines not in (ROOT / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 @pytest.mark.server
@@ -50,6 +66,7 @@ def test_wheel_installs_in_a_fresh_venv_and_commits(tmp_path, make_server):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"redis_ckpt/lua/{n}.lua" for n in SCRIPT_NAMES} <= set(names)
+    assert {"redis_ckpt/lua/parts/run_keys.lua", "redis_ckpt/lua/parts/shape.lua"} <= set(names)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -61,6 +78,7 @@ def test_wheel_installs_in_a_fresh_venv_and_commits(tmp_path, make_server):
         from importlib import resources
         assert resources.files("redis_ckpt").joinpath("lua", "commit.lua").is_file()
         assert s.lua_text("commit") == {(ROOT / "lua" / "commit.lua").read_text(encoding="utf-8")!r}
+        assert s.lua_text("delete") == {lua_text("delete")!r}
         store = redis_ckpt.CheckpointStore.from_url({server.url!r}, namespace="wheel")
         with store.acquire("w", owner="venv", ttl=5) as lease:
             assert lease.commit({{"from": "wheel"}}) == 1
