@@ -399,3 +399,64 @@ def test_cluster_node_gets_a_port_with_room_for_its_bus() -> None:
                 assert c.info("cluster")["cluster_enabled"] == 1
             finally:
                 c.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_sentinel_port_taken_between_probe_and_start_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process may take the port free_port() found before the Sentinel binds it (a
+    flaky CI run): the Sentinel starts on a new port, as LocalServer does, and the one
+    answering there is the Sentinel itself."""
+    from redis_ckpt.testing import sentinel as sentinel_module
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)  # a listener that never answers: connecting to it works, a PING does not
+    taken = holder.getsockname()[1]
+    ports = iter([taken])
+    real = sentinel_module.free_port
+    monkeypatch.setattr(sentinel_module, "free_port", lambda cluster=False: next(ports, None) or real(cluster))
+    try:
+        with started(LocalServer("valkey")) as primary:
+            s = sentinel_module.LocalSentinel("valkey", primary).start()
+            try:
+                assert s.port != taken
+                c = redis.Redis(host="127.0.0.1", port=s.port, decode_responses=True, socket_timeout=5)
+                try:
+                    assert c.sentinel_master(sentinel_module.SERVICE)["port"] == primary.port
+                finally:
+                    c.close()
+            finally:
+                s.cleanup()
+    finally:
+        holder.close()
+
+
+def test_a_sentinel_whose_ports_are_all_taken_fails_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry is bounded: a port that stays taken ends in ServerStartError naming it,
+    with no process and no directory left behind."""
+    from redis_ckpt.testing import sentinel as sentinel_module
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    monkeypatch.setattr(sentinel_module, "free_port", lambda cluster=False: taken)
+    spawned: list[tuple[subprocess.Popen[bytes], Path]] = []
+    real_spawn = sentinel_module.spawn
+
+    def spawn(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc = real_spawn(argv, **kw)
+        spawned.append((proc, Path(kw["cwd"])))
+        return proc
+
+    monkeypatch.setattr(sentinel_module, "spawn", spawn)
+    try:
+        with started(LocalServer("valkey")) as primary:
+            started_at = time.monotonic()
+            with pytest.raises(ServerStartError, match=f"port {taken}"):
+                sentinel_module.LocalSentinel("valkey", primary).start()
+            assert time.monotonic() - started_at < 60
+    finally:
+        holder.close()
+    assert spawned and all(proc.poll() is not None for proc, _ in spawned)
+    assert not any(directory.exists() for _, directory in spawned)
