@@ -244,6 +244,53 @@ def test_bad_arguments_of_delete_for_runs_and_prune_are_refused_and_change_nothi
     assert visible_ids(saver, "t") == [second["id"], first["id"]]
 
 
+LONE = "\udc80"  # a lone surrogate: a str Python holds, UTF-8 (and so Redis) cannot
+SURROGATE_CALLS = {  # call -> the argument its error names
+    "put-thread": (lambda s, cp: s.put(cfg("t\ud800"), cp, {}, {"x": 1}), "thread_id"),
+    "put-ns": (lambda s, cp: s.put(cfg("t", f"n{LONE}"), cp, {}, {"x": 1}), "checkpoint_ns"),
+    "put-id": (lambda s, cp: s.put(cfg("t"), {**cp, "id": f"c{LONE}"}, {}, {"x": 1}), "checkpoint id"),
+    "put-parent": (lambda s, cp: s.put(cfg("t", cid=f"p{LONE}"), cp, {}, {"x": 1}), "parent checkpoint id"),
+    "put-channel": (lambda s, cp: s.put(cfg("t"), {**cp, "channel_versions": {f"x{LONE}": 1}}, {}, {f"x{LONE}": 1}),
+                    "channel"),
+    "put-version": (lambda s, cp: s.put(cfg("t"), cp, {}, {"x": f"2{LONE}"}), "channel version"),
+    "put-run": (lambda s, cp: s.put(cfg("t"), cp, {"run_id": f"r{LONE}"}, {"x": 1}), "metadata run_id"),
+    "writes-thread": (lambda s, cp: s.put_writes(cfg("t\ud800", cid="c1"), [("x", 1)], "task"), "thread_id"),
+    "writes-ns": (lambda s, cp: s.put_writes(cfg("t", f"n{LONE}", cid="c1"), [("x", 1)], "task"), "checkpoint_ns"),
+    "writes-id": (lambda s, cp: s.put_writes(cfg("t", cid=f"c{LONE}"), [("x", 1)], "task"), "checkpoint id"),
+    "writes-task": (lambda s, cp: s.put_writes(cfg("t", cid="c1"), [("x", 1)], f"task{LONE}"), "task id"),
+    "writes-channel": (lambda s, cp: s.put_writes(cfg("t", cid="c1"), [("x", 1), (f"y{LONE}", 2)], "task"), "channel"),
+    "writes-path": (lambda s, cp: s.put_writes(cfg("t", cid="c1"), [("x", 1)], "task", f"p{LONE}"), "task path"),
+    "get-thread": (lambda s, cp: s.get_tuple(cfg("t\ud800")), "thread_id"),
+    "get-ns": (lambda s, cp: s.get_tuple(cfg("t", f"n{LONE}")), "checkpoint_ns"),
+    "get-id": (lambda s, cp: s.get_tuple(cfg("t", cid=f"c{LONE}")), "checkpoint_id"),
+    "list-thread": (lambda s, cp: list(s.list(cfg("t\ud800"))), "thread_id"),
+    "list-ns": (lambda s, cp: list(s.list(cfg("t", f"n{LONE}"))), "checkpoint_ns"),
+    "list-before": (lambda s, cp: list(s.list(cfg("t"), before=cfg("t", cid=f"c{LONE}"))), "before"),
+    "history-channel": (lambda s, cp: s.get_delta_channel_history(config=cfg("t"), channels=[f"x{LONE}"]), "channel"),
+    "delete-thread": (lambda s, cp: s.delete_thread("t\ud800"), "thread_id"),
+    "copy-target": (lambda s, cp: s.copy_thread("t", "u\ud800"), "thread_id"),
+    "prune-thread": (lambda s, cp: s.prune(["t", "u\ud800"]), "thread_id"),  # t is not pruned first
+    "delete-runs": (lambda s, cp: s.delete_for_runs(["run-9", f"r{LONE}"]), "run id"),  # run-9 is not deleted first
+}
+
+
+@pytest.mark.parametrize("case", SURROGATE_CALLS)
+def test_a_name_with_a_lone_surrogate_is_refused_naming_it_and_nothing_is_written(store, client, case):
+    """A thread id, namespace, checkpoint id, channel, task id... that UTF-8 cannot encode is
+    refused as NUL in a name is: a ValueError naming the argument and why, before anything
+    is sent (it was an UnsupportedTypeError at "langgraph[0]", or a UnicodeEncodeError)."""
+    saver = RedisCkptSaver(store)
+    first = checkpoint(values={"x": 1}, versions={"x": 1})
+    saver.put(cfg("t", cid=None), first, {"step": 0, "run_id": "run-9"}, {"x": 1})
+    before = {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")}
+    call, argument = SURROGATE_CALLS[case]
+    with pytest.raises(ValueError, match=f"{argument} .* is not encodable as UTF-8 \\(lone surrogate") as refused:
+        call(saver, checkpoint(values={"x": 2}, versions={"x": 2}))
+    assert type(refused.value) is ValueError
+    assert {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")} == before
+    assert visible_ids(saver, "t") == [first["id"]]
+
+
 # --------------------------------------------------------------------------- the run index after a thread left it
 
 

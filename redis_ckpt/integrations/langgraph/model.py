@@ -32,7 +32,8 @@ from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeErr
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
-    "Framer", "items", "parse_items", "split_record", "check_name", "check_checkpoint_id", "version_text",
+    "Framer", "items", "parse_items", "split_record", "check_text", "check_name", "check_checkpoint_id",
+    "version_text",
 ]
 
 RUN_PREFIX = "lg."
@@ -42,12 +43,13 @@ HASHED_RUN_PREFIX = "lg#"
 def thread_run_id(thread_id: Any) -> str:
     """The store run id that holds a LangGraph thread (stable, injective)."""
     text = str(thread_id)
+    check_text("thread_id", text)
     if not text:
         raise ValueError("thread_id must not be empty")
     encoded = RUN_PREFIX + quote(text, safe="-_.")
     if len(encoded) <= MAX_RUN_ID:
         return encoded
-    return HASHED_RUN_PREFIX + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED_RUN_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def thread_of_run(run_id: str) -> str | None:
@@ -94,10 +96,24 @@ def cross_key(namespace: str, lg_run_id: str, *, pending: bool = False) -> str:
     return f"{namespace}:{'lgrundel' if pending else 'lgrun'}:{{{quote(lg_run_id, safe='-_.')}}}"
 
 
+def check_text(kind: str, value: Any) -> Any:
+    """``value``, unless it is a str UTF-8 cannot encode (what goes to Redis must be): then a
+    ValueError naming ``kind``, before anything is sent (the codec would refuse it later, at a
+    path such as ``langgraph[0]`` that tells the caller nothing)."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{kind} {value!r} is not encodable as UTF-8 (lone surrogate at index {exc.start})"
+                             ) from None
+    return value
+
+
 def check_name(kind: str, value: Any) -> str:
-    """A name that becomes part of a field or member: a str without NUL."""
+    """A name that becomes part of a field or member: a str without NUL, encodable as UTF-8."""
     if not isinstance(value, str) or "\x00" in value:
         raise ValueError(f"{kind} must be a str without NUL, got {value!r}")
+    check_text(kind, value)
     return value
 
 

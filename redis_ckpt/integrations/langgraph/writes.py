@@ -18,7 +18,8 @@ from ...core.replies import raise_failures
 from ...errors import CheckpointError, ConflictError
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_checkpoint_id, check_name, cross_key, items, pairs, thread_run_id, version_text
+from .model import (ThreadKeys, check_checkpoint_id, check_name, check_text, cross_key, items, pairs, thread_run_id,
+                    version_text)
 from .reads import decode_record
 
 __all__ = ["FiledRuns", "put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
@@ -77,7 +78,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
     conf = config["configurable"]
     ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
     cid = check_checkpoint_id(checkpoint["id"])
-    parent = conf.get("checkpoint_id") or ""
+    parent = check_name("parent checkpoint id", conf.get("checkpoint_id") or "")
     if parent == cid:  # re-saving a tuple under its own config: a parent chain that loops
         raise ValueError(f"checkpoint {cid!r} cannot be its own parent: put a checkpoint with a new id "
                          "(config's checkpoint_id is the parent of the checkpoint put)")
@@ -100,7 +101,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
     record = e.framer.seal(run_id, {"ns": ns, "id": cid, "parent": parent or None,
                                     "checkpoint": list(e.serde.dumps_typed(c)),
                                     "metadata": list(e.serde.dumps_typed(md))})
-    return ["P", ns, cid, check_name("parent checkpoint id", parent), record, lg_run or "",
+    return ["P", ns, cid, parent, record, lg_run or "",
             len(versions), *triples], ns, cid, lg_run
 
 
@@ -165,6 +166,7 @@ def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence
     ns = check_name("checkpoint_ns", conf.get("checkpoint_ns") or "")
     cid = check_checkpoint_id(conf["checkpoint_id"])
     check_name("task id", task_id)
+    check_text("task path", task_path)
     quads: list[Any] = []
     for idx, (ch, value) in enumerate(writes):
         widx = WRITES_IDX_MAP.get(ch, idx)
