@@ -149,6 +149,14 @@ def check(ok: bool, what: str, failures: list[str]) -> None:
 
 def demo(url: str, namespace: str) -> int:
     from redis_ckpt import CheckpointStore
+
+    # the store first: a server that cannot be reached, or cannot keep a commit durable, stops
+    # the demo before any worker starts (main() shows the error in one line)
+    with CheckpointStore.from_url(url, namespace=namespace) as store:
+        return story(store, url, namespace)
+
+
+def story(store: Any, url: str, namespace: str) -> int:
     from redis_ckpt.langgraph import RedisCkptSaver
 
     failures: list[str] = []
@@ -186,11 +194,10 @@ def demo(url: str, namespace: str) -> int:
             w.close(kill=True)
 
     print("\n== what the threads hold", flush=True)
-    with CheckpointStore.from_url(url, namespace=namespace) as store:
-        saver = RedisCkptSaver(store)
-        final1 = saver.get_tuple({"configurable": {"thread_id": t1}})
-        final2 = saver.get_tuple({"configurable": {"thread_id": t2}})
-        history2 = list(saver.list({"configurable": {"thread_id": t2, "checkpoint_ns": ""}}))
+    saver = RedisCkptSaver(store)
+    final1 = saver.get_tuple({"configurable": {"thread_id": t1}})
+    final2 = saver.get_tuple({"configurable": {"thread_id": t2}})
+    history2 = list(saver.list({"configurable": {"thread_id": t2, "checkpoint_ns": ""}}))
     log1 = [tuple(x) for x in final1.checkpoint["channel_values"]["log"]] if final1 else []
     log2 = [tuple(x) for x in final2.checkpoint["channel_values"]["log"]] if final2 else []
     print(f"  thread 1: {' '.join(f'{n}@{w}' for n, w in log1)}")
@@ -218,14 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         WORKER = args.worker
         return worker(args.url, args.namespace, args.thread, args.mode)
-    if args.url:
-        return demo(args.url, args.namespace)
+    from redis_ckpt.demo import reporting
+
+    # a bad URL, a server that cannot be reached or is refused: one error line (no password), exit 2
+    return reporting(lambda: run(args.url, args.namespace), args.url)
+
+
+def run(url: str | None, namespace: str) -> int:
+    if url:
+        return demo(url, namespace)
     from redis_ckpt.testing import LocalServer
 
     with LocalServer("valkey") as server:
         server.start()
         print(f"(no --url: started a durable local Valkey at {server.url})", flush=True)
-        return demo(server.url, args.namespace)
+        return demo(server.url, namespace)
 
 
 if __name__ == "__main__":

@@ -113,16 +113,18 @@ def demo(url: str, namespace: str) -> int:
         if not ok:
             failures.append(what)
 
-    print(f"== worker-1 runs {run_id} and is killed inside 'charge'", flush=True)
-    w1 = spawn("worker-1", url, namespace, run_id)
-    relay(w1, until="charged")
-    w1.kill()
-    w1.wait()
-    assert w1.stdout is not None
-    w1.stdout.close()
-    print("  (worker-1 killed with SIGKILL)", flush=True)
-
+    # the store first: a server that cannot be reached, or cannot keep a commit durable, stops
+    # the demo before any worker starts (main() shows the error in one line)
     with CheckpointStore.from_url(url, namespace=namespace) as store:
+        print(f"== worker-1 runs {run_id} and is killed inside 'charge'", flush=True)
+        w1 = spawn("worker-1", url, namespace, run_id)
+        relay(w1, until="charged")
+        w1.kill()
+        w1.wait()
+        assert w1.stdout is not None
+        w1.stdout.close()
+        print("  (worker-1 killed with SIGKILL)", flush=True)
+
         before = build_runner(store, run_id, "inspector", "").status()
         print(f"  durable so far: completed {list(before.completed)}, pending {list(before.pending)}", flush=True)
         check(list(before.completed) == ["extract", "price"], "extract and price were durable before the kill")
@@ -160,14 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.url, args.namespace, args.run, args.worker)
-    if args.url:
-        return demo(args.url, args.namespace)
+    from redis_ckpt.demo import reporting
+
+    # a bad URL, a server that cannot be reached or is refused: one error line (no password), exit 2
+    return reporting(lambda: run(args.url, args.namespace), args.url)
+
+
+def run(url: str | None, namespace: str) -> int:
+    if url:
+        return demo(url, namespace)
     from redis_ckpt.testing import LocalServer
 
     with LocalServer("valkey") as server:
         server.start()
         print(f"(no --url: started a durable local Valkey at {server.url})", flush=True)
-        return demo(server.url, args.namespace)
+        return demo(server.url, namespace)
 
 
 if __name__ == "__main__":

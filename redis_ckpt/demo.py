@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -181,6 +182,44 @@ def _how_to_reopen(data_dir: Any, port: int, run_id: str) -> None:
           flush=True)
 
 
+def reporting(body: Callable[[], int], url: str | None = None) -> int:
+    """Run a demo's ``body`` and return its exit code; when the demo cannot run, one
+    ``error: ...`` line on stderr instead of a traceback (never a password) and exit 2:
+
+    * ``url`` (when given) is one redis-py cannot use: said as the CLI says it, before ``body`` runs;
+    * the server cannot be reached, refuses the credentials, or is refused by the store (not
+      durable): the :class:`CheckpointError` the store raised, which names the server redacted
+      (exit 1 for :class:`RunExists`, a definite "no");
+    * the local server started when no URL is given cannot start.
+
+    ``python -m redis_ckpt`` runs in it, and so do ``examples/*.py``: a demo opens its store
+    (which probes the server) before it starts any worker, so that a bad URL stops it here.
+    """
+    if url:
+        from .cli.exits import CliFailure
+        from .cli.options import check_url
+
+        try:
+            check_url(url)
+        except CliFailure as bad:
+            print(f"error: {bad.message}", file=sys.stderr)
+            return 2
+    from .testing import ServerBinaryNotFound, ServerStartError
+
+    try:
+        return body()
+    except (ServerBinaryNotFound, ServerStartError) as exc:
+        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else exc.summary()
+        print(f"error: cannot start the local server: {detail}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:  # the run exists: 1; the server is refused or unreachable: 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, RunExists) else 2
+    except KeyboardInterrupt:  # before the workers started, or in a worker run by hand
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m redis_ckpt", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=os.environ.get("REDIS_CKPT_URL"),
@@ -192,49 +231,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--pause-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    from .testing import LocalServer, ServerBinaryNotFound, ServerStartError
-
     if a.url and a.data_dir and not a.worker:  # as `redis-ckpt demo` (the URL may come from the environment)
         print("error: --data-dir is for the local server; it cannot be used with --url or $REDIS_CKPT_URL",
               file=sys.stderr)
         return 2
-    if a.url and not a.worker:  # a URL redis-py cannot use: one line, as the CLI says it (no password)
-        from .cli.exits import CliFailure
-        from .cli.options import check_url
+    if a.worker:
+        return reporting(lambda: worker(a.url, a.run, a.worker, a.pause_after))
+    if a.url:
+        return reporting(lambda: orchestrate(a.url, a.run, reset=a.reset), a.url)
+    return reporting(lambda: _on_a_local_server(a.run, a.data_dir, a.reset))
 
-        try:
-            check_url(a.url)
-        except CliFailure as bad:
-            print(f"error: {bad.message}", file=sys.stderr)
-            return 2
+
+def _on_a_local_server(run_id: str, data_dir: str | None, reset: bool) -> int:
+    from .testing import LocalServer
+
     try:
-        if a.worker:
-            return worker(a.url, a.run, a.worker, a.pause_after)
-        if a.url:
-            return orchestrate(a.url, a.run, reset=a.reset)
-        try:
-            local = LocalServer("valkey", data_dir=a.data_dir)  # creates the data directory
-        except OSError as exc:
-            print(f"error: cannot use the data directory {a.data_dir}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        with local as server:
-            print(f"started a local durable Valkey {server.version} on {server.url} "
-                  f"(appendonly yes, appendfsync always, data in {server.data_dir})")
-            label = f"the local server's data in {server.data_dir}"
-            code = orchestrate(server.url, a.run, reset=a.reset, label=label)
-            if a.data_dir is not None:
-                _how_to_reopen(server.data_dir, server.port, a.run)
-            return code
-    except (ServerBinaryNotFound, ServerStartError) as exc:
-        detail = exc.hint if isinstance(exc, ServerBinaryNotFound) else exc.summary()
-        print(f"error: cannot start the local server: {detail}", file=sys.stderr)
+        local = LocalServer("valkey", data_dir=data_dir)  # creates the data directory
+    except OSError as exc:
+        print(f"error: cannot use the data directory {data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    except CheckpointError as exc:  # the run exists: 1; the server is refused or unreachable: 2
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, RunExists) else 2
-    except KeyboardInterrupt:  # before the workers started, or in a worker run by hand
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    with local as server:
+        print(f"started a local durable Valkey {server.version} on {server.url} "
+              f"(appendonly yes, appendfsync always, data in {server.data_dir})")
+        label = f"the local server's data in {server.data_dir}"
+        code = orchestrate(server.url, run_id, reset=reset, label=label)
+        if data_dir is not None:
+            _how_to_reopen(server.data_dir, server.port, run_id)
+        return code
 
 
 if __name__ == "__main__":

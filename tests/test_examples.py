@@ -65,3 +65,49 @@ def test_the_steps_example_runs_on_a_server_with_a_password_given_in_the_environ
                           timeout=120, env=env, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout and SECRET not in proc.stdout + proc.stderr
+
+
+BAD_URLS = {  # what the URL is -> what the one error line says
+    "malformed": (f"redis://:{SECRET}@127.0.0.1:abc/0", "bad --url"),
+    "no-scheme": (f"http://:{SECRET}@127.0.0.1:6379/0", "bad --url"),
+    "closed-port": (URL, "cannot reach"),
+}
+
+
+def one_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The error a first-time user gets: exit 2, stderr one ``error: ...`` line (indented
+    detail lines aside), no traceback, no password anywhere; that line."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and SECRET not in out, out
+    headlines = [line for line in proc.stderr.splitlines() if line and not line.startswith("  ")]
+    assert len(headlines) == 1 and headlines[0].startswith("error: "), out
+    assert "worker" not in proc.stdout, out  # none was started
+    return headlines[0]
+
+
+def run_example(example: str, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(EXAMPLES / f"{example}.py")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "REDIS_CKPT_URL": url}, check=False)
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_URLS))
+@pytest.mark.parametrize("example", sorted(START_A_WORKER))
+def test_an_example_given_a_bad_url_says_so_in_one_line(example: str, bad: str) -> None:
+    url, says = BAD_URLS[bad]
+    line = one_error(run_example(example, url))
+    assert says in line and "127.0.0.1" in line, line
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("example", sorted(START_A_WORKER))
+def test_an_example_on_a_server_that_is_refused_or_refuses_it_says_so_in_one_line(example: str,
+                                                                                   make_server: Any) -> None:
+    """A server that cannot keep a commit durable (the store refuses it), and one that
+    refuses the password: one line each, naming the server (without its password)."""
+    lax = make_server("valkey", password=SECRET, appendonly="no")
+    line = one_error(run_example(example, lax.url))
+    assert "refusing to use" in line and f":{lax.port}" in line, line
+    locked = make_server("valkey", password="other-pw")
+    line = one_error(run_example(example, f"redis://:{SECRET}@127.0.0.1:{locked.port}/0"))
+    assert "authentication failed" in line and f":{locked.port}" in line, line
