@@ -13,7 +13,8 @@ import redis
 from test_langgraph import checkpoint, cfg, one_expiry, round_trips, visible_ids  # skips this module without langgraph
 
 from redis_ckpt import CheckpointStore, ConflictError, StoreUnavailableError
-from redis_ckpt.integrations.langgraph import reads, writes
+from redis_ckpt.integrations.langgraph import reads, runs, writes
+from redis_ckpt.integrations.langgraph.engine import Engine
 from redis_ckpt.integrations.langgraph.model import items, split_record
 from redis_ckpt.langgraph import RedisCkptSaver, thread_run_id
 
@@ -362,16 +363,16 @@ def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(stor
     other = RedisCkptSaver(store)
     put_of_run(saver, "t", "R")
     other.delete_thread("t")
-    original = writes.index_run
+    original = runs.index_run
 
     def unavailable(*args: Any) -> Any:
         raise StoreUnavailableError("the server went away")
         yield  # a flow
 
-    monkeypatch.setattr(writes, "index_run", unavailable)
+    monkeypatch.setattr(runs, "index_run", unavailable)
     stored = put_of_run(saver, "t", "R")
     assert visible_ids(saver, "t") == [stored] and "could not be filed again" in caplog.text
-    monkeypatch.setattr(writes, "index_run", original)
+    monkeypatch.setattr(runs, "index_run", original)
     put_of_run(saver, "t", "R", stored)
     other.delete_for_runs(["R"])
     assert visible_ids(saver, "t") == []
@@ -380,7 +381,7 @@ def test_a_put_stored_before_its_run_index_failed_is_not_reported_as_failed(stor
 def put_after_admin(monkeypatch: Any, writer: RedisCkptSaver, kinds: tuple[str, ...]) -> list[str]:
     """Make the first saver_admin.lua call of one of ``kinds`` ("runs", "delete", "prune") be
     followed at once by a put of run R in t; the list gets that put's checkpoint id."""
-    original = writes._admin
+    original = Engine.admin
     again: list[str] = []
 
     def admin_then_put(e: Any, k: Any, args: list[Any], what: str) -> Any:
@@ -389,7 +390,7 @@ def put_after_admin(monkeypatch: Any, writer: RedisCkptSaver, kinds: tuple[str, 
             again.append(put_of_run(writer, "t", "R"))
         return reply
 
-    monkeypatch.setattr(writes, "_admin", admin_then_put)
+    monkeypatch.setattr(Engine, "admin", admin_then_put)
     return again
 
 
@@ -410,7 +411,7 @@ def test_delete_for_runs_finds_a_thread_filed_just_before_it_ran(store, monkeypa
     """A put files t in R's index, a whole delete_for_runs(R) runs, then the put's checkpoint
     lands in t: t is in R's index again, the next delete_for_runs finds it."""
     writer, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
-    original = writes.index_run
+    original = runs.index_run
     ran: list[None] = []
 
     def index_then_delete(*args: Any) -> Any:
@@ -418,7 +419,7 @@ def test_delete_for_runs_finds_a_thread_filed_just_before_it_ran(store, monkeypa
         if not ran:
             ran.append(deleter.delete_for_runs(["R"]))
 
-    monkeypatch.setattr(writes, "index_run", index_then_delete)
+    monkeypatch.setattr(runs, "index_run", index_then_delete)
     first = put_of_run(writer, "t", "R")
     assert ran and visible_ids(writer, "t") == [first]
     monkeypatch.undo()
@@ -450,7 +451,7 @@ def test_a_delete_for_runs_that_stopped_half_way_leaves_the_rest_to_the_next_one
         raise StoreUnavailableError("the server went away")
         yield  # a flow
 
-    monkeypatch.setattr(writes, "_admin", unavailable)
+    monkeypatch.setattr(Engine, "admin", unavailable)
     with pytest.raises(StoreUnavailableError):
         saver.delete_for_runs(["R"])
     assert not client.exists(f"{store.namespace}:lgrun:{{R}}")  # t left the index, its checkpoint did not
@@ -464,7 +465,7 @@ def test_delete_for_runs_finds_a_copy_filed_just_before_it_ran(store, monkeypatc
     copy lands: the target is in R's index again."""
     saver, deleter = RedisCkptSaver(store), RedisCkptSaver(store)
     copied = put_of_run(saver, "s", "R")
-    original = writes.index_run
+    original = runs.index_run
     ran: list[None] = []
 
     def index_then_delete(e: Any, k: Any, lg_run: str, thread_id: str) -> Any:
@@ -472,7 +473,7 @@ def test_delete_for_runs_finds_a_copy_filed_just_before_it_ran(store, monkeypatc
         if thread_id == "c" and not ran:
             ran.append(deleter.delete_for_runs(["R"]))
 
-    monkeypatch.setattr(writes, "index_run", index_then_delete)
+    monkeypatch.setattr(runs, "index_run", index_then_delete)
     saver.copy_thread("s", "c")
     assert ran and visible_ids(saver, "c") == [copied]
     monkeypatch.undo()
@@ -534,7 +535,7 @@ def test_a_history_walk_of_several_round_trips_neither_skips_nor_repeats_a_check
 def puts_before_prune(monkeypatch: pytest.MonkeyPatch, put_next: Any, times: int) -> None:
     """Each of the first ``times`` prune calls of saver_admin comes after ``put_next()``: a run
     still writing the thread puts between prune's read of the heads and its prune."""
-    original = writes._admin
+    original = Engine.admin
     left = [times]
 
     def admin(e: Any, k: Any, args: list[Any], what: str) -> Any:
@@ -543,7 +544,7 @@ def puts_before_prune(monkeypatch: pytest.MonkeyPatch, put_next: Any, times: int
             put_next()
         return (yield from original(e, k, args, what))
 
-    monkeypatch.setattr(writes, "_admin", admin)
+    monkeypatch.setattr(Engine, "admin", admin)
 
 
 def test_prune_keep_latest_racing_a_put_keeps_the_new_heads_delta_chain(store, monkeypatch):

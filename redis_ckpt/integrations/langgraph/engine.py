@@ -83,6 +83,12 @@ class Engine:
 
         return (yield from self.backend.retrying(body, run_id=run_id, what=what, writes=True))
 
+    def admin(self, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
+        """One ``saver_admin`` call (``args[0]``: "delete", "prune" or "runs"), confirmed; its reply."""
+        script = Script("saver_admin", k.all, [args[0], self.owner, self.backend.events_maxlen, *args[1:]])
+        (reply,) = yield from self.confirmed([script], k.route, k.run_id, what)
+        return reply
+
     def write(self, k: ThreadKeys, thread_id: str, inv: Invocation | None, body_args: list[Any],
               what: str, token: int | None = None, *, new_thread: bool = False,
               claim_as: str | None = None) -> Flow[Written]:

@@ -1,5 +1,5 @@
 """RedisCkptSaver: the LangGraph ``BaseCheckpointSaver``. Every method builds one flow (in
-reads.py / writes.py) and runs it on the store; the sync and async methods differ only in
+reads.py / writes.py / runs.py) and runs it on the store; the sync and async methods differ only in
 how they run it."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from ...core.ops import Flow
-from . import reads, writes
+from . import reads, runs, writes
 from .backend import Backend
 from .engine import Engine
 from .invocations import Invocation, Invocations
@@ -113,7 +113,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
                               self.thread_ttl)
         self._invocations = Invocations()
         self._outbox = Outbox()
-        self._filed = writes.FiledRuns()  # (LangGraph run id, thread) filed in the runs' cross-thread indexes
+        self._filed = runs.FiledRuns()  # (LangGraph run id, thread) filed in the runs' cross-thread indexes
 
     # -- running flows -------------------------------------------------------------------
 
@@ -242,10 +242,10 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Remove the checkpoints (and their writes) of LangGraph runs, in every thread."""
-        self._run(writes.runs_delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
+        self._run(runs.delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self._arun(writes.runs_delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
+        await self._arun(runs.delete_flow(self._engine, self._filed, _ids("run_ids", run_ids)))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._run(writes.copy_flow(self._engine, str(source_thread_id), str(target_thread_id)))

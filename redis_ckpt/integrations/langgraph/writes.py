@@ -1,74 +1,31 @@
 """Writing a thread: ``put`` and ``put_writes`` as one ``saver_write`` call each (one round
 trip ending in the WAITAOF that confirms it), and the whole-thread operations (delete, prune,
-delete_for_runs, copy) as ``saver_admin``/``saver_read``/``saver_write`` calls."""
+copy) as ``saver_admin``/``saver_read``/``saver_write`` calls. Filing threads in the runs'
+cross-thread index, which each of them keeps up, and delete_for_runs are in runs.py."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from langgraph.checkpoint.base import WRITES_IDX_MAP, Checkpoint, CheckpointMetadata, get_serializable_checkpoint_metadata
 
-from ...core.ops import Cmd, Flow, Pipe, Script
-from ...core.replies import raise_failures
-from ...errors import CheckpointError, ConflictError
+from ...core.ops import Cmd, Flow
+from ...errors import ConflictError
+from . import runs
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import (ThreadKeys, check_checkpoint_id, check_name, check_text, cross_key, items, pairs, thread_run_id,
-                    version_text)
+from .model import ThreadKeys, check_checkpoint_id, check_name, check_text, items, pairs, thread_run_id, version_text
 from .reads import decode_record
 
-__all__ = ["FiledRuns", "put_flow", "writes_flow", "delete_flow", "prune_flow", "runs_delete_flow", "copy_flow"]
-
-log = logging.getLogger("redis_ckpt")
+__all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "copy_flow"]
 
 #: bytes of items a copy sends per script call
 COPY_BATCH_BYTES = 4 * 1024 * 1024
 #: times prune keep_latest reads a thread's newest checkpoints when puts keep replacing them
 PRUNE_READS = 8
-
-
-class FiledRuns:
-    """The (LangGraph run id, thread) pairs this process filed in the runs' cross-thread
-    indexes, and when each is due to be filed again (monotonic seconds; never without a
-    TTL). A delete or prune that takes a thread out of a run's index forgets the pair; one in
-    another process is seen by the put of the run that comes after it (saver_write.lua's new
-    run ids), which files the thread again: a delete_for_runs takes a thread out of the index
-    before it removes the run's checkpoints from it, so that filing comes after its own."""
-
-    LIMIT = 100_000  #: pairs remembered at most (beyond: all forgotten, filed again once each)
-
-    def __init__(self) -> None:
-        self._due: dict[str, dict[str, float]] = {}  # run id -> thread -> when to file again
-        self._size = 0
-
-    def due(self, lg_run: str, thread_id: str, now: float) -> bool:
-        return self._due.get(lg_run, {}).get(thread_id, now) <= now
-
-    def filed(self, lg_run: str, thread_id: str, again_at: float) -> None:
-        if self._size >= self.LIMIT:
-            self._due.clear()
-            self._size = 0
-        threads = self._due.setdefault(lg_run, {})
-        self._size += thread_id not in threads
-        threads[thread_id] = again_at
-
-    def forget(self, lg_run: str, thread_id: str | None = None) -> None:
-        """The pair (lg_run, thread_id); every pair of ``lg_run`` when thread_id is None."""
-        threads = self._due.get(lg_run)
-        if threads is None:
-            return
-        if thread_id is None:
-            self._size -= len(threads)
-            threads.clear()
-        elif threads.pop(thread_id, None) is not None:
-            self._size -= 1
-        if not threads:
-            self._due.pop(lg_run, None)
 
 
 def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpoint,
@@ -105,7 +62,7 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
             len(versions), *triples], ns, cid, lg_run
 
 
-def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[str, Any],
+def put_flow(e: Engine, inv: Invocation | None, filed: runs.FiledRuns, config: dict[str, Any],
              parts: tuple[list[Any], str, str, str | None], company: list[Any]) -> Flow[dict[str, Any]]:
     """A put (its ``put_item`` ``parts``), with ``company``: the items of the invocation's
     writes that wait for it (outbox.py), stored in the same script call, before it."""
@@ -115,49 +72,16 @@ def put_flow(e: Engine, inv: Invocation | None, filed: FiledRuns, config: dict[s
     now = time.monotonic()
     if lg_run is not None and filed.due(lg_run, thread_id, now):
         # the cross-thread index of the LangGraph run first: it never misses a thread (once a run per
-        # thread; under a TTL again every slack_ms, so that it outlives the thread, see index_run)
-        yield from file_run(e, k, filed, lg_run, thread_id, now)
+        # thread; under a TTL again every slack_ms, so that it outlives the thread, see runs.index_run)
+        yield from runs.file_run(e, k, filed, lg_run, thread_id, now)
     written = yield from e.write(k, thread_id, inv, [*company, *item], "put")
     if lg_run is not None and (lg_run in written.new_runs or written.resent):
         # the thread held no checkpoint of the run before this one (or a resend cannot tell: the first
         # attempt may have landed): a delete_for_runs (or a delete, a prune, maybe in another process)
         # may have taken the thread out of the run's index since it was filed, even just now, between
         # the filing above and the write
-        yield from refile_run(e, k, filed, lg_run, thread_id, now)
+        yield from runs.refile_run(e, k, filed, lg_run, thread_id, now)
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}}
-
-
-def file_run(e: Engine, k: ThreadKeys, filed: FiledRuns, lg_run: str, thread_id: str, now: float) -> Flow[None]:
-    """``index_run``, remembered in ``filed`` (under a TTL: until slack_ms from ``now``)."""
-    yield from index_run(e, k, lg_run, thread_id)
-    filed.filed(lg_run, thread_id, now + e.ttl.slack_ms / 1000 if e.ttl.ms else math.inf)
-
-
-def refile_run(e: Engine, k: ThreadKeys, filed: FiledRuns, lg_run: str, thread_id: str, now: float) -> Flow[None]:
-    """``file_run`` after a put that is stored: a failure is logged, not raised (the put is
-    done), and the run's next put in the thread files it first."""
-    filed.forget(lg_run, thread_id)
-    try:
-        yield from file_run(e, k, filed, lg_run, thread_id, now)
-    except CheckpointError as exc:
-        log.warning("LangGraph thread %r could not be filed again in the index of run %r (delete_for_runs "
-                    "of the run misses it until the run's next put in it): %s", thread_id, lg_run, exc)
-
-
-def index_run(e: Engine, k: ThreadKeys, lg_run: str, thread_id: str) -> Flow[None]:
-    """File the thread in the run's cross-thread index. Under a TTL the index gets
-    ``index_ms`` (NX: a new key; GT: only ever later): refreshed every ``slack_ms`` while the
-    run writes, it outlives the threads the run kept alive (delete_for_runs finds them). A
-    saver without a TTL makes the thread permanent, and the index with it."""
-    key = cross_key(e.backend.namespace, lg_run)
-    yield from e.confirmed([Cmd("SADD", key, thread_id), *_expiry(e, key)], key, k.run_id, "put")
-
-
-def _expiry(e: Engine, key: str) -> list[Cmd]:
-    """The expiry of a run's index (or pending set) after a thread went in (see index_run)."""
-    if e.ttl.ms:
-        return [Cmd("PEXPIRE", key, e.ttl.index_ms, "NX"), Cmd("PEXPIRE", key, e.ttl.index_ms, "GT")]
-    return [Cmd("PERSIST", key)]
 
 
 def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence[tuple[str, Any]], task_id: str,
@@ -181,43 +105,11 @@ def writes_flow(e: Engine, inv: Invocation | None, thread_id: str, items: list[A
     yield from e.write(e.keys(thread_id), thread_id, inv, items, "put_writes")
 
 
-def _admin(e: Engine, k: ThreadKeys, args: list[Any], what: str) -> Flow[Any]:
-    script = Script("saver_admin", k.all, [args[0], e.owner, e.backend.events_maxlen, *args[1:]])
-    (reply,) = yield from e.confirmed([script], k.route, k.run_id, what)
-    return reply
-
-
-def _unindex(e: Engine, k: ThreadKeys, filed: FiledRuns, thread_id: str, lg_runs: Sequence[Any],
-             what: str) -> Flow[None]:
-    """Take the thread out of the runs' indexes (it kept no checkpoint of them), then file it
-    again in those it holds a checkpoint of by now: a put of the run since (which filed the
-    thread before it was taken out here; a put after this read files it itself, put_flow)."""
-    rids = [text(r) for r in lg_runs]
-    for rid in rids:
-        filed.forget(rid, thread_id)
-        key = cross_key(e.backend.namespace, rid)
-        yield from e.confirmed([Cmd("SREM", key, thread_id)], key, k.run_id, what)
-    if not rids:
-        return
-    runs = k.all[9]
-
-    def held() -> Flow[list[Any]]:
-        replies = yield Pipe([Cmd("ZRANGEBYLEX", runs, f"[{rid}\x00", f"({rid}\x01", "LIMIT", 0, 1) for rid in rids],
-                             route=k.route)
-        raise_failures(replies)
-        return replies  # type: ignore[no-any-return]
-
-    found = yield from e.backend.retrying(held, run_id=k.run_id, what=what, writes=False)
-    for rid, members in zip(rids, found):
-        if members:
-            yield from index_run(e, k, rid, thread_id)
-
-
-def delete_flow(e: Engine, filed: FiledRuns, thread_id: str) -> Flow[None]:
+def delete_flow(e: Engine, filed: runs.FiledRuns, thread_id: str) -> Flow[None]:
     """Remove the thread (the fence stays, past every token handed out)."""
     k = e.keys(thread_id)
-    _token, lg_runs = yield from _admin(e, k, ["delete"], "delete_thread")
-    yield from _unindex(e, k, filed, thread_id, lg_runs, "delete_thread")
+    _token, lg_runs = yield from e.admin(k, ["delete"], "delete_thread")
+    yield from runs.unindex(e, k, filed, thread_id, lg_runs, "delete_thread")
 
 
 def check_strategy(strategy: Any) -> None:
@@ -227,7 +119,7 @@ def check_strategy(strategy: Any) -> None:
         raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
 
 
-def prune_flow(e: Engine, filed: FiledRuns, thread_id: str, strategy: str) -> Flow[None]:
+def prune_flow(e: Engine, filed: runs.FiledRuns, thread_id: str, strategy: str) -> Flow[None]:
     """keep_latest: the newest checkpoint of each namespace and the delta chain its
     DeltaChannels rebuild from (the channels its metadata counts since their last snapshot).
     A put between the read of the newest checkpoints and the prune makes the script refuse
@@ -237,9 +129,9 @@ def prune_flow(e: Engine, filed: FiledRuns, thread_id: str, strategy: str) -> Fl
     version, now = 0, 0
     for _ in range(PRUNE_READS):  # "delete" is never refused
         version, heads = (yield from _heads_and_chains(e, k)) if strategy == "keep_latest" else (0, [])
-        removed, rest = yield from _admin(e, k, ["prune", strategy, *heads], "prune")
+        removed, rest = yield from e.admin(k, ["prune", strategy, *heads], "prune")
         if removed >= 0:
-            yield from _unindex(e, k, filed, thread_id, rest, "prune")
+            yield from runs.unindex(e, k, filed, thread_id, rest, "prune")
             return
         now = int(rest)  # refused: the thread's version now
     err = ConflictError(k.run_id, expected=version, actual=now)
@@ -259,39 +151,6 @@ def _heads_and_chains(e: Engine, k: ThreadKeys) -> Flow[tuple[int, list[Any]]]:
         counters = e.serde.loads_typed(tuple(rec["metadata"])).get("counters_since_delta_snapshot") or {}
         out += [ns, cid, items(str(ch) for ch in counters)]
     return int(heads[0]), out
-
-
-def _run_id(value: Any) -> str:
-    rid = check_name("run id", str(value))
-    if not rid:
-        raise ValueError("run id must not be empty (a put whose metadata run_id is \"\" files its checkpoint "
-                         "under no run)")
-    return rid
-
-
-def runs_delete_flow(e: Engine, filed: FiledRuns, lg_runs: Sequence[str]) -> Flow[None]:
-    """Remove the checkpoints of LangGraph runs in every thread (found through the
-    cross-thread index of each run, and the threads an unfinished delete_for_runs of the run
-    left pending). Each thread moves from the index to the pending set before the run's
-    checkpoints leave it, and out of that set after: a put of the run in the thread after
-    that files it in the index again (put_flow), which stays; a delete_for_runs that stops
-    half way leaves the rest pending for the next one. Every run id is checked before the
-    first one is deleted."""
-    for rid in [_run_id(r) for r in lg_runs]:
-        key, pending = cross_key(e.backend.namespace, rid), cross_key(e.backend.namespace, rid, pending=True)
-
-        def members(key: str = key, pending: str = pending) -> Flow[Any]:
-            return (yield Cmd("SUNION", key, pending))
-
-        threads = yield from e.backend.retrying(members, run_id=None, what="delete_for_runs", writes=False)
-        for thread_id in sorted(map(text, threads or [])):
-            k = e.keys(thread_id)
-            yield from e.confirmed([Cmd("SMOVE", key, pending, thread_id), *_expiry(e, pending)], key, k.run_id,
-                                   "delete_for_runs")
-            _removed, dropped = yield from _admin(e, k, ["runs", rid], "delete_for_runs")
-            yield from _unindex(e, k, filed, thread_id, [d for d in dropped if text(d) != rid], "delete_for_runs")
-            yield from e.confirmed([Cmd("SREM", pending, thread_id)], key, k.run_id, "delete_for_runs")
-        filed.forget(rid)
 
 
 #: the invocation id a copy claims its target under starts so (an invocation's is hex digits)
@@ -343,14 +202,14 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
                                                       writes=False)) or b"")
         if not left_by.startswith(COPY_CLAIM):
             raise _not_empty(target, target_version)
-    version, index, records, values, writes, runs = yield from e.read(ks, ["dump", 0], "copy_thread")
+    version, index, records, values, writes, run_members = yield from e.read(ks, ["dump", 0], "copy_thread")
     claim_as = _copy_claim(ks.run_id, version)
     if target_version and left_by != claim_as:
         raise _not_empty(target, target_version, left_by)
     stored_records = dict(pairs(records))
     stored_values = dict(pairs(values))
     lg_run_of = {}
-    for m in runs:
+    for m in run_members:
         rid, _, rest = m.partition(b"\x00")
         lg_run_of[rest] = text(rid)
     writes_of: dict[bytes, list[Any]] = {}
@@ -358,7 +217,7 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
         ns_b, _, rest = field.partition(b"\x00")
         writes_of.setdefault(ns_b + b"\x00" + rest.partition(b"\x00")[0], []).append((field, blob))
     for rid in sorted(set(lg_run_of.values())):  # the runs' indexes first, as a put does
-        yield from index_run(e, kt, rid, target)
+        yield from runs.index_run(e, kt, rid, target)
     sent: set[bytes] = set()
     batch: list[Any] = []
     size = 0
@@ -403,4 +262,4 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
             yield from flush()
     yield from flush()
     for rid in sorted(set(lg_run_of.values())):  # again, as a put does: a delete_for_runs may have run since
-        yield from index_run(e, kt, rid, target)
+        yield from runs.index_run(e, kt, rid, target)
