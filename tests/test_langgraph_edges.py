@@ -269,7 +269,8 @@ SURROGATE_CALLS = {  # call -> the argument its error names
     "list-before": (lambda s, cp: list(s.list(cfg("t"), before=cfg("t", cid=f"c{LONE}"))), "before"),
     "history-channel": (lambda s, cp: s.get_delta_channel_history(config=cfg("t"), channels=[f"x{LONE}"]), "channel"),
     "delete-thread": (lambda s, cp: s.delete_thread("t\ud800"), "thread_id"),
-    "copy-target": (lambda s, cp: s.copy_thread("t", "u\ud800"), "thread_id"),
+    "copy-source": (lambda s, cp: s.copy_thread("u\ud800", "v"), "source_thread_id"),
+    "copy-target": (lambda s, cp: s.copy_thread("t", "u\ud800"), "target_thread_id"),
     "prune-thread": (lambda s, cp: s.prune(["t", "u\ud800"]), "thread_id"),  # t is not pruned first
     "delete-runs": (lambda s, cp: s.delete_for_runs(["run-9", f"r{LONE}"]), "run id"),  # run-9 is not deleted first
 }
@@ -285,7 +286,9 @@ def test_a_name_with_a_lone_surrogate_is_refused_naming_it_and_nothing_is_writte
     saver.put(cfg("t", cid=None), first, {"step": 0, "run_id": "run-9"}, {"x": 1})
     before = {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")}
     call, argument = SURROGATE_CALLS[case]
-    with pytest.raises(ValueError, match=f"{argument} .* is not encodable as UTF-8 \\(lone surrogate") as refused:
+    # the argument itself ("thread_id" is not "target_thread_id")
+    names_it = f"(?<!\\w){argument} .* is not encodable as UTF-8 \\(lone surrogate"
+    with pytest.raises(ValueError, match=names_it) as refused:
         call(saver, checkpoint(values={"x": 2}, versions={"x": 2}))
     assert type(refused.value) is ValueError
     assert {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")} == before
@@ -646,6 +649,18 @@ def test_a_partial_copy_of_a_source_that_changed_since_is_refused_naming_it(stor
     saver.delete_thread("dst")
     saver.copy_thread("src", "dst")
     assert visible_ids(saver, "dst") == visible_ids(saver, "src")
+
+
+@pytest.mark.parametrize("source, target, argument", [("", "u", "source_thread_id"), ("t", "", "target_thread_id")])
+def test_copy_thread_with_an_empty_thread_id_is_refused_naming_that_argument(store, client, source, target, argument):
+    """Each of copy_thread's two thread ids is named in its own error (both said "thread_id":
+    which one was wrong?), before anything is sent."""
+    saver = RedisCkptSaver(store)
+    saver.put(cfg("t"), checkpoint(values={"x": 1}, versions={"x": 1}), {"step": 0}, {"x": 1})
+    before = {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")}
+    with pytest.raises(ValueError, match=f"^{argument} must not be empty"):
+        saver.copy_thread(source, target)
+    assert {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")} == before
 
 
 def test_copy_thread_onto_itself_is_refused(store):

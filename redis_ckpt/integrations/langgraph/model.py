@@ -32,8 +32,8 @@ from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeErr
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
-    "Framer", "items", "parse_items", "split_record", "check_text", "check_name", "check_checkpoint_id",
-    "version_text",
+    "Framer", "items", "parse_items", "split_record", "check_text", "check_thread_id", "check_name",
+    "check_checkpoint_id", "version_text",
 ]
 
 RUN_PREFIX = "lg."
@@ -42,10 +42,7 @@ HASHED_RUN_PREFIX = "lg#"
 
 def thread_run_id(thread_id: Any) -> str:
     """The store run id that holds a LangGraph thread (stable, injective)."""
-    text = str(thread_id)
-    check_text("thread_id", text)
-    if not text:
-        raise ValueError("thread_id must not be empty")
+    text = check_thread_id("thread_id", str(thread_id))
     encoded = RUN_PREFIX + quote(text, safe="-_.")
     if len(encoded) <= MAX_RUN_ID:
         return encoded
@@ -106,6 +103,14 @@ def check_text(kind: str, value: Any) -> Any:
         except UnicodeEncodeError as exc:
             raise ValueError(f"{kind} {value!r} is not encodable as UTF-8 (lone surrogate at index {exc.start})"
                              ) from None
+    return value
+
+
+def check_thread_id(kind: str, value: str) -> str:
+    """A thread id (named ``kind`` in the error: copy_thread has two): not empty, encodable as UTF-8."""
+    check_text(kind, value)
+    if not value:
+        raise ValueError(f"{kind} must not be empty")
     return value
 
 

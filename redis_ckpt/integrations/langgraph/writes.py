@@ -17,7 +17,8 @@ from ...errors import ConflictError
 from . import runs
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import ThreadKeys, check_checkpoint_id, check_name, check_text, items, pairs, thread_run_id, version_text
+from .model import (ThreadKeys, check_checkpoint_id, check_name, check_text, check_thread_id, items, pairs,
+                    thread_run_id, version_text)
 from .reads import decode_record
 
 __all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "copy_flow"]
@@ -187,7 +188,7 @@ def copy_flow(e: Engine, source: str, target: str) -> Flow[None]:
     again while neither thread was written since (every item is sent again: each lands as it
     did); a target left so by a copy of another source, or of this one before it changed, is
     refused, its message naming the unfinished copy."""
-    ks, kt = e.keys(source), e.keys(target)
+    ks, kt = e.keys(check_thread_id("source_thread_id", source)), e.keys(check_thread_id("target_thread_id", target))
     if ks.run_id == kt.run_id:
         raise ValueError(f"copy_thread copies a thread into another one, not into itself ({source!r})")
     # values are stored once per (namespace, channel, version): merged into a thread in use, a
