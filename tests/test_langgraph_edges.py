@@ -4,6 +4,7 @@ cross-thread run index after a thread left it, bad arguments, and prune racing a
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -255,6 +256,10 @@ SURROGATE_CALLS = {  # call -> the argument its error names
                     "channel"),
     "put-version": (lambda s, cp: s.put(cfg("t"), cp, {}, {"x": f"2{LONE}"}), "channel version"),
     "put-run": (lambda s, cp: s.put(cfg("t"), cp, {"run_id": f"r{LONE}"}, {"x": 1}), "metadata run_id"),
+    # metadata keys were a TypeError saying only "string contains surrogates" (as values LangGraph makes them "?")
+    "put-metadata-key": (lambda s, cp: s.put(cfg("t"), cp, {f"k{LONE}": 1}, {"x": 1}), "metadata key"),
+    "put-metadata-nested-key": (lambda s, cp: s.put(cfg("t"), cp, {"a": [0, {"b": {f"k{LONE}": 1}}]}, {"x": 1}),
+                                "metadata['a'][1]['b'] key"),
     "writes-thread": (lambda s, cp: s.put_writes(cfg("t\ud800", cid="c1"), [("x", 1)], "task"), "thread_id"),
     "writes-ns": (lambda s, cp: s.put_writes(cfg("t", f"n{LONE}", cid="c1"), [("x", 1)], "task"), "checkpoint_ns"),
     "writes-id": (lambda s, cp: s.put_writes(cfg("t", cid=f"c{LONE}"), [("x", 1)], "task"), "checkpoint id"),
@@ -287,12 +292,23 @@ def test_a_name_with_a_lone_surrogate_is_refused_naming_it_and_nothing_is_writte
     before = {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")}
     call, argument = SURROGATE_CALLS[case]
     # the argument itself ("thread_id" is not "target_thread_id")
-    names_it = f"(?<!\\w){argument} .* is not encodable as UTF-8 \\(lone surrogate"
+    names_it = f"(?<!\\w){re.escape(argument)} .* is not encodable as UTF-8 \\(lone surrogate"
     with pytest.raises(ValueError, match=names_it) as refused:
         call(saver, checkpoint(values={"x": 2}, versions={"x": 2}))
     assert type(refused.value) is ValueError
     assert {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")} == before
     assert visible_ids(saver, "t") == [first["id"]]
+
+
+def test_metadata_the_serializer_refuses_for_another_reason_raises_its_own_error(store, client):
+    """Only a key UTF-8 cannot encode becomes a ValueError: another refusal of the serializer
+    (here an object it cannot serialize) is raised as it came, and nothing is written."""
+    saver = RedisCkptSaver(store)
+    before = {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")}
+    with pytest.raises(TypeError, match="not msgpack serializable"):
+        saver.put(cfg("t"), checkpoint(values={"x": 1}, versions={"x": 1}), {"a": [{"o": object()}]}, {"x": 1})
+    assert {k: client.dump(k) for k in client.scan_iter(f"{store.namespace}:*")} == before
+    assert visible_ids(saver, "t") == []
 
 
 # --------------------------------------------------------------------------- the run index after a thread left it

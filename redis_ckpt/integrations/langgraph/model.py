@@ -32,7 +32,7 @@ from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeErr
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
-    "Framer", "items", "parse_items", "split_record", "check_text", "check_thread_id", "check_name",
+    "Framer", "items", "parse_items", "split_record", "check_text", "check_keys", "check_thread_id", "check_name",
     "check_checkpoint_id", "version_text",
 ]
 
@@ -104,6 +104,29 @@ def check_text(kind: str, value: Any) -> Any:
             raise ValueError(f"{kind} {value!r} is not encodable as UTF-8 (lone surrogate at index {exc.start})"
                              ) from None
     return value
+
+
+def check_keys(kind: str, value: Any) -> None:
+    """After the serializer refused ``value`` (a TypeError, "string contains surrogates"):
+    check_text's ValueError for a dict key in it UTF-8 cannot encode, named by its path
+    (``metadata['a'][0] key``), when its dicts, lists and tuples hold one. LangGraph's
+    serializer replaces such a str with "?" where it is a value, and refuses it where it is
+    a key without saying where; found nowhere, this returns (the caller re-raises)."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    seen: set[int] = set()
+    while stack:
+        path, v = stack.pop()
+        if not isinstance(v, (dict, list, tuple)) or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if isinstance(v, dict):
+            for key in v:
+                if isinstance(key, str):
+                    check_text(f"{kind}{path} key", key)
+            children = [(f"{path}[{key!r}]", item) for key, item in v.items()]
+        else:
+            children = [(f"{path}[{i}]", item) for i, item in enumerate(v)]
+        stack.extend(reversed(children))
 
 
 def check_thread_id(kind: str, value: str) -> str:

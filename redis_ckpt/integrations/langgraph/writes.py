@@ -17,8 +17,8 @@ from ...errors import ConflictError
 from . import runs
 from .engine import Engine, text
 from .invocations import Invocation
-from .model import (ThreadKeys, check_checkpoint_id, check_name, check_text, check_thread_id, items, pairs,
-                    thread_run_id, version_text)
+from .model import (ThreadKeys, check_checkpoint_id, check_keys, check_name, check_text, check_thread_id, items,
+                    pairs, thread_run_id, version_text)
 from .reads import decode_record
 
 __all__ = ["put_flow", "writes_flow", "delete_flow", "prune_flow", "copy_flow"]
@@ -56,9 +56,14 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
             typed = e.serde.dumps_typed(values[ch])
             blob = e.framer.seal(run_id, [ch, v, typed[0], typed[1]])
         triples += [ch, v, blob]
-    record = e.framer.seal(run_id, {"ns": ns, "id": cid, "parent": parent or None,
-                                    "checkpoint": list(e.serde.dumps_typed(c)),
-                                    "metadata": list(e.serde.dumps_typed(md))})
+    checkpoint_typed = list(e.serde.dumps_typed(c))
+    try:
+        metadata_typed = list(e.serde.dumps_typed(md))
+    except TypeError:  # a key UTF-8 cannot encode: a ValueError saying where, not "string contains surrogates"
+        check_keys("metadata", md)
+        raise
+    record = e.framer.seal(run_id, {"ns": ns, "id": cid, "parent": parent or None, "checkpoint": checkpoint_typed,
+                                    "metadata": metadata_typed})
     return ["P", ns, cid, parent, record, lg_run or "",
             len(versions), *triples], ns, cid, lg_run
 
