@@ -98,3 +98,35 @@ def test_a_cluster_url_nobody_answers_is_store_unavailable_everywhere() -> None:
     result = CliRunner().invoke(cli, ["runs", "--url", url])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: {said}") and "pw-xyz" not in result.output
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("userinfo, said", [
+    (":wrong-pw@", "authentication failed at redis+cluster://:***@127.0.0.1:{port}: the server rejected"),
+    ("", "redis+cluster://127.0.0.1:{port} requires authentication: put the password in the URL"),
+    (":right-pw@", "cannot reach redis+cluster://:***@127.0.0.1:{port}: Redis Cluster cannot be connected"),
+], ids=["wrong-password", "no-password", "not-a-cluster"])
+def test_a_cluster_url_whose_node_refuses_the_client_is_store_unavailable_everywhere(
+        make_server: Any, userinfo: str, said: str) -> None:
+    """A Cluster URL whose startup node refuses the password (or wants one, or runs no
+    cluster) is StoreUnavailableError, as a one-server URL's is: redis-py raises a plain
+    RedisClusterException there, which from_url (sync and asyncio) and check_server let out
+    as it was and the CLI called a bug in redis-ckpt (exit 3)."""
+    from click.testing import CliRunner
+
+    from redis_ckpt import StoreUnavailableError, check_server
+    from redis_ckpt.cli import cli
+
+    server = make_server("valkey", password="right-pw")
+    url = f"redis+cluster://{userinfo}127.0.0.1:{server.port}"
+    said = said.format(port=server.port)
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        CheckpointStore.from_url(url, namespace="default")
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        asyncio.run(AsyncCheckpointStore.from_url(url, namespace="default"))
+    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
+        check_server(url)
+    result = CliRunner().invoke(cli, ["runs", "--url", url])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {said}")
+    assert "wrong-pw" not in result.output and "right-pw" not in result.output

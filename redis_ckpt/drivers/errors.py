@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import ConnectionLost, Failure, ReplyError
@@ -32,6 +32,11 @@ try:  # what a Cluster client raises (not a RedisError) when no startup node ans
     from redis.exceptions import RedisClusterUnreachableError as _ClusterUnreachable
 except ImportError:  # pragma: no cover - an older redis-py raised a ConnectionError there
     _ClusterUnreachable = RedisConnectionError
+
+#: how a Cluster client's RedisClusterException (not a RedisError) says that no startup node
+#: could be used to read the slot map: unreachable, or it refused the client (a wrong or
+#: missing password, cluster mode not enabled) - the plain class, not the unreachable one
+_CLUSTER_NOT_CONNECTED = "Redis Cluster cannot be connected"
 
 
 def failure(exc: BaseException) -> BaseException:
@@ -113,7 +118,8 @@ def checkpoint_error(exc: BaseException, label: str) -> BaseException:
     a CheckpointError for a redis-py, socket or neutral failure; anything else as it is."""
     if isinstance(exc, CheckpointError):
         return exc
-    if isinstance(exc, (*UNREACHABLE, _ClusterUnreachable)):
+    if isinstance(exc, (*UNREACHABLE, _ClusterUnreachable)) or \
+            (isinstance(exc, RedisClusterException) and str(exc).startswith(_CLUSTER_NOT_CONNECTED)):
         return StoreUnavailableError(unavailable_message(label, exc))
     if isinstance(exc, (ReplyError, RedisError)):
         kind = exc.kind if isinstance(exc, ReplyError) else type(exc).__name__
