@@ -236,6 +236,32 @@ def test_verify_and_generations_report_a_missing_head_as_damage(client, durable_
     assert invoke(["verify", "idle"], url=durable_server.url, namespace=namespace).exit_code == 0
 
 
+def test_export_and_fork_report_a_missing_head_as_damage(client, durable_server, namespace):
+    """export_frame (and fork, which reads the source through it) read only the head: for a
+    run whose head was lost while its generations are there they raised NotFoundError "has
+    no committed generation", so `redis-ckpt export RUN` - an operator's backup - said the run
+    was empty where load raises CorruptCheckpointError. Both now say it is damaged; a run
+    only acquired is still "no committed generation"."""
+    from redis_ckpt import NotFoundError
+    from test_cli import invoke
+
+    store = CheckpointStore(client, namespace=namespace, keep=2)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+        lease.commit({"n": 2})
+    store.acquire("idle", owner="a", ttl=10).release()
+    client.delete(RunKeys(namespace, "r").head)
+    for op in (lambda: store.export_frame("r"), lambda: store.fork("r", "copy", by="ops")):
+        with pytest.raises(CorruptCheckpointError) as e:
+            op()
+        assert e.value.run_id == "r" and "head is missing" in str(e.value)
+    assert store.info("copy").fence == 0  # the fork wrote nothing
+    with pytest.raises(NotFoundError):
+        store.export_frame("idle")
+    out = invoke(["export", "r", "-o", "-"], url=durable_server.url, namespace=namespace)
+    assert out.exit_code == 1 and "head is missing" in out.stderr, out.output
+
+
 @pytest.mark.parametrize("op", ["delete", "prune"])
 @pytest.mark.parametrize("chunk_bytes", [None, 1024])
 def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, namespace, chunk_bytes, op):

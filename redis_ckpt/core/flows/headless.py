@@ -1,6 +1,6 @@
 """Runs whose head is missing: was the run ever committed (then it is damage: the head was
 deleted by hand, or lost in a partial restore), and which of its generations' keys are left.
-Read by load, generations, delete and prune.
+Read by load, generations, export (and fork), delete and prune.
 """
 
 from __future__ import annotations

@@ -293,6 +293,8 @@ class ReadFlows(SharedFlows, FlowsBase):
             head = head_of(k.run_id, hash_of((yield Cmd("HGETALL", k.head))))
             gens = sorted((g for g, _ in kept(head)), reverse=True)
             if not head:
+                if (yield from committed_before(k)):  # lost, not empty: as a load says it
+                    raise head_missing(k.run_id)
                 raise NotFoundError(f"run {k.run_id!r} has no committed generation", run_id=k.run_id)
             if generation is not None and generation not in gens:
                 raise NotFoundError(f"run {k.run_id!r} does not keep generation {generation} "
