@@ -412,6 +412,56 @@ def test_a_primary_that_stays_demoted_is_unavailable_at_the_deadline(make_server
     admin.close()
 
 
+@pytest.mark.parametrize("via", ["sync", "async"])
+def test_a_single_connection_client_follows_the_name_to_the_promoted_replica(make_server, via):
+    """A managed service's failover moves the server's name to the promoted replica (here: a
+    proxy whose new connections go there) while the demoted primary answers READONLY. On a
+    client made with single_connection_client=True the driver dropped only its pool's idle
+    connections, never the client's own one: the sync store sent every retry to the demoted
+    node (StoreUnavailableError at the deadline), the asyncio one loaded its scripts there
+    while its pipes went to the promoted one (ServerError NOSCRIPT). The commit now lands on
+    the promoted replica, within the deadline."""
+    import redis.asyncio
+    from tcp_proxy import CutProxy
+
+    old = make_server("valkey")
+    new = make_server("valkey", replica_of=("127.0.0.1", old.port))
+    promoted = new.client()
+    wait_for(lambda: promoted.info("replication").get("master_link_status") == "up", "the replica in sync")
+
+    def fail_over() -> None:
+        wait_for(lambda: promoted.exists("d:{r}:head"), "the first commit replicated")
+        promoted.replicaof("NO", "ONE")
+        _demoted(old).close()
+        proxy.upstream = ("127.0.0.1", new.port)  # the name now resolves to the promoted node
+
+    policy = RetryPolicy(deadline_s=10.0)
+    with CutProxy(old.port) as proxy:
+        if via == "sync":
+            client = redis.Redis(host="127.0.0.1", port=proxy.port, single_connection_client=True)
+            store = CheckpointStore(client, namespace="d", retry=policy)
+            lease = store.acquire("r", owner="a", ttl=60)
+            assert lease.commit({"n": 1}) == 1
+            fail_over()
+            assert lease.commit({"n": 2}) == 2
+            store.close()
+            client.close()
+        else:
+            async def scenario() -> None:
+                client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, single_connection_client=True)
+                store = await AsyncCheckpointStore.create(client, namespace="d", retry=policy)
+                lease = await store.acquire("r", owner="a", ttl=60)
+                assert await lease.commit({"n": 1}) == 1
+                await asyncio.to_thread(fail_over)
+                assert await lease.commit({"n": 2}) == 2
+                await store.close()
+                await client.aclose()
+
+            asyncio.run(scenario())
+    assert CheckpointStore(promoted, namespace="d").load("r").state == {"n": 2}
+    promoted.close()
+
+
 # --------------------------------------------------------------------------- the policy
 
 

@@ -96,10 +96,14 @@ class AsyncNodeTarget:
         raise TypeError(f"a flow yielded {op!r}, not an op")
 
     async def reconnect(self) -> None:
-        """Drop the pool's idle connections (see :meth:`NodeTarget.reconnect`)."""
+        """Drop the pool's idle connections, and a single-connection client's own one, which
+        sends its commands and loads its scripts (see :meth:`NodeTarget.reconnect`)."""
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             await pool.disconnect(inuse_connections=False)
+        single = getattr(self.client, "connection", None)
+        if single is not None:
+            await single.disconnect()
 
 
 class AsyncPlanTarget:

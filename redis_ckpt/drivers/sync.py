@@ -24,6 +24,7 @@ Semantics a flow can rely on:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeVar
@@ -109,11 +110,16 @@ class NodeTarget:
         raise TypeError(f"a flow yielded {op!r}, not an op")
 
     def reconnect(self) -> None:
-        """Drop the pool's idle connections: they point at a primary demoted to a replica
-        (see ``errors.demoted``); the next one resolves the server's name again."""
+        """Drop the pool's idle connections, and a single-connection client's own one (under
+        its lock): they point at a primary demoted to a replica (see ``errors.demoted``); the
+        next one resolves the server's name again."""
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             pool.disconnect(inuse_connections=False)
+        single = getattr(self.client, "connection", None)
+        if single is not None:
+            with getattr(self.client, "single_connection_lock", None) or contextlib.nullcontext():
+                single.disconnect()
 
 
 class PlanTarget:
