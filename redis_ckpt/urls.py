@@ -152,6 +152,20 @@ def _refuse_unknown_options(options: dict[str, Any], connection_class: type | No
                              "connection: a typo?)")
 
 
+@functools.lru_cache(maxsize=None)
+def _cluster_options() -> frozenset[str]:
+    """The keyword arguments a redis-py Cluster client takes, sync or asyncio: their own and
+    the connection options the sync one hands on to its nodes (``REDIS_ALLOWED_KEYS``; it
+    drops any other without a word, the asyncio one raises TypeError)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import REDIS_ALLOWED_KEYS, RedisCluster
+
+    names = set(REDIS_ALLOWED_KEYS)
+    for cls in (RedisCluster, AsyncRedisCluster):
+        names.update(inspect.signature(cls.__init__).parameters)
+    return frozenset(names)
+
+
 @_unquotable
 def check_single_url(url: str) -> None:
     """redis-py's own parse, plus what it lets through: ``redis://host/foo`` (and ``/1/2``)
@@ -235,6 +249,10 @@ def parse_cluster_url(url: str) -> ClusterURL:
     kw = _node_kwargs(scheme.split("+", 1)[0], userinfo, hosts[0], "", parts.query)
     if kw.pop("db", 0) not in (0, "0"):
         raise ValueError("a Redis Cluster has only database 0")
+    for name in kw:
+        if name not in _cluster_options():
+            raise ValueError(f"unknown option {name!r} in the URL's query (not an option of a redis-py "
+                             "Cluster client: a typo?)")
     return ClusterURL(hosts, kw)
 
 

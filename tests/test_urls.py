@@ -117,3 +117,23 @@ def test_an_unknown_query_option_in_a_sentinel_url_is_refused() -> None:
         validate_url("redis+sentinel://127.0.0.1:1/svc/0?sokcet_timeout=5")
     validate_url("redis+sentinel://127.0.0.1:1/svc/0?socket_timeout=5&sentinel_password=x&client_name=a")
     validate_url("rediss+sentinel://127.0.0.1:1/svc?ssl_cert_reqs=none&sentinel_username=u")
+
+
+def test_an_unknown_query_option_in_a_cluster_url_is_refused() -> None:
+    """The single-server and Sentinel URLs refuse an option no client takes (a typo); a
+    Cluster URL did not: the sync client dropped it without a word (redis-py keeps only the
+    options it knows), the asyncio one raised redis-py's TypeError out of from_url."""
+    import asyncio
+
+    from redis_ckpt import CheckpointStore
+    from redis_ckpt.aio import AsyncCheckpointStore
+
+    url = "redis+cluster://127.0.0.1:1,127.0.0.1:2?sokcet_timeout=5"
+    with pytest.raises(ValueError, match="unknown option 'sokcet_timeout' in the URL"):
+        validate_url(url)
+    with pytest.raises(ValueError, match="unknown option 'sokcet_timeout' in the URL"):
+        CheckpointStore.from_url(url, namespace="default")
+    with pytest.raises(ValueError, match="unknown option 'sokcet_timeout' in the URL"):
+        asyncio.run(AsyncCheckpointStore.from_url(url, namespace="default"))
+    validate_url("redis+cluster://:pw@127.0.0.1:1?socket_timeout=5&client_name=a&max_connections=8")
+    validate_url("rediss+cluster://u:pw@127.0.0.1:1?ssl_cert_reqs=none&ssl_check_hostname=false")
