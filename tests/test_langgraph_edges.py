@@ -260,6 +260,13 @@ SURROGATE_CALLS = {  # call -> the argument its error names
     "put-metadata-key": (lambda s, cp: s.put(cfg("t"), cp, {f"k{LONE}": 1}, {"x": 1}), "metadata key"),
     "put-metadata-nested-key": (lambda s, cp: s.put(cfg("t"), cp, {"a": [0, {"b": {f"k{LONE}": 1}}]}, {"x": 1}),
                                 "metadata['a'][1]['b'] key"),
+    # ... and so were dict keys in a channel value, a write or the checkpoint itself
+    "put-value-key": (lambda s, cp: s.put(cfg("t"), {**cp, "channel_values": {"x": {"a": {f"k{LONE}": 1}}}}, {},
+                                          {"x": 2}), "channel_values['x']['a'] key"),
+    "put-checkpoint-key": (lambda s, cp: s.put(cfg("t"), {**cp, "pending_sends": [{f"k{LONE}": 1}]}, {}, {"x": 1}),
+                           "checkpoint['pending_sends'][0] key"),
+    "writes-value-key": (lambda s, cp: s.put_writes(cfg("t", cid="c1"), [("x", 1), ("y", [{f"k{LONE}": 1}])],
+                                                    "task"), "writes[1] ('y')[0] key"),
     "writes-thread": (lambda s, cp: s.put_writes(cfg("t\ud800", cid="c1"), [("x", 1)], "task"), "thread_id"),
     "writes-ns": (lambda s, cp: s.put_writes(cfg("t", f"n{LONE}", cid="c1"), [("x", 1)], "task"), "checkpoint_ns"),
     "writes-id": (lambda s, cp: s.put_writes(cfg("t", cid=f"c{LONE}"), [("x", 1)], "task"), "checkpoint id"),

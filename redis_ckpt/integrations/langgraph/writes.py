@@ -29,6 +29,17 @@ COPY_BATCH_BYTES = 4 * 1024 * 1024
 PRUNE_READS = 8
 
 
+def dumps(e: Engine, kind: str, value: Any) -> tuple[str, bytes]:
+    """The serializer's ``dumps_typed(value)``; a dict key in ``value`` UTF-8 cannot encode is a
+    ValueError saying where (``kind`` and the path), not the serializer's bare TypeError "string
+    contains surrogates". Looked for only when the serializer refused."""
+    try:
+        return e.serde.dumps_typed(value)
+    except TypeError:
+        check_keys(kind, value)
+        raise
+
+
 def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpoint,
              metadata: CheckpointMetadata, new_versions: dict[str, Any]) -> tuple[list[Any], str, str, str | None]:
     """The "P" item of a put: (item, namespace, checkpoint id, LangGraph run id or None).
@@ -53,15 +64,11 @@ def put_item(e: Engine, run_id: str, config: dict[str, Any], checkpoint: Checkpo
         check_name("channel", ch)
         blob = b""
         if ch in new_versions and ch in values:
-            typed = e.serde.dumps_typed(values[ch])
+            typed = dumps(e, f"channel_values[{ch!r}]", values[ch])
             blob = e.framer.seal(run_id, [ch, v, typed[0], typed[1]])
         triples += [ch, v, blob]
-    checkpoint_typed = list(e.serde.dumps_typed(c))
-    try:
-        metadata_typed = list(e.serde.dumps_typed(md))
-    except TypeError:  # a key UTF-8 cannot encode: a ValueError saying where, not "string contains surrogates"
-        check_keys("metadata", md)
-        raise
+    checkpoint_typed = list(dumps(e, "checkpoint", c))
+    metadata_typed = list(dumps(e, "metadata", md))
     record = e.framer.seal(run_id, {"ns": ns, "id": cid, "parent": parent or None, "checkpoint": checkpoint_typed,
                                     "metadata": metadata_typed})
     return ["P", ns, cid, parent, record, lg_run or "",
@@ -100,7 +107,7 @@ def writes_item(e: Engine, run_id: str, config: dict[str, Any], writes: Sequence
     quads: list[Any] = []
     for idx, (ch, value) in enumerate(writes):
         widx = WRITES_IDX_MAP.get(ch, idx)
-        typed = e.serde.dumps_typed(value)
+        typed = dumps(e, f"writes[{idx}] ({ch!r})", value)
         quads += [task_id, widx, check_name("channel", ch),
                   e.framer.seal(run_id, [task_id, ch, task_path, widx, typed[0], typed[1]])]
     return ["W", ns, cid, len(writes), *quads]
