@@ -9,7 +9,10 @@ nothing outside an attempt of this driver); older versions connect inside ``get_
 so there the idle connection is taken here (the first half of ``get_connection``, unchanged
 since redis-py 3) and connected. A ``BlockingConnectionPool`` with every connection in use
 waits for a free one no longer than the attempt has left. An op with no time left fails with ``redis.TimeoutError``
-before anything is sent. (Asyncio: the driver bounds each op with ``asyncio.timeout``.)
+before anything is sent. While the attempt connects, its deadline is in a context variable
+(:func:`connecting`, :func:`connect_until`): what redis-py asks on the way (the Sentinels, for the
+primary's address) reads it too (:mod:`.discovery`). (Asyncio: the driver bounds each op with
+``asyncio.timeout``.)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from redis.retry import Retry
 
 from .direct import give_back, take_idle
 
-__all__ = ["time_left", "take", "armed", "arm", "GET_CONN_ARGS"]
+__all__ = ["time_left", "take", "armed", "arm", "connecting", "connect_until", "GET_CONN_ARGS"]
 
 
 def _get_connection_args() -> tuple[str, ...]:
@@ -123,10 +126,31 @@ def armed(conn: Any, until: float | None) -> tuple[bool, Any]:
     return True, own
 
 
-#: the time an attempt has left while this driver takes a connection from a pool (read by the
-#: pool's wrapped ensure_connection, and a blocking pool's wrapped queue); None everywhere else
-_CONNECT_LEFT: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_left", default=None)
+#: the deadline (``time.monotonic()``) of the attempt for which this driver takes and connects a
+#: connection (read by the pool's wrapped ensure_connection, a blocking pool's wrapped queue, and
+#: the discovery clients of :mod:`.discovery`); None everywhere else
+_CONNECT_UNTIL: contextvars.ContextVar[float | None] = contextvars.ContextVar("redis_ckpt_connect_until",
+                                                                             default=None)
 _HOOK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def connecting(until: float | None) -> Iterator[None]:
+    """Within: connections are made, and the servers telling where to connect are asked, for an
+    attempt that ends by ``until`` (None: no deadline, nothing set)."""
+    if until is None:
+        yield
+        return
+    token = _CONNECT_UNTIL.set(until)
+    try:
+        yield
+    finally:
+        _CONNECT_UNTIL.reset(token)
+
+
+def connect_until() -> float | None:
+    """The deadline of the attempt connecting now in this context (see :func:`connecting`)."""
+    return _CONNECT_UNTIL.get()
 
 
 def _hook(pool: Any) -> bool:
@@ -142,9 +166,10 @@ def _hook(pool: Any) -> bool:
         current = pool.ensure_connection
         if not getattr(current, "_redis_ckpt", False):
             def ensure_connection(connection: Any, _original: Callable[[Any], None] = current) -> None:
-                left = _CONNECT_LEFT.get()
-                if left is None:
+                until = _CONNECT_UNTIL.get()
+                if until is None:
                     return _original(connection)
+                left = time_left(until)  # what the attempt has left now (a Sentinel may have been asked)
                 try:  # what _settings does, without a context manager: this runs every attempt
                     saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
                 except AttributeError:
@@ -178,8 +203,9 @@ def _cap_wait(pool: Any) -> None:
             return
 
         def get(block: bool = True, timeout: float | None = None, _original: Callable[..., Any] = current) -> Any:
-            left = _CONNECT_LEFT.get()
-            if left is not None and block:
+            until = _CONNECT_UNTIL.get()
+            if until is not None and block:
+                left = max(0.0, until - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             return _original(block, timeout)
 
@@ -228,7 +254,7 @@ def take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
             if left is None:
                 single.connect()
             else:
-                with _settings(single, left):
+                with _settings(single, left), connecting(until):
                     single.connect()
         except BaseException:
             lock.__exit__(None, None, None)
@@ -241,10 +267,8 @@ def take(client: Any, until: float | None) -> tuple[Any, Callable[[Any], None]]:
     if left is None:
         return pool.get_connection(*GET_CONN_ARGS), pool.release
     _cap_wait(pool)
-    if not _hook(pool) and type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
-        return _take_idle(pool, left), pool.release
-    token = _CONNECT_LEFT.set(left)  # read by the wrapped ensure_connection and queue wait
-    try:  # without the hook (redis-py < 8, another pool class) it connects with its own timeouts
+    with connecting(until):  # read by the wrapped ensure_connection and queue wait, and the discovery clients
+        if not _hook(pool) and type(pool).get_connection is _BASE_GET and hasattr(pool, "_available_connections"):
+            return _take_idle(pool, left), pool.release
+        # without the hook (redis-py < 8, another pool class) it connects with its own timeouts
         return pool.get_connection(*GET_CONN_ARGS), pool.release
-    finally:
-        _CONNECT_LEFT.reset(token)

@@ -32,6 +32,7 @@ from typing import Any, Protocol, TypeVar
 from redis.exceptions import ReadOnlyError
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
+from .discovery import bound_discovery
 from .errors import demoted, failure, in_place
 from .resp import command_sync, lean_sync, numbers_as_text, pipe_sync, time_left
 
@@ -88,6 +89,7 @@ class NodeTarget:
         self.client = client
         self.scripts = scripts
         self.lean = lean_sync(client)
+        bound_discovery(client)  # a Sentinel-managed client: the Sentinels answer by the deadline too
 
     failure = staticmethod(failure)
 

@@ -1,0 +1,66 @@
+"""Where to connect, found by the attempt's deadline (sync): the primary a Sentinel names, the
+slot map of a Redis Cluster.
+
+redis-py finds them itself (``Sentinel.discover_master`` when a Sentinel-managed connection
+connects, ``NodesManager.initialize`` on a slot-map refresh), asking each Sentinel or startup
+node in turn on that server's own ``redis.Redis``, each answer under that client's socket
+timeout: with every one of them frozen, the number of servers times the socket timeout, far
+past any deadline. So the commands of those clients (a Sentinel's clients; a cluster's node
+clients, those it makes later included) go through this driver's bounded send
+(:func:`.resp.command_sync`) while an attempt of this driver connects or refreshes
+(:func:`.deadlines.connecting`): each answer waits no longer than the attempt has left, and once
+nothing is left every server not yet asked fails at once with ``redis.TimeoutError``, so
+redis-py's loop ends by the deadline with its own error (``MasterNotFoundError``,
+``RedisClusterUnreachableError``), a connection failure the retry policy handles. Outside such
+an attempt (the caller's own use of a Sentinel object, redis-py's own routing) they behave as
+they did: only the client's ``execute_command`` is wrapped, and the wrapper calls redis-py's.
+
+(Asyncio needs none of this: the driver runs each op, discovery included, under
+``asyncio.timeout``.)
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from redis.sentinel import SentinelConnectionPool
+
+from .deadlines import connect_until
+from .resp import command_sync, lean_sync
+
+__all__ = ["bound_discovery"]
+
+_LOCK = threading.Lock()
+
+
+def bound_discovery(client: Any) -> None:
+    """Make the servers ``client`` (sync) asks where to connect answer by the deadline of the
+    attempt connecting (see the module); nothing for one server's client or an asyncio one.
+    Idempotent: a client (or Sentinel) shared by several stores is wrapped once."""
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in list(pool.sentinel_manager.sentinels):
+            _bound_client(sentinel)
+
+
+def _bound_client(client: Any) -> None:
+    """``client.execute_command`` sent through :func:`command_sync` while an attempt connects."""
+    if getattr(client.execute_command, "_redis_ckpt", False) or not lean_sync(client):
+        return
+    original = type(client).execute_command  # the class's: the wrapper holds no reference to the client
+    ref = weakref.ref(client)
+
+    def execute_command(*args: Any, **options: Any) -> Any:
+        until = connect_until()
+        me = ref()
+        if until is None or options or not args:
+            return original(me, *args, **options)
+        return command_sync(me, args, until)
+
+    execute_command._redis_ckpt = True  # type: ignore[attr-defined]
+    with _LOCK:
+        if not getattr(client.execute_command, "_redis_ckpt", False):
+            client.execute_command = execute_command
+
