@@ -17,12 +17,15 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from redis.cluster import ClusterNode, RedisCluster
 
 from redis_ckpt import CheckpointStore, RetryPolicy, StoreUnavailableError
 from redis_ckpt.aio import AsyncCheckpointStore
-from redis_ckpt.testing import LocalSentinelSet, LocalServer
+from redis_ckpt.testing import HOST, LocalCluster, LocalSentinelSet, LocalServer
+from test_cluster import slot_of
 
 pytestmark = pytest.mark.server
 
@@ -120,3 +123,70 @@ def test_async_sentinel_operations_end_by_their_deadline_when_every_sentinel_is_
 
     asyncio.run(scenario())
 
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def seeds(cluster: LocalCluster) -> list[LocalServer]:
+    """The replicas: the only startup nodes of the clients below (``dynamic_startup_nodes``
+    off), so every slot-map refresh asks them and nothing else."""
+    primaries = {s.port for s in cluster.primaries()}
+    return [s for s in cluster.servers if s.port not in primaries]
+
+
+def sync_cluster(cluster: LocalCluster, socket_timeout: float) -> RedisCluster:
+    return RedisCluster(startup_nodes=[ClusterNode(HOST, s.port) for s in seeds(cluster)],
+                        dynamic_startup_nodes=False, socket_timeout=socket_timeout, decode_responses=False)
+
+
+def async_cluster(cluster: LocalCluster, socket_timeout: float) -> Any:
+    from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(HOST, s.port) for s in seeds(cluster)],
+                             dynamic_startup_nodes=False, socket_timeout=socket_timeout, decode_responses=False)
+
+
+# the primary's socket timeout ends the first attempt early enough for a refresh to start
+# within the deadline; the refresh then asks three frozen replicas in turn
+REFRESH_SOCKET_TIMEOUT_S = 1.5
+
+
+def test_a_slot_map_refresh_ends_by_the_deadline_when_every_startup_node_is_frozen(cluster, namespace):
+    store = CheckpointStore(sync_cluster(cluster, REFRESH_SOCKET_TIMEOUT_S), namespace=namespace, retry=SHORT)
+    try:
+        lease = store.acquire("job", owner="a", ttl=60)
+        assert lease.commit({"n": 1}) == 1
+        owner = cluster.owner(slot_of(namespace, "job"))  # its replica is frozen too: no failover
+        with frozen(owner.pid, *(s.pid for s in seeds(cluster))):
+            with Within(), pytest.raises(StoreUnavailableError) as commit:
+                lease.commit({"n": 2})  # the owner times out, the slot map is read again
+            with Within(), pytest.raises(StoreUnavailableError):
+                store.load("job")
+        assert commit.value.outcome_unknown  # sent to the owner, which runs it once resumed
+    finally:
+        store.close()
+        cluster.wait_healthy(60)
+
+
+def test_async_slot_map_refresh_ends_by_the_deadline_when_every_startup_node_is_frozen(cluster, namespace):
+    async def scenario() -> None:
+        store = await AsyncCheckpointStore.create(async_cluster(cluster, REFRESH_SOCKET_TIMEOUT_S),
+                                                  namespace=namespace, retry=SHORT)
+        try:
+            lease = await store.acquire("job", owner="a", ttl=60)
+            assert await lease.commit({"n": 1}) == 1
+            owner = cluster.owner(slot_of(namespace, "job"))
+            with frozen(owner.pid, *(s.pid for s in seeds(cluster))):
+                with Within(), pytest.raises(StoreUnavailableError) as commit:
+                    await lease.commit({"n": 2})
+                with Within(), pytest.raises(StoreUnavailableError):
+                    await store.load("job")
+            assert commit.value.outcome_unknown
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.wait_healthy(60)

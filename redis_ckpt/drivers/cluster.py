@@ -23,8 +23,9 @@ but ``SCAN`` goes through the cluster client's own routing.
 
 Deadlines (sync): every send, script load and back-off ends by the operation's deadline: a
 node's connection gets the time left as its socket timeout for the send (``resp.send_sync``).
-A slot-map refresh uses the cluster client's own timeouts. Asyncio: the driver bounds each op
-with ``asyncio.timeout``.
+A slot-map refresh (redis-py's ``NodesManager.initialize``, which asks the startup nodes in
+turn) ends by it too: the node clients' commands go through the same bounded send while it
+runs (:mod:`.discovery`). Asyncio: the driver bounds each op with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from .cluster_plan import (
     scan_plan,
     shards_of,
 )
+from .deadlines import connecting
+from .discovery import bound_discovery
 from .errors import failure, in_place
 from .resp import command_sync, lean_sync, load_script_sync, numbers_as_text, send_sync, time_left
 from .sync import PlanTarget, drive
@@ -79,6 +82,7 @@ class ClusterTarget(View):
         self.cluster = cluster
         self.scripts = scripts
         self._plan = PlanTarget(self.act)
+        bound_discovery(cluster)  # a slot-map refresh ends by the deadline
 
     failure = staticmethod(failure)
 
@@ -128,7 +132,8 @@ class ClusterTarget(View):
             nm.move_slot(action.error)
         elif isinstance(action, Refresh):
             time_left(until)
-            nm.initialize()
+            with connecting(until):  # each startup node asked answers within the time left, or not at all
+                nm.initialize()
         elif isinstance(action, Lost):
             if action.node.redis_connection is not None:
                 action.node.redis_connection.connection_pool.disconnect(inuse_connections=False)

@@ -25,6 +25,8 @@ import threading
 import weakref
 from typing import Any
 
+import redis
+from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
 from .deadlines import connect_until
@@ -39,6 +41,13 @@ def bound_discovery(client: Any) -> None:
     """Make the servers ``client`` (sync) asks where to connect answer by the deadline of the
     attempt connecting (see the module); nothing for one server's client or an asyncio one.
     Idempotent: a client (or Sentinel) shared by several stores is wrapped once."""
+    if isinstance(client, RedisCluster):
+        nodes_manager = client.nodes_manager
+        _bound_factory(nodes_manager)
+        for node in [*list(nodes_manager.startup_nodes.values()), *list(nodes_manager.nodes_cache.values())]:
+            if node.redis_connection is not None:
+                _bound_client(node.redis_connection)
+        return
     pool = getattr(client, "connection_pool", None)
     if isinstance(pool, SentinelConnectionPool):
         for sentinel in list(pool.sentinel_manager.sentinels):
@@ -64,3 +73,21 @@ def _bound_client(client: Any) -> None:
         if not getattr(client.execute_command, "_redis_ckpt", False):
             client.execute_command = execute_command
 
+
+def _bound_factory(nodes_manager: Any) -> None:
+    """Every node client ``nodes_manager`` makes from now on (a refresh meets new nodes) bounded too."""
+    current = getattr(nodes_manager, "create_redis_node", None)
+    if current is None or getattr(current, "_redis_ckpt", False):
+        return
+    original = type(nodes_manager).create_redis_node
+    ref = weakref.ref(nodes_manager)
+
+    def create_redis_node(*args: Any, **kwargs: Any) -> redis.Redis:
+        made = original(ref(), *args, **kwargs)
+        _bound_client(made)
+        return made
+
+    create_redis_node._redis_ckpt = True  # type: ignore[attr-defined]
+    with _LOCK:
+        if not getattr(nodes_manager.create_redis_node, "_redis_ckpt", False):
+            nodes_manager.create_redis_node = create_redis_node
