@@ -124,6 +124,19 @@ def test_async_sentinel_operations_end_by_their_deadline_when_every_sentinel_is_
     asyncio.run(scenario())
 
 
+def test_a_store_is_refused_by_its_deadline_when_every_sentinel_is_frozen(sentinels, namespace):
+    async def open_async() -> Any:
+        return await AsyncCheckpointStore.from_url(sentinels.url(), namespace=namespace,
+                                                   socket_timeout=SOCKET_TIMEOUT_S, retry=SHORT)
+
+    with frozen(*sentinel_pids(sentinels)):
+        with Within(), pytest.raises(StoreUnavailableError):
+            CheckpointStore.from_url(sentinels.url(), namespace=namespace, socket_timeout=SOCKET_TIMEOUT_S,
+                                     retry=SHORT)
+        with Within(), pytest.raises(StoreUnavailableError):
+            asyncio.run(open_async())
+
+
 # --------------------------------------------------------------------------- Redis Cluster
 
 
@@ -189,4 +202,26 @@ def test_async_slot_map_refresh_ends_by_the_deadline_when_every_startup_node_is_
     try:
         asyncio.run(scenario())
     finally:
+        cluster.wait_healthy(60)
+
+
+def test_a_store_is_refused_by_its_deadline_when_every_startup_node_is_frozen(cluster, namespace):
+    """The probe reads the slot map again (the topology as it is now) from the startup nodes."""
+    sync_client = sync_cluster(cluster, SOCKET_TIMEOUT_S)  # made while they answer
+    async_client = async_cluster(cluster, SOCKET_TIMEOUT_S)  # reads the slot map when first used
+
+    async def open_async() -> Any:
+        try:
+            return await AsyncCheckpointStore.create(async_client, namespace=namespace, retry=SHORT)
+        finally:
+            await async_client.aclose()
+
+    try:
+        with frozen(*(s.pid for s in seeds(cluster))):
+            with Within(), pytest.raises(StoreUnavailableError):
+                CheckpointStore(sync_client, namespace=namespace, retry=SHORT)
+            with Within(), pytest.raises(StoreUnavailableError):
+                asyncio.run(open_async())
+    finally:
+        sync_client.close()
         cluster.wait_healthy(60)

@@ -6,9 +6,10 @@ deadline (cancelling a redis-py call disconnects its connection)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import ReadOnlyError
@@ -23,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - redis-py depends on async-timeout below 3.11.3
     from async_timeout import timeout as _async_timeout
 
-__all__ = ["adrive", "AsyncTarget", "AsyncNodeTarget", "AsyncPlanTarget"]
+__all__ = ["adrive", "within", "AsyncTarget", "AsyncNodeTarget", "AsyncPlanTarget"]
 
 T = TypeVar("T")
 
@@ -70,6 +71,21 @@ async def adrive(flow: Generator[Any, Any, T], target: AsyncTarget, *, deadline_
                         raise RedisTimeoutError("no answer from the server within the operation's deadline") from exc
         except Exception as exc:  # handed to the flow, which decides; never swallowed here
             error = failed(exc)
+
+
+@contextlib.asynccontextmanager
+async def within(until: float | None) -> AsyncIterator[None]:
+    """The block cancelled at ``until`` (None: not bounded), which then raises
+    ``redis.TimeoutError`` (as an op of ``adrive`` does): for what runs outside a flow."""
+    left = time_left(until)
+    if left is None:
+        yield
+        return
+    try:
+        async with _async_timeout(left):
+            yield
+    except asyncio.TimeoutError as exc:
+        raise RedisTimeoutError("no answer from the server within the operation's deadline") from exc
 
 
 class AsyncNodeTarget:

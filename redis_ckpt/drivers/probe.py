@@ -9,11 +9,16 @@ carried out by a plan target that drives each node's probe flow, again through `
 ``adrive``, on that node's own connection. An unreachable node comes back into the plan as
 :class:`~redis_ckpt.core.ops.ConnectionLost`. What differs per I/O style is only how the
 nodes are found and how a node's client is made.
+
+The deadline covers finding the nodes too (the slot map read from the startup nodes in turn,
+the primary and replicas asked of the Sentinels in turn): sync, their clients answer within
+the time left (:mod:`.discovery`); asyncio, under ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -21,8 +26,10 @@ from ..core.durability import Durability
 from ..probe.report import ProbeReport
 from ..probe.topology import NodeProbe, NodeSpec, Topology, cluster_notes, probe_plan, sentinel_notes
 from ..urls import hostport
-from .asyncio import AsyncPlanTarget, adrive
+from .asyncio import AsyncPlanTarget, adrive, within
 from .clients import is_cluster, is_sentinel, replica_client
+from .deadlines import connecting
+from .discovery import bound_discovery
 from .errors import failure
 from .sync import PlanTarget, drive
 from .targets import async_target, sync_target
@@ -66,17 +73,21 @@ def _sentinel_topology(service: str, primary: tuple[str, int], replicas: list[tu
 
 def probe_sync(client: Any, *, label: str, namespace: str, durability: Durability,
                declared: Mapping[str, str] | None = None, deadline_s: float | None = None) -> ProbeReport:
-    """The startup probe of whatever ``client`` (sync) talks to; every node's probe ends by
-    ``deadline_s`` from now (on Cluster/Sentinel a node without an answer by then is a finding;
-    one server: its connection error is raised)."""
+    """The startup probe of whatever ``client`` (sync) talks to; it ends by ``deadline_s`` from
+    now, finding the nodes included (on Cluster/Sentinel a node without an answer by then is a
+    finding; one server, or no slot map or primary found: the connection error is raised)."""
+    until = None if deadline_s is None else time.monotonic() + deadline_s
     topology: Topology | None = None
-    if is_cluster(client):
-        client.nodes_manager.initialize()  # probe the topology as it is now
-        topology = _cluster_topology(client.nodes_manager, namespace)
-    elif is_sentinel(client):
-        pool = client.connection_pool
-        topology = _sentinel_topology(pool.service_name, pool.get_master_address(),
-                                      pool.sentinel_manager.discover_slaves(pool.service_name))
+    if is_cluster(client) or is_sentinel(client):
+        bound_discovery(client)
+        with connecting(until):
+            if is_cluster(client):
+                client.nodes_manager.initialize()  # probe the topology as it is now
+                topology = _cluster_topology(client.nodes_manager, namespace)
+            else:
+                pool = client.connection_pool
+                topology = _sentinel_topology(pool.service_name, pool.get_master_address(),
+                                              pool.sentinel_manager.discover_slaves(pool.service_name))
 
     @contextlib.contextmanager
     def node_client(handle: Any) -> Iterator[Any]:
@@ -96,7 +107,7 @@ def probe_sync(client: Any, *, label: str, namespace: str, durability: Durabilit
             return drive(req.flow, sync_target(c), until=until)
 
     plan = probe_plan(label, topology, namespace=namespace, durability=durability, declared=declared)
-    return drive(plan, _Nodes(probe_node), deadline_s=deadline_s)
+    return drive(plan, _Nodes(probe_node), until=until)
 
 
 # --------------------------------------------------------------------------- asyncio
@@ -105,15 +116,18 @@ def probe_sync(client: Any, *, label: str, namespace: str, durability: Durabilit
 async def probe_async(client: Any, *, label: str, namespace: str, durability: Durability,
                       declared: Mapping[str, str] | None = None, deadline_s: float | None = None) -> ProbeReport:
     """:func:`probe_sync` for a ``redis.asyncio`` client."""
+    until = None if deadline_s is None else time.monotonic() + deadline_s
     topology: Topology | None = None
     if is_cluster(client):
-        await client.initialize()
-        await client.nodes_manager.initialize()
+        async with within(until):
+            await client.initialize()
+            await client.nodes_manager.initialize()
         topology = _cluster_topology(client.nodes_manager, namespace)
     elif is_sentinel(client):
         pool = client.connection_pool
-        topology = _sentinel_topology(pool.service_name, await pool.get_master_address(),
-                                      await pool.sentinel_manager.discover_slaves(pool.service_name))
+        async with within(until):
+            topology = _sentinel_topology(pool.service_name, await pool.get_master_address(),
+                                          await pool.sentinel_manager.discover_slaves(pool.service_name))
 
     @contextlib.asynccontextmanager
     async def node_client(handle: Any) -> AsyncIterator[Any]:
@@ -135,4 +149,4 @@ async def probe_async(client: Any, *, label: str, namespace: str, durability: Du
             return await adrive(req.flow, async_target(c), until=until)
 
     plan = probe_plan(label, topology, namespace=namespace, durability=durability, declared=declared)
-    return await adrive(plan, _AsyncNodes(probe_node), deadline_s=deadline_s)
+    return await adrive(plan, _AsyncNodes(probe_node), until=until)
