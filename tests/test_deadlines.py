@@ -472,3 +472,63 @@ def test_a_single_connection_client_follows_the_name_to_the_promoted_replica(mak
 def test_a_retry_policy_that_cannot_end_is_refused(bad: dict[str, Any]):
     with pytest.raises(ValueError):
         RetryPolicy(**bad)
+
+
+def _stale(server: LocalServer) -> redis.Redis:
+    """``server`` (run with ``replica-serve-stale-data no``) made a replica of a primary that is
+    not there: its link is down, so it answers MASTERDOWN to reads and scripts alike, as a
+    demoted primary does until it has synced with the new one."""
+    admin = _demoted(server)
+    wait_for(lambda: _masterdown(admin), "the replica refusing with MASTERDOWN")
+    return admin
+
+
+def _masterdown(admin: redis.Redis) -> bool:
+    try:
+        admin.get("k")
+    except redis.ResponseError as exc:
+        return "MASTER is down" in str(exc)
+    return False
+
+
+@pytest.mark.parametrize("engine", ["valkey", "redis"])
+def test_a_demoted_primary_that_answers_masterdown_is_retried_until_it_serves(make_server, engine):
+    """With replica-serve-stale-data no a demoted primary answers MASTERDOWN, not READONLY,
+    until its link to the new primary is up: nothing was run, as for READONLY. The store
+    answered ServerError ("MasterDownError") at once; now the commit and the load are retried
+    within the deadline like READONLY, and land once the server serves."""
+    server = make_server(engine, replica_serve_stale_data="no")
+    store = CheckpointStore.from_url(server.url, namespace="d", retry=RetryPolicy(deadline_s=30.0))
+    lease = store.acquire("r", owner="a", ttl=60)
+    assert lease.commit({"n": 1}) == 1
+    admin = _stale(server)
+    promoter = threading.Thread(target=lambda: (time.sleep(1.0), admin.replicaof("NO", "ONE")))
+    promoter.start()
+    assert lease.commit({"n": 2}) == 2  # sent while the server refuses everything
+    promoter.join()
+    assert admin.info("errorstats")["errorstat_MASTERDOWN"]["count"] >= 1  # the commit met it
+    _stale(server)
+    promoter = threading.Thread(target=lambda: (time.sleep(1.0), admin.replicaof("NO", "ONE")))
+    promoter.start()
+    assert store.load("r").state == {"n": 2}
+    promoter.join()
+    store.close()
+    admin.close()
+
+
+def test_a_demoted_primary_that_stays_stale_is_unavailable_at_the_deadline_naming_masterdown(make_server):
+    server = make_server("valkey", replica_serve_stale_data="no")
+    store = CheckpointStore.from_url(server.url, namespace="d", retry=SHORT)
+    lease = store.acquire("r", owner="a", ttl=60)
+    assert lease.commit({"n": 1}) == 1
+    admin = _stale(server)
+    with pytest.raises(StoreUnavailableError, match="MASTERDOWN") as got:
+        lease.commit({"n": 2})
+    assert got.value.outcome_unknown
+    with pytest.raises(StoreUnavailableError, match="MASTERDOWN") as got:
+        store.load("r")
+    assert not got.value.outcome_unknown
+    admin.replicaof("NO", "ONE")
+    assert store.load("r").state == {"n": 1}  # nothing was written
+    store.close()
+    admin.close()

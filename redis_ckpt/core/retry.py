@@ -25,11 +25,12 @@ T = TypeVar("T")
 MIN_ATTEMPT_S = 0.01
 #: error replies of a server that did not run the command and cannot run it yet: another
 #: client's script past busy-reply-threshold (BUSY), fewer good replicas than
-#: min-replicas-to-write (NOREPLICAS), a primary demoted to a replica (READONLY: a failover,
+#: min-replicas-to-write (NOREPLICAS), a primary demoted to a replica (READONLY, or MASTERDOWN
+#: while its link to the new primary is down under replica-serve-stale-data no: a failover,
 #: which a managed service makes by moving the DNS name to the new primary; the driver drops
 #: the connections to the demoted node, so the retry connects to whatever the name now names).
 #: Retried like LOADING.
-NOT_YET = frozenset({"BUSY", "NOREPLICAS", "READONLY"})
+NOT_YET = frozenset({"BUSY", "NOREPLICAS", "READONLY", "MASTERDOWN"})
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class RetryPolicy:
     each attempt's socket timeout is capped by the time left, the back-off never sleeps past
     it, and at the deadline the operation raises :class:`StoreUnavailableError`
     (``outcome_unknown=True`` when it writes). A broken or timed-out connection, and a server
-    answering LOADING (restarted, replaying its AOF), BUSY, NOREPLICAS or READONLY (demoted by
-    a failover), are retried with an
+    answering LOADING (restarted, replaying its AOF), BUSY, NOREPLICAS, READONLY or MASTERDOWN
+    (demoted by a failover), are retried with an
     exponential back-off (``initial_backoff_s`` doubling up to ``max_backoff_s``, plus up to
     ``initial_backoff_s`` of jitter) until the deadline, so a restart within it is ridden out. ``attempts`` caps the
     number of attempts in all, the first included (1 = never retry); None: as many as the

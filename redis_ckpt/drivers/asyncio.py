@@ -12,11 +12,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
-from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
-from .errors import demoted, failure, in_place
+from .errors import DEMOTED, demoted, failure, in_place
 from .resp import numbers_as_text, pipe_async, time_left
 
 if sys.version_info >= (3, 11):
@@ -106,7 +105,7 @@ class AsyncNodeTarget:
         if isinstance(op, Cmd):
             try:
                 return await self.client.execute_command(*numbers_as_text(op.args))
-            except ReadOnlyError:
+            except DEMOTED:
                 await self.reconnect()
                 raise
         raise TypeError(f"a flow yielded {op!r}, not an op")

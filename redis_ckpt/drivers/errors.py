@@ -15,13 +15,13 @@ from typing import Any, NoReturn
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
+from redis.exceptions import MasterDownError, ReadOnlyError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.ops import ConnectionLost, Failure, ReplyError
 from ..errors import CheckpointError, ServerError, StoreUnavailableError
 
-__all__ = ["failure", "in_place", "demoted", "checkpoint_error", "reraise", "unavailable_message", "timed_out",
+__all__ = ["failure", "in_place", "demoted", "DEMOTED", "checkpoint_error", "reraise", "unavailable_message", "timed_out",
            "UNREACHABLE"]
 
 #: what means "the connection broke, timed out, or the server cannot serve yet" (redis-py's
@@ -47,14 +47,38 @@ def failure(exc: BaseException) -> BaseException:
     if isinstance(exc, UNREACHABLE):
         out: Failure = ConnectionLost(str(exc), timed_out=isinstance(exc, (RedisTimeoutError, TimeoutError)),
                                       kind=type(exc).__name__)
-    elif isinstance(exc, ReadOnlyError):  # redis-py drops the code from the message: put back
-        out = ReplyError(f"READONLY {exc}", kind=type(exc).__name__)
     elif isinstance(exc, RedisError):
-        out = ReplyError(str(exc), kind=type(exc).__name__)
+        code = _stripped_code(exc)  # redis-py drops the code from the message (READONLY, OOM, ...): put back
+        out = ReplyError(f"{code} {exc}" if code else str(exc), kind=type(exc).__name__)
     else:
         return exc
     out.__cause__ = exc
     return out
+
+
+def _stripped_codes() -> dict[type[BaseException], str]:
+    """The error classes redis-py's parser makes of an error reply whose first word (its code)
+    it then drops from the message, each with that code (one class, one code)."""
+    try:
+        from redis._parsers.base import BaseParser
+    except ImportError:  # pragma: no cover - a redis-py without it: the codes the store acts on
+        return {ReadOnlyError: "READONLY", MasterDownError: "MASTERDOWN"}
+    codes: dict[type[BaseException], list[str]] = {}
+    for code, cls in BaseParser.EXCEPTION_CLASSES.items():
+        if isinstance(cls, type):
+            codes.setdefault(cls, []).append(code)
+    return {cls: found[0] for cls, found in codes.items() if len(found) == 1}
+
+
+_STRIPPED_CODES = _stripped_codes()
+
+
+def _stripped_code(exc: RedisError) -> str | None:
+    """The code redis-py dropped from ``exc``'s message (``status_code`` where redis-py keeps it)."""
+    code = getattr(exc, "status_code", None) or _STRIPPED_CODES.get(type(exc))
+    if not code or str(exc).startswith(f"{code} "):
+        return None
+    return str(code)
 
 
 def in_place(replies: list[Any]) -> list[Any]:
@@ -70,14 +94,19 @@ def in_place(replies: list[Any]) -> list[Any]:
     return replies
 
 
+#: what a primary demoted to a replica answers: READONLY to a write, MASTERDOWN to anything
+#: while its link to the new primary is down and it runs with ``replica-serve-stale-data no``
+DEMOTED = (ReadOnlyError, MasterDownError)
+
+
 def demoted(replies: list[Any]) -> bool:
-    """Whether a Pipe's raw ``replies`` hold a READONLY answer (one inside an EXEC's list
-    included): the server was a primary and is a replica now (a failover, which managed
-    services make by moving the DNS name). The command was not run; the flow retries it (see
-    ``core.retry.NOT_YET``), and the driver drops the pool's idle connections, which point at the
-    demoted node, so that the next one resolves the name again."""
+    """Whether a Pipe's raw ``replies`` hold a READONLY or MASTERDOWN answer (one inside an
+    EXEC's list included): the server was a primary and is a replica now (a failover, which
+    managed services make by moving the DNS name). The command was not run; the flow retries it
+    (see ``core.retry.NOT_YET``), and the driver drops the pool's idle connections, which point
+    at the demoted node, so that the next one resolves the name again."""
     for r in replies:
-        if isinstance(r, ReadOnlyError) or (type(r) is list and any(isinstance(x, ReadOnlyError) for x in r)):
+        if isinstance(r, DEMOTED) or (type(r) is list and any(isinstance(x, DEMOTED) for x in r)):
             return True
     return False
 

@@ -29,11 +29,10 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeVar
 
-from redis.exceptions import ReadOnlyError
 
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
 from .discovery import bound_discovery
-from .errors import demoted, failure, in_place
+from .errors import DEMOTED, demoted, failure, in_place
 from .resp import command_sync, lean_sync, numbers_as_text, pipe_sync, time_left
 
 __all__ = ["drive", "SyncTarget", "NodeTarget", "PlanTarget"]
@@ -106,7 +105,7 @@ class NodeTarget:
                     return command_sync(self.client, op.args, until)
                 time_left(until)
                 return self.client.execute_command(*numbers_as_text(op.args))
-            except ReadOnlyError:
+            except DEMOTED:
                 self.reconnect()
                 raise
         raise TypeError(f"a flow yielded {op!r}, not an op")

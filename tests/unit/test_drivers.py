@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 from redis.exceptions import NoPermissionError, ResponseError
 
@@ -103,3 +104,22 @@ def test_a_pipe_error_reply_comes_back_in_place():
 
     replies = drive(flow(), PipeTarget([b"1", ResponseError("WRONGTYPE x")]))
     assert replies[0] == b"1" and isinstance(replies[1], ReplyError)
+
+
+@pytest.mark.parametrize("reply, code", [
+    ("OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
+    ("NOPERM User x has no permissions to run the 'get' command", "NOPERM"),
+    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", "MASTERDOWN"),
+    ("READONLY You can't write against a read only replica.", "READONLY"),
+    ("EXECABORT Transaction discarded because of previous errors.", "EXECABORT"),
+    ("FENCED 1 2", "FENCED"),
+])
+def test_an_error_reply_keeps_its_code_though_redis_py_drops_it_from_the_message(reply, code):
+    """redis-py's parser makes OOM, NOPERM, MASTERDOWN... replies into their own classes and
+    drops the code from the message: the ReplyError's code was the message's first word
+    ("command", "User", "Link"), so MASTERDOWN was never retried and a ServerError never
+    said OOM. The code is put back, once."""
+    from redis._parsers.base import BaseParser
+
+    got = failure(BaseParser.parse_error(reply))
+    assert isinstance(got, ReplyError) and got.code == code and str(got) == reply
