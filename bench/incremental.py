@@ -26,6 +26,7 @@ import msgpack
 import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from incremental_saver import saver_history_row  # noqa: E402
 from states import message, message_state, _vocabulary  # noqa: E402
 
 from redis_ckpt import CheckpointStore, EncodedList  # noqa: E402
@@ -295,8 +296,7 @@ def part2(url: str, chosen_gibs: float, quick: bool) -> None:
     print(f"| 2. the same history kept in an `EncodedList` (each message encoded once): commit p50 vs a 4 KiB "
           f"state (dedup) | {r:.2f}x ({e_t * 1e3:.2f} ms vs {s_t * 1e3:.2f} ms; no dedup {rp:.2f}x, "
           f"{ep_t * 1e3:.2f} ms) | <= 2x | {verdict(r, 2.0, False)} |")
-    print("| 2. RedisCkptSaver put of a growing 500 KiB history vs 1 KiB | not measured: the saver writes "
-          "through saver_write.lua, not shared chunks | <= 1.5x | NOT DONE |")
+    print(saver_history_row(url, n_rounds, rounds, verdict))
 
     # 3. the step runner: 600 steps of 2 KB results
     def steps(store: CheckpointStore, run: str) -> tuple[float, float]:

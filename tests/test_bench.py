@@ -17,7 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 MODULES = ["_harness", "states", "peers", "commits", "costs", "reads", "langgraph_savers", "compare",
-           "large_state", "durability_costs", "incremental"]
+           "large_state", "durability_costs", "incremental", "incremental_saver"]
 
 
 @pytest.mark.parametrize("name", MODULES)
