@@ -12,6 +12,8 @@ headline, maybe indented detail lines; with ``--json`` one JSON object ``{"error
   cannot be reached (connection refused, authentication) or does not answer within
   ``--timeout``, or a check is unverifiable
 * 3 — an unexpected error inside redis-ckpt (a bug): still one ``error:`` line naming it
+* 141 — stdout was closed before the output was written (``redis-ckpt runs | head``): the
+  command stops quietly, as a program killed by SIGPIPE does (128 + 13)
 
 :func:`failure_for` says what an exception raised while a command worked becomes;
 :func:`report` shows whatever ended a command and returns its exit code.
@@ -20,6 +22,8 @@ headline, maybe indented detail lines; with ``--json`` one JSON object ``{"error
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import IO, Any
 
 import click
@@ -40,6 +44,7 @@ __all__ = [
     "EXIT_NO",
     "EXIT_UNAVAILABLE",
     "EXIT_UNEXPECTED",
+    "EXIT_PIPE",
     "CliFailure",
     "NoSuchRun",
     "failure_for",
@@ -51,12 +56,14 @@ __all__ = [
     "scrub",
     "show_error",
     "show_notice",
+    "stdout_closed",
 ]
 
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_UNAVAILABLE = 2
 EXIT_UNEXPECTED = 3
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program its reader stopped reading
 
 _json_errors = False
 _secrets: set[str] = set()
@@ -185,3 +192,16 @@ def report(exc: Exception) -> int:
     secrets = tuple(sorted(_secrets, key=len, reverse=True))
     show_error(scrub(unexpected(exc), secrets), EXIT_UNEXPECTED)
     return EXIT_UNEXPECTED
+
+
+def stdout_closed() -> int:
+    """The reader of the output went away (``| head``): nothing more is printed, no error line
+    (nobody reads it: the output was not wanted, nothing failed). stdout is pointed at the null
+    device so the interpreter's last flush of what is still buffered does not fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's): nothing to flush
+        pass
+    return EXIT_PIPE

@@ -22,7 +22,7 @@ import click
 
 from .. import __version__
 from . import admin, check, inspect, lifecycle, server
-from .exits import EXIT_OK, json_errors, json_mode, report
+from .exits import EXIT_OK, json_errors, json_mode, report, stdout_closed
 from .options import Globals, global_options
 
 __all__ = ["cli", "CliGroup"]
@@ -44,6 +44,12 @@ class CliGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - never a traceback, whatever happened
             sys.exit(report(exc))
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # `redis-ckpt runs | head`: the reader has what it wanted
+            raise click.exceptions.Exit(stdout_closed()) from None  # (click's own answer: exit 1, "a no")
 
 
 class _StderrHandler(logging.Handler):
@@ -88,7 +94,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, time
     Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation or unreadable run
     data, no such run, store error, declined confirmation); 2 no answer (usage, bad URL or run
     id, server unreachable or silent past --timeout, check unverifiable); 3 an unexpected error
-    (a bug: one error line, never a traceback).
+    (a bug: one error line, never a traceback); 141 stdout closed early (| head), nothing said.
 
     Shell completion: eval "$(_REDIS_CKPT_COMPLETE=bash_source redis-ckpt)" (zsh_source, fish_source).
     """

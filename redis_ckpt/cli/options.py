@@ -119,8 +119,8 @@ class CliConfig:
         """Turn every expected failure into :class:`CliFailure` with its exit code."""
         try:
             yield
-        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
-            raise
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit, BrokenPipeError):
+            raise  # a BrokenPipeError is stdout closed (| head), for the group's main
         except Exception as exc:  # noqa: BLE001 - never a traceback: failure_for says what it becomes
             raise failure_for(exc, server=self.server, timeout=self.timeout, secrets=self.secrets) from None
 
