@@ -6,11 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import weakref
 from typing import Any
 
 import pytest
 
-from redis_ckpt import CheckpointStore
+from redis_ckpt import CheckpointStore, RunInfo
+from redis_ckpt.core.ops import Flow
+from redis_ckpt.core.store_core import StoreCore
+
+from test_cli import as_json, invoke
 
 pytestmark = pytest.mark.server
 
@@ -37,4 +42,42 @@ def test_output_piped_into_a_reader_that_stops_early(store: CheckpointStore, dur
     proc.stderr.close()
     # only the probe's warnings (on Redis), as text or, with --json, as JSON
     assert all(line.startswith(("warning: ", '{"warning": ')) for line in err.splitlines()), err
+
+
+@pytest.fixture
+def summaries_held(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[the most run summaries (RunInfo) alive at once]: what a listing holds in memory, one
+    summary a run it read. Counted as each is made."""
+    live, peak = [0], [0]
+
+    def gone() -> None:
+        live[0] -= 1
+    made = StoreCore.info_flow
+
+    def info_flow(self: StoreCore, run_id: str) -> Flow[RunInfo]:
+        info = yield from made(self, run_id)
+        live[0] += 1
+        weakref.finalize(info, gone)
+        peak[0] = max(peak[0], live[0])
+        return info
+
+    monkeypatch.setattr(StoreCore, "info_flow", info_flow)
+    return peak
+
+
+@pytest.mark.parametrize("sort", ["run", "age", "generation"])
+def test_runs_with_a_limit_holds_the_runs_it_shows_not_all(store: CheckpointStore, durable_server: Any,
+                                                          namespace: str, summaries_held: list[int],
+                                                          sort: str) -> None:
+    """`runs --limit 2` on a namespace of many runs: the memory it needs is that of the runs it
+    shows, not of every run of the namespace (which reached gigabytes at a million runs)."""
+    committed(store, *(f"r-{i:02d}" for i in range(12)))
+    store.delete("r-05")  # a tombstone: not counted
+    result = invoke(["runs", "--limit", "2", "--sort", sort, "--reverse", "--json"], url=durable_server.url,
+                    namespace=namespace)
+    assert result.exit_code == 0, result.stderr
+    data = as_json(result)
+    expected = {"run": ["r-11", "r-10"], "age": ["r-00", "r-01"], "generation": ["r-11", "r-10"]}[sort]
+    assert [e["run"] for e in data["runs"]] == expected and data["total"] == 11
+    assert summaries_held[0] <= 5  # the two shown and the few being compared: not all 12
 

@@ -6,10 +6,11 @@ such (exit 1, naming the run), a listing going on with the next run.
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -23,6 +24,8 @@ from .options import CliConfig, connection_options
 from .reads import load_as_stored, read, run_info, try_read, usage_or_none
 
 __all__ = ["runs", "namespaces", "show", "fence", "verify"]
+
+T = TypeVar("T")
 
 FOLLOW_POLL_S = 0.5
 #: the status of a run whose data is gone, its fence left (``runs`` hides them unless --all;
@@ -54,30 +57,47 @@ def runs(cfg: CliConfig, limit: int | None, sort_by: str, reverse: bool, show_al
 
     Example: redis-ckpt runs --namespace jobs --sort age --limit 20
     """
-    store = cfg.store
-    got = {i: try_read(cfg, i, store.info, i) for i in store.runs()}  # all: the status filters
-    if not show_all:
-        got = {i: v for i, v in got.items() if not (isinstance(v, RunInfo) and v.status in TOMBSTONES)}
-    total = len(got)
-    unreadable = sorted(i for i, v in got.items() if isinstance(v, str))
+    counted = [0]  # the runs listed (tombstones left out unless --all), read one at a time
+    unreadable: list[tuple[str, str]] = []
+
+    def listed() -> Iterator[tuple[str, RunInfo | str]]:
+        store = cfg.store
+        for i in store.runs():
+            v = try_read(cfg, i, store.info, i)
+            if show_all or not (isinstance(v, RunInfo) and v.status in TOMBSTONES):
+                counted[0] += 1
+                yield i, v
+
+    # only the runs shown are held (a heap of --limit): not every run's summary of the namespace
     if sort_by == "run":
-        order = sorted(got, reverse=reverse)[:limit]
+        entries = _first(limit, listed(), key=lambda e: e[0], reverse=reverse)  # unreadable runs in place
     else:
-        infos = [v for v in got.values() if isinstance(v, RunInfo)]
-        if sort_by == "age":
-            infos.sort(key=lambda i: (-_created_ms(i), i.run_id))
-        else:
-            infos.sort(key=lambda i: (-i.generation, i.run_id))
-        if reverse:
-            infos.reverse()
-        order = [*(i.run_id for i in infos), *unreadable][:limit]  # unreadable runs last
-    entries = [(i, got[i]) for i in order]
+        def readable() -> Iterator[tuple[str, RunInfo | str]]:
+            for e in listed():
+                if isinstance(e[1], str):
+                    unreadable.append(e)
+                else:
+                    yield e
+
+        def key(e: tuple[str, Any]) -> tuple[int, str]:
+            return (-_created_ms(e[1]) if sort_by == "age" else -e[1].generation, e[0])
+
+        entries = [*_first(limit, readable(), key=key, reverse=reverse), *sorted(unreadable)][:limit]  # unreadable last
+    total = counted[0]
     usage = {i: usage_or_none(cfg, i) for i, e in entries if isinstance(e, RunInfo)}
     views.runs(cfg, sort_by=sort_by, reverse=reverse, total=total, entries=entries, usage=usage, show_all=show_all)
     bad = [(i, e) for i, e in entries if isinstance(e, str)]
     if bad:
         raise CliFailure(f"{len(bad)} run(s) could not be read: " + "; ".join(f"{i!r}: {e}" for i, e in bad),
                          EXIT_NO, secrets=cfg.secrets)
+
+
+def _first(n: int | None, items: Iterable[T], *, key: Callable[[T], Any], reverse: bool) -> list[T]:
+    """The first ``n`` of ``items`` in the order of ``key`` (all of them when ``n`` is None),
+    holding no more than ``n`` at a time."""
+    if n is None:
+        return sorted(items, key=key, reverse=reverse)
+    return (heapq.nlargest if reverse else heapq.nsmallest)(n, items, key=key)
 
 
 # =========================================================================== namespaces
