@@ -81,3 +81,12 @@ def test_runs_with_a_limit_holds_the_runs_it_shows_not_all(store: CheckpointStor
     assert [e["run"] for e in data["runs"]] == expected and data["total"] == 11
     assert summaries_held[0] <= 5  # the two shown and the few being compared: not all 12
 
+
+def test_namespaces_counts_without_holding_every_run(store: CheckpointStore, durable_server: Any, namespace: str,
+                                                     summaries_held: list[int]) -> None:
+    committed(store, *(f"r-{i:02d}" for i in range(12)))
+    store.delete("r-05")
+    result = invoke(["namespaces", "--json"], url=durable_server.url)
+    assert result.exit_code == 0, result.stderr
+    assert {"namespace": namespace, "runs": 11} in as_json(result)["namespaces"]
+    assert summaries_held[0] <= 2

@@ -138,7 +138,7 @@ def _namespace_counts(cfg: CliConfig) -> dict[str, int]:
     counts: dict[str, int] = {}
     for ns, ids in _fence_keys(cfg).items():
         core = StoreCore(replace(store.core.config, namespace=ns))  # this namespace's keys, same deadline
-        infos = [try_read(cfg, run, store.run, core.info_flow(run)) for run in ids]
+        infos = (try_read(cfg, run, store.run, core.info_flow(run)) for run in ids)  # one at a time
         live = sum(1 for i in infos if not (isinstance(i, RunInfo) and i.status in TOMBSTONES))
         if live:
             counts[ns] = live
