@@ -261,7 +261,10 @@ class AsyncCheckpointStore(StoreBase):
         left, and so is a run under its own retention (a store or run retention, or
         ``finish(keep_for=...)``): it expires by itself when its user asked. ``dry_run``: the runs it would remove, nothing removed. A damaged run is left
         and the others pruned; then :class:`DamagedRunsError` names it (``.pruned``: the rest)."""
-        return await self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
+        sweep = self.core.prune_sweep(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run)
+        for run_id in await self.runs():  # each run by the deadline: a sweep of them all may take longer
+            await self.run(sweep.run_flow(run_id))
+        return sweep.result()
 
     async def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

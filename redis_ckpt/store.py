@@ -235,7 +235,10 @@ class CheckpointStore(StoreBase):
         left, and so is a run under its own retention (a store or run retention, or
         ``finish(keep_for=...)``): it expires by itself when its user asked. ``dry_run``: the runs it would remove, nothing removed. A damaged run is left
         and the others pruned; then :class:`DamagedRunsError` names it (``.pruned``: the rest)."""
-        return self.run(self.core.prune_flow(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run))
+        sweep = self.core.prune_sweep(idle_ms=ttl_ms(idle, "idle"), by=by, dry_run=dry_run)
+        for run_id in self.runs():  # each run by the deadline: a sweep of them all may take longer
+            self.run(sweep.run_flow(run_id))
+        return sweep.result()
 
     def export_frame(self, run_id: str, *, generation: int | None = None) -> bytes:
         """The stored frame of a generation (default: the newest that verifies), verified."""

@@ -292,3 +292,51 @@ def test_a_run_id_made_again_without_a_retention_after_its_data_expired_keeps_a_
     assert client.pttl(f"{namespace}:{{q}}:events") == -1
     time.sleep(0.8)  # past the old fence's expiry
     assert lease.commit({"v": 2}) == 2
+
+
+def _slow_runs(monkeypatch, seconds: float) -> None:
+    """Each run's prune takes ``seconds`` more (as a namespace of many thousands of runs adds
+    up: ~0.5 ms a run on loopback, 15 s, the default deadline, by some 30,000 runs)."""
+    from redis_ckpt.core.store_core import StoreCore
+
+    one_run = StoreCore.prune_run_flow
+
+    def slow(self, run_id, **kw):
+        time.sleep(seconds)
+        return (yield from one_run(self, run_id, **kw))
+
+    monkeypatch.setattr(StoreCore, "prune_run_flow", slow)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_prune_of_a_namespace_longer_than_the_deadline_goes_through(durable_server, client, namespace,
+                                                                    monkeypatch, kind):
+    """The store's deadline bounds each run's prune, not the sweep of the whole namespace: a
+    namespace that takes longer than the deadline to sweep is pruned whole, not cut off half
+    way with "the server is unreachable" (and the runs already removed not reported)."""
+    import asyncio
+
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.core.retry import RetryPolicy
+
+    runs = [f"r{i}" for i in range(5)]
+    writer = CheckpointStore(client, namespace=namespace)
+    for run in runs:
+        with writer.acquire(run, owner="w", ttl=30) as lease:
+            lease.commit({"run": run})
+    time.sleep(0.01)
+    _slow_runs(monkeypatch, 0.4)  # 2 s in all
+    retry = RetryPolicy(deadline_s=1.5)
+    if kind == "sync":
+        pruned = CheckpointStore(client, namespace=namespace, retry=retry).prune(idle=0.005)
+    else:
+        async def prune():
+            store = await AsyncCheckpointStore.from_url(durable_server.url, namespace=namespace, retry=retry)
+            try:
+                return await store.prune(idle=0.005)
+            finally:
+                await store.close()
+
+        pruned = asyncio.run(prune())
+    assert sorted(p.run_id for p in pruned) == runs and all(p.pruned for p in pruned)
+    assert all(writer.info(run).status == "deleted" for run in runs)

@@ -21,7 +21,7 @@ from .confirm import check_confirmed, confirmed, drift_unread
 from .headless import committed_before, lost_entries
 from .shared import SHARED_SENDS, shared_addresses
 
-__all__ = ["RetentionFlows"]
+__all__ = ["RetentionFlows", "PruneSweep"]
 
 
 class RetentionFlows(AdminFlows):
@@ -80,25 +80,21 @@ class RetentionFlows(AdminFlows):
         say which, remove nothing (a retained run is not named either). A run whose stored
         data is damaged is left as it is and the others are pruned; then
         :class:`DamagedRunsError` names the damaged ones and carries the PrunedRuns."""
-        check_int("idle", idle_ms, 1, MAX_INT)
-        by = validate_owner(by)
+        sweep = self.prune_sweep(idle_ms=idle_ms, by=by, dry_run=dry_run)
 
         def body() -> Flow[list[PrunedRun]]:
-            out: list[PrunedRun] = []
-            damaged: dict[str, CorruptCheckpointError] = {}
             for run_id in (runs if runs is not None else (yield from self.runs_flow())):
-                try:
-                    found = yield from self.prune_run_flow(run_id, idle_ms=idle_ms, by=by, dry_run=dry_run)
-                except CorruptCheckpointError as exc:  # one damaged run does not keep the others
-                    damaged[run_id] = exc
-                    continue
-                if found is not None:
-                    out.append(found)
-            if damaged:
-                raise DamagedRunsError(damaged, out)
-            return out
+                yield from sweep.run_flow(run_id)
+            return sweep.result()
 
         return body()
+
+    def prune_sweep(self, *, idle_ms: int, by: str, dry_run: bool) -> PruneSweep:
+        """A prune of many runs, each its own operation (:meth:`PruneSweep.run_flow`): the
+        stores drive one run at a time, each by the store's deadline, so a namespace of any
+        size is swept (one flow of every run would end at the deadline, half done). ``idle_ms``
+        and ``by`` are checked here, before any read."""
+        return PruneSweep(self, idle_ms=idle_ms, by=by, dry_run=dry_run)
 
     def prune_run_flow(self, run_id: str, *, idle_ms: int, by: str, dry_run: bool) -> Flow[PrunedRun | None]:
         """One run of :meth:`prune_flow`: None when it is active, under its own retention or
@@ -143,3 +139,31 @@ class RetentionFlows(AdminFlows):
                              pruned=not dry_run)
 
         return self.retrying(body, run_id=k.run_id, what="prune", writes=not dry_run)
+
+
+class PruneSweep:
+    """The runs a prune removed (or would remove) so far, and those left as damaged."""
+
+    def __init__(self, flows: RetentionFlows, *, idle_ms: int, by: str, dry_run: bool) -> None:
+        check_int("idle", idle_ms, 1, MAX_INT)
+        self.flows, self.idle_ms, self.by, self.dry_run = flows, idle_ms, validate_owner(by), dry_run
+        self.pruned: list[PrunedRun] = []
+        self.damaged: dict[str, CorruptCheckpointError] = {}
+
+    def run_flow(self, run_id: str) -> Flow[None]:
+        """Prune one run (see :meth:`RetentionFlows.prune_run_flow`); a damaged one is left and
+        noted: it does not keep the others."""
+        try:
+            found = yield from self.flows.prune_run_flow(run_id, idle_ms=self.idle_ms, by=self.by,
+                                                         dry_run=self.dry_run)
+        except CorruptCheckpointError as exc:
+            self.damaged[run_id] = exc
+            return
+        if found is not None:
+            self.pruned.append(found)
+
+    def result(self) -> list[PrunedRun]:
+        """The runs pruned; :class:`DamagedRunsError` (carrying them) when some were damaged."""
+        if self.damaged:
+            raise DamagedRunsError(self.damaged, self.pruned)
+        return self.pruned
