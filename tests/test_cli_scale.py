@@ -90,3 +90,36 @@ def test_namespaces_counts_without_holding_every_run(store: CheckpointStore, dur
     assert result.exit_code == 0, result.stderr
     assert {"namespace": namespace, "runs": 11} in as_json(result)["namespaces"]
     assert summaries_held[0] <= 2
+
+
+def test_verify_all_prints_each_run_as_it_is_checked(store: CheckpointStore, durable_server: Any, namespace: str,
+                                                     summaries_held: list[int],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify --all` on a namespace of many runs: each run's rows are printed as it is checked
+    (minutes of silence otherwise, and every run's generations held until the end)."""
+    import click
+
+    runs = [f"r-{i:02d}" for i in range(12)]
+    committed(store, *runs)
+    seen: list[tuple[str, str]] = []
+    checked, echo = CheckpointStore.generations, click.echo
+
+    def generations(self: CheckpointStore, run_id: str) -> Any:
+        seen.append(("checked", run_id))
+        return checked(self, run_id)
+
+    def echoed(message: Any = None, *args: Any, **kwargs: Any) -> None:
+        seen.append(("printed", str(message)))
+        echo(message, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointStore, "generations", generations)
+    monkeypatch.setattr(click, "echo", echoed)
+    result = invoke(["verify", "--all"], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "GEN", "STATUS", "REASON"]
+    assert [li.split() for li in lines[1:-1]] == [[run, "1", "ok", "-"] for run in runs]
+    assert lines[-1] == "12 generation(s) of 12 run(s) checked, 0 damaged"
+    first_row = next(n for n, (what, text) in enumerate(seen) if what == "printed" and "r-00" in text)
+    assert first_row < seen.index(("checked", "r-11"))
+    assert summaries_held[0] <= 2

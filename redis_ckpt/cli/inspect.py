@@ -322,12 +322,13 @@ def verify(cfg: CliConfig, run: str | None, all_runs: bool) -> None:
         assert run is not None
         run_info(cfg, run)
         ids = [run]
-    got = [(i, try_read(cfg, i, store.generations, i)) for i in ids]
-    infos = {i: try_read(cfg, i, store.info, i) for i, gens in got if not isinstance(gens, str)}
-    staged = {i: info.staged_bytes if isinstance(info, RunInfo) else 0 for i, info in infos.items()}
-    views.verify(cfg, got, staged)
-    failures = [(i, g) for i, gens in got if not isinstance(gens, str) for g in gens if not g.ok]
-    unreadable = [i for i, gens in got if isinstance(gens, str)]
+    view = views.Verify(cfg, ids)
+    for i in ids:  # one run at a time, printed as it is checked
+        gens = try_read(cfg, i, store.generations, i)
+        info = None if isinstance(gens, str) else try_read(cfg, i, store.info, i)
+        view.run(i, gens, info.staged_bytes if isinstance(info, RunInfo) else 0)
+    view.end()
+    failures, unreadable = view.failures, [i for i, _ in view.unreadable]
     if failures or unreadable:
         named = "; ".join([*(f"run {i!r} g{g.generation}: {g.reason}" for i, g in failures),
                            *(f"run {i!r}: unreadable" for i in unreadable)])

@@ -123,12 +123,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for row in cells:
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
-    last = len(headers) - 1
+    return "\n".join([line(headers, widths), *(line(r, widths) for r in cells)])
 
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c if i == last else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
 
-    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+def line(row: Sequence[Any], widths: Sequence[int]) -> str:
+    """One line of a table whose column widths are set before its rows are known (a table
+    printed row by row): as :func:`table` lays it out; a wider cell pushes the rest of its own
+    line only."""
+    cells = [_cell(c) for c in row]
+    last = len(cells) - 1
+    return "  ".join(c if i == last else c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
 
 
 def keyvalues(pairs: Iterable[tuple[str, Any]]) -> str:

@@ -16,7 +16,7 @@ from . import render as r
 if TYPE_CHECKING:
     from .options import CliConfig
 
-__all__ = ["base", "holder", "check", "runs", "namespaces", "show", "fence", "event", "verify", "revoke", "delete",
+__all__ = ["base", "holder", "check", "runs", "namespaces", "show", "fence", "event", "Verify", "revoke", "delete",
            "exported", "imported"]
 
 
@@ -261,45 +261,67 @@ def event(cfg: CliConfig, e: Event) -> None:
 # --------------------------------------------------------------------------- verify
 
 
-def verify(cfg: CliConfig, read: Sequence[tuple[str, Sequence[GenerationInfo] | str]],
-           staged: Mapping[str, int]) -> None:
-    """Every checked generation of every run (or why a run cannot be read), and the bytes
-    staged by commits whose script has not run."""
-    unreadable = [(i, why) for i, why in read if isinstance(why, str)]
-    failures = [(i, g) for i, gens in read if not isinstance(gens, str) for g in gens if not g.ok]
-    checked = sum(len(gens) for _, gens in read if not isinstance(gens, str))
-    if cfg.as_json:
-        r.emit_json({
-            **base(cfg), "ok": not failures and not unreadable, "runs_checked": len(read),
-            "generations_checked": checked,
-            "failures": [{"run": i, "generation": g.generation, "reason": g.reason, "detail": g.detail}
-                         for i, g in failures]
-            + [{"run": i, "generation": None, "reason": "unreadable", "detail": why} for i, why in unreadable],
-            "staged_bytes": sum(staged.values()),
-            "runs": [{"run": i, "ok": all(g.ok for g in gens), "staged_bytes": staged[i],
-                      "generations": [{"generation": g.generation, "ok": g.ok, "reason": g.reason,
-                                       "detail": g.detail, "size": g.size, "checksum": g.checksum}
-                                      for g in gens]}
-                     if not isinstance(gens, str) else {"run": i, "ok": False, "error": gens, "generations": []}
-                     for i, gens in read],
-        })
-        return
-    rows = []
-    for i, gens in read:
+class Verify:
+    """``verify``'s output as the runs are checked: with text, each run's rows printed as soon as
+    it is read (columns sized to the run ids; a generation number past 5 digits pushes the rest
+    of its own line), then the summary and the bytes staged by commits whose script has not run;
+    with --json, one object at the end. What is kept meanwhile is the figures and the failures,
+    not the runs' generations."""
+
+    HEADERS = ("RUN", "GEN", "STATUS", "REASON")
+
+    def __init__(self, cfg: CliConfig, ids: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.widths = [max(len("RUN"), *(len(r.printable(i)) for i in ids)), 5, len("no generations")]
+        self.runs = self.checked = 0
+        self.failures: list[tuple[str, GenerationInfo]] = []
+        self.unreadable: list[tuple[str, str]] = []
+        self.staged: dict[str, int] = {}
+        self.json_runs: list[dict[str, Any]] = []
+
+    def run(self, run_id: str, gens: Sequence[GenerationInfo] | str, staged: int) -> None:
+        """One run checked: its generations (or why it cannot be read) and its staged bytes."""
+        first = self.runs == 0
+        self.runs += 1
         if isinstance(gens, str):
-            rows.append([i, None, "UNREADABLE", gens])
-            continue
-        if not gens:
-            rows.append([i, None, "no generations", None])
-        for g in gens:
-            rows.append([i, g.generation, "ok" if g.ok else "DAMAGED", None if g.ok else f"{g.reason}: {g.detail}"])
-    if rows:
-        click.echo(r.table(["RUN", "GEN", "STATUS", "REASON"], rows))
-    extra = f", {len(unreadable)} run(s) unreadable" if unreadable else ""
-    click.echo(f"{checked} generation(s) of {len(read)} run(s) checked, {len(failures)} damaged{extra}")
-    if any(staged.values()):
-        click.echo("staged data of commits whose script has not run: "
-                   + ", ".join(f"{i}: {r.size(n)}" for i, n in staged.items() if n))
+            self.unreadable.append((run_id, gens))
+            rows: list[list[Any]] = [[run_id, None, "UNREADABLE", gens]]
+        else:
+            self.checked += len(gens)
+            self.failures += [(run_id, g) for g in gens if not g.ok]
+            if staged:
+                self.staged[run_id] = staged
+            rows = [[run_id, g.generation, "ok" if g.ok else "DAMAGED", None if g.ok else f"{g.reason}: {g.detail}"]
+                    for g in gens] or [[run_id, None, "no generations", None]]
+        if self.cfg.as_json:
+            self.json_runs.append(
+                {"run": run_id, "ok": False, "error": gens, "generations": []} if isinstance(gens, str) else
+                {"run": run_id, "ok": all(g.ok for g in gens), "staged_bytes": staged,
+                 "generations": [{"generation": g.generation, "ok": g.ok, "reason": g.reason, "detail": g.detail,
+                                  "size": g.size, "checksum": g.checksum} for g in gens]})
+            return
+        lines = [r.line(row, self.widths) for row in rows]
+        click.echo("\n".join([r.line(self.HEADERS, self.widths), *lines] if first else lines))
+
+    def end(self) -> None:
+        """The summary, once every run is checked."""
+        failures, unreadable = self.failures, self.unreadable
+        if self.cfg.as_json:
+            r.emit_json({
+                **base(self.cfg), "ok": not failures and not unreadable, "runs_checked": self.runs,
+                "generations_checked": self.checked,
+                "failures": [{"run": i, "generation": g.generation, "reason": g.reason, "detail": g.detail}
+                             for i, g in failures]
+                + [{"run": i, "generation": None, "reason": "unreadable", "detail": why} for i, why in unreadable],
+                "staged_bytes": sum(self.staged.values()),
+                "runs": self.json_runs,
+            })
+            return
+        extra = f", {len(unreadable)} run(s) unreadable" if unreadable else ""
+        click.echo(f"{self.checked} generation(s) of {self.runs} run(s) checked, {len(failures)} damaged{extra}")
+        if self.staged:
+            click.echo("staged data of commits whose script has not run: "
+                       + ", ".join(f"{i}: {r.size(n)}" for i, n in self.staged.items()))
 
 
 # --------------------------------------------------------------------------- revoke, delete, export, import
