@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from redis_ckpt import CheckpointStore, RunInfo
+from redis_ckpt import CheckpointStore, RunInfo, StoreUnavailableError
 from redis_ckpt.core.ops import Flow
 from redis_ckpt.core.store_core import StoreCore
 
@@ -123,3 +123,23 @@ def test_verify_all_prints_each_run_as_it_is_checked(store: CheckpointStore, dur
     first_row = next(n for n, (what, text) in enumerate(seen) if what == "printed" and "r-00" in text)
     assert first_row < seen.index(("checked", "r-11"))
     assert summaries_held[0] <= 2
+
+
+def test_prune_that_fails_half_way_has_said_what_it_removed(store: CheckpointStore, durable_server: Any,
+                                                           namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prune` prints each run as it removes it: when the server goes away half way through a
+    long prune, the runs already removed have been named (they were not, the table came at the
+    end)."""
+    committed(store, "r-0", "r-1", "r-2")
+    one_run = StoreCore.prune_run_flow
+
+    def prune_run_flow(self: StoreCore, run_id: str, **kw: Any) -> Flow[Any]:
+        if run_id == "r-2":
+            raise StoreUnavailableError("the server went away", run_id=run_id)
+        return one_run(self, run_id, **kw)
+
+    monkeypatch.setattr(StoreCore, "prune_run_flow", prune_run_flow)
+    result = invoke(["prune", "--idle", "1ms", "--yes"], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 2
+    assert [li.split()[0] for li in result.stdout.splitlines()] == ["RUN", "r-0", "r-1"]
+    assert store.info("r-1").status == "deleted" and store.info("r-2").status == "committed"

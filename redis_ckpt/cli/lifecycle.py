@@ -155,22 +155,31 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
     store = cfg.store
     by = _by(by)
     store.core.prune_flow(idle_ms=idle, by=by, dry_run=dry_run, runs=[])  # --idle, --by checked before any read
+    ids = store.runs()
     found: list[PrunedRun] = []
     unreadable: list[tuple[str, str]] = []  # runs whose data cannot be read: left, named, exit 1
-    for run in store.runs():  # one run at a time: a run whose data is not even parsed does not stop the others
+    widths = [max(len("RUN"), *(len(r.printable(i)) for i in ids)), 7, len("GENERATIONS")]
+    for run in ids:  # one run at a time: a run whose data is not even parsed does not stop the others
         got = try_read(cfg, run, store.run, store.core.prune_run_flow(run, idle_ms=idle, by=by, dry_run=dry_run))
         if isinstance(got, str):
             unreadable.append((run, got))
         elif got is not None:
             found.append(got)
+            if not cfg.as_json:  # printed as it goes: a prune cut short has named what it removed
+                lines = [r.line([got.run_id, r.duration(got.idle_ms), got.generations, got.fence], widths)]
+                click.echo("\n".join([r.line(_PRUNED, widths), *lines] if len(found) == 1 else lines))
     _pruned(cfg, found, idle, dry_run)
     if unreadable:
         raise CliFailure(f"{len(unreadable)} run(s) could not be read, left as they are: "
                          + "; ".join(f"{i!r}: {e}" for i, e in unreadable), EXIT_NO, secrets=cfg.secrets)
 
 
+_PRUNED = ("RUN", "IDLE", "GENERATIONS", "FENCE")
+
+
 def _pruned(cfg: CliConfig, found: list[PrunedRun], idle: int, dry_run: bool) -> None:
-    """What ``prune`` printed: the runs it removed (would remove), as a table or JSON."""
+    """What ``prune`` printed at the end: the runs it removed (would remove) as JSON, or the
+    text summary (each run's row was printed as it went)."""
     if cfg.as_json:
         r.emit_json({**base(cfg), "idle_ms": idle, "dry_run": dry_run,
                      "count": len(found),
@@ -178,7 +187,4 @@ def _pruned(cfg: CliConfig, found: list[PrunedRun], idle: int, dry_run: bool) ->
                                "fence": p.fence, "pruned": p.pruned} for p in found]})
         return
     verb = "would remove" if dry_run else "removed"
-    if found:
-        click.echo(r.table(["RUN", "IDLE", "GENERATIONS", "FENCE"],
-                           [[p.run_id, r.duration(p.idle_ms), p.generations, p.fence] for p in found]))
     click.echo(f"{verb} {len(found)} run(s) idle for {r.duration(idle)} or more in namespace {cfg.namespace!r}")
