@@ -74,9 +74,11 @@ _STRIPPED_CODES = _stripped_codes()
 
 
 def _stripped_code(exc: RedisError) -> str | None:
-    """The code redis-py dropped from ``exc``'s message (``status_code`` where redis-py keeps it)."""
+    """The code redis-py dropped from ``exc``'s message (``status_code`` where redis-py keeps it).
+    Never the generic ``ERR``: what follows it is the reply's own first word (a script's
+    ``error_reply('EMPTY')`` reaches the client as ``ERR EMPTY``)."""
     code = getattr(exc, "status_code", None) or _STRIPPED_CODES.get(type(exc))
-    if not code or str(exc).startswith(f"{code} "):
+    if not code or code == "ERR" or str(exc).startswith(f"{code} "):
         return None
     return str(code)
 
