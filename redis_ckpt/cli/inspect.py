@@ -264,7 +264,9 @@ def fence(cfg: CliConfig, run: str, count: int, follow: bool, max_seconds: float
     """Fencing inspection of RUN: fence, holder and token, lease expiry, recent events.
 
     Events are the run's audit stream: acquisitions, takeovers of expired leases, revokes,
-    commits, and every rejected stale write ("fenced": a token below the fence).
+    the commit that created the head (later commits are recorded by the head, not here),
+    resent commits, conflicts, and every rejected stale write ("fenced": a token below the
+    fence).
     With --follow, new events are printed as they arrive (with --json: JSON Lines, the
     first line the fence object, then one event object per line).
 
