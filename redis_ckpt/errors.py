@@ -13,7 +13,9 @@
     ├── LeaseError
     │   ├── LeaseHeldError                another owner holds a live lease; .owner, .ms_left
     │   └── LeaseLostError                renew/commit on a lease whose token is no longer current
-    ├── FencedError                       commit with a token below the run's fence; .token, .fence, .cause, .by
+    ├── FencedError                       commit with a token below the run's fence (or above it: a token the
+    │                                     server no longer counts, its fence increments lost); .token,
+    │                                     .fence, .cause, .by
     ├── ConflictError                     expected generation is not the head; .expected, .actual
     ├── DurabilityError                   fewer fsync/replica confirmations than the policy asks
     ├── StoreUnavailableError             the server went away; .outcome_unknown says whether a write may have applied
@@ -169,7 +171,10 @@ class LeaseLostError(LeaseError):
 
 
 class FencedError(CheckpointError):
-    """A commit whose token is below the run's fence: definitely not written.
+    """A commit whose token is below the run's fence: definitely not written. Also raised, as
+    definitely not written, for a token above the fence (``token > fence``: the server lost
+    fence increments it made, e.g. in a failover without replica fsync; a ``fence_behind``
+    event).
 
     ``cause`` says what raised the fence past the token, when the run's audit events still
     tell: ``"revoke"`` (an admin; ``by`` and ``revoked_by`` name who), ``"delete"``,
