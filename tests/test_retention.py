@@ -340,3 +340,21 @@ def test_prune_of_a_namespace_longer_than_the_deadline_goes_through(durable_serv
         pruned = asyncio.run(prune())
     assert sorted(p.run_id for p in pruned) == runs and all(p.pruned for p in pruned)
     assert all(writer.info(run).status == "deleted" for run in runs)
+
+
+def test_a_dry_run_prune_waits_for_no_fsync(client, namespace):
+    """A dry run writes nothing, yet each run's check went out with a WAITAOF and waited for
+    it (10,000 runs: 10,000 confirmations of nothing). It is a read now: same answer, no
+    confirmation sent."""
+    store = CheckpointStore(client, namespace=namespace)
+    for run in ("a", "b", "c"):
+        with store.acquire(run, owner="w", ttl=30) as lease:
+            lease.commit({"run": run})
+    time.sleep(0.3)
+    client.config_resetstat()
+    dry = store.prune(idle=0.25, dry_run=True)
+    assert sorted((p.run_id, p.generations, p.pruned) for p in dry) == [("a", 1, False), ("b", 1, False),
+                                                                         ("c", 1, False)]
+    assert "cmdstat_waitaof" not in client.info("commandstats")
+    assert sorted(p.run_id for p in store.prune(idle=0.25)) == ["a", "b", "c"]  # a real prune still confirms
+    assert client.info("commandstats")["cmdstat_waitaof"]["calls"] >= 3

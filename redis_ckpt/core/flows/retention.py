@@ -119,12 +119,15 @@ class RetentionFlows(AdminFlows):
                 entries = [entry(g, c) for g, c in kept(head)]
                 if not head and (yield from committed_before(k, scan=False)):  # its head was lost: as delete
                     entries = yield from lost_entries(k)
+                if dry_run:  # the script answers before it would write or ask for keys: a read, unconfirmed
+                    replies = yield Pipe([build(entries, [], True)], route=k.fence)
+                    break
                 replies = yield from self.with_keys(build, entries, route=k.fence, run_id=k.run_id, what="prune")
                 if not (isinstance(replies[0], ReplyError) and replies[0].code == "NEED_SHARED"):
                     break
                 drift_unread(replies, self.config)
             reply = replies[0]
-            if isinstance(reply, Exception) or dry_run:
+            if isinstance(reply, Exception) and not dry_run:
                 drift_unread(replies, self.config)  # a drift check it carried goes unread
             if isinstance(reply, ReplyError) and reply.code in ("ACTIVE", "EMPTY", "KEPT"):
                 return None
