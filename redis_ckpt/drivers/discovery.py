@@ -8,7 +8,8 @@ timeout: with every one of them frozen, the number of servers times the socket t
 past any deadline. So the commands of those clients (a Sentinel's clients; a cluster's node
 clients, those it makes later included) go through this driver's bounded send
 (:func:`.resp.command_sync`) while an attempt of this driver connects or refreshes
-(:func:`.deadlines.connecting`): each answer waits no longer than the attempt has left, and once
+(:func:`.deadlines.connecting`): each answer waits no longer than half what the attempt has left
+(:func:`share_of`: a frozen server asked first leaves time for the next), and once
 nothing is left every server not yet asked fails at once with ``redis.TimeoutError``, so
 redis-py's loop ends by the deadline with its own error (``MasterNotFoundError``,
 ``RedisClusterUnreachableError``), a connection failure the retry policy handles. Outside such
@@ -22,6 +23,7 @@ they did: only the client's ``execute_command`` is wrapped, and the wrapper call
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -54,6 +56,20 @@ def bound_discovery(client: Any) -> None:
             _bound_client(sentinel)
 
 
+#: below this much time left, one server asked gets all of it
+WHOLE_S = 0.05
+
+
+def share_of(until: float) -> float:
+    """The deadline of one server's answer: half the time the attempt has left (all of it when
+    little is left). redis-py asks the servers in turn, in random order (a Cluster's startup
+    nodes are every node it has met), so one frozen server that got all the time would leave
+    none for the next one, which answers at once: with halves, the k-th server asked still gets
+    a 2**-k share, and the attempt still ends by ``until``."""
+    left = until - time.monotonic()
+    return until if left <= WHOLE_S else until - left / 2
+
+
 def _bound_client(client: Any) -> None:
     """``client.execute_command`` sent through :func:`command_sync` while an attempt connects."""
     if getattr(client.execute_command, "_redis_ckpt", False) or not lean_sync(client):
@@ -66,7 +82,7 @@ def _bound_client(client: Any) -> None:
         me = ref()
         if until is None or options or not args:
             return original(me, *args, **options)
-        return command_sync(me, args, until)
+        return command_sync(me, args, share_of(until))
 
     execute_command._redis_ckpt = True  # type: ignore[attr-defined]
     with _LOCK:
