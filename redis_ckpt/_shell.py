@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
+from .core.keys import validate_owner
 from .core.ops import Flow
 from .core.store_core import StoreCore
 from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
@@ -170,7 +171,7 @@ class StoreBase:
         self._target = self._target_for(client)  # how this store's driver reaches the client
         #: the configuration and every flow of this store (``core.config``: its options)
         self.core = StoreCore(StoreConfig(namespace=namespace, **durations(options), confirm=_confirm, watch=None))
-        self.owner = owner or default_owner()
+        self.owner = default_owner() if owner is None else validate_owner(owner)  # "" is a bad owner
         self.declared_config = dict(declared_config) if declared_config else None
         self.server = client_label(client)
         self.probe_report: ProbeReport | None = None
@@ -220,7 +221,7 @@ class StoreBase:
     def _acquire(self, run_id: str, owner: str | None, ttl: float | timedelta,
                  retention: float | timedelta | None = None) -> tuple[str, int, int | None, Flow[Grant]]:
         """(owner, ttl in ms, retention in ms or None, the flow) for an acquire."""
-        owner, ms, kept_ms = owner or self.owner, ttl_ms(ttl), retention_ms(retention)
+        owner, ms, kept_ms = self.owner if owner is None else owner, ttl_ms(ttl), retention_ms(retention)
         flow = self.core.acquire_flow(run_id, owner, ms, kept_ms)
         return owner, ms, kept_ms, self.traced("acquire", run_id, flow)
 
@@ -228,7 +229,8 @@ class StoreBase:
                 metadata: Mapping[Any, Any] | None, owner: str | None,
                 retention: float | timedelta | None) -> Flow[int]:
         return self.traced("commit", run_id, self.core.commit_flow(
-            run_id, state, token=token, expected_generation=expected_generation, owner=owner or self.owner,
+            run_id, state, token=token, expected_generation=expected_generation,
+            owner=self.owner if owner is None else owner,
             metadata=metadata, retention_ms=retention_ms(retention)))
 
     def traced(self, what: str, run_id: str, flow: Flow[T]) -> Flow[T]:

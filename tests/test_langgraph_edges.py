@@ -711,3 +711,11 @@ def test_a_copy_racing_a_first_write_to_its_target_is_refused_whole(store, monke
     with pytest.raises(ConflictError, match="already holds checkpoints"):
         saver.copy_thread("src", "dst")
     assert visible_ids(saver, "dst") == [dst["id"]]
+
+
+def test_an_empty_saver_owner_is_refused_not_replaced_by_the_default():
+    """owner=None names the saver host:pid:random; an explicit "" is a bad owner, refused."""
+    from redis_ckpt import InvalidRunIdError
+    with pytest.raises(InvalidRunIdError, match="owner"):
+        RedisCkptSaver(CheckpointStore.in_memory(), owner="")
+    assert RedisCkptSaver(CheckpointStore.in_memory(), owner=None).owner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -338,6 +339,36 @@ def test_bad_run_ids_are_refused_before_any_write(store, client, namespace, bad)
     with pytest.raises(InvalidRunIdError):
         store.load(bad)
     assert set(client.scan_iter(f"{namespace}:*")) == before
+
+
+def test_an_empty_owner_is_refused_not_replaced_by_the_default(store, client, namespace):
+    """owner=None means "the store's owner"; an explicit "" is a bad owner like any other, so
+    a worker whose owner name came out empty learns it instead of acting as the default owner."""
+    from redis_ckpt.aio import AsyncCheckpointStore
+    from redis_ckpt.steps import StepRunner
+
+    lease = store.acquire("empty-owner", ttl=5)
+    lease.commit({"n": 1})
+    before = {k: client.dump(k) for k in client.scan_iter(f"{namespace}:*")}
+    with pytest.raises(InvalidRunIdError, match="owner"):
+        store.acquire("empty-owner", owner="", ttl=5)
+    with pytest.raises(InvalidRunIdError, match="owner"):
+        store.commit("empty-owner", {"n": 2}, token=lease.token, expected_generation=1, owner="")
+    with pytest.raises(InvalidRunIdError, match="owner"):
+        StepRunner(store, "empty-owner", owner="")
+    with pytest.raises(InvalidRunIdError, match="owner"):
+        CheckpointStore(client, namespace=namespace, owner="")
+    assert {k: client.dump(k) for k in client.scan_iter(f"{namespace}:*")} == before
+
+    async def scenario():
+        astore = await AsyncCheckpointStore.in_memory(namespace="unit")
+        with pytest.raises(InvalidRunIdError, match="owner"):
+            await astore.acquire("r", owner="", ttl=5)
+        with pytest.raises(InvalidRunIdError, match="owner"):
+            await astore.commit("r", {}, token=1, expected_generation=0, owner="")
+        async with await astore.acquire("r", owner=None, ttl=5) as held:
+            assert held.owner == astore.owner  # None still means the default
+    asyncio.run(scenario())
 
 
 def test_a_decoding_client_is_refused(durable_server, namespace):

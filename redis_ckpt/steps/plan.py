@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar, Union
 from .._shell import ttl_ms
 from ..core.codec import exactly_equal
 from ..core.config import MAX_TTL_MS
-from ..core.keys import validate_run_id
+from ..core.keys import validate_owner, validate_run_id
 from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
 from ..errors import CheckpointError, LeaseHeldError, OutOfRangeError
 from ..models import Checkpoint
@@ -167,7 +167,7 @@ class RunnerBase:
         validate_run_id(run_id)  # now, not at the first run()
         self.store = store
         self.run_id = run_id
-        self.owner = owner or store.owner
+        self.owner = store.owner if owner is None else validate_owner(owner)  # "" is a bad owner
         self.ttl_ms = ttl_ms(ttl)
         self.commit_every = commit_every
         self.acquire_timeout = self.ttl_ms / 1000 if acquire_timeout is None else _seconds(acquire_timeout)

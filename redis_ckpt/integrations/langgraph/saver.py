@@ -24,6 +24,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
+from ...core.keys import validate_owner
 from ...core.ops import Flow
 from . import reads, runs, writes
 from .backend import Backend
@@ -107,7 +108,7 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
             raise ValueError("store and async_store must use the same namespace")
         self.store = store
         self.async_store = async_store
-        self.owner = owner or _default_owner()
+        self.owner = _default_owner() if owner is None else validate_owner(owner)  # "" is a bad owner
         self.thread_ttl = ThreadTTL.parse(thread_ttl)
         self._engine = Engine(Backend(store if store is not None else async_store), self.serde, self.owner,
                               self.thread_ttl)
