@@ -172,9 +172,8 @@ class LeaseLostError(LeaseError):
 
 class FencedError(CheckpointError):
     """A commit whose token is below the run's fence: definitely not written. Also raised, as
-    definitely not written, for a token above the fence (``token > fence``: the server lost
-    fence increments it made, e.g. in a failover without replica fsync; a ``fence_behind``
-    event).
+    definitely not written, for a token above the fence (``cause="fence_behind"``: the server
+    lost fence increments it made, e.g. a restore or a failover without replica fsync).
 
     ``cause`` says what raised the fence past the token, when the run's audit events still
     tell: ``"revoke"`` (an admin; ``by`` and ``revoked_by`` name who), ``"delete"``,
@@ -203,6 +202,8 @@ class FencedError(CheckpointError):
             "delete": f"the run was deleted by {by!r} (fence now {self.fence})",
             "import": f"a frame was imported into the run by {by!r} (fence now {self.fence})",
             "takeover": f"{by!r} acquired the run with token {self.fence}",
+            "fence_behind": f"the token is above the fence the server holds ({self.fence}): the server lost "
+                            "fence increments (a restore or failover that lost writes); acquire the run again",
         }.get(cause or "", f"the run's fence is {self.fence}: a newer token was handed out since "
                            "(a takeover, revoke, delete or import)")
         self.args = (f"{self.what} of run {self.run_id!r} with token {self.token} rejected: {why}",)

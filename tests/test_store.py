@@ -82,6 +82,21 @@ def test_zombie_worker_is_fenced_after_takeover(store):
     assert lost.value.holder == "fresh" and lost.value.holder_token == 2 and lost.value.fence == 2
 
 
+def test_a_token_above_the_fence_says_the_server_lost_fence_increments_not_a_takeover(store):
+    """A token the server never handed out as far as it knows (token > fence: a restore or a
+    failover lost the fence's increments) is refused, and the message says so instead of
+    blaming the run's own holder (whose acquire event carries the fence's value)."""
+    lease = store.acquire("behind", owner="worker-a", ttl=10)
+    assert lease.commit({"step": 1}) == 1 and lease.token == 1
+    with pytest.raises(FencedError) as e:
+        store.commit("behind", {"step": 2}, token=999999, expected_generation=1)
+    assert (e.value.token, e.value.fence, e.value.cause, e.value.by) == (999999, 1, "fence_behind", None)
+    message = str(e.value)
+    assert "above the fence" in message and "lost" in message
+    assert "worker-a" not in message and "acquired" not in message and "takeover" not in message
+    assert store.load("behind").state == {"step": 1}
+
+
 def test_two_writers_with_the_same_expected_generation_exactly_one_wins(store):
     lease = store.acquire("race", owner="w", ttl=30)
     for round_ in range(15):

@@ -181,7 +181,8 @@ class CommitFlows(SharedFlows, FlowsBase):
             drift_unread(replies, self.config)
             if reply.code in ("FENCED", "FENCE_BEHIND"):
                 r = refusal(reply)
-                raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]))
+                raise FencedError(k.run_id, token=int(r["token"]), fence=int(r["fence"]),
+                                  cause="fence_behind" if reply.code == "FENCE_BEHIND" else None)
             raise self.refused(k.run_id, reply, "commit")
 
         return explain_fenced(self, k.run_id, self.retrying(body, run_id=k.run_id, what="commit", writes=True))
@@ -354,6 +355,8 @@ def explain_fenced(core: Any, run_id: str, flow: Flow[int]) -> Flow[int]:
     try:
         return (yield from flow)
     except FencedError as fenced:
+        if fenced.cause is not None:  # fence_behind: no event raised the fence past this token
+            raise
         try:
             found = fence_cause((yield from core.events_flow(run_id, count=FENCE_EVENTS)), fenced.fence)
         except CheckpointError:
