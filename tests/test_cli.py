@@ -187,6 +187,16 @@ def test_render_helpers() -> None:
 # --------------------------------------------------------------------------- check
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("timeout, expected_ms", [(3600, 5000), (20, 5000), (5, 4000), (2, 1000), (0.5, 250)])
+def test_check_waits_as_documented_without_timeout_ms(durable_server: Any, namespace: str, timeout: float,
+                                                       expected_ms: int) -> None:
+    """--timeout less 1 s, at least half of it, at most 5000 (check --help, the README): never
+    30 minutes for --timeout 3600, and always less than --timeout."""
+    data = as_json(invoke(["check", "--json", "--timeout", str(timeout)], url=durable_server.url, namespace=namespace))
+    assert data["policy"]["timeout_ms"] == expected_ms < timeout * 1000
+
+
 @pytest.fixture(scope="module")
 def refused_server(make_module_server: Any) -> Any:
     """Valkey with appendfsync everysec: WAITAOF confirms before the fsync, so it is refused."""

@@ -56,9 +56,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def live_wait_ms(timeout_s: float) -> int:
     """How long the live write of the startup probe may wait for its confirmation so that the
-    answer still comes within ``--timeout``: a second less, at least half of it, at most 5 s."""
+    answer still comes within ``--timeout``: a second less, at least half of it, at most 5 s
+    (the cap last: below ``--timeout`` whenever ``--timeout`` is 2 ms or more)."""
     ms = int(timeout_s * 1000)
-    return max(1, max(ms // 2, min(5000, ms - 1000)))
+    return max(1, min(5000, max(ms // 2, ms - 1000)))
 
 
 def check_url(url: str) -> None:
