@@ -22,7 +22,7 @@ from .core.config import MAX_TTL_MS, DriftWatch, StoreConfig
 from .core.keys import validate_owner
 from .core.ops import Flow
 from .core.store_core import StoreCore
-from .errors import DurabilityError, ExtraNotInstalledError, OutOfRangeError
+from .errors import DurabilityError, ExtraNotInstalledError, InvalidOptionError, OutOfRangeError
 from .models import Checkpoint, Grant, ms_to_datetime
 from .telemetry import telemetry_for
 from .drivers.clients import HA_RETRY, client_label, connection_kwargs, is_cluster, is_sentinel
@@ -117,7 +117,8 @@ def in_memory_client(feature: str, server: Any, *, aio: bool) -> Any:
     other in-memory stores share), else on a server of its own."""
     fakeredis = import_fakeredis(feature)
     if server is not None and not isinstance(server, fakeredis.FakeServer):
-        raise TypeError(f"server must be a fakeredis.FakeServer, not {type(server).__name__}")
+        raise InvalidOptionError(f"server must be a fakeredis.FakeServer, not {type(server).__name__}",
+                                 argument="server")
     cls = fakeredis.FakeAsyncRedis if aio else fakeredis.FakeRedis
     return cls() if server is None else cls(server=server)
 
@@ -142,18 +143,17 @@ def ha_defaults(client: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_client(client: Any) -> None:
     if connection_kwargs(client).get("decode_responses"):
-        raise ValueError(
+        raise InvalidOptionError(
             "the client decodes responses to str; checkpoints are bytes: "
-            "create it with decode_responses=False (from_url does this for you)"
-        )
+            "create it with decode_responses=False (from_url does this for you)", argument="client")
     if is_cluster(client) and (getattr(client, "read_from_replicas", False)
                                or getattr(client, "load_balancing_strategy", None) is not None):
-        raise ValueError(
+        raise InvalidOptionError(
             "the RedisCluster reads from replicas, which lag: a load could miss an acknowledged "
-            "commit; create it without read_from_replicas / load_balancing_strategy"
-        )
+            "commit; create it without read_from_replicas / load_balancing_strategy", argument="client")
     if is_sentinel(client) and not client.connection_pool.is_master:
-        raise ValueError("the client talks to a Sentinel-managed replica (slave_for); use master_for")
+        raise InvalidOptionError("the client talks to a Sentinel-managed replica (slave_for); use master_for",
+                                 argument="client")
 
 
 class StoreBase:

@@ -6,6 +6,8 @@
     ├── InvalidRunIdError (ValueError)    a run id or owner name that cannot become a key
     ├── OutOfRangeError (ValueError)      a ttl, token, generation or fence outside what the store
     │                                     keeps exact (MAX_INT = 2**50); .argument, .value, .minimum, .maximum
+    ├── InvalidOptionError (ValueError, TypeError)  an option or argument of a store, runner or saver
+    │                                     that is not valid; .argument names it
     ├── NotFoundError (LookupError)       the run (or the generation asked for) does not exist
     ├── StateError
     │   ├── UnsupportedTypeError (TypeError)   a value the codec cannot round-trip exactly; .path names it
@@ -45,6 +47,7 @@ __all__ = [
     "CheckpointError",
     "InvalidRunIdError",
     "OutOfRangeError",
+    "InvalidOptionError",
     "NotFoundError",
     "StateError",
     "UnsupportedTypeError",
@@ -115,6 +118,16 @@ class OutOfRangeError(CheckpointError, ValueError):
         self.value = value
         self.minimum = minimum
         self.maximum = maximum
+
+
+class InvalidOptionError(CheckpointError, ValueError, TypeError):
+    """An option or argument of a store, runner or saver that is not valid (a bad compression,
+    Durability, StepRunner commit_every, ...); ``.argument`` names it. Nothing was sent. Both a
+    ValueError and a TypeError: the built-ins these were raised as before."""
+
+    def __init__(self, message: str, *, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class NotFoundError(CheckpointError, LookupError):
@@ -222,19 +235,8 @@ class ConflictError(CheckpointError):
 class DurabilityError(CheckpointError):
     """The write was applied but not confirmed as the policy asks: it may or may not survive a crash."""
 
-    def __init__(
-        self,
-        run_id: str | None,
-        *,
-        what: str,
-        generation: int | None,
-        local_asked: int,
-        local_got: int,
-        replicas_asked: int,
-        replicas_got: int,
-        timeout_ms: int,
-        server_error: str | None = None,
-    ) -> None:
+    def __init__(self, run_id: str | None, *, what: str, generation: int | None, local_asked: int, local_got: int,
+                 replicas_asked: int, replicas_got: int, timeout_ms: int, server_error: str | None = None) -> None:
         gen = f" generation {generation}" if generation is not None else ""
         why = f" (the server said: {server_error})" if server_error else ""
         super().__init__(

@@ -37,7 +37,7 @@ from typing import Any
 
 from .core.contract import CommitFields
 from .core.ops import Deadline, Flow, Pipe, Script, Sleep
-from .errors import ConflictError, DurabilityError, ExtraNotInstalledError, FencedError
+from .errors import ConflictError, DurabilityError, ExtraNotInstalledError, FencedError, InvalidOptionError
 from .models import Checkpoint, Grant
 
 __all__ = ["Telemetry", "telemetry_for", "available"]
@@ -88,7 +88,8 @@ def telemetry_for(option: Any) -> Telemetry | None:
         return None
     if isinstance(option, Telemetry):
         return option
-    raise TypeError(f"telemetry must be None, True, False or a Telemetry, not {type(option).__name__}")
+    raise InvalidOptionError(f"telemetry must be None, True, False or a Telemetry, not {type(option).__name__}",
+                             argument="telemetry")
 
 
 class Telemetry:

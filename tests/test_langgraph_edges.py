@@ -719,3 +719,25 @@ def test_an_empty_saver_owner_is_refused_not_replaced_by_the_default():
     with pytest.raises(InvalidRunIdError, match="owner"):
         RedisCkptSaver(CheckpointStore.in_memory(), owner="")
     assert RedisCkptSaver(CheckpointStore.in_memory(), owner=None).owner
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    ({}, "store"),
+    ({"store": "other-namespace", "async_store": "default"}, "async_store"),
+    ({"store": "default", "thread_ttl": {"default_ttl": 5, "refresh": True}}, "thread_ttl"),
+    ({"store": "default", "thread_ttl": {"default_ttl": 5, "refresh_on_read": "yes"}}, "thread_ttl"),
+])
+def test_a_bad_saver_construction_is_an_invalid_option_error_and_still_a_value_error(kwargs, argument):
+    from redis_ckpt import CheckpointError, InvalidOptionError
+    from redis_ckpt.aio import AsyncCheckpointStore
+    import asyncio
+
+    def made(key, namespace):
+        if key == "async_store":
+            return asyncio.run(AsyncCheckpointStore.in_memory(namespace=namespace))
+        return CheckpointStore.in_memory(namespace=namespace)
+    kwargs = {k: made(k, v) if k in ("store", "async_store") else v for k, v in kwargs.items()}
+    with pytest.raises(InvalidOptionError) as refused:
+        RedisCkptSaver(**kwargs)
+    assert isinstance(refused.value, CheckpointError) and isinstance(refused.value, ValueError)
+    assert refused.value.argument == argument

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from redis_ckpt import CheckpointError, CheckpointStore, OutOfRangeError
+from redis_ckpt import CheckpointError, CheckpointStore, Durability, InvalidOptionError, OutOfRangeError, RetryPolicy
 
 pytestmark = pytest.mark.server
 
@@ -107,3 +107,63 @@ def test_a_step_runner_acquire_timeout_may_be_a_timedelta_or_zero(store):
 
     assert StepRunner(store, "job", owner="w", acquire_timeout=timedelta(seconds=2)).acquire_timeout == 2.0
     assert StepRunner(store, "job", owner="w", acquire_timeout=0).acquire_timeout == 0.0
+
+
+def _runner(store, **kw):
+    from redis_ckpt.steps import StepRunner
+    return StepRunner(store, "job", owner="w", **kw)
+
+
+def _add_twice(store):
+    return _runner(store).add("a", print).add("a", print)
+
+
+def _migrate_twice(store):
+    store.register_migration(1, lambda s: s)
+    store.register_migration(1, lambda s: s)
+
+
+def _decoding_client(client, namespace):
+    import redis
+    kw = client.connection_pool.connection_kwargs
+    CheckpointStore(redis.Redis(host=kw["host"], port=kw["port"], decode_responses=True), namespace=namespace)
+
+
+# (call, argument it names, the built-in error it raised before: still its base)
+INVALID_OPTIONS = [
+    (lambda c, n, s: CheckpointStore(c, namespace=n, compression="gzip"), "compression", ValueError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, chunk_bytes=10), "chunk_bytes", ValueError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, dedup="yes"), "dedup", ValueError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, dedup=True, retention=60), "dedup", ValueError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, drift_check_s=-1), "drift_check_s", ValueError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, telemetry="on"), "telemetry", TypeError),
+    (lambda c, n, s: CheckpointStore(c, namespace=n, declared_config={"appendfsynk": "always"}).load("r"),
+     "declared_config", ValueError),
+    (lambda c, n, s: _decoding_client(c, n), "client", ValueError),
+    (lambda c, n, s: CheckpointStore.in_memory(server=42), "server", TypeError),
+    (lambda c, n, s: Durability(timeout_ms=0), "timeout_ms", ValueError),
+    (lambda c, n, s: Durability(replicas=-1), "replicas", ValueError),
+    (lambda c, n, s: Durability(replica_fsync=True), "replica_fsync", ValueError),
+    (lambda c, n, s: RetryPolicy(attempts=0), "attempts", ValueError),
+    (lambda c, n, s: RetryPolicy(deadline_s=float("nan")), "deadline_s", ValueError),
+    (lambda c, n, s: s.register_migration(0, lambda st: st), "from_version", ValueError),
+    (lambda c, n, s: _migrate_twice(s), "from_version", ValueError),
+    (lambda c, n, s: s.events("r", after="yesterday"), "after", ValueError),
+    (lambda c, n, s: _runner(s, commit_every=0), "commit_every", ValueError),
+    (lambda c, n, s: _runner(s).add("", print), "name", ValueError),
+    (lambda c, n, s: _add_twice(s), "name", ValueError),
+    (lambda c, n, s: _runner(s).add("a", 42), "fn", TypeError),
+    (lambda c, n, s: _runner(s).run(), "steps", ValueError),
+]
+
+
+@pytest.mark.parametrize("call, argument, base", INVALID_OPTIONS,
+                         ids=[f"{a}-{i}" for i, (_, a, _b) in enumerate(INVALID_OPTIONS)])
+def test_a_bad_option_is_an_invalid_option_error_and_still_the_builtin_it_was(client, namespace, store,
+                                                                              call, argument, base):
+    """One typed error for a bad option or argument of a store, runner or saver (catch
+    CheckpointError and be done), which is still the ValueError/TypeError callers caught."""
+    with pytest.raises(InvalidOptionError) as refused:
+        call(client, namespace, store)
+    assert isinstance(refused.value, CheckpointError) and isinstance(refused.value, base)
+    assert refused.value.argument == argument

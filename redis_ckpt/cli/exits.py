@@ -31,6 +31,7 @@ import click
 from .. import __version__
 from ..errors import (
     CheckpointError,
+    InvalidOptionError,
     InvalidRunIdError,
     NonDurableServerError,
     NotFoundError,
@@ -154,7 +155,7 @@ def failure_for(exc: Exception, *, server: str, timeout: float, secrets: tuple[s
     worked on ``server`` (the redacted URL) becomes. The store maps redis-py's exceptions to
     CheckpointErrors (drivers/errors.py, the one seam), so anything else is a bug: exit 3."""
     s = secrets
-    if isinstance(exc, (InvalidRunIdError, OutOfRangeError)):  # bad usage: a run id, a number past the bounds
+    if isinstance(exc, (InvalidRunIdError, OutOfRangeError, InvalidOptionError)):  # bad usage: a run id, an option, ...
         return CliFailure(str(exc), EXIT_UNAVAILABLE, secrets=s, server=server)
     if isinstance(exc, StoreUnavailableError):  # unreachable, silent, or authentication required / failed
         return CliFailure(unavailable(exc, server, timeout), EXIT_UNAVAILABLE, secrets=s, server=server)

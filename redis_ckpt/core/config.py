@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..errors import OutOfRangeError
+from ..errors import InvalidOptionError, OutOfRangeError
 from .durability import Durability
 from .keys import validate_namespace
 from .ops import Cmd
@@ -136,25 +136,27 @@ class StoreConfig:
         check_int("max_state_bytes", self.max_state_bytes, 1, MAX_INT)
         check_int("events_maxlen", self.events_maxlen, 0, MAX_INT)
         if self.compression not in ("none", "zstd"):
-            raise ValueError("compression must be 'none' or 'zstd'")
+            raise InvalidOptionError("compression must be 'none' or 'zstd'", argument="compression")
         object.__setattr__(self, "namespace", validate_namespace(self.namespace))
         if self.durability is None:  # None: the default, as the constructors always allowed
             object.__setattr__(self, "durability", Durability())
         if self.retry is None:
             object.__setattr__(self, "retry", RetryPolicy())
         if not isinstance(self.chunk_bytes, int) or self.chunk_bytes < 1024:
-            raise ValueError("chunk_bytes must be an int >= 1024")
+            raise InvalidOptionError("chunk_bytes must be an int >= 1024", argument="chunk_bytes")
         if not isinstance(self.dedup, bool):
-            raise ValueError("dedup must be True or False")
+            raise InvalidOptionError("dedup must be True or False", argument="dedup")
         if self.dedup and self.retention_ms is not None:
-            raise ValueError("dedup=True cannot be combined with a retention: shared chunks outlive the "
-                             "generation that wrote them, so they cannot expire with it")
+            raise InvalidOptionError("dedup=True cannot be combined with a retention: shared chunks outlive "
+                                     "the generation that wrote them, so they cannot expire with it",
+                                     argument="dedup")
         if self.retention_ms is not None:
             check_int("retention (ms)", self.retention_ms, 1, MAX_TTL_MS)
         check_int("fence_margin (ms)", self.fence_margin_ms, 0, MAX_TTL_MS)
         d = self.drift_check_s
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
-            raise ValueError(f"drift_check_s must be a finite number of seconds >= 0, got {d!r}")
+            raise InvalidOptionError(f"drift_check_s must be a finite number of seconds >= 0, got {d!r}",
+                                     argument="drift_check_s")
 
     @property
     def stage_ttl_ms(self) -> int:

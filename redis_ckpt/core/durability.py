@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..errors import InvalidOptionError
+
 __all__ = ["Durability", "Confirmation"]
 
 
@@ -39,12 +41,13 @@ class Durability:
 
     def __post_init__(self) -> None:
         if self.replicas < 0:
-            raise ValueError("replicas must be >= 0")
+            raise InvalidOptionError("replicas must be >= 0", argument="replicas")
         if self.timeout_ms <= 0:
             # WAITAOF/WAIT with timeout 0 block forever: never allowed.
-            raise ValueError("timeout_ms must be > 0 (a zero timeout would block forever)")
+            raise InvalidOptionError("timeout_ms must be > 0 (a zero timeout would block forever)",
+                                     argument="timeout_ms")
         if self.replica_fsync and self.replicas == 0:
-            raise ValueError("replica_fsync needs replicas >= 1")
+            raise InvalidOptionError("replica_fsync needs replicas >= 1", argument="replica_fsync")
 
     @classmethod
     def local(cls, *, timeout_ms: int = 5000) -> Durability:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..errors import ServerError, StoreUnavailableError
+from ..errors import InvalidOptionError, ServerError, StoreUnavailableError
 from .ops import ConnectionLost, Deadline, Failure, Flow, ReplyError, Sleep
 
 __all__ = ["RetryPolicy", "retrying", "ask_deadline", "MIN_ATTEMPT_S", "NOT_YET"]
@@ -60,13 +60,15 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         a = self.attempts
         if a is not None and (not isinstance(a, int) or isinstance(a, bool) or a < 1):
-            raise ValueError(f"RetryPolicy.attempts must be None or an int >= 1, got {a!r}")
+            raise InvalidOptionError(f"RetryPolicy.attempts must be None or an int >= 1, got {a!r}",
+                                     argument="attempts")
         for name, low in (("deadline_s", None), ("initial_backoff_s", 0.0), ("max_backoff_s", 0.0)):
             v = getattr(self, name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok or (v <= 0 if low is None else v < low):
                 need = "> 0" if low is None else ">= 0"
-                raise ValueError(f"RetryPolicy.{name} must be a finite number {need} (seconds), got {v!r}")
+                raise InvalidOptionError(f"RetryPolicy.{name} must be a finite number {need} (seconds), got {v!r}",
+                                         argument=name)
 
     def pause(self, attempts: int) -> float:
         """The back-off after ``attempts`` failed attempts (jitter included)."""

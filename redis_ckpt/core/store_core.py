@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ..errors import InvalidOptionError
 from .config import DriftWatch
 from .flows.base import Migration
 from .flows.lease import LeaseFlows
@@ -28,11 +29,12 @@ class StoreCore(LeaseFlows, LifecycleFlows, RetentionFlows):
         Usable as a call or as a decorator: ``@store.register_migration(1)``.
         """
         if not isinstance(from_version, int) or from_version < 1:
-            raise ValueError("from_version must be an int >= 1")
+            raise InvalidOptionError("from_version must be an int >= 1", argument="from_version")
 
         def add(f: Migration) -> Migration:
             if from_version in self.migrations:
-                raise ValueError(f"a migration from schema {from_version} is already registered")
+                raise InvalidOptionError(f"a migration from schema {from_version} is already registered",
+                                         argument="from_version")
             self.migrations[from_version] = f
             return f
 

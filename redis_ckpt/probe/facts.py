@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.replies import text
+from ..errors import InvalidOptionError
 
 __all__ = [
     "CONFIG_KEYS",
@@ -159,7 +160,7 @@ def normalize_config(reply: Any) -> dict[str, str]:
 
 
 def normalize_declared(declared: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """The operator's declared profile, checked (:class:`ValueError` for a key the probe does
+    """The operator's declared profile, checked (:class:`InvalidOptionError` for a key the probe does
     not check: a typo fails at once) and normalized like :func:`normalize_config`."""
     if declared is None:
         return None
@@ -167,9 +168,9 @@ def normalize_declared(declared: Mapping[str, Any] | None) -> dict[str, str] | N
     for k, v in declared.items():
         key = text(k).strip().lower()
         if key not in CONFIG_KEYS:
-            raise ValueError(
-                f"declared config key {k!r} is not one the probe checks; expected some of {', '.join(CONFIG_KEYS)}"
-            )
+            raise InvalidOptionError(
+                f"declared config key {k!r} is not one the probe checks; expected some of {', '.join(CONFIG_KEYS)}",
+                argument="declared_config")
         if isinstance(v, bool):
             v = "yes" if v else "no"
         out[key] = text(v).strip().lower()

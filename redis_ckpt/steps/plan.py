@@ -24,7 +24,7 @@ from ..core.codec import exactly_equal
 from ..core.config import MAX_TTL_MS
 from ..core.keys import validate_owner, validate_run_id
 from ..core.ops import Sleep  # the pause a flow asks for; here the runner answers it
-from ..errors import CheckpointError, LeaseHeldError, OutOfRangeError
+from ..errors import CheckpointError, InvalidOptionError, LeaseHeldError, OutOfRangeError
 from ..models import Checkpoint
 from .state import STATE_FORMAT, STATE_KIND, StepPlanError, StepStatus, StoredState, describe, is_step_state
 
@@ -163,7 +163,7 @@ class RunnerBase:
                  ttl: float | timedelta = 30.0, commit_every: int = 1, acquire_timeout: float | None = None,
                  heartbeat: bool = True) -> None:
         if not isinstance(commit_every, int) or isinstance(commit_every, bool) or commit_every < 1:
-            raise ValueError("commit_every must be an int >= 1")
+            raise InvalidOptionError("commit_every must be an int >= 1", argument="commit_every")
         validate_run_id(run_id)  # now, not at the first run()
         self.store = store
         self.run_id = run_id
@@ -185,11 +185,11 @@ class RunnerBase:
     def add(self, name: str, fn: StepFn) -> Any:
         """Append a step; returns the runner (chainable)."""
         if not isinstance(name, str) or not name:
-            raise ValueError("a step name must be a non-empty str")
+            raise InvalidOptionError("a step name must be a non-empty str", argument="name")
         if name in self._steps:
-            raise ValueError(f"step {name!r} is already defined")
+            raise InvalidOptionError(f"step {name!r} is already defined", argument="name")
         if not callable(fn):
-            raise TypeError(f"step {name!r}: {fn!r} is not callable")
+            raise InvalidOptionError(f"step {name!r}: {fn!r} is not callable", argument="fn")
         self._steps[name] = fn
         return self
 
@@ -224,7 +224,7 @@ class RunnerBase:
 
     def _check_runnable(self) -> None:
         if not self._steps:
-            raise ValueError("the runner has no steps")
+            raise InvalidOptionError("the runner has no steps: add() them before run()", argument="steps")
 
     def _acquire_plan(self) -> Plan[Any]:
         """Take the run's lease, waiting up to ``acquire_timeout`` for another holder's to expire."""

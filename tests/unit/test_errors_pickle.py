@@ -18,6 +18,7 @@ SAMPLES: dict[str, errors.CheckpointError] = {
     "InvalidRunIdError": errors.InvalidRunIdError("bad run id 'a b'", value="a b"),
     "OutOfRangeError": errors.OutOfRangeError("ttl must be > 0", argument="ttl", value=-1.0, minimum=0.0,
                                               maximum=2.0**50, run_id="r"),
+    "InvalidOptionError": errors.InvalidOptionError("chunk_bytes must be an int >= 1024", argument="chunk_bytes"),
     "NotFoundError": errors.NotFoundError("run 'r' does not exist", run_id="r"),
     "StateError": errors.StateError("cannot store", run_id="r"),
     "UnsupportedTypeError": errors.UnsupportedTypeError("a socket", path="$.s", type_name="socket", run_id="r"),

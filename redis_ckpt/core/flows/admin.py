@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ...errors import InvalidOptionError
 from ...models import Event, RunInfo, ms_to_datetime
 from ..config import MAX_INT, check_int
 from ..contract import delete_script, deleted_of, entry, head_of, kept, lease_of, stage_keys, staged, stored_int
@@ -80,7 +81,8 @@ class AdminFlows(CommitFlows, FlowsBase):
         k = self.keys(run_id)
         check_int("count", count, 1, MAX_INT, run_id=k.run_id)
         if after is not None and not (isinstance(after, str) and _STREAM_ID.fullmatch(after)):
-            raise ValueError(f"after must be an event id such as '1700000000000-0', got {after!r}")
+            raise InvalidOptionError(f"after must be an event id such as '1700000000000-0', got {after!r}",
+                                     argument="after")
 
         def body() -> Flow[list[Event]]:
             if after is None:

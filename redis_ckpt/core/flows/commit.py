@@ -22,6 +22,7 @@ from ...errors import (
     FencedError,
     FrameDamage,
     FrameError,
+    InvalidOptionError,
     StateError,
     UnsupportedTypeError,
 )
@@ -104,7 +105,7 @@ class CommitFlows(SharedFlows, FlowsBase):
         check_int("token", token, 1, MAX_INT, run_id=k.run_id)
         check_int("expected_generation", expected_generation, 0, MAX_INT - 1, run_id=k.run_id)
         if commit_id is not None and not (isinstance(commit_id, str) and _COMMIT_ID.fullmatch(commit_id)):
-            raise ValueError("commit_id must be 1-128 characters of A-Z a-z 0-9 _ . -")
+            raise InvalidOptionError("commit_id must be 1-128 characters of A-Z a-z 0-9 _ . -", argument="commit_id")
         c = self.config
         new = expected_generation + 1
         # under a retention the script refuses shared chunks (RETAINED): plain at once

@@ -28,7 +28,7 @@ from ...core.config import MAX_TTL_MS
 from ...core.frame import MAX_ZSTD_RATIO
 from ...core.frame.layout import zstd_module
 from ...core.keys import MAX_RUN_ID, RunKeys, glob_escape
-from ...errors import FrameDamage, FrameError, OutOfRangeError, StateTooLargeError
+from ...errors import FrameDamage, FrameError, InvalidOptionError, OutOfRangeError, StateTooLargeError
 
 __all__ = [
     "RUN_PREFIX", "HASHED_RUN_PREFIX", "thread_run_id", "thread_of_run", "ThreadKeys", "ThreadTTL",
@@ -213,11 +213,13 @@ class ThreadTTL:
         if spec is None:
             return cls()
         if not isinstance(spec, Mapping) or not set(spec) <= {"default_ttl", "refresh_on_read"}:
-            raise ValueError(f'thread_ttl must be {{"default_ttl": minutes, "refresh_on_read": bool}}, got {spec!r}')
+            raise InvalidOptionError(f'thread_ttl must be {{"default_ttl": minutes, "refresh_on_read": bool}}, '
+                                     f'got {spec!r}', argument="thread_ttl")
         minutes = spec.get("default_ttl")
         refresh = spec.get("refresh_on_read", False)
         if not isinstance(refresh, bool):
-            raise ValueError(f"thread_ttl refresh_on_read must be a bool, got {refresh!r}")
+            raise InvalidOptionError(f"thread_ttl refresh_on_read must be a bool, got {refresh!r}",
+                                     argument="thread_ttl")
         if minutes is None:
             return cls(0, refresh)
         ok = isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0

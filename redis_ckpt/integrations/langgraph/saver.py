@@ -26,6 +26,7 @@ from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from ...core.keys import validate_owner
 from ...core.ops import Flow
+from ...errors import InvalidOptionError
 from . import reads, runs, writes
 from .backend import Backend
 from .engine import Engine
@@ -103,9 +104,10 @@ class RedisCkptSaver(BaseCheckpointSaver[str]):
     ) -> None:
         super().__init__(serde=serde)
         if store is None and async_store is None:
-            raise ValueError("RedisCkptSaver needs a CheckpointStore and/or an AsyncCheckpointStore")
+            raise InvalidOptionError("RedisCkptSaver needs a CheckpointStore and/or an AsyncCheckpointStore",
+                                     argument="store")
         if store is not None and async_store is not None and store.namespace != async_store.namespace:
-            raise ValueError("store and async_store must use the same namespace")
+            raise InvalidOptionError("store and async_store must use the same namespace", argument="async_store")
         self.store = store
         self.async_store = async_store
         self.owner = _default_owner() if owner is None else validate_owner(owner)  # "" is a bad owner
