@@ -283,6 +283,29 @@ def test_check_unverifiable_without_config_then_declared(make_server: Any) -> No
     assert invoke(["runs"], url=server.url).exit_code == 2
 
 
+@pytest.mark.server
+def test_every_store_command_takes_declare_for_a_config_denied_server(make_server: Any) -> None:
+    """--declare is a connection option: on a managed service that denies CONFIG, runs, show
+    and the others work once the two settings are declared (before or after the command),
+    as check does; without it they are refused as unverifiable (exit 2)."""
+    server = make_server("valkey", rename_command='CONFIG ""')
+    decl = {"appendfsync": "always", "no-appendfsync-on-rewrite": "no"}
+    store = CheckpointStore.from_url(server.url, namespace="default", declared_config=decl)
+    with store.acquire("managed", owner="w", ttl=30) as lease:
+        lease.commit({"n": 1})
+    store.close()
+    declared = ["--declare", "appendfsync=always", "--declare", "no-appendfsync-on-rewrite=no"]
+    assert invoke(["runs"], url=server.url).exit_code == 2
+    listed = invoke(["runs", "--json", *declared], url=server.url)
+    assert listed.exit_code == 0, listed.output
+    assert "managed" in listed.stdout
+    shown = invoke([*declared, "show", "managed"], url=server.url)  # the group's, before the command
+    assert shown.exit_code == 0, shown.output
+    assert "managed" in shown.stdout
+    bad = invoke(["runs", "--declare", "appendfsynk=always"], url=server.url)
+    assert bad.exit_code == 2 and "--declare" in bad.output
+
+
 # --------------------------------------------------------------------------- runs / show
 
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import click
 
 from .. import Durability, Finding, ProbeReport, check_server
-from ..probe import CONFIG_KEYS
 from . import views
 from .exits import EXIT_NO, EXIT_OK, EXIT_UNAVAILABLE, CliFailure
 from .options import REPLICA_WAIT_MS, CliConfig, connection_options, live_wait_ms
@@ -30,20 +29,6 @@ def verdict(findings: Sequence[Finding]) -> str:
 def _node_reports(report: ProbeReport) -> list[ProbeReport]:
     """One report per probed primary (a Cluster's or Sentinel's); a single server's is one."""
     return list(report.nodes) or [report]
-
-
-def _parse_declared(values: Sequence[str]) -> dict[str, str] | None:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        key = key.strip().lower()
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--declare")
-        if key not in CONFIG_KEYS:
-            raise click.BadParameter(f"{key!r} is not a setting the probe checks; expected one of "
-                                     f"{', '.join(CONFIG_KEYS)}", param_hint="--declare")
-        out[key] = value.strip()
-    return out or None
 
 
 def _policy(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | None) -> Durability:
@@ -69,11 +54,7 @@ def _policy(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int 
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=None,
               help="How long the live write check waits for its confirmation; it must end within "
                    "--timeout [default: --timeout less 1 s, at least half of it, at most 5000].")
-@click.option("--declare", "declared", multiple=True, metavar="KEY=VALUE",
-              help="Declare a server setting CONFIG GET cannot read (managed services), "
-                   "e.g. --declare appendfsync=always. Repeatable.")
-def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | None,
-          declared: tuple[str, ...]) -> None:
+def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | None) -> None:
     """Run the startup probe and report every check.
 
     One line per check: ok, warn, refuse or unverifiable, with its remedy.
@@ -84,7 +65,7 @@ def check(cfg: CliConfig, replicas: int, replica_fsync: bool, timeout_ms: int | 
     """
     if replica_fsync and not replicas:
         raise click.BadParameter("needs --replicas 1 or more", param_hint="--replica-fsync")
-    decl = _parse_declared(declared)
+    decl = cfg.declared
     policy = _policy(cfg, replicas, replica_fsync, timeout_ms)
     cfg.validate()
     report = check_server(cfg.url, namespace=cfg.namespace, durability=policy, declared_config=decl,

@@ -83,13 +83,14 @@ def _install_log_handler(ctx: click.Context) -> None:
 @click.version_option(__version__, "-V", "--version", prog_name="redis-ckpt")
 @global_options
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, timeout: float) -> None:
+def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, timeout: float,
+        declared: tuple[str, ...]) -> None:
     """Inspect and administer redis-ckpt checkpoints on Redis / Valkey.
 
     The connection options go before the command (redis-ckpt -u URL runs) or after it:
     --url (default $REDIS_CKPT_URL, else redis://localhost:6379/0), --namespace (default
     $REDIS_CKPT_NAMESPACE, else "default"), --json, --timeout (default $REDIS_CKPT_TIMEOUT,
-    else 5 s).
+    else 5 s), --declare KEY=VALUE (a setting a CONFIG-denied server cannot show; repeatable).
 
     Exit codes: 0 ok; 1 a definite "no" (server refused, damaged generation or unreadable run
     data, no such run, store error, declined confirmation); 2 no answer (usage, bad URL or run
@@ -98,7 +99,7 @@ def cli(ctx: click.Context, url: str | None, namespace: str, as_json: bool, time
 
     Shell completion: eval "$(_REDIS_CKPT_COMPLETE=bash_source redis-ckpt)" (zsh_source, fish_source).
     """
-    ctx.obj = Globals(url=url, namespace=namespace, as_json=as_json, timeout=timeout)
+    ctx.obj = Globals(url=url, namespace=namespace, as_json=as_json, timeout=timeout, declared=declared)
     if as_json:
         json_errors(True)
     _install_log_handler(ctx)

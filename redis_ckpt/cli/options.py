@@ -1,8 +1,8 @@
 """The options every command shares, and the lazy connection (like rq's ``shared_options``
 and ``CliConfig``).
 
-``--url``, ``--namespace``, ``--json`` and ``--timeout`` go before the command (the group's
-own: they read the environment and hold the defaults) or after it (the command's: they win).
+``--url``, ``--namespace``, ``--json``, ``--timeout`` and ``--declare`` go before the command (the
+group's own: they read the environment and hold the defaults) or after it (the command's: they win).
 They are parsed into a :class:`CliConfig`; nothing connects until a command asks for
 :attr:`CliConfig.store`, and whatever the command raises becomes its exit code
 (:func:`~redis_ckpt.cli.exits.failure_for`).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ import click
 
 from .. import DEFAULT_NAMESPACE, CheckpointStore, Durability, RetryPolicy
 from ..core.keys import validate_namespace
+from ..probe import CONFIG_KEYS
 from ..probe.flow import REPLICA_ACK_MS
 from ..urls import PERCENT_ENCODE_PASSWORD, PERCENT_ENCODE_QUERY_PASSWORD, redact_url, url_secrets, validate_url
 from .exits import EXIT_UNAVAILABLE, CliFailure, failure_for, json_errors, remember_secrets
@@ -40,6 +41,7 @@ __all__ = [
     "current_globals",
     "connection_options",
     "check_url",
+    "parse_declared",
     "live_wait_ms",
 ]
 
@@ -76,16 +78,32 @@ def check_url(url: str) -> None:
         raise CliFailure(f"bad --url {label}: {why}", EXIT_UNAVAILABLE, secrets=secrets, server=label) from None
 
 
+def parse_declared(values: Sequence[str]) -> dict[str, str] | None:
+    """``--declare KEY=VALUE ...`` as the store's ``declared_config`` (None: nothing declared)."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--declare")
+        if key not in CONFIG_KEYS:
+            raise click.BadParameter(f"{key!r} is not a setting the probe checks; expected one of "
+                                     f"{', '.join(CONFIG_KEYS)}", param_hint="--declare")
+        out[key] = value.strip()
+    return out or None
+
+
 class CliConfig:
     """Parsed shared options; the store is opened on first use (and closed by the context)."""
 
     def __init__(self, *, url: str | None, namespace: str, as_json: bool,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, declared: Mapping[str, str] | None = None) -> None:
         self.url_given = url
         self.url = url or DEFAULT_URL
         self.namespace = namespace
         self.as_json = as_json
         self.timeout = timeout
+        self.declared = dict(declared) if declared else None  # --declare: what CONFIG GET cannot show
         self.secrets = url_secrets(url)
         remember_secrets(self.secrets)  # scrubbed from an unexpected error too
         self._store: CheckpointStore | None = None
@@ -106,7 +124,7 @@ class CliConfig:
             t = self.timeout
             # one attempt per request, each answer awaited at most --timeout: never a hang
             self._store = CheckpointStore.from_url(
-                self.url, namespace=self.namespace, socket_timeout=t,
+                self.url, namespace=self.namespace, socket_timeout=t, declared_config=self.declared,
                 durability=Durability(timeout_ms=live_wait_ms(t)), retry=RetryPolicy(attempts=1, deadline_s=t))
         return self._store
 
@@ -135,6 +153,7 @@ class Globals:
     namespace: str = DEFAULT_NAMESPACE
     as_json: bool = False
     timeout: float = DEFAULT_TIMEOUT_S
+    declared: tuple[str, ...] = ()
 
 
 _URL_HELP = (f"Server URL (redis://, rediss://, unix://, redis+cluster://, redis+sentinel://) "
@@ -144,6 +163,8 @@ _JSON_HELP = ("Print one JSON object on stdout instead of tables (see the README
               "an error is one JSON object on stderr.")
 _TIMEOUT_HELP = (f"Wait at most this long for the server to connect and to answer each request; past it, "
                  f"exit 2 [default: ${TIMEOUT_ENV}, else {DEFAULT_TIMEOUT_S:g}].")
+_DECLARE_HELP = ("Declare a server setting CONFIG GET cannot read (a managed service denying CONFIG), "
+                 "e.g. --declare appendfsync=always. Repeatable.")
 MAX_TIMEOUT_S = 86400.0  # a day: every wait past it is a mistake (and inf or 1e300 overflowed a deadline)
 
 
@@ -167,6 +188,7 @@ def _options(f: F, *, group: bool) -> F:
     def default(env: str, value: Any) -> dict[str, Any]:
         return {"envvar": env, "default": value} if group else {"default": None}
 
+    f = click.option("--declare", "declared", multiple=True, metavar="KEY=VALUE", help=_DECLARE_HELP)(f)
     f = click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)(f)
     f = click.option("--timeout", "-t", type=_SECONDS, metavar="SECONDS", help=_TIMEOUT_HELP,
                      **default(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))(f)
@@ -195,11 +217,12 @@ def connection_options(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(*args: Any, url: str | None, namespace: str | None, as_json: bool, timeout: float | None,
-                **kwargs: Any) -> Any:
+                declared: tuple[str, ...], **kwargs: Any) -> Any:
         g = current_globals()
         cfg = CliConfig(url=url if url is not None else g.url,
                         namespace=namespace if namespace is not None else g.namespace,
-                        as_json=as_json or g.as_json, timeout=timeout if timeout is not None else g.timeout)
+                        as_json=as_json or g.as_json, timeout=timeout if timeout is not None else g.timeout,
+                        declared=parse_declared(declared or g.declared))
         if cfg.as_json:
             json_errors(True)
         click.get_current_context().call_on_close(cfg.close)
