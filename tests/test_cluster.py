@@ -312,9 +312,21 @@ def test_one_misconfigured_primary_refuses_the_cluster_naming_it(cluster, namesp
 
 
 @pytest.mark.server
+def _listed(primary: LocalServer, replica: LocalServer) -> bool:
+    """Whether CLUSTER SLOTS lists ``replica`` beside ``primary`` (Redis leaves a replica out
+    until it has synced data; Valkey lists it at once)."""
+    slots = primary.client().execute_command("CLUSTER", "SLOTS")
+    return any(int(n[1]) == replica.port for s in slots if int(s[2][1]) == primary.port for n in s[3:])
+
+
 def test_replicas_are_checked_when_the_policy_counts_on_them(cluster, namespace):
     primary = cluster.owner(6000)
     replica = cluster.replica_of(primary)
+    # on a cluster just formed Redis lists no replica in the slot map yet (the probe then warns
+    # that it checked none: test_probe_rules); a write to the primary gets it listed
+    key = next(f"{{w{i}}}" for i in range(100_000) if key_slot(f"{{w{i}}}".encode()) == 6000)
+    primary.client().set(key, b"x")
+    wait_for(lambda: _listed(primary, replica), "the replica listed in CLUSTER SLOTS")
     replica.client().config_set("maxmemory-policy", "allkeys-lru")
     try:
         with CheckpointStore.from_url(cluster.url(), namespace=namespace) as store:  # local policy: not probed
@@ -326,6 +338,7 @@ def test_replicas_are_checked_when_the_policy_counts_on_them(cluster, namespace)
         assert f"127.0.0.1:{replica.port} (replica of 127.0.0.1:{primary.port}): maxmemory-policy is 'allkeys-lru'" in text
     finally:
         replica.client().config_set("maxmemory-policy", "noeviction")
+        primary.client().delete(key)
 
 
 @pytest.mark.server

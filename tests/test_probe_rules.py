@@ -483,6 +483,24 @@ class TestTopologyPlan:
         f = [f for f in got.findings if f.check == "replica"][0]
         assert f.level == "warn" and "cannot reach it: timed out" in f.message and got.ok
 
+    def test_an_online_replica_the_topology_does_not_list_is_a_warning(self) -> None:
+        """Redis leaves a replica out of CLUSTER SLOTS until it has synced data (a cluster just
+        formed, nothing written yet): the probe checked none of its settings yet said nothing,
+        though the policy counts on it. Now a warning names the primary and how many."""
+        policy = Durability.replicas_received(1)
+        primary = node_report("h:1", replicas_online=1, live_replicas=1, live_replicas_asked=1,
+                              config_min_replicas_to_write="1")
+        unlisted = Topology([NodeSpec("a", "h:1", "ns:probe:{a}")], cluster_notes(1, 16384, 0))
+        got, asked = run_plan(self.plan(unlisted, policy), {"a": primary})
+        f = [f for f in got.findings if f.check == "replica"][0]
+        assert f.level == "warn" and f.message.startswith("h:1: 1 online replica(s) not listed")
+        assert got.ok and [r.handle for r in asked] == ["a"]
+        got, _ = run_plan(self.plan(SHARDS, policy), {"a": primary, "a1": node_report("h:11", role="slave",
+                          primary="h:1", live_ran=False), "b": node_report("h:2")})
+        assert not [f for f in got.findings if f.check == "replica" and "not listed" in f.message]
+        got, _ = run_plan(self.plan(unlisted), {"a": primary})  # a local policy counts on no replica
+        assert not [f for f in got.findings if f.check == "replica"]
+
     def test_a_replica_that_says_it_is_a_primary_is_a_warning(self) -> None:
         policy = Durability.replicas_received(1)
         primary = node_report("h:1", replicas_online=1, live_replicas=1, live_replicas_asked=1,
