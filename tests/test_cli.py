@@ -875,3 +875,22 @@ def test_show_displays_a_step_runner_runs_steps_and_results(durable_server, name
     assert data["content"]["kind"] == "step-runner"
     assert data["content"]["steps"]["completed"] == ["fetch", "parse"]
     assert data["content"]["steps"]["results"]["parse"] == 6
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("command", [["revoke", "job", "--yes"], ["delete", "job", "--yes"], ["fork", "job", "job-2"],
+                                     ["prune", "--idle", "1ms", "--yes"]])
+def test_an_empty_by_is_refused_not_replaced_by_the_default(store: CheckpointStore, durable_server: Any,
+                                                           namespace: str, command: list[str]) -> None:
+    """``--by ""`` silently became the default name in the audit event; the store refuses an
+    empty owner (6395c51), so the CLI says so: exit 2, nothing changed."""
+    lease = store.acquire("job", owner="worker-a", ttl=30)
+    lease.commit({"i": 1})
+    lease.release()
+    before = store.info("job")
+    result = invoke([*command, "--by", ""], url=durable_server.url, namespace=namespace)
+    assert result.exit_code == 2, result.output
+    assert "by" in result.stderr or "owner" in result.stderr, result.stderr
+    after = store.info("job")
+    assert (after.fence, after.kept, after.status) == (before.fence, before.kept, before.status)
+    assert store.runs() == ["job"]

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import tempfile
 from typing import IO, Any
@@ -18,14 +17,10 @@ from .. import ConflictError, FrameError
 from ..core.frame import FrameHeader, frame_checksum, read_header
 from . import views
 from .exits import EXIT_NO, CliFailure
-from .options import CliConfig, connection_options
+from .options import CliConfig, by_or_default, connection_options
 from .reads import read, run_info
 
 __all__ = ["revoke", "delete", "export_cmd", "import_cmd"]
-
-
-def _default_by() -> str:
-    return f"redis-ckpt-cli@{socket.gethostname()}"
 
 
 _by_option = click.option("--by", default=None, metavar="NAME",
@@ -47,7 +42,7 @@ def revoke(cfg: CliConfig, run: str, yes: bool, by: str | None) -> None:
     Example: redis-ckpt revoke job-42 --yes
     """
     info = run_info(cfg, run)
-    by = by or _default_by()
+    by = by_or_default(by)
     if not yes:
         click.confirm(f"Revoke run {run!r} in namespace {cfg.namespace!r}? Fence {info.fence} -> "
                       f"{info.fence + 1}; {views.holder(info)} will be fenced off", abort=True, err=True)
@@ -69,7 +64,7 @@ def delete(cfg: CliConfig, run: str, yes: bool, by: str | None) -> None:
     Example: redis-ckpt delete job-42 --yes
     """
     info = run_info(cfg, run)
-    by = by or _default_by()
+    by = by_or_default(by)
     if not yes:
         kept = ", ".join(f"g{g}" for g in info.kept) or "none"
         click.confirm(f"Delete run {run!r} in namespace {cfg.namespace!r}: {len(info.kept)} generation(s) "
@@ -164,7 +159,7 @@ def import_cmd(cfg: CliConfig, file: IO[bytes], by: str | None) -> None:
     except FrameError as bad:
         raise CliFailure(f"{name} is not a valid redis-ckpt frame: {bad.reason.value}: {bad.detail}", EXIT_NO) from None
     try:
-        generation = cfg.store.import_frame(blob, by=by or _default_by())
+        generation = cfg.store.import_frame(blob, by=by_or_default(by))
     except ConflictError as conflict:
         raise CliFailure(
             f"cannot import run {header.run_id!r} generation {header.generation}: its head is already at "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ from ..errors import FrameError
 from ..models import PrunedRun
 from . import render as r
 from .exits import EXIT_NO, CliFailure
-from .options import CliConfig, connection_options
+from .options import CliConfig, by_or_default, connection_options
 from .reads import load_as_stored, try_read
 from .state import tagged
 from .views import base
@@ -41,10 +40,6 @@ class _Duration(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         return value if isinstance(value, int) else parse_duration_ms(str(value))
-
-
-def _by(by: str | None) -> str:
-    return by or f"redis-ckpt-cli@{socket.gethostname()}"
 
 
 # --------------------------------------------------------------------------- show --state
@@ -116,7 +111,7 @@ def fork(cfg: CliConfig, run: str, new: str, generation: int | None, by: str | N
 
     Example: redis-ckpt fork job-42 job-42-retry --generation 3
     """
-    by = _by(by)
+    by = by_or_default(by)
     made = cfg.store.fork(run, new, generation=generation, by=by)
     # what the fork made, read without decoding the state: a load would run the migrations
     # of an application's schema this CLI does not have, and fail after the fork was written
@@ -153,7 +148,7 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
         click.confirm(f"Remove every run of namespace {cfg.namespace!r} idle for {r.duration(idle)} or more?",
                       abort=True, err=True)
     store = cfg.store
-    by = _by(by)
+    by = by_or_default(by)
     store.core.prune_flow(idle_ms=idle, by=by, dry_run=dry_run, runs=[])  # --idle, --by checked before any read
     ids = store.runs()
     found: list[PrunedRun] = []

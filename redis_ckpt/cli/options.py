@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ..urls import PERCENT_ENCODE_PASSWORD, PERCENT_ENCODE_QUERY_PASSWORD, redac
 from .exits import EXIT_UNAVAILABLE, CliFailure, failure_for, json_errors, remember_secrets
 
 __all__ = [
+    "by_or_default",
     "DEFAULT_URL",
     "DEFAULT_NAMESPACE",
     "URL_ENV",
@@ -76,6 +78,12 @@ def check_url(url: str) -> None:
         why = str(exc)
         secrets = () if why in (PERCENT_ENCODE_PASSWORD, PERCENT_ENCODE_QUERY_PASSWORD) else url_secrets(url)
         raise CliFailure(f"bad --url {label}: {why}", EXIT_UNAVAILABLE, secrets=secrets, server=label) from None
+
+
+def by_or_default(by: str | None) -> str:
+    """``--by`` (who did it, for the audit event), or who runs the CLI when it is not given:
+    ``redis-ckpt-cli@<hostname>``. ``--by ""`` stays "": the store refuses it (exit 2)."""
+    return f"redis-ckpt-cli@{socket.gethostname()}" if by is None else by
 
 
 def parse_declared(values: Sequence[str]) -> dict[str, str] | None:
