@@ -137,6 +137,9 @@ class RunInfo:
     #: kind and server time (ms) of the newest audit event (None: no events)
     last_event: str | None = None
     last_event_ms: int | None = None
+    #: committed, but its head is missing (deleted by hand, lost in a partial restore): damage,
+    #: a load raises CorruptCheckpointError; ``delete`` removes what is left
+    head_lost: bool = False
 
     @property
     def exists(self) -> bool:
@@ -147,9 +150,12 @@ class RunInfo:
         """``committed`` (it has a head); ``acquired`` (never committed: a lease or events
         only); ``deleted`` (by ``delete``, or ``prune``: the fence is left as a tombstone);
         ``expired`` (removed by its retention: only the fence is left, until it expires too);
-        ``none`` (no trace at all)."""
+        ``damaged`` (committed, but its head is missing: :attr:`head_lost`); ``none`` (no
+        trace at all)."""
         if self.generation > 0:
             return "committed"
+        if self.head_lost:
+            return "damaged"
         if self.fence <= 0:
             return "none"
         if self.last_event == "delete":

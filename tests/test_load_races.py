@@ -286,3 +286,27 @@ def test_delete_of_a_run_whose_head_is_missing_removes_its_generations(client, n
     assert store.load("r") is None
     idle_events(store, "r", 300)  # the delete event is trimmed away
     assert store.load("r") is None
+
+
+def test_a_run_whose_head_was_lost_is_listed_as_damaged_not_acquired(client, durable_server, namespace):
+    """info/runs/namespaces showed a run whose head was lost (its generations still there) as
+    "acquired", GEN 0: a run never committed, where load raises CorruptCheckpointError. Its
+    status is "damaged" now (info still answers: delete reads it first); a run only acquired,
+    or deleted, keeps its status."""
+    from test_cli import as_json, invoke
+
+    store = CheckpointStore(client, namespace=namespace, keep=2)
+    with store.acquire("r", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+    store.acquire("idle", owner="a", ttl=10).release()
+    with store.acquire("gone", owner="a", ttl=10) as lease:
+        lease.commit({"n": 1})
+    store.delete("gone", by="ops")
+    client.delete(RunKeys(namespace, "r").head)
+    assert store.info("r").status == "damaged" and store.info("r").head_lost
+    assert (store.info("idle").status, store.info("gone").status) == ("acquired", "deleted")
+    assert not store.info("idle").head_lost
+    listed = invoke(["runs", "--json"], url=durable_server.url, namespace=namespace)
+    assert {r["run"]: r["status"] for r in as_json(listed)["runs"]}["r"] == "damaged", listed.output
+    assert store.delete("r", by="ops") == 1  # still deletable, generations included
+    assert store.info("r").status == "deleted"

@@ -47,6 +47,10 @@ class AdminFlows(CommitFlows, FlowsBase):
             staged_commits, staged_bytes = yield from self.staged_size(k, hash_of(registry))
             held = lease.get("state") == "held"
             last = event_of(*newest[0]) if newest else None
+            # no head, yet a fence and events other than a delete's: committed once (damage), or
+            # only acquired? The audit stream tells (no SCAN: listings visit every run)
+            head_lost = (not head and fence > 0 and last is not None and last.kind != "delete"
+                         and (yield from committed_before(k, scan=False)))
             return RunInfo(
                 run_id=k.run_id, fence=fence, generation=int(head.get("generation", 0)),
                 kept=tuple(g for g, _ in kept(head)), head=head,
@@ -57,6 +61,7 @@ class AdminFlows(CommitFlows, FlowsBase):
                 fence_ms_left=int(fence_ttl) if int(fence_ttl) >= 0 else None,
                 last_event=last.kind if last else None,
                 last_event_ms=_event_ms(last) if last else None,
+                head_lost=head_lost,
             )
 
         return self.retrying(body, run_id=k.run_id, what="info", writes=False)
