@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from .direct import give_back, take_idle
 
-__all__ = ["time_left", "take", "armed", "arm", "connecting", "connect_until", "GET_CONN_ARGS"]
+__all__ = ["time_left", "take", "armed", "arm", "connecting", "connect_until", "wrap_once", "GET_CONN_ARGS"]
 
 
 def _get_connection_args() -> tuple[str, ...]:
@@ -153,37 +153,49 @@ def connect_until() -> float | None:
     return _CONNECT_UNTIL.get()
 
 
+def wrap_once(owner: Any, name: str, wrapper_of: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Set ``owner.<name>`` to ``wrapper_of(current)``, once: the wrapper is marked, so another
+    call (another store on the same client, pool or Sentinel) leaves it as it is. Every hook of
+    this driver on a redis-py object is installed this way (here and in :mod:`.discovery`)."""
+    if getattr(getattr(owner, name), "_redis_ckpt", False):
+        return
+    with _HOOK_LOCK:
+        current = getattr(owner, name)
+        if getattr(current, "_redis_ckpt", False):
+            return
+        wrapper = wrapper_of(current)
+        wrapper._redis_ckpt = True  # type: ignore[attr-defined]
+        setattr(owner, name, wrapper)
+
+
 def _hook(pool: Any) -> bool:
     """Wrap ``pool.ensure_connection`` (redis-py >= 8: it connects a connection taken from the
     pool) so that a connection taken by this driver is connected with the attempt's timeouts.
     Outside such an attempt the wrapper calls the original as is. False: no such step."""
-    current = getattr(pool, "ensure_connection", None)
-    if current is None:
+    if getattr(pool, "ensure_connection", None) is None:
         return False
-    if getattr(current, "_redis_ckpt", False):
-        return True
-    with _HOOK_LOCK:
-        current = pool.ensure_connection
-        if not getattr(current, "_redis_ckpt", False):
-            def ensure_connection(connection: Any, _original: Callable[[Any], None] = current) -> None:
-                until = _CONNECT_UNTIL.get()
-                if until is None:
-                    return _original(connection)
-                left = time_left(until)  # what the attempt has left now (a Sentinel may have been asked)
-                try:  # what _settings does, without a context manager: this runs every attempt
-                    saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
-                except AttributeError:
-                    return _original(connection)
-                connection.socket_timeout = _cap(saved[0], left)
-                connection.socket_connect_timeout = _cap(saved[1], left)
-                connection.retry = _NO_RETRY
-                try:
-                    return _original(connection)
-                finally:
-                    connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
 
-            ensure_connection._redis_ckpt = True  # type: ignore[attr-defined]
-            pool.ensure_connection = ensure_connection
+    def wrapper_of(_original: Callable[[Any], None]) -> Callable[[Any], None]:
+        def ensure_connection(connection: Any) -> None:
+            until = _CONNECT_UNTIL.get()
+            if until is None:
+                return _original(connection)
+            left = time_left(until)  # what the attempt has left now (a Sentinel may have been asked)
+            try:  # what _settings does, without a context manager: this runs every attempt
+                saved = connection.socket_timeout, connection.socket_connect_timeout, connection.retry
+            except AttributeError:
+                return _original(connection)
+            connection.socket_timeout = _cap(saved[0], left)
+            connection.socket_connect_timeout = _cap(saved[1], left)
+            connection.retry = _NO_RETRY
+            try:
+                return _original(connection)
+            finally:
+                connection.socket_timeout, connection.socket_connect_timeout, connection.retry = saved
+
+        return ensure_connection
+
+    wrap_once(pool, "ensure_connection", wrapper_of)
     return True
 
 
@@ -194,23 +206,20 @@ def _cap_wait(pool: Any) -> None:
     Outside such an attempt the wrapper waits as the pool says. The queue is checked at every
     take: a pool reset after a fork has a new one."""
     queue = getattr(pool, "pool", None)
-    if not isinstance(pool, redis.BlockingConnectionPool) or not isinstance(queue, Queue) \
-            or getattr(queue.get, "_redis_ckpt", False):
+    if not isinstance(pool, redis.BlockingConnectionPool) or not isinstance(queue, Queue):
         return
-    with _HOOK_LOCK:
-        current = queue.get
-        if getattr(current, "_redis_ckpt", False):
-            return
 
-        def get(block: bool = True, timeout: float | None = None, _original: Callable[..., Any] = current) -> Any:
+    def wrapper_of(_original: Callable[..., Any]) -> Callable[..., Any]:
+        def get(block: bool = True, timeout: float | None = None) -> Any:
             until = _CONNECT_UNTIL.get()
             if until is not None and block:
                 left = max(0.0, until - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
             return _original(block, timeout)
 
-        get._redis_ckpt = True  # type: ignore[attr-defined]
-        queue.get = get  # type: ignore[method-assign]
+        return get
+
+    wrap_once(queue, "get", wrapper_of)
 
 
 def _take_idle(pool: Any, left: float) -> Any:

@@ -22,7 +22,6 @@ they did: only the client's ``execute_command`` is wrapped, and the wrapper call
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from typing import Any
@@ -31,12 +30,10 @@ import redis
 from redis.cluster import RedisCluster
 from redis.sentinel import SentinelConnectionPool
 
-from .deadlines import connect_until
+from .deadlines import connect_until, wrap_once
 from .resp import command_sync, lean_sync
 
 __all__ = ["bound_discovery"]
-
-_LOCK = threading.Lock()
 
 
 def bound_discovery(client: Any) -> None:
@@ -72,38 +69,37 @@ def share_of(until: float) -> float:
 
 def _bound_client(client: Any) -> None:
     """``client.execute_command`` sent through :func:`command_sync` while an attempt connects."""
-    if getattr(client.execute_command, "_redis_ckpt", False) or not lean_sync(client):
+    if not lean_sync(client):
         return
     original = type(client).execute_command  # the class's: the wrapper holds no reference to the client
     ref = weakref.ref(client)
 
-    def execute_command(*args: Any, **options: Any) -> Any:
-        until = connect_until()
-        me = ref()
-        if until is None or options or not args:
-            return original(me, *args, **options)
-        return command_sync(me, args, share_of(until))
+    def wrapper_of(_current: Any) -> Any:
+        def execute_command(*args: Any, **options: Any) -> Any:
+            until = connect_until()
+            me = ref()
+            if until is None or options or not args:
+                return original(me, *args, **options)
+            return command_sync(me, args, share_of(until))
 
-    execute_command._redis_ckpt = True  # type: ignore[attr-defined]
-    with _LOCK:
-        if not getattr(client.execute_command, "_redis_ckpt", False):
-            client.execute_command = execute_command
+        return execute_command
+
+    wrap_once(client, "execute_command", wrapper_of)
 
 
 def _bound_factory(nodes_manager: Any) -> None:
     """Every node client ``nodes_manager`` makes from now on (a refresh meets new nodes) bounded too."""
-    current = getattr(nodes_manager, "create_redis_node", None)
-    if current is None or getattr(current, "_redis_ckpt", False):
+    if getattr(nodes_manager, "create_redis_node", None) is None:
         return
     original = type(nodes_manager).create_redis_node
     ref = weakref.ref(nodes_manager)
 
-    def create_redis_node(*args: Any, **kwargs: Any) -> redis.Redis:
-        made = original(ref(), *args, **kwargs)
-        _bound_client(made)
-        return made
+    def wrapper_of(_current: Any) -> Any:
+        def create_redis_node(*args: Any, **kwargs: Any) -> redis.Redis:
+            made = original(ref(), *args, **kwargs)
+            _bound_client(made)
+            return made
 
-    create_redis_node._redis_ckpt = True  # type: ignore[attr-defined]
-    with _LOCK:
-        if not getattr(nodes_manager.create_redis_node, "_redis_ckpt", False):
-            nodes_manager.create_redis_node = create_redis_node
+        return create_redis_node
+
+    wrap_once(nodes_manager, "create_redis_node", wrapper_of)

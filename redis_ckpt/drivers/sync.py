@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeVar
 
-
 from ..core.ops import Cmd, Deadline, Pipe, ScriptSource, Sleep
 from .discovery import bound_discovery
 from .errors import DEMOTED, demoted, failure, in_place
