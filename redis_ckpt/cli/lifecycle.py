@@ -149,7 +149,7 @@ def prune(cfg: CliConfig, idle: int, dry_run: bool, yes: bool, by: str | None) -
                       abort=True, err=True)
     store = cfg.store
     by = by_or_default(by)
-    store.core.prune_flow(idle_ms=idle, by=by, dry_run=dry_run, runs=[])  # --idle, --by checked before any read
+    store.core.prune_sweep(idle_ms=idle, by=by, dry_run=dry_run)  # checks --idle and --by before any read
     ids = store.runs()
     found: list[PrunedRun] = []
     unreadable: list[tuple[str, str]] = []  # runs whose data cannot be read: left, named, exit 1
