@@ -81,14 +81,22 @@ def test_a_cluster_url_nobody_answers_is_store_unavailable_everywhere() -> None:
     """A Cluster that is down when a store starts is what StoreUnavailableError is for (as for
     one server): from_url (sync and asyncio) and check_server raised redis-py's
     RedisClusterUnreachableError, and the CLI called it a bug in redis-ckpt (exit 3)."""
-    from click.testing import CliRunner
-
-    from redis_ckpt import StoreUnavailableError, check_server
-    from redis_ckpt.cli import cli
     from redis_ckpt.testing import free_port
 
     url = f"redis+cluster://:pw-xyz@127.0.0.1:{free_port()}"
     said = f"cannot reach redis+cluster://:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
+    result = unavailable_everywhere(url, said)
+    assert "pw-xyz" not in result.output
+
+
+def unavailable_everywhere(url: str, said: str) -> Any:
+    """from_url (sync and asyncio) and check_server raise StoreUnavailableError saying
+    ``said``, and the CLI exits 2 with it; the CLI's result."""
+    from click.testing import CliRunner
+
+    from redis_ckpt import StoreUnavailableError, check_server
+    from redis_ckpt.cli import cli
+
     with pytest.raises(StoreUnavailableError, match=re.escape(said)):
         CheckpointStore.from_url(url, namespace="default")
     with pytest.raises(StoreUnavailableError, match=re.escape(said)):
@@ -97,7 +105,8 @@ def test_a_cluster_url_nobody_answers_is_store_unavailable_everywhere() -> None:
         check_server(url)
     result = CliRunner().invoke(cli, ["runs", "--url", url])
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: {said}") and "pw-xyz" not in result.output
+    assert result.stderr.startswith(f"error: {said}")
+    return result
 
 
 @pytest.mark.server
@@ -112,21 +121,7 @@ def test_a_cluster_url_whose_node_refuses_the_client_is_store_unavailable_everyw
     cluster) is StoreUnavailableError, as a one-server URL's is: redis-py raises a plain
     RedisClusterException there, which from_url (sync and asyncio) and check_server let out
     as it was and the CLI called a bug in redis-ckpt (exit 3)."""
-    from click.testing import CliRunner
-
-    from redis_ckpt import StoreUnavailableError, check_server
-    from redis_ckpt.cli import cli
-
     server = make_server("valkey", password="right-pw")
     url = f"redis+cluster://{userinfo}127.0.0.1:{server.port}"
-    said = said.format(port=server.port)
-    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
-        CheckpointStore.from_url(url, namespace="default")
-    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
-        asyncio.run(AsyncCheckpointStore.from_url(url, namespace="default"))
-    with pytest.raises(StoreUnavailableError, match=re.escape(said)):
-        check_server(url)
-    result = CliRunner().invoke(cli, ["runs", "--url", url])
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith(f"error: {said}")
+    result = unavailable_everywhere(url, said.format(port=server.port))
     assert "wrong-pw" not in result.output and "right-pw" not in result.output
